@@ -1,0 +1,221 @@
+//! Typed errors of the library and the exit code each one maps to.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::exit::ExitStatus;
+use crate::name::NameError;
+use crate::protocol::RefuseCode;
+use crate::units::Bytes;
+
+/// A peer broke the protocol, or the connection ended inside a message.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The first bytes were not zsend's.
+    #[error("peer is not speaking the zsend protocol (got {:?})", String::from_utf8_lossy(.0))]
+    BadMagic([u8; 4]),
+    /// A version this build does not speak.
+    #[error("unsupported protocol version {0} (this side speaks {v})", v = crate::protocol::VERSION)]
+    UnsupportedVersion(u16),
+    /// Header length over the limit.
+    #[error("header of {0} bytes exceeds the limit of {max} bytes", max = crate::protocol::MAX_HEADER_LEN)]
+    HeaderTooLong(u32),
+    /// Name length over the limit.
+    #[error("name of {0} bytes exceeds the limit of {max} bytes", max = crate::name::MAX_NAME_LEN)]
+    NameTooLong(usize),
+    /// The name is not safe.
+    #[error("bad name: {0}")]
+    BadName(NameError),
+    /// A field is out of range or inconsistent.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The peer closed the connection inside a message.
+    #[error("connection closed in the middle of the {0}")]
+    Truncated(&'static str),
+    /// Reading a message failed.
+    #[error("reading the {0}: {reason}", reason = crate::units::os_reason(.1))]
+    Io(&'static str, io::Error),
+}
+
+impl ProtocolError {
+    /// The refusal a receiver sends for this error in a hello.
+    pub fn refuse_code(&self) -> RefuseCode {
+        match self {
+            ProtocolError::BadMagic(_) | ProtocolError::UnsupportedVersion(_) => {
+                RefuseCode::Unsupported
+            }
+            ProtocolError::BadName(_) => RefuseCode::BadName,
+            _ => RefuseCode::BadHeader,
+        }
+    }
+}
+
+/// Why sending failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The source could not be opened or examined.
+    #[error("{}: {}", .path.display(), crate::units::os_reason(.source))]
+    Source {
+        /// The source path.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// The source is a directory, socket or other file that cannot be sent.
+    #[error("{}: not a regular file", .0.display())]
+    NotAFile(PathBuf),
+    /// No usable remote name.
+    #[error("cannot send {}: {source}", .path.display())]
+    Name {
+        /// The source path.
+        path: PathBuf,
+        /// Why the name is unusable.
+        source: NameError,
+    },
+    /// HOST:PORT could not be parsed or resolved.
+    #[error("resolving {addr}: {reason}")]
+    Resolve {
+        /// What the user gave.
+        addr: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Could not connect.
+    #[error("connecting to {addr}: {}", crate::units::os_reason(.source))]
+    Connect {
+        /// The address tried last.
+        addr: String,
+        /// The last failure.
+        source: io::Error,
+    },
+    /// The receiver said no.
+    #[error("receiver refused {}: {}", crate::name::Escaped(.name), crate::name::Escaped(.message))]
+    Refused {
+        /// The remote name.
+        name: String,
+        /// Machine-readable reason.
+        code: RefuseCode,
+        /// The receiver's words.
+        message: String,
+    },
+    /// The network failed in the middle.
+    #[error("{during}: {}", crate::units::os_reason(.source))]
+    Network {
+        /// What was going on.
+        during: String,
+        /// The failure.
+        source: io::Error,
+    },
+    /// The source file got shorter while it was being sent.
+    #[error("source shrank during transfer: sent {} of {}", Bytes(*.sent), Bytes(*.expected))]
+    SourceShrank {
+        /// Bytes sent before the file ended.
+        sent: u64,
+        /// The size announced in the header.
+        expected: u64,
+    },
+    /// The source was modified while it was being sent.
+    #[error("source changed during transfer; the receiver discarded it")]
+    SourceChanged,
+    /// The digests differ.
+    #[error("checksum mismatch: sent {sent}, receiver wrote {received}")]
+    Mismatch {
+        /// Sender's digest, hex.
+        sent: String,
+        /// Receiver's digest, hex.
+        received: String,
+    },
+    /// The receiver could not land the file.
+    #[error("receiver failed to land {}: {}", crate::name::Escaped(.name), crate::name::Escaped(.message))]
+    ReceiverFailed {
+        /// The remote name.
+        name: String,
+        /// The receiver's words.
+        message: String,
+    },
+    /// The receiver broke the protocol.
+    #[error("receiver: {0}")]
+    Protocol(#[from] ProtocolError),
+}
+
+impl SendError {
+    /// The process exit status for this failure.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            SendError::Source { .. } | SendError::NotAFile(_) | SendError::Name { .. } => {
+                ExitStatus::Local
+            }
+            SendError::Resolve { .. } | SendError::Connect { .. } | SendError::Network { .. } => {
+                ExitStatus::Network
+            }
+            SendError::Refused { .. } => ExitStatus::Refused,
+            SendError::SourceShrank { .. }
+            | SendError::SourceChanged
+            | SendError::Mismatch { .. } => ExitStatus::Verify,
+            SendError::ReceiverFailed { .. } => ExitStatus::RemoteFailed,
+            SendError::Protocol(_) => ExitStatus::Protocol,
+        }
+    }
+}
+
+/// Why receiving one transfer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    /// The sender broke the protocol or closed inside a message.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// We refused the transfer.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The sender closed before sending the whole payload.
+    #[error("sender closed after {} of {}", Bytes(*.received), Bytes(*.expected))]
+    ShortPayload {
+        /// Bytes received.
+        received: u64,
+        /// Bytes announced.
+        expected: u64,
+    },
+    /// The connection failed or stalled.
+    #[error("{during} after {} of {}: {}", Bytes(*.received), Bytes(*.expected), crate::units::os_reason(.source))]
+    Network {
+        /// What was going on.
+        during: &'static str,
+        /// Bytes received so far.
+        received: u64,
+        /// Bytes announced.
+        expected: u64,
+        /// The failure.
+        source: io::Error,
+    },
+    /// The digests differ.
+    #[error("checksum mismatch: sender sent {sent}, we wrote {received}; discarded")]
+    Mismatch {
+        /// Sender's digest, hex.
+        sent: String,
+        /// Our digest, hex.
+        received: String,
+    },
+    /// A local filesystem operation failed.
+    #[error("{during} in {}: {}", .dir.display(), crate::units::os_reason(.source))]
+    Local {
+        /// What was going on.
+        during: String,
+        /// The destination directory.
+        dir: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
+}
+
+impl RecvError {
+    /// The process exit status when this ends a `--once` receiver.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            RecvError::Protocol(_) => ExitStatus::Protocol,
+            RecvError::Refused(_) => ExitStatus::Refused,
+            RecvError::ShortPayload { .. } | RecvError::Network { .. } => ExitStatus::Network,
+            RecvError::Mismatch { .. } => ExitStatus::Verify,
+            RecvError::Local { .. } => ExitStatus::Local,
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! SHA-256 computed on a second thread while the bytes flow, reading the file back through the
+//! page cache behind (receiver) or beside (sender) the zero-copy loop.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::{Condvar, Mutex};
+
+use sha2::{Digest, Sha256};
+
+/// Bytes hashed per read. Small enough to stay in the L2 cache between the copy out of the
+/// page cache and the hashing of it.
+pub const HASH_CHUNK: usize = 256 * 1024;
+
+/// How far a file may be read: the copy loop raises it, the hashing thread waits on it.
+#[derive(Debug, Default)]
+pub struct Watermark {
+    state: Mutex<State>,
+    moved: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    ready: u64,
+    closed: bool,
+    aborted: bool,
+}
+
+impl Watermark {
+    /// A watermark at 0 that a copy loop will raise.
+    pub fn new() -> Watermark {
+        Watermark::default()
+    }
+
+    /// A watermark with all `len` bytes readable at once (the sender's file is complete).
+    pub fn complete(len: u64) -> Watermark {
+        Watermark {
+            state: Mutex::new(State {
+                ready: len,
+                closed: true,
+                aborted: false,
+            }),
+            moved: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes bytes up to `ready` readable.
+    pub fn raise(&self, ready: u64) {
+        self.lock().ready = ready;
+        self.moved.notify_all();
+    }
+
+    /// No more bytes will come.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.moved.notify_all();
+    }
+
+    /// Stop the hashing thread as soon as possible: the transfer failed.
+    pub fn abort(&self) {
+        let mut s = self.lock();
+        s.aborted = true;
+        s.closed = true;
+        drop(s);
+        self.moved.notify_all();
+    }
+
+    /// Waits until more than `pos` bytes are readable, or the watermark is closed. Returns the
+    /// readable length, or `None` when there is nothing more to hash.
+    fn wait_past(&self, pos: u64) -> Option<u64> {
+        let mut s = self.lock();
+        loop {
+            if s.aborted {
+                return None;
+            }
+            if s.ready > pos {
+                return Some(s.ready);
+            }
+            if s.closed {
+                return None;
+            }
+            s = self.moved.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Hashes the first `len` bytes of `file` as the watermark lets it. Returns `Ok(None)` when the
+/// watermark was aborted or closed before `len` bytes were readable.
+pub fn hash_file(file: &File, len: u64, mark: &Watermark) -> io::Result<Option<[u8; 32]>> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; HASH_CHUNK.min(len as usize).max(1)];
+    let mut pos = 0u64;
+    while pos < len {
+        let Some(ready) = mark.wait_past(pos) else {
+            return Ok(None);
+        };
+        let ready = ready.min(len);
+        while pos < ready {
+            let want = (ready - pos).min(buf.len() as u64) as usize;
+            let n = match file.read_at(&mut buf[..want], pos) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file ended while hashing",
+                    ))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            pos += n as u64;
+        }
+    }
+    Ok(Some(hasher.finalize().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn hashes_what_the_watermark_releases() {
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7) as u8).collect();
+        f.write_all(&data).unwrap();
+        let mark = Watermark::new();
+        let digest = std::thread::scope(|s| {
+            let h = s.spawn(|| hash_file(&f, data.len() as u64, &mark));
+            for end in (0..=data.len()).step_by(99_999) {
+                mark.raise(end as u64);
+            }
+            mark.raise(data.len() as u64);
+            mark.close();
+            h.join().unwrap().unwrap()
+        });
+        assert_eq!(digest, Some(Sha256::digest(&data).into()));
+    }
+
+    #[test]
+    fn abort_stops_the_hash() {
+        let f = tempfile::tempfile().unwrap();
+        let mark = Watermark::new();
+        let r = std::thread::scope(|s| {
+            let h = s.spawn(|| hash_file(&f, 10, &mark));
+            mark.abort();
+            h.join().unwrap()
+        });
+        assert_eq!(r.unwrap(), None);
+    }
+
+    #[test]
+    fn empty_file_hashes_to_the_empty_digest() {
+        let f = tempfile::tempfile().unwrap();
+        let d = hash_file(&f, 0, &Watermark::complete(0)).unwrap();
+        assert_eq!(d, Some(Sha256::digest(b"").into()));
+    }
+}

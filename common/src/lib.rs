@@ -1,0 +1,44 @@
+//! zcommon: the protocol, zero-copy data path and transfer logic behind `zsend` and `zrecv`.
+//!
+//! The binaries are thin: they parse arguments, call [`send_file`] or [`Receiver`], and print.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use zcommon::{Receiver, ReceiverConfig, send_file, SendOptions};
+//!
+//! let config = ReceiverConfig {
+//!     dir: "/srv/incoming".into(),
+//!     force: false,
+//!     timeout: Duration::from_secs(60),
+//!     max_transfers: 16,
+//! };
+//! let receiver = Receiver::bind("127.0.0.1:0".parse()?, config)?;
+//! let addr = receiver.local_addr()?.to_string();
+//! std::thread::spawn(move || receiver.serve_once());
+//! let report = send_file(&addr, "disk.img".as_ref(), &SendOptions::default(), &mut |_| {})?;
+//! assert!(report.verified);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod exit;
+mod hash;
+mod logging;
+mod name;
+mod protocol;
+mod recv;
+mod send;
+mod sys;
+mod units;
+
+pub use crate::error::{ProtocolError, RecvError, SendError};
+pub use crate::exit::ExitStatus;
+pub use crate::logging::init_logging;
+pub use crate::name::{validate_name, Escaped, NameError, MAX_NAME_LEN, TEMP_PREFIX};
+pub use crate::protocol::{
+    read_hello, Header, RefuseCode, Reply, Status, Trailer, Verdict, FLAG_NO_VERIFY,
+    HEADER_FIXED_LEN, MAX_HEADER_LEN, PREAMBLE_LEN, TRAILER_LEN, VERSION,
+};
+pub use crate::recv::{parse_listen_addr, Receiver, ReceiverConfig, TransferRecord};
+pub use crate::send::{connect, resolve, send_file, SendOptions, SendReport, DEFAULT_PORT};
+pub use crate::units::{os_reason, Bytes};

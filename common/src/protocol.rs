@@ -1,0 +1,592 @@
+//! Wire protocol v1: the messages zsend and zrecv exchange, and bounded decoders for them.
+//!
+//! Every integer is big-endian. Every length read from the peer is checked against a fixed limit
+//! before anything is allocated for it. docs/PROTOCOL.md describes the same bytes for humans.
+
+use std::io::{self, Read};
+
+use crate::error::ProtocolError;
+use crate::name::{validate_name, MAX_NAME_LEN};
+
+/// The protocol version this build speaks.
+pub const VERSION: u16 = 1;
+/// First bytes of a sender's hello.
+pub const HELLO_MAGIC: [u8; 4] = *b"ZSND";
+/// First bytes of the receiver's reply to a hello.
+pub const REPLY_MAGIC: [u8; 4] = *b"ZRCV";
+/// First bytes of the trailer that follows the payload.
+pub const TRAILER_MAGIC: [u8; 4] = *b"ZTRL";
+/// First bytes of the receiver's final verdict.
+pub const VERDICT_MAGIC: [u8; 4] = *b"ZVRD";
+/// Largest header body a receiver accepts.
+pub const MAX_HEADER_LEN: u32 = 64 * 1024;
+/// Largest human-readable message in a reply or verdict.
+pub const MAX_MESSAGE_LEN: usize = 1024;
+/// Size of the hello preamble: magic, version, header length.
+pub const PREAMBLE_LEN: usize = 10;
+/// Size of the fixed part of a header body, before the name.
+pub const HEADER_FIXED_LEN: usize = 4 + 8 + 4 + 8 + 4 + 8 + 2;
+/// Size of a trailer.
+pub const TRAILER_LEN: usize = 4 + 1 + 32;
+
+/// Header flag: the sender does not hash and asks the receiver not to either.
+pub const FLAG_NO_VERIFY: u32 = 1;
+const KNOWN_FLAGS: u32 = FLAG_NO_VERIFY;
+
+/// What the sender announces before the payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// File name on the receiver: one path component (see [`validate_name`]).
+    pub name: String,
+    /// Exact number of payload bytes that follow the receiver's accept.
+    pub size: u64,
+    /// Unix permission bits of the source; the receiver keeps only 0o777.
+    pub mode: u32,
+    /// Modification time of the source, seconds since the epoch.
+    pub mtime_sec: i64,
+    /// Nanoseconds part of the modification time, below 1e9.
+    pub mtime_nsec: u32,
+    /// Header flags (`FLAG_*`).
+    pub flags: u32,
+    /// Reserved for resuming; version 1 senders send 0 and receivers refuse anything else.
+    pub resume_offset: u64,
+}
+
+impl Header {
+    /// Whether the sender asked for SHA-256 verification.
+    pub fn verify(&self) -> bool {
+        self.flags & FLAG_NO_VERIFY == 0
+    }
+
+    /// The complete hello: preamble followed by the header body.
+    pub fn encode_hello(&self) -> Vec<u8> {
+        let body_len = HEADER_FIXED_LEN + self.name.len();
+        let mut out = Vec::with_capacity(PREAMBLE_LEN + body_len);
+        out.extend_from_slice(&HELLO_MAGIC);
+        out.extend_from_slice(&VERSION.to_be_bytes());
+        out.extend_from_slice(&(body_len as u32).to_be_bytes());
+        out.extend_from_slice(&self.flags.to_be_bytes());
+        out.extend_from_slice(&self.size.to_be_bytes());
+        out.extend_from_slice(&self.mode.to_be_bytes());
+        out.extend_from_slice(&self.mtime_sec.to_be_bytes());
+        out.extend_from_slice(&self.mtime_nsec.to_be_bytes());
+        out.extend_from_slice(&self.resume_offset.to_be_bytes());
+        out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+        out
+    }
+
+    /// Decodes a header body (what follows the preamble), checking every field.
+    pub fn decode_body(body: &[u8]) -> Result<Header, ProtocolError> {
+        let mut r = Cursor::new(body);
+        let flags = r.u32()?;
+        let size = r.u64()?;
+        let mode = r.u32()?;
+        let mtime_sec = r.u64()? as i64;
+        let mtime_nsec = r.u32()?;
+        let resume_offset = r.u64()?;
+        let name_len = r.u16()? as usize;
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(ProtocolError::Malformed(format!(
+                "unknown header flags {:#x}",
+                flags & !KNOWN_FLAGS
+            )));
+        }
+        if mtime_nsec >= 1_000_000_000 {
+            return Err(ProtocolError::Malformed(format!(
+                "mtime nanoseconds {mtime_nsec} out of range"
+            )));
+        }
+        if resume_offset != 0 {
+            return Err(ProtocolError::Malformed(
+                "resume is not supported by protocol version 1".into(),
+            ));
+        }
+        if name_len > MAX_NAME_LEN {
+            return Err(ProtocolError::NameTooLong(name_len));
+        }
+        let name_bytes = r.take(name_len)?;
+        if !r.rest().is_empty() {
+            return Err(ProtocolError::Malformed(format!(
+                "{} unexpected bytes after the name",
+                r.rest().len()
+            )));
+        }
+        let name = std::str::from_utf8(name_bytes)
+            .map_err(|_| ProtocolError::BadName(crate::name::NameError::NotUtf8))?
+            .to_owned();
+        validate_name(&name).map_err(ProtocolError::BadName)?;
+        Ok(Header {
+            name,
+            size,
+            mode,
+            mtime_sec,
+            mtime_nsec,
+            flags,
+            resume_offset,
+        })
+    }
+}
+
+/// Reads the hello preamble and returns the header body length, refusing bad magic, unknown
+/// versions and oversized headers before allocating anything.
+pub fn read_preamble(r: &mut impl Read) -> Result<u32, ProtocolError> {
+    let mut pre = [0u8; PREAMBLE_LEN];
+    read_exact(r, &mut pre, "hello")?;
+    let magic: [u8; 4] = pre[0..4].try_into().expect("4 bytes");
+    if magic != HELLO_MAGIC {
+        return Err(ProtocolError::BadMagic(magic));
+    }
+    let version = u16::from_be_bytes([pre[4], pre[5]]);
+    if version != VERSION {
+        return Err(ProtocolError::UnsupportedVersion(version));
+    }
+    let len = u32::from_be_bytes(pre[6..10].try_into().expect("4 bytes"));
+    if len > MAX_HEADER_LEN {
+        return Err(ProtocolError::HeaderTooLong(len));
+    }
+    Ok(len)
+}
+
+/// Reads and decodes a whole hello (preamble and header body).
+pub fn read_hello(r: &mut impl Read) -> Result<Header, ProtocolError> {
+    let len = read_preamble(r)?;
+    let mut body = vec![0u8; len as usize];
+    read_exact(r, &mut body, "header")?;
+    Header::decode_body(&body)
+}
+
+/// Why a receiver refuses a transfer before any payload flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefuseCode {
+    /// The hello was not zsend's, or of a version this receiver does not speak.
+    Unsupported,
+    /// The header was malformed or out of bounds.
+    BadHeader,
+    /// The name is not a single safe path component.
+    BadName,
+    /// The final name exists and the receiver does not replace files.
+    Exists,
+    /// The destination has less free space than the file needs.
+    NoSpace,
+    /// The receiver serves as many transfers as it allows, or this name is being received.
+    Busy,
+    /// The receiver could not prepare the destination.
+    Io,
+    /// A code from a newer receiver.
+    Other(u8),
+}
+
+impl RefuseCode {
+    fn to_byte(self) -> u8 {
+        match self {
+            RefuseCode::Unsupported => 1,
+            RefuseCode::BadHeader => 2,
+            RefuseCode::BadName => 3,
+            RefuseCode::Exists => 4,
+            RefuseCode::NoSpace => 5,
+            RefuseCode::Busy => 6,
+            RefuseCode::Io => 7,
+            RefuseCode::Other(b) => b,
+        }
+    }
+
+    fn from_byte(b: u8) -> RefuseCode {
+        match b {
+            1 => RefuseCode::Unsupported,
+            2 => RefuseCode::BadHeader,
+            3 => RefuseCode::BadName,
+            4 => RefuseCode::Exists,
+            5 => RefuseCode::NoSpace,
+            6 => RefuseCode::Busy,
+            7 => RefuseCode::Io,
+            b => RefuseCode::Other(b),
+        }
+    }
+}
+
+/// The receiver's answer to a hello.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Send the payload.
+    Accept,
+    /// Do not; the message says why, for a human.
+    Refuse(RefuseCode, String),
+}
+
+impl Reply {
+    /// Encodes the reply.
+    pub fn encode(&self) -> Vec<u8> {
+        let (code, msg) = match self {
+            Reply::Accept => (0, ""),
+            Reply::Refuse(code, msg) => (code.to_byte(), msg.as_str()),
+        };
+        let msg = clip(msg);
+        let mut out = Vec::with_capacity(9 + msg.len());
+        out.extend_from_slice(&REPLY_MAGIC);
+        out.extend_from_slice(&VERSION.to_be_bytes());
+        out.push(code);
+        out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        out.extend_from_slice(msg.as_bytes());
+        out
+    }
+
+    /// Reads a reply. A receiver of another version still answers in this layout, so its
+    /// refusal can be shown.
+    pub fn read(r: &mut impl Read) -> Result<Reply, ProtocolError> {
+        let mut head = [0u8; 9];
+        read_exact(r, &mut head, "receiver's reply")?;
+        let magic: [u8; 4] = head[0..4].try_into().expect("4 bytes");
+        if magic != REPLY_MAGIC {
+            return Err(ProtocolError::BadMagic(magic));
+        }
+        let code = head[6];
+        let msg = read_message(r, u16::from_be_bytes([head[7], head[8]]), "reply")?;
+        match code {
+            0 => Ok(Reply::Accept),
+            c => Ok(Reply::Refuse(RefuseCode::from_byte(c), msg)),
+        }
+    }
+}
+
+/// What follows the payload: the sender's SHA-256, or nothing when not verifying.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trailer {
+    /// The sender's digest of the bytes it read, if it hashed.
+    pub sha256: Option<[u8; 32]>,
+}
+
+impl Trailer {
+    /// Encodes the trailer.
+    pub fn encode(&self) -> [u8; TRAILER_LEN] {
+        let mut out = [0u8; TRAILER_LEN];
+        out[0..4].copy_from_slice(&TRAILER_MAGIC);
+        if let Some(d) = &self.sha256 {
+            out[4] = 1;
+            out[5..].copy_from_slice(d);
+        }
+        out
+    }
+
+    /// Reads and checks a trailer.
+    pub fn read(r: &mut impl Read) -> Result<Trailer, ProtocolError> {
+        let mut buf = [0u8; TRAILER_LEN];
+        read_exact(r, &mut buf, "trailer")?;
+        Trailer::decode(&buf)
+    }
+
+    /// Decodes a trailer from its fixed-size bytes.
+    pub fn decode(buf: &[u8; TRAILER_LEN]) -> Result<Trailer, ProtocolError> {
+        let magic: [u8; 4] = buf[0..4].try_into().expect("4 bytes");
+        if magic != TRAILER_MAGIC {
+            return Err(ProtocolError::Malformed(
+                "trailer magic missing after the payload (more or fewer bytes than declared?)"
+                    .into(),
+            ));
+        }
+        let digest: [u8; 32] = buf[5..].try_into().expect("32 bytes");
+        match buf[4] {
+            0 if digest == [0; 32] => Ok(Trailer { sha256: None }),
+            1 => Ok(Trailer {
+                sha256: Some(digest),
+            }),
+            k => Err(ProtocolError::Malformed(format!("unknown digest kind {k}"))),
+        }
+    }
+}
+
+/// The receiver's final word on a transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Written, durable and published under its name (verified when both sides hashed).
+    Landed,
+    /// The digests differ; nothing was published.
+    Mismatch,
+    /// The receiver failed to land the file; nothing was published.
+    Failed,
+}
+
+/// The verdict the receiver sends after the trailer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The outcome.
+    pub status: Status,
+    /// The receiver's digest of what it wrote, if it hashed.
+    pub sha256: Option<[u8; 32]>,
+    /// A human explanation for anything but `Landed`.
+    pub message: String,
+}
+
+impl Verdict {
+    /// Encodes the verdict.
+    pub fn encode(&self) -> Vec<u8> {
+        let msg = clip(&self.message);
+        let mut out = Vec::with_capacity(4 + 2 + 32 + 2 + msg.len());
+        out.extend_from_slice(&VERDICT_MAGIC);
+        out.push(match self.status {
+            Status::Landed => 0,
+            Status::Mismatch => 1,
+            Status::Failed => 2,
+        });
+        match &self.sha256 {
+            Some(d) => {
+                out.push(1);
+                out.extend_from_slice(d);
+            }
+            None => {
+                out.push(0);
+                out.extend_from_slice(&[0; 32]);
+            }
+        }
+        out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        out.extend_from_slice(msg.as_bytes());
+        out
+    }
+
+    /// Reads and checks a verdict.
+    pub fn read(r: &mut impl Read) -> Result<Verdict, ProtocolError> {
+        let mut head = [0u8; 4 + 2 + 32 + 2];
+        read_exact(r, &mut head, "verdict")?;
+        if head[0..4] != VERDICT_MAGIC {
+            return Err(ProtocolError::Malformed("verdict magic missing".into()));
+        }
+        let status = match head[4] {
+            0 => Status::Landed,
+            1 => Status::Mismatch,
+            2 => Status::Failed,
+            s => return Err(ProtocolError::Malformed(format!("unknown verdict {s}"))),
+        };
+        let digest: [u8; 32] = head[6..38].try_into().expect("32 bytes");
+        let sha256 = match head[5] {
+            0 => None,
+            1 => Some(digest),
+            k => return Err(ProtocolError::Malformed(format!("unknown digest kind {k}"))),
+        };
+        let message = read_message(r, u16::from_be_bytes([head[38], head[39]]), "verdict")?;
+        Ok(Verdict {
+            status,
+            sha256,
+            message,
+        })
+    }
+}
+
+/// Cuts a message to at most MAX_MESSAGE_LEN bytes on a character boundary.
+fn clip(msg: &str) -> &str {
+    if msg.len() <= MAX_MESSAGE_LEN {
+        return msg;
+    }
+    let mut end = MAX_MESSAGE_LEN;
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    &msg[..end]
+}
+
+fn read_message(r: &mut impl Read, len: u16, what: &'static str) -> Result<String, ProtocolError> {
+    let len = len as usize;
+    if len > MAX_MESSAGE_LEN {
+        return Err(ProtocolError::Malformed(format!(
+            "{what} message of {len} bytes exceeds {MAX_MESSAGE_LEN}"
+        )));
+    }
+    let mut buf = vec![0u8; len];
+    read_exact(r, &mut buf, what)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<(), ProtocolError> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => ProtocolError::Truncated(what),
+        _ => ProtocolError::Io(what, e),
+    })
+}
+
+/// A bounds-checked reader over a header body.
+struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+        if self.buf.len() < n {
+            return Err(ProtocolError::Malformed(format!(
+                "header ends {} bytes early",
+                n - self.buf.len()
+            )));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtocolError> {
+        Ok(self.take(N)?.try_into().expect("exact length"))
+    }
+
+    fn u16(&mut self) -> Result<u16, ProtocolError> {
+        self.array().map(u16::from_be_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        self.array().map(u32::from_be_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, ProtocolError> {
+        self.array().map(u64::from_be_bytes)
+    }
+
+    fn rest(&self) -> &'a [u8] {
+        self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header_strategy() -> impl Strategy<Value = Header> {
+        (
+            "[a-zA-Z0-9._ -]{1,40}|[\\p{L}]{1,30}",
+            any::<u64>(),
+            any::<u32>(),
+            any::<i64>(),
+            0u32..1_000_000_000,
+            prop_oneof![Just(0u32), Just(FLAG_NO_VERIFY)],
+        )
+            .prop_filter("valid name", |(n, ..)| validate_name(n).is_ok())
+            .prop_map(|(name, size, mode, mtime_sec, mtime_nsec, flags)| Header {
+                name,
+                size,
+                mode,
+                mtime_sec,
+                mtime_nsec,
+                flags,
+                resume_offset: 0,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn hello_round_trips(h in header_strategy()) {
+            let bytes = h.encode_hello();
+            let back = read_hello(&mut &bytes[..]).unwrap();
+            prop_assert_eq!(back, h);
+        }
+
+        #[test]
+        fn every_truncated_hello_is_an_error(h in header_strategy(), cut in 0usize..300) {
+            let bytes = h.encode_hello();
+            let cut = cut % bytes.len();
+            prop_assert!(read_hello(&mut &bytes[..cut]).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = read_hello(&mut &bytes[..]);
+            let _ = Header::decode_body(&bytes);
+            let _ = Reply::read(&mut &bytes[..]);
+            let _ = Verdict::read(&mut &bytes[..]);
+        }
+
+        #[test]
+        fn arbitrary_header_bodies_decode_only_to_valid_headers(
+            bytes in proptest::collection::vec(any::<u8>(), 0..400)
+        ) {
+            if let Ok(h) = Header::decode_body(&bytes) {
+                prop_assert!(validate_name(&h.name).is_ok());
+                prop_assert_eq!(HEADER_FIXED_LEN + h.name.len(), bytes.len());
+                prop_assert!(h.mtime_nsec < 1_000_000_000);
+            }
+        }
+
+        #[test]
+        fn reply_round_trips(code in 1u8..=255, msg in ".{0,300}") {
+            let reply = Reply::Refuse(RefuseCode::from_byte(code), msg.clone());
+            let back = Reply::read(&mut &reply.encode()[..]).unwrap();
+            prop_assert_eq!(back, reply);
+        }
+
+        #[test]
+        fn verdict_round_trips(d in proptest::option::of(any::<[u8; 32]>()), s in 0u8..3, msg in ".{0,200}") {
+            let status = [Status::Landed, Status::Mismatch, Status::Failed][s as usize];
+            let v = Verdict { status, sha256: d, message: msg };
+            prop_assert_eq!(Verdict::read(&mut &v.encode()[..]).unwrap(), v);
+        }
+
+        #[test]
+        fn trailer_round_trips(d in proptest::option::of(any::<[u8; 32]>())) {
+            let t = Trailer { sha256: d };
+            prop_assert_eq!(Trailer::read(&mut &t.encode()[..]).unwrap(), t);
+        }
+    }
+
+    fn hello_with_len(len: u32) -> Vec<u8> {
+        let mut v = HELLO_MAGIC.to_vec();
+        v.extend_from_slice(&VERSION.to_be_bytes());
+        v.extend_from_slice(&len.to_be_bytes());
+        v
+    }
+
+    #[test]
+    fn oversized_header_is_refused_before_reading_it() {
+        let err = read_preamble(&mut &hello_with_len(u32::MAX)[..]).unwrap_err();
+        assert!(matches!(err, ProtocolError::HeaderTooLong(u32::MAX)), "{err}");
+        assert!(read_preamble(&mut &hello_with_len(MAX_HEADER_LEN)[..]).is_ok());
+    }
+
+    #[test]
+    fn bad_magic_and_version_are_named() {
+        let err = read_preamble(&mut &b"GET / HTTP/1.1\r\n"[..]).unwrap_err();
+        assert!(matches!(err, ProtocolError::BadMagic(m) if &m == b"GET "));
+        let mut v = hello_with_len(10);
+        v[5] = 9;
+        let err = read_preamble(&mut &v[..]).unwrap_err();
+        assert!(matches!(err, ProtocolError::UnsupportedVersion(9)));
+    }
+
+    #[test]
+    fn name_length_over_limit_is_refused() {
+        let h = Header {
+            name: "a".repeat(255),
+            size: 1,
+            mode: 0o644,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            flags: 0,
+            resume_offset: 0,
+        };
+        let mut bytes = h.encode_hello();
+        assert!(read_hello(&mut &bytes[..]).is_ok());
+        // Claim 256 bytes of name and supply them.
+        let name_len_at = PREAMBLE_LEN + HEADER_FIXED_LEN - 2;
+        bytes[name_len_at..name_len_at + 2].copy_from_slice(&256u16.to_be_bytes());
+        bytes.push(b'a');
+        let len = (HEADER_FIXED_LEN + 256) as u32;
+        bytes[6..10].copy_from_slice(&len.to_be_bytes());
+        let err = read_hello(&mut &bytes[..]).unwrap_err();
+        assert!(matches!(err, ProtocolError::NameTooLong(256)), "{err}");
+    }
+
+    #[test]
+    fn unsafe_names_are_refused_by_the_decoder() {
+        for name in ["..", ".", "a/b", "", "x\u{1b}[2J"] {
+            let h = Header {
+                name: name.into(),
+                size: 1,
+                mode: 0,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                flags: 0,
+                resume_offset: 0,
+            };
+            let err = read_hello(&mut &h.encode_hello()[..]).unwrap_err();
+            assert!(matches!(err, ProtocolError::BadName(_)), "{name:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! The receiving side: accept connections, check each hello, splice the payload into a hidden
+//! temporary file while a second thread hashes it back, and publish it only when verified and
+//! durable.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::error::{ProtocolError, RecvError};
+use crate::hash::{hash_file, Watermark};
+use crate::name::{Escaped, TEMP_PREFIX};
+use crate::protocol::{read_hello, Header, RefuseCode, Reply, Status, Trailer, Verdict};
+use crate::sys::{self, CopyError, Pipe};
+use crate::units::Bytes;
+
+/// Pipe size asked for with F_SETPIPE_SZ (the default pipe-max-size).
+const PIPE_SIZE: usize = 1 << 20;
+/// Writeback is started every this many bytes, so the final fsync is short.
+const WRITEBACK_WINDOW: u64 = 16 << 20;
+/// Connections refused as busy that may linger at once, to let the refusal reach the sender.
+const MAX_LINGERING: usize = 64;
+
+/// How the receiver behaves.
+#[derive(Clone, Debug)]
+pub struct ReceiverConfig {
+    /// Where files land.
+    pub dir: PathBuf,
+    /// Replace existing files.
+    pub force: bool,
+    /// Longest wait for the peer at any step; a stalled transfer is dropped after it.
+    pub timeout: Duration,
+    /// Most transfers served at once; the next connection is refused as busy.
+    pub max_transfers: usize,
+}
+
+/// The outcome of one connection, for the log line and `--json`.
+#[derive(Debug)]
+pub struct TransferRecord {
+    /// The sender's address.
+    pub peer: SocketAddr,
+    /// The announced name, if a header was read.
+    pub name: Option<String>,
+    /// The announced size, if a header was read.
+    pub size: Option<u64>,
+    /// Payload bytes written.
+    pub received: u64,
+    /// From accept to verdict.
+    pub elapsed: Duration,
+    /// Our digest of what we wrote, if hashed.
+    pub sha256: Option<[u8; 32]>,
+    /// Whether both digests were computed and matched.
+    pub verified: bool,
+    /// Landed, or why not.
+    pub result: Result<(), RecvError>,
+}
+
+/// A listening receiver.
+pub struct Receiver {
+    listener: TcpListener,
+    dir: OwnedFd,
+    config: ReceiverConfig,
+    active: AtomicUsize,
+    lingering: AtomicUsize,
+    in_flight: Mutex<HashSet<String>>,
+}
+
+impl Receiver {
+    /// Opens the destination directory and binds `addr` (port 0 picks a free port).
+    pub fn bind(addr: SocketAddr, config: ReceiverConfig) -> io::Result<Receiver> {
+        let dir = rustix::fs::open(
+            &config.dir,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            let _ = sock.set_only_v6(false);
+        }
+        sock.bind(&addr.into())?;
+        sock.listen(128)?;
+        Ok(Receiver {
+            listener: sock.into(),
+            dir,
+            config,
+            active: AtomicUsize::new(0),
+            lingering: AtomicUsize::new(0),
+            in_flight: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves exactly one connection and returns its outcome.
+    pub fn serve_once(&self) -> io::Result<TransferRecord> {
+        let (stream, peer) = self.listener.accept()?;
+        Ok(self.handle(stream, peer))
+    }
+
+    /// Serves connections until the process ends, each on its own thread, at most
+    /// `max_transfers` at once. `report` is called with every outcome.
+    pub fn serve(&self, report: &(dyn Fn(&TransferRecord) + Sync)) -> io::Result<()> {
+        std::thread::scope(|s| loop {
+            let (stream, peer) = match self.listener.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    // Out of descriptors or memory: say so and give running transfers a
+                    // moment to finish before accepting again.
+                    log::warn!("accepting a connection: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if self.active.fetch_add(1, Ordering::AcqRel) >= self.config.max_transfers {
+                self.active.fetch_sub(1, Ordering::AcqRel);
+                self.refuse_busy(s, stream, peer);
+                continue;
+            }
+            s.spawn(move || {
+                let record = self.handle(stream, peer);
+                self.active.fetch_sub(1, Ordering::AcqRel);
+                report(&record);
+            });
+        })
+    }
+
+    fn refuse_busy<'s>(&'s self, s: &'s std::thread::Scope<'s, '_>, stream: TcpStream, peer: SocketAddr) {
+        log::warn!(
+            "{peer}: refused: busy ({} transfers running)",
+            self.config.max_transfers
+        );
+        if self.lingering.fetch_add(1, Ordering::AcqRel) >= MAX_LINGERING {
+            self.lingering.fetch_sub(1, Ordering::AcqRel);
+            return; // dropping the stream closes it
+        }
+        s.spawn(move || {
+            let msg = format!(
+                "busy: the receiver is serving {} transfers; try again later",
+                self.config.max_transfers
+            );
+            refuse(&stream, RefuseCode::Busy, &msg);
+            self.lingering.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// Runs one transfer from hello to verdict.
+    fn handle(&self, stream: TcpStream, peer: SocketAddr) -> TransferRecord {
+        let start = Instant::now();
+        let mut record = TransferRecord {
+            peer,
+            name: None,
+            size: None,
+            received: 0,
+            elapsed: Duration::ZERO,
+            sha256: None,
+            verified: false,
+            result: Ok(()),
+        };
+        record.result = self.transfer(&stream, &mut record);
+        record.elapsed = start.elapsed();
+        record
+    }
+
+    fn transfer(&self, stream: &TcpStream, record: &mut TransferRecord) -> Result<(), RecvError> {
+        let timeout = Some(self.config.timeout);
+        stream
+            .set_read_timeout(timeout)
+            .and_then(|()| stream.set_write_timeout(timeout))
+            .map_err(|e| self.local("configuring the connection", e))?;
+        let header = match read_hello(&mut &*stream) {
+            Ok(h) => h,
+            Err(e) => {
+                if !matches!(e, ProtocolError::Truncated(_) | ProtocolError::Io(..)) {
+                    refuse(stream, e.refuse_code(), &e.to_string());
+                }
+                return Err(e.into());
+            }
+        };
+        record.name = Some(header.name.clone());
+        record.size = Some(header.size);
+
+        let _claim = match self.claim(&header.name) {
+            Some(c) => c,
+            None => {
+                let msg = format!(
+                    "busy: {} is being received from another sender",
+                    Escaped(&header.name)
+                );
+                return Err(refused(stream, RefuseCode::Busy, msg));
+            }
+        };
+        self.check_destination(stream, &header)?;
+        let temp = match TempFile::create(&self.dir) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = format!("cannot create a file in {}: {}", self.config.dir.display(), crate::units::os_reason(&e));
+                return Err(refused(stream, RefuseCode::Io, msg));
+            }
+        };
+        if let Err(e) = preallocate(&temp.file, header.size) {
+            let code = if e.kind() == io::ErrorKind::StorageFull {
+                RefuseCode::NoSpace
+            } else {
+                RefuseCode::Io
+            };
+            let msg = format!("preallocating {} in {}: {}", Bytes(header.size), self.config.dir.display(), crate::units::os_reason(&e));
+            return Err(refused(stream, code, msg));
+        }
+        (&*stream)
+            .write_all(&Reply::Accept.encode())
+            .map_err(|source| RecvError::Network {
+                during: "accepting",
+                received: 0,
+                expected: header.size,
+                source,
+            })?;
+
+        let digest = self.receive_payload(stream, &header, &temp, record)?;
+        let trailer = Trailer::read(&mut &*stream)?;
+        if header.verify() != trailer.sha256.is_some() {
+            return Err(ProtocolError::Malformed(
+                "trailer digest does not match the header's verify flag".into(),
+            )
+            .into());
+        }
+        record.sha256 = digest;
+        if trailer.sha256 != digest {
+            let hex = |d: Option<[u8; 32]>| d.map(hex::encode).unwrap_or_default();
+            send_verdict(stream, Status::Mismatch, digest, "checksum mismatch; discarded");
+            return Err(RecvError::Mismatch {
+                sent: hex(trailer.sha256),
+                received: hex(digest),
+            });
+        }
+        if let Err(e) = self.land(temp, &header) {
+            send_verdict(stream, Status::Failed, digest, &e.to_string());
+            return Err(e);
+        }
+        record.verified = digest.is_some();
+        send_verdict(stream, Status::Landed, digest, "");
+        Ok(())
+    }
+
+    /// Splices the payload into the temporary file, hashing it back on a second thread.
+    fn receive_payload(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        temp: &TempFile,
+        record: &mut TransferRecord,
+    ) -> Result<Option<[u8; 32]>, RecvError> {
+        let size = header.size;
+        let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
+        let mark = Watermark::new();
+        let written = AtomicU64::new(0);
+        let (copied, digest) = std::thread::scope(|s| {
+            let hasher = header
+                .verify()
+                .then(|| s.spawn(|| hash_file(&temp.file, size, &mark)));
+            let mut synced = 0u64;
+            let mut offset = 0u64;
+            let copied = sys::splice_into_file(stream, &pipe, &temp.file, &mut offset, size, &mut |done| {
+                written.store(done, Ordering::Relaxed);
+                mark.raise(done);
+                if done - synced >= WRITEBACK_WINDOW {
+                    sys::start_writeback(&temp.file, synced, done - synced);
+                    synced = done;
+                }
+            });
+            match &copied {
+                Ok(n) if *n == size => mark.close(),
+                _ => mark.abort(),
+            }
+            (copied, hasher.map(|h| h.join().expect("hashing thread panicked")))
+        });
+        record.received = written.load(Ordering::Relaxed);
+        let network = |during, source| RecvError::Network {
+            during,
+            received: record.received,
+            expected: size,
+            source,
+        };
+        match copied {
+            Ok(n) if n < size => {
+                return Err(RecvError::ShortPayload {
+                    received: n,
+                    expected: size,
+                })
+            }
+            Ok(_) => {}
+            Err(CopyError::Read(e)) => return Err(network("receiving", e)),
+            Err(CopyError::Write(e)) => {
+                let err = self.local(&format!("writing {}", Escaped(&header.name)), e);
+                send_verdict(stream, Status::Failed, None, &err.to_string());
+                return Err(err);
+            }
+            Err(CopyError::Unsupported) => unreachable!("splice_into_file falls back itself"),
+        }
+        match digest {
+            None => Ok(None),
+            Some(Ok(Some(d))) => Ok(Some(d)),
+            Some(Ok(None)) => unreachable!("the watermark was closed at the full size"),
+            Some(Err(e)) => Err(self.local("reading back the received file", e)),
+        }
+    }
+
+    /// Refuses names that exist (unless `--force`) and files that cannot fit.
+    fn check_destination(&self, stream: &TcpStream, header: &Header) -> Result<(), RecvError> {
+        match rustix::fs::statat(&self.dir, header.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => {
+                let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    == rustix::fs::FileType::Directory;
+                if is_dir {
+                    let msg = format!("{} is a directory", Escaped(&header.name));
+                    return Err(refused(stream, RefuseCode::Exists, msg));
+                }
+                if !self.config.force {
+                    return Err(refused(
+                        stream,
+                        RefuseCode::Exists,
+                        "file exists (use --force on the receiver)".into(),
+                    ));
+                }
+            }
+            Err(Errno::NOENT) => {}
+            Err(e) => {
+                let msg = format!("checking {}: {e}", Escaped(&header.name));
+                return Err(refused(stream, RefuseCode::Io, msg));
+            }
+        }
+        if let Ok(vfs) = rustix::fs::fstatvfs(&self.dir) {
+            let have = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+            if header.size > have {
+                let msg = format!(
+                    "not enough space on {}: need {}, have {}",
+                    self.config.dir.display(),
+                    Bytes(header.size),
+                    Bytes(have)
+                );
+                return Err(refused(stream, RefuseCode::NoSpace, msg));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets mode and mtime, makes the data durable, publishes under the final name and makes
+    /// the rename durable.
+    fn land(&self, temp: TempFile, header: &Header) -> Result<(), RecvError> {
+        let f = &temp.file;
+        let mode = Mode::from_raw_mode(header.mode & 0o777);
+        rustix::fs::fchmod(f, mode).map_err(|e| self.local("setting the mode", e.into()))?;
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
+            },
+            last_modification: Timespec {
+                tv_sec: header.mtime_sec,
+                tv_nsec: header.mtime_nsec as _,
+            },
+        };
+        rustix::fs::futimens(f, &times).map_err(|e| self.local("setting the mtime", e.into()))?;
+        rustix::fs::fsync(f).map_err(|e| self.local("syncing the data", e.into()))?;
+        self.publish(&temp.name, &header.name)?;
+        temp.disarm();
+        rustix::fs::fsync(&self.dir).map_err(|e| self.local("syncing the directory", e.into()))
+    }
+
+    fn publish(&self, temp: &str, name: &str) -> Result<(), RecvError> {
+        let result = if self.config.force {
+            rustix::fs::renameat(&self.dir, temp, &self.dir, name)
+        } else {
+            match rustix::fs::renameat_with(&self.dir, temp, &self.dir, name, RenameFlags::NOREPLACE) {
+                // Filesystems without RENAME_NOREPLACE: link(2) never replaces either.
+                Err(Errno::INVAL) | Err(Errno::NOSYS) => {
+                    rustix::fs::linkat(&self.dir, temp, &self.dir, name, AtFlags::empty())
+                        .and_then(|()| rustix::fs::unlinkat(&self.dir, temp, AtFlags::empty()))
+                }
+                other => other,
+            }
+        };
+        result.map_err(|e| match e {
+            Errno::EXIST => RecvError::Refused(format!(
+                "{} appeared while it was being received; kept the existing file",
+                Escaped(name)
+            )),
+            e => self.local(&format!("renaming into {}", Escaped(name)), e.into()),
+        })
+    }
+
+    /// Reserves `name` for this transfer; `None` if another connection is receiving it.
+    fn claim(&self, name: &str) -> Option<Claim<'_>> {
+        let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(name.to_owned()).then(|| Claim {
+            set: &self.in_flight,
+            name: name.to_owned(),
+        })
+    }
+
+    fn local(&self, during: &str, source: io::Error) -> RecvError {
+        RecvError::Local {
+            during: during.to_owned(),
+            dir: self.config.dir.clone(),
+            source,
+        }
+    }
+}
+
+/// A name reserved by a running transfer; released on drop.
+struct Claim<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    name: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
+    }
+}
+
+/// A hidden temporary file in the destination directory, removed on drop unless published.
+struct TempFile<'d> {
+    dir: &'d OwnedFd,
+    name: String,
+    file: File,
+    armed: bool,
+}
+
+impl<'d> TempFile<'d> {
+    /// Creates `.zrecv-….part` beneath `dir`, never following a symlink and never reusing a name.
+    fn create(dir: &'d OwnedFd) -> io::Result<TempFile<'d>> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let name = format!(
+                "{TEMP_PREFIX}{}-{}-{nanos:08x}.part",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            match open_beneath(dir, &name) {
+                Ok(fd) => {
+                    return Ok(TempFile {
+                        dir,
+                        name,
+                        file: File::from(fd),
+                        armed: true,
+                    })
+                }
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Keeps the file: it has been renamed into place.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = rustix::fs::unlinkat(self.dir, self.name.as_str(), AtFlags::empty()) {
+                log::warn!("removing temporary file {}: {e}", self.name);
+            }
+        }
+    }
+}
+
+/// Creates a new file `name` strictly beneath `dir`: openat2 with RESOLVE_BENEATH and
+/// RESOLVE_NO_SYMLINKS where the kernel has it, openat with O_NOFOLLOW otherwise.
+fn open_beneath(dir: impl AsFd, name: &str) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mode = Mode::from_raw_mode(0o600);
+    match rustix::fs::openat2(
+        &dir,
+        name,
+        flags,
+        mode,
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    ) {
+        Err(Errno::NOSYS) => rustix::fs::openat(&dir, name, flags, mode),
+        other => other,
+    }
+}
+
+/// Reserves the blocks the payload will need, so a full disk is found before data flows.
+/// Filesystems that cannot preallocate are fine.
+fn preallocate(file: &File, size: u64) -> io::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, size) {
+        Ok(()) | Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends a refusal, then lets the sender read it before the connection closes: shut down our
+/// side and drain what the sender already sent (bounded in bytes and time), so the close does
+/// not turn into a reset that could overtake the refusal.
+fn refuse(stream: &TcpStream, code: RefuseCode, message: &str) {
+    let mut s = stream;
+    if s.write_all(&Reply::Refuse(code, message.to_owned()).encode()).is_err() {
+        return;
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut sink = [0u8; 16 * 1024];
+    let mut drained = 0usize;
+    while drained < 1 << 20 {
+        match s.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+}
+
+fn refused(stream: &TcpStream, code: RefuseCode, message: String) -> RecvError {
+    refuse(stream, code, &message);
+    RecvError::Refused(message)
+}
+
+fn send_verdict(stream: &TcpStream, status: Status, sha256: Option<[u8; 32]>, message: &str) {
+    let v = Verdict {
+        status,
+        sha256,
+        message: message.to_owned(),
+    };
+    if let Err(e) = (&*stream).write_all(&v.encode()) {
+        log::debug!("sending the verdict: {e}");
+    }
+}
+
+/// Parses zrecv's `--listen` value: `IP:PORT`, `[V6]:PORT`, a bare IP (default port) or a bare
+/// port (all IPv4 addresses).
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, crate::send::DEFAULT_PORT));
+    }
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    Err(format!("{s:?} is not IP:PORT, an IP or a port"))
+}

@@ -1,0 +1,377 @@
+//! The sending side: open the source, connect, announce, push the payload with sendfile while a
+//! second thread hashes it, then wait for the receiver's verdict.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+use crate::error::SendError;
+use crate::hash::{hash_file, Watermark};
+use crate::name::validate_name;
+use crate::protocol::{Header, Reply, Status, Trailer, Verdict, FLAG_NO_VERIFY};
+use crate::sys::{self, CopyError};
+
+/// Port zrecv listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7350;
+
+/// Bytes per sendfile call: large enough that syscalls cost nothing, small enough for a lively
+/// progress bar.
+const SEND_CHUNK: usize = 4 << 20;
+
+/// How to send.
+#[derive(Clone, Debug)]
+pub struct SendOptions {
+    /// Name on the receiver; the source's file name if `None`.
+    pub name: Option<String>,
+    /// Hash on both sides and compare.
+    pub verify: bool,
+    /// Longest wait for the peer: connecting, each step of the handshake, any stall.
+    pub timeout: Duration,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        SendOptions {
+            name: None,
+            verify: true,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What happened, for the summary line and `--json`.
+#[derive(Clone, Debug)]
+pub struct SendReport {
+    /// The source path.
+    pub path: PathBuf,
+    /// The name on the receiver.
+    pub name: String,
+    /// The receiver's address.
+    pub peer: SocketAddr,
+    /// File size.
+    pub bytes: u64,
+    /// Payload bytes put on the wire.
+    pub bytes_sent: u64,
+    /// From connecting to the verdict.
+    pub elapsed: Duration,
+    /// The SHA-256 both sides agreed on, if verifying.
+    pub sha256: Option<[u8; 32]>,
+    /// Whether both digests were computed and matched.
+    pub verified: bool,
+    /// Whether the payload went through sendfile (false: the read/write fallback).
+    pub zero_copy: bool,
+}
+
+/// An opened source file and what the header says of it.
+pub struct Source {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    mode: u32,
+    mtime: (i64, u32),
+}
+
+impl Source {
+    /// Opens `path` for sending.
+    pub fn open(path: &Path) -> Result<Source, SendError> {
+        let source_err = |source| SendError::Source {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(source_err)?;
+        let meta = file.metadata().map_err(source_err)?;
+        if !meta.is_file() {
+            return Err(SendError::NotAFile(path.to_owned()));
+        }
+        Ok(Source {
+            file,
+            path: path.to_owned(),
+            size: meta.len(),
+            mode: meta.mode(),
+            mtime: (meta.mtime(), meta.mtime_nsec() as u32),
+        })
+    }
+
+    /// Whether the file was written to since it was opened.
+    fn changed(&self) -> bool {
+        match self.file.metadata() {
+            Ok(m) => m.len() != self.size || (m.mtime(), m.mtime_nsec() as u32) != self.mtime,
+            Err(_) => true,
+        }
+    }
+
+    fn default_name(&self) -> Result<String, SendError> {
+        let name_err = |source| SendError::Name {
+            path: self.path.clone(),
+            source,
+        };
+        let base = self
+            .path
+            .file_name()
+            .ok_or(name_err(crate::name::NameError::Empty))?;
+        let base = base
+            .to_str()
+            .ok_or(name_err(crate::name::NameError::NotUtf8))?;
+        Ok(base.to_owned())
+    }
+}
+
+/// Turns `HOST:PORT`, `[V6]:PORT`, `HOST` or a bare IP into socket addresses (the default port
+/// where none is given).
+pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, SendError> {
+    let resolve_err = |reason: String| SendError::Resolve {
+        addr: addr.to_owned(),
+        reason,
+    };
+    if let Ok(ip) = addr.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, DEFAULT_PORT)]);
+    }
+    let with_port = if addr.starts_with('[') && addr.ends_with(']') {
+        format!("{addr}:{DEFAULT_PORT}")
+    } else if !addr.contains(':') {
+        format!("{addr}:{DEFAULT_PORT}")
+    } else {
+        addr.to_owned()
+    };
+    let addrs: Vec<SocketAddr> = with_port
+        .to_socket_addrs()
+        .map_err(|e| resolve_err(crate::units::os_reason(&e)))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(resolve_err("no addresses found".into()));
+    }
+    Ok(addrs)
+}
+
+/// Connects to the first address that answers within `timeout`.
+pub fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, SendError> {
+    let mut last = None;
+    for a in resolve(addr)? {
+        let attempt = Socket::new(Domain::for_address(a), Type::STREAM, Some(Protocol::TCP))
+            .and_then(|s| s.connect_timeout(&a.into(), timeout).map(|()| s));
+        match attempt {
+            Ok(s) => return Ok(s.into()),
+            Err(e) => last = Some((a, e)),
+        }
+    }
+    let (a, source) = last.expect("resolve returns at least one address");
+    Err(SendError::Connect {
+        addr: a.to_string(),
+        source,
+    })
+}
+
+/// Sends `path` to the receiver at `addr`. `progress` is called with the bytes moved by each
+/// step of the copy loop.
+pub fn send_file(
+    addr: &str,
+    path: &Path,
+    opts: &SendOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<SendReport, SendError> {
+    let source = Source::open(path)?;
+    let name = match &opts.name {
+        Some(n) => n.clone(),
+        None => source.default_name()?,
+    };
+    validate_name(&name).map_err(|source| SendError::Name {
+        path: path.to_owned(),
+        source,
+    })?;
+    let start = Instant::now();
+    let stream = connect(addr, opts.timeout)?;
+    let peer = stream.peer_addr().map_err(net("connecting"))?;
+    stream
+        .set_read_timeout(Some(opts.timeout))
+        .and_then(|()| stream.set_write_timeout(Some(opts.timeout)))
+        .map_err(net("configuring the socket"))?;
+    let mut report = SendReport {
+        path: path.to_owned(),
+        name,
+        peer,
+        bytes: source.size,
+        bytes_sent: 0,
+        elapsed: Duration::ZERO,
+        sha256: None,
+        verified: false,
+        zero_copy: true,
+    };
+    transfer(&stream, &source, opts, &mut report, progress)?;
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+fn transfer(
+    mut stream: &TcpStream,
+    source: &Source,
+    opts: &SendOptions,
+    report: &mut SendReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), SendError> {
+    let header = Header {
+        name: report.name.clone(),
+        size: source.size,
+        mode: source.mode,
+        mtime_sec: source.mtime.0,
+        mtime_nsec: source.mtime.1,
+        flags: if opts.verify { 0 } else { FLAG_NO_VERIFY },
+        resume_offset: 0,
+    };
+    stream
+        .write_all(&header.encode_hello())
+        .map_err(net("sending the header"))?;
+    match Reply::read(&mut stream)? {
+        Reply::Accept => {}
+        Reply::Refuse(code, message) => {
+            return Err(SendError::Refused {
+                name: report.name.clone(),
+                code,
+                message,
+            })
+        }
+    }
+
+    // Cork: the last payload segment and the trailer leave together.
+    let sock = SockRef::from(stream);
+    let _ = sock.set_tcp_cork(true);
+    let _ = rustix::fs::fadvise(
+        &source.file,
+        0,
+        None,
+        rustix::fs::Advice::Sequential,
+    );
+    let mark = Watermark::complete(source.size);
+    let (copied, digest) = std::thread::scope(|s| {
+        let hasher = opts
+            .verify
+            .then(|| s.spawn(|| hash_file(&source.file, source.size, &mark)));
+        let copied = copy_payload(stream, source, &mut report.zero_copy, progress);
+        if copied.is_err() {
+            mark.abort();
+        }
+        let digest = hasher.map(|h| h.join().expect("hashing thread panicked"));
+        (copied, digest)
+    });
+    let sent = match copied {
+        Ok(n) => n,
+        Err(e) => return Err(explain_failure(stream, report, e)),
+    };
+    report.bytes_sent = sent;
+    if sent < source.size {
+        return Err(SendError::SourceShrank {
+            sent,
+            expected: source.size,
+        });
+    }
+    let digest = match digest {
+        None => None,
+        Some(Ok(Some(d))) => Some(d),
+        Some(Ok(None)) => unreachable!("the sender's watermark is complete from the start"),
+        Some(Err(source_err)) => {
+            return Err(SendError::Source {
+                path: source.path.clone(),
+                source: source_err,
+            })
+        }
+    };
+    if source.changed() {
+        // Without a trailer the receiver discards what it got.
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return Err(SendError::SourceChanged);
+    }
+    stream
+        .write_all(&Trailer { sha256: digest }.encode())
+        .map_err(net("sending the trailer"))?;
+    let _ = sock.set_tcp_cork(false);
+
+    let verdict = Verdict::read(&mut stream)?;
+    judge(verdict, digest, report)
+}
+
+/// Moves the payload with sendfile, falling back to read/write where the kernel cannot.
+fn copy_payload(
+    stream: &TcpStream,
+    source: &Source,
+    zero_copy: &mut bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, CopyError> {
+    let mut offset = 0u64;
+    match sys::sendfile_all(
+        stream,
+        &source.file,
+        &mut offset,
+        source.size,
+        SEND_CHUNK,
+        progress,
+    ) {
+        Err(CopyError::Unsupported) => {
+            log::info!(
+                "sendfile cannot read {}; falling back to read/write",
+                source.path.display()
+            );
+            *zero_copy = false;
+            sys::read_write_all(stream, &source.file, &mut offset, source.size, progress)
+        }
+        other => other,
+    }
+}
+
+/// Turns a failed copy into the most useful error: the receiver may have said why it stopped
+/// reading (a full disk, say) before the connection broke.
+fn explain_failure(mut stream: &TcpStream, report: &SendReport, e: CopyError) -> SendError {
+    match e {
+        CopyError::Read(source) => SendError::Source {
+            path: report.path.clone(),
+            source,
+        },
+        CopyError::Unsupported => unreachable!("the fallback handles Unsupported"),
+        CopyError::Write(source) => {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            match Verdict::read(&mut stream) {
+                Ok(v) if v.status != Status::Landed => SendError::ReceiverFailed {
+                    name: report.name.clone(),
+                    message: v.message,
+                },
+                _ => SendError::Network {
+                    during: "sending the payload".into(),
+                    source,
+                },
+            }
+        }
+    }
+}
+
+fn judge(
+    verdict: Verdict,
+    digest: Option<[u8; 32]>,
+    report: &mut SendReport,
+) -> Result<(), SendError> {
+    let hex = |d: Option<[u8; 32]>| d.map(hex::encode).unwrap_or_else(|| "nothing".into());
+    match verdict.status {
+        Status::Landed if verdict.sha256 == digest => {
+            report.sha256 = digest;
+            report.verified = digest.is_some();
+            Ok(())
+        }
+        Status::Landed | Status::Mismatch => Err(SendError::Mismatch {
+            sent: hex(digest),
+            received: hex(verdict.sha256),
+        }),
+        Status::Failed => Err(SendError::ReceiverFailed {
+            name: report.name.clone(),
+            message: verdict.message,
+        }),
+    }
+}
+
+fn net(during: &'static str) -> impl Fn(std::io::Error) -> SendError {
+    move |source| SendError::Network {
+        during: during.into(),
+        source,
+    }
+}

@@ -1,0 +1,148 @@
+//! zrecv: listen on a TCP port and land what zsend sends into a directory, verified and durable.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use zcommon::{
+    parse_listen_addr, Bytes, Escaped, ExitStatus, Receiver, ReceiverConfig, TransferRecord,
+};
+
+/// Receive files from zsend: splice(2) from the socket into the file, SHA-256 checked against
+/// the sender's, published under its name only once complete, verified and durable.
+#[derive(Parser, Debug)]
+#[command(version, after_help = EXAMPLES)]
+struct Cli {
+    /// Address to listen on: IP:PORT, [IPV6]:PORT, IP, or PORT. Port 0 picks a free port.
+    /// The first line on stderr is `listening on ADDR` with the bound address.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        num_args = 0..=1,
+        default_value = "0.0.0.0:7350",
+        default_missing_value = "0.0.0.0:7350",
+        value_parser = parse_listen_addr,
+    )]
+    listen: SocketAddr,
+
+    /// Directory to write into.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    dir: PathBuf,
+
+    /// Serve one transfer, then exit with its result.
+    #[arg(long)]
+    once: bool,
+
+    /// Replace existing files.
+    #[arg(long)]
+    force: bool,
+
+    /// Seconds to wait for a sender at any step; a stalled transfer is dropped after it.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    timeout: u64,
+
+    /// Most transfers served at once; further senders are refused as busy.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_transfers: usize,
+
+    /// Print one JSON line per finished transfer on stdout.
+    #[arg(long)]
+    json: bool,
+
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
+
+    /// More detail on stderr (-v: decisions such as fallbacks, -vv: debugging).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  zrecv --listen --dir /srv/images          listen on 0.0.0.0:7350
+  zrecv --listen 127.0.0.1:0 --once         one transfer on a free loopback port
+  zrecv --listen [::]:7350 --json           a JSON line per transfer on stdout
+
+Exit status with --once: 0 landed and verified, 1 local error, 3 network, 4 refused,
+5 verification failed, 6 protocol error.";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    zcommon::init_logging("zrecv", 1, cli.verbose, cli.quiet);
+    match run(&cli) {
+        Ok(status) => ExitCode::from(status.code()),
+        Err(err) => {
+            eprintln!("zrecv: {err:#}");
+            ExitCode::from(ExitStatus::Local.code())
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
+    let config = ReceiverConfig {
+        dir: cli.dir.clone(),
+        force: cli.force,
+        timeout: Duration::from_secs(cli.timeout.max(1)),
+        max_transfers: cli.max_transfers.max(1),
+    };
+    let receiver = Receiver::bind(cli.listen, config)
+        .with_context(|| format!("listening on {} for {}", cli.listen, cli.dir.display()))?;
+    eprintln!("listening on {}", receiver.local_addr()?);
+    let report = |r: &TransferRecord| report(cli, r);
+    if cli.once {
+        let record = receiver.serve_once().context("accepting a connection")?;
+        report(&record);
+        return Ok(record
+            .result
+            .as_ref()
+            .map_or_else(|e| e.exit_status(), |()| ExitStatus::Success));
+    }
+    receiver.serve(&report).context("serving")?;
+    Ok(ExitStatus::Success)
+}
+
+/// One log line per transfer, and a JSON line with `--json`.
+fn report(cli: &Cli, r: &TransferRecord) {
+    let name = r.name.as_deref().map(Escaped);
+    let what = match &name {
+        Some(n) => format!("{n} from {}", r.peer),
+        None => format!("connection from {}", r.peer),
+    };
+    match &r.result {
+        Ok(()) => {
+            let secs = r.elapsed.as_secs_f64().max(1e-9);
+            let check = match r.sha256 {
+                Some(d) => format!("sha256 {} verified", hex::encode(d)),
+                None => "not verified (sender used --no-verify)".into(),
+            };
+            log::info!(
+                "received {what}: {} in {secs:.2} s, {}/s, {check}",
+                Bytes(r.received),
+                Bytes((r.received as f64 / secs) as u64)
+            );
+        }
+        Err(e) => log::error!("{what}: {e:#}"),
+    }
+    if cli.json {
+        let line = serde_json::json!({
+            "version": 1,
+            "ok": r.result.is_ok(),
+            "peer": r.peer.to_string(),
+            "name": r.name,
+            "bytes": r.size,
+            "bytes_received": r.received,
+            "seconds": r.elapsed.as_secs_f64(),
+            "sha256": r.sha256.map(hex::encode),
+            "verified": r.verified,
+            "error": r.result.as_ref().err().map(|e| format!("{e:#}")),
+        });
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
