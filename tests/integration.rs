@@ -1,1 +1,7 @@
+//! Integration tests: the real zsend and zrecv binaries over real loopback sockets.
 
+mod faults;
+mod hostile;
+mod transfer;
+mod util;
+mod zero_copy;

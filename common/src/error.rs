@@ -54,23 +54,23 @@ impl ProtocolError {
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// The source could not be opened or examined.
-    #[error("{}: {}", .path.display(), crate::units::os_reason(.source))]
+    #[error("{}: {}", .path.display(), crate::units::os_reason(.error))]
     Source {
         /// The source path.
         path: PathBuf,
         /// What went wrong.
-        source: io::Error,
+        error: io::Error,
     },
     /// The source is a directory, socket or other file that cannot be sent.
     #[error("{}: not a regular file", .0.display())]
     NotAFile(PathBuf),
     /// No usable remote name.
-    #[error("cannot send {}: {source}", .path.display())]
+    #[error("cannot send {}: {reason}", .path.display())]
     Name {
         /// The source path.
         path: PathBuf,
         /// Why the name is unusable.
-        source: NameError,
+        reason: NameError,
     },
     /// HOST:PORT could not be parsed or resolved.
     #[error("resolving {addr}: {reason}")]
@@ -81,12 +81,12 @@ pub enum SendError {
         reason: String,
     },
     /// Could not connect.
-    #[error("connecting to {addr}: {}", crate::units::os_reason(.source))]
+    #[error("connecting to {addr}: {}", crate::units::os_reason(.error))]
     Connect {
         /// The address tried last.
         addr: String,
         /// The last failure.
-        source: io::Error,
+        error: io::Error,
     },
     /// The receiver said no.
     #[error("receiver refused {}: {}", crate::name::Escaped(.name), crate::name::Escaped(.message))]
@@ -99,12 +99,12 @@ pub enum SendError {
         message: String,
     },
     /// The network failed in the middle.
-    #[error("{during}: {}", crate::units::os_reason(.source))]
+    #[error("{during}: {}", crate::units::os_reason(.error))]
     Network {
         /// What was going on.
         during: String,
         /// The failure.
-        source: io::Error,
+        error: io::Error,
     },
     /// The source file got shorter while it was being sent.
     #[error("source shrank during transfer: sent {} of {}", Bytes(*.sent), Bytes(*.expected))]
@@ -176,7 +176,7 @@ pub enum RecvError {
         expected: u64,
     },
     /// The connection failed or stalled.
-    #[error("{during} after {} of {}: {}", Bytes(*.received), Bytes(*.expected), crate::units::os_reason(.source))]
+    #[error("{during} after {} of {}: {}", Bytes(*.received), Bytes(*.expected), crate::units::os_reason(.error))]
     Network {
         /// What was going on.
         during: &'static str,
@@ -185,7 +185,7 @@ pub enum RecvError {
         /// Bytes announced.
         expected: u64,
         /// The failure.
-        source: io::Error,
+        error: io::Error,
     },
     /// The digests differ.
     #[error("checksum mismatch: sender sent {sent}, we wrote {received}; discarded")]
@@ -196,14 +196,14 @@ pub enum RecvError {
         received: String,
     },
     /// A local filesystem operation failed.
-    #[error("{during} in {}: {}", .dir.display(), crate::units::os_reason(.source))]
+    #[error("{during} in {}: {}", .dir.display(), crate::units::os_reason(.error))]
     Local {
         /// What was going on.
         during: String,
         /// The destination directory.
         dir: PathBuf,
         /// The failure.
-        source: io::Error,
+        error: io::Error,
     },
 }
 

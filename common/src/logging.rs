@@ -18,7 +18,12 @@ pub fn init_logging(program: &'static str, base: u8, verbose: u8, quiet: bool) {
         .parse_env("RUST_LOG")
         .format(move |buf, record| match record.level() {
             log::Level::Info => writeln!(buf, "{program}: {}", record.args()),
-            l => writeln!(buf, "{program}: {}: {}", l.as_str().to_lowercase(), record.args()),
+            l => writeln!(
+                buf,
+                "{program}: {}: {}",
+                l.as_str().to_lowercase(),
+                record.args()
+            ),
         })
         .init();
 }

@@ -83,17 +83,38 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_and_dotted_names() {
-        for n in ["a.img", "..cache", "a..b", ".hidden", "ünïcode 名前", &"x".repeat(255)] {
+        for n in [
+            "a.img",
+            "..cache",
+            "a..b",
+            ".hidden",
+            "ünïcode 名前",
+            &"x".repeat(255),
+        ] {
             assert_eq!(validate_name(n), Ok(()), "{n}");
         }
     }
 
     #[test]
     fn refuses_unsafe_names() {
-        for n in ["", ".", "..", "a/b", "/etc", "../x", "a\0b", "a\nb", "\u{1b}[31m", "\u{9b}x"] {
+        for n in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "/etc",
+            "../x",
+            "a\0b",
+            "a\nb",
+            "\u{1b}[31m",
+            "\u{9b}x",
+        ] {
             assert!(validate_name(n).is_err(), "{n:?}");
         }
-        assert_eq!(validate_name(&"x".repeat(256)), Err(NameError::TooLong(256)));
+        assert_eq!(
+            validate_name(&"x".repeat(256)),
+            Err(NameError::TooLong(256))
+        );
         assert!(validate_name(".zrecv-abc.part").is_err());
     }
 

@@ -536,7 +536,10 @@ mod tests {
     #[test]
     fn oversized_header_is_refused_before_reading_it() {
         let err = read_preamble(&mut &hello_with_len(u32::MAX)[..]).unwrap_err();
-        assert!(matches!(err, ProtocolError::HeaderTooLong(u32::MAX)), "{err}");
+        assert!(
+            matches!(err, ProtocolError::HeaderTooLong(u32::MAX)),
+            "{err}"
+        );
         assert!(read_preamble(&mut &hello_with_len(MAX_HEADER_LEN)[..]).is_ok());
     }
 

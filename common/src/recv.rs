@@ -139,7 +139,12 @@ impl Receiver {
         })
     }
 
-    fn refuse_busy<'s>(&'s self, s: &'s std::thread::Scope<'s, '_>, stream: TcpStream, peer: SocketAddr) {
+    fn refuse_busy<'s>(
+        &'s self,
+        s: &'s std::thread::Scope<'s, '_>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) {
         log::warn!(
             "{peer}: refused: busy ({} transfers running)",
             self.config.max_transfers
@@ -208,7 +213,11 @@ impl Receiver {
         let temp = match TempFile::create(&self.dir) {
             Ok(t) => t,
             Err(e) => {
-                let msg = format!("cannot create a file in {}: {}", self.config.dir.display(), crate::units::os_reason(&e));
+                let msg = format!(
+                    "cannot create a file in {}: {}",
+                    self.config.dir.display(),
+                    crate::units::os_reason(&e)
+                );
                 return Err(refused(stream, RefuseCode::Io, msg));
             }
         };
@@ -218,16 +227,21 @@ impl Receiver {
             } else {
                 RefuseCode::Io
             };
-            let msg = format!("preallocating {} in {}: {}", Bytes(header.size), self.config.dir.display(), crate::units::os_reason(&e));
+            let msg = format!(
+                "preallocating {} in {}: {}",
+                Bytes(header.size),
+                self.config.dir.display(),
+                crate::units::os_reason(&e)
+            );
             return Err(refused(stream, code, msg));
         }
         (&*stream)
             .write_all(&Reply::Accept.encode())
-            .map_err(|source| RecvError::Network {
+            .map_err(|error| RecvError::Network {
                 during: "accepting",
                 received: 0,
                 expected: header.size,
-                source,
+                error,
             })?;
 
         let digest = self.receive_payload(stream, &header, &temp, record)?;
@@ -241,7 +255,12 @@ impl Receiver {
         record.sha256 = digest;
         if trailer.sha256 != digest {
             let hex = |d: Option<[u8; 32]>| d.map(hex::encode).unwrap_or_default();
-            send_verdict(stream, Status::Mismatch, digest, "checksum mismatch; discarded");
+            send_verdict(
+                stream,
+                Status::Mismatch,
+                digest,
+                "checksum mismatch; discarded",
+            );
             return Err(RecvError::Mismatch {
                 sent: hex(trailer.sha256),
                 received: hex(digest),
@@ -274,26 +293,30 @@ impl Receiver {
                 .then(|| s.spawn(|| hash_file(&temp.file, size, &mark)));
             let mut synced = 0u64;
             let mut offset = 0u64;
-            let copied = sys::splice_into_file(stream, &pipe, &temp.file, &mut offset, size, &mut |done| {
-                written.store(done, Ordering::Relaxed);
-                mark.raise(done);
-                if done - synced >= WRITEBACK_WINDOW {
-                    sys::start_writeback(&temp.file, synced, done - synced);
-                    synced = done;
-                }
-            });
+            let copied =
+                sys::splice_into_file(stream, &pipe, &temp.file, &mut offset, size, &mut |done| {
+                    written.store(done, Ordering::Relaxed);
+                    mark.raise(done);
+                    if done - synced >= WRITEBACK_WINDOW {
+                        sys::start_writeback(&temp.file, synced, done - synced);
+                        synced = done;
+                    }
+                });
             match &copied {
                 Ok(n) if *n == size => mark.close(),
                 _ => mark.abort(),
             }
-            (copied, hasher.map(|h| h.join().expect("hashing thread panicked")))
+            (
+                copied,
+                hasher.map(|h| h.join().expect("hashing thread panicked")),
+            )
         });
         record.received = written.load(Ordering::Relaxed);
-        let network = |during, source| RecvError::Network {
+        let network = |during, error| RecvError::Network {
             during,
             received: record.received,
             expected: size,
-            source,
+            error,
         };
         match copied {
             Ok(n) if n < size => {
@@ -385,7 +408,13 @@ impl Receiver {
         let result = if self.config.force {
             rustix::fs::renameat(&self.dir, temp, &self.dir, name)
         } else {
-            match rustix::fs::renameat_with(&self.dir, temp, &self.dir, name, RenameFlags::NOREPLACE) {
+            match rustix::fs::renameat_with(
+                &self.dir,
+                temp,
+                &self.dir,
+                name,
+                RenameFlags::NOREPLACE,
+            ) {
                 // Filesystems without RENAME_NOREPLACE: link(2) never replaces either.
                 Err(Errno::INVAL) | Err(Errno::NOSYS) => {
                     rustix::fs::linkat(&self.dir, temp, &self.dir, name, AtFlags::empty())
@@ -412,11 +441,11 @@ impl Receiver {
         })
     }
 
-    fn local(&self, during: &str, source: io::Error) -> RecvError {
+    fn local(&self, during: &str, error: io::Error) -> RecvError {
         RecvError::Local {
             during: during.to_owned(),
             dir: self.config.dir.clone(),
-            source,
+            error,
         }
     }
 }
@@ -523,7 +552,9 @@ fn preallocate(file: &File, size: u64) -> io::Result<()> {
 /// not turn into a reset that could overtake the refusal.
 fn refuse(stream: &TcpStream, code: RefuseCode, message: &str) {
     let mut s = stream;
-    if s.write_all(&Reply::Refuse(code, message.to_owned()).encode()).is_err() {
+    if s.write_all(&Reply::Refuse(code, message.to_owned()).encode())
+        .is_err()
+    {
         return;
     }
     let _ = stream.shutdown(Shutdown::Write);

@@ -79,9 +79,9 @@ pub struct Source {
 impl Source {
     /// Opens `path` for sending.
     pub fn open(path: &Path) -> Result<Source, SendError> {
-        let source_err = |source| SendError::Source {
+        let source_err = |error| SendError::Source {
             path: path.to_owned(),
-            source,
+            error,
         };
         let file = File::open(path).map_err(source_err)?;
         let meta = file.metadata().map_err(source_err)?;
@@ -106,9 +106,9 @@ impl Source {
     }
 
     fn default_name(&self) -> Result<String, SendError> {
-        let name_err = |source| SendError::Name {
+        let name_err = |reason| SendError::Name {
             path: self.path.clone(),
-            source,
+            reason,
         };
         let base = self
             .path
@@ -131,9 +131,8 @@ pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, SendError> {
     if let Ok(ip) = addr.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, DEFAULT_PORT)]);
     }
-    let with_port = if addr.starts_with('[') && addr.ends_with(']') {
-        format!("{addr}:{DEFAULT_PORT}")
-    } else if !addr.contains(':') {
+    let bracketed = addr.starts_with('[') && addr.ends_with(']');
+    let with_port = if bracketed || !addr.contains(':') {
         format!("{addr}:{DEFAULT_PORT}")
     } else {
         addr.to_owned()
@@ -159,10 +158,10 @@ pub fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, SendError> {
             Err(e) => last = Some((a, e)),
         }
     }
-    let (a, source) = last.expect("resolve returns at least one address");
+    let (a, error) = last.expect("resolve returns at least one address");
     Err(SendError::Connect {
         addr: a.to_string(),
-        source,
+        error,
     })
 }
 
@@ -179,9 +178,9 @@ pub fn send_file(
         Some(n) => n.clone(),
         None => source.default_name()?,
     };
-    validate_name(&name).map_err(|source| SendError::Name {
+    validate_name(&name).map_err(|reason| SendError::Name {
         path: path.to_owned(),
-        source,
+        reason,
     })?;
     let start = Instant::now();
     let stream = connect(addr, opts.timeout)?;
@@ -239,12 +238,7 @@ fn transfer(
     // Cork: the last payload segment and the trailer leave together.
     let sock = SockRef::from(stream);
     let _ = sock.set_tcp_cork(true);
-    let _ = rustix::fs::fadvise(
-        &source.file,
-        0,
-        None,
-        rustix::fs::Advice::Sequential,
-    );
+    let _ = rustix::fs::fadvise(&source.file, 0, None, rustix::fs::Advice::Sequential);
     let mark = Watermark::complete(source.size);
     let (copied, digest) = std::thread::scope(|s| {
         let hasher = opts
@@ -275,7 +269,7 @@ fn transfer(
         Some(Err(source_err)) => {
             return Err(SendError::Source {
                 path: source.path.clone(),
-                source: source_err,
+                error: source_err,
             })
         }
     };
@@ -325,12 +319,12 @@ fn copy_payload(
 /// reading (a full disk, say) before the connection broke.
 fn explain_failure(mut stream: &TcpStream, report: &SendReport, e: CopyError) -> SendError {
     match e {
-        CopyError::Read(source) => SendError::Source {
+        CopyError::Read(error) => SendError::Source {
             path: report.path.clone(),
-            source,
+            error,
         },
         CopyError::Unsupported => unreachable!("the fallback handles Unsupported"),
-        CopyError::Write(source) => {
+        CopyError::Write(error) => {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
             match Verdict::read(&mut stream) {
                 Ok(v) if v.status != Status::Landed => SendError::ReceiverFailed {
@@ -339,7 +333,7 @@ fn explain_failure(mut stream: &TcpStream, report: &SendReport, e: CopyError) ->
                 },
                 _ => SendError::Network {
                     during: "sending the payload".into(),
-                    source,
+                    error,
                 },
             }
         }
@@ -370,8 +364,8 @@ fn judge(
 }
 
 fn net(during: &'static str) -> impl Fn(std::io::Error) -> SendError {
-    move |source| SendError::Network {
+    move |error| SendError::Network {
         during: during.into(),
-        source,
+        error,
     }
 }

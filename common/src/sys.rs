@@ -139,7 +139,14 @@ pub fn splice_into_file(
         };
         let mut left = n;
         while left > 0 {
-            match pipe::splice(&pipe.read, None, file, Some(offset), left, SpliceFlags::empty()) {
+            match pipe::splice(
+                &pipe.read,
+                None,
+                file,
+                Some(offset),
+                left,
+                SpliceFlags::empty(),
+            ) {
                 Ok(0) => {
                     return Err(CopyError::Write(io::Error::new(
                         io::ErrorKind::WriteZero,
@@ -149,7 +156,9 @@ pub fn splice_into_file(
                 Ok(k) => left -= k,
                 Err(Errno::INTR) => continue,
                 Err(e) if is_unsupported(e) => {
-                    log::info!("splice into this filesystem is unsupported ({e}); using read/write");
+                    log::info!(
+                        "splice into this filesystem is unsupported ({e}); using read/write"
+                    );
                     drain_pipe(pipe, file, offset, left)?;
                     done += n as u64;
                     progress(done);
@@ -168,7 +177,12 @@ pub fn splice_into_file(
 }
 
 /// Copies `left` bytes already in `pipe` into `file` through a buffer.
-fn drain_pipe(pipe: &Pipe, file: &File, offset: &mut u64, mut left: usize) -> Result<(), CopyError> {
+fn drain_pipe(
+    pipe: &Pipe,
+    file: &File,
+    offset: &mut u64,
+    mut left: usize,
+) -> Result<(), CopyError> {
     let mut buf = vec![0u8; left.min(FALLBACK_BUF)];
     let mut reader = File::from(pipe.read.try_clone().map_err(CopyError::Read)?);
     while left > 0 {

@@ -1,0 +1,172 @@
+//! Failures are loud and leave nothing under the final name.
+
+use std::process::{Command, Stdio};
+
+use crate::util::*;
+
+/// Offset in the sender's stream of payload byte `k` for a file called `name`.
+fn payload_offset(name: &str, k: u64) -> u64 {
+    (zcommon::PREAMBLE_LEN + zcommon::HEADER_FIXED_LEN + name.len()) as u64 + k
+}
+
+#[test]
+fn a_flipped_payload_byte_fails_both_sides_and_publishes_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("flip.bin");
+    random_file(&path, 5 << 20, 11);
+    let mut rx = Zrecv::start(dst.path(), &["--once"]);
+    let proxy = Proxy::start(rx.addr, Fault::Flip(payload_offset("flip.bin", 3 << 20)));
+    let out = zsend(&[&proxy.addr(), path.to_str().unwrap()]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("checksum mismatch: sent "), "{err}");
+    assert!(
+        err.contains(&sha256_file(&path)),
+        "the sender names its digest: {err}"
+    );
+    assert_eq!(rx.wait().code(), Some(5), "{}", rx.stderr());
+    assert!(rx.stderr().contains("checksum mismatch"), "{}", rx.stderr());
+    assert!(entries(dst.path()).is_empty(), "{:?}", entries(dst.path()));
+}
+
+#[test]
+fn a_flipped_trailer_byte_is_caught_too() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("t.bin");
+    let size = 100_000;
+    random_file(&path, size, 12);
+    let mut rx = Zrecv::start(dst.path(), &["--once"]);
+    // The last byte of the trailer's digest.
+    let at = payload_offset("t.bin", size) + zcommon::TRAILER_LEN as u64 - 1;
+    let proxy = Proxy::start(rx.addr, Fault::Flip(at));
+    let out = zsend(&[&proxy.addr(), path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr_of(&out));
+    assert_eq!(rx.wait().code(), Some(5));
+    assert!(entries(dst.path()).is_empty());
+}
+
+#[test]
+fn existing_files_are_kept_unless_the_receiver_forces() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("a.img");
+    random_file(&path, 70_000, 1);
+    std::fs::write(dst.path().join("a.img"), b"precious").unwrap();
+
+    let mut rx = Zrecv::start(dst.path(), &["--once"]);
+    let out = zsend(&[&rx.addr(), path.to_str().unwrap()]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("receiver refused a.img: file exists (use --force on the receiver)"),
+        "{err}"
+    );
+    assert_eq!(rx.wait().code(), Some(4));
+    assert_eq!(
+        std::fs::read(dst.path().join("a.img")).unwrap(),
+        b"precious"
+    );
+    assert_eq!(entries(dst.path()), vec!["a.img"]);
+
+    let mut rx = Zrecv::start(dst.path(), &["--once", "--force"]);
+    let out = zsend(&[&rx.addr(), path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(rx.wait().success());
+    assert_eq!(sha256_file(&dst.path().join("a.img")), sha256_file(&path));
+}
+
+#[test]
+fn bad_names_are_refused_by_the_sender() {
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("x");
+    std::fs::write(&path, b"x").unwrap();
+    let port = closed_port().to_string();
+    for bad in [
+        "../evil",
+        "a/b",
+        "..",
+        ".",
+        "",
+        "bell\u{7}",
+        ".zrecv-1.part",
+    ] {
+        let out = zsend(&[&port, path.to_str().unwrap(), "--name", bad]);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", stderr_of(&out));
+        assert!(stderr_of(&out).contains("name"), "{}", stderr_of(&out));
+        assert!(
+            !stderr_of(&out).contains('\u{7}'),
+            "control characters are escaped"
+        );
+    }
+}
+
+#[test]
+fn a_closed_port_says_connection_refused() {
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("x");
+    std::fs::write(&path, b"x").unwrap();
+    let addr = closed_port();
+    let out = zsend(&[&addr.to_string(), path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr_of(&out);
+    assert_eq!(
+        err.trim(),
+        format!("zsend: connecting to {addr}: connection refused")
+    );
+}
+
+#[test]
+fn a_missing_source_is_a_local_error() {
+    let out = zsend(&[&closed_port().to_string(), "/nonexistent/file.img"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("/nonexistent/file.img: no such file or directory"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = zsend(&[&closed_port().to_string(), dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("not a regular file"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn killing_the_sender_mid_transfer_leaves_nothing_and_the_receiver_serves_on() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("k.bin");
+    random_file(&path, 32 << 20, 13);
+    let rx = Zrecv::start(dst.path(), &[]);
+    let proxy = Proxy::start(
+        rx.addr,
+        Fault::StallAfter(payload_offset("k.bin", 10 << 20)),
+    );
+    let mut sender = Command::new(zsend_bin())
+        .args([&proxy.addr(), path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    proxy
+        .stalled
+        .recv_timeout(PROCESS_TIMEOUT)
+        .expect("the transfer reached the stall point");
+    // Only the hidden temporary file exists mid-transfer.
+    assert!(entries(dst.path()).iter().all(|e| e.starts_with(".zrecv-")));
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    drop(proxy);
+    let line = rx.wait_for_line("k.bin from");
+    assert!(
+        line.contains("sender closed after 10.0 MiB of 32.0 MiB"),
+        "{line}"
+    );
+    assert!(entries(dst.path()).is_empty(), "{:?}", entries(dst.path()));
+
+    // The same receiver lands the next transfer.
+    let out = zsend(&[&rx.addr(), path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(sha256_file(&dst.path().join("k.bin")), sha256_file(&path));
+}

@@ -1,0 +1,349 @@
+//! Helpers for the integration tests: run the real binaries, make files, play the network.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wait_timeout::ChildExt;
+
+/// Longest any single process in a test may run.
+pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn zsend_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_zsend")
+}
+
+pub fn zrecv_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_zrecv")
+}
+
+/// A running zrecv, killed on drop.
+pub struct Zrecv {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    stderr: Arc<Mutex<String>>,
+    stderr_lines: mpsc::Receiver<String>,
+    stdout: Option<std::process::ChildStdout>,
+}
+
+impl Zrecv {
+    /// Starts `zrecv --listen 127.0.0.1:0 --dir DIR ARGS...` and waits for its `listening on`.
+    pub fn start(dir: &Path, args: &[&str]) -> Zrecv {
+        Self::start_with(None, dir, "127.0.0.1:0", args)
+    }
+
+    /// As `start`, with a wrapper command (such as strace) and a listen address.
+    pub fn start_with(wrapper: Option<&[&str]>, dir: &Path, listen: &str, args: &[&str]) -> Zrecv {
+        let mut cmd = match wrapper {
+            Some(w) => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..]).arg(zrecv_bin());
+                c
+            }
+            None => Command::new(zrecv_bin()),
+        };
+        cmd.args(["--listen", listen, "--dir"])
+            .arg(dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn zrecv");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let all = Arc::new(Mutex::new(String::new()));
+        let all2 = all.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                all2.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        let first = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("zrecv printed its first line");
+        let addr = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .parse()
+            .expect("an address");
+        let stdout = child.stdout.take();
+        Zrecv {
+            child,
+            addr,
+            dir: dir.to_owned(),
+            stderr: all,
+            stderr_lines: rx,
+            stdout,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Everything zrecv printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for a stderr line containing `needle`; panics after `PROCESS_TIMEOUT`.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("zrecv never printed {needle:?}; stderr:\n{}", self.stderr()),
+            }
+        }
+    }
+
+    /// Waits for a `--once` receiver to exit and returns its status.
+    pub fn wait(&mut self) -> ExitStatus {
+        match self.child.wait_timeout(PROCESS_TIMEOUT).unwrap() {
+            Some(s) => s,
+            None => {
+                let _ = self.child.kill();
+                panic!("zrecv did not exit; stderr:\n{}", self.stderr())
+            }
+        }
+    }
+
+    /// Reads stdout to the end (after the process exited).
+    pub fn stdout(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut out) = self.stdout.take() {
+            out.read_to_string(&mut s).unwrap();
+        }
+        s
+    }
+
+    /// Reads one line of stdout.
+    pub fn stdout_line(&mut self) -> String {
+        let out = self.stdout.as_mut().expect("stdout");
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        String::from_utf8(line).unwrap()
+    }
+}
+
+impl Drop for Zrecv {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs zsend to completion (bounded in time) and returns its output.
+pub fn zsend(args: &[&str]) -> Output {
+    zsend_with(None, args)
+}
+
+/// Runs zsend under an optional wrapper command.
+pub fn zsend_with(wrapper: Option<&[&str]>, args: &[&str]) -> Output {
+    let mut cmd = match wrapper {
+        Some(w) => {
+            let mut c = Command::new(w[0]);
+            c.args(&w[1..]).arg(zsend_bin());
+            c
+        }
+        None => Command::new(zsend_bin()),
+    };
+    let child = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zsend");
+    wait_output(child)
+}
+
+/// Waits for a child with a time bound, collecting its output.
+pub fn wait_output(mut child: Child) -> Output {
+    let out = child.stdout.take();
+    let err = child.stderr.take();
+    let read_all = |r: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = read_all(out.map(|o| Box::new(o) as Box<dyn Read + Send>));
+    let err = read_all(err.map(|e| Box::new(e) as Box<dyn Read + Send>));
+    let status = match child.wait_timeout(PROCESS_TIMEOUT).unwrap() {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            panic!("process did not finish within {PROCESS_TIMEOUT:?}");
+        }
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+pub fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Writes `size` bytes of deterministic pseudo-random data (seeded by `seed`).
+pub fn random_file(path: &Path, size: u64, seed: u64) {
+    let mut f = File::create(path).unwrap();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for chunk in buf.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let bytes = state.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let mut f = File::open(path).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Names of all entries in `dir`, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// An address on which nothing listens.
+pub fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// What a proxy does to the sender-to-receiver stream.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Forward faithfully.
+    None,
+    /// XOR 0x01 into the byte at this offset of the stream.
+    Flip(u64),
+    /// Forward this many bytes, then stop forwarding (the stream stalls).
+    StallAfter(u64),
+}
+
+/// A one-connection TCP proxy on 127.0.0.1 that applies a fault to the upstream stream.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    /// Fires once when a `StallAfter` point is reached.
+    pub stalled: mpsc::Receiver<()>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub fn start(target: SocketAddr, fault: Fault) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let handle = thread::spawn(move || {
+            let Ok((client, _)) = listener.accept() else {
+                return;
+            };
+            let Ok(server) = TcpStream::connect(target) else {
+                return;
+            };
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let down = thread::spawn(move || pump(s2, c2, Fault::None, None));
+            pump(client, server, fault, Some(tx));
+            let _ = down.join();
+        });
+        Proxy {
+            addr,
+            stalled: rx,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, fault: Fault, stalled: Option<mpsc::Sender<()>>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut n = n;
+        match fault {
+            Fault::Flip(at) if at >= pos && at < pos + n as u64 => buf[(at - pos) as usize] ^= 1,
+            Fault::StallAfter(limit) if pos + n as u64 >= limit => {
+                n = (limit - pos) as usize;
+                let _ = to.write_all(&buf[..n]);
+                if let Some(tx) = &stalled {
+                    let _ = tx.send(());
+                }
+                // Swallow the rest until the sender goes away; the receiver sees a stall, then EOF.
+                let _ = from.set_read_timeout(Some(PROCESS_TIMEOUT));
+                while matches!(from.read(&mut buf), Ok(n) if n > 0) {}
+                break;
+            }
+            _ => {}
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        pos += n as u64;
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
