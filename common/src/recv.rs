@@ -60,6 +60,8 @@ pub struct TransferRecord {
     pub sha256: Option<[u8; 32]>,
     /// Whether both digests were computed and matched.
     pub verified: bool,
+    /// Whether the payload went through splice (false: the read/write fallback).
+    pub zero_copy: bool,
     /// Landed, or why not.
     pub result: Result<(), RecvError>,
 }
@@ -174,6 +176,7 @@ impl Receiver {
             elapsed: Duration::ZERO,
             sha256: None,
             verified: false,
+            zero_copy: true,
             result: Ok(()),
         };
         record.result = self.transfer(&stream, &mut record);
@@ -286,32 +289,37 @@ impl Receiver {
         let size = header.size;
         let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
         let mark = Watermark::new();
-        let written = AtomicU64::new(0);
+        let mut received = 0u64;
         let (copied, digest) = std::thread::scope(|s| {
             let hasher = header
                 .verify()
                 .then(|| s.spawn(|| hash_file(&temp.file, size, &mark)));
             let mut synced = 0u64;
             let mut offset = 0u64;
-            let copied =
-                sys::splice_into_file(stream, &pipe, &temp.file, &mut offset, size, &mut |done| {
-                    written.store(done, Ordering::Relaxed);
+            let copied = sys::splice_into_file(
+                stream,
+                &pipe,
+                &temp.file,
+                &mut offset,
+                size,
+                &mut record.zero_copy,
+                &mut |done| {
+                    received = done;
                     mark.raise(done);
                     if done - synced >= WRITEBACK_WINDOW {
                         sys::start_writeback(&temp.file, synced, done - synced);
                         synced = done;
                     }
-                });
+                },
+            );
             match &copied {
                 Ok(n) if *n == size => mark.close(),
                 _ => mark.abort(),
             }
-            (
-                copied,
-                hasher.map(|h| h.join().expect("hashing thread panicked")),
-            )
+            let digest = hasher.map(|h| h.join().expect("hashing thread panicked"));
+            (copied, digest)
         });
-        record.received = written.load(Ordering::Relaxed);
+        record.received = received;
         let network = |during, error| RecvError::Network {
             during,
             received: record.received,

@@ -119,13 +119,15 @@ impl Pipe {
 /// never reading past `len` from the socket. Returns the bytes written: fewer than `len` only
 /// if the peer closed. `progress` gets the total written after each step.
 ///
-/// If the filesystem cannot splice, it finishes with read/write and says so in the log.
+/// If the filesystem cannot splice, it finishes with read/write, clears `zero_copy` and says so
+/// in the log.
 pub fn splice_into_file(
     sock: impl AsFd + Read,
     pipe: &Pipe,
     file: &File,
     offset: &mut u64,
     len: u64,
+    zero_copy: &mut bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, CopyError> {
     let mut done = 0u64;
@@ -156,9 +158,8 @@ pub fn splice_into_file(
                 Ok(k) => left -= k,
                 Err(Errno::INTR) => continue,
                 Err(e) if is_unsupported(e) => {
-                    log::info!(
-                        "splice into this filesystem is unsupported ({e}); using read/write"
-                    );
+                    log::info!("splice into this file is unsupported ({e}); using read/write");
+                    *zero_copy = false;
                     drain_pipe(pipe, file, offset, left)?;
                     done += n as u64;
                     progress(done);
@@ -239,5 +240,119 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     };
     if rc != 0 {
         log::debug!("sync_file_range: {}", io::Error::last_os_error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Seek;
+    use std::os::unix::net::UnixStream;
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn sendfile_from_a_pipe_is_unsupported_and_read_write_takes_over() {
+        // procfs seq files cannot feed sendfile at an offset: the kernel says EINVAL.
+        let status = File::open("/proc/self/status").unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut off = 0;
+        let got = sendfile_all(&a, &status, &mut off, 10, 4, &mut |_| {});
+        assert!(matches!(got, Err(CopyError::Unsupported)), "{got:?}");
+
+        let data = pattern(700_000);
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&data).unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            b.read_to_end(&mut v).unwrap();
+            v
+        });
+        let mut off = 0;
+        let mut seen = 0;
+        let sent = read_write_all(&a, &f, &mut off, data.len() as u64, &mut |n| seen += n).unwrap();
+        drop(a);
+        assert_eq!(sent, data.len() as u64);
+        assert_eq!(seen, sent);
+        assert_eq!(reader.join().unwrap(), data);
+    }
+
+    #[test]
+    fn sendfile_stops_at_the_end_of_a_short_file() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&pattern(1000)).unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut off = 0;
+        let sent = sendfile_all(&a, &f, &mut off, 5000, 300, &mut |_| {}).unwrap();
+        drop(a);
+        assert_eq!(sent, 1000);
+        let mut v = Vec::new();
+        b.read_to_end(&mut v).unwrap();
+        assert_eq!(v, pattern(1000));
+    }
+
+    /// splice(2) into a file opened with O_APPEND fails with EINVAL: the loop must finish the
+    /// job with read/write, including the bytes already sitting in the pipe.
+    #[test]
+    fn splice_into_an_append_only_file_falls_back() {
+        let data = pattern(3_000_000);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("append");
+        let f = File::options()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let writer = {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                let mut a = a;
+                a.write_all(&data).unwrap();
+            })
+        };
+        let pipe = Pipe::new(1 << 16).unwrap();
+        let mut off = 0;
+        let mut last = 0;
+        let mut zero_copy = true;
+        let n = splice_into_file(
+            &b,
+            &pipe,
+            &f,
+            &mut off,
+            data.len() as u64,
+            &mut zero_copy,
+            &mut |d| last = d,
+        )
+        .unwrap();
+        writer.join().unwrap();
+        assert!(!zero_copy, "the fallback ran");
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(last, n);
+        let mut got = Vec::new();
+        let mut f = f;
+        f.rewind().unwrap();
+        f.read_to_end(&mut got).unwrap();
+        assert_eq!(got, data);
+    }
+
+    #[test]
+    fn splice_reads_no_further_than_asked() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(b"0123456789trailer").unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let pipe = Pipe::new(1 << 20).unwrap();
+        let mut off = 0;
+        let mut zero_copy = true;
+        let n = splice_into_file(&b, &pipe, &f, &mut off, 10, &mut zero_copy, &mut |_| {}).unwrap();
+        assert!(zero_copy);
+        assert_eq!(n, 10);
+        let mut rest = [0u8; 7];
+        (&b).read_exact(&mut rest).unwrap();
+        assert_eq!(&rest, b"trailer");
     }
 }
