@@ -139,6 +139,7 @@ fn report(cli: &Cli, r: &TransferRecord) {
             "seconds": r.elapsed.as_secs_f64(),
             "sha256": r.sha256.map(hex::encode),
             "verified": r.verified,
+            "zero_copy": r.zero_copy,
             "error": r.result.as_ref().err().map(|e| format!("{e:#}")),
         });
         let mut out = std::io::stdout().lock();

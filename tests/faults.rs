@@ -170,3 +170,38 @@ fn killing_the_sender_mid_transfer_leaves_nothing_and_the_receiver_serves_on() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(sha256_file(&dst.path().join("k.bin")), sha256_file(&path));
 }
+
+#[test]
+fn senders_over_the_cap_are_refused_as_busy() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("first.bin");
+    random_file(&path, 8 << 20, 21);
+    let rx = Zrecv::start(dst.path(), &["--max-transfers", "1"]);
+    // Hold the one slot with a transfer that stalls in the middle.
+    let proxy = Proxy::start(
+        rx.addr,
+        Fault::StallAfter(payload_offset("first.bin", 1 << 20)),
+    );
+    let mut first = Command::new(zsend_bin())
+        .args([&proxy.addr(), path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+
+    let out = zsend(&[&rx.addr(), path.to_str().unwrap(), "--name", "second.bin"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("receiver refused second.bin: busy"), "{err}");
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    drop(proxy);
+    rx.wait_for_line("first.bin from");
+    // The slot is free again.
+    let out = zsend(&[&rx.addr(), path.to_str().unwrap(), "--name", "third.bin"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(entries(dst.path()), vec!["third.bin"]);
+}
