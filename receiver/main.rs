@@ -128,6 +128,14 @@ fn report(cli: &Cli, r: &TransferRecord) {
         }
         Err(e) => log::error!("{what}: {e:#}"),
     }
+    let st = &r.stages;
+    log::debug!(
+        "cpu: splice in {:.2} s, splice to file {:.2} s, sha256 {:.2} s; fsync {:.2} s",
+        st.network_cpu.as_secs_f64(),
+        st.file_cpu.as_secs_f64(),
+        st.hash_cpu.as_secs_f64(),
+        st.fsync.as_secs_f64()
+    );
     if cli.json {
         let line = serde_json::json!({
             "version": 1,
@@ -140,6 +148,9 @@ fn report(cli: &Cli, r: &TransferRecord) {
             "sha256": r.sha256.map(hex::encode),
             "verified": r.verified,
             "zero_copy": r.zero_copy,
+            "stages": r.stages.as_pairs().into_iter()
+                .map(|(name, secs)| (name.to_owned(), serde_json::json!(secs)))
+                .collect::<serde_json::Map<_, _>>(),
             "error": r.result.as_ref().err().map(|e| format!("{e:#}")),
         });
         let mut out = std::io::stdout().lock();

@@ -93,6 +93,12 @@ fn run(cli: &Cli) -> anyhow::Result<SendReport> {
     if !report.zero_copy {
         log::info!("the payload went through read/write: sendfile cannot read this file");
     }
+    let st = &report.stages;
+    log::info!(
+        "cpu: sendfile {:.2} s, sha256 {:.2} s",
+        st.network_cpu.as_secs_f64(),
+        st.hash_cpu.as_secs_f64()
+    );
     Ok(report)
 }
 
@@ -127,6 +133,15 @@ fn summary(r: &SendReport) -> String {
     )
 }
 
+fn stages_json(stages: &zcommon::StageTimes) -> serde_json::Value {
+    stages
+        .as_pairs()
+        .into_iter()
+        .filter(|(name, _)| matches!(*name, "network_cpu_s" | "hash_cpu_s"))
+        .map(|(name, secs)| (name.to_owned(), serde_json::json!(secs)))
+        .collect()
+}
+
 fn json(cli: &Cli, result: &anyhow::Result<SendReport>) -> serde_json::Value {
     match result {
         Ok(r) => serde_json::json!({
@@ -141,6 +156,7 @@ fn json(cli: &Cli, result: &anyhow::Result<SendReport>) -> serde_json::Value {
             "sha256": r.sha256.map(hex::encode),
             "verified": r.verified,
             "zero_copy": r.zero_copy,
+            "stages": stages_json(&r.stages),
         }),
         Err(e) => serde_json::json!({
             "version": 1,

@@ -5,8 +5,11 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+
+use crate::stages::thread_cpu;
 
 /// Bytes hashed per read. Small enough to stay in the L2 cache between the copy out of the
 /// page cache and the hashing of it.
@@ -86,6 +89,16 @@ impl Watermark {
             s = self.moved.wait(s).unwrap_or_else(|p| p.into_inner());
         }
     }
+}
+
+/// The result of a hashing thread: the digest (`None` if stopped early) and the thread's CPU.
+pub type Hashed = (io::Result<Option<[u8; 32]>>, Duration);
+
+/// [`hash_file`], also returning the CPU time the calling thread spent on it.
+pub fn hash_file_timed(file: &File, len: u64, mark: &Watermark) -> Hashed {
+    let start = thread_cpu();
+    let digest = hash_file(file, len, mark);
+    (digest, thread_cpu().saturating_sub(start))
 }
 
 /// Hashes the first `len` bytes of `file` as the watermark lets it. Returns `Ok(None)` when the

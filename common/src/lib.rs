@@ -28,6 +28,7 @@ mod name;
 mod protocol;
 mod recv;
 mod send;
+mod stages;
 mod sys;
 mod units;
 
@@ -41,4 +42,5 @@ pub use crate::protocol::{
 };
 pub use crate::recv::{parse_listen_addr, Receiver, ReceiverConfig, TransferRecord};
 pub use crate::send::{connect, resolve, send_file, SendOptions, SendReport, DEFAULT_PORT};
+pub use crate::stages::StageTimes;
 pub use crate::units::{os_reason, Bytes};

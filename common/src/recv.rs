@@ -17,10 +17,11 @@ use rustix::io::Errno;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::{ProtocolError, RecvError};
-use crate::hash::{hash_file, Watermark};
+use crate::hash::{hash_file_timed, Watermark};
 use crate::name::{Escaped, TEMP_PREFIX};
 use crate::protocol::{read_hello, Header, RefuseCode, Reply, Status, Trailer, Verdict};
-use crate::sys::{self, CopyError, Pipe};
+use crate::stages::StageTimes;
+use crate::sys::{self, CopyError, Pipe, SpliceStats};
 use crate::units::Bytes;
 
 /// Pipe size asked for with F_SETPIPE_SZ (the default pipe-max-size).
@@ -62,6 +63,8 @@ pub struct TransferRecord {
     pub verified: bool,
     /// Whether the payload went through splice (false: the read/write fallback).
     pub zero_copy: bool,
+    /// CPU of each stage, and the fsync wall time.
+    pub stages: StageTimes,
     /// Landed, or why not.
     pub result: Result<(), RecvError>,
 }
@@ -177,6 +180,7 @@ impl Receiver {
             sha256: None,
             verified: false,
             zero_copy: true,
+            stages: StageTimes::default(),
             result: Ok(()),
         };
         record.result = self.transfer(&stream, &mut record);
@@ -269,9 +273,12 @@ impl Receiver {
                 received: hex(digest),
             });
         }
-        if let Err(e) = self.land(temp, &header) {
-            send_verdict(stream, Status::Failed, digest, &e.to_string());
-            return Err(e);
+        match self.land(temp, &header) {
+            Ok(fsync) => record.stages.fsync = fsync,
+            Err(e) => {
+                send_verdict(stream, Status::Failed, digest, &e.to_string());
+                return Err(e);
+            }
         }
         record.verified = digest.is_some();
         send_verdict(stream, Status::Landed, digest, "");
@@ -290,10 +297,11 @@ impl Receiver {
         let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
         let mark = Watermark::new();
         let mut received = 0u64;
+        let mut splice = SpliceStats::default();
         let (copied, digest) = std::thread::scope(|s| {
             let hasher = header
                 .verify()
-                .then(|| s.spawn(|| hash_file(&temp.file, size, &mark)));
+                .then(|| s.spawn(|| hash_file_timed(&temp.file, size, &mark)));
             let mut synced = 0u64;
             let mut offset = 0u64;
             let copied = sys::splice_into_file(
@@ -302,7 +310,7 @@ impl Receiver {
                 &temp.file,
                 &mut offset,
                 size,
-                &mut record.zero_copy,
+                &mut splice,
                 &mut |done| {
                     received = done;
                     mark.raise(done);
@@ -320,6 +328,13 @@ impl Receiver {
             (copied, digest)
         });
         record.received = received;
+        record.zero_copy = splice.zero_copy;
+        record.stages.network_cpu = splice.to_pipe_cpu;
+        record.stages.file_cpu = splice.to_file_cpu;
+        let digest = digest.map(|(digest, cpu)| {
+            record.stages.hash_cpu = cpu;
+            digest
+        });
         let network = |during, error| RecvError::Network {
             during,
             received: record.received,
@@ -390,8 +405,8 @@ impl Receiver {
     }
 
     /// Sets mode and mtime, makes the data durable, publishes under the final name and makes
-    /// the rename durable.
-    fn land(&self, temp: TempFile, header: &Header) -> Result<(), RecvError> {
+    /// the rename durable. Returns the time spent in fsync.
+    fn land(&self, temp: TempFile, header: &Header) -> Result<Duration, RecvError> {
         let f = &temp.file;
         let mode = Mode::from_raw_mode(header.mode & 0o777);
         rustix::fs::fchmod(f, mode).map_err(|e| self.local("setting the mode", e.into()))?;
@@ -406,10 +421,15 @@ impl Receiver {
             },
         };
         rustix::fs::futimens(f, &times).map_err(|e| self.local("setting the mtime", e.into()))?;
+        let start = Instant::now();
         rustix::fs::fsync(f).map_err(|e| self.local("syncing the data", e.into()))?;
+        let mut synced = start.elapsed();
         self.publish(&temp.name, &header.name)?;
         temp.disarm();
-        rustix::fs::fsync(&self.dir).map_err(|e| self.local("syncing the directory", e.into()))
+        let start = Instant::now();
+        rustix::fs::fsync(&self.dir).map_err(|e| self.local("syncing the directory", e.into()))?;
+        synced += start.elapsed();
+        Ok(synced)
     }
 
     fn publish(&self, temp: &str, name: &str) -> Result<(), RecvError> {

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::error::SendError;
-use crate::hash::{hash_file, Watermark};
+use crate::hash::{hash_file_timed, Watermark};
 use crate::name::validate_name;
 use crate::protocol::{Header, Reply, Status, Trailer, Verdict, FLAG_NO_VERIFY};
+use crate::stages::{thread_cpu, StageTimes};
 use crate::sys::{self, CopyError};
 
 /// Port zrecv listens on unless told otherwise.
@@ -65,6 +66,8 @@ pub struct SendReport {
     pub verified: bool,
     /// Whether the payload went through sendfile (false: the read/write fallback).
     pub zero_copy: bool,
+    /// CPU of the sendfile loop and of hashing.
+    pub stages: StageTimes,
 }
 
 /// An opened source file and what the header says of it.
@@ -199,6 +202,7 @@ pub fn send_file(
         sha256: None,
         verified: false,
         zero_copy: true,
+        stages: StageTimes::default(),
     };
     transfer(&stream, &source, opts, &mut report, progress)?;
     report.elapsed = start.elapsed();
@@ -243,12 +247,18 @@ fn transfer(
     let (copied, digest) = std::thread::scope(|s| {
         let hasher = opts
             .verify
-            .then(|| s.spawn(|| hash_file(&source.file, source.size, &mark)));
+            .then(|| s.spawn(|| hash_file_timed(&source.file, source.size, &mark)));
+        let cpu = thread_cpu();
         let copied = copy_payload(stream, source, &mut report.zero_copy, progress);
+        report.stages.network_cpu = thread_cpu().saturating_sub(cpu);
         if copied.is_err() {
             mark.abort();
         }
-        let digest = hasher.map(|h| h.join().expect("hashing thread panicked"));
+        let digest = hasher.map(|h| {
+            let (digest, cpu) = h.join().expect("hashing thread panicked");
+            report.stages.hash_cpu = cpu;
+            digest
+        });
         (copied, digest)
     });
     let sent = match copied {

@@ -7,6 +7,9 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use crate::stages::thread_cpu;
 
 use rustix::io::Errno;
 use rustix::pipe::{self, PipeFlags, SpliceFlags};
@@ -60,6 +63,27 @@ pub fn sendfile_all(
         }
     }
     Ok(sent)
+}
+
+/// What the receive loop did, for reports and the benchmark.
+#[derive(Clone, Debug)]
+pub struct SpliceStats {
+    /// False if the read/write fallback moved (part of) the payload.
+    pub zero_copy: bool,
+    /// CPU spent splicing from the socket into the pipe.
+    pub to_pipe_cpu: Duration,
+    /// CPU spent splicing from the pipe into the file (the kernel's copy into the page cache).
+    pub to_file_cpu: Duration,
+}
+
+impl Default for SpliceStats {
+    fn default() -> Self {
+        SpliceStats {
+            zero_copy: true,
+            to_pipe_cpu: Duration::ZERO,
+            to_file_cpu: Duration::ZERO,
+        }
+    }
 }
 
 /// Fallback for sources sendfile cannot read: pread into a buffer, write to the socket.
@@ -119,21 +143,29 @@ impl Pipe {
 /// never reading past `len` from the socket. Returns the bytes written: fewer than `len` only
 /// if the peer closed. `progress` gets the total written after each step.
 ///
-/// If the filesystem cannot splice, it finishes with read/write, clears `zero_copy` and says so
-/// in the log.
+/// If the filesystem cannot splice, it finishes with read/write, clears `stats.zero_copy` and
+/// says so in the log.
 pub fn splice_into_file(
     sock: impl AsFd + Read,
     pipe: &Pipe,
     file: &File,
     offset: &mut u64,
     len: u64,
-    zero_copy: &mut bool,
+    stats: &mut SpliceStats,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, CopyError> {
     let mut done = 0u64;
+    let mut clock = thread_cpu();
+    let mut lap = |into: &mut Duration| {
+        let now = thread_cpu();
+        *into += now.saturating_sub(clock);
+        clock = now;
+    };
     while done < len {
         let want = (len - done).min(pipe.capacity as u64) as usize;
-        let n = match pipe::splice(&sock, None, &pipe.write, None, want, SpliceFlags::MORE) {
+        let got = pipe::splice(&sock, None, &pipe.write, None, want, SpliceFlags::MORE);
+        lap(&mut stats.to_pipe_cpu);
+        let n = match got {
             Ok(0) => break,
             Ok(n) => n,
             Err(Errno::INTR) => continue,
@@ -141,14 +173,16 @@ pub fn splice_into_file(
         };
         let mut left = n;
         while left > 0 {
-            match pipe::splice(
+            let put = pipe::splice(
                 &pipe.read,
                 None,
                 file,
                 Some(offset),
                 left,
                 SpliceFlags::empty(),
-            ) {
+            );
+            lap(&mut stats.to_file_cpu);
+            match put {
                 Ok(0) => {
                     return Err(CopyError::Write(io::Error::new(
                         io::ErrorKind::WriteZero,
@@ -159,7 +193,7 @@ pub fn splice_into_file(
                 Err(Errno::INTR) => continue,
                 Err(e) if is_unsupported(e) => {
                     log::info!("splice into this file is unsupported ({e}); using read/write");
-                    *zero_copy = false;
+                    stats.zero_copy = false;
                     drain_pipe(pipe, file, offset, left)?;
                     done += n as u64;
                     progress(done);
@@ -318,19 +352,19 @@ mod tests {
         let pipe = Pipe::new(1 << 16).unwrap();
         let mut off = 0;
         let mut last = 0;
-        let mut zero_copy = true;
+        let mut stats = SpliceStats::default();
         let n = splice_into_file(
             &b,
             &pipe,
             &f,
             &mut off,
             data.len() as u64,
-            &mut zero_copy,
+            &mut stats,
             &mut |d| last = d,
         )
         .unwrap();
         writer.join().unwrap();
-        assert!(!zero_copy, "the fallback ran");
+        assert!(!stats.zero_copy, "the fallback ran");
         assert_eq!(n, data.len() as u64);
         assert_eq!(last, n);
         let mut got = Vec::new();
@@ -347,9 +381,9 @@ mod tests {
         let f = tempfile::tempfile().unwrap();
         let pipe = Pipe::new(1 << 20).unwrap();
         let mut off = 0;
-        let mut zero_copy = true;
-        let n = splice_into_file(&b, &pipe, &f, &mut off, 10, &mut zero_copy, &mut |_| {}).unwrap();
-        assert!(zero_copy);
+        let mut stats = SpliceStats::default();
+        let n = splice_into_file(&b, &pipe, &f, &mut off, 10, &mut stats, &mut |_| {}).unwrap();
+        assert!(stats.zero_copy);
         assert_eq!(n, 10);
         let mut rest = [0u8; 7];
         (&b).read_exact(&mut rest).unwrap();
