@@ -229,7 +229,8 @@ pub fn markdown(
     let _ = writeln!(md, "|---|---:|---:|");
     let sv = find(&rows, Contender::Zsend).and_then(|r| r.stages);
     let snv = find(&rows, Contender::ZsendNoVerify).and_then(|r| r.stages);
-    let stage_rows: [(&str, fn(&Stages) -> f64); 6] = [
+    type StageField = fn(&Stages) -> f64;
+    let stage_rows: [(&str, StageField); 6] = [
         ("sender: sendfile", |s| s.sendfile),
         ("sender: SHA-256 (pread + hash)", |s| s.send_hash),
         ("receiver: splice socket -> pipe", |s| s.splice_in),
