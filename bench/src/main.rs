@@ -252,12 +252,16 @@ fn sha_speed() -> (f64, f64) {
         std::hint::black_box(h.finalize());
         bytes as f64 / start.elapsed().as_secs_f64() / 1e9
     }
-    run(256 << 20); // warm-up
-    let alone = run(2 << 30);
-    let both = std::thread::scope(|s| {
-        let a = s.spawn(|| run(2 << 30));
-        let b = s.spawn(|| run(2 << 30));
-        (a.join().unwrap() + b.join().unwrap()) / 2.0
-    });
+    // Best of three: a busy neighbour on a shared machine only ever slows a run down.
+    let alone = (0..3).map(|_| run(1 << 30)).fold(0.0, f64::max);
+    let both = (0..3)
+        .map(|_| {
+            std::thread::scope(|s| {
+                let a = s.spawn(|| run(1 << 30));
+                let b = s.spawn(|| run(1 << 30));
+                (a.join().unwrap() + b.join().unwrap()) / 2.0
+            })
+        })
+        .fold(0.0, f64::max);
     (alone, both)
 }

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ pub const HASH_CHUNK: usize = 256 * 1024;
 pub struct Watermark {
     state: Mutex<State>,
     moved: Condvar,
+    hashed: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -44,7 +46,13 @@ impl Watermark {
                 aborted: false,
             }),
             moved: Condvar::new(),
+            hashed: AtomicU64::new(0),
         }
+    }
+
+    /// How many bytes the hashing thread has read back so far.
+    pub fn hashed(&self) -> u64 {
+        self.hashed.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -127,6 +135,7 @@ pub fn hash_file(file: &File, len: u64, mark: &Watermark) -> io::Result<Option<[
             };
             hasher.update(&buf[..n]);
             pos += n as u64;
+            mark.hashed.store(pos, Ordering::Relaxed);
         }
     }
     Ok(Some(hasher.finalize().into()))

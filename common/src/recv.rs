@@ -26,7 +26,7 @@ use crate::units::Bytes;
 
 /// Pipe size asked for with F_SETPIPE_SZ (the default pipe-max-size).
 const PIPE_SIZE: usize = 1 << 20;
-/// Writeback is started every this many bytes, so the final fsync is short.
+/// Writeback and drop-behind work in windows of this many bytes (see `sys::DropBehind`).
 const WRITEBACK_WINDOW: u64 = 16 << 20;
 /// Connections refused as busy that may linger at once, to let the refusal reach the sender.
 const MAX_LINGERING: usize = 64;
@@ -302,7 +302,8 @@ impl Receiver {
             let hasher = header
                 .verify()
                 .then(|| s.spawn(|| hash_file_timed(&temp.file, size, &mark)));
-            let mut synced = 0u64;
+            let mut behind = sys::DropBehind::new(WRITEBACK_WINDOW);
+            let verify = header.verify();
             let mut offset = 0u64;
             let copied = sys::splice_into_file(
                 stream,
@@ -314,10 +315,8 @@ impl Receiver {
                 &mut |done| {
                     received = done;
                     mark.raise(done);
-                    if done - synced >= WRITEBACK_WINDOW {
-                        sys::start_writeback(&temp.file, synced, done - synced);
-                        synced = done;
-                    }
+                    let hashed = if verify { mark.hashed() } else { done };
+                    behind.advance(&temp.file, done, hashed);
                 },
             );
             match &copied {

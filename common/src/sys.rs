@@ -258,10 +258,56 @@ fn read_into_file(
     Ok(done)
 }
 
-/// Starts asynchronous writeback of `len` bytes at `offset` (sync_file_range with
-/// SYNC_FILE_RANGE_WRITE), so the final fsync finds little left to do. A hint: errors surface
-/// at fsync, so they are ignored here.
-pub fn start_writeback(file: &File, offset: u64, len: u64) {
+/// Keeps a receiver's footprint in the page cache to a few windows: starts writeback of each
+/// full window as soon as it is written, waits for the window before it to reach the disk, and
+/// drops from the page cache what is both on disk and already hashed. The final fsync then has
+/// little left to do, a huge transfer does not evict everything else from the page cache, and
+/// the pages it frees are reused for the next window while they are still warm.
+///
+/// These are hints: durability still comes from the fsync at the end.
+pub struct DropBehind {
+    window: u64,
+    kicked: u64,
+    durable: u64,
+    dropped: u64,
+}
+
+impl DropBehind {
+    /// Works in windows of `window` bytes.
+    pub fn new(window: u64) -> DropBehind {
+        DropBehind {
+            window: window.max(1),
+            kicked: 0,
+            durable: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Bytes up to `written` are in the file and bytes up to `hashed` have been read back.
+    pub fn advance(&mut self, file: &File, written: u64, hashed: u64) {
+        while written - self.kicked >= self.window {
+            sync_range(file, self.kicked, self.window, libc::SYNC_FILE_RANGE_WRITE);
+            self.kicked += self.window;
+        }
+        // The window before the one just started: normally on disk already.
+        while self.kicked - self.durable >= 2 * self.window {
+            let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+            sync_range(file, self.durable, self.window, wait);
+            self.durable += self.window;
+        }
+        let droppable = self.durable.min(hashed);
+        if droppable > self.dropped {
+            let len = std::num::NonZeroU64::new(droppable - self.dropped);
+            let _ = rustix::fs::fadvise(file, self.dropped, len, rustix::fs::Advice::DontNeed);
+            self.dropped = droppable;
+        }
+    }
+}
+
+/// sync_file_range(2). Errors are ignored: they surface at fsync.
+fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) {
     // SAFETY: sync_file_range takes a file descriptor and integers only; `file` keeps the
     // descriptor open for the duration of the call.
     let rc = unsafe {
@@ -269,7 +315,7 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
             file.as_raw_fd(),
             offset as libc::off64_t,
             len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
+            flags,
         )
     };
     if rc != 0 {
