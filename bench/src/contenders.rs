@@ -8,12 +8,14 @@ use anyhow::{bail, Context};
 use crate::measure::{free_port, wait_listening, Timed, Usage};
 
 /// One way of moving the file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Contender {
-    /// zsend -> zrecv, SHA-256 on both ends, durable.
-    Zsend,
-    /// zsend --no-verify -> zrecv, durable.
-    ZsendNoVerify,
+    /// zsend -> zrecv, durable; SHA-256 on both ends unless `verify` is false. `build` names
+    /// another build of zsend and zrecv (a directory) to compare against this one.
+    Zsend {
+        verify: bool,
+        build: Option<(String, PathBuf)>,
+    },
     /// nc -> nc, then `sync FILE`.
     Nc,
     /// nc with SHA-256 on both ends while streaming (tee into openssl), then `sync FILE`.
@@ -24,31 +26,54 @@ pub enum Contender {
     Bare,
 }
 
-pub const ALL: [Contender; 6] = [
-    Contender::Zsend,
-    Contender::ZsendNoVerify,
-    Contender::Nc,
-    Contender::NcSha,
-    Contender::Cp,
-    Contender::Bare,
-];
+/// zsend -> zrecv, verified, from the build under test.
+pub const ZSEND: Contender = Contender::Zsend {
+    verify: true,
+    build: None,
+};
+/// zsend --no-verify -> zrecv, from the build under test.
+pub const ZSEND_NO_VERIFY: Contender = Contender::Zsend {
+    verify: false,
+    build: None,
+};
+
+/// Every standard contender, in report order.
+pub fn all() -> Vec<Contender> {
+    vec![
+        ZSEND,
+        ZSEND_NO_VERIFY,
+        Contender::Nc,
+        Contender::NcSha,
+        Contender::Cp,
+        Contender::Bare,
+    ]
+}
 
 impl Contender {
-    pub fn label(self) -> &'static str {
+    pub fn label(&self) -> String {
         match self {
-            Contender::Zsend => "zsend -> zrecv (verified)",
-            Contender::ZsendNoVerify => "zsend --no-verify -> zrecv",
-            Contender::Nc => "nc -> nc, sync",
-            Contender::NcSha => "nc + sha256 both ends, sync",
-            Contender::Cp => "cp, sync (same disk)",
-            Contender::Bare => "bare sendfile/splice (ceiling)",
+            Contender::Zsend { verify, build } => {
+                let who = match build {
+                    Some((name, _)) => format!("zsend [{name}]"),
+                    None => "zsend".into(),
+                };
+                if *verify {
+                    format!("{who} -> zrecv (verified)")
+                } else {
+                    format!("{who} --no-verify -> zrecv")
+                }
+            }
+            Contender::Nc => "nc -> nc, sync".into(),
+            Contender::NcSha => "nc + sha256 both ends, sync".into(),
+            Contender::Cp => "cp, sync (same disk)".into(),
+            Contender::Bare => "bare sendfile/splice (ceiling)".into(),
         }
     }
 
-    pub fn key(self) -> &'static str {
+    pub fn key(&self) -> &'static str {
         match self {
-            Contender::Zsend => "zsend",
-            Contender::ZsendNoVerify => "zsend-no-verify",
+            Contender::Zsend { verify: true, .. } => "zsend",
+            Contender::Zsend { verify: false, .. } => "zsend-no-verify",
             Contender::Nc => "nc",
             Contender::NcSha => "nc-sha256",
             Contender::Cp => "cp",
@@ -57,7 +82,7 @@ impl Contender {
     }
 
     pub fn from_key(key: &str) -> Option<Contender> {
-        ALL.into_iter().find(|c| c.key() == key)
+        all().into_iter().find(|c| c.key() == key)
     }
 }
 
@@ -106,11 +131,18 @@ impl Env {
         path(&self.bin.join(name)).to_owned()
     }
 
+    fn bin_in(dir: &Path, name: &str) -> String {
+        path(&dir.join(name)).to_owned()
+    }
+
     /// Runs one trial of `c` and checks that the whole file landed.
-    pub fn run(&self, c: Contender) -> anyhow::Result<Trial> {
+    pub fn run(&self, c: &Contender) -> anyhow::Result<Trial> {
         let out_file = self.out.join("out.bin");
         let trial = match c {
-            Contender::Zsend | Contender::ZsendNoVerify => self.zsend(c == Contender::Zsend)?,
+            Contender::Zsend { verify, build } => {
+                let bin = build.as_ref().map_or(&self.bin, |(_, dir)| dir);
+                self.zsend(bin, *verify)?
+            }
             Contender::Nc => self.nc(&out_file)?,
             Contender::NcSha => self.nc_sha(&out_file)?,
             Contender::Cp => self.cp(&out_file)?,
@@ -155,9 +187,9 @@ impl Env {
         Ok((trial, send_out, recv_out))
     }
 
-    fn zsend(&self, verify: bool) -> anyhow::Result<Trial> {
+    fn zsend(&self, bin: &Path, verify: bool) -> anyhow::Result<Trial> {
         let recv = vec![
-            self.bin("zrecv"),
+            Env::bin_in(bin, "zrecv"),
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--dir".into(),
@@ -167,7 +199,7 @@ impl Env {
         ];
         let (mut trial, send_out, recv_out) = self.pair(recv, Ready::Line, |addr| {
             let mut v = vec![
-                self.bin("zsend"),
+                Env::bin_in(bin, "zsend"),
                 addr.to_owned(),
                 path(&self.src).into(),
                 "--name".into(),

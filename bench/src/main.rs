@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use sha2::{Digest, Sha256};
 
-use crate::contenders::{Contender, Env, Trial, ALL};
+use crate::contenders::{all, Contender, Env, Trial, ZSEND};
 
 /// Benchmark zsend/zrecv against nc, nc + sha256, cp and the bare zero-copy ceiling.
 #[derive(Parser, Debug)]
@@ -34,6 +34,11 @@ struct Cli {
     /// Sizes for the scaling table (zsend verified).
     #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "256M,1G,4G")]
     scaling: Vec<u64>,
+
+    /// Also run zsend and zrecv from another build, as NAME=DIR (repeatable), verified and
+    /// with --no-verify, alternating with the rest: how levers are compared.
+    #[arg(long = "also", value_name = "NAME=DIR", value_parser = parse_build)]
+    also: Vec<(String, PathBuf)>,
 
     /// Skip the scaling table.
     #[arg(long)]
@@ -60,6 +65,11 @@ struct Cli {
     out: PathBuf,
 }
 
+fn parse_build(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, dir) = s.split_once('=').ok_or("expected NAME=DIR")?;
+    Ok((name.to_owned(), PathBuf::from(dir)))
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.chars().last() {
@@ -75,14 +85,20 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let contenders: Vec<Contender> = if cli.only.is_empty() {
-        ALL.to_vec()
+    let mut contenders: Vec<Contender> = if cli.only.is_empty() {
+        all()
     } else {
         cli.only
             .iter()
             .map(|k| Contender::from_key(k).with_context(|| format!("unknown contender {k}")))
             .collect::<anyhow::Result<_>>()?
     };
+    for (name, dir) in &cli.also {
+        for verify in [true, false] {
+            let build = Some((name.clone(), dir.clone()));
+            contenders.push(Contender::Zsend { verify, build });
+        }
+    }
     if cli.runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -151,16 +167,16 @@ fn compare(
     runs: usize,
 ) -> anyhow::Result<Vec<(Contender, Vec<Trial>)>> {
     let mut results: Vec<(Contender, Vec<Trial>)> =
-        contenders.iter().map(|&c| (c, Vec::new())).collect();
+        contenders.iter().map(|c| (c.clone(), Vec::new())).collect();
     for round in 0..=runs {
         for i in 0..contenders.len() {
             let idx = (i + round) % contenders.len();
-            let c = contenders[idx];
+            let c = &contenders[idx];
             let t = env
                 .run(c)
                 .with_context(|| format!("round {round}: {}", c.label()))?;
             eprintln!(
-                "{} {:<34} {:>7.2} s  cpu {:>5.2}+{:<5.2} s  rss {}+{} KiB",
+                "{} {:<44} {:>7.2} s  cpu {:>5.2}+{:<5.2} s  rss {}+{} KiB",
                 if round == 0 { "warm-up" } else { "run    " },
                 c.label(),
                 t.wall,
@@ -196,7 +212,7 @@ fn scale(
         };
         let mut trials = Vec::new();
         for _ in 0..runs.max(1) {
-            let t = e.run(Contender::Zsend)?;
+            let t = e.run(&ZSEND)?;
             eprintln!("scaling {:>6} MiB {:>7.2} s", size >> 20, t.wall);
             trials.push(t);
         }

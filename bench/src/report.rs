@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::contenders::{Contender, Stages, Trial};
+use crate::contenders::{Contender, Stages, Trial, ZSEND, ZSEND_NO_VERIFY};
 use crate::measure::median;
 
 /// What was run, for the report's header.
@@ -44,7 +44,7 @@ fn rows(results: &[(Contender, Vec<Trial>)]) -> Vec<Row> {
                 }
             });
             Row {
-                c: *c,
+                c: c.clone(),
                 wall: col(&|t| t.wall),
                 cpu: col(&|t| t.send.cpu + t.recv.cpu),
                 send_rss: trials.iter().map(|t| t.send.rss_kib).max().unwrap_or(0),
@@ -55,8 +55,8 @@ fn rows(results: &[(Contender, Vec<Trial>)]) -> Vec<Row> {
         .collect()
 }
 
-fn find(rows: &[Row], c: Contender) -> Option<&Row> {
-    rows.iter().find(|r| r.c == c)
+fn find<'a>(rows: &'a [Row], c: &Contender) -> Option<&'a Row> {
+    rows.iter().find(|r| &r.c == c)
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -75,9 +75,9 @@ pub fn markdown(
 ) -> String {
     let rows = rows(results);
     let gib = info.size as f64 / GIB;
-    let wall = |c| find(&rows, c).map(|r| r.wall);
-    let nc = wall(Contender::Nc);
-    let bare = wall(Contender::Bare);
+    let wall = |c: &Contender| find(&rows, c).map(|r| r.wall);
+    let nc = wall(&Contender::Nc);
+    let bare = wall(&Contender::Bare);
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmark results\n");
     let _ = writeln!(
@@ -133,8 +133,8 @@ pub fn markdown(
         };
         let _ = writeln!(md, "| {name} | {text} | {met} |");
     };
-    let nv = wall(Contender::ZsendNoVerify);
-    let v = wall(Contender::Zsend);
+    let nv = wall(&ZSEND_NO_VERIFY);
+    let v = wall(&ZSEND);
     target(
         "`--no-verify` wall ≤ 1.05x bare ceiling",
         ratio(nv, bare),
@@ -152,15 +152,15 @@ pub fn markdown(
     target("verified wall ≤ 1.0x nc", ratio(v, nc), 1.0, "x", false);
     target(
         "verified wall ≤ 0.5x nc + sha256",
-        ratio(v, wall(Contender::NcSha)),
+        ratio(v, wall(&Contender::NcSha)),
         0.5,
         "x",
         false,
     );
-    let cpu = |c| find(&rows, c).map(|r| r.cpu);
+    let cpu = |c: &Contender| find(&rows, c).map(|r| r.cpu);
     target(
         "`--no-verify` CPU per GiB ≤ 0.7x nc's",
-        ratio(cpu(Contender::ZsendNoVerify), cpu(Contender::Nc)),
+        ratio(cpu(&ZSEND_NO_VERIFY), cpu(&Contender::Nc)),
         0.7,
         "x",
         false,
@@ -174,7 +174,7 @@ pub fn markdown(
     );
     let zsend_rss = rows
         .iter()
-        .filter(|r| matches!(r.c, Contender::Zsend | Contender::ZsendNoVerify))
+        .filter(|r| r.c == ZSEND || r.c == ZSEND_NO_VERIFY)
         .flat_map(|r| [r.send_rss, r.recv_rss])
         .chain(
             scaling
@@ -227,8 +227,8 @@ pub fn markdown(
     );
     let _ = writeln!(md, "| stage | verified | --no-verify |");
     let _ = writeln!(md, "|---|---:|---:|");
-    let sv = find(&rows, Contender::Zsend).and_then(|r| r.stages);
-    let snv = find(&rows, Contender::ZsendNoVerify).and_then(|r| r.stages);
+    let sv = find(&rows, &ZSEND).and_then(|r| r.stages);
+    let snv = find(&rows, &ZSEND_NO_VERIFY).and_then(|r| r.stages);
     type StageField = fn(&Stages) -> f64;
     let stage_rows: [(&str, StageField); 6] = [
         ("sender: sendfile", |s| s.sendfile),
@@ -303,7 +303,7 @@ pub fn svg(info: &RunInfo, results: &[(Contender, Vec<Trial>)]) -> String {
         let y = top + i as f64 * (bar_h + gap);
         let w = width * r.wall / max;
         let colour = match r.c {
-            Contender::Zsend | Contender::ZsendNoVerify => "#2b7bb9",
+            Contender::Zsend { .. } => "#2b7bb9",
             Contender::Bare | Contender::Cp => "#999999",
             _ => "#d9822b",
         };
