@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use zcommon::{
-    parse_listen_addr, Bytes, Escaped, ExitStatus, Receiver, ReceiverConfig, TransferRecord,
+    parse_listen_addr, Bytes, Escaped, ExitStatus, Receiver, ReceiverConfig, Token, TransferRecord,
 };
 
 /// Receive files from zsend: splice(2) from the socket into the file, SHA-256 checked against
@@ -49,6 +49,11 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 16)]
     max_transfers: usize,
 
+    /// File holding a secret shared with senders: each must prove it knows it before anything
+    /// touches the disk, and zrecv proves it back.
+    #[arg(long, value_name = "FILE", env = "ZSEND_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+
     /// Print one JSON line per finished transfer on stdout.
     #[arg(long)]
     json: bool,
@@ -67,9 +72,10 @@ Examples:
   zrecv --listen --dir /srv/images          listen on 0.0.0.0:7350
   zrecv --listen 127.0.0.1:0 --once         one transfer on a free loopback port
   zrecv --listen [::]:7350 --json           a JSON line per transfer on stdout
+  zrecv --listen --token-file /etc/zsend/token --dir /srv/images
 
 Exit status with --once: 0 landed and verified, 1 local error, 3 network, 4 refused,
-5 verification failed, 6 protocol error.";
+5 verification failed, 6 protocol error, 8 authentication failed.";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -84,15 +90,31 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
+    let token = match &cli.token_file {
+        Some(path) => Some(
+            Token::from_file(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let open = token.is_none();
     let config = ReceiverConfig {
         dir: cli.dir.clone(),
         force: cli.force,
         timeout: Duration::from_secs(cli.timeout.max(1)),
         max_transfers: cli.max_transfers.max(1),
+        token,
     };
     let receiver = Receiver::bind(cli.listen, config)
         .with_context(|| format!("listening on {} for {}", cli.listen, cli.dir.display()))?;
-    eprintln!("listening on {}", receiver.local_addr()?);
+    let bound = receiver.local_addr()?;
+    eprintln!("listening on {bound}");
+    if open && !bound.ip().is_loopback() {
+        log::warn!(
+            "no --token-file: anyone who can reach {bound} can write files into {}",
+            cli.dir.display()
+        );
+    }
     let report = |r: &TransferRecord| report(cli, r);
     if cli.once {
         let record = receiver.serve_once().context("accepting a connection")?;

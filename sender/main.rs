@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use zcommon::{send_file, Bytes, Escaped, ExitStatus, SendError, SendOptions, SendReport};
+use zcommon::{send_file, Bytes, Escaped, ExitStatus, SendError, SendOptions, SendReport, Token};
 
 /// Send a file to a zrecv receiver: zero-copy with sendfile(2), verified with SHA-256 on both
 /// ends, published on the receiver only once complete, verified and durable.
@@ -28,6 +29,11 @@ struct Cli {
     /// Skip SHA-256 on both ends (lengths are still checked; the data is still made durable).
     #[arg(long)]
     no_verify: bool,
+
+    /// File holding a secret shared with the receiver; both sides then prove they know it
+    /// (HMAC-SHA256 challenge-response; the token never crosses the wire).
+    #[arg(long, value_name = "FILE", env = "ZSEND_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
 
     /// Seconds to wait for the receiver at any step before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
@@ -51,9 +57,11 @@ Examples:
   zsend backup-host:7350 disk.img              send disk.img, verified
   zsend 10.0.0.5:7350 vm.qcow2 --name vm-2.qcow2
   zsend [fd00::5]:7350 build.tar --json        machine-readable result on stdout
+  zsend host:7350 disk.img --token-file /etc/zsend/token
 
 Exit status: 0 landed and verified, 1 local error, 2 usage, 3 network, 4 refused by the
-receiver, 5 verification failed, 6 protocol error, 7 receiver failed to land the file.";
+receiver, 5 verification failed, 6 protocol error, 7 receiver failed to land the file,
+8 authentication failed.";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -80,10 +88,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<SendReport> {
+    let token = match &cli.token_file {
+        Some(path) => Some(
+            Token::from_file(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?,
+        ),
+        None => None,
+    };
     let opts = SendOptions {
         name: cli.name.clone(),
         verify: !cli.no_verify,
         timeout: Duration::from_secs(cli.timeout.max(1)),
+        token,
     };
     let size = std::fs::metadata(&cli.file).map(|m| m.len()).unwrap_or(0);
     let bar = progress_bar(cli, size);

@@ -205,3 +205,179 @@ fn senders_over_the_cap_are_refused_as_busy() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(entries(dst.path()), vec!["third.bin"]);
 }
+
+#[test]
+fn a_source_that_changes_while_sent_is_reported_and_discarded() {
+    use std::os::unix::fs::FileExt;
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("live.img");
+    random_file(&path, 16 << 20, 41);
+    let mut rx = Zrecv::start(dst.path(), &["--once"]);
+    let proxy = Proxy::start(rx.addr, Fault::PauseAt(payload_offset("live.img", 4 << 20)));
+    let sender = Command::new(zsend_bin())
+        .args([&proxy.addr(), path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    // Someone writes into the file while it is on the wire.
+    let f = std::fs::File::options().write(true).open(&path).unwrap();
+    f.write_all_at(b"changed", 10 << 20).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    proxy.release();
+    let out = wait_output(sender);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("source changed during transfer"), "{err}");
+    assert_ne!(rx.wait().code(), Some(0));
+    assert!(entries(dst.path()).is_empty(), "{:?}", entries(dst.path()));
+}
+
+#[test]
+fn two_senders_of_one_name_never_interleave() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let first = src.path().join("first.img");
+    let second = src.path().join("second.img");
+    random_file(&first, 8 << 20, 51);
+    random_file(&second, 8 << 20, 52);
+    let rx = Zrecv::start(dst.path(), &[]);
+    let proxy = Proxy::start(rx.addr, Fault::PauseAt(payload_offset("same.img", 2 << 20)));
+    let sender = Command::new(zsend_bin())
+        .args([&proxy.addr(), first.to_str().unwrap(), "--name", "same.img"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    let out = zsend(&[&rx.addr(), second.to_str().unwrap(), "--name", "same.img"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("is being received from another sender"),
+        "{err}"
+    );
+    proxy.release();
+    let out = wait_output(sender);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        sha256_file(&dst.path().join("same.img")),
+        sha256_file(&first)
+    );
+    assert_eq!(entries(dst.path()), vec!["same.img"]);
+}
+
+#[test]
+fn thirty_two_concurrent_senders_all_land_verified() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &["--max-transfers", "32"]);
+    let paths: Vec<_> = (0..32u64)
+        .map(|i| {
+            let p = src.path().join(format!("n{i}.bin"));
+            random_file(&p, 256 * 1024 + i * 4099, i);
+            p
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for p in &paths {
+            let addr = rx.addr();
+            s.spawn(move || {
+                let out = zsend(&[&addr, p.to_str().unwrap(), "--json"]);
+                assert!(out.status.success(), "{}", stderr_of(&out));
+                let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                assert_eq!(j["verified"], true);
+            });
+        }
+    });
+    for p in &paths {
+        assert_eq!(
+            sha256_file(&dst.path().join(p.file_name().unwrap())),
+            sha256_file(p)
+        );
+    }
+    assert_eq!(entries(dst.path()).len(), 32);
+}
+
+/// Open descriptors and resident memory of a process.
+fn fds_and_rss(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    (fds, rss)
+}
+
+#[test]
+fn descriptors_and_memory_do_not_grow_with_transfers_served() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("small.bin");
+    random_file(&path, 64 * 1024, 61);
+    let rx = Zrecv::start(dst.path(), &[]);
+    let pid = rx.child.id();
+    let send = |i: usize| {
+        let name = format!("f{i}");
+        let out = zsend(&[&rx.addr(), path.to_str().unwrap(), "--name", &name, "-q"]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        // The transfer is over for zrecv once it logged it.
+        rx.wait_for_line(&format!("received {name} from"));
+    };
+    for i in 0..5 {
+        send(i);
+    }
+    let (fds, rss) = fds_and_rss(pid);
+    for i in 5..200 {
+        send(i);
+    }
+    let (fds_after, rss_after) = fds_and_rss(pid);
+    assert_eq!(fds_after, fds, "descriptors leaked");
+    assert!(
+        rss_after <= rss + 1024,
+        "RSS grew from {rss} KiB to {rss_after} KiB"
+    );
+    assert_eq!(entries(dst.path()).len(), 200);
+}
+
+/// SIGKILL the receiver at spread-out points of a transfer: the final name holds nothing or
+/// the complete verified file, never anything else.
+#[test]
+fn killing_the_receiver_never_leaves_a_partial_file_under_the_final_name() {
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("k.img");
+    random_file(&path, 24 << 20, 71);
+    let want = sha256_file(&path);
+    for delay_ms in [0u64, 5, 20, 60, 150, 400] {
+        let dst = tempfile::tempdir().unwrap();
+        let mut rx = Zrecv::start(dst.path(), &["--once"]);
+        let sender = Command::new(zsend_bin())
+            .args([&rx.addr(), path.to_str().unwrap(), "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The kill point, not a synchronisation.
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        rx.child.kill().unwrap();
+        rx.wait();
+        let out = wait_output(sender);
+        let landed = dst.path().join("k.img");
+        if landed.exists() {
+            assert_eq!(sha256_file(&landed), want, "kill after {delay_ms} ms");
+        } else {
+            assert!(
+                !out.status.success(),
+                "zsend claimed success with nothing landed"
+            );
+        }
+    }
+}

@@ -8,7 +8,7 @@ use zcommon::{Header, RefuseCode, Reply, Trailer, Verdict};
 
 use crate::util::*;
 
-fn header(name: &str, size: u64) -> Header {
+pub fn header(name: &str, size: u64) -> Header {
     Header {
         name: name.into(),
         size,
@@ -17,10 +17,11 @@ fn header(name: &str, size: u64) -> Header {
         mtime_nsec: 0,
         flags: 0,
         resume_offset: 0,
+        auth_nonce: None,
     }
 }
 
-fn connect(rx: &Zrecv) -> TcpStream {
+pub fn connect(rx: &Zrecv) -> TcpStream {
     let s = TcpStream::connect(rx.addr).unwrap();
     s.set_read_timeout(Some(PROCESS_TIMEOUT)).unwrap();
     s
@@ -39,7 +40,7 @@ fn assert_refused(reply: Reply, code: RefuseCode, words: &str) {
             assert_eq!(c, code, "{msg}");
             assert!(msg.contains(words), "{msg:?} lacks {words:?}");
         }
-        Reply::Accept => panic!("accepted"),
+        other => panic!("not refused: {other:?}"),
     }
 }
 
@@ -167,6 +168,58 @@ fn wrong_payload_lengths_publish_nothing() {
 
     assert!(entries(dst.path()).is_empty(), "{:?}", entries(dst.path()));
     still_serving(&rx);
+}
+
+#[test]
+fn a_repeated_header_is_not_taken_for_payload() {
+    let dst = tempfile::tempdir().unwrap();
+    let mut rx = Zrecv::start(dst.path(), &["--once"]);
+    let hello = header("twice.bin", 100).encode_hello();
+    let mut s = connect(&rx);
+    s.write_all(&hello).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    // The same hello again, then what a sender would send as payload and trailer.
+    s.write_all(&hello).unwrap();
+    s.write_all(&vec![0u8; 100 - hello.len()]).unwrap();
+    s.write_all(
+        &Trailer {
+            sha256: Some([0; 32]),
+        }
+        .encode(),
+    )
+    .unwrap();
+    let v = Verdict::read(&mut s).unwrap();
+    assert_eq!(v.status, zcommon::Status::Mismatch);
+    assert_eq!(rx.wait().code(), Some(5));
+    assert!(entries(dst.path()).is_empty());
+}
+
+/// One byte every 200 ms would take longer than the timeout to deliver a hello: the receiver
+/// drops the connection when the handshake deadline passes, not when bytes stop coming.
+#[test]
+fn a_trickling_peer_cannot_stretch_the_handshake() {
+    let dst = tempfile::tempdir().unwrap();
+    let mut rx = Zrecv::start(dst.path(), &["--once", "--timeout", "1"]);
+    let hello = header(&"t".repeat(40), 10).encode_hello();
+    let mut s = connect(&rx);
+    let mut sent = 0;
+    for b in &hello {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        sent += 1;
+        if rx.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        // Pacing the hostile peer, not waiting for an event.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        sent < hello.len(),
+        "the receiver read the whole trickled hello"
+    );
+    assert_eq!(rx.wait().code(), Some(3), "{}", rx.stderr());
+    assert!(rx.stderr().contains("timed out"), "{}", rx.stderr());
 }
 
 #[test]

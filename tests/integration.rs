@@ -1,5 +1,6 @@
 //! Integration tests: the real zsend and zrecv binaries over real loopback sockets.
 
+mod auth;
 mod faults;
 mod hostile;
 mod transfer;

@@ -133,6 +133,9 @@ pub enum SendError {
         /// The receiver's words.
         message: String,
     },
+    /// Authentication failed, or one side has a token and the other none.
+    #[error("authentication failed: {0}")]
+    Auth(String),
     /// The receiver broke the protocol.
     #[error("receiver: {0}")]
     Protocol(#[from] ProtocolError),
@@ -148,11 +151,19 @@ impl SendError {
             SendError::Resolve { .. } | SendError::Connect { .. } | SendError::Network { .. } => {
                 ExitStatus::Network
             }
+            SendError::Refused {
+                code: RefuseCode::Auth,
+                ..
+            }
+            | SendError::Auth(_) => ExitStatus::Auth,
             SendError::Refused { .. } => ExitStatus::Refused,
             SendError::SourceShrank { .. }
             | SendError::SourceChanged
             | SendError::Mismatch { .. } => ExitStatus::Verify,
             SendError::ReceiverFailed { .. } => ExitStatus::RemoteFailed,
+            SendError::Protocol(ProtocolError::Truncated(_) | ProtocolError::Io(..)) => {
+                ExitStatus::Network
+            }
             SendError::Protocol(_) => ExitStatus::Protocol,
         }
     }
@@ -167,6 +178,9 @@ pub enum RecvError {
     /// We refused the transfer.
     #[error("refused: {0}")]
     Refused(String),
+    /// The sender did not prove it knows the token.
+    #[error("authentication failed: {0}")]
+    Auth(String),
     /// The sender closed before sending the whole payload.
     #[error("sender closed after {} of {}", Bytes(*.received), Bytes(*.expected))]
     ShortPayload {
@@ -211,8 +225,12 @@ impl RecvError {
     /// The process exit status when this ends a `--once` receiver.
     pub fn exit_status(&self) -> ExitStatus {
         match self {
+            RecvError::Protocol(ProtocolError::Truncated(_) | ProtocolError::Io(..)) => {
+                ExitStatus::Network
+            }
             RecvError::Protocol(_) => ExitStatus::Protocol,
             RecvError::Refused(_) => ExitStatus::Refused,
+            RecvError::Auth(_) => ExitStatus::Auth,
             RecvError::ShortPayload { .. } | RecvError::Network { .. } => ExitStatus::Network,
             RecvError::Mismatch { .. } => ExitStatus::Verify,
             RecvError::Local { .. } => ExitStatus::Local,

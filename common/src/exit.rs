@@ -19,6 +19,8 @@ pub enum ExitStatus {
     Protocol = 6,
     /// The receiver accepted the data but could not make it durable or publish it.
     RemoteFailed = 7,
+    /// Authentication failed: a token missing on one side, or not the same on both.
+    Auth = 8,
 }
 
 impl ExitStatus {

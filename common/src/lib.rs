@@ -11,6 +11,7 @@
 //!     force: false,
 //!     timeout: Duration::from_secs(60),
 //!     max_transfers: 16,
+//!     token: None,
 //! };
 //! let receiver = Receiver::bind("127.0.0.1:0".parse()?, config)?;
 //! let addr = receiver.local_addr()?.to_string();
@@ -20,6 +21,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod auth;
 mod error;
 mod exit;
 mod hash;
@@ -32,13 +34,14 @@ mod stages;
 mod sys;
 mod units;
 
+pub use crate::auth::Token;
 pub use crate::error::{ProtocolError, RecvError, SendError};
 pub use crate::exit::ExitStatus;
 pub use crate::logging::init_logging;
 pub use crate::name::{validate_name, Escaped, NameError, MAX_NAME_LEN, TEMP_PREFIX};
 pub use crate::protocol::{
-    read_hello, Header, RefuseCode, Reply, Status, Trailer, Verdict, FLAG_NO_VERIFY,
-    HEADER_FIXED_LEN, MAX_HEADER_LEN, PREAMBLE_LEN, TRAILER_LEN, VERSION,
+    encode_proof, read_hello, Header, RefuseCode, Reply, Status, Trailer, Verdict, FLAG_AUTH,
+    FLAG_NO_VERIFY, HEADER_FIXED_LEN, MAX_HEADER_LEN, PREAMBLE_LEN, TRAILER_LEN, VERSION,
 };
 pub use crate::recv::{parse_listen_addr, Receiver, ReceiverConfig, TransferRecord};
 pub use crate::send::{connect, resolve, send_file, SendOptions, SendReport, DEFAULT_PORT};

@@ -5,11 +5,12 @@
 
 use std::io::{self, Read};
 
+use crate::auth::{NONCE_LEN, PROOF_LEN};
 use crate::error::ProtocolError;
 use crate::name::{validate_name, MAX_NAME_LEN};
 
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// First bytes of a sender's hello.
 pub const HELLO_MAGIC: [u8; 4] = *b"ZSND";
 /// First bytes of the receiver's reply to a hello.
@@ -18,6 +19,8 @@ pub const REPLY_MAGIC: [u8; 4] = *b"ZRCV";
 pub const TRAILER_MAGIC: [u8; 4] = *b"ZTRL";
 /// First bytes of the receiver's final verdict.
 pub const VERDICT_MAGIC: [u8; 4] = *b"ZVRD";
+/// First bytes of the sender's authentication proof.
+pub const PROOF_MAGIC: [u8; 4] = *b"ZPRF";
 /// Largest header body a receiver accepts.
 pub const MAX_HEADER_LEN: u32 = 64 * 1024;
 /// Largest human-readable message in a reply or verdict.
@@ -31,7 +34,11 @@ pub const TRAILER_LEN: usize = 4 + 1 + 32;
 
 /// Header flag: the sender does not hash and asks the receiver not to either.
 pub const FLAG_NO_VERIFY: u32 = 1;
-const KNOWN_FLAGS: u32 = FLAG_NO_VERIFY;
+/// Header flag: the sender holds a token; a 32-byte nonce follows the name.
+pub const FLAG_AUTH: u32 = 2;
+const KNOWN_FLAGS: u32 = FLAG_NO_VERIFY | FLAG_AUTH;
+/// Reply code of a receiver's authentication challenge.
+const CHALLENGE_CODE: u8 = 0xC0;
 
 /// What the sender announces before the payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,8 +55,10 @@ pub struct Header {
     pub mtime_nsec: u32,
     /// Header flags (`FLAG_*`).
     pub flags: u32,
-    /// Reserved for resuming; version 1 senders send 0 and receivers refuse anything else.
+    /// Reserved for resuming; senders send 0 and receivers refuse anything else.
     pub resume_offset: u64,
+    /// The sender's fresh nonce when it authenticates with a token (`FLAG_AUTH`).
+    pub auth_nonce: Option<[u8; NONCE_LEN]>,
 }
 
 impl Header {
@@ -58,14 +67,20 @@ impl Header {
         self.flags & FLAG_NO_VERIFY == 0
     }
 
-    /// The complete hello: preamble followed by the header body.
+    /// The complete hello: preamble followed by the header body. `FLAG_AUTH` is set exactly
+    /// when a nonce is present.
     pub fn encode_hello(&self) -> Vec<u8> {
-        let body_len = HEADER_FIXED_LEN + self.name.len();
+        let nonce_len = self.auth_nonce.map_or(0, |n| n.len());
+        let body_len = HEADER_FIXED_LEN + self.name.len() + nonce_len;
+        let flags = match self.auth_nonce {
+            Some(_) => self.flags | FLAG_AUTH,
+            None => self.flags & !FLAG_AUTH,
+        };
         let mut out = Vec::with_capacity(PREAMBLE_LEN + body_len);
         out.extend_from_slice(&HELLO_MAGIC);
         out.extend_from_slice(&VERSION.to_be_bytes());
         out.extend_from_slice(&(body_len as u32).to_be_bytes());
-        out.extend_from_slice(&self.flags.to_be_bytes());
+        out.extend_from_slice(&flags.to_be_bytes());
         out.extend_from_slice(&self.size.to_be_bytes());
         out.extend_from_slice(&self.mode.to_be_bytes());
         out.extend_from_slice(&self.mtime_sec.to_be_bytes());
@@ -73,6 +88,9 @@ impl Header {
         out.extend_from_slice(&self.resume_offset.to_be_bytes());
         out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
         out.extend_from_slice(self.name.as_bytes());
+        if let Some(n) = &self.auth_nonce {
+            out.extend_from_slice(n);
+        }
         out
     }
 
@@ -106,6 +124,10 @@ impl Header {
             return Err(ProtocolError::NameTooLong(name_len));
         }
         let name_bytes = r.take(name_len)?;
+        let auth_nonce = match flags & FLAG_AUTH {
+            0 => None,
+            _ => Some(r.array::<NONCE_LEN>()?),
+        };
         if !r.rest().is_empty() {
             return Err(ProtocolError::Malformed(format!(
                 "{} unexpected bytes after the name",
@@ -124,6 +146,7 @@ impl Header {
             mtime_nsec,
             flags,
             resume_offset,
+            auth_nonce,
         })
     }
 }
@@ -173,6 +196,8 @@ pub enum RefuseCode {
     Busy,
     /// The receiver could not prepare the destination.
     Io,
+    /// The receiver requires a token and the sender had none, or the wrong one.
+    Auth,
     /// A code from a newer receiver.
     Other(u8),
 }
@@ -187,6 +212,7 @@ impl RefuseCode {
             RefuseCode::NoSpace => 5,
             RefuseCode::Busy => 6,
             RefuseCode::Io => 7,
+            RefuseCode::Auth => 8,
             RefuseCode::Other(b) => b,
         }
     }
@@ -200,34 +226,46 @@ impl RefuseCode {
             5 => RefuseCode::NoSpace,
             6 => RefuseCode::Busy,
             7 => RefuseCode::Io,
+            8 => RefuseCode::Auth,
             b => RefuseCode::Other(b),
         }
     }
 }
 
-/// The receiver's answer to a hello.
+/// The receiver's answer to a hello (and, after a challenge, to the sender's proof).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// Send the payload.
     Accept,
     /// Do not; the message says why, for a human.
     Refuse(RefuseCode, String),
+    /// Prove you know the token: the receiver's nonce, and its own proof.
+    Challenge {
+        /// The receiver's fresh nonce.
+        nonce: [u8; NONCE_LEN],
+        /// The receiver's proof (see `auth::proof`).
+        proof: [u8; PROOF_LEN],
+    },
 }
 
 impl Reply {
     /// Encodes the reply.
     pub fn encode(&self) -> Vec<u8> {
-        let (code, msg) = match self {
-            Reply::Accept => (0, ""),
-            Reply::Refuse(code, msg) => (code.to_byte(), msg.as_str()),
+        let challenge;
+        let (code, msg): (u8, &[u8]) = match self {
+            Reply::Accept => (0, b""),
+            Reply::Refuse(code, msg) => (code.to_byte(), clip(msg).as_bytes()),
+            Reply::Challenge { nonce, proof } => {
+                challenge = [nonce.as_slice(), proof.as_slice()].concat();
+                (CHALLENGE_CODE, &challenge)
+            }
         };
-        let msg = clip(msg);
         let mut out = Vec::with_capacity(9 + msg.len());
         out.extend_from_slice(&REPLY_MAGIC);
         out.extend_from_slice(&VERSION.to_be_bytes());
         out.push(code);
         out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-        out.extend_from_slice(msg.as_bytes());
+        out.extend_from_slice(msg);
         out
     }
 
@@ -241,10 +279,25 @@ impl Reply {
             return Err(ProtocolError::BadMagic(magic));
         }
         let code = head[6];
-        let msg = read_message(r, u16::from_be_bytes([head[7], head[8]]), "reply")?;
+        let msg = read_bytes(r, u16::from_be_bytes([head[7], head[8]]), "reply")?;
         match code {
             0 => Ok(Reply::Accept),
-            c => Ok(Reply::Refuse(RefuseCode::from_byte(c), msg)),
+            CHALLENGE_CODE => {
+                if msg.len() != NONCE_LEN + PROOF_LEN {
+                    return Err(ProtocolError::Malformed(format!(
+                        "challenge of {} bytes",
+                        msg.len()
+                    )));
+                }
+                Ok(Reply::Challenge {
+                    nonce: msg[..NONCE_LEN].try_into().expect("32 bytes"),
+                    proof: msg[NONCE_LEN..].try_into().expect("32 bytes"),
+                })
+            }
+            c => Ok(Reply::Refuse(
+                RefuseCode::from_byte(c),
+                String::from_utf8_lossy(&msg).into_owned(),
+            )),
         }
     }
 }
@@ -383,7 +436,29 @@ fn clip(msg: &str) -> &str {
     &msg[..end]
 }
 
+/// Encodes the sender's proof.
+pub fn encode_proof(proof: &[u8; PROOF_LEN]) -> [u8; 4 + PROOF_LEN] {
+    let mut out = [0u8; 4 + PROOF_LEN];
+    out[..4].copy_from_slice(&PROOF_MAGIC);
+    out[4..].copy_from_slice(proof);
+    out
+}
+
+/// Reads the sender's proof.
+pub fn read_proof(r: &mut impl Read) -> Result<[u8; PROOF_LEN], ProtocolError> {
+    let mut buf = [0u8; 4 + PROOF_LEN];
+    read_exact(r, &mut buf, "authentication proof")?;
+    if buf[..4] != PROOF_MAGIC {
+        return Err(ProtocolError::Malformed("proof magic missing".into()));
+    }
+    Ok(buf[4..].try_into().expect("32 bytes"))
+}
+
 fn read_message(r: &mut impl Read, len: u16, what: &'static str) -> Result<String, ProtocolError> {
+    Ok(String::from_utf8_lossy(&read_bytes(r, len, what)?).into_owned())
+}
+
+fn read_bytes(r: &mut impl Read, len: u16, what: &'static str) -> Result<Vec<u8>, ProtocolError> {
     let len = len as usize;
     if len > MAX_MESSAGE_LEN {
         return Err(ProtocolError::Malformed(format!(
@@ -392,7 +467,7 @@ fn read_message(r: &mut impl Read, len: u16, what: &'static str) -> Result<Strin
     }
     let mut buf = vec![0u8; len];
     read_exact(r, &mut buf, what)?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+    Ok(buf)
 }
 
 fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<(), ProtocolError> {
@@ -458,17 +533,21 @@ mod tests {
             any::<i64>(),
             0u32..1_000_000_000,
             prop_oneof![Just(0u32), Just(FLAG_NO_VERIFY)],
+            proptest::option::of(any::<[u8; NONCE_LEN]>()),
         )
             .prop_filter("valid name", |(n, ..)| validate_name(n).is_ok())
-            .prop_map(|(name, size, mode, mtime_sec, mtime_nsec, flags)| Header {
-                name,
-                size,
-                mode,
-                mtime_sec,
-                mtime_nsec,
-                flags,
-                resume_offset: 0,
-            })
+            .prop_map(
+                |(name, size, mode, mtime_sec, mtime_nsec, flags, nonce)| Header {
+                    name,
+                    size,
+                    mode,
+                    mtime_sec,
+                    mtime_nsec,
+                    flags: flags | nonce.map_or(0, |_| FLAG_AUTH),
+                    resume_offset: 0,
+                    auth_nonce: nonce,
+                },
+            )
     }
 
     proptest! {
@@ -492,6 +571,7 @@ mod tests {
             let _ = Header::decode_body(&bytes);
             let _ = Reply::read(&mut &bytes[..]);
             let _ = Verdict::read(&mut &bytes[..]);
+            let _ = read_proof(&mut &bytes[..]);
         }
 
         #[test]
@@ -500,16 +580,25 @@ mod tests {
         ) {
             if let Ok(h) = Header::decode_body(&bytes) {
                 prop_assert!(validate_name(&h.name).is_ok());
-                prop_assert_eq!(HEADER_FIXED_LEN + h.name.len(), bytes.len());
+                let nonce = h.auth_nonce.map_or(0, |n| n.len());
+                prop_assert_eq!(HEADER_FIXED_LEN + h.name.len() + nonce, bytes.len());
+                prop_assert_eq!(h.auth_nonce.is_some(), h.flags & FLAG_AUTH != 0);
                 prop_assert!(h.mtime_nsec < 1_000_000_000);
             }
         }
 
         #[test]
-        fn reply_round_trips(code in 1u8..=255, msg in ".{0,300}") {
+        fn reply_round_trips(code in (1u8..=255).prop_filter("not a challenge", |c| *c != CHALLENGE_CODE), msg in ".{0,300}") {
             let reply = Reply::Refuse(RefuseCode::from_byte(code), msg.clone());
             let back = Reply::read(&mut &reply.encode()[..]).unwrap();
             prop_assert_eq!(back, reply);
+        }
+
+        #[test]
+        fn challenge_and_proof_round_trip(n in any::<[u8; 32]>(), p in any::<[u8; 32]>()) {
+            let c = Reply::Challenge { nonce: n, proof: p };
+            prop_assert_eq!(Reply::read(&mut &c.encode()[..]).unwrap(), c);
+            prop_assert_eq!(read_proof(&mut &encode_proof(&p)[..]).unwrap(), p);
         }
 
         #[test]
@@ -563,6 +652,7 @@ mod tests {
             mtime_nsec: 0,
             flags: 0,
             resume_offset: 0,
+            auth_nonce: None,
         };
         let mut bytes = h.encode_hello();
         assert!(read_hello(&mut &bytes[..]).is_ok());
@@ -587,6 +677,7 @@ mod tests {
                 mtime_nsec: 0,
                 flags: 0,
                 resume_offset: 0,
+                auth_nonce: None,
             };
             let err = read_hello(&mut &h.encode_hello()[..]).unwrap_err();
             assert!(matches!(err, ProtocolError::BadName(_)), "{name:?}: {err}");

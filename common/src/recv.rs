@@ -16,10 +16,13 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Timespec, Tim
 use rustix::io::Errno;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::auth::{self, Role, Token};
 use crate::error::{ProtocolError, RecvError};
 use crate::hash::{hash_file_timed, Watermark};
 use crate::name::{Escaped, TEMP_PREFIX};
-use crate::protocol::{read_hello, Header, RefuseCode, Reply, Status, Trailer, Verdict};
+use crate::protocol::{
+    read_hello, read_proof, Header, RefuseCode, Reply, Status, Trailer, Verdict,
+};
 use crate::stages::StageTimes;
 use crate::sys::{self, CopyError, Pipe, SpliceStats};
 use crate::units::Bytes;
@@ -42,6 +45,8 @@ pub struct ReceiverConfig {
     pub timeout: Duration,
     /// Most transfers served at once; the next connection is refused as busy.
     pub max_transfers: usize,
+    /// Shared secret; with one, every sender must prove it holds it before anything else.
+    pub token: Option<Token>,
 }
 
 /// The outcome of one connection, for the log line and `--json`.
@@ -194,7 +199,9 @@ impl Receiver {
             .set_read_timeout(timeout)
             .and_then(|()| stream.set_write_timeout(timeout))
             .map_err(|e| self.local("configuring the connection", e))?;
-        let header = match read_hello(&mut &*stream) {
+        // The whole handshake must finish within the timeout, however slowly bytes trickle in.
+        let deadline = Instant::now() + self.config.timeout;
+        let header = match read_hello(&mut Deadline::new(stream, deadline)) {
             Ok(h) => h,
             Err(e) => {
                 if !matches!(e, ProtocolError::Truncated(_) | ProtocolError::Io(..)) {
@@ -205,6 +212,11 @@ impl Receiver {
         };
         record.name = Some(header.name.clone());
         record.size = Some(header.size);
+        // Before any filesystem call.
+        self.authenticate(stream, &header, deadline)?;
+        stream
+            .set_read_timeout(timeout)
+            .map_err(|e| self.local("configuring the connection", e))?;
 
         let _claim = match self.claim(&header.name) {
             Some(c) => c,
@@ -282,6 +294,44 @@ impl Receiver {
         }
         record.verified = digest.is_some();
         send_verdict(stream, Status::Landed, digest, "");
+        Ok(())
+    }
+
+    /// With a token, challenges the sender and checks its proof; without one, lets anyone in.
+    fn authenticate(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        deadline: Instant,
+    ) -> Result<(), RecvError> {
+        let Some(token) = &self.config.token else {
+            return Ok(());
+        };
+        let auth_refused = |msg: &str| {
+            refuse(stream, RefuseCode::Auth, msg);
+            RecvError::Auth(msg.to_owned())
+        };
+        let Some(theirs) = header.auth_nonce else {
+            return Err(auth_refused(
+                "this receiver requires a token: give zsend --token-file",
+            ));
+        };
+        let hello = header.encode_hello();
+        let ours = auth::nonce().map_err(|e| self.local("drawing a nonce", e))?;
+        let proof = auth::proof(token, Role::Receiver, &theirs, &ours, &hello);
+        let challenge = Reply::Challenge { nonce: ours, proof };
+        (&*stream)
+            .write_all(&challenge.encode())
+            .map_err(|error| RecvError::Network {
+                during: "authenticating",
+                received: 0,
+                expected: header.size,
+                error,
+            })?;
+        let answer = read_proof(&mut Deadline::new(stream, deadline))?;
+        if !auth::verify(token, Role::Sender, &theirs, &ours, &hello, &answer) {
+            return Err(auth_refused("wrong token"));
+        }
         Ok(())
     }
 
@@ -571,6 +621,30 @@ fn preallocate(file: &File, size: u64) -> io::Result<()> {
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, size) {
         Ok(()) | Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads from a stream but fails once `deadline` has passed, however the bytes trickle in: a
+/// peer sending one byte a second cannot stretch the handshake.
+struct Deadline<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl<'a> Deadline<'a> {
+    fn new(stream: &'a TcpStream, deadline: Instant) -> Self {
+        Deadline { stream, deadline }
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&*self.stream).read(buf)
     }
 }
 

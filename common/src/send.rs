@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::error::SendError;
+use crate::auth::{self, Role, Token};
+use crate::error::{ProtocolError, SendError};
 use crate::hash::{hash_file_timed, Watermark};
 use crate::name::validate_name;
-use crate::protocol::{Header, Reply, Status, Trailer, Verdict, FLAG_NO_VERIFY};
+use crate::protocol::{encode_proof, Header, Reply, Status, Trailer, Verdict, FLAG_NO_VERIFY};
 use crate::stages::{thread_cpu, StageTimes};
 use crate::sys::{self, CopyError};
 
@@ -33,6 +34,8 @@ pub struct SendOptions {
     pub verify: bool,
     /// Longest wait for the peer: connecting, each step of the handshake, any stall.
     pub timeout: Duration,
+    /// Shared secret; with one, both sides must prove they hold it.
+    pub token: Option<Token>,
 }
 
 impl Default for SendOptions {
@@ -41,6 +44,7 @@ impl Default for SendOptions {
             name: None,
             verify: true,
             timeout: Duration::from_secs(60),
+            token: None,
         }
     }
 }
@@ -224,20 +228,12 @@ fn transfer(
         mtime_nsec: source.mtime.1,
         flags: if opts.verify { 0 } else { FLAG_NO_VERIFY },
         resume_offset: 0,
+        auth_nonce: match opts.token {
+            Some(_) => Some(auth::nonce().map_err(net("drawing a nonce"))?),
+            None => None,
+        },
     };
-    stream
-        .write_all(&header.encode_hello())
-        .map_err(net("sending the header"))?;
-    match Reply::read(&mut stream)? {
-        Reply::Accept => {}
-        Reply::Refuse(code, message) => {
-            return Err(SendError::Refused {
-                name: report.name.clone(),
-                code,
-                message,
-            })
-        }
-    }
+    handshake(stream, &header, opts.token.as_ref())?;
 
     // No TCP_CORK: the header has already crossed (the accept must come back before any
     // payload), and corking the payload measured 11 % slower with --no-verify
@@ -294,6 +290,61 @@ fn transfer(
 
     let verdict = Verdict::read(&mut stream)?;
     judge(verdict, digest, report)
+}
+
+/// Sends the hello and waits for the receiver's accept, proving the token both ways when there
+/// is one.
+fn handshake(
+    mut stream: &TcpStream,
+    header: &Header,
+    token: Option<&Token>,
+) -> Result<(), SendError> {
+    let hello = header.encode_hello();
+    stream
+        .write_all(&hello)
+        .map_err(net("sending the header"))?;
+    let refused = |code, message| SendError::Refused {
+        name: header.name.clone(),
+        code,
+        message,
+    };
+    let (nonce, proof) = match (Reply::read(&mut stream)?, token) {
+        (Reply::Refuse(code, message), _) => return Err(refused(code, message)),
+        (Reply::Accept, None) => return Ok(()),
+        (Reply::Accept, Some(_)) => {
+            return Err(SendError::Auth(
+                "the receiver does not use a token, so it could be anyone; \
+                 start zrecv with --token-file too"
+                    .into(),
+            ))
+        }
+        (Reply::Challenge { .. }, None) => {
+            return Err(SendError::Auth(
+                "the receiver requires a token: use --token-file".into(),
+            ))
+        }
+        (Reply::Challenge { nonce, proof }, Some(_)) => (nonce, proof),
+    };
+    let token = token.expect("matched Some above");
+    let ours = header.auth_nonce.expect("a token implies a nonce");
+    // Answer even if the receiver's proof is wrong, so that it can say "wrong token" too.
+    let receiver_ok = auth::verify(token, Role::Receiver, &ours, &nonce, &hello, &proof);
+    let mine = auth::proof(token, Role::Sender, &ours, &nonce, &hello);
+    stream
+        .write_all(&encode_proof(&mine))
+        .map_err(net("sending the proof"))?;
+    if !receiver_ok {
+        return Err(SendError::Auth(
+            "the receiver's proof does not match our token (the tokens differ)".into(),
+        ));
+    }
+    match Reply::read(&mut stream)? {
+        Reply::Accept => Ok(()),
+        Reply::Refuse(code, message) => Err(refused(code, message)),
+        Reply::Challenge { .. } => {
+            Err(ProtocolError::Malformed("a second challenge".into()).into())
+        }
+    }
 }
 
 /// Moves the payload with sendfile, falling back to read/write where the kernel cannot.

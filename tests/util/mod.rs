@@ -269,14 +269,19 @@ pub enum Fault {
     Flip(u64),
     /// Forward this many bytes, then stop forwarding (the stream stalls).
     StallAfter(u64),
+    /// Forward this many bytes, signal `stalled`, wait for `Proxy::release`, go on.
+    PauseAt(u64),
 }
 
-/// A one-connection TCP proxy on 127.0.0.1 that applies a fault to the upstream stream.
+/// A one-connection TCP proxy on 127.0.0.1 that applies a fault to the upstream stream and
+/// records the first MiB of each direction.
 pub struct Proxy {
     pub addr: SocketAddr,
-    /// Fires once when a `StallAfter` point is reached.
+    /// Fires once when a `StallAfter` or `PauseAt` point is reached.
     pub stalled: mpsc::Receiver<()>,
     handle: Option<thread::JoinHandle<()>>,
+    record: Arc<Mutex<Vec<u8>>>,
+    release: mpsc::Sender<()>,
 }
 
 impl Proxy {
@@ -284,6 +289,9 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::channel();
+        let (release, released) = mpsc::channel();
+        let record = Arc::new(Mutex::new(Vec::new()));
+        let (up_rec, down_rec) = (record.clone(), record.clone());
         let handle = thread::spawn(move || {
             let Ok((client, _)) = listener.accept() else {
                 return;
@@ -292,19 +300,38 @@ impl Proxy {
                 return;
             };
             let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let down = thread::spawn(move || pump(s2, c2, Fault::None, None));
-            pump(client, server, fault, Some(tx));
+            let down = thread::spawn(move || {
+                let (_keep, never) = mpsc::channel();
+                pump(s2, c2, Fault::None, None, &never, &down_rec)
+            });
+            pump(client, server, fault, Some(tx), &released, &up_rec);
             let _ = down.join();
         });
         Proxy {
             addr,
             stalled: rx,
             handle: Some(handle),
+            record,
+            release,
         }
     }
 
     pub fn addr(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// Lets a `PauseAt` proxy go on forwarding.
+    pub fn release(&self) {
+        let _ = self.release.send(());
+    }
+
+    /// Waits for the connection to end and returns what crossed it (up to 1 MiB each way,
+    /// interleaved as it came).
+    pub fn recorded(mut self) -> Vec<u8> {
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.record.lock().unwrap().clone()
     }
 }
 
@@ -316,17 +343,41 @@ impl Drop for Proxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, fault: Fault, stalled: Option<mpsc::Sender<()>>) {
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    fault: Fault,
+    stalled: Option<mpsc::Sender<()>>,
+    released: &mpsc::Receiver<()>,
+    record: &Mutex<Vec<u8>>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut pos = 0u64;
     loop {
-        let n = match from.read(&mut buf) {
+        let mut n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let mut n = n;
+        if pos < 1 << 20 {
+            record.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
         match fault {
             Fault::Flip(at) if at >= pos && at < pos + n as u64 => buf[(at - pos) as usize] ^= 1,
+            Fault::PauseAt(at) if at >= pos && at < pos + n as u64 => {
+                let head = (at - pos) as usize;
+                if to.write_all(&buf[..head]).is_err() {
+                    break;
+                }
+                if let Some(tx) = &stalled {
+                    let _ = tx.send(());
+                }
+                let _ = released.recv_timeout(PROCESS_TIMEOUT);
+                if to.write_all(&buf[head..n]).is_err() {
+                    break;
+                }
+                pos += n as u64;
+                continue;
+            }
             Fault::StallAfter(limit) if pos + n as u64 >= limit => {
                 n = (limit - pos) as usize;
                 let _ = to.write_all(&buf[..n]);
