@@ -381,3 +381,69 @@ fn killing_the_receiver_never_leaves_a_partial_file_under_the_final_name() {
         }
     }
 }
+
+/// A network that stops delivering: both sides give up after --timeout and nothing lands.
+#[test]
+fn a_stalled_connection_times_out_on_both_sides() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("stall.bin");
+    random_file(&path, 64 << 20, 91);
+    let mut rx = Zrecv::start(dst.path(), &["--once", "--timeout", "2"]);
+    let proxy = Proxy::start(
+        rx.addr,
+        Fault::PauseAt(payload_offset("stall.bin", 1 << 20)),
+    );
+    let out = zsend(&[&proxy.addr(), path.to_str().unwrap(), "--timeout", "2"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("timed out"), "{err}");
+    assert_eq!(rx.wait().code(), Some(3), "{}", rx.stderr());
+    assert!(rx.stderr().contains("timed out"), "{}", rx.stderr());
+    assert!(entries(dst.path()).is_empty());
+    proxy.release();
+}
+
+/// SIGKILL the sender at spread-out points: the final name holds nothing or the complete
+/// verified file, and the receiver keeps serving.
+#[test]
+fn killing_the_sender_at_any_point_never_publishes_a_partial_file() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("s.img");
+    random_file(&path, 24 << 20, 92);
+    let want = sha256_file(&path);
+    let rx = Zrecv::start(dst.path(), &[]);
+    for (i, delay_ms) in [0u64, 5, 20, 60, 150, 400].into_iter().enumerate() {
+        let name = format!("s{i}.img");
+        let mut sender = Command::new(zsend_bin())
+            .args([&rx.addr(), path.to_str().unwrap(), "--name", &name, "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The kill point, not a synchronisation.
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = sender.kill();
+        let status = sender.wait().unwrap();
+        let landed = dst.path().join(&name);
+        if status.success() {
+            assert_eq!(sha256_file(&landed), want);
+        } else if landed.exists() {
+            // Killed after the verdict was sent: the file is complete and verified.
+            assert_eq!(sha256_file(&landed), want, "kill after {delay_ms} ms");
+        }
+    }
+    // Nothing half-written under any name, and the receiver still serves.
+    let out = zsend(&[&rx.addr(), path.to_str().unwrap(), "--name", "after.img"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    // The receiver notices each killed sender at once (EOF) and removes its temporary file.
+    let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
+    while entries(dst.path()).iter().any(|e| e.starts_with(".zrecv-")) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", entries(dst.path()));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for e in entries(dst.path()) {
+        assert_eq!(sha256_file(&dst.path().join(&e)), want, "{e}");
+    }
+}

@@ -1,0 +1,161 @@
+//! Full disks: refused up front when the file cannot fit, and handled when the disk fills in
+//! the middle. These tests mount a small tmpfs and a small ext2 image (root is required: CI
+//! runs as root) and unmount them when done.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::util::*;
+
+fn run(cmd: &[&str]) {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn assert_root() {
+    assert!(
+        is_root(),
+        "these tests mount filesystems and need root (CI runs as root)"
+    );
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|v| v.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A mounted filesystem, unmounted on drop.
+struct Mount {
+    point: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Mount {
+    fn tmpfs(size: &str) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let point = dir.path().join("mnt");
+        std::fs::create_dir(&point).unwrap();
+        run(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            point.to_str().unwrap(),
+        ]);
+        Mount { point, _dir: dir }
+    }
+
+    /// An ext2 filesystem (no fallocate, so a full disk shows up in the middle of a write).
+    fn ext2(mib: u64) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        run(&["mkfs.ext2", "-q", "-F", img.to_str().unwrap()]);
+        let point = dir.path().join("mnt");
+        std::fs::create_dir(&point).unwrap();
+        run(&[
+            "mount",
+            "-o",
+            "loop",
+            img.to_str().unwrap(),
+            point.to_str().unwrap(),
+        ]);
+        Mount { point, _dir: dir }
+    }
+
+    fn files(&self) -> Vec<String> {
+        entries(&self.point)
+            .into_iter()
+            .filter(|e| e != "lost+found")
+            .collect()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.point).status();
+    }
+}
+
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let block = vec![0u8; 1 << 20];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+}
+
+#[test]
+fn a_file_that_cannot_fit_is_refused_before_any_data_moves() {
+    assert_root();
+    let mnt = Mount::tmpfs("4m");
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("big.img");
+    random_file(&path, 8 << 20, 81);
+    let mut rx = Zrecv::start(&mnt.point, &["--once"]);
+    let out = zsend(&[&rx.addr(), path.to_str().unwrap(), "--json"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    let want = format!(
+        "not enough space on {}: need 8.0 MiB, have 4.0 MiB",
+        mnt.point.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], false);
+    assert_eq!(rx.wait().code(), Some(4));
+    assert!(mnt.files().is_empty(), "{:?}", mnt.files());
+}
+
+#[test]
+fn a_disk_that_fills_mid_transfer_fails_cleanly_on_both_sides() {
+    assert_root();
+    let mnt = Mount::ext2(32);
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("big.img");
+    random_file(&path, 16 << 20, 82);
+    let mut rx = Zrecv::start(&mnt.point, &["--once"]);
+    let at =
+        (zcommon::PREAMBLE_LEN + zcommon::HEADER_FIXED_LEN + "big.img".len()) as u64 + (1 << 20);
+    let proxy = Proxy::start(rx.addr, Fault::PauseAt(at));
+    let sender = Command::new(zsend_bin())
+        .args([&proxy.addr(), path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    // The space check passed; now someone else fills the disk.
+    fill(&mnt.point);
+    proxy.release();
+    let out = wait_output(sender);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(err.contains("no space left on device"), "{err}");
+    assert_eq!(rx.wait().code(), Some(1), "{}", rx.stderr());
+    assert!(
+        rx.stderr().contains("no space left on device"),
+        "{}",
+        rx.stderr()
+    );
+    assert_eq!(
+        mnt.files(),
+        vec!["filler"],
+        "the temporary file was removed"
+    );
+}
