@@ -1,0 +1,16 @@
+//! Fuzz target: every decoder of bytes from the peer. None may panic, and a hello that decodes
+//! must encode back to exactly the bytes it came from.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(h) = zcommon::read_hello(&mut &data[..]) {
+        let again = h.encode_hello();
+        assert_eq!(&data[..again.len()], &again[..]);
+    }
+    let _ = zcommon::Reply::read(&mut &data[..]);
+    let _ = zcommon::Verdict::read(&mut &data[..]);
+    let _ = zcommon::Trailer::read(&mut &data[..]);
+});
