@@ -440,10 +440,44 @@ fn killing_the_sender_at_any_point_never_publishes_a_partial_file() {
     // The receiver notices each killed sender at once (EOF) and removes its temporary file.
     let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
     while entries(dst.path()).iter().any(|e| e.starts_with(".zrecv-")) {
-        assert!(std::time::Instant::now() < deadline, "{:?}", entries(dst.path()));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            entries(dst.path())
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     for e in entries(dst.path()) {
         assert_eq!(sha256_file(&dst.path().join(&e)), want, "{e}");
     }
+}
+
+/// A symlink planted at the final name is never followed: without --force the name is taken,
+/// with --force the link itself is replaced, and its target outside the directory is untouched.
+#[test]
+fn a_symlink_at_the_final_name_is_never_followed() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("victim");
+    std::fs::write(&target, b"keep me").unwrap();
+    std::os::unix::fs::symlink(&target, dst.path().join("link.img")).unwrap();
+    let path = src.path().join("link.img");
+    random_file(&path, 100_000, 93);
+
+    let mut rx = Zrecv::start(dst.path(), &["--once"]);
+    let out = zsend(&[&rx.addr(), path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("file exists"));
+    rx.wait();
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+
+    let mut rx = Zrecv::start(dst.path(), &["--once", "--force"]);
+    let out = zsend(&[&rx.addr(), path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(rx.wait().success());
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+    let landed = dst.path().join("link.img");
+    assert!(!landed.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(sha256_file(&landed), sha256_file(&path));
 }

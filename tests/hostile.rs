@@ -98,6 +98,13 @@ fn malformed_hellos_get_clear_refusals() {
     assert!(entries(dst.path()).is_empty(), "{:?}", entries(dst.path()));
     assert!(!dst.path().parent().unwrap().join("escape").exists());
     still_serving(&rx);
+    // The peer's escape sequence was logged escaped, never raw.
+    let log = rx.stderr();
+    assert!(log.contains("\\u{1b}[2Jx"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "raw escape reached the terminal: {log:?}"
+    );
 }
 
 #[test]
