@@ -19,7 +19,8 @@ struct Cli {
     #[arg(value_name = "HOST:PORT")]
     dest: String,
 
-    /// The file to send.
+    /// The file to send: a regular file or a block device (then name it with --name, or it
+    /// lands under the device's base name).
     file: PathBuf,
 
     /// Name to give the file on the receiver (default: the file's own name).
@@ -101,7 +102,8 @@ fn run(cli: &Cli) -> anyhow::Result<SendReport> {
         timeout: Duration::from_secs(cli.timeout.max(1)),
         token,
     };
-    let size = std::fs::metadata(&cli.file).map(|m| m.len()).unwrap_or(0);
+    // Errors opening the source surface from send_file below, with the right exit code.
+    let size = zcommon::source_size(&cli.file).unwrap_or(0);
     let bar = progress_bar(cli, size);
     let report = send_file(&cli.dest, &cli.file, &opts, &mut |n| bar.inc(n));
     bar.finish_and_clear();

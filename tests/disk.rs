@@ -159,3 +159,66 @@ fn a_disk_that_fills_mid_transfer_fails_cleanly_on_both_sides() {
         "the temporary file was removed"
     );
 }
+
+/// A loop device attached to an image, detached on drop.
+struct Loop {
+    dev: String,
+}
+
+impl Loop {
+    fn attach(image: &Path) -> Loop {
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--read-only"])
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Loop {
+            dev: String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+        }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+#[test]
+fn a_block_device_is_sent_with_its_full_size() {
+    assert_root();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let image = src.path().join("disk.raw");
+    random_file(&image, (20 << 20) + 4096, 83);
+    let dev = Loop::attach(&image);
+    let base = Path::new(&dev.dev)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let mut rx = Zrecv::start(dst.path(), &["--once"]);
+    let out = zsend(&[&rx.addr(), &dev.dev, "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(rx.wait().success(), "{}", rx.stderr());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["bytes"], (20 << 20) + 4096);
+    assert_eq!(json["zero_copy"], true, "sendfile reads block devices");
+    assert_eq!(sha256_file(&dst.path().join(&base)), sha256_file(&image));
+
+    let mut rx = Zrecv::start(dst.path(), &["--once"]);
+    let out = zsend(&[&rx.addr(), &dev.dev, "--name", "vm-disk.img"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(rx.wait().success());
+    assert_eq!(
+        sha256_file(&dst.path().join("vm-disk.img")),
+        sha256_file(&image)
+    );
+}

@@ -44,6 +44,8 @@ pub use crate::protocol::{
     FLAG_NO_VERIFY, HEADER_FIXED_LEN, MAX_HEADER_LEN, PREAMBLE_LEN, TRAILER_LEN, VERSION,
 };
 pub use crate::recv::{parse_listen_addr, Receiver, ReceiverConfig, TransferRecord};
-pub use crate::send::{connect, resolve, send_file, SendOptions, SendReport, DEFAULT_PORT};
+pub use crate::send::{
+    connect, resolve, send_file, source_size, SendOptions, SendReport, DEFAULT_PORT,
+};
 pub use crate::stages::StageTimes;
 pub use crate::units::{os_reason, Bytes};

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -74,13 +74,14 @@ pub struct SendReport {
     pub stages: StageTimes,
 }
 
-/// An opened source file and what the header says of it.
+/// An opened source file or block device, and what the header says of it.
 pub struct Source {
     file: File,
     path: PathBuf,
     size: u64,
     mode: u32,
     mtime: (i64, u32),
+    block_device: bool,
 }
 
 impl Source {
@@ -92,20 +93,30 @@ impl Source {
         };
         let file = File::open(path).map_err(source_err)?;
         let meta = file.metadata().map_err(source_err)?;
-        if !meta.is_file() {
+        let block_device = meta.file_type().is_block_device();
+        let size = if block_device {
+            sys::block_device_size(&file).map_err(source_err)?
+        } else if meta.is_file() {
+            meta.len()
+        } else {
             return Err(SendError::NotAFile(path.to_owned()));
-        }
+        };
         Ok(Source {
             file,
             path: path.to_owned(),
-            size: meta.len(),
+            size,
             mode: meta.mode(),
             mtime: (meta.mtime(), meta.mtime_nsec() as u32),
+            block_device,
         })
     }
 
-    /// Whether the file was written to since it was opened.
+    /// Whether the file was written to since it was opened. (Writes to a block device do not
+    /// show in its metadata; only a change of size does. The digests still catch the rest.)
     fn changed(&self) -> bool {
+        if self.block_device {
+            return sys::block_device_size(&self.file).map_or(true, |s| s != self.size);
+        }
         match self.file.metadata() {
             Ok(m) => m.len() != self.size || (m.mtime(), m.mtime_nsec() as u32) != self.mtime,
             Err(_) => true,
@@ -126,6 +137,11 @@ impl Source {
             .ok_or(name_err(crate::name::NameError::NotUtf8))?;
         Ok(base.to_owned())
     }
+}
+
+/// The number of bytes `path` would send: a file's length or a block device's size.
+pub fn source_size(path: &Path) -> Result<u64, SendError> {
+    Source::open(path).map(|s| s.size)
 }
 
 /// Turns `HOST:PORT`, `[V6]:PORT`, `HOST` or a bare IP into socket addresses (the default port

@@ -258,6 +258,16 @@ fn read_into_file(
     Ok(done)
 }
 
+/// Size in bytes of a block device, from the BLKGETSIZE64 ioctl (its `st_size` is 0).
+pub fn block_device_size(file: &File) -> io::Result<u64> {
+    const BLKGETSIZE64: rustix::ioctl::Opcode = rustix::ioctl::opcode::read::<u64>(0x12, 114);
+    // SAFETY: BLKGETSIZE64 writes the size into one u64 (`_IOR(0x12, 114, size_t)` with a
+    // 64-bit size_t), which is exactly what this Getter lends the kernel.
+    let size =
+        unsafe { rustix::ioctl::ioctl(file, rustix::ioctl::Getter::<BLKGETSIZE64, u64>::new()) }?;
+    Ok(size)
+}
+
 /// Keeps a receiver's footprint in the page cache to a few windows: starts writeback of each
 /// full window as soon as it is written, waits for the window before it to reach the disk, and
 /// drops from the page cache what is both on disk and already hashed. The final fsync then has
