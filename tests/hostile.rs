@@ -18,6 +18,7 @@ pub fn header(name: &str, size: u64) -> Header {
         flags: 0,
         resume_offset: 0,
         auth_nonce: None,
+        sparse_data_len: None,
     }
 }
 

@@ -4,6 +4,7 @@ mod auth;
 mod disk;
 mod faults;
 mod hostile;
+mod sparse;
 mod transfer;
 mod util;
 mod zero_copy;

@@ -10,7 +10,7 @@ use crate::error::ProtocolError;
 use crate::name::{validate_name, MAX_NAME_LEN};
 
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// First bytes of a sender's hello.
 pub const HELLO_MAGIC: [u8; 4] = *b"ZSND";
 /// First bytes of the receiver's reply to a hello.
@@ -36,7 +36,12 @@ pub const TRAILER_LEN: usize = 4 + 1 + 32;
 pub const FLAG_NO_VERIFY: u32 = 1;
 /// Header flag: the sender holds a token; a 32-byte nonce follows the name.
 pub const FLAG_AUTH: u32 = 2;
-const KNOWN_FLAGS: u32 = FLAG_NO_VERIFY | FLAG_AUTH;
+/// Header flag: the payload is a sequence of data and hole records (a sparse file); the
+/// total of the data records follows the name as a u64.
+pub const FLAG_SPARSE: u32 = 4;
+const KNOWN_FLAGS: u32 = FLAG_NO_VERIFY | FLAG_AUTH | FLAG_SPARSE;
+/// Size of a payload record header in sparse mode.
+pub const RECORD_LEN: usize = 17;
 /// Reply code of a receiver's authentication challenge.
 const CHALLENGE_CODE: u8 = 0xC0;
 
@@ -59,6 +64,8 @@ pub struct Header {
     pub resume_offset: u64,
     /// The sender's fresh nonce when it authenticates with a token (`FLAG_AUTH`).
     pub auth_nonce: Option<[u8; NONCE_LEN]>,
+    /// For a sparse payload (`FLAG_SPARSE`): the bytes of data records, holes excluded.
+    pub sparse_data_len: Option<u64>,
 }
 
 impl Header {
@@ -71,11 +78,15 @@ impl Header {
     /// when a nonce is present.
     pub fn encode_hello(&self) -> Vec<u8> {
         let nonce_len = self.auth_nonce.map_or(0, |n| n.len());
-        let body_len = HEADER_FIXED_LEN + self.name.len() + nonce_len;
-        let flags = match self.auth_nonce {
-            Some(_) => self.flags | FLAG_AUTH,
-            None => self.flags & !FLAG_AUTH,
-        };
+        let sparse_len = self.sparse_data_len.map_or(0, |_| 8);
+        let body_len = HEADER_FIXED_LEN + self.name.len() + sparse_len + nonce_len;
+        let mut flags = self.flags & !(FLAG_AUTH | FLAG_SPARSE);
+        if self.auth_nonce.is_some() {
+            flags |= FLAG_AUTH;
+        }
+        if self.sparse_data_len.is_some() {
+            flags |= FLAG_SPARSE;
+        }
         let mut out = Vec::with_capacity(PREAMBLE_LEN + body_len);
         out.extend_from_slice(&HELLO_MAGIC);
         out.extend_from_slice(&VERSION.to_be_bytes());
@@ -88,6 +99,9 @@ impl Header {
         out.extend_from_slice(&self.resume_offset.to_be_bytes());
         out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
         out.extend_from_slice(self.name.as_bytes());
+        if let Some(d) = self.sparse_data_len {
+            out.extend_from_slice(&d.to_be_bytes());
+        }
         if let Some(n) = &self.auth_nonce {
             out.extend_from_slice(n);
         }
@@ -124,6 +138,15 @@ impl Header {
             return Err(ProtocolError::NameTooLong(name_len));
         }
         let name_bytes = r.take(name_len)?;
+        let sparse_data_len = match flags & FLAG_SPARSE {
+            0 => None,
+            _ => Some(r.u64()?),
+        };
+        if sparse_data_len.is_some_and(|d| d > size) {
+            return Err(ProtocolError::Malformed(
+                "sparse data length exceeds the file size".into(),
+            ));
+        }
         let auth_nonce = match flags & FLAG_AUTH {
             0 => None,
             _ => Some(r.array::<NONCE_LEN>()?),
@@ -147,7 +170,60 @@ impl Header {
             flags,
             resume_offset,
             auth_nonce,
+            sparse_data_len,
         })
+    }
+}
+
+/// One record of a sparse payload: data (followed by `len` bytes), a hole, or the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// `len` bytes of file content at `offset` follow.
+    Data {
+        /// Where the bytes go.
+        offset: u64,
+        /// How many follow, at least 1.
+        len: u64,
+    },
+    /// `len` bytes of zeros at `offset`, not sent.
+    Hole {
+        /// Where the hole starts.
+        offset: u64,
+        /// Its length, at least 1.
+        len: u64,
+    },
+    /// No more records: the trailer follows.
+    End,
+}
+
+impl Record {
+    /// Encodes the record header.
+    pub fn encode(&self) -> [u8; RECORD_LEN] {
+        let (kind, offset, len) = match *self {
+            Record::End => (0u8, 0, 0),
+            Record::Data { offset, len } => (1, offset, len),
+            Record::Hole { offset, len } => (2, offset, len),
+        };
+        let mut out = [0u8; RECORD_LEN];
+        out[0] = kind;
+        out[1..9].copy_from_slice(&offset.to_be_bytes());
+        out[9..].copy_from_slice(&len.to_be_bytes());
+        out
+    }
+
+    /// Reads a record header, refusing unknown kinds and empty data or holes.
+    pub fn read(r: &mut impl Read) -> Result<Record, ProtocolError> {
+        let mut buf = [0u8; RECORD_LEN];
+        read_exact(r, &mut buf, "sparse record")?;
+        let offset = u64::from_be_bytes(buf[1..9].try_into().expect("8 bytes"));
+        let len = u64::from_be_bytes(buf[9..].try_into().expect("8 bytes"));
+        match buf[0] {
+            0 if offset == 0 && len == 0 => Ok(Record::End),
+            1 | 2 if len == 0 => Err(ProtocolError::Malformed("empty sparse record".into())),
+            1 => Ok(Record::Data { offset, len }),
+            2 => Ok(Record::Hole { offset, len }),
+            k => Err(ProtocolError::Malformed(format!("unknown record kind {k}"))),
+        }
     }
 }
 
@@ -534,18 +610,29 @@ mod tests {
             0u32..1_000_000_000,
             prop_oneof![Just(0u32), Just(FLAG_NO_VERIFY)],
             proptest::option::of(any::<[u8; NONCE_LEN]>()),
+            proptest::option::of(any::<u64>()),
         )
             .prop_filter("valid name", |(n, ..)| validate_name(n).is_ok())
             .prop_map(
-                |(name, size, mode, mtime_sec, mtime_nsec, flags, nonce)| Header {
-                    name,
-                    size,
-                    mode,
-                    mtime_sec,
-                    mtime_nsec,
-                    flags: flags | nonce.map_or(0, |_| FLAG_AUTH),
-                    resume_offset: 0,
-                    auth_nonce: nonce,
+                |(name, size, mode, mtime_sec, mtime_nsec, flags, nonce, sparse)| {
+                    let mut flags = flags;
+                    if nonce.is_some() {
+                        flags |= FLAG_AUTH;
+                    }
+                    if sparse.is_some() {
+                        flags |= FLAG_SPARSE;
+                    }
+                    Header {
+                        name,
+                        size,
+                        mode,
+                        mtime_sec,
+                        mtime_nsec,
+                        flags,
+                        resume_offset: 0,
+                        auth_nonce: nonce,
+                        sparse_data_len: sparse.map(|d| d.min(size)),
+                    }
                 },
             )
     }
@@ -572,6 +659,17 @@ mod tests {
             let _ = Reply::read(&mut &bytes[..]);
             let _ = Verdict::read(&mut &bytes[..]);
             let _ = read_proof(&mut &bytes[..]);
+            let _ = Record::read(&mut &bytes[..]);
+        }
+
+        #[test]
+        fn records_round_trip(offset in any::<u64>(), len in 1u64.., kind in 0u8..3) {
+            let r = match kind {
+                0 => Record::End,
+                1 => Record::Data { offset, len },
+                _ => Record::Hole { offset, len },
+            };
+            prop_assert_eq!(Record::read(&mut &r.encode()[..]).unwrap(), r);
         }
 
         #[test]
@@ -581,7 +679,8 @@ mod tests {
             if let Ok(h) = Header::decode_body(&bytes) {
                 prop_assert!(validate_name(&h.name).is_ok());
                 let nonce = h.auth_nonce.map_or(0, |n| n.len());
-                prop_assert_eq!(HEADER_FIXED_LEN + h.name.len() + nonce, bytes.len());
+                let sparse = h.sparse_data_len.map_or(0, |_| 8);
+                prop_assert_eq!(HEADER_FIXED_LEN + h.name.len() + sparse + nonce, bytes.len());
                 prop_assert_eq!(h.auth_nonce.is_some(), h.flags & FLAG_AUTH != 0);
                 prop_assert!(h.mtime_nsec < 1_000_000_000);
             }
@@ -653,6 +752,7 @@ mod tests {
             flags: 0,
             resume_offset: 0,
             auth_nonce: None,
+            sparse_data_len: None,
         };
         let mut bytes = h.encode_hello();
         assert!(read_hello(&mut &bytes[..]).is_ok());
@@ -678,6 +778,7 @@ mod tests {
                 flags: 0,
                 resume_offset: 0,
                 auth_nonce: None,
+                sparse_data_len: None,
             };
             let err = read_hello(&mut &h.encode_hello()[..]).unwrap_err();
             assert!(matches!(err, ProtocolError::BadName(_)), "{name:?}: {err}");

@@ -21,7 +21,7 @@ use crate::error::{ProtocolError, RecvError};
 use crate::hash::{hash_file_timed, Watermark};
 use crate::name::{Escaped, TEMP_PREFIX};
 use crate::protocol::{
-    read_hello, read_proof, Header, RefuseCode, Reply, Status, Trailer, Verdict,
+    read_hello, read_proof, Header, Record, RefuseCode, Reply, Status, Trailer, Verdict,
 };
 use crate::stages::StageTimes;
 use crate::sys::{self, CopyError, Pipe, SpliceStats};
@@ -240,7 +240,7 @@ impl Receiver {
                 return Err(refused(stream, RefuseCode::Io, msg));
             }
         };
-        if let Err(e) = preallocate(&temp.file, header.size) {
+        if let Err(e) = prepare(&temp.file, &header) {
             let code = if e.kind() == io::ErrorKind::StorageFull {
                 RefuseCode::NoSpace
             } else {
@@ -354,13 +354,11 @@ impl Receiver {
                 .then(|| s.spawn(|| hash_file_timed(&temp.file, size, &mark)));
             let mut behind = sys::DropBehind::new(WRITEBACK_WINDOW);
             let verify = header.verify();
-            let mut offset = 0u64;
-            let copied = sys::splice_into_file(
+            let copied = receive_into(
                 stream,
                 &pipe,
                 &temp.file,
-                &mut offset,
-                size,
+                header,
                 &mut splice,
                 &mut |done| {
                     received = done;
@@ -398,13 +396,16 @@ impl Receiver {
                 })
             }
             Ok(_) => {}
-            Err(CopyError::Read(e)) => return Err(network("receiving", e)),
-            Err(CopyError::Write(e)) => {
+            Err(Incoming::Protocol(e)) => return Err(e.into()),
+            Err(Incoming::Copy(CopyError::Read(e))) => return Err(network("receiving", e)),
+            Err(Incoming::Copy(CopyError::Write(e))) => {
                 let err = self.local(&format!("writing {}", Escaped(&header.name)), e);
                 send_verdict(stream, Status::Failed, None, &err.to_string());
                 return Err(err);
             }
-            Err(CopyError::Unsupported) => unreachable!("splice_into_file falls back itself"),
+            Err(Incoming::Copy(CopyError::Unsupported | CopyError::SourceChanged)) => {
+                unreachable!("splice_into_file neither gives up on the kernel nor reads a source")
+            }
         }
         match digest {
             None => Ok(None),
@@ -440,11 +441,12 @@ impl Receiver {
         }
         if let Ok(vfs) = rustix::fs::fstatvfs(&self.dir) {
             let have = vfs.f_bavail.saturating_mul(vfs.f_frsize);
-            if header.size > have {
+            let need = header.sparse_data_len.unwrap_or(header.size);
+            if need > have {
                 let msg = format!(
                     "not enough space on {}: need {}, have {}",
                     self.config.dir.display(),
-                    Bytes(header.size),
+                    Bytes(need),
                     Bytes(have)
                 );
                 return Err(refused(stream, RefuseCode::NoSpace, msg));
@@ -523,6 +525,78 @@ impl Receiver {
             during: during.to_owned(),
             dir: self.config.dir.clone(),
             error,
+        }
+    }
+}
+
+/// What stopped a payload short.
+enum Incoming {
+    /// The copy itself failed.
+    Copy(CopyError),
+    /// A sparse sender's records broke the rules.
+    Protocol(ProtocolError),
+}
+
+/// Receives the payload into `file`: one run of `header.size` bytes, or for a sparse file the
+/// records, each data record spliced at its offset and each hole left unwritten (the file was
+/// sized with ftruncate, so it reads back as zeros). Records must tile the file in order, and
+/// their data must add up to what the header announced. Returns the logical bytes covered:
+/// fewer than the size if the sender closed early. `progress` gets that count as it grows.
+fn receive_into(
+    stream: &TcpStream,
+    pipe: &Pipe,
+    file: &File,
+    header: &Header,
+    stats: &mut SpliceStats,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, Incoming> {
+    let size = header.size;
+    let Some(data_len) = header.sparse_data_len else {
+        let mut offset = 0;
+        return sys::splice_into_file(stream, pipe, file, &mut offset, size, stats, progress)
+            .map_err(Incoming::Copy);
+    };
+    let bad = |what: String| Incoming::Protocol(ProtocolError::Malformed(what));
+    let (mut pos, mut data) = (0u64, 0u64);
+    loop {
+        let record = match Record::read(&mut &*stream) {
+            Ok(r) => r,
+            Err(ProtocolError::Truncated(_)) => return Ok(pos),
+            Err(e) => return Err(Incoming::Protocol(e)),
+        };
+        let (offset, len) = match record {
+            Record::End if pos == size && data == data_len => return Ok(pos),
+            Record::End => {
+                return Err(bad(format!(
+                "sparse records end at {pos} of {size} bytes with {data} of {data_len} data bytes"
+            )))
+            }
+            Record::Data { offset, len } | Record::Hole { offset, len } => (offset, len),
+        };
+        if offset != pos || len > size - pos {
+            return Err(bad(format!(
+                "sparse record at {offset}+{len} where {pos} of {size} was expected"
+            )));
+        }
+        if let Record::Data { .. } = record {
+            if len > data_len - data {
+                return Err(bad(format!(
+                    "more data than the {data_len} bytes announced"
+                )));
+            }
+            let mut at = offset;
+            let n = sys::splice_into_file(stream, pipe, file, &mut at, len, stats, &mut |k| {
+                progress(offset + k)
+            })
+            .map_err(Incoming::Copy)?;
+            data += n;
+            pos += n;
+            if n < len {
+                return Ok(pos);
+            }
+        } else {
+            pos += len;
+            progress(pos);
         }
     }
 }
@@ -612,9 +686,14 @@ fn open_beneath(dir: impl AsFd, name: &str) -> rustix::io::Result<OwnedFd> {
     }
 }
 
-/// Reserves the blocks the payload will need, so a full disk is found before data flows.
+/// Readies the temporary file: a sparse file gets its full size at once (its holes are never
+/// written); a dense one has its blocks reserved, so a full disk is found before data flows.
 /// Filesystems that cannot preallocate are fine.
-fn preallocate(file: &File, size: u64) -> io::Result<()> {
+fn prepare(file: &File, header: &Header) -> io::Result<()> {
+    let size = header.size;
+    if header.sparse_data_len.is_some() {
+        return Ok(rustix::fs::ftruncate(file, size)?);
+    }
     if size == 0 {
         return Ok(());
     }

@@ -14,7 +14,9 @@ use crate::auth::{self, Role, Token};
 use crate::error::{ProtocolError, SendError};
 use crate::hash::{hash_file_timed, Watermark};
 use crate::name::validate_name;
-use crate::protocol::{encode_proof, Header, Reply, Status, Trailer, Verdict, FLAG_NO_VERIFY};
+use crate::protocol::{
+    encode_proof, Header, Record, Reply, Status, Trailer, Verdict, FLAG_NO_VERIFY,
+};
 use crate::stages::{thread_cpu, StageTimes};
 use crate::sys::{self, CopyError};
 
@@ -82,6 +84,8 @@ pub struct Source {
     mode: u32,
     mtime: (i64, u32),
     block_device: bool,
+    /// Bytes of data, holes excluded, when the file has holes.
+    sparse_data: Option<u64>,
 }
 
 impl Source {
@@ -101,6 +105,11 @@ impl Source {
         } else {
             return Err(SendError::NotAFile(path.to_owned()));
         };
+        let sparse_data = if block_device {
+            None
+        } else {
+            sparse_data_len(&file, size).map_err(source_err)?
+        };
         Ok(Source {
             file,
             path: path.to_owned(),
@@ -108,6 +117,7 @@ impl Source {
             mode: meta.mode(),
             mtime: (meta.mtime(), meta.mtime_nsec() as u32),
             block_device,
+            sparse_data,
         })
     }
 
@@ -137,6 +147,16 @@ impl Source {
             .ok_or(name_err(crate::name::NameError::NotUtf8))?;
         Ok(base.to_owned())
     }
+}
+
+/// The bytes of data in a file with holes, or `None` for a file without holes.
+fn sparse_data_len(file: &File, size: u64) -> std::io::Result<Option<u64>> {
+    let (mut pos, mut data) = (0, 0);
+    while let Some((start, end)) = sys::next_data(file, pos, size)? {
+        data += end - start;
+        pos = end;
+    }
+    Ok((data < size).then_some(data))
 }
 
 /// The number of bytes `path` would send: a file's length or a block device's size.
@@ -244,6 +264,7 @@ fn transfer(
         mtime_nsec: source.mtime.1,
         flags: if opts.verify { 0 } else { FLAG_NO_VERIFY },
         resume_offset: 0,
+        sparse_data_len: source.sparse_data,
         auth_nonce: match opts.token {
             Some(_) => Some(auth::nonce().map_err(net("drawing a nonce"))?),
             None => None,
@@ -261,7 +282,10 @@ fn transfer(
             .verify
             .then(|| s.spawn(|| hash_file_timed(&source.file, source.size, &mark)));
         let cpu = thread_cpu();
-        let copied = copy_payload(stream, source, &mut report.zero_copy, progress);
+        let copied = match source.sparse_data {
+            Some(_) => copy_sparse(stream, source, &mut report.zero_copy, progress),
+            None => copy_payload(stream, source, &mut report.zero_copy, progress),
+        };
         report.stages.network_cpu = thread_cpu().saturating_sub(cpu);
         if copied.is_err() {
             mark.abort();
@@ -277,7 +301,7 @@ fn transfer(
         Ok(n) => n,
         Err(e) => return Err(explain_failure(stream, report, e)),
     };
-    report.bytes_sent = sent;
+    report.bytes_sent = source.sparse_data.unwrap_or(sent);
     if sent < source.size {
         return Err(SendError::SourceShrank {
             sent,
@@ -363,6 +387,62 @@ fn handshake(
     }
 }
 
+/// Sends a file with holes as records: each data extent with sendfile at its offset, each
+/// hole as (offset, length). Returns the logical bytes covered; fewer than the size, or data
+/// that no longer adds up to what the header announced, means the file changed.
+fn copy_sparse(
+    stream: &TcpStream,
+    source: &Source,
+    zero_copy: &mut bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, CopyError> {
+    let (mut pos, mut data) = (0u64, 0u64);
+    while pos < source.size {
+        let next = sys::next_data(&source.file, pos, source.size).map_err(CopyError::Read)?;
+        let (start, end) = next.unwrap_or((source.size, source.size));
+        if start > pos {
+            send_record(
+                stream,
+                Record::Hole {
+                    offset: pos,
+                    len: start - pos,
+                },
+            )?;
+            progress(start - pos);
+            pos = start;
+        }
+        if end > start {
+            let len = end - start;
+            send_record(stream, Record::Data { offset: start, len })?;
+            let n = copy_range(stream, source, start, len, zero_copy, progress)?;
+            data += n;
+            pos = start + n;
+            if n < len {
+                return Ok(pos);
+            }
+        }
+    }
+    if Some(data) != source.sparse_data {
+        return Err(CopyError::SourceChanged);
+    }
+    send_record(stream, Record::End)?;
+    Ok(pos)
+}
+
+/// Sends a record header, telling the kernel more is coming so it leaves with the data.
+fn send_record(stream: &TcpStream, record: Record) -> Result<(), CopyError> {
+    let bytes = record.encode();
+    let mut done = 0;
+    while done < bytes.len() {
+        match rustix::net::send(stream, &bytes[done..], rustix::net::SendFlags::MORE) {
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(CopyError::Write(e.into())),
+        }
+    }
+    Ok(())
+}
+
 /// Moves the payload with sendfile, falling back to read/write where the kernel cannot.
 fn copy_payload(
     stream: &TcpStream,
@@ -370,22 +450,27 @@ fn copy_payload(
     zero_copy: &mut bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, CopyError> {
-    let mut offset = 0u64;
-    match sys::sendfile_all(
-        stream,
-        &source.file,
-        &mut offset,
-        source.size,
-        SEND_CHUNK,
-        progress,
-    ) {
+    copy_range(stream, source, 0, source.size, zero_copy, progress)
+}
+
+/// Moves `len` bytes at `offset` with sendfile, or read/write where the kernel cannot.
+fn copy_range(
+    stream: &TcpStream,
+    source: &Source,
+    offset: u64,
+    len: u64,
+    zero_copy: &mut bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, CopyError> {
+    let mut offset = offset;
+    match sys::sendfile_all(stream, &source.file, &mut offset, len, SEND_CHUNK, progress) {
         Err(CopyError::Unsupported) => {
             log::info!(
                 "sendfile cannot read {}; falling back to read/write",
                 source.path.display()
             );
             *zero_copy = false;
-            sys::read_write_all(stream, &source.file, &mut offset, source.size, progress)
+            sys::read_write_all(stream, &source.file, &mut offset, len, progress)
         }
         other => other,
     }
@@ -400,6 +485,7 @@ fn explain_failure(mut stream: &TcpStream, report: &SendReport, e: CopyError) ->
             error,
         },
         CopyError::Unsupported => unreachable!("the fallback handles Unsupported"),
+        CopyError::SourceChanged => SendError::SourceChanged,
         CopyError::Write(error) => {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
             match Verdict::read(&mut stream) {

@@ -30,6 +30,8 @@ pub enum CopyError {
     Read(io::Error),
     /// Writing the destination side failed.
     Write(io::Error),
+    /// The source's data extents moved while it was being sent.
+    SourceChanged,
 }
 
 fn is_unsupported(e: Errno) -> bool {
@@ -256,6 +258,26 @@ fn read_into_file(
         progress(done);
     }
     Ok(done)
+}
+
+/// The next data extent of `file` at or after `from` and below `size`, as `(start, end)`, or
+/// `None` when only a hole remains (SEEK_DATA / SEEK_HOLE). A filesystem that cannot tell
+/// reports everything as data.
+pub fn next_data(file: &File, from: u64, size: u64) -> io::Result<Option<(u64, u64)>> {
+    if from >= size {
+        return Ok(None);
+    }
+    let start = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(from)) {
+        Ok(s) => s,
+        Err(Errno::NXIO) => return Ok(None),
+        Err(e) if is_unsupported(e) => return Ok(Some((from, size))),
+        Err(e) => return Err(e.into()),
+    };
+    if start >= size {
+        return Ok(None);
+    }
+    let end = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(start))?.min(size);
+    Ok(Some((start, end)))
 }
 
 /// Size in bytes of a block device, from the BLKGETSIZE64 ioctl (its `st_size` is 0).

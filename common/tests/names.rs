@@ -46,6 +46,7 @@ fn hello_with_raw_name(name: &[u8]) -> Vec<u8> {
         flags: 0,
         resume_offset: 0,
         auth_nonce: None,
+        sparse_data_len: None,
     };
     let mut bytes = h.encode_hello();
     let at = zcommon::PREAMBLE_LEN + zcommon::HEADER_FIXED_LEN;
