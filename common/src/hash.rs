@@ -11,6 +11,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::stages::thread_cpu;
+use crate::sys;
 
 /// Bytes hashed per read. Small enough to stay in the L2 cache between the copy out of the
 /// page cache and the hashing of it.
@@ -103,17 +104,26 @@ impl Watermark {
 pub type Hashed = (io::Result<Option<[u8; 32]>>, Duration);
 
 /// [`hash_file`], also returning the CPU time the calling thread spent on it.
-pub fn hash_file_timed(file: &File, len: u64, mark: &Watermark) -> Hashed {
+pub fn hash_file_timed(file: &File, len: u64, mark: &Watermark, sparse: bool) -> Hashed {
     let start = thread_cpu();
-    let digest = hash_file(file, len, mark);
+    let digest = hash_file(file, len, mark, sparse);
     (digest, thread_cpu().saturating_sub(start))
 }
 
 /// Hashes the first `len` bytes of `file` as the watermark lets it. Returns `Ok(None)` when the
 /// watermark was aborted or closed before `len` bytes were readable.
-pub fn hash_file(file: &File, len: u64, mark: &Watermark) -> io::Result<Option<[u8; 32]>> {
+///
+/// With `sparse`, holes (SEEK_HOLE) are hashed as the zeros they read as, without reading them:
+/// reading a hole would fill the page cache with zero pages and copy them.
+pub fn hash_file(
+    file: &File,
+    len: u64,
+    mark: &Watermark,
+    sparse: bool,
+) -> io::Result<Option<[u8; 32]>> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; HASH_CHUNK.min(len as usize).max(1)];
+    let zeros = vec![0u8; buf.len()];
     let mut pos = 0u64;
     while pos < len {
         let Some(ready) = mark.wait_past(pos) else {
@@ -121,21 +131,35 @@ pub fn hash_file(file: &File, len: u64, mark: &Watermark) -> io::Result<Option<[
         };
         let ready = ready.min(len);
         while pos < ready {
-            let want = (ready - pos).min(buf.len() as u64) as usize;
-            let n = match file.read_at(&mut buf[..want], pos) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "file ended while hashing",
-                    ))
+            let data_end = if sparse {
+                let (start, end) = sys::next_data(file, pos, ready)?.unwrap_or((ready, ready));
+                while pos < start {
+                    let n = (start - pos).min(zeros.len() as u64) as usize;
+                    hasher.update(&zeros[..n]);
+                    pos += n as u64;
+                    mark.hashed.store(pos, Ordering::Relaxed);
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                end
+            } else {
+                ready
             };
-            hasher.update(&buf[..n]);
-            pos += n as u64;
-            mark.hashed.store(pos, Ordering::Relaxed);
+            while pos < data_end {
+                let want = (data_end - pos).min(buf.len() as u64) as usize;
+                let n = match file.read_at(&mut buf[..want], pos) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "file ended while hashing",
+                        ))
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                hasher.update(&buf[..n]);
+                pos += n as u64;
+                mark.hashed.store(pos, Ordering::Relaxed);
+            }
         }
     }
     Ok(Some(hasher.finalize().into()))
@@ -153,7 +177,7 @@ mod tests {
         f.write_all(&data).unwrap();
         let mark = Watermark::new();
         let digest = std::thread::scope(|s| {
-            let h = s.spawn(|| hash_file(&f, data.len() as u64, &mark));
+            let h = s.spawn(|| hash_file(&f, data.len() as u64, &mark, false));
             for end in (0..=data.len()).step_by(99_999) {
                 mark.raise(end as u64);
             }
@@ -169,7 +193,7 @@ mod tests {
         let f = tempfile::tempfile().unwrap();
         let mark = Watermark::new();
         let r = std::thread::scope(|s| {
-            let h = s.spawn(|| hash_file(&f, 10, &mark));
+            let h = s.spawn(|| hash_file(&f, 10, &mark, false));
             mark.abort();
             h.join().unwrap()
         });
@@ -177,9 +201,26 @@ mod tests {
     }
 
     #[test]
+    fn holes_hash_as_zeros() {
+        use std::os::unix::fs::FileExt;
+        let f = tempfile::tempfile().unwrap();
+        let len = 5 << 20;
+        f.set_len(len).unwrap();
+        f.write_all_at(b"data in the middle", 2 << 20).unwrap();
+        f.write_all_at(b"and at the end", len - 14).unwrap();
+        let mut content = vec![0u8; len as usize];
+        f.read_exact_at(&mut content, 0).unwrap();
+        let want: [u8; 32] = Sha256::digest(&content).into();
+        for sparse in [false, true] {
+            let d = hash_file(&f, len, &Watermark::complete(len), sparse).unwrap();
+            assert_eq!(d, Some(want), "sparse: {sparse}");
+        }
+    }
+
+    #[test]
     fn empty_file_hashes_to_the_empty_digest() {
         let f = tempfile::tempfile().unwrap();
-        let d = hash_file(&f, 0, &Watermark::complete(0)).unwrap();
+        let d = hash_file(&f, 0, &Watermark::complete(0), false).unwrap();
         assert_eq!(d, Some(Sha256::digest(b"").into()));
     }
 }

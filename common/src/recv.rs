@@ -346,12 +346,13 @@ impl Receiver {
         let size = header.size;
         let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
         let mark = Watermark::new();
+        let sparse = header.sparse_data_len.is_some();
         let mut received = 0u64;
         let mut splice = SpliceStats::default();
         let (copied, digest) = std::thread::scope(|s| {
             let hasher = header
                 .verify()
-                .then(|| s.spawn(|| hash_file_timed(&temp.file, size, &mark)));
+                .then(|| s.spawn(|| hash_file_timed(&temp.file, size, &mark, sparse)));
             let mut behind = sys::DropBehind::new(WRITEBACK_WINDOW);
             let verify = header.verify();
             let copied = receive_into(

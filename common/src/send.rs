@@ -277,10 +277,11 @@ fn transfer(
     // (docs/BENCHMARKS.md, levers).
     let _ = rustix::fs::fadvise(&source.file, 0, None, rustix::fs::Advice::Sequential);
     let mark = Watermark::complete(source.size);
+    let sparse = source.sparse_data.is_some();
     let (copied, digest) = std::thread::scope(|s| {
         let hasher = opts
             .verify
-            .then(|| s.spawn(|| hash_file_timed(&source.file, source.size, &mark)));
+            .then(|| s.spawn(|| hash_file_timed(&source.file, source.size, &mark, sparse)));
         let cpu = thread_cpu();
         let copied = match source.sparse_data {
             Some(_) => copy_sparse(stream, source, &mut report.zero_copy, progress),
