@@ -222,3 +222,76 @@ fn a_block_device_is_sent_with_its_full_size() {
         sha256_file(&image)
     );
 }
+
+/// tests/helpers/failfs.py mounted over a directory: a FUSE pass-through whose fsync fails.
+struct FailingSyncFs {
+    child: std::process::Child,
+    point: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FailingSyncFs {
+    fn mount() -> FailingSyncFs {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, point) = (dir.path().join("root"), dir.path().join("mnt"));
+        std::fs::create_dir(&root).unwrap();
+        std::fs::create_dir(&point).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/failfs.py");
+        let child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .args([&root, &point])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("Debian's python3 with python3-fusepy (.ci/run installs it)");
+        let mut fs = FailingSyncFs {
+            child,
+            point,
+            _dir: dir,
+        };
+        // Wait for the mount to appear (bounded), or for the helper to fail.
+        let needle = format!(" {} fuse", fs.point.display());
+        let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
+        while !std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .contains(&needle)
+        {
+            if fs.child.try_wait().unwrap().is_some() {
+                let mut err = String::new();
+                let _ = std::io::Read::read_to_string(fs.child.stderr.as_mut().unwrap(), &mut err);
+                panic!("failfs exited: {err}");
+            }
+            assert!(std::time::Instant::now() < deadline, "failfs never mounted");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        fs
+    }
+}
+
+impl Drop for FailingSyncFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.point).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_fsync_error_is_reported_and_nothing_is_published() {
+    assert_root();
+    let fs = FailingSyncFs::mount();
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("sync.img");
+    random_file(&path, 3 << 20, 84);
+    let mut rx = Zrecv::start(&fs.point, &["--once"]);
+    let out = zsend(&[&rx.addr(), path.to_str().unwrap()]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(
+        err.contains("receiver failed to land sync.img: syncing the data"),
+        "{err}"
+    );
+    assert!(err.contains("input/output error"), "{err}");
+    assert_eq!(rx.wait().code(), Some(1), "{}", rx.stderr());
+    assert!(entries(&fs.point).is_empty(), "{:?}", entries(&fs.point));
+}
