@@ -9,17 +9,7 @@ use zcommon::{Header, RefuseCode, Reply, Trailer, Verdict};
 use crate::util::*;
 
 pub fn header(name: &str, size: u64) -> Header {
-    Header {
-        name: name.into(),
-        size,
-        mode: 0o644,
-        mtime_sec: 0,
-        mtime_nsec: 0,
-        flags: 0,
-        resume_offset: 0,
-        auth_nonce: None,
-        sparse_data_len: None,
-    }
+    Header::new(name, size)
 }
 
 pub fn connect(rx: &Zrecv) -> TcpStream {

@@ -44,6 +44,11 @@ impl Token {
     pub fn from_file(path: &Path) -> io::Result<Token> {
         Token::new(&std::fs::read(path)?)
     }
+
+    /// Reads the token file if one was given.
+    pub fn from_optional_file(path: Option<&Path>) -> io::Result<Option<Token>> {
+        path.map(Token::from_file).transpose()
+    }
 }
 
 /// Which side a proof speaks for; the two are never interchangeable.

@@ -69,6 +69,22 @@ pub struct Header {
 }
 
 impl Header {
+    /// A plain header for `size` bytes named `name`: mode 0644, mtime 0, verified, dense, no
+    /// token. Fields are public for everything else.
+    pub fn new(name: &str, size: u64) -> Header {
+        Header {
+            name: name.to_owned(),
+            size,
+            mode: 0o644,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            flags: 0,
+            resume_offset: 0,
+            auth_nonce: None,
+            sparse_data_len: None,
+        }
+    }
+
     /// Whether the sender asked for SHA-256 verification.
     pub fn verify(&self) -> bool {
         self.flags & FLAG_NO_VERIFY == 0
@@ -743,17 +759,7 @@ mod tests {
 
     #[test]
     fn name_length_over_limit_is_refused() {
-        let h = Header {
-            name: "a".repeat(255),
-            size: 1,
-            mode: 0o644,
-            mtime_sec: 0,
-            mtime_nsec: 0,
-            flags: 0,
-            resume_offset: 0,
-            auth_nonce: None,
-            sparse_data_len: None,
-        };
+        let h = Header::new(&"a".repeat(255), 1);
         let mut bytes = h.encode_hello();
         assert!(read_hello(&mut &bytes[..]).is_ok());
         // Claim 256 bytes of name and supply them.
@@ -769,17 +775,7 @@ mod tests {
     #[test]
     fn unsafe_names_are_refused_by_the_decoder() {
         for name in ["..", ".", "a/b", "", "x\u{1b}[2J"] {
-            let h = Header {
-                name: name.into(),
-                size: 1,
-                mode: 0,
-                mtime_sec: 0,
-                mtime_nsec: 0,
-                flags: 0,
-                resume_offset: 0,
-                auth_nonce: None,
-                sparse_data_len: None,
-            };
+            let h = Header::new(name, 1);
             let err = read_hello(&mut &h.encode_hello()[..]).unwrap_err();
             assert!(matches!(err, ProtocolError::BadName(_)), "{name:?}: {err}");
         }

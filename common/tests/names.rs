@@ -36,19 +36,7 @@ fn tree(root: &Path) -> Vec<String> {
 
 /// Raw bytes as a name, for the hostile cases the type system would otherwise stop.
 fn hello_with_raw_name(name: &[u8]) -> Vec<u8> {
-    let placeholder = "x".repeat(name.len().max(1));
-    let h = Header {
-        name: placeholder,
-        size: 3,
-        mode: 0o644,
-        mtime_sec: 0,
-        mtime_nsec: 0,
-        flags: 0,
-        resume_offset: 0,
-        auth_nonce: None,
-        sparse_data_len: None,
-    };
-    let mut bytes = h.encode_hello();
+    let mut bytes = Header::new("x", 3).encode_hello();
     let at = zcommon::PREAMBLE_LEN + zcommon::HEADER_FIXED_LEN;
     bytes.truncate(at);
     bytes.extend_from_slice(name);
