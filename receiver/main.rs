@@ -41,6 +41,12 @@ struct Cli {
     #[arg(long)]
     force: bool,
 
+    /// Write the payload to standard output instead of a file, for another program to read.
+    /// SHA-256 is still checked: a mismatch makes zrecv (and zsend) exit non-zero, so the
+    /// reader must look at the exit status. Needs --once.
+    #[arg(long, requires = "once", conflicts_with = "json")]
+    stdout: bool,
+
     /// Seconds to wait for a sender at any step; a stalled transfer is dropped after it.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     timeout: u64,
@@ -73,6 +79,7 @@ Examples:
   zrecv --listen 127.0.0.1:0 --once         one transfer on a free loopback port
   zrecv --listen [::]:7350 --json           a JSON line per transfer on stdout
   zrecv --listen --token-file /etc/zsend/token --dir /srv/images
+  zrecv --listen --once --stdout | tar x     feed another program, still verified
 
 Exit status with --once: 0 landed and verified, 1 local error, 3 network, 4 refused,
 5 verification failed, 6 protocol error, 8 authentication failed.";
@@ -103,6 +110,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
         force: cli.force,
         timeout: Duration::from_secs(cli.timeout.max(1)),
         max_transfers: cli.max_transfers.max(1),
+        to_stdout: cli.stdout,
         token,
     };
     let receiver = Receiver::bind(cli.listen, config)

@@ -19,8 +19,8 @@ struct Cli {
     #[arg(value_name = "HOST:PORT")]
     dest: String,
 
-    /// The file to send: a regular file or a block device (then name it with --name, or it
-    /// lands under the device's base name).
+    /// The file to send: a regular file, a block device (it lands under the device's base
+    /// name unless --name), or - for standard input (a stream; --name is required).
     file: PathBuf,
 
     /// Name to give the file on the receiver (default: the file's own name).
@@ -59,6 +59,7 @@ Examples:
   zsend 10.0.0.5:7350 vm.qcow2 --name vm-2.qcow2
   zsend [fd00::5]:7350 build.tar --json        machine-readable result on stdout
   zsend host:7350 disk.img --token-file /etc/zsend/token
+  tar c build/ | zsend host:7350 - --name build.tar   stream standard input
 
 Exit status: 0 landed and verified, 1 local error, 2 usage, 3 network, 4 refused by the
 receiver, 5 verification failed, 6 protocol error, 7 receiver failed to land the file,
@@ -102,10 +103,15 @@ fn run(cli: &Cli) -> anyhow::Result<SendReport> {
         timeout: Duration::from_secs(cli.timeout.max(1)),
         token,
     };
+    let from_stdin = cli.file.as_os_str() == "-";
     // Errors opening the source surface from send_file below, with the right exit code.
-    let size = zcommon::source_size(&cli.file).unwrap_or(0);
+    let size = (!from_stdin).then(|| zcommon::source_size(&cli.file).unwrap_or(0));
     let bar = progress_bar(cli, size);
-    let report = send_file(&cli.dest, &cli.file, &opts, &mut |n| bar.inc(n));
+    let report = if from_stdin {
+        zcommon::send_stdin(&cli.dest, &opts, &mut |n| bar.inc(n))
+    } else {
+        send_file(&cli.dest, &cli.file, &opts, &mut |n| bar.inc(n))
+    };
     bar.finish_and_clear();
     let report = report?;
     if !report.zero_copy {
@@ -120,18 +126,18 @@ fn run(cli: &Cli) -> anyhow::Result<SendReport> {
     Ok(report)
 }
 
-/// A terminal progress bar (bytes, rate, ETA), hidden when stderr is not a terminal.
-fn progress_bar(cli: &Cli, size: u64) -> ProgressBar {
+/// A terminal progress bar (bytes, rate, ETA; bytes and rate for a stream of unknown size),
+/// hidden when stderr is not a terminal.
+fn progress_bar(cli: &Cli, size: Option<u64>) -> ProgressBar {
     if cli.quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
-        )
-        .expect("valid template"),
-    );
+    let template = match size {
+        Some(_) => "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        None => "{spinner} {binary_bytes} {binary_bytes_per_sec}",
+    };
+    let bar = ProgressBar::with_draw_target(size, ProgressDrawTarget::stderr());
+    bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
     bar
 }
 

@@ -5,6 +5,7 @@ mod disk;
 mod faults;
 mod hostile;
 mod sparse;
+mod stream;
 mod transfer;
 mod util;
 mod zero_copy;

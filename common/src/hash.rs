@@ -81,21 +81,48 @@ impl Watermark {
         self.moved.notify_all();
     }
 
-    /// Waits until more than `pos` bytes are readable, or the watermark is closed. Returns the
-    /// readable length, or `None` when there is nothing more to hash.
-    fn wait_past(&self, pos: u64) -> Option<u64> {
+    /// Waits until more than `pos` bytes are readable, or the watermark is closed.
+    fn wait_past(&self, pos: u64) -> Wait {
         let mut s = self.lock();
         loop {
             if s.aborted {
-                return None;
+                return Wait::Aborted;
             }
             if s.ready > pos {
-                return Some(s.ready);
+                return Wait::Ready(s.ready);
             }
             if s.closed {
-                return None;
+                return Wait::Closed;
             }
             s = self.moved.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// What a hashing thread may do next.
+enum Wait {
+    /// Bytes up to this offset are readable.
+    Ready(u64),
+    /// No more bytes will come.
+    Closed,
+    /// The transfer failed.
+    Aborted,
+}
+
+/// Length to pass to [`hash_file`] when the end is only known when the watermark closes (a
+/// stream).
+pub const UNTIL_CLOSED: u64 = u64::MAX;
+
+/// Hashes everything `reader` yields until end of file (a pipe fed by tee(2)).
+pub fn hash_reader(mut reader: impl io::Read) -> io::Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; HASH_CHUNK];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(hasher.finalize().into()),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
     }
 }
@@ -110,8 +137,9 @@ pub fn hash_file_timed(file: &File, len: u64, mark: &Watermark, sparse: bool) ->
     (digest, thread_cpu().saturating_sub(start))
 }
 
-/// Hashes the first `len` bytes of `file` as the watermark lets it. Returns `Ok(None)` when the
-/// watermark was aborted or closed before `len` bytes were readable.
+/// Hashes the first `len` bytes of `file` as the watermark lets it (all of them up to where
+/// the watermark closes with [`UNTIL_CLOSED`]). Returns `Ok(None)` when the watermark was
+/// aborted, or closed before `len` bytes were readable.
 ///
 /// With `sparse`, holes (SEEK_HOLE) are hashed as the zeros they read as, without reading them:
 /// reading a hole would fill the page cache with zero pages and copy them.
@@ -126,8 +154,10 @@ pub fn hash_file(
     let zeros = vec![0u8; buf.len()];
     let mut pos = 0u64;
     while pos < len {
-        let Some(ready) = mark.wait_past(pos) else {
-            return Ok(None);
+        let ready = match mark.wait_past(pos) {
+            Wait::Ready(r) => r,
+            Wait::Closed if len == UNTIL_CLOSED => break,
+            Wait::Closed | Wait::Aborted => return Ok(None),
         };
         let ready = ready.min(len);
         while pos < ready {

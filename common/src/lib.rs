@@ -11,6 +11,7 @@
 //!     force: false,
 //!     timeout: Duration::from_secs(60),
 //!     max_transfers: 16,
+//!     to_stdout: false,
 //!     token: None,
 //! };
 //! let receiver = Receiver::bind("127.0.0.1:0".parse()?, config)?;
@@ -31,6 +32,7 @@ mod protocol;
 mod recv;
 mod send;
 mod stages;
+mod stdin;
 mod sys;
 mod units;
 
@@ -41,12 +43,13 @@ pub use crate::logging::init_logging;
 pub use crate::name::{validate_name, Escaped, NameError, MAX_NAME_LEN, TEMP_PREFIX};
 pub use crate::protocol::{
     encode_proof, read_hello, Header, Record, RefuseCode, Reply, Status, Trailer, Verdict,
-    FLAG_AUTH, FLAG_NO_VERIFY, FLAG_SPARSE, HEADER_FIXED_LEN, MAX_HEADER_LEN, PREAMBLE_LEN,
-    TRAILER_LEN, VERSION,
+    FLAG_AUTH, FLAG_NO_VERIFY, FLAG_SPARSE, FLAG_STREAM, HEADER_FIXED_LEN, MAX_HEADER_LEN,
+    PREAMBLE_LEN, TRAILER_LEN, VERSION,
 };
 pub use crate::recv::{parse_listen_addr, Receiver, ReceiverConfig, TransferRecord};
 pub use crate::send::{
     connect, resolve, send_file, source_size, SendOptions, SendReport, DEFAULT_PORT,
 };
 pub use crate::stages::StageTimes;
+pub use crate::stdin::send_stdin;
 pub use crate::units::{os_reason, Bytes};

@@ -39,7 +39,10 @@ pub const FLAG_AUTH: u32 = 2;
 /// Header flag: the payload is a sequence of data and hole records (a sparse file); the
 /// total of the data records follows the name as a u64.
 pub const FLAG_SPARSE: u32 = 4;
-const KNOWN_FLAGS: u32 = FLAG_NO_VERIFY | FLAG_AUTH | FLAG_SPARSE;
+/// Header flag: the length is not known up front (standard input); `size` is 0 and the payload
+/// is data records until an end record.
+pub const FLAG_STREAM: u32 = 8;
+const KNOWN_FLAGS: u32 = FLAG_NO_VERIFY | FLAG_AUTH | FLAG_SPARSE | FLAG_STREAM;
 /// Size of a payload record header in sparse mode.
 pub const RECORD_LEN: usize = 17;
 /// Reply code of a receiver's authentication challenge.
@@ -88,6 +91,11 @@ impl Header {
     /// Whether the sender asked for SHA-256 verification.
     pub fn verify(&self) -> bool {
         self.flags & FLAG_NO_VERIFY == 0
+    }
+
+    /// Whether the length is unknown up front (`FLAG_STREAM`).
+    pub fn stream(&self) -> bool {
+        self.flags & FLAG_STREAM != 0
     }
 
     /// The complete hello: preamble followed by the header body. `FLAG_AUTH` is set exactly
@@ -139,6 +147,11 @@ impl Header {
                 "unknown header flags {:#x}",
                 flags & !KNOWN_FLAGS
             )));
+        }
+        if flags & FLAG_STREAM != 0 && (size != 0 || flags & FLAG_SPARSE != 0) {
+            return Err(ProtocolError::Malformed(
+                "a stream has size 0 and no sparse records".into(),
+            ));
         }
         if mtime_nsec >= 1_000_000_000 {
             return Err(ProtocolError::Malformed(format!(

@@ -18,7 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{self, Role, Token};
 use crate::error::{ProtocolError, RecvError};
-use crate::hash::{hash_file_timed, Watermark};
+use crate::hash::{hash_file_timed, hash_reader, Watermark, UNTIL_CLOSED};
 use crate::name::{Escaped, TEMP_PREFIX};
 use crate::protocol::{
     read_hello, read_proof, Header, Record, RefuseCode, Reply, Status, Trailer, Verdict,
@@ -45,6 +45,8 @@ pub struct ReceiverConfig {
     pub timeout: Duration,
     /// Most transfers served at once; the next connection is refused as busy.
     pub max_transfers: usize,
+    /// Deliver payloads to standard output instead of files (one transfer at a time).
+    pub to_stdout: bool,
     /// Shared secret; with one, every sender must prove it holds it before anything else.
     pub token: Option<Token>,
 }
@@ -218,41 +220,21 @@ impl Receiver {
             .set_read_timeout(timeout)
             .map_err(|e| self.local("configuring the connection", e))?;
 
-        let _claim = match self.claim(&header.name) {
-            Some(c) => c,
-            None => {
-                let msg = format!(
-                    "busy: {} is being received from another sender",
-                    Escaped(&header.name)
-                );
-                return Err(refused(stream, RefuseCode::Busy, msg));
-            }
-        };
-        self.check_destination(stream, &header)?;
-        let temp = match TempFile::create(&self.dir) {
-            Ok(t) => t,
-            Err(e) => {
-                let msg = format!(
-                    "cannot create a file in {}: {}",
-                    self.config.dir.display(),
-                    crate::units::os_reason(&e)
-                );
-                return Err(refused(stream, RefuseCode::Io, msg));
-            }
-        };
-        if let Err(e) = prepare(&temp.file, &header) {
-            let code = if e.kind() == io::ErrorKind::StorageFull {
-                RefuseCode::NoSpace
-            } else {
-                RefuseCode::Io
+        let mut claim = None;
+        let mut temp = None;
+        if !self.config.to_stdout {
+            claim = match self.claim(&header.name) {
+                Some(c) => Some(c),
+                None => {
+                    let msg = format!(
+                        "busy: {} is being received from another sender",
+                        Escaped(&header.name)
+                    );
+                    return Err(refused(stream, RefuseCode::Busy, msg));
+                }
             };
-            let msg = format!(
-                "preallocating {} in {}: {}",
-                Bytes(header.size),
-                self.config.dir.display(),
-                crate::units::os_reason(&e)
-            );
-            return Err(refused(stream, code, msg));
+            self.check_destination(stream, &header)?;
+            temp = Some(self.create_temp(stream, &header)?);
         }
         (&*stream)
             .write_all(&Reply::Accept.encode())
@@ -263,7 +245,10 @@ impl Receiver {
                 error,
             })?;
 
-        let digest = self.receive_payload(stream, &header, &temp, record)?;
+        let digest = match &temp {
+            Some(t) => self.receive_payload(stream, &header, t, record)?,
+            None => self.deliver_to_stdout(stream, &header, record)?,
+        };
         let trailer = Trailer::read(&mut &*stream)?;
         if header.verify() != trailer.sha256.is_some() {
             return Err(ProtocolError::Malformed(
@@ -285,16 +270,125 @@ impl Receiver {
                 received: hex(digest),
             });
         }
-        match self.land(temp, &header) {
-            Ok(fsync) => record.stages.fsync = fsync,
-            Err(e) => {
-                send_verdict(stream, Status::Failed, digest, &e.to_string());
-                return Err(e);
+        if let Some(temp) = temp {
+            match self.land(temp, &header) {
+                Ok(fsync) => record.stages.fsync = fsync,
+                Err(e) => {
+                    send_verdict(stream, Status::Failed, digest, &e.to_string());
+                    return Err(e);
+                }
             }
         }
+        drop(claim);
         record.verified = digest.is_some();
         send_verdict(stream, Status::Landed, digest, "");
         Ok(())
+    }
+
+    /// Creates and readies the hidden temporary file, refusing the transfer if it cannot.
+    fn create_temp(&self, stream: &TcpStream, header: &Header) -> Result<TempFile<'_>, RecvError> {
+        let temp = match TempFile::create(&self.dir) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = format!(
+                    "cannot create a file in {}: {}",
+                    self.config.dir.display(),
+                    crate::units::os_reason(&e)
+                );
+                return Err(refused(stream, RefuseCode::Io, msg));
+            }
+        };
+        if let Err(e) = prepare(&temp.file, header) {
+            let code = if e.kind() == io::ErrorKind::StorageFull {
+                RefuseCode::NoSpace
+            } else {
+                RefuseCode::Io
+            };
+            let msg = format!(
+                "preallocating {} in {}: {}",
+                Bytes(header.size),
+                self.config.dir.display(),
+                crate::units::os_reason(&e)
+            );
+            return Err(refused(stream, code, msg));
+        }
+        Ok(temp)
+    }
+
+    /// `--stdout`: splices the payload through to standard output, teeing it into a pipe that a
+    /// second thread hashes. Nothing is written to disk.
+    fn deliver_to_stdout(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        record: &mut TransferRecord,
+    ) -> Result<Option<[u8; 32]>, RecvError> {
+        let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
+        let (copy_read, copy_write) = if header.verify() {
+            let copy = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
+            let (r, w) = copy.into_ends();
+            (Some(r), Some(w))
+        } else {
+            (None, None)
+        };
+        let mut received = 0u64;
+        let (copied, digest) = std::thread::scope(|s| {
+            let hasher = copy_read.map(|r| s.spawn(move || hash_reader(File::from(r))));
+            let mut copy_write = copy_write;
+            let mut sink = StdoutSink {
+                pipe: &pipe,
+                copy: copy_write.as_ref(),
+                out: std::io::stdout(),
+            };
+            let copied = receive_into(stream, header, &mut sink, &mut |done| received = done);
+            // The hashing thread sees end of file once the copy's write end is closed.
+            copy_write.take();
+            let digest = hasher.map(|h| h.join().expect("hashing thread panicked"));
+            (copied, digest)
+        });
+        record.received = received;
+        self.payload_outcome(stream, header, copied, record, "writing to standard output")?;
+        digest
+            .transpose()
+            .map_err(|e| self.local("hashing what went to standard output", e))
+    }
+
+    /// Turns the end of a payload into the transfer's error, if it is one.
+    fn payload_outcome(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        copied: Result<u64, Incoming>,
+        record: &mut TransferRecord,
+        writing: &str,
+    ) -> Result<(), RecvError> {
+        let size = header.size;
+        if let (true, Ok(n)) = (header.stream(), &copied) {
+            record.size = Some(*n);
+        }
+        let network = |during, error| RecvError::Network {
+            during,
+            received: record.received,
+            expected: size,
+            error,
+        };
+        match copied {
+            Ok(n) if n < size && !header.stream() => Err(RecvError::ShortPayload {
+                received: n,
+                expected: size,
+            }),
+            Ok(_) => Ok(()),
+            Err(Incoming::Protocol(e)) => Err(e.into()),
+            Err(Incoming::Copy(CopyError::Read(e))) => Err(network("receiving", e)),
+            Err(Incoming::Copy(CopyError::Write(e))) => {
+                let err = self.local(writing, e);
+                send_verdict(stream, Status::Failed, None, &err.to_string());
+                Err(err)
+            }
+            Err(Incoming::Copy(CopyError::Unsupported | CopyError::SourceChanged)) => {
+                unreachable!("receiving neither gives up on the kernel nor reads a source")
+            }
+        }
     }
 
     /// With a token, challenges the sender and checks its proof; without one, lets anyone in.
@@ -347,29 +441,28 @@ impl Receiver {
         let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
         let mark = Watermark::new();
         let sparse = header.sparse_data_len.is_some();
+        let hash_len = if header.stream() { UNTIL_CLOSED } else { size };
         let mut received = 0u64;
         let mut splice = SpliceStats::default();
         let (copied, digest) = std::thread::scope(|s| {
             let hasher = header
                 .verify()
-                .then(|| s.spawn(|| hash_file_timed(&temp.file, size, &mark, sparse)));
+                .then(|| s.spawn(|| hash_file_timed(&temp.file, hash_len, &mark, sparse)));
             let mut behind = sys::DropBehind::new(WRITEBACK_WINDOW);
             let verify = header.verify();
-            let copied = receive_into(
-                stream,
-                &pipe,
-                &temp.file,
-                header,
-                &mut splice,
-                &mut |done| {
-                    received = done;
-                    mark.raise(done);
-                    let hashed = if verify { mark.hashed() } else { done };
-                    behind.advance(&temp.file, done, hashed);
-                },
-            );
+            let mut sink = FileSink {
+                pipe: &pipe,
+                file: &temp.file,
+                stats: &mut splice,
+            };
+            let copied = receive_into(stream, header, &mut sink, &mut |done| {
+                received = done;
+                mark.raise(done);
+                let hashed = if verify { mark.hashed() } else { done };
+                behind.advance(&temp.file, done, hashed);
+            });
             match &copied {
-                Ok(n) if *n == size => mark.close(),
+                Ok(n) if *n == size || header.stream() => mark.close(),
                 _ => mark.abort(),
             }
             let digest = hasher.map(|h| h.join().expect("hashing thread panicked"));
@@ -383,31 +476,8 @@ impl Receiver {
             record.stages.hash_cpu = cpu;
             digest
         });
-        let network = |during, error| RecvError::Network {
-            during,
-            received: record.received,
-            expected: size,
-            error,
-        };
-        match copied {
-            Ok(n) if n < size => {
-                return Err(RecvError::ShortPayload {
-                    received: n,
-                    expected: size,
-                })
-            }
-            Ok(_) => {}
-            Err(Incoming::Protocol(e)) => return Err(e.into()),
-            Err(Incoming::Copy(CopyError::Read(e))) => return Err(network("receiving", e)),
-            Err(Incoming::Copy(CopyError::Write(e))) => {
-                let err = self.local(&format!("writing {}", Escaped(&header.name)), e);
-                send_verdict(stream, Status::Failed, None, &err.to_string());
-                return Err(err);
-            }
-            Err(Incoming::Copy(CopyError::Unsupported | CopyError::SourceChanged)) => {
-                unreachable!("splice_into_file neither gives up on the kernel nor reads a source")
-            }
-        }
+        let writing = format!("writing {}", Escaped(&header.name));
+        self.payload_outcome(stream, header, copied, record, &writing)?;
         match digest {
             None => Ok(None),
             Some(Ok(Some(d))) => Ok(Some(d)),
@@ -442,6 +512,7 @@ impl Receiver {
         }
         if let Ok(vfs) = rustix::fs::fstatvfs(&self.dir) {
             let have = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+            // A stream's length is unknown: the disk filling up is caught as it happens.
             let need = header.sparse_data_len.unwrap_or(header.size);
             if need > have {
                 let msg = format!(
@@ -538,34 +609,114 @@ enum Incoming {
     Protocol(ProtocolError),
 }
 
-/// Receives the payload into `file`: one run of `header.size` bytes, or for a sparse file the
-/// records, each data record spliced at its offset and each hole left unwritten (the file was
-/// sized with ftruncate, so it reads back as zeros). Records must tile the file in order, and
-/// their data must add up to what the header announced. Returns the logical bytes covered:
-/// fewer than the size if the sender closed early. `progress` gets that count as it grows.
+/// Where a payload goes: a file (data spliced at its offset, holes left unwritten) or standard
+/// output (data spliced through, holes written as zeros).
+trait Sink {
+    /// Moves `len` bytes of data at `offset` from the socket; returns how many arrived.
+    fn data(
+        &mut self,
+        stream: &TcpStream,
+        offset: u64,
+        len: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, CopyError>;
+    /// A hole of `len` bytes at `offset`.
+    fn hole(&mut self, offset: u64, len: u64) -> Result<(), CopyError>;
+}
+
+/// Into the temporary file, hashed later by reading it back.
+struct FileSink<'a> {
+    pipe: &'a Pipe,
+    file: &'a File,
+    stats: &'a mut SpliceStats,
+}
+
+impl Sink for FileSink<'_> {
+    fn data(
+        &mut self,
+        stream: &TcpStream,
+        offset: u64,
+        len: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, CopyError> {
+        let mut at = offset;
+        sys::splice_into_file(
+            stream, self.pipe, self.file, &mut at, len, self.stats, progress,
+        )
+    }
+
+    fn hole(&mut self, _offset: u64, _len: u64) -> Result<(), CopyError> {
+        Ok(()) // the file was sized with ftruncate: the hole is already there
+    }
+}
+
+/// Through to standard output, teed into a pipe that a hashing thread reads.
+struct StdoutSink<'a> {
+    pipe: &'a Pipe,
+    copy: Option<&'a OwnedFd>,
+    out: std::io::Stdout,
+}
+
+impl Sink for StdoutSink<'_> {
+    fn data(
+        &mut self,
+        stream: &TcpStream,
+        _offset: u64,
+        len: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, CopyError> {
+        sys::splice_through(stream, self.pipe, self.copy, &self.out, len, progress)
+    }
+
+    fn hole(&mut self, _offset: u64, len: u64) -> Result<(), CopyError> {
+        let zeros = vec![0u8; (1 << 20).min(len as usize)];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            self.out.write_all(&zeros[..n]).map_err(CopyError::Write)?;
+            if let Some(c) = self.copy {
+                File::from(c.try_clone().map_err(CopyError::Write)?)
+                    .write_all(&zeros[..n])
+                    .map_err(CopyError::Write)?;
+            }
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Receives the payload into `sink`: one run of `header.size` bytes; for a sparse file, records
+/// that must tile the file in order with data adding up to what the header announced; for a
+/// stream, data records until the end record. Returns the logical bytes covered: fewer than the
+/// size if the sender closed early. `progress` gets that count as it grows.
 fn receive_into(
     stream: &TcpStream,
-    pipe: &Pipe,
-    file: &File,
     header: &Header,
-    stats: &mut SpliceStats,
+    sink: &mut dyn Sink,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, Incoming> {
-    let size = header.size;
-    let Some(data_len) = header.sparse_data_len else {
-        let mut offset = 0;
-        return sys::splice_into_file(stream, pipe, file, &mut offset, size, stats, progress)
-            .map_err(Incoming::Copy);
+    let is_stream = header.stream();
+    let (size, data_len) = match (is_stream, header.sparse_data_len) {
+        (true, _) => (u64::MAX, u64::MAX),
+        (false, Some(data_len)) => (header.size, data_len),
+        (false, None) => {
+            return sink
+                .data(stream, 0, header.size, progress)
+                .map_err(Incoming::Copy)
+        }
     };
     let bad = |what: String| Incoming::Protocol(ProtocolError::Malformed(what));
     let (mut pos, mut data) = (0u64, 0u64);
     loop {
         let record = match Record::read(&mut &*stream) {
             Ok(r) => r,
-            Err(ProtocolError::Truncated(_)) => return Ok(pos),
+            // A stream has no length to fall short of: only its end record ends it.
+            Err(ProtocolError::Truncated(_)) if !is_stream => return Ok(pos),
             Err(e) => return Err(Incoming::Protocol(e)),
         };
         let (offset, len) = match record {
+            Record::End if is_stream => return Ok(pos),
+            Record::Hole { .. } if is_stream => return Err(bad("a hole in a stream".into())),
             Record::End if pos == size && data == data_len => return Ok(pos),
             Record::End => {
                 return Err(bad(format!(
@@ -585,17 +736,16 @@ fn receive_into(
                     "more data than the {data_len} bytes announced"
                 )));
             }
-            let mut at = offset;
-            let n = sys::splice_into_file(stream, pipe, file, &mut at, len, stats, &mut |k| {
-                progress(offset + k)
-            })
-            .map_err(Incoming::Copy)?;
+            let n = sink
+                .data(stream, offset, len, &mut |k| progress(offset + k))
+                .map_err(Incoming::Copy)?;
             data += n;
             pos += n;
             if n < len {
                 return Ok(pos);
             }
         } else {
+            sink.hole(offset, len).map_err(Incoming::Copy)?;
             pos += len;
             progress(pos);
         }

@@ -335,7 +335,7 @@ fn transfer(
 
 /// Sends the hello and waits for the receiver's accept, proving the token both ways when there
 /// is one.
-fn handshake(
+pub(crate) fn handshake(
     mut stream: &TcpStream,
     header: &Header,
     token: Option<&Token>,
@@ -431,7 +431,7 @@ fn copy_sparse(
 }
 
 /// Sends a record header, telling the kernel more is coming so it leaves with the data.
-fn send_record(stream: &TcpStream, record: Record) -> Result<(), CopyError> {
+pub(crate) fn send_record(stream: &TcpStream, record: Record) -> Result<(), CopyError> {
     let bytes = record.encode();
     let mut done = 0;
     while done < bytes.len() {
@@ -479,7 +479,11 @@ fn copy_range(
 
 /// Turns a failed copy into the most useful error: the receiver may have said why it stopped
 /// reading (a full disk, say) before the connection broke.
-fn explain_failure(mut stream: &TcpStream, report: &SendReport, e: CopyError) -> SendError {
+pub(crate) fn explain_failure(
+    mut stream: &TcpStream,
+    report: &SendReport,
+    e: CopyError,
+) -> SendError {
     match e {
         CopyError::Read(error) => SendError::Source {
             path: report.path.clone(),
@@ -503,7 +507,7 @@ fn explain_failure(mut stream: &TcpStream, report: &SendReport, e: CopyError) ->
     }
 }
 
-fn judge(
+pub(crate) fn judge(
     verdict: Verdict,
     digest: Option<[u8; 32]>,
     report: &mut SendReport,
@@ -526,7 +530,7 @@ fn judge(
     }
 }
 
-fn net(during: &'static str) -> impl Fn(std::io::Error) -> SendError {
+pub(crate) fn net(during: &'static str) -> impl Fn(std::io::Error) -> SendError {
     move |error| SendError::Network {
         during: during.into(),
         error,

@@ -141,6 +141,102 @@ impl Pipe {
     }
 }
 
+impl Pipe {
+    /// The read end and the write end, for a reader on another thread.
+    pub fn into_ends(self) -> (OwnedFd, OwnedFd) {
+        (self.read, self.write)
+    }
+}
+
+/// Splices up to a pipe's capacity from `input` into `pipe`: the number of bytes now in the
+/// pipe, 0 at end of input. `Err(Unsupported)` when the kernel cannot splice from `input`.
+pub fn fill_pipe(input: impl AsFd, pipe: &Pipe) -> Result<usize, CopyError> {
+    loop {
+        match pipe::splice(
+            &input,
+            None,
+            &pipe.write,
+            None,
+            pipe.capacity,
+            SpliceFlags::MORE,
+        ) {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => continue,
+            Err(e) if is_unsupported(e) => return Err(CopyError::Unsupported),
+            Err(e) => return Err(CopyError::Read(e.into())),
+        }
+    }
+}
+
+/// Moves the `n` bytes in `pipe` to `out`; with `copy`, duplicates them into that pipe first
+/// with tee(2), so another thread can read them (to hash) without the bytes passing through
+/// this one. tee only ever copies from the head of the pipe, so each teed piece is spliced out
+/// before the next is teed.
+pub fn drain_pipe_to(
+    pipe: &Pipe,
+    copy: Option<&OwnedFd>,
+    out: impl AsFd,
+    n: usize,
+) -> Result<(), CopyError> {
+    let mut left = n;
+    while left > 0 {
+        let piece = match copy {
+            Some(c) => match pipe::tee(&pipe.read, c, left, SpliceFlags::empty()) {
+                Ok(0) => return Err(CopyError::Write(io::ErrorKind::WriteZero.into())),
+                Ok(k) => k,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(CopyError::Write(e.into())),
+            },
+            None => left,
+        };
+        let mut moved = 0;
+        while moved < piece {
+            match pipe::splice(
+                &pipe.read,
+                None,
+                &out,
+                None,
+                piece - moved,
+                SpliceFlags::MORE,
+            ) {
+                Ok(0) => return Err(CopyError::Write(io::ErrorKind::WriteZero.into())),
+                Ok(k) => moved += k,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(CopyError::Write(e.into())),
+            }
+        }
+        left -= piece;
+    }
+    Ok(())
+}
+
+/// Moves exactly `len` bytes from `sock` to `out` through `pipe` (and into `copy` with tee when
+/// given). Returns the bytes moved: fewer than `len` only if the peer closed. `progress` gets
+/// the total moved after each step.
+pub fn splice_through(
+    sock: impl AsFd,
+    pipe: &Pipe,
+    copy: Option<&OwnedFd>,
+    out: impl AsFd,
+    len: u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, CopyError> {
+    let mut done = 0u64;
+    while done < len {
+        let want = (len - done).min(pipe.capacity as u64) as usize;
+        let n = match pipe::splice(&sock, None, &pipe.write, None, want, SpliceFlags::MORE) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(CopyError::Read(e.into())),
+        };
+        drain_pipe_to(pipe, copy, &out, n)?;
+        done += n as u64;
+        progress(done);
+    }
+    Ok(done)
+}
+
 /// Moves exactly `len` bytes from `sock` into `file` at `*offset` through `pipe` with splice(2),
 /// never reading past `len` from the socket. Returns the bytes written: fewer than `len` only
 /// if the peer closed. `progress` gets the total written after each step.

@@ -85,6 +85,7 @@ proptest! {
             force: false,
             timeout: Duration::from_secs(10),
             max_transfers: 4,
+            to_stdout: false,
             token: None,
         };
         let receiver = Receiver::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();

@@ -131,6 +131,17 @@ impl Zrecv {
         s
     }
 
+    /// Collects stdout on a thread as it comes (a reader that waited would block a writer
+    /// whose output exceeds the pipe); join the handle for the bytes.
+    pub fn collect_stdout(&mut self) -> thread::JoinHandle<Vec<u8>> {
+        let mut out = self.stdout.take().expect("stdout");
+        thread::spawn(move || {
+            let mut v = Vec::new();
+            out.read_to_end(&mut v).unwrap();
+            v
+        })
+    }
+
     /// Reads one line of stdout.
     pub fn stdout_line(&mut self) -> String {
         let out = self.stdout.as_mut().expect("stdout");

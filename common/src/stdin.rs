@@ -1,0 +1,181 @@
+//! Sending standard input: a stream of unknown length, spliced from the input pipe to the
+//! socket in data records, hashed on a second thread from a tee(2) of the same pipe.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use crate::auth;
+use crate::error::SendError;
+use crate::hash::hash_reader;
+use crate::name::{validate_name, NameError};
+use crate::protocol::{Header, Record, Trailer, Verdict, FLAG_NO_VERIFY, FLAG_STREAM};
+use crate::send::{
+    connect, explain_failure, handshake, judge, net, send_record, SendOptions, SendReport,
+};
+use crate::stages::{thread_cpu, StageTimes};
+use crate::sys::{self, CopyError, Pipe};
+
+/// Sends standard input to `addr` under `opts.name` (required: a stream has no name of its
+/// own). `progress` gets the bytes moved by each step.
+pub fn send_stdin(
+    addr: &str,
+    opts: &SendOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<SendReport, SendError> {
+    let name_err = |reason| SendError::Name {
+        path: "-".into(),
+        reason,
+    };
+    let name = opts.name.clone().ok_or(name_err(NameError::Empty))?;
+    validate_name(&name).map_err(name_err)?;
+    let start = Instant::now();
+    let stream = connect(addr, opts.timeout)?;
+    let peer = stream.peer_addr().map_err(net("connecting"))?;
+    stream
+        .set_read_timeout(Some(opts.timeout))
+        .and_then(|()| stream.set_write_timeout(Some(opts.timeout)))
+        .map_err(net("configuring the socket"))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let header = Header {
+        mode: 0o644,
+        mtime_sec: now.as_secs() as i64,
+        mtime_nsec: now.subsec_nanos(),
+        flags: FLAG_STREAM | if opts.verify { 0 } else { FLAG_NO_VERIFY },
+        auth_nonce: match opts.token {
+            Some(_) => Some(auth::nonce().map_err(net("drawing a nonce"))?),
+            None => None,
+        },
+        ..Header::new(&name, 0)
+    };
+    handshake(&stream, &header, opts.token.as_ref())?;
+    let mut report = SendReport {
+        path: "-".into(),
+        name,
+        peer,
+        bytes: 0,
+        bytes_sent: 0,
+        elapsed: Duration::ZERO,
+        sha256: None,
+        verified: false,
+        zero_copy: true,
+        stages: StageTimes::default(),
+    };
+    let cpu = thread_cpu();
+    let pumped = pump(&stream, opts.verify, &mut report.zero_copy, progress);
+    report.stages.network_cpu = thread_cpu().saturating_sub(cpu);
+    let (sent, digest) = match pumped {
+        Ok(r) => r,
+        Err(e) => return Err(explain_failure(&stream, &report, e)),
+    };
+    report.bytes = sent;
+    report.bytes_sent = sent;
+    (&stream)
+        .write_all(&Trailer { sha256: digest }.encode())
+        .map_err(net("sending the trailer"))?;
+    let verdict = Verdict::read(&mut &stream)?;
+    judge(verdict, digest, &mut report)?;
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// Moves standard input into the socket as data records and an end record. Returns the bytes
+/// moved and, when verifying, their SHA-256.
+fn pump(
+    sock: &TcpStream,
+    verify: bool,
+    zero_copy: &mut bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(u64, Option<[u8; 32]>), CopyError> {
+    let input = std::io::stdin();
+    let pipe = Pipe::new(1 << 20).map_err(CopyError::Read)?;
+    let first = match sys::fill_pipe(&input, &pipe) {
+        Err(CopyError::Unsupported) => {
+            log::info!("cannot splice from standard input; using read/write");
+            *zero_copy = false;
+            return pump_buffered(sock, verify, progress);
+        }
+        other => other?,
+    };
+    let copy = if verify {
+        Some(Pipe::new(1 << 20).map_err(CopyError::Read)?.into_ends())
+    } else {
+        None
+    };
+    let (copy_read, copy_write) = match copy {
+        Some((r, w)) => (Some(r), Some(w)),
+        None => (None, None),
+    };
+    std::thread::scope(|s| {
+        let hasher = copy_read.map(|r| s.spawn(move || hash_reader(File::from(r))));
+        let mut copy_write = copy_write;
+        let result = (|| {
+            let mut pos = 0u64;
+            let mut n = first;
+            while n > 0 {
+                send_record(
+                    sock,
+                    Record::Data {
+                        offset: pos,
+                        len: n as u64,
+                    },
+                )?;
+                sys::drain_pipe_to(&pipe, copy_write.as_ref(), sock, n)?;
+                pos += n as u64;
+                progress(n as u64);
+                n = sys::fill_pipe(&input, &pipe)?;
+            }
+            send_record(sock, Record::End)?;
+            Ok(pos)
+        })();
+        // End of the copy: the hashing thread sees end of file.
+        copy_write.take();
+        let digest = hasher.map(|h| h.join().expect("hashing thread panicked"));
+        let pos = result?;
+        match digest {
+            None => Ok((pos, None)),
+            Some(Ok(d)) => Ok((pos, Some(d))),
+            Some(Err(e)) => Err(CopyError::Read(e)),
+        }
+    })
+}
+
+/// For inputs the kernel cannot splice from (a terminal): read, hash, write.
+fn pump_buffered(
+    sock: &TcpStream,
+    verify: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(u64, Option<[u8; 32]>), CopyError> {
+    let mut input = std::io::stdin().lock();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut hasher = verify.then(Sha256::new);
+    let mut pos = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        send_record(
+            sock,
+            Record::Data {
+                offset: pos,
+                len: n as u64,
+            },
+        )?;
+        (&*sock).write_all(&buf[..n]).map_err(CopyError::Write)?;
+        if let Some(h) = &mut hasher {
+            h.update(&buf[..n]);
+        }
+        pos += n as u64;
+        progress(n as u64);
+    }
+    send_record(sock, Record::End)?;
+    Ok((pos, hasher.map(|h| h.finalize().into())))
+}
