@@ -13,4 +13,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = zcommon::Reply::read(&mut &data[..]);
     let _ = zcommon::Verdict::read(&mut &data[..]);
     let _ = zcommon::Trailer::read(&mut &data[..]);
+    let _ = zcommon::Record::read(&mut &data[..]);
 });
