@@ -226,24 +226,8 @@ pub fn send_file(
         reason,
     })?;
     let start = Instant::now();
-    let stream = connect(addr, opts.timeout)?;
-    let peer = stream.peer_addr().map_err(net("connecting"))?;
-    stream
-        .set_read_timeout(Some(opts.timeout))
-        .and_then(|()| stream.set_write_timeout(Some(opts.timeout)))
-        .map_err(net("configuring the socket"))?;
-    let mut report = SendReport {
-        path: path.to_owned(),
-        name,
-        peer,
-        bytes: source.size,
-        bytes_sent: 0,
-        elapsed: Duration::ZERO,
-        sha256: None,
-        verified: false,
-        zero_copy: true,
-        stages: StageTimes::default(),
-    };
+    let (stream, mut report) = open_connection(addr, opts, path, name)?;
+    report.bytes = source.size;
     transfer(&stream, &source, opts, &mut report, progress)?;
     report.elapsed = start.elapsed();
     Ok(report)
@@ -265,10 +249,7 @@ fn transfer(
         flags: if opts.verify { 0 } else { FLAG_NO_VERIFY },
         resume_offset: 0,
         sparse_data_len: source.sparse_data,
-        auth_nonce: match opts.token {
-            Some(_) => Some(auth::nonce().map_err(net("drawing a nonce"))?),
-            None => None,
-        },
+        auth_nonce: auth_nonce(opts)?,
     };
     handshake(stream, &header, opts.token.as_ref())?;
 
@@ -331,6 +312,42 @@ fn transfer(
 
     let verdict = Verdict::read(&mut stream)?;
     judge(verdict, digest, report)
+}
+
+/// Connects with the options' timeouts and starts the report of this transfer.
+pub(crate) fn open_connection(
+    addr: &str,
+    opts: &SendOptions,
+    path: &Path,
+    name: String,
+) -> Result<(TcpStream, SendReport), SendError> {
+    let stream = connect(addr, opts.timeout)?;
+    let peer = stream.peer_addr().map_err(net("connecting"))?;
+    stream
+        .set_read_timeout(Some(opts.timeout))
+        .and_then(|()| stream.set_write_timeout(Some(opts.timeout)))
+        .map_err(net("configuring the socket"))?;
+    let report = SendReport {
+        path: path.to_owned(),
+        name,
+        peer,
+        bytes: 0,
+        bytes_sent: 0,
+        elapsed: Duration::ZERO,
+        sha256: None,
+        verified: false,
+        zero_copy: true,
+        stages: StageTimes::default(),
+    };
+    Ok((stream, report))
+}
+
+/// A fresh nonce for the hello when the sender holds a token.
+pub(crate) fn auth_nonce(opts: &SendOptions) -> Result<Option<[u8; 32]>, SendError> {
+    match opts.token {
+        Some(_) => Ok(Some(auth::nonce().map_err(net("drawing a nonce"))?)),
+        None => Ok(None),
+    }
 }
 
 /// Sends the hello and waits for the receiver's accept, proving the token both ways when there

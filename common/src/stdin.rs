@@ -8,15 +8,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::auth;
 use crate::error::SendError;
 use crate::hash::hash_reader;
 use crate::name::{validate_name, NameError};
 use crate::protocol::{Header, Record, Trailer, Verdict, FLAG_NO_VERIFY, FLAG_STREAM};
 use crate::send::{
-    connect, explain_failure, handshake, judge, net, send_record, SendOptions, SendReport,
+    auth_nonce, explain_failure, handshake, judge, net, open_connection, send_record, SendOptions,
+    SendReport,
 };
-use crate::stages::{thread_cpu, StageTimes};
+use crate::stages::thread_cpu;
 use crate::sys::{self, CopyError, Pipe};
 
 /// Sends standard input to `addr` under `opts.name` (required: a stream has no name of its
@@ -33,12 +33,7 @@ pub fn send_stdin(
     let name = opts.name.clone().ok_or(name_err(NameError::Empty))?;
     validate_name(&name).map_err(name_err)?;
     let start = Instant::now();
-    let stream = connect(addr, opts.timeout)?;
-    let peer = stream.peer_addr().map_err(net("connecting"))?;
-    stream
-        .set_read_timeout(Some(opts.timeout))
-        .and_then(|()| stream.set_write_timeout(Some(opts.timeout)))
-        .map_err(net("configuring the socket"))?;
+    let (stream, mut report) = open_connection(addr, opts, "-".as_ref(), name.clone())?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
@@ -47,25 +42,10 @@ pub fn send_stdin(
         mtime_sec: now.as_secs() as i64,
         mtime_nsec: now.subsec_nanos(),
         flags: FLAG_STREAM | if opts.verify { 0 } else { FLAG_NO_VERIFY },
-        auth_nonce: match opts.token {
-            Some(_) => Some(auth::nonce().map_err(net("drawing a nonce"))?),
-            None => None,
-        },
+        auth_nonce: auth_nonce(opts)?,
         ..Header::new(&name, 0)
     };
     handshake(&stream, &header, opts.token.as_ref())?;
-    let mut report = SendReport {
-        path: "-".into(),
-        name,
-        peer,
-        bytes: 0,
-        bytes_sent: 0,
-        elapsed: Duration::ZERO,
-        sha256: None,
-        verified: false,
-        zero_copy: true,
-        stages: StageTimes::default(),
-    };
     let cpu = thread_cpu();
     let pumped = pump(&stream, opts.verify, &mut report.zero_copy, progress);
     report.stages.network_cpu = thread_cpu().saturating_sub(cpu);
