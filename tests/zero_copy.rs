@@ -138,3 +138,52 @@ fn no_verify_keeps_every_payload_byte_in_the_kernel() {
         assert_eq!(buffered(m, &SOCKET_WRITES), 0, "{m:?}");
     }
 }
+
+/// Standard input also stays in the kernel: spliced from the input pipe into a pipe of ours,
+/// teed into the hashing pipe, spliced into the socket. The only user-space reads are the
+/// hashing thread's, of the teed copy.
+#[test]
+fn a_stream_from_standard_input_moves_by_splice_and_tee() {
+    strace_available();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let traces = tempfile::tempdir().unwrap();
+    let size: u64 = 8 << 20;
+    let path = src.path().join("in.bin");
+    random_file(&path, size, 78);
+    let trace = traces.path().join("send.trace");
+    let mut rx = Zrecv::start(dst.path(), &["--once"]);
+    let child = std::process::Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            TRACED_STREAM,
+            "-o",
+            trace.to_str().unwrap(),
+        ])
+        .arg(zsend_bin())
+        .args([&rx.addr(), "-", "--name", "in.bin"])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(rx.wait().success(), "{}", rx.stderr());
+    assert_eq!(sha256_file(&dst.path().join("in.bin")), sha256_file(&path));
+    let calls = bytes_by_syscall(&trace, LARGE);
+    // input -> our pipe, our pipe -> socket
+    assert_eq!(get(&calls, "splice"), 2 * size, "{calls:?}");
+    assert_eq!(get(&calls, "tee"), size, "{calls:?}");
+    assert_eq!(
+        get(&calls, "read"),
+        size,
+        "only the hashing thread reads: {calls:?}"
+    );
+    assert_eq!(buffered(&calls, &SOCKET_WRITES), 0, "{calls:?}");
+}
+
+const TRACED_STREAM: &str =
+    "trace=splice,tee,read,readv,pread64,write,writev,sendto,sendmsg,sendfile";
