@@ -117,6 +117,18 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
         .with_context(|| format!("listening on {} for {}", cli.listen, cli.dir.display()))?;
     let bound = receiver.local_addr()?;
     eprintln!("listening on {bound}");
+    match receiver.remove_stale_partials() {
+        Ok(removed) if !removed.is_empty() => log::info!(
+            "removed {} stale temporary file(s) older than a day from {}",
+            removed.len(),
+            cli.dir.display()
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!(
+            "looking for stale temporary files in {}: {e}",
+            cli.dir.display()
+        ),
+    }
     if open && !bound.ip().is_loopback() {
         log::warn!(
             "no --token-file: anyone who can reach {bound} can write files into {}",

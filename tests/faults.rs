@@ -481,3 +481,29 @@ fn a_symlink_at_the_final_name_is_never_followed() {
     assert!(!landed.symlink_metadata().unwrap().file_type().is_symlink());
     assert_eq!(sha256_file(&landed), sha256_file(&path));
 }
+
+/// What a killed receiver leaves behind is removed by the next one, once it is a day old;
+/// a younger temporary file may belong to a receiver still running and is kept.
+#[test]
+fn stale_temporary_files_are_removed_at_start() {
+    let dst = tempfile::tempdir().unwrap();
+    let old = dst.path().join(".zrecv-1-0-00000000.part");
+    let young = dst.path().join(".zrecv-2-0-00000000.part");
+    let other = dst.path().join("keep.part");
+    for p in [&old, &young, &other] {
+        std::fs::write(p, b"partial").unwrap();
+    }
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
+    for p in [&old, &other] {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+    }
+    let rx = Zrecv::start(dst.path(), &[]);
+    rx.wait_for_line("removed 1 stale temporary file");
+    assert!(!old.exists());
+    assert!(young.exists() && other.exists());
+}

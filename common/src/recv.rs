@@ -33,6 +33,9 @@ const PIPE_SIZE: usize = 1 << 20;
 const WRITEBACK_WINDOW: u64 = 16 << 20;
 /// Connections refused as busy that may linger at once, to let the refusal reach the sender.
 const MAX_LINGERING: usize = 64;
+/// Temporary files older than this, left by a receiver that was killed, are removed when a
+/// receiver starts on the directory.
+pub const STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// How the receiver behaves.
 #[derive(Clone, Debug)]
@@ -109,6 +112,33 @@ impl Receiver {
             lingering: AtomicUsize::new(0),
             in_flight: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Removes temporary files (`.zrecv-*.part`) not modified for [`STALE_AFTER`]: what a
+    /// killed receiver left behind. Younger ones may belong to a receiver still running on the
+    /// same directory. Returns the names removed.
+    pub fn remove_stale_partials(&self) -> io::Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(&self.config.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with(TEMP_PREFIX) || !name.ends_with(".part") {
+                continue;
+            }
+            let st = match rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(_) => continue,
+            };
+            let modified = UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
+            let is_file = rustix::fs::FileType::from_raw_mode(st.st_mode)
+                == rustix::fs::FileType::RegularFile;
+            if is_file && modified.elapsed().is_ok_and(|age| age > STALE_AFTER) {
+                rustix::fs::unlinkat(&self.dir, name, AtFlags::empty())?;
+                removed.push(name.to_owned());
+            }
+        }
+        Ok(removed)
     }
 
     /// The bound address.
