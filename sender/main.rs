@@ -67,6 +67,15 @@ receiver, 5 verification failed, 6 protocol error, 7 receiver failed to land the
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.file.as_os_str() == "-" && cli.name.is_none() {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "standard input (-) has no name of its own: give --name NAME",
+            )
+            .exit();
+    }
     zcommon::init_logging("zsend", 0, cli.verbose, cli.quiet);
     let result = run(&cli);
     if cli.json {

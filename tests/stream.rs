@@ -66,9 +66,14 @@ fn standard_input_is_sent_as_a_stream_from_a_pipe_and_from_a_file() {
 #[test]
 fn a_stream_needs_a_name() {
     let out = zsend(&[&closed_port().to_string(), "-"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a usage error: {}",
+        stderr_of(&out)
+    );
     assert!(
-        stderr_of(&out).contains("name is empty"),
+        stderr_of(&out).contains("give --name NAME"),
         "{}",
         stderr_of(&out)
     );
