@@ -162,10 +162,15 @@ fn report(cli: &Cli, r: &TransferRecord) {
                 Some(d) => format!("sha256 {} verified", hex::encode(d)),
                 None => "not verified (sender used --no-verify)".into(),
             };
+            let moved = r.received - r.resumed_from;
+            let resumed = match r.resumed_from {
+                0 => String::new(),
+                n => format!(" (resumed after {})", Bytes(n)),
+            };
             log::info!(
-                "received {what}: {} in {secs:.2} s, {}/s, {check}",
-                Bytes(r.received),
-                Bytes((r.received as f64 / secs) as u64)
+                "received {what}: {} in {secs:.2} s, {}/s{resumed}, {check}",
+                Bytes(moved),
+                Bytes((moved as f64 / secs) as u64)
             );
         }
         Err(e) => log::error!("{what}: {e:#}"),
@@ -185,7 +190,8 @@ fn report(cli: &Cli, r: &TransferRecord) {
             "peer": r.peer.to_string(),
             "name": r.name,
             "bytes": r.size,
-            "bytes_received": r.received,
+            "bytes_received": r.received.saturating_sub(r.resumed_from),
+            "resumed_from": r.resumed_from,
             "seconds": r.elapsed.as_secs_f64(),
             "sha256": r.sha256.map(hex::encode),
             "verified": r.verified,

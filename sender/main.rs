@@ -156,13 +156,18 @@ fn summary(r: &SendReport) -> String {
         Some(d) => format!("sha256 {} verified", hex::encode(d)),
         None => "not verified (--no-verify)".into(),
     };
+    let resumed = match r.resumed_from {
+        0 => String::new(),
+        n => format!(", resumed after {}", Bytes(n)),
+    };
+    let moved = r.bytes - r.resumed_from;
     format!(
-        "sent {} ({}) to {} in {:.2} s, {}/s, {check}",
+        "sent {} ({}{resumed}) to {} in {:.2} s, {}/s, {check}",
         Escaped(&r.name),
         Bytes(r.bytes),
         r.peer,
         secs,
-        Bytes((r.bytes as f64 / secs) as u64),
+        Bytes((moved as f64 / secs) as u64),
     )
 }
 
@@ -185,6 +190,7 @@ fn json(cli: &Cli, result: &anyhow::Result<SendReport>) -> serde_json::Value {
             "receiver": r.peer.to_string(),
             "bytes": r.bytes,
             "bytes_sent": r.bytes_sent,
+            "resumed_from": r.resumed_from,
             "seconds": r.elapsed.as_secs_f64(),
             "sha256": r.sha256.map(hex::encode),
             "verified": r.verified,

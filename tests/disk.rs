@@ -130,8 +130,7 @@ fn a_disk_that_fills_mid_transfer_fails_cleanly_on_both_sides() {
     let path = src.path().join("big.img");
     random_file(&path, 16 << 20, 82);
     let mut rx = Zrecv::start(&mnt.point, &["--once"]);
-    let at =
-        (zcommon::PREAMBLE_LEN + zcommon::HEADER_FIXED_LEN + "big.img".len()) as u64 + (1 << 20);
+    let at = payload_offset("big.img", 1 << 20);
     let proxy = Proxy::start(rx.addr, Fault::PauseAt(at));
     let sender = Command::new(zsend_bin())
         .args([&proxy.addr(), path.to_str().unwrap()])

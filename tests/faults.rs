@@ -4,11 +4,6 @@ use std::process::{Command, Stdio};
 
 use crate::util::*;
 
-/// Offset in the sender's stream of payload byte `k` for a file called `name`.
-fn payload_offset(name: &str, k: u64) -> u64 {
-    (zcommon::PREAMBLE_LEN + zcommon::HEADER_FIXED_LEN + name.len()) as u64 + k
-}
-
 #[test]
 fn a_flipped_payload_byte_fails_both_sides_and_publishes_nothing() {
     let src = tempfile::tempdir().unwrap();
@@ -163,12 +158,15 @@ fn killing_the_sender_mid_transfer_leaves_nothing_and_the_receiver_serves_on() {
         line.contains("sender closed after 10.0 MiB of 32.0 MiB"),
         "{line}"
     );
-    assert!(entries(dst.path()).is_empty(), "{:?}", entries(dst.path()));
+    // Nothing under a visible name; the partial is kept, hidden, for resuming.
+    assert!(visible(dst.path()).is_empty(), "{:?}", entries(dst.path()));
+    assert!(entries(dst.path()).iter().all(|e| is_kept_partial(e)));
 
-    // The same receiver lands the next transfer.
+    // The same receiver lands the next transfer, and the partial is gone.
     let out = zsend(&[&rx.addr(), path.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(sha256_file(&dst.path().join("k.bin")), sha256_file(&path));
+    assert_eq!(entries(dst.path()), vec!["k.bin"]);
 }
 
 #[test]
@@ -203,7 +201,7 @@ fn senders_over_the_cap_are_refused_as_busy() {
     // The slot is free again.
     let out = zsend(&[&rx.addr(), path.to_str().unwrap(), "--name", "third.bin"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
-    assert_eq!(entries(dst.path()), vec!["third.bin"]);
+    assert_eq!(visible(dst.path()), vec!["third.bin"]);
 }
 
 #[test]
@@ -233,7 +231,7 @@ fn a_source_that_changes_while_sent_is_reported_and_discarded() {
     assert_eq!(out.status.code(), Some(5), "{err}");
     assert!(err.contains("source changed during transfer"), "{err}");
     assert_ne!(rx.wait().code(), Some(0));
-    assert!(entries(dst.path()).is_empty(), "{:?}", entries(dst.path()));
+    assert!(visible(dst.path()).is_empty(), "{:?}", entries(dst.path()));
 }
 
 #[test]
@@ -400,7 +398,7 @@ fn a_stalled_connection_times_out_on_both_sides() {
     assert!(err.contains("timed out"), "{err}");
     assert_eq!(rx.wait().code(), Some(3), "{}", rx.stderr());
     assert!(rx.stderr().contains("timed out"), "{}", rx.stderr());
-    assert!(entries(dst.path()).is_empty());
+    assert!(visible(dst.path()).is_empty(), "{:?}", entries(dst.path()));
     proxy.release();
 }
 
@@ -437,9 +435,10 @@ fn killing_the_sender_at_any_point_never_publishes_a_partial_file() {
     // Nothing half-written under any name, and the receiver still serves.
     let out = zsend(&[&rx.addr(), path.to_str().unwrap(), "--name", "after.img"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
-    // The receiver notices each killed sender at once (EOF) and removes its temporary file.
+    // The receiver notices each killed sender at once (EOF) and removes its temporary file, or
+    // keeps it under a partial's name for resuming.
     let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
-    while entries(dst.path()).iter().any(|e| e.starts_with(".zrecv-")) {
+    while !in_flight(dst.path()).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "{:?}",
@@ -447,7 +446,7 @@ fn killing_the_sender_at_any_point_never_publishes_a_partial_file() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    for e in entries(dst.path()) {
+    for e in visible(dst.path()) {
         assert_eq!(sha256_file(&dst.path().join(&e)), want, "{e}");
     }
 }
@@ -482,19 +481,23 @@ fn a_symlink_at_the_final_name_is_never_followed() {
     assert_eq!(sha256_file(&landed), sha256_file(&path));
 }
 
-/// What a killed receiver leaves behind is removed by the next one, once it is a day old;
-/// a younger temporary file may belong to a receiver still running and is kept.
+/// What a killed receiver leaves behind, and partials kept for resuming that nobody resumed,
+/// are removed by the next receiver once they are a day old; younger ones may belong to a
+/// receiver still running or wait to be resumed, and are kept.
 #[test]
 fn stale_temporary_files_are_removed_at_start() {
     let dst = tempfile::tempdir().unwrap();
     let old = dst.path().join(".zrecv-1-0-00000000.part");
+    let key = "0123456789abcdef0123456789abcdef";
+    let old_part = dst.path().join(format!(".zrecv-{key}.part"));
+    let old_record = dst.path().join(format!(".zrecv-{key}.resume"));
     let young = dst.path().join(".zrecv-2-0-00000000.part");
     let other = dst.path().join("keep.part");
-    for p in [&old, &young, &other] {
+    for p in [&old, &old_part, &old_record, &young, &other] {
         std::fs::write(p, b"partial").unwrap();
     }
     let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
-    for p in [&old, &other] {
+    for p in [&old, &old_part, &old_record, &other] {
         std::fs::File::options()
             .write(true)
             .open(p)
@@ -503,7 +506,7 @@ fn stale_temporary_files_are_removed_at_start() {
             .unwrap();
     }
     let rx = Zrecv::start(dst.path(), &[]);
-    rx.wait_for_line("removed 1 stale temporary file");
-    assert!(!old.exists());
+    rx.wait_for_line("removed 3 stale temporary file");
+    assert!(!old.exists() && !old_part.exists() && !old_record.exists());
     assert!(young.exists() && other.exists());
 }

@@ -4,6 +4,7 @@ mod auth;
 mod disk;
 mod faults;
 mod hostile;
+mod resume;
 mod sparse;
 mod stream;
 mod transfer;

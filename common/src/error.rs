@@ -222,6 +222,13 @@ pub enum RecvError {
 }
 
 impl RecvError {
+    /// Whether the connection broke off (the sender went away, the network failed or stalled)
+    /// rather than the transfer going wrong: what an interrupted transfer's partial file is
+    /// kept for.
+    pub fn is_interruption(&self) -> bool {
+        self.exit_status() == ExitStatus::Network
+    }
+
     /// The process exit status when this ends a `--once` receiver.
     pub fn exit_status(&self) -> ExitStatus {
         match self {

@@ -130,52 +130,114 @@ pub fn hash_reader(mut reader: impl io::Read) -> io::Result<[u8; 32]> {
 /// The result of a hashing thread: the digest (`None` if stopped early) and the thread's CPU.
 pub type Hashed = (io::Result<Option<[u8; 32]>>, Duration);
 
-/// [`hash_file`], also returning the CPU time the calling thread spent on it.
-pub fn hash_file_timed(file: &File, len: u64, mark: &Watermark, sparse: bool) -> Hashed {
+/// [`hash_rest`], also returning the CPU time the calling thread spent on it.
+pub fn hash_rest_timed(
+    prefix: Prefix,
+    file: &File,
+    len: u64,
+    mark: &Watermark,
+    sparse: bool,
+) -> Hashed {
     let start = thread_cpu();
-    let digest = hash_file(file, len, mark, sparse);
+    let digest = hash_rest(prefix, file, len, mark, sparse);
     (digest, thread_cpu().saturating_sub(start))
 }
 
+/// The running hash of the first `len` bytes of a file: what a resumed transfer starts from.
+#[derive(Clone)]
+pub struct Prefix {
+    hasher: Sha256,
+    len: u64,
+}
+
+impl Prefix {
+    /// Nothing hashed yet.
+    pub fn empty() -> Prefix {
+        Prefix {
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// Hashes the first `len` bytes of `file`, which are all there.
+    pub fn of_file(file: &File, len: u64, sparse: bool) -> io::Result<Prefix> {
+        let mut prefix = Prefix::empty();
+        let mark = Watermark::complete(len);
+        if !hash_into(&mut prefix, file, len, &mark, sparse)? {
+            unreachable!("a complete watermark neither aborts nor closes early");
+        }
+        Ok(prefix)
+    }
+
+    fn feed(&mut self, bytes: &[u8], mark: &Watermark) {
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        mark.hashed.store(self.len, Ordering::Relaxed);
+    }
+
+    /// How many bytes are hashed.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The SHA-256 of those bytes.
+    pub fn digest(&self) -> [u8; 32] {
+        self.hasher.clone().finalize().into()
+    }
+}
+
 /// Hashes the first `len` bytes of `file` as the watermark lets it (all of them up to where
-/// the watermark closes with [`UNTIL_CLOSED`]). Returns `Ok(None)` when the watermark was
-/// aborted, or closed before `len` bytes were readable.
+/// the watermark closes with [`UNTIL_CLOSED`]), going on from a prefix already hashed (empty,
+/// or what a resumed transfer holds): the digest covers the prefix and the rest. Returns
+/// `Ok(None)` when the watermark was aborted, or closed before `len` bytes were readable.
 ///
 /// With `sparse`, holes (SEEK_HOLE) are hashed as the zeros they read as, without reading them:
 /// reading a hole would fill the page cache with zero pages and copy them.
-pub fn hash_file(
+pub fn hash_rest(
+    mut prefix: Prefix,
     file: &File,
     len: u64,
     mark: &Watermark,
     sparse: bool,
 ) -> io::Result<Option<[u8; 32]>> {
-    let mut hasher = Sha256::new();
+    match hash_into(&mut prefix, file, len, mark, sparse)? {
+        true => Ok(Some(prefix.digest())),
+        false => Ok(None),
+    }
+}
+
+/// Feeds bytes from `prefix.len()` up to `len` into the prefix as the watermark releases
+/// them. Returns false when stopped early.
+fn hash_into(
+    prefix: &mut Prefix,
+    file: &File,
+    len: u64,
+    mark: &Watermark,
+    sparse: bool,
+) -> io::Result<bool> {
     let mut buf = vec![0u8; HASH_CHUNK.min(len as usize).max(1)];
     let zeros = vec![0u8; buf.len()];
-    let mut pos = 0u64;
-    while pos < len {
-        let ready = match mark.wait_past(pos) {
-            Wait::Ready(r) => r,
+    while prefix.len < len {
+        let ready = match mark.wait_past(prefix.len) {
+            Wait::Ready(r) => r.min(len),
             Wait::Closed if len == UNTIL_CLOSED => break,
-            Wait::Closed | Wait::Aborted => return Ok(None),
+            Wait::Closed | Wait::Aborted => return Ok(false),
         };
-        let ready = ready.min(len);
-        while pos < ready {
+        while prefix.len < ready {
             let data_end = if sparse {
+                let pos = prefix.len;
                 let (start, end) = sys::next_data(file, pos, ready)?.unwrap_or((ready, ready));
-                while pos < start {
-                    let n = (start - pos).min(zeros.len() as u64) as usize;
-                    hasher.update(&zeros[..n]);
-                    pos += n as u64;
-                    mark.hashed.store(pos, Ordering::Relaxed);
+                while prefix.len < start {
+                    let n = (start - prefix.len).min(zeros.len() as u64) as usize;
+                    prefix.feed(&zeros[..n], mark);
                 }
                 end
             } else {
                 ready
             };
-            while pos < data_end {
-                let want = (data_end - pos).min(buf.len() as u64) as usize;
-                let n = match file.read_at(&mut buf[..want], pos) {
+            while prefix.len < data_end {
+                let want = (data_end - prefix.len).min(buf.len() as u64) as usize;
+                let n = match file.read_at(&mut buf[..want], prefix.len) {
                     Ok(0) => {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -186,19 +248,26 @@ pub fn hash_file(
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 };
-                hasher.update(&buf[..n]);
-                pos += n as u64;
-                mark.hashed.store(pos, Ordering::Relaxed);
+                prefix.feed(&buf[..n], mark);
             }
         }
     }
-    Ok(Some(hasher.finalize().into()))
+    Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    fn hash_file(
+        file: &File,
+        len: u64,
+        mark: &Watermark,
+        sparse: bool,
+    ) -> io::Result<Option<[u8; 32]>> {
+        hash_rest(Prefix::empty(), file, len, mark, sparse)
+    }
 
     #[test]
     fn hashes_what_the_watermark_releases() {
@@ -244,6 +313,22 @@ mod tests {
         for sparse in [false, true] {
             let d = hash_file(&f, len, &Watermark::complete(len), sparse).unwrap();
             assert_eq!(d, Some(want), "sparse: {sparse}");
+        }
+    }
+
+    #[test]
+    fn a_prefix_and_the_rest_hash_as_the_whole() {
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 + 5) as u8).collect();
+        f.write_all(&data).unwrap();
+        let len = data.len() as u64;
+        for cut in [0, 1, 999_999, len - 1, len] {
+            let prefix = Prefix::of_file(&f, cut, false).unwrap();
+            assert_eq!(prefix.len(), cut);
+            let want: [u8; 32] = Sha256::digest(&data[..cut as usize]).into();
+            assert_eq!(prefix.digest(), want, "prefix of {cut}");
+            let whole = hash_rest(prefix, &f, len, &Watermark::complete(len), false).unwrap();
+            assert_eq!(whole, Some(Sha256::digest(&data).into()), "cut at {cut}");
         }
     }
 

@@ -28,6 +28,7 @@ mod exit;
 mod hash;
 mod logging;
 mod name;
+mod partial;
 mod protocol;
 mod recv;
 mod send;
@@ -42,9 +43,9 @@ pub use crate::exit::ExitStatus;
 pub use crate::logging::init_logging;
 pub use crate::name::{validate_name, Escaped, NameError, MAX_NAME_LEN, TEMP_PREFIX};
 pub use crate::protocol::{
-    encode_proof, read_hello, Header, Record, RefuseCode, Reply, Status, Trailer, Verdict,
-    FLAG_AUTH, FLAG_NO_VERIFY, FLAG_SPARSE, FLAG_STREAM, HEADER_FIXED_LEN, MAX_HEADER_LEN,
-    PREAMBLE_LEN, TRAILER_LEN, VERSION,
+    encode_proof, read_hello, Decision, Header, Prefix, Record, RefuseCode, Reply, Status, Trailer,
+    Verdict, FLAG_AUTH, FLAG_NO_VERIFY, FLAG_RESUME, FLAG_SPARSE, FLAG_STREAM, HEADER_FIXED_LEN,
+    MAX_HEADER_LEN, PREAMBLE_LEN, SOURCE_ID_LEN, TRAILER_LEN, VERSION,
 };
 pub use crate::recv::{parse_listen_addr, Receiver, ReceiverConfig, TransferRecord};
 pub use crate::send::{

@@ -1,4 +1,4 @@
-//! Wire protocol v1: the messages zsend and zrecv exchange, and bounded decoders for them.
+//! Wire protocol: the messages zsend and zrecv exchange, and bounded decoders for them.
 //!
 //! Every integer is big-endian. Every length read from the peer is checked against a fixed limit
 //! before anything is allocated for it. docs/PROTOCOL.md describes the same bytes for humans.
@@ -10,7 +10,7 @@ use crate::error::ProtocolError;
 use crate::name::{validate_name, MAX_NAME_LEN};
 
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// First bytes of a sender's hello.
 pub const HELLO_MAGIC: [u8; 4] = *b"ZSND";
 /// First bytes of the receiver's reply to a hello.
@@ -21,6 +21,10 @@ pub const TRAILER_MAGIC: [u8; 4] = *b"ZTRL";
 pub const VERDICT_MAGIC: [u8; 4] = *b"ZVRD";
 /// First bytes of the sender's authentication proof.
 pub const PROOF_MAGIC: [u8; 4] = *b"ZPRF";
+/// First bytes of the receiver's digest of the partial file it offers to resume.
+pub const PREFIX_MAGIC: [u8; 4] = *b"ZPFX";
+/// First bytes of the sender's answer to a resume offer.
+pub const DECISION_MAGIC: [u8; 4] = *b"ZDCD";
 /// Largest header body a receiver accepts.
 pub const MAX_HEADER_LEN: u32 = 64 * 1024;
 /// Largest human-readable message in a reply or verdict.
@@ -28,7 +32,7 @@ pub const MAX_MESSAGE_LEN: usize = 1024;
 /// Size of the hello preamble: magic, version, header length.
 pub const PREAMBLE_LEN: usize = 10;
 /// Size of the fixed part of a header body, before the name.
-pub const HEADER_FIXED_LEN: usize = 4 + 8 + 4 + 8 + 4 + 8 + 2;
+pub const HEADER_FIXED_LEN: usize = 4 + 8 + 4 + 8 + 4 + 2;
 /// Size of a trailer.
 pub const TRAILER_LEN: usize = 4 + 1 + 32;
 
@@ -42,11 +46,20 @@ pub const FLAG_SPARSE: u32 = 4;
 /// Header flag: the length is not known up front (standard input); `size` is 0 and the payload
 /// is data records until an end record.
 pub const FLAG_STREAM: u32 = 8;
-const KNOWN_FLAGS: u32 = FLAG_NO_VERIFY | FLAG_AUTH | FLAG_SPARSE | FLAG_STREAM;
+/// Header flag: the sender can resume into a partial file the receiver kept; a
+/// [`SOURCE_ID_LEN`]-byte identity of the source file follows the sparse length.
+pub const FLAG_RESUME: u32 = 16;
+const KNOWN_FLAGS: u32 = FLAG_NO_VERIFY | FLAG_AUTH | FLAG_SPARSE | FLAG_STREAM | FLAG_RESUME;
+/// Length of the sender's identity of its source file.
+pub const SOURCE_ID_LEN: usize = 16;
 /// Size of a payload record header in sparse mode.
 pub const RECORD_LEN: usize = 17;
 /// Reply code of a receiver's authentication challenge.
 const CHALLENGE_CODE: u8 = 0xC0;
+/// Reply code of a receiver's offer to resume.
+const RESUME_CODE: u8 = 0xC1;
+/// Size of the prefix message.
+pub const PREFIX_LEN: usize = 4 + 1 + 32;
 
 /// What the sender announces before the payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,8 +76,9 @@ pub struct Header {
     pub mtime_nsec: u32,
     /// Header flags (`FLAG_*`).
     pub flags: u32,
-    /// Reserved for resuming; senders send 0 and receivers refuse anything else.
-    pub resume_offset: u64,
+    /// With `FLAG_RESUME`: the sender's identity of its source (see `send::source_id`), so
+    /// that a partial file is only reused for the file it came from.
+    pub source_id: Option<[u8; SOURCE_ID_LEN]>,
     /// The sender's fresh nonce when it authenticates with a token (`FLAG_AUTH`).
     pub auth_nonce: Option<[u8; NONCE_LEN]>,
     /// For a sparse payload (`FLAG_SPARSE`): the bytes of data records, holes excluded.
@@ -82,7 +96,7 @@ impl Header {
             mtime_sec: 0,
             mtime_nsec: 0,
             flags: 0,
-            resume_offset: 0,
+            source_id: None,
             auth_nonce: None,
             sparse_data_len: None,
         }
@@ -93,23 +107,32 @@ impl Header {
         self.flags & FLAG_NO_VERIFY == 0
     }
 
+    /// Whether the sender offers to resume (`FLAG_RESUME`, with a source identity).
+    pub fn resumable(&self) -> bool {
+        self.source_id.is_some()
+    }
+
     /// Whether the length is unknown up front (`FLAG_STREAM`).
     pub fn stream(&self) -> bool {
         self.flags & FLAG_STREAM != 0
     }
 
-    /// The complete hello: preamble followed by the header body. `FLAG_AUTH` is set exactly
-    /// when a nonce is present.
+    /// The complete hello: preamble followed by the header body. `FLAG_AUTH`, `FLAG_SPARSE`
+    /// and `FLAG_RESUME` are set exactly when their fields are present.
     pub fn encode_hello(&self) -> Vec<u8> {
         let nonce_len = self.auth_nonce.map_or(0, |n| n.len());
         let sparse_len = self.sparse_data_len.map_or(0, |_| 8);
-        let body_len = HEADER_FIXED_LEN + self.name.len() + sparse_len + nonce_len;
-        let mut flags = self.flags & !(FLAG_AUTH | FLAG_SPARSE);
+        let id_len = self.source_id.map_or(0, |i| i.len());
+        let body_len = HEADER_FIXED_LEN + self.name.len() + sparse_len + id_len + nonce_len;
+        let mut flags = self.flags & !(FLAG_AUTH | FLAG_SPARSE | FLAG_RESUME);
         if self.auth_nonce.is_some() {
             flags |= FLAG_AUTH;
         }
         if self.sparse_data_len.is_some() {
             flags |= FLAG_SPARSE;
+        }
+        if self.source_id.is_some() {
+            flags |= FLAG_RESUME;
         }
         let mut out = Vec::with_capacity(PREAMBLE_LEN + body_len);
         out.extend_from_slice(&HELLO_MAGIC);
@@ -120,11 +143,13 @@ impl Header {
         out.extend_from_slice(&self.mode.to_be_bytes());
         out.extend_from_slice(&self.mtime_sec.to_be_bytes());
         out.extend_from_slice(&self.mtime_nsec.to_be_bytes());
-        out.extend_from_slice(&self.resume_offset.to_be_bytes());
         out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
         out.extend_from_slice(self.name.as_bytes());
         if let Some(d) = self.sparse_data_len {
             out.extend_from_slice(&d.to_be_bytes());
+        }
+        if let Some(id) = &self.source_id {
+            out.extend_from_slice(id);
         }
         if let Some(n) = &self.auth_nonce {
             out.extend_from_slice(n);
@@ -140,7 +165,6 @@ impl Header {
         let mode = r.u32()?;
         let mtime_sec = r.u64()? as i64;
         let mtime_nsec = r.u32()?;
-        let resume_offset = r.u64()?;
         let name_len = r.u16()? as usize;
         if flags & !KNOWN_FLAGS != 0 {
             return Err(ProtocolError::Malformed(format!(
@@ -148,20 +172,20 @@ impl Header {
                 flags & !KNOWN_FLAGS
             )));
         }
-        if flags & FLAG_STREAM != 0 && (size != 0 || flags & FLAG_SPARSE != 0) {
+        if flags & FLAG_STREAM != 0 && (size != 0 || flags & (FLAG_SPARSE | FLAG_RESUME) != 0) {
             return Err(ProtocolError::Malformed(
-                "a stream has size 0 and no sparse records".into(),
+                "a stream has size 0, no sparse records and no resume".into(),
+            ));
+        }
+        if flags & FLAG_RESUME != 0 && flags & FLAG_NO_VERIFY != 0 {
+            return Err(ProtocolError::Malformed(
+                "resuming needs verification: a prefix is trusted only by its digest".into(),
             ));
         }
         if mtime_nsec >= 1_000_000_000 {
             return Err(ProtocolError::Malformed(format!(
                 "mtime nanoseconds {mtime_nsec} out of range"
             )));
-        }
-        if resume_offset != 0 {
-            return Err(ProtocolError::Malformed(
-                "resume is not supported by protocol version 1".into(),
-            ));
         }
         if name_len > MAX_NAME_LEN {
             return Err(ProtocolError::NameTooLong(name_len));
@@ -176,6 +200,10 @@ impl Header {
                 "sparse data length exceeds the file size".into(),
             ));
         }
+        let source_id = match flags & FLAG_RESUME {
+            0 => None,
+            _ => Some(r.array::<SOURCE_ID_LEN>()?),
+        };
         let auth_nonce = match flags & FLAG_AUTH {
             0 => None,
             _ => Some(r.array::<NONCE_LEN>()?),
@@ -197,7 +225,7 @@ impl Header {
             mtime_sec,
             mtime_nsec,
             flags,
-            resume_offset,
+            source_id,
             auth_nonce,
             sparse_data_len,
         })
@@ -351,13 +379,25 @@ pub enum Reply {
         /// The receiver's proof (see `auth::proof`).
         proof: [u8; PROOF_LEN],
     },
+    /// Send the payload, but the receiver holds the first `offset` bytes of this very file
+    /// from an interrupted transfer: a [`Prefix`] with their digest follows, and the sender
+    /// answers with a [`Decision`].
+    Resume {
+        /// How many bytes the receiver's partial file holds, at most the size.
+        offset: u64,
+    },
 }
 
 impl Reply {
     /// Encodes the reply.
     pub fn encode(&self) -> Vec<u8> {
         let challenge;
+        let offset;
         let (code, msg): (u8, &[u8]) = match self {
+            Reply::Resume { offset: o } => {
+                offset = o.to_be_bytes();
+                (RESUME_CODE, &offset)
+            }
             Reply::Accept => (0, b""),
             Reply::Refuse(code, msg) => (code.to_byte(), clip(msg).as_bytes()),
             Reply::Challenge { nonce, proof } => {
@@ -399,10 +439,99 @@ impl Reply {
                     proof: msg[NONCE_LEN..].try_into().expect("32 bytes"),
                 })
             }
+            RESUME_CODE => {
+                let offset: [u8; 8] = msg.as_slice().try_into().map_err(|_| {
+                    ProtocolError::Malformed(format!("resume offer of {} bytes", msg.len()))
+                })?;
+                Ok(Reply::Resume {
+                    offset: u64::from_be_bytes(offset),
+                })
+            }
             c => Ok(Reply::Refuse(
                 RefuseCode::from_byte(c),
                 String::from_utf8_lossy(&msg).into_owned(),
             )),
+        }
+    }
+}
+
+/// The receiver's digest of the partial file it offered to resume, or word that it could not
+/// read it back (the sender then starts over).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    /// SHA-256 of the first `offset` bytes the receiver holds.
+    pub sha256: Option<[u8; 32]>,
+}
+
+impl Prefix {
+    /// Encodes the message.
+    pub fn encode(&self) -> [u8; PREFIX_LEN] {
+        let mut out = [0u8; PREFIX_LEN];
+        out[..4].copy_from_slice(&PREFIX_MAGIC);
+        if let Some(d) = &self.sha256 {
+            out[4] = 1;
+            out[5..].copy_from_slice(d);
+        }
+        out
+    }
+
+    /// Reads and checks the message.
+    pub fn read(r: &mut impl Read) -> Result<Prefix, ProtocolError> {
+        let mut buf = [0u8; PREFIX_LEN];
+        read_exact(r, &mut buf, "resume digest")?;
+        if buf[..4] != PREFIX_MAGIC {
+            return Err(ProtocolError::Malformed(
+                "resume digest magic missing".into(),
+            ));
+        }
+        let digest: [u8; 32] = buf[5..].try_into().expect("32 bytes");
+        match buf[4] {
+            0 if digest == [0; 32] => Ok(Prefix { sha256: None }),
+            1 => Ok(Prefix {
+                sha256: Some(digest),
+            }),
+            k => Err(ProtocolError::Malformed(format!("unknown digest kind {k}"))),
+        }
+    }
+}
+
+/// The sender's answer to a resume offer: go on from the offer's offset, or start over from
+/// byte 0 because the prefixes differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The prefixes match: the payload starts at the offered offset.
+    Resume,
+    /// They do not: the receiver empties its file and the payload starts at 0.
+    Restart,
+}
+
+impl Decision {
+    /// Encodes the answer.
+    pub fn encode(self) -> [u8; 5] {
+        let mut out = [0u8; 5];
+        out[..4].copy_from_slice(&DECISION_MAGIC);
+        out[4] = match self {
+            Decision::Restart => 0,
+            Decision::Resume => 1,
+        };
+        out
+    }
+
+    /// Reads and checks the answer.
+    pub fn read(r: &mut impl Read) -> Result<Decision, ProtocolError> {
+        let mut buf = [0u8; 5];
+        read_exact(r, &mut buf, "resume decision")?;
+        if buf[..4] != DECISION_MAGIC {
+            return Err(ProtocolError::Malformed(
+                "resume decision magic missing".into(),
+            ));
+        }
+        match buf[4] {
+            0 => Ok(Decision::Restart),
+            1 => Ok(Decision::Resume),
+            k => Err(ProtocolError::Malformed(format!(
+                "unknown resume decision {k}"
+            ))),
         }
     }
 }
@@ -640,16 +769,22 @@ mod tests {
             prop_oneof![Just(0u32), Just(FLAG_NO_VERIFY)],
             proptest::option::of(any::<[u8; NONCE_LEN]>()),
             proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<[u8; SOURCE_ID_LEN]>()),
         )
             .prop_filter("valid name", |(n, ..)| validate_name(n).is_ok())
             .prop_map(
-                |(name, size, mode, mtime_sec, mtime_nsec, flags, nonce, sparse)| {
+                |(name, size, mode, mtime_sec, mtime_nsec, flags, nonce, sparse, id)| {
                     let mut flags = flags;
                     if nonce.is_some() {
                         flags |= FLAG_AUTH;
                     }
                     if sparse.is_some() {
                         flags |= FLAG_SPARSE;
+                    }
+                    // Resuming implies verifying.
+                    let source_id = id.filter(|_| flags & FLAG_NO_VERIFY == 0);
+                    if source_id.is_some() {
+                        flags |= FLAG_RESUME;
                     }
                     Header {
                         name,
@@ -658,7 +793,7 @@ mod tests {
                         mtime_sec,
                         mtime_nsec,
                         flags,
-                        resume_offset: 0,
+                        source_id,
                         auth_nonce: nonce,
                         sparse_data_len: sparse.map(|d| d.min(size)),
                     }
@@ -716,7 +851,7 @@ mod tests {
         }
 
         #[test]
-        fn reply_round_trips(code in (1u8..=255).prop_filter("not a challenge", |c| *c != CHALLENGE_CODE), msg in ".{0,300}") {
+        fn reply_round_trips(code in (1u8..=255).prop_filter("not a challenge or offer", |c| *c != CHALLENGE_CODE && *c != RESUME_CODE), msg in ".{0,300}") {
             let reply = Reply::Refuse(RefuseCode::from_byte(code), msg.clone());
             let back = Reply::read(&mut &reply.encode()[..]).unwrap();
             prop_assert_eq!(back, reply);
@@ -734,6 +869,16 @@ mod tests {
             let status = [Status::Landed, Status::Mismatch, Status::Failed][s as usize];
             let v = Verdict { status, sha256: d, message: msg };
             prop_assert_eq!(Verdict::read(&mut &v.encode()[..]).unwrap(), v);
+        }
+
+        #[test]
+        fn resume_messages_round_trip(offset in any::<u64>(), d in proptest::option::of(any::<[u8; 32]>()), go in any::<bool>()) {
+            let r = Reply::Resume { offset };
+            prop_assert_eq!(Reply::read(&mut &r.encode()[..]).unwrap(), r);
+            let p = Prefix { sha256: d };
+            prop_assert_eq!(Prefix::read(&mut &p.encode()[..]).unwrap(), p);
+            let c = if go { Decision::Resume } else { Decision::Restart };
+            prop_assert_eq!(Decision::read(&mut &c.encode()[..]).unwrap(), c);
         }
 
         #[test]

@@ -6,22 +6,23 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{self, Role, Token};
 use crate::error::{ProtocolError, RecvError};
-use crate::hash::{hash_file_timed, hash_reader, Watermark, UNTIL_CLOSED};
-use crate::name::{Escaped, TEMP_PREFIX};
+use crate::hash::{hash_reader, hash_rest_timed, Prefix, Watermark, UNTIL_CLOSED};
+use crate::name::Escaped;
+use crate::partial::{self, TempFile};
 use crate::protocol::{
-    read_hello, read_proof, Header, Record, RefuseCode, Reply, Status, Trailer, Verdict,
+    read_hello, read_proof, Decision, Header, Record, RefuseCode, Reply, Status, Trailer, Verdict,
 };
 use crate::stages::StageTimes;
 use crate::sys::{self, CopyError, Pipe, SpliceStats};
@@ -33,8 +34,8 @@ const PIPE_SIZE: usize = 1 << 20;
 const WRITEBACK_WINDOW: u64 = 16 << 20;
 /// Connections refused as busy that may linger at once, to let the refusal reach the sender.
 const MAX_LINGERING: usize = 64;
-/// Temporary files older than this, left by a receiver that was killed, are removed when a
-/// receiver starts on the directory.
+/// Hidden files older than this (temporary files a killed receiver left, partial files kept
+/// for resuming that nobody resumed) are removed when a receiver starts on the directory.
 pub const STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// How the receiver behaves.
@@ -63,8 +64,10 @@ pub struct TransferRecord {
     pub name: Option<String>,
     /// The announced size, if a header was read.
     pub size: Option<u64>,
-    /// Payload bytes written.
+    /// Bytes of the file now held, from its start (a resumed prefix included).
     pub received: u64,
+    /// Bytes kept from an interrupted transfer that this one resumed from (0: none).
+    pub resumed_from: u64,
     /// From accept to verdict.
     pub elapsed: Duration,
     /// Our digest of what we wrote, if hashed.
@@ -114,16 +117,17 @@ impl Receiver {
         })
     }
 
-    /// Removes temporary files (`.zrecv-*.part`) not modified for [`STALE_AFTER`]: what a
-    /// killed receiver left behind. Younger ones may belong to a receiver still running on the
-    /// same directory. Returns the names removed.
+    /// Removes hidden files (`.zrecv-*.part`, `.zrecv-*.resume`) not modified for
+    /// [`STALE_AFTER`]: what a killed receiver left behind, and partials nobody resumed in time.
+    /// Younger ones may belong to a receiver still running on the same directory, or wait to be
+    /// resumed. Returns the names removed.
     pub fn remove_stale_partials(&self) -> io::Result<Vec<String>> {
         let mut removed = Vec::new();
         for entry in std::fs::read_dir(&self.config.dir)? {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if !name.starts_with(TEMP_PREFIX) || !name.ends_with(".part") {
+            if !partial::is_hidden_file(name) {
                 continue;
             }
             let st = match rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -213,6 +217,7 @@ impl Receiver {
             name: None,
             size: None,
             received: 0,
+            resumed_from: 0,
             elapsed: Duration::ZERO,
             sha256: None,
             verified: false,
@@ -250,35 +255,132 @@ impl Receiver {
             .set_read_timeout(timeout)
             .map_err(|e| self.local("configuring the connection", e))?;
 
-        let mut claim = None;
-        let mut temp = None;
-        if !self.config.to_stdout {
-            claim = match self.claim(&header.name) {
-                Some(c) => Some(c),
-                None => {
-                    let msg = format!(
-                        "busy: {} is being received from another sender",
-                        Escaped(&header.name)
-                    );
-                    return Err(refused(stream, RefuseCode::Busy, msg));
-                }
-            };
-            self.check_destination(stream, &header)?;
-            temp = Some(self.create_temp(stream, &header)?);
+        if self.config.to_stdout {
+            accept(stream, &header, Reply::Accept)?;
+            let digest = self.deliver_to_stdout(stream, &header, record)?;
+            let digest = self.check_trailer(stream, &header, digest, record)?;
+            record.verified = digest.is_some();
+            send_verdict(stream, Status::Landed, digest, "");
+            return Ok(());
         }
+        let Some(_claim) = self.claim(&header.name) else {
+            let msg = format!(
+                "busy: {} is being received from another sender",
+                Escaped(&header.name)
+            );
+            return Err(refused(stream, RefuseCode::Busy, msg));
+        };
+        self.check_exists(stream, &header)?;
+        let kept = partial::take(&self.dir, &header);
+        let held = kept.as_ref().map_or(0, |(_, held)| *held);
+        self.check_space(stream, &header, held)?;
+        let temp = self.ready_temp(stream, &header, kept.map(|(temp, _)| temp))?;
+        record.received = held;
+        let outcome = self.receive_to_temp(stream, &header, &temp, held, record);
+        let digest = match outcome {
+            Ok(digest) => digest,
+            Err(e) => {
+                if e.is_interruption() {
+                    partial::keep(&self.dir, temp, &header, record.received);
+                }
+                return Err(e);
+            }
+        };
+        match self.land(temp, &header) {
+            Ok(fsync) => record.stages.fsync = fsync,
+            Err(e) => {
+                send_verdict(stream, Status::Failed, digest, &e.to_string());
+                return Err(e);
+            }
+        }
+        record.verified = digest.is_some();
+        send_verdict(stream, Status::Landed, digest, "");
+        Ok(())
+    }
+
+    /// Accepts (offering to resume from the `held` bytes the temporary file already has),
+    /// receives the payload into it and checks the trailer. Returns the digest to land with.
+    fn receive_to_temp(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        temp: &TempFile,
+        held: u64,
+        record: &mut TransferRecord,
+    ) -> Result<Option<[u8; 32]>, RecvError> {
+        if held == 0 {
+            accept(stream, header, Reply::Accept)?;
+        } else {
+            accept(stream, header, Reply::Resume { offset: held })?;
+        }
+        let prefix = match held {
+            0 => Prefix::empty(),
+            _ => self.agree_on_prefix(stream, header, temp, held, record)?,
+        };
+        record.resumed_from = prefix.len();
+        let digest = self.receive_payload(stream, header, temp, prefix, record)?;
+        self.check_trailer(stream, header, digest, record)
+    }
+
+    /// Sends the digest of the `held` bytes kept from an interrupted transfer and reads the
+    /// sender's decision. Returns the prefix to go on from: empty, with the file emptied, when
+    /// the sender's file begins otherwise (or ours could not be read back).
+    fn agree_on_prefix(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        temp: &TempFile,
+        held: u64,
+        record: &mut TransferRecord,
+    ) -> Result<Prefix, RecvError> {
+        let sparse = header.sparse_data_len.is_some();
+        let ours = match Prefix::of_file(&temp.file, held, sparse) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log::warn!("reading back the partial {}: {e}", Escaped(&header.name));
+                None
+            }
+        };
+        let message = crate::protocol::Prefix {
+            sha256: ours.as_ref().map(Prefix::digest),
+        };
         (&*stream)
-            .write_all(&Reply::Accept.encode())
+            .write_all(&message.encode())
             .map_err(|error| RecvError::Network {
-                during: "accepting",
-                received: 0,
+                during: "offering to resume",
+                received: held,
                 expected: header.size,
                 error,
             })?;
+        match (Decision::read(&mut &*stream)?, ours) {
+            (Decision::Resume, Some(ours)) => Ok(ours),
+            (Decision::Resume, None) => Err(ProtocolError::Malformed(
+                "resuming a prefix whose digest was not given".into(),
+            )
+            .into()),
+            (Decision::Restart, _) => {
+                log::info!(
+                    "{}: the partial file differs from the sender's; starting over",
+                    Escaped(&header.name)
+                );
+                record.received = 0;
+                rustix::fs::ftruncate(&temp.file, 0)
+                    .map_err(io::Error::from)
+                    .and_then(|()| prepare(&temp.file, header))
+                    .map_err(|e| self.local("emptying the partial file", e))?;
+                Ok(Prefix::empty())
+            }
+        }
+    }
 
-        let digest = match &temp {
-            Some(t) => self.receive_payload(stream, &header, t, record)?,
-            None => self.deliver_to_stdout(stream, &header, record)?,
-        };
+    /// Reads the trailer and compares digests, telling the sender when they differ.
+    fn check_trailer(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        digest: Option<[u8; 32]>,
+        record: &mut TransferRecord,
+    ) -> Result<Option<[u8; 32]>, RecvError> {
         let trailer = Trailer::read(&mut &*stream)?;
         if header.verify() != trailer.sha256.is_some() {
             return Err(ProtocolError::Malformed(
@@ -300,19 +402,21 @@ impl Receiver {
                 received: hex(digest),
             });
         }
-        if let Some(temp) = temp {
-            match self.land(temp, &header) {
-                Ok(fsync) => record.stages.fsync = fsync,
-                Err(e) => {
-                    send_verdict(stream, Status::Failed, digest, &e.to_string());
-                    return Err(e);
-                }
-            }
+        Ok(digest)
+    }
+
+    /// Readies the partial file kept from an interrupted transfer, or a new temporary file,
+    /// refusing the transfer if it cannot.
+    fn ready_temp<'d>(
+        &'d self,
+        stream: &TcpStream,
+        header: &Header,
+        kept: Option<TempFile<'d>>,
+    ) -> Result<TempFile<'d>, RecvError> {
+        match kept {
+            Some(temp) => self.prepare_temp(stream, header, temp),
+            None => self.create_temp(stream, header),
         }
-        drop(claim);
-        record.verified = digest.is_some();
-        send_verdict(stream, Status::Landed, digest, "");
-        Ok(())
     }
 
     /// Creates and readies the hidden temporary file, refusing the transfer if it cannot.
@@ -328,6 +432,17 @@ impl Receiver {
                 return Err(refused(stream, RefuseCode::Io, msg));
             }
         };
+        self.prepare_temp(stream, header, temp)
+    }
+
+    /// Sizes or preallocates a temporary file (see [`prepare`]), refusing the transfer if it
+    /// cannot.
+    fn prepare_temp<'d>(
+        &'d self,
+        stream: &TcpStream,
+        header: &Header,
+        temp: TempFile<'d>,
+    ) -> Result<TempFile<'d>, RecvError> {
         if let Err(e) = prepare(&temp.file, header) {
             let code = if e.kind() == io::ErrorKind::StorageFull {
                 RefuseCode::NoSpace
@@ -370,7 +485,7 @@ impl Receiver {
                 copy: copy_write.as_ref(),
                 out: std::io::stdout(),
             };
-            let copied = receive_into(stream, header, &mut sink, &mut |done| received = done);
+            let copied = receive_into(stream, header, 0, &mut sink, &mut |done| received = done);
             // The hashing thread sees end of file once the copy's write end is closed.
             copy_write.take();
             let digest = hasher.map(|h| h.join().expect("hashing thread panicked"));
@@ -465,27 +580,30 @@ impl Receiver {
         stream: &TcpStream,
         header: &Header,
         temp: &TempFile,
+        prefix: Prefix,
         record: &mut TransferRecord,
     ) -> Result<Option<[u8; 32]>, RecvError> {
         let size = header.size;
         let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
+        let start = prefix.len();
         let mark = Watermark::new();
+        mark.raise(start);
         let sparse = header.sparse_data_len.is_some();
         let hash_len = if header.stream() { UNTIL_CLOSED } else { size };
-        let mut received = 0u64;
+        let mut received = start;
         let mut splice = SpliceStats::default();
         let (copied, digest) = std::thread::scope(|s| {
             let hasher = header
                 .verify()
-                .then(|| s.spawn(|| hash_file_timed(&temp.file, hash_len, &mark, sparse)));
-            let mut behind = sys::DropBehind::new(WRITEBACK_WINDOW);
+                .then(|| s.spawn(|| hash_rest_timed(prefix, &temp.file, hash_len, &mark, sparse)));
+            let mut behind = sys::DropBehind::starting_at(start, WRITEBACK_WINDOW);
             let verify = header.verify();
             let mut sink = FileSink {
                 pipe: &pipe,
                 file: &temp.file,
                 stats: &mut splice,
             };
-            let copied = receive_into(stream, header, &mut sink, &mut |done| {
+            let copied = receive_into(stream, header, start, &mut sink, &mut |done| {
                 received = done;
                 mark.raise(done);
                 let hashed = if verify { mark.hashed() } else { done };
@@ -516,8 +634,8 @@ impl Receiver {
         }
     }
 
-    /// Refuses names that exist (unless `--force`) and files that cannot fit.
-    fn check_destination(&self, stream: &TcpStream, header: &Header) -> Result<(), RecvError> {
+    /// Refuses names that exist (unless `--force`).
+    fn check_exists(&self, stream: &TcpStream, header: &Header) -> Result<(), RecvError> {
         match rustix::fs::statat(&self.dir, header.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => {
                 let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode)
@@ -540,10 +658,18 @@ impl Receiver {
                 return Err(refused(stream, RefuseCode::Io, msg));
             }
         }
+        Ok(())
+    }
+
+    /// Refuses files that cannot fit, given that `held` bytes of them are already on disk.
+    fn check_space(&self, stream: &TcpStream, header: &Header, held: u64) -> Result<(), RecvError> {
         if let Ok(vfs) = rustix::fs::fstatvfs(&self.dir) {
             let have = vfs.f_bavail.saturating_mul(vfs.f_frsize);
             // A stream's length is unknown: the disk filling up is caught as it happens.
-            let need = header.sparse_data_len.unwrap_or(header.size);
+            let need = header
+                .sparse_data_len
+                .unwrap_or(header.size)
+                .saturating_sub(held);
             if need > have {
                 let msg = format!(
                     "not enough space on {}: need {}, have {}",
@@ -579,6 +705,8 @@ impl Receiver {
         let mut synced = start.elapsed();
         self.publish(&temp.name, &header.name)?;
         temp.disarm();
+        // Whatever an earlier, interrupted transfer of this name kept is obsolete now.
+        partial::forget(&self.dir, &header.name);
         let start = Instant::now();
         rustix::fs::fsync(&self.dir).map_err(|e| self.local("syncing the directory", e.into()))?;
         synced += start.elapsed();
@@ -715,13 +843,15 @@ impl Sink for StdoutSink<'_> {
     }
 }
 
-/// Receives the payload into `sink`: one run of `header.size` bytes; for a sparse file, records
-/// that must tile the file in order with data adding up to what the header announced; for a
-/// stream, data records until the end record. Returns the logical bytes covered: fewer than the
-/// size if the sender closed early. `progress` gets that count as it grows.
+/// Receives the payload into `sink` from byte `start` on (0 unless resuming): one run of the
+/// remaining bytes; for a sparse file, records that must tile the rest of the file in order
+/// with data adding up to what the header announced; for a stream, data records until the end
+/// record. Returns the logical bytes covered: fewer than the size if the sender closed early.
+/// `progress` gets that count as it grows.
 fn receive_into(
     stream: &TcpStream,
     header: &Header,
+    start: u64,
     sink: &mut dyn Sink,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, Incoming> {
@@ -731,12 +861,17 @@ fn receive_into(
         (false, Some(data_len)) => (header.size, data_len),
         (false, None) => {
             return sink
-                .data(stream, 0, header.size, progress)
+                .data(stream, start, header.size - start, &mut |k| {
+                    progress(start + k)
+                })
+                .map(|n| start + n)
                 .map_err(Incoming::Copy)
         }
     };
     let bad = |what: String| Incoming::Protocol(ProtocolError::Malformed(what));
-    let (mut pos, mut data) = (0u64, 0u64);
+    // After a resumed prefix only the rest's data is counted: it must not exceed the total.
+    let (mut pos, mut data) = (start, 0u64);
+    let data_complete = |data: u64| data == data_len || (start > 0 && data <= data_len);
     loop {
         let record = match Record::read(&mut &*stream) {
             Ok(r) => r,
@@ -747,7 +882,7 @@ fn receive_into(
         let (offset, len) = match record {
             Record::End if is_stream => return Ok(pos),
             Record::Hole { .. } if is_stream => return Err(bad("a hole in a stream".into())),
-            Record::End if pos == size && data == data_len => return Ok(pos),
+            Record::End if pos == size && data_complete(data) => return Ok(pos),
             Record::End => {
                 return Err(bad(format!(
                 "sparse records end at {pos} of {size} bytes with {data} of {data_len} data bytes"
@@ -794,76 +929,6 @@ impl Drop for Claim<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.name);
-    }
-}
-
-/// A hidden temporary file in the destination directory, removed on drop unless published.
-struct TempFile<'d> {
-    dir: &'d OwnedFd,
-    name: String,
-    file: File,
-    armed: bool,
-}
-
-impl<'d> TempFile<'d> {
-    /// Creates `.zrecv-….part` beneath `dir`, never following a symlink and never reusing a name.
-    fn create(dir: &'d OwnedFd) -> io::Result<TempFile<'d>> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        loop {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let name = format!(
-                "{TEMP_PREFIX}{}-{}-{nanos:08x}.part",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            );
-            match open_beneath(dir, &name) {
-                Ok(fd) => {
-                    return Ok(TempFile {
-                        dir,
-                        name,
-                        file: File::from(fd),
-                        armed: true,
-                    })
-                }
-                Err(Errno::EXIST) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// Keeps the file: it has been renamed into place.
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for TempFile<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            if let Err(e) = rustix::fs::unlinkat(self.dir, self.name.as_str(), AtFlags::empty()) {
-                log::warn!("removing temporary file {}: {e}", self.name);
-            }
-        }
-    }
-}
-
-/// Creates a new file `name` strictly beneath `dir`: openat2 with RESOLVE_BENEATH and
-/// RESOLVE_NO_SYMLINKS where the kernel has it, openat with O_NOFOLLOW otherwise.
-fn open_beneath(dir: impl AsFd, name: &str) -> rustix::io::Result<OwnedFd> {
-    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let mode = Mode::from_raw_mode(0o600);
-    match rustix::fs::openat2(
-        &dir,
-        name,
-        flags,
-        mode,
-        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
-    ) {
-        Err(Errno::NOSYS) => rustix::fs::openat(&dir, name, flags, mode),
-        other => other,
     }
 }
 
@@ -928,6 +993,18 @@ fn refuse(stream: &TcpStream, code: RefuseCode, message: &str) {
             Ok(n) => drained += n,
         }
     }
+}
+
+/// Sends an accept (or a resume offer) after which the payload flows.
+fn accept(stream: &TcpStream, header: &Header, reply: Reply) -> Result<(), RecvError> {
+    (&*stream)
+        .write_all(&reply.encode())
+        .map_err(|error| RecvError::Network {
+            during: "accepting",
+            received: 0,
+            expected: header.size,
+            error,
+        })
 }
 
 fn refused(stream: &TcpStream, code: RefuseCode, message: String) -> RecvError {

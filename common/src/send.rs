@@ -12,10 +12,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{self, Role, Token};
 use crate::error::{ProtocolError, SendError};
-use crate::hash::{hash_file_timed, Watermark};
+use crate::hash::{hash_rest_timed, Prefix, Watermark};
 use crate::name::validate_name;
 use crate::protocol::{
-    encode_proof, Header, Record, Reply, Status, Trailer, Verdict, FLAG_NO_VERIFY,
+    encode_proof, Decision, Header, Record, Reply, Status, Trailer, Verdict, FLAG_NO_VERIFY,
+    SOURCE_ID_LEN,
 };
 use crate::stages::{thread_cpu, StageTimes};
 use crate::sys::{self, CopyError};
@@ -62,8 +63,11 @@ pub struct SendReport {
     pub peer: SocketAddr,
     /// File size.
     pub bytes: u64,
-    /// Payload bytes put on the wire.
+    /// Payload bytes put on the wire by this run (holes and a resumed prefix excluded).
     pub bytes_sent: u64,
+    /// Where the payload started: the bytes the receiver already held from an interrupted
+    /// transfer and proved to match (0 for a fresh transfer).
+    pub resumed_from: u64,
     /// From connecting to the verdict.
     pub elapsed: Duration,
     /// The SHA-256 both sides agreed on, if verifying.
@@ -86,6 +90,8 @@ pub struct Source {
     block_device: bool,
     /// Bytes of data, holes excluded, when the file has holes.
     sparse_data: Option<u64>,
+    /// Which file this is, for resuming (see [`source_id`]).
+    id: [u8; SOURCE_ID_LEN],
 }
 
 impl Source {
@@ -108,8 +114,10 @@ impl Source {
         let sparse_data = if block_device {
             None
         } else {
-            sparse_data_len(&file, size).map_err(source_err)?
+            let data = data_between(&file, 0, size).map_err(source_err)?;
+            (data < size).then_some(data)
         };
+        let id = source_id(meta.dev(), meta.ino(), meta.rdev());
         Ok(Source {
             file,
             path: path.to_owned(),
@@ -118,6 +126,7 @@ impl Source {
             mtime: (meta.mtime(), meta.mtime_nsec() as u32),
             block_device,
             sparse_data,
+            id,
         })
     }
 
@@ -149,14 +158,32 @@ impl Source {
     }
 }
 
-/// The bytes of data in a file with holes, or `None` for a file without holes.
-fn sparse_data_len(file: &File, size: u64) -> std::io::Result<Option<u64>> {
-    let (mut pos, mut data) = (0, 0);
-    while let Some((start, end)) = sys::next_data(file, pos, size)? {
+/// The bytes of data between `from` and `to`, holes excluded.
+fn data_between(file: &File, from: u64, to: u64) -> std::io::Result<u64> {
+    let (mut pos, mut data) = (from, 0);
+    while let Some((start, end)) = sys::next_data(file, pos, to)? {
         data += end - start;
         pos = end;
     }
-    Ok((data < size).then_some(data))
+    Ok(data)
+}
+
+/// The sender's identity of a file, sent with the header so that a receiver resumes only into
+/// a partial file that came from this very file: a digest of the machine (its machine-id, or
+/// its host name) and the file's device and inode. Size and mtime travel in the header too.
+fn source_id(dev: u64, ino: u64, rdev: u64) -> [u8; SOURCE_ID_LEN] {
+    use sha2::{Digest, Sha256};
+    let machine = std::fs::read("/etc/machine-id")
+        .or_else(|_| std::fs::read("/proc/sys/kernel/hostname"))
+        .unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(b"zsend source id 1\0");
+    h.update(&machine);
+    for n in [dev, ino, rdev] {
+        h.update(n.to_be_bytes());
+    }
+    let digest: [u8; 32] = h.finalize().into();
+    digest[..SOURCE_ID_LEN].try_into().expect("16 of 32 bytes")
 }
 
 /// The number of bytes `path` would send: a file's length or a block device's size.
@@ -247,11 +274,18 @@ fn transfer(
         mtime_sec: source.mtime.0,
         mtime_nsec: source.mtime.1,
         flags: if opts.verify { 0 } else { FLAG_NO_VERIFY },
-        resume_offset: 0,
+        // Resuming trusts a prefix only by its digest, so it needs verification.
+        source_id: opts.verify.then_some(source.id),
         sparse_data_len: source.sparse_data,
         auth_nonce: auth_nonce(opts)?,
     };
-    handshake(stream, &header, opts.token.as_ref())?;
+    let prefix = match handshake(stream, &header, opts.token.as_ref())? {
+        Some(offset) => agree_on_prefix(stream, source, offset)?,
+        None => Prefix::empty(),
+    };
+    let start = prefix.len();
+    report.resumed_from = start;
+    progress(start);
 
     // No TCP_CORK: the header has already crossed (the accept must come back before any
     // payload), and corking the payload measured 11 % slower with --no-verify
@@ -262,11 +296,20 @@ fn transfer(
     let (copied, digest) = std::thread::scope(|s| {
         let hasher = opts
             .verify
-            .then(|| s.spawn(|| hash_file_timed(&source.file, source.size, &mark, sparse)));
+            .then(|| s.spawn(|| hash_rest_timed(prefix, &source.file, source.size, &mark, sparse)));
         let cpu = thread_cpu();
+        let zero_copy = &mut report.zero_copy;
         let copied = match source.sparse_data {
-            Some(_) => copy_sparse(stream, source, &mut report.zero_copy, progress),
-            None => copy_payload(stream, source, &mut report.zero_copy, progress),
+            Some(_) => copy_sparse(stream, source, start, zero_copy, progress),
+            None => copy_range(
+                stream,
+                source,
+                start,
+                source.size - start,
+                zero_copy,
+                progress,
+            )
+            .map(|n| start + n),
         };
         report.stages.network_cpu = thread_cpu().saturating_sub(cpu);
         if copied.is_err() {
@@ -283,7 +326,10 @@ fn transfer(
         Ok(n) => n,
         Err(e) => return Err(explain_failure(stream, report, e)),
     };
-    report.bytes_sent = source.sparse_data.unwrap_or(sent);
+    report.bytes_sent = match source.sparse_data {
+        Some(_) => data_between(&source.file, start, source.size).unwrap_or(0),
+        None => sent - start,
+    };
     if sent < source.size {
         return Err(SendError::SourceShrank {
             sent,
@@ -333,6 +379,7 @@ pub(crate) fn open_connection(
         peer,
         bytes: 0,
         bytes_sent: 0,
+        resumed_from: 0,
         elapsed: Duration::ZERO,
         sha256: None,
         verified: false,
@@ -351,12 +398,21 @@ pub(crate) fn auth_nonce(opts: &SendOptions) -> Result<Option<[u8; 32]>, SendErr
 }
 
 /// Sends the hello and waits for the receiver's accept, proving the token both ways when there
-/// is one.
+/// is one. Returns the offset the receiver offers to resume from, if it holds a partial file.
 pub(crate) fn handshake(
     mut stream: &TcpStream,
     header: &Header,
     token: Option<&Token>,
-) -> Result<(), SendError> {
+) -> Result<Option<u64>, SendError> {
+    let offer = |offset: u64| {
+        if !header.resumable() || offset > header.size {
+            return Err(SendError::from(ProtocolError::Malformed(format!(
+                "a resume offer at byte {offset} of {} that was not asked for",
+                header.size
+            ))));
+        }
+        Ok(Some(offset))
+    };
     let hello = header.encode_hello();
     stream
         .write_all(&hello)
@@ -368,8 +424,9 @@ pub(crate) fn handshake(
     };
     let (nonce, proof) = match (Reply::read(&mut stream)?, token) {
         (Reply::Refuse(code, message), _) => return Err(refused(code, message)),
-        (Reply::Accept, None) => return Ok(()),
-        (Reply::Accept, Some(_)) => {
+        (Reply::Accept, None) => return Ok(None),
+        (Reply::Resume { offset }, None) => return offer(offset),
+        (Reply::Accept | Reply::Resume { .. }, Some(_)) => {
             return Err(SendError::Auth(
                 "the receiver does not use a token, so it could be anyone; \
                  start zrecv with --token-file too"
@@ -397,7 +454,8 @@ pub(crate) fn handshake(
         ));
     }
     match Reply::read(&mut stream)? {
-        Reply::Accept => Ok(()),
+        Reply::Accept => Ok(None),
+        Reply::Resume { offset } => offer(offset),
         Reply::Refuse(code, message) => Err(refused(code, message)),
         Reply::Challenge { .. } => {
             Err(ProtocolError::Malformed("a second challenge".into()).into())
@@ -405,16 +463,52 @@ pub(crate) fn handshake(
     }
 }
 
-/// Sends a file with holes as records: each data extent with sendfile at its offset, each
-/// hole as (offset, length). Returns the logical bytes covered; fewer than the size, or data
-/// that no longer adds up to what the header announced, means the file changed.
+/// The receiver holds the first `offset` bytes of this file from an interrupted transfer:
+/// hashes ours while it hashes its own, compares, and tells it whether to go on from there or
+/// start over. Returns the prefix the payload continues from (empty to start over).
+fn agree_on_prefix(
+    mut stream: &TcpStream,
+    source: &Source,
+    offset: u64,
+) -> Result<Prefix, SendError> {
+    let ours =
+        Prefix::of_file(&source.file, offset, source.sparse_data.is_some()).map_err(|error| {
+            SendError::Source {
+                path: source.path.clone(),
+                error,
+            }
+        })?;
+    let theirs = crate::protocol::Prefix::read(&mut stream)?;
+    let decision = if theirs.sha256 == Some(ours.digest()) {
+        log::info!("resuming: the receiver holds the first {offset} bytes");
+        Decision::Resume
+    } else {
+        log::warn!(
+            "the receiver's partial file ({offset} bytes) differs from this file; starting over"
+        );
+        Decision::Restart
+    };
+    stream
+        .write_all(&decision.encode())
+        .map_err(net("answering the resume offer"))?;
+    Ok(match decision {
+        Decision::Resume => ours,
+        Decision::Restart => Prefix::empty(),
+    })
+}
+
+/// Sends a file with holes as records from `from` on: each data extent with sendfile at its
+/// offset, each hole as (offset, length). Returns the logical bytes covered; fewer than the
+/// size, or data that no longer adds up to what the header announced, means the file changed.
 fn copy_sparse(
     stream: &TcpStream,
     source: &Source,
+    from: u64,
     zero_copy: &mut bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, CopyError> {
-    let (mut pos, mut data) = (0u64, 0u64);
+    let before = data_between(&source.file, 0, from).map_err(CopyError::Read)?;
+    let (mut pos, mut data) = (from, before);
     while pos < source.size {
         let next = sys::next_data(&source.file, pos, source.size).map_err(CopyError::Read)?;
         let (start, end) = next.unwrap_or((source.size, source.size));
@@ -459,16 +553,6 @@ pub(crate) fn send_record(stream: &TcpStream, record: Record) -> Result<(), Copy
         }
     }
     Ok(())
-}
-
-/// Moves the payload with sendfile, falling back to read/write where the kernel cannot.
-fn copy_payload(
-    stream: &TcpStream,
-    source: &Source,
-    zero_copy: &mut bool,
-    progress: &mut dyn FnMut(u64),
-) -> Result<u64, CopyError> {
-    copy_range(stream, source, 0, source.size, zero_copy, progress)
 }
 
 /// Moves `len` bytes at `offset` with sendfile, or read/write where the kernel cannot.

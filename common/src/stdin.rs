@@ -45,6 +45,7 @@ pub fn send_stdin(
         auth_nonce: auth_nonce(opts)?,
         ..Header::new(&name, 0)
     };
+    // A stream is not resumable, so a resume offer is refused inside the handshake.
     handshake(&stream, &header, opts.token.as_ref())?;
     let cpu = thread_cpu();
     let pumped = pump(&stream, opts.verify, &mut report.zero_copy, progress);

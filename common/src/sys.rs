@@ -401,13 +401,16 @@ pub struct DropBehind {
 }
 
 impl DropBehind {
-    /// Works in windows of `window` bytes.
-    pub fn new(window: u64) -> DropBehind {
+    /// Works in windows of `window` bytes, from byte `start` of the file: bytes before it were
+    /// written earlier (a resumed transfer) and are left to the final fsync.
+    pub fn starting_at(start: u64, window: u64) -> DropBehind {
+        let window = window.max(1);
+        let first = start / window * window;
         DropBehind {
-            window: window.max(1),
-            kicked: 0,
-            durable: 0,
-            dropped: 0,
+            window,
+            kicked: first,
+            durable: first,
+            dropped: first,
         }
     }
 

@@ -263,6 +263,39 @@ pub fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Offset in the sender's stream of payload byte `k` for a verified, dense file called `name`
+/// sent without a token (its hello carries the source identity for resuming).
+pub fn payload_offset(name: &str, k: u64) -> u64 {
+    (zcommon::PREAMBLE_LEN + zcommon::HEADER_FIXED_LEN + name.len() + zcommon::SOURCE_ID_LEN) as u64
+        + k
+}
+
+/// Names in `dir` a user sees: all but the receiver's hidden `.zrecv-` files.
+pub fn visible(dir: &Path) -> Vec<String> {
+    let mut v = entries(dir);
+    v.retain(|e| !e.starts_with(".zrecv-"));
+    v
+}
+
+/// Whether `name` is one of a kept partial's two files (`.zrecv-KEY.part`, `.zrecv-KEY.resume`)
+/// rather than the temporary file of a transfer in flight.
+pub fn is_kept_partial(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(".zrecv-") else {
+        return false;
+    };
+    let key = rest
+        .strip_suffix(".part")
+        .or_else(|| rest.strip_suffix(".resume"));
+    key.is_some_and(|k| k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The temporary files of transfers in flight in `dir` (kept partials excluded).
+pub fn in_flight(dir: &Path) -> Vec<String> {
+    let mut v = entries(dir);
+    v.retain(|e| e.starts_with(".zrecv-") && !is_kept_partial(e));
+    v
+}
+
 /// An address on which nothing listens.
 pub fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -293,6 +326,7 @@ pub struct Proxy {
     handle: Option<thread::JoinHandle<()>>,
     record: Arc<Mutex<Vec<u8>>>,
     release: mpsc::Sender<()>,
+    upstream: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Proxy {
@@ -303,6 +337,8 @@ impl Proxy {
         let (release, released) = mpsc::channel();
         let record = Arc::new(Mutex::new(Vec::new()));
         let (up_rec, down_rec) = (record.clone(), record.clone());
+        let upstream = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let up_count = upstream.clone();
         let handle = thread::spawn(move || {
             let Ok((client, _)) = listener.accept() else {
                 return;
@@ -313,9 +349,18 @@ impl Proxy {
             let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
             let down = thread::spawn(move || {
                 let (_keep, never) = mpsc::channel();
-                pump(s2, c2, Fault::None, None, &never, &down_rec)
+                let uncounted = std::sync::atomic::AtomicU64::new(0);
+                pump(s2, c2, Fault::None, None, &never, &down_rec, &uncounted)
             });
-            pump(client, server, fault, Some(tx), &released, &up_rec);
+            pump(
+                client,
+                server,
+                fault,
+                Some(tx),
+                &released,
+                &up_rec,
+                &up_count,
+            );
             let _ = down.join();
         });
         Proxy {
@@ -324,7 +369,16 @@ impl Proxy {
             handle: Some(handle),
             record,
             release,
+            upstream,
         }
+    }
+
+    /// Waits for the connection to end and returns how many bytes the sender sent through.
+    pub fn bytes_up(mut self) -> u64 {
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.upstream.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn addr(&self) -> String {
@@ -361,6 +415,7 @@ fn pump(
     stalled: Option<mpsc::Sender<()>>,
     released: &mpsc::Receiver<()>,
     record: &Mutex<Vec<u8>>,
+    count: &std::sync::atomic::AtomicU64,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut pos = 0u64;
@@ -372,6 +427,7 @@ fn pump(
         if pos < 1 << 20 {
             record.lock().unwrap().extend_from_slice(&buf[..n]);
         }
+        count.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
         match fault {
             Fault::Flip(at) if at >= pos && at < pos + n as u64 => buf[(at - pos) as usize] ^= 1,
             Fault::PauseAt(at) if at >= pos && at < pos + n as u64 => {

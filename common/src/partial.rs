@@ -1,0 +1,387 @@
+//! Hidden files in the destination directory: the temporary file of each transfer in flight,
+//! and the partial file an interrupted transfer leaves for the next attempt to resume.
+//!
+//! A kept partial is a pair named after a digest of the final name:
+//! `.zrecv-KEY.part` (the bytes received) and `.zrecv-KEY.resume` (a record of what they belong
+//! to: name, size, mtime, the sender's identity of its file, and how many bytes are held). The
+//! record only says which file the partial may belong to; the bytes themselves are trusted only
+//! once their SHA-256 matches the sender's (see docs/PROTOCOL.md, resume).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+use sha2::{Digest, Sha256};
+
+use crate::name::{Escaped, TEMP_PREFIX};
+use crate::protocol::{Header, SOURCE_ID_LEN};
+
+/// Longest record read back; a real one is under 1 KiB.
+const MAX_RECORD_LEN: u64 = 4096;
+/// First line of a record.
+const RECORD_MAGIC: &str = "zrecv partial 1";
+
+/// A hidden temporary file in the destination directory, removed on drop unless published or
+/// kept for resuming.
+pub(crate) struct TempFile<'d> {
+    dir: &'d OwnedFd,
+    pub(crate) name: String,
+    pub(crate) file: File,
+    armed: bool,
+}
+
+impl<'d> TempFile<'d> {
+    /// Creates `.zrecv-….part` beneath `dir`, never following a symlink and never reusing a name.
+    pub(crate) fn create(dir: &'d OwnedFd) -> io::Result<TempFile<'d>> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let name = format!(
+                "{TEMP_PREFIX}{}-{}-{nanos:08x}.part",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL;
+            match open_beneath(dir, &name, flags) {
+                Ok(fd) => {
+                    return Ok(TempFile {
+                        dir,
+                        name,
+                        file: File::from(fd),
+                        armed: true,
+                    })
+                }
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Keeps the file: it has been renamed into place.
+    pub(crate) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = rustix::fs::unlinkat(self.dir, self.name.as_str(), AtFlags::empty()) {
+                log::warn!("removing temporary file {}: {e}", self.name);
+            }
+        }
+    }
+}
+
+/// Opens `name` strictly beneath `dir`: openat2 with RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS
+/// where the kernel has it, openat with O_NOFOLLOW otherwise. New files get mode 0600.
+pub(crate) fn open_beneath(
+    dir: impl AsFd,
+    name: &str,
+    flags: OFlags,
+) -> rustix::io::Result<OwnedFd> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // openat2 refuses a mode without O_CREAT.
+    let mode = match flags.contains(OFlags::CREATE) {
+        true => Mode::from_raw_mode(0o600),
+        false => Mode::empty(),
+    };
+    match rustix::fs::openat2(
+        &dir,
+        name,
+        flags,
+        mode,
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    ) {
+        Err(Errno::NOSYS) => rustix::fs::openat(&dir, name, flags, mode),
+        other => other,
+    }
+}
+
+/// What a kept partial file belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Record {
+    name: String,
+    size: u64,
+    mtime: (i64, u32),
+    source_id: [u8; SOURCE_ID_LEN],
+    sparse: bool,
+    /// Bytes received, from the start of the file.
+    held: u64,
+}
+
+impl Record {
+    /// The record of a transfer of `header` interrupted after `held` bytes; `None` if the
+    /// sender cannot resume.
+    fn of(header: &Header, held: u64) -> Option<Record> {
+        Some(Record {
+            name: header.name.clone(),
+            size: header.size,
+            mtime: (header.mtime_sec, header.mtime_nsec),
+            source_id: header.source_id?,
+            sparse: header.sparse_data_len.is_some(),
+            held,
+        })
+    }
+
+    /// Whether the partial belongs to the file `header` announces.
+    fn belongs_to(&self, header: &Header) -> bool {
+        Record::of(header, self.held).as_ref() == Some(self) && self.held <= self.size
+    }
+
+    fn encode(&self) -> String {
+        format!(
+            "{RECORD_MAGIC}\nname {}\nsize {}\nmtime {} {}\nsource {}\nsparse {}\nheld {}\n",
+            hex::encode(&self.name),
+            self.size,
+            self.mtime.0,
+            self.mtime.1,
+            hex::encode(self.source_id),
+            u8::from(self.sparse),
+            self.held
+        )
+    }
+
+    /// Parses a record; `None` for anything but exactly what [`Record::encode`] writes.
+    fn decode(text: &str) -> Option<Record> {
+        let mut lines = text.lines();
+        if lines.next()? != RECORD_MAGIC {
+            return None;
+        }
+        let mut field = |key: &str| {
+            let line = lines.next()?;
+            line.strip_prefix(key)?.strip_prefix(' ').map(str::to_owned)
+        };
+        let name = String::from_utf8(hex::decode(field("name")?).ok()?).ok()?;
+        let size = field("size")?.parse().ok()?;
+        let mtime = field("mtime")?;
+        let (sec, nsec) = mtime.split_once(' ')?;
+        let mtime = (sec.parse().ok()?, nsec.parse().ok()?);
+        let mut source_id = [0u8; SOURCE_ID_LEN];
+        hex::decode_to_slice(field("source")?, &mut source_id).ok()?;
+        let sparse = match field("sparse")?.as_str() {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
+        let held = field("held")?.parse().ok()?;
+        Some(Record {
+            name,
+            size,
+            mtime,
+            source_id,
+            sparse,
+            held,
+        })
+        .filter(|_| lines.next().is_none())
+    }
+}
+
+/// The two hidden names of the partial kept for `name`.
+fn kept_names(name: &str) -> (String, String) {
+    let key = hex::encode(&Sha256::digest(name.as_bytes())[..16]);
+    (
+        format!("{TEMP_PREFIX}{key}.part"),
+        format!("{TEMP_PREFIX}{key}.resume"),
+    )
+}
+
+/// Keeps `temp`, which holds the first `held` bytes of the file `header` announced, for a
+/// later transfer of the same file to resume. Does nothing (the temporary file is removed) when
+/// the sender cannot resume or nothing was received.
+pub(crate) fn keep(dir: &OwnedFd, temp: TempFile<'_>, header: &Header, held: u64) {
+    let Some(record) = Record::of(header, held).filter(|_| held > 0) else {
+        return;
+    };
+    let (part, resume) = kept_names(&header.name);
+    let kept = (|| -> io::Result<()> {
+        if temp.name != part {
+            rustix::fs::renameat(dir, temp.name.as_str(), dir, part.as_str())?;
+        }
+        let note = TempFile::create(dir)?;
+        (&note.file).write_all(record.encode().as_bytes())?;
+        rustix::fs::renameat(dir, note.name.as_str(), dir, resume.as_str())?;
+        note.disarm();
+        Ok(())
+    })();
+    match kept {
+        Ok(()) => {
+            temp.disarm();
+            log::info!(
+                "kept {held} bytes of {} in {part} to resume from",
+                Escaped(&header.name)
+            );
+        }
+        Err(e) => {
+            log::warn!("keeping the partial {}: {e}", Escaped(&header.name));
+            forget(dir, &header.name);
+        }
+    }
+}
+
+/// The partial kept for the file `header` announces, ready to go on writing, and how many bytes
+/// it holds. A partial kept for another version of the name (another size, mtime or source)
+/// is removed. Its record is removed as soon as the partial is taken: if this attempt fails too,
+/// [`keep`] writes a new one.
+pub(crate) fn take<'d>(dir: &'d OwnedFd, header: &Header) -> Option<(TempFile<'d>, u64)> {
+    if !header.resumable() {
+        return None;
+    }
+    let (part, resume) = kept_names(&header.name);
+    let record = match open_beneath(dir, &resume, OFlags::RDONLY) {
+        Ok(fd) => {
+            let mut text = String::new();
+            let read = File::from(fd)
+                .take(MAX_RECORD_LEN)
+                .read_to_string(&mut text);
+            read.ok().and_then(|_| Record::decode(&text))
+        }
+        Err(Errno::NOENT) => return None,
+        Err(_) => None,
+    };
+    let usable = record.filter(|r| r.belongs_to(header));
+    let taken = usable.and_then(|r| {
+        let fd = open_beneath(dir, &part, OFlags::RDWR).ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        let is_file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+        let len = st.st_size as u64;
+        // A dense partial is as long as what was written; a sparse one has the full size.
+        let fits = if r.sparse {
+            len == r.size
+        } else {
+            len >= r.held
+        };
+        (is_file && fits).then_some((fd, r.held))
+    });
+    let _ = rustix::fs::unlinkat(dir, resume.as_str(), AtFlags::empty());
+    match taken {
+        Some((fd, held)) => Some((
+            TempFile {
+                dir,
+                name: part,
+                file: File::from(fd),
+                armed: true,
+            },
+            held,
+        )),
+        None => {
+            log::info!(
+                "removing a partial of {} that belongs to another version of it",
+                Escaped(&header.name)
+            );
+            let _ = rustix::fs::unlinkat(dir, part.as_str(), AtFlags::empty());
+            None
+        }
+    }
+}
+
+/// Removes whatever partial is kept for `name` (it landed, or keeping it failed).
+pub(crate) fn forget(dir: &OwnedFd, name: &str) {
+    let (part, resume) = kept_names(name);
+    for n in [resume, part] {
+        match rustix::fs::unlinkat(dir, n.as_str(), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => log::warn!("removing {n}: {e}"),
+        }
+    }
+}
+
+/// Whether `name` is one of the receiver's hidden files (temporary, partial or record).
+pub(crate) fn is_hidden_file(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX) && (name.ends_with(".part") || name.ends_with(".resume"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(name: &str, size: u64) -> Header {
+        Header {
+            mtime_sec: 1_700_000_000,
+            mtime_nsec: 5,
+            source_id: Some([7; SOURCE_ID_LEN]),
+            ..Header::new(name, size)
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip(name in "\\PC{1,60}", size in any::<u64>(), held in any::<u64>(), sparse in any::<bool>()) {
+            let mut h = header(&name, size);
+            if sparse {
+                h.sparse_data_len = Some(0);
+            }
+            let r = Record::of(&h, held).unwrap();
+            prop_assert_eq!(Record::decode(&r.encode()), Some(r));
+        }
+
+        #[test]
+        fn garbage_never_decodes_or_panics(text in "\\PC{0,300}") {
+            prop_assert_eq!(Record::decode(&text), None);
+        }
+    }
+
+    #[test]
+    fn a_record_fits_only_its_own_file() {
+        let h = header("disk.img", 1000);
+        let r = Record::of(&h, 400).unwrap();
+        assert!(r.belongs_to(&h));
+        let other_size = header("disk.img", 1001);
+        let other_mtime = Header {
+            mtime_sec: 1,
+            ..header("disk.img", 1000)
+        };
+        let other_source = Header {
+            source_id: Some([8; SOURCE_ID_LEN]),
+            ..header("disk.img", 1000)
+        };
+        let sparse = Header {
+            sparse_data_len: Some(10),
+            ..header("disk.img", 1000)
+        };
+        for other in [other_size, other_mtime, other_source, sparse] {
+            assert!(!r.belongs_to(&other), "{other:?}");
+        }
+        assert!(
+            !Record::of(&h, 1001).unwrap().belongs_to(&h),
+            "held past the end"
+        );
+    }
+
+    #[test]
+    fn keep_then_take_gives_back_the_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = rustix::fs::open(tmp.path(), OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let h = header("a b.img", 10);
+        let temp = TempFile::create(&dir).unwrap();
+        (&temp.file).write_all(b"hello").unwrap();
+        keep(&dir, temp, &h, 5);
+        let (taken, held) = take(&dir, &h).expect("kept");
+        assert_eq!(held, 5);
+        let mut back = String::new();
+        (&taken.file).read_to_string(&mut back).unwrap();
+        assert_eq!(back, "hello");
+        drop(taken); // removes the partial: nothing kept it again
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn another_version_removes_the_partial() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = rustix::fs::open(tmp.path(), OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let temp = TempFile::create(&dir).unwrap();
+        (&temp.file).write_all(b"hello").unwrap();
+        keep(&dir, temp, &header("x", 10), 5);
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
+        assert!(take(&dir, &header("x", 11)).is_none());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,205 @@
+//! Resuming: an interrupted transfer keeps a hidden partial file, and sending the same file
+//! again sends only the rest, unless the partial is not a prefix of what the sender has now.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::util::*;
+
+/// Starts sending `path` to `rx` through a proxy, kills the sender once `at` payload bytes have
+/// crossed, and waits for the receiver to report the interruption (after it kept the partial).
+fn interrupt(rx: &Zrecv, path: &Path, at: u64) {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let proxy = Proxy::start(rx.addr, Fault::PauseAt(payload_offset(name, at)));
+    let mut sender = Command::new(zsend_bin())
+        .args([&proxy.addr(), path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    proxy
+        .stalled
+        .recv_timeout(PROCESS_TIMEOUT)
+        .expect("the transfer reached the kill point");
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    // What the sender had already put in the socket still reaches the receiver.
+    proxy.release();
+    drop(proxy);
+    let line = rx.wait_for_line(&format!("{name} from"));
+    assert!(line.contains("sender closed after"), "{line}");
+    let kept: Vec<String> = entries(&rx.dir)
+        .into_iter()
+        .filter(|e| is_kept_partial(e))
+        .collect();
+    assert_eq!(
+        kept.len(),
+        2,
+        "a partial and its record: {:?}",
+        entries(&rx.dir)
+    );
+}
+
+/// Sends `path` to `rx` through a counting proxy with `--json`; returns the JSON and the bytes
+/// that crossed from the sender.
+fn send_counted(rx: &Zrecv, path: &Path) -> (serde_json::Value, u64) {
+    let proxy = Proxy::start(rx.addr, Fault::None);
+    let out = zsend(&[&proxy.addr(), path.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (json, proxy.bytes_up())
+}
+
+/// The path of the kept partial's data file in `dir`.
+fn kept_part(dir: &Path) -> std::path::PathBuf {
+    let name = entries(dir)
+        .into_iter()
+        .find(|e| is_kept_partial(e) && e.ends_with(".part"))
+        .expect("a kept partial");
+    dir.join(name)
+}
+
+#[test]
+fn a_resent_file_sends_only_what_the_receiver_lacks() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("vm.img");
+    let size: u64 = 64 << 20;
+    random_file(&path, size, 101);
+    let rx = Zrecv::start(dst.path(), &[]);
+    interrupt(&rx, &path, size / 2);
+
+    let (json, up) = send_counted(&rx, &path);
+    let resumed = json["resumed_from"].as_u64().unwrap();
+    assert!(
+        resumed >= size / 2 && resumed < size,
+        "resumed from {resumed}"
+    );
+    assert_eq!(json["bytes_sent"].as_u64(), Some(size - resumed));
+    assert!(
+        up <= size * 55 / 100,
+        "{up} bytes crossed for a {size}-byte file resumed from {resumed}"
+    );
+    assert_eq!(json["sha256"].as_str(), Some(sha256_file(&path).as_str()));
+    assert_eq!(sha256_file(&dst.path().join("vm.img")), sha256_file(&path));
+    // The partial became the file: nothing hidden is left.
+    assert_eq!(entries(dst.path()), vec!["vm.img"]);
+    let line = rx.wait_for_line("vm.img from");
+    assert!(line.contains("resumed after"), "{line}");
+}
+
+#[test]
+fn a_tampered_partial_is_detected_and_the_transfer_starts_over() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("t.img");
+    let size: u64 = 16 << 20;
+    random_file(&path, size, 102);
+    let rx = Zrecv::start(dst.path(), &[]);
+    interrupt(&rx, &path, size / 2);
+    let part = kept_part(dst.path());
+    let f = std::fs::File::options().write(true).open(&part).unwrap();
+    let mut byte = [0u8];
+    std::fs::File::open(&part)
+        .unwrap()
+        .read_exact_at(&mut byte, 1000)
+        .unwrap();
+    f.write_all_at(&[byte[0] ^ 0x80], 1000).unwrap();
+
+    let (json, up) = send_counted(&rx, &path);
+    assert_eq!(json["resumed_from"].as_u64(), Some(0));
+    assert_eq!(json["bytes_sent"].as_u64(), Some(size));
+    assert!(up > size, "the whole file crossed again: {up}");
+    assert_eq!(sha256_file(&dst.path().join("t.img")), sha256_file(&path));
+    assert_eq!(entries(dst.path()), vec!["t.img"]);
+    rx.wait_for_line("differs from the sender's; starting over");
+}
+
+#[test]
+fn a_partial_of_another_version_of_the_file_is_not_reused() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+    let size: u64 = 16 << 20;
+    type Change = fn(&Path);
+    let touched: Change = |p| {
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        let f = std::fs::File::options().write(true).open(p).unwrap();
+        f.set_modified(later).unwrap();
+    };
+    let grown: Change = |p| {
+        let mut f = std::fs::File::options().append(true).open(p).unwrap();
+        f.write_all(b"one more line\n").unwrap();
+    };
+    for (i, change) in [touched, grown].into_iter().enumerate() {
+        let path = src.path().join(format!("v{i}.img"));
+        random_file(&path, size, 103 + i as u64);
+        interrupt(&rx, &path, size / 2);
+        // The same bytes up front, but another mtime or size: another version of the file.
+        change(&path);
+        let (json, up) = send_counted(&rx, &path);
+        assert_eq!(json["resumed_from"].as_u64(), Some(0), "change {i}");
+        assert!(up > size, "change {i}: the whole file crossed again: {up}");
+        assert_eq!(
+            sha256_file(&dst.path().join(format!("v{i}.img"))),
+            sha256_file(&path)
+        );
+        rx.wait_for_line("belongs to another version");
+    }
+    assert_eq!(entries(dst.path()), vec!["v0.img", "v1.img"]);
+}
+
+#[test]
+fn a_sparse_file_resumes_too() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("sparse.img");
+    let size: u64 = 256 << 20;
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(size).unwrap();
+    let chunk = vec![0x5au8; 4 << 20];
+    for at in [0, 40 << 20, 100 << 20, 180 << 20, size - (4 << 20)] {
+        f.write_all_at(&chunk, at).unwrap();
+    }
+    drop(f);
+    let rx = Zrecv::start(dst.path(), &[]);
+    // Payload byte 6 MiB: inside the second data extent, records included.
+    interrupt(&rx, &path, 6 << 20);
+
+    let (json, _) = send_counted(&rx, &path);
+    let resumed = json["resumed_from"].as_u64().unwrap();
+    assert!(resumed > 40 << 20, "resumed from {resumed}");
+    assert!(json["bytes_sent"].as_u64().unwrap() <= 16 << 20, "{json}");
+    assert_eq!(
+        sha256_file(&dst.path().join("sparse.img")),
+        sha256_file(&path)
+    );
+    assert_eq!(entries(dst.path()), vec!["sparse.img"]);
+}
+
+/// A receiver that offers to resume from past the end of the file is a protocol error.
+#[test]
+fn a_resume_offer_past_the_end_is_refused_by_the_sender() {
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("small.bin");
+    random_file(&path, 1000, 104);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut hello = vec![0u8; 64];
+        let _ = s.read(&mut hello);
+        let offer = zcommon::Reply::Resume { offset: 1001 };
+        s.write_all(&offer.encode()).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let out = zsend(&[&addr, path.to_str().unwrap(), "--timeout", "10"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("resume offer at byte 1001 of 1000"), "{err}");
+    fake.join().unwrap();
+}
