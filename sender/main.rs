@@ -60,6 +60,8 @@ Examples:
   zsend [fd00::5]:7350 build.tar --json        machine-readable result on stdout
   zsend host:7350 disk.img --token-file /etc/zsend/token
   tar c build/ | zsend host:7350 - --name build.tar   stream standard input
+  zsend backup-host:7350 disk.img              again after an interruption: sends only the
+                                               rest, once both ends agree on the prefix's SHA-256
 
 Exit status: 0 landed and verified, 1 local error, 2 usage, 3 network, 4 refused by the
 receiver, 5 verification failed, 6 protocol error, 7 receiver failed to land the file,

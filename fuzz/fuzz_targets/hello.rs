@@ -14,4 +14,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = zcommon::Verdict::read(&mut &data[..]);
     let _ = zcommon::Trailer::read(&mut &data[..]);
     let _ = zcommon::Record::read(&mut &data[..]);
+    let _ = zcommon::Prefix::read(&mut &data[..]);
+    let _ = zcommon::Decision::read(&mut &data[..]);
 });
