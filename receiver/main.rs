@@ -155,8 +155,23 @@ fn report(cli: &Cli, r: &TransferRecord) {
         Some(n) => format!("{n} from {}", r.peer),
         None => format!("connection from {}", r.peer),
     };
-    match &r.result {
-        Ok(()) => {
+    match (&r.result, &r.tree) {
+        (Ok(()), Some(t)) => {
+            let secs = r.elapsed.as_secs_f64().max(1e-9);
+            log::info!(
+                "received tree {what}: {} files ({} landed, {} already here, {} failed), \
+                 {} directories, {} links, {} in {secs:.2} s, {}/s",
+                t.files,
+                t.landed,
+                t.unchanged,
+                t.failed,
+                t.dirs,
+                t.links,
+                Bytes(r.received),
+                Bytes((r.received as f64 / secs) as u64)
+            );
+        }
+        (Ok(()), None) => {
             let secs = r.elapsed.as_secs_f64().max(1e-9);
             let check = match r.sha256 {
                 Some(d) => format!("sha256 {} verified", hex::encode(d)),
@@ -173,7 +188,7 @@ fn report(cli: &Cli, r: &TransferRecord) {
                 Bytes((moved as f64 / secs) as u64)
             );
         }
-        Err(e) => log::error!("{what}: {e:#}"),
+        (Err(e), _) => log::error!("{what}: {e:#}"),
     }
     let st = &r.stages;
     log::debug!(
@@ -200,6 +215,14 @@ fn report(cli: &Cli, r: &TransferRecord) {
                 .map(|(name, secs)| (name.to_owned(), serde_json::json!(secs)))
                 .collect::<serde_json::Map<_, _>>(),
             "error": r.result.as_ref().err().map(|e| format!("{e:#}")),
+            "tree": r.tree.as_ref().map(|t| serde_json::json!({
+                "files": t.files,
+                "landed": t.landed,
+                "unchanged": t.unchanged,
+                "failed": t.failed,
+                "dirs": t.dirs,
+                "links": t.links,
+            })),
         });
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");

@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use zcommon::{send_file, Bytes, Escaped, ExitStatus, SendError, SendOptions, SendReport, Token};
+use zcommon::{
+    send_file, send_tree, Bytes, Escaped, ExitStatus, SendError, SendOptions, SendReport, Tick,
+    Token, TreeOptions, TreeReport,
+};
 
 /// Send a file to a zrecv receiver: zero-copy with sendfile(2), verified with SHA-256 on both
 /// ends, published on the receiver only once complete, verified and durable.
@@ -19,13 +22,25 @@ struct Cli {
     #[arg(value_name = "HOST:PORT")]
     dest: String,
 
-    /// The file to send: a regular file, a block device (it lands under the device's base
-    /// name unless --name), or - for standard input (a stream; --name is required).
-    file: PathBuf,
+    /// What to send: regular files, block devices (they land under the device's base name
+    /// unless --name), directories (recursively, over the same connection), or - for standard
+    /// input (a stream; --name is required).
+    #[arg(value_name = "FILE|DIR", required = true)]
+    files: Vec<PathBuf>,
 
-    /// Name to give the file on the receiver (default: the file's own name).
+    /// Name to give the file (or the directory) on the receiver, when sending one (default:
+    /// its own name).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+
+    /// In directories, send symbolic links as links when they point inside the tree (others,
+    /// and all links without this, are skipped with a warning).
+    #[arg(long)]
+    links: bool,
+
+    /// With many files, stop at the first one that fails (default: send the others).
+    #[arg(long)]
+    fail_fast: bool,
 
     /// Skip SHA-256 on both ends (lengths are still checked; the data is still made durable).
     #[arg(long)]
@@ -59,23 +74,27 @@ Examples:
   zsend 10.0.0.5:7350 vm.qcow2 --name vm-2.qcow2
   zsend [fd00::5]:7350 build.tar --json        machine-readable result on stdout
   zsend host:7350 disk.img --token-file /etc/zsend/token
+  zsend host:7350 vm/ config.xml               a directory tree and a file, one connection
   tar c build/ | zsend host:7350 - --name build.tar   stream standard input
   zsend backup-host:7350 disk.img              again after an interruption: sends only the
                                                rest, once both ends agree on the prefix's SHA-256
 
 Exit status: 0 landed and verified, 1 local error, 2 usage, 3 network, 4 refused by the
 receiver, 5 verification failed, 6 protocol error, 7 receiver failed to land the file,
-8 authentication failed.";
+8 authentication failed, 9 some files of a tree did not land (the others did).";
+
+/// What was sent.
+enum Sent {
+    File(SendReport),
+    Tree(TreeReport),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.file.as_os_str() == "-" && cli.name.is_none() {
+    if let Err(msg) = check_paths(&cli) {
         use clap::CommandFactory;
         Cli::command()
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "standard input (-) has no name of its own: give --name NAME",
-            )
+            .error(clap::error::ErrorKind::ArgumentConflict, msg)
             .exit();
     }
     zcommon::init_logging("zsend", 0, cli.verbose, cli.quiet);
@@ -83,10 +102,21 @@ fn main() -> ExitCode {
     if cli.json {
         println!("{}", json(&cli, &result));
     }
+    let result = result.and_then(|sent| match &sent {
+        Sent::Tree(r) if !r.failures.is_empty() => Err(SendError::Partial {
+            failed: r.failures.len(),
+            files: r.files,
+        }
+        .into()),
+        _ => Ok(sent),
+    });
     match result {
-        Ok(report) => {
+        Ok(sent) => {
             if !cli.quiet && !cli.json {
-                eprintln!("zsend: {}", summary(&report));
+                match &sent {
+                    Sent::File(r) => eprintln!("zsend: {}", summary(r)),
+                    Sent::Tree(r) => eprintln!("zsend: {}", tree_summary(r)),
+                }
             }
             ExitCode::SUCCESS
         }
@@ -100,7 +130,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<SendReport> {
+/// Usage errors clap cannot see.
+fn check_paths(cli: &Cli) -> Result<(), &'static str> {
+    let stdin = cli.files.iter().any(|f| f.as_os_str() == "-");
+    if stdin && cli.files.len() > 1 {
+        return Err("standard input (-) is sent on its own");
+    }
+    if stdin && cli.name.is_none() {
+        return Err("standard input (-) has no name of its own: give --name NAME");
+    }
+    if cli.name.is_some() && cli.files.len() > 1 {
+        return Err("--name names one file or directory; give one, or leave --name out");
+    }
+    Ok(())
+}
+
+fn run(cli: &Cli) -> anyhow::Result<Sent> {
     let token = Token::from_optional_file(cli.token_file.as_deref()).with_context(|| {
         let path = cli
             .token_file
@@ -114,17 +159,53 @@ fn run(cli: &Cli) -> anyhow::Result<SendReport> {
         timeout: Duration::from_secs(cli.timeout.max(1)),
         token,
     };
-    let from_stdin = cli.file.as_os_str() == "-";
-    // Errors opening the source surface from send_file below, with the right exit code.
-    let size = (!from_stdin).then(|| zcommon::source_size(&cli.file).unwrap_or(0));
-    let bar = progress_bar(cli, size);
-    let report = if from_stdin {
-        zcommon::send_stdin(&cli.dest, &opts, &mut |n| bar.inc(n))
-    } else {
-        send_file(&cli.dest, &cli.file, &opts, &mut |n| bar.inc(n))
+    let first = &cli.files[0];
+    if first.as_os_str() == "-" {
+        let bar = progress_bar(cli, None);
+        let report = zcommon::send_stdin(&cli.dest, &opts, &mut |n| bar.inc(n));
+        bar.finish_and_clear();
+        return Ok(Sent::File(log_report(report?)));
+    }
+    if cli.files.len() == 1 && !first.is_dir() {
+        // Errors opening the source surface from send_file below, with the right exit code.
+        let size = zcommon::source_size(first).unwrap_or(0);
+        let bar = progress_bar(cli, Some(size));
+        let report = send_file(&cli.dest, first, &opts, &mut |n| bar.inc(n));
+        bar.finish_and_clear();
+        return Ok(Sent::File(log_report(report?)));
+    }
+    let tree_opts = TreeOptions {
+        links: cli.links,
+        fail_fast: cli.fail_fast,
     };
+    let bar = progress_bar(cli, Some(0));
+    let files = std::cell::Cell::new(0usize);
+    let mut done = 0usize;
+    let mut walked = |n: usize, bytes: u64| {
+        files.set(n);
+        bar.set_length(bytes);
+        bar.set_message(format!("0/{n} files"));
+    };
+    let mut tick = |t: Tick| match t {
+        Tick::Bytes(n) => bar.inc(n),
+        Tick::File => {
+            done += 1;
+            bar.set_message(format!("{done}/{} files", files.get()));
+        }
+    };
+    let report = send_tree(
+        &cli.dest,
+        &cli.files,
+        &opts,
+        tree_opts,
+        &mut walked,
+        &mut tick,
+    );
     bar.finish_and_clear();
-    let report = report?;
+    Ok(Sent::Tree(report?))
+}
+
+fn log_report(report: SendReport) -> SendReport {
     if !report.zero_copy {
         log::info!("the payload went through read/write: sendfile cannot read this file");
     }
@@ -134,7 +215,7 @@ fn run(cli: &Cli) -> anyhow::Result<SendReport> {
         st.network_cpu.as_secs_f64(),
         st.hash_cpu.as_secs_f64()
     );
-    Ok(report)
+    report
 }
 
 /// A terminal progress bar (bytes, rate, ETA; bytes and rate for a stream of unknown size),
@@ -144,7 +225,9 @@ fn progress_bar(cli: &Cli, size: Option<u64>) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let template = match size {
-        Some(_) => "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        Some(_) => {
+            "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg} ETA {eta}"
+        }
         None => "{spinner} {binary_bytes} {binary_bytes_per_sec}",
     };
     let bar = ProgressBar::with_draw_target(size, ProgressDrawTarget::stderr());
@@ -173,6 +256,28 @@ fn summary(r: &SendReport) -> String {
     )
 }
 
+fn tree_summary(r: &TreeReport) -> String {
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    let mut parts = vec![format!("{} sent", r.landed)];
+    if r.unchanged > 0 {
+        parts.push(format!("{} already there", r.unchanged));
+    }
+    if !r.skipped.is_empty() {
+        parts.push(format!("{} skipped", r.skipped.len()));
+    }
+    format!(
+        "{} files ({}), {} directories, {} ({} on the wire) to {} in {:.2} s, {}/s",
+        r.files,
+        parts.join(", "),
+        r.dirs,
+        Bytes(r.bytes),
+        Bytes(r.bytes_sent),
+        r.peer,
+        secs,
+        Bytes((r.bytes_sent as f64 / secs) as u64),
+    )
+}
+
 fn stages_json(stages: &zcommon::StageTimes) -> serde_json::Value {
     stages
         .as_pairs()
@@ -182,9 +287,9 @@ fn stages_json(stages: &zcommon::StageTimes) -> serde_json::Value {
         .collect()
 }
 
-fn json(cli: &Cli, result: &anyhow::Result<SendReport>) -> serde_json::Value {
+fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
     match result {
-        Ok(r) => serde_json::json!({
+        Ok(Sent::File(r)) => serde_json::json!({
             "version": 1,
             "ok": true,
             "file": r.path.display().to_string(),
@@ -199,10 +304,37 @@ fn json(cli: &Cli, result: &anyhow::Result<SendReport>) -> serde_json::Value {
             "zero_copy": r.zero_copy,
             "stages": stages_json(&r.stages),
         }),
+        Ok(Sent::Tree(r)) => serde_json::json!({
+            "version": 1,
+            "ok": r.failures.is_empty(),
+            "tree": true,
+            "receiver": r.peer.to_string(),
+            "files": r.files,
+            "landed": r.landed,
+            "unchanged": r.unchanged,
+            "failed": r.failures.len(),
+            "skipped": r.skipped.len(),
+            "dirs": r.dirs,
+            "links": r.links,
+            "bytes": r.bytes,
+            "bytes_sent": r.bytes_sent,
+            "resumed_from": r.resumed_from,
+            "seconds": r.elapsed.as_secs_f64(),
+            "verified": !cli.no_verify,
+            "zero_copy": r.zero_copy,
+            "stages": stages_json(&r.stages),
+            "failures": r.failures.iter()
+                .map(|(path, error)| serde_json::json!({"path": path, "error": error}))
+                .collect::<Vec<_>>(),
+            "skipped_paths": r.skipped.iter()
+                .map(|(path, why)| serde_json::json!({"path": path.display().to_string(), "reason": why}))
+                .collect::<Vec<_>>(),
+            "exit_code": if r.failures.is_empty() { 0 } else { ExitStatus::Partial.code() },
+        }),
         Err(e) => serde_json::json!({
             "version": 1,
             "ok": false,
-            "file": cli.file.display().to_string(),
+            "file": cli.files[0].display().to_string(),
             "error": format!("{e:#}"),
             "exit_code": e.downcast_ref::<SendError>().map_or(ExitStatus::Local, SendError::exit_status).code(),
             "verified": false,

@@ -117,8 +117,11 @@ fn a_missing_source_is_a_local_error() {
     let out = zsend(&[&closed_port().to_string(), "/nonexistent/file.img"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_of(&out).contains("/nonexistent/file.img: no such file or directory"));
+    // A fifo is neither a file nor a directory.
     let dir = tempfile::tempdir().unwrap();
-    let out = zsend(&[&closed_port().to_string(), dir.path().to_str().unwrap()]);
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let out = zsend(&[&closed_port().to_string(), fifo.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr_of(&out).contains("not a regular file"),

@@ -35,6 +35,9 @@ pub enum ProtocolError {
     /// Reading a message failed.
     #[error("reading the {0}: {reason}", reason = crate::units::os_reason(.1))]
     Io(&'static str, io::Error),
+    /// The sender gave up on a file of a tree: it changed while being sent.
+    #[error("source changed during transfer; the sender abandoned it")]
+    Abandoned,
 }
 
 impl ProtocolError {
@@ -139,6 +142,17 @@ pub enum SendError {
     /// The receiver broke the protocol.
     #[error("receiver: {0}")]
     Protocol(#[from] ProtocolError),
+    /// The command line asks for something impossible.
+    #[error("{0}")]
+    Usage(String),
+    /// Some entries of a tree did not land (the warnings and `--json` list them).
+    #[error("{failed} entries did not land ({files} files in all); see the warnings above")]
+    Partial {
+        /// Files that failed.
+        failed: usize,
+        /// Files in the tree.
+        files: usize,
+    },
 }
 
 impl SendError {
@@ -165,6 +179,8 @@ impl SendError {
                 ExitStatus::Network
             }
             SendError::Protocol(_) => ExitStatus::Protocol,
+            SendError::Usage(_) => ExitStatus::Usage,
+            SendError::Partial { .. } => ExitStatus::Partial,
         }
     }
 }

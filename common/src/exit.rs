@@ -21,6 +21,8 @@ pub enum ExitStatus {
     RemoteFailed = 7,
     /// Authentication failed: a token missing on one side, or not the same on both.
     Auth = 8,
+    /// Some files of a tree landed and some did not (the summary says which).
+    Partial = 9,
 }
 
 impl ExitStatus {

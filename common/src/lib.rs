@@ -27,6 +27,7 @@ mod error;
 mod exit;
 mod hash;
 mod logging;
+mod manifest;
 mod name;
 mod partial;
 mod protocol;
@@ -36,20 +37,23 @@ mod stages;
 mod stdin;
 mod sys;
 mod units;
+mod walk;
 
 pub use crate::auth::Token;
 pub use crate::error::{ProtocolError, RecvError, SendError};
 pub use crate::exit::ExitStatus;
 pub use crate::logging::init_logging;
+pub use crate::manifest::{Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, Report};
 pub use crate::name::{validate_name, Escaped, NameError, MAX_NAME_LEN, TEMP_PREFIX};
 pub use crate::protocol::{
     encode_proof, read_hello, Decision, Header, Prefix, Record, RefuseCode, Reply, Status, Trailer,
-    Verdict, FLAG_AUTH, FLAG_NO_VERIFY, FLAG_RESUME, FLAG_SPARSE, FLAG_STREAM, HEADER_FIXED_LEN,
-    MAX_HEADER_LEN, PREAMBLE_LEN, SOURCE_ID_LEN, TRAILER_LEN, VERSION,
+    Verdict, FLAG_AUTH, FLAG_NO_VERIFY, FLAG_RESUME, FLAG_SPARSE, FLAG_STREAM, FLAG_TREE,
+    HEADER_FIXED_LEN, MAX_HEADER_LEN, PREAMBLE_LEN, SOURCE_ID_LEN, TRAILER_LEN, VERSION,
 };
-pub use crate::recv::{parse_listen_addr, Receiver, ReceiverConfig, TransferRecord};
+pub use crate::recv::{parse_listen_addr, Receiver, ReceiverConfig, TransferRecord, TreeCounts};
 pub use crate::send::{
-    connect, resolve, send_file, source_size, SendOptions, SendReport, DEFAULT_PORT,
+    connect, resolve, send_file, send_tree, source_size, SendOptions, SendReport, Tick,
+    TreeOptions, TreeReport, DEFAULT_PORT,
 };
 pub use crate::stages::StageTimes;
 pub use crate::stdin::send_stdin;

@@ -25,18 +25,18 @@ const MAX_RECORD_LEN: u64 = 4096;
 /// First line of a record.
 const RECORD_MAGIC: &str = "zrecv partial 1";
 
-/// A hidden temporary file in the destination directory, removed on drop unless published or
-/// kept for resuming.
-pub(crate) struct TempFile<'d> {
-    dir: &'d OwnedFd,
+/// A hidden temporary file in a destination directory (`dir`, a handle such as `&OwnedFd` or
+/// `Arc<OwnedFd>`), removed on drop unless published or kept for resuming.
+pub(crate) struct TempFile<D: AsFd> {
+    pub(crate) dir: D,
     pub(crate) name: String,
     pub(crate) file: File,
     armed: bool,
 }
 
-impl<'d> TempFile<'d> {
+impl<D: AsFd> TempFile<D> {
     /// Creates `.zrecv-….part` beneath `dir`, never following a symlink and never reusing a name.
-    pub(crate) fn create(dir: &'d OwnedFd) -> io::Result<TempFile<'d>> {
+    pub(crate) fn create(dir: D) -> io::Result<TempFile<D>> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         loop {
             let nanos = SystemTime::now()
@@ -49,7 +49,7 @@ impl<'d> TempFile<'d> {
                 COUNTER.fetch_add(1, Ordering::Relaxed)
             );
             let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL;
-            match open_beneath(dir, &name, flags) {
+            match open_beneath(&dir, &name, flags) {
                 Ok(fd) => {
                     return Ok(TempFile {
                         dir,
@@ -70,10 +70,10 @@ impl<'d> TempFile<'d> {
     }
 }
 
-impl Drop for TempFile<'_> {
+impl<D: AsFd> Drop for TempFile<D> {
     fn drop(&mut self) {
         if self.armed {
-            if let Err(e) = rustix::fs::unlinkat(self.dir, self.name.as_str(), AtFlags::empty()) {
+            if let Err(e) = rustix::fs::unlinkat(&self.dir, self.name.as_str(), AtFlags::empty()) {
                 log::warn!("removing temporary file {}: {e}", self.name);
             }
         }
@@ -194,13 +194,14 @@ fn kept_names(name: &str) -> (String, String) {
 }
 
 /// Keeps `temp`, which holds the first `held` bytes of the file `header` announced, for a
-/// later transfer of the same file to resume. Does nothing (the temporary file is removed) when
-/// the sender cannot resume or nothing was received.
-pub(crate) fn keep(dir: &OwnedFd, temp: TempFile<'_>, header: &Header, held: u64) {
+/// later transfer of the same file to resume, in the temporary file's directory. Does nothing
+/// (the temporary file is removed) when the sender cannot resume or nothing was received.
+pub(crate) fn keep<D: AsFd>(temp: TempFile<D>, header: &Header, held: u64) {
     let Some(record) = Record::of(header, held).filter(|_| held > 0) else {
         return;
     };
     let (part, resume) = kept_names(&header.name);
+    let dir = temp.dir.as_fd();
     let kept = (|| -> io::Result<()> {
         if temp.name != part {
             rustix::fs::renameat(dir, temp.name.as_str(), dir, part.as_str())?;
@@ -230,12 +231,12 @@ pub(crate) fn keep(dir: &OwnedFd, temp: TempFile<'_>, header: &Header, held: u64
 /// it holds. A partial kept for another version of the name (another size, mtime or source)
 /// is removed. Its record is removed as soon as the partial is taken: if this attempt fails too,
 /// [`keep`] writes a new one.
-pub(crate) fn take<'d>(dir: &'d OwnedFd, header: &Header) -> Option<(TempFile<'d>, u64)> {
+pub(crate) fn take<D: AsFd>(dir: D, header: &Header) -> Option<(TempFile<D>, u64)> {
     if !header.resumable() {
         return None;
     }
     let (part, resume) = kept_names(&header.name);
-    let record = match open_beneath(dir, &resume, OFlags::RDONLY) {
+    let record = match open_beneath(&dir, &resume, OFlags::RDONLY) {
         Ok(fd) => {
             let mut text = String::new();
             let read = File::from(fd)
@@ -248,7 +249,7 @@ pub(crate) fn take<'d>(dir: &'d OwnedFd, header: &Header) -> Option<(TempFile<'d
     };
     let usable = record.filter(|r| r.belongs_to(header));
     let taken = usable.and_then(|r| {
-        let fd = open_beneath(dir, &part, OFlags::RDWR).ok()?;
+        let fd = open_beneath(&dir, &part, OFlags::RDWR).ok()?;
         let st = rustix::fs::fstat(&fd).ok()?;
         let is_file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         let len = st.st_size as u64;
@@ -260,7 +261,7 @@ pub(crate) fn take<'d>(dir: &'d OwnedFd, header: &Header) -> Option<(TempFile<'d
         };
         (is_file && fits).then_some((fd, r.held))
     });
-    let _ = rustix::fs::unlinkat(dir, resume.as_str(), AtFlags::empty());
+    let _ = rustix::fs::unlinkat(&dir, resume.as_str(), AtFlags::empty());
     match taken {
         Some((fd, held)) => Some((
             TempFile {
@@ -276,17 +277,17 @@ pub(crate) fn take<'d>(dir: &'d OwnedFd, header: &Header) -> Option<(TempFile<'d
                 "removing a partial of {} that belongs to another version of it",
                 Escaped(&header.name)
             );
-            let _ = rustix::fs::unlinkat(dir, part.as_str(), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&dir, part.as_str(), AtFlags::empty());
             None
         }
     }
 }
 
 /// Removes whatever partial is kept for `name` (it landed, or keeping it failed).
-pub(crate) fn forget(dir: &OwnedFd, name: &str) {
+pub(crate) fn forget(dir: impl AsFd, name: &str) {
     let (part, resume) = kept_names(name);
     for n in [resume, part] {
-        match rustix::fs::unlinkat(dir, n.as_str(), AtFlags::empty()) {
+        match rustix::fs::unlinkat(&dir, n.as_str(), AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => log::warn!("removing {n}: {e}"),
         }
@@ -363,7 +364,7 @@ mod tests {
         let h = header("a b.img", 10);
         let temp = TempFile::create(&dir).unwrap();
         (&temp.file).write_all(b"hello").unwrap();
-        keep(&dir, temp, &h, 5);
+        keep(temp, &h, 5);
         let (taken, held) = take(&dir, &h).expect("kept");
         assert_eq!(held, 5);
         let mut back = String::new();
@@ -379,7 +380,7 @@ mod tests {
         let dir = rustix::fs::open(tmp.path(), OFlags::DIRECTORY, Mode::empty()).unwrap();
         let temp = TempFile::create(&dir).unwrap();
         (&temp.file).write_all(b"hello").unwrap();
-        keep(&dir, temp, &header("x", 10), 5);
+        keep(temp, &header("x", 10), 5);
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
         assert!(take(&dir, &header("x", 11)).is_none());
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);

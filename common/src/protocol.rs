@@ -10,7 +10,7 @@ use crate::error::ProtocolError;
 use crate::name::{validate_name, MAX_NAME_LEN};
 
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// First bytes of a sender's hello.
 pub const HELLO_MAGIC: [u8; 4] = *b"ZSND";
 /// First bytes of the receiver's reply to a hello.
@@ -49,7 +49,12 @@ pub const FLAG_STREAM: u32 = 8;
 /// Header flag: the sender can resume into a partial file the receiver kept; a
 /// [`SOURCE_ID_LEN`]-byte identity of the source file follows the sparse length.
 pub const FLAG_RESUME: u32 = 16;
-const KNOWN_FLAGS: u32 = FLAG_NO_VERIFY | FLAG_AUTH | FLAG_SPARSE | FLAG_STREAM | FLAG_RESUME;
+/// Header flag: many files and directories follow as a manifest (see `manifest`); `name` is a
+/// label for logs and `size` the total of the files. `SPARSE`, `STREAM` and `RESUME` are per
+/// entry then, and must be clear in the header.
+pub const FLAG_TREE: u32 = 32;
+const KNOWN_FLAGS: u32 =
+    FLAG_NO_VERIFY | FLAG_AUTH | FLAG_SPARSE | FLAG_STREAM | FLAG_RESUME | FLAG_TREE;
 /// Length of the sender's identity of its source file.
 pub const SOURCE_ID_LEN: usize = 16;
 /// Size of a payload record header in sparse mode.
@@ -110,6 +115,11 @@ impl Header {
     /// Whether the sender offers to resume (`FLAG_RESUME`, with a source identity).
     pub fn resumable(&self) -> bool {
         self.source_id.is_some()
+    }
+
+    /// Whether a manifest of many entries follows (`FLAG_TREE`).
+    pub fn tree(&self) -> bool {
+        self.flags & FLAG_TREE != 0
     }
 
     /// Whether the length is unknown up front (`FLAG_STREAM`).
@@ -175,6 +185,11 @@ impl Header {
         if flags & FLAG_STREAM != 0 && (size != 0 || flags & (FLAG_SPARSE | FLAG_RESUME) != 0) {
             return Err(ProtocolError::Malformed(
                 "a stream has size 0, no sparse records and no resume".into(),
+            ));
+        }
+        if flags & FLAG_TREE != 0 && flags & (FLAG_SPARSE | FLAG_STREAM | FLAG_RESUME) != 0 {
+            return Err(ProtocolError::Malformed(
+                "a tree's sparse files and resumes are per entry".into(),
             ));
         }
         if flags & FLAG_RESUME != 0 && flags & FLAG_NO_VERIFY != 0 {
@@ -336,7 +351,7 @@ pub enum RefuseCode {
 }
 
 impl RefuseCode {
-    fn to_byte(self) -> u8 {
+    pub(crate) fn to_byte(self) -> u8 {
         match self {
             RefuseCode::Unsupported => 1,
             RefuseCode::BadHeader => 2,
@@ -350,7 +365,7 @@ impl RefuseCode {
         }
     }
 
-    fn from_byte(b: u8) -> RefuseCode {
+    pub(crate) fn from_byte(b: u8) -> RefuseCode {
         match b {
             1 => RefuseCode::Unsupported,
             2 => RefuseCode::BadHeader,
@@ -543,6 +558,10 @@ pub struct Trailer {
     pub sha256: Option<[u8; 32]>,
 }
 
+/// Trailer kind of a file the sender gave up on because it changed while being sent (in a
+/// tree, where closing the connection would end the other files too).
+const ABANDONED: u8 = 2;
+
 impl Trailer {
     /// Encodes the trailer.
     pub fn encode(&self) -> [u8; TRAILER_LEN] {
@@ -552,6 +571,14 @@ impl Trailer {
             out[4] = 1;
             out[5..].copy_from_slice(d);
         }
+        out
+    }
+
+    /// A trailer saying the source changed while it was sent: discard what came.
+    pub fn abandoned() -> [u8; TRAILER_LEN] {
+        let mut out = [0u8; TRAILER_LEN];
+        out[0..4].copy_from_slice(&TRAILER_MAGIC);
+        out[4] = ABANDONED;
         out
     }
 
@@ -577,6 +604,7 @@ impl Trailer {
             1 => Ok(Trailer {
                 sha256: Some(digest),
             }),
+            ABANDONED if digest == [0; 32] => Err(ProtocolError::Abandoned),
             k => Err(ProtocolError::Malformed(format!("unknown digest kind {k}"))),
         }
     }
@@ -688,11 +716,19 @@ pub fn read_proof(r: &mut impl Read) -> Result<[u8; PROOF_LEN], ProtocolError> {
     Ok(buf[4..].try_into().expect("32 bytes"))
 }
 
-fn read_message(r: &mut impl Read, len: u16, what: &'static str) -> Result<String, ProtocolError> {
+pub(crate) fn read_message(
+    r: &mut impl Read,
+    len: u16,
+    what: &'static str,
+) -> Result<String, ProtocolError> {
     Ok(String::from_utf8_lossy(&read_bytes(r, len, what)?).into_owned())
 }
 
-fn read_bytes(r: &mut impl Read, len: u16, what: &'static str) -> Result<Vec<u8>, ProtocolError> {
+pub(crate) fn read_bytes(
+    r: &mut impl Read,
+    len: u16,
+    what: &'static str,
+) -> Result<Vec<u8>, ProtocolError> {
     let len = len as usize;
     if len > MAX_MESSAGE_LEN {
         return Err(ProtocolError::Malformed(format!(
@@ -704,7 +740,11 @@ fn read_bytes(r: &mut impl Read, len: u16, what: &'static str) -> Result<Vec<u8>
     Ok(buf)
 }
 
-fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<(), ProtocolError> {
+pub(crate) fn read_exact(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    what: &'static str,
+) -> Result<(), ProtocolError> {
     r.read_exact(buf).map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => ProtocolError::Truncated(what),
         _ => ProtocolError::Io(what, e),

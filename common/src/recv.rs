@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -24,9 +24,14 @@ use crate::partial::{self, TempFile};
 use crate::protocol::{
     read_hello, read_proof, Decision, Header, Record, RefuseCode, Reply, Status, Trailer, Verdict,
 };
+use crate::send::SMALL_FILE;
 use crate::stages::StageTimes;
 use crate::sys::{self, CopyError, Pipe, SpliceStats};
 use crate::units::Bytes;
+
+mod tree;
+
+pub use tree::TreeCounts;
 
 /// Pipe size asked for with F_SETPIPE_SZ (the default pipe-max-size).
 const PIPE_SIZE: usize = 1 << 20;
@@ -78,8 +83,30 @@ pub struct TransferRecord {
     pub zero_copy: bool,
     /// CPU of each stage, and the fsync wall time.
     pub stages: StageTimes,
+    /// For a tree: what happened to its entries.
+    pub tree: Option<TreeCounts>,
     /// Landed, or why not.
     pub result: Result<(), RecvError>,
+}
+
+impl TransferRecord {
+    /// A record of nothing yet from `peer`.
+    pub fn new(peer: SocketAddr) -> TransferRecord {
+        TransferRecord {
+            peer,
+            name: None,
+            size: None,
+            received: 0,
+            resumed_from: 0,
+            elapsed: Duration::ZERO,
+            sha256: None,
+            verified: false,
+            zero_copy: true,
+            stages: StageTimes::default(),
+            tree: None,
+            result: Ok(()),
+        }
+    }
 }
 
 /// A listening receiver.
@@ -212,19 +239,7 @@ impl Receiver {
     /// Runs one transfer from hello to verdict.
     fn handle(&self, stream: TcpStream, peer: SocketAddr) -> TransferRecord {
         let start = Instant::now();
-        let mut record = TransferRecord {
-            peer,
-            name: None,
-            size: None,
-            received: 0,
-            resumed_from: 0,
-            elapsed: Duration::ZERO,
-            sha256: None,
-            verified: false,
-            zero_copy: true,
-            stages: StageTimes::default(),
-            result: Ok(()),
-        };
+        let mut record = TransferRecord::new(peer);
         record.result = self.transfer(&stream, &mut record);
         record.elapsed = start.elapsed();
         record
@@ -255,9 +270,23 @@ impl Receiver {
             .set_read_timeout(timeout)
             .map_err(|e| self.local("configuring the connection", e))?;
 
+        if header.tree() {
+            if self.config.to_stdout {
+                let msg = "this receiver writes one file to standard output, not a tree";
+                return Err(refused(stream, RefuseCode::BadHeader, msg.into()));
+            }
+            accept(stream, &header, Reply::Accept)?;
+            return self.receive_tree(stream, &header, record);
+        }
         if self.config.to_stdout {
             accept(stream, &header, Reply::Accept)?;
-            let digest = self.deliver_to_stdout(stream, &header, record)?;
+            let digest = self
+                .deliver_to_stdout(stream, &header, record)
+                .inspect_err(|e| {
+                    if let RecvError::Local { .. } = e {
+                        send_verdict(stream, Status::Failed, None, &e.to_string());
+                    }
+                })?;
             let digest = self.check_trailer(stream, &header, digest, record)?;
             record.verified = digest.is_some();
             send_verdict(stream, Status::Landed, digest, "");
@@ -281,12 +310,16 @@ impl Receiver {
             Ok(digest) => digest,
             Err(e) => {
                 if e.is_interruption() {
-                    partial::keep(&self.dir, temp, &header, record.received);
+                    partial::keep(temp, &header, record.received);
+                } else if let RecvError::Local { .. } = e {
+                    // At once: the sender may still be sending, and will read this when its
+                    // writes fail.
+                    send_verdict(stream, Status::Failed, None, &e.to_string());
                 }
                 return Err(e);
             }
         };
-        match self.land(temp, &header) {
+        match self.land(temp, &header.name, &header) {
             Ok(fsync) => record.stages.fsync = fsync,
             Err(e) => {
                 send_verdict(stream, Status::Failed, digest, &e.to_string());
@@ -304,7 +337,7 @@ impl Receiver {
         &self,
         stream: &TcpStream,
         header: &Header,
-        temp: &TempFile,
+        temp: &TempFile<impl AsFd>,
         held: u64,
         record: &mut TransferRecord,
     ) -> Result<Option<[u8; 32]>, RecvError> {
@@ -318,7 +351,8 @@ impl Receiver {
             _ => self.agree_on_prefix(stream, header, temp, held, record)?,
         };
         record.resumed_from = prefix.len();
-        let digest = self.receive_payload(stream, header, temp, prefix, record)?;
+        let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
+        let digest = self.receive_payload(stream, header, temp, prefix, &pipe, record)?;
         self.check_trailer(stream, header, digest, record)
     }
 
@@ -329,7 +363,7 @@ impl Receiver {
         &self,
         stream: &TcpStream,
         header: &Header,
-        temp: &TempFile,
+        temp: &TempFile<impl AsFd>,
         held: u64,
         record: &mut TransferRecord,
     ) -> Result<Prefix, RecvError> {
@@ -411,8 +445,8 @@ impl Receiver {
         &'d self,
         stream: &TcpStream,
         header: &Header,
-        kept: Option<TempFile<'d>>,
-    ) -> Result<TempFile<'d>, RecvError> {
+        kept: Option<TempFile<&'d OwnedFd>>,
+    ) -> Result<TempFile<&'d OwnedFd>, RecvError> {
         match kept {
             Some(temp) => self.prepare_temp(stream, header, temp),
             None => self.create_temp(stream, header),
@@ -420,7 +454,11 @@ impl Receiver {
     }
 
     /// Creates and readies the hidden temporary file, refusing the transfer if it cannot.
-    fn create_temp(&self, stream: &TcpStream, header: &Header) -> Result<TempFile<'_>, RecvError> {
+    fn create_temp(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+    ) -> Result<TempFile<&OwnedFd>, RecvError> {
         let temp = match TempFile::create(&self.dir) {
             Ok(t) => t,
             Err(e) => {
@@ -441,8 +479,8 @@ impl Receiver {
         &'d self,
         stream: &TcpStream,
         header: &Header,
-        temp: TempFile<'d>,
-    ) -> Result<TempFile<'d>, RecvError> {
+        temp: TempFile<&'d OwnedFd>,
+    ) -> Result<TempFile<&'d OwnedFd>, RecvError> {
         if let Err(e) = prepare(&temp.file, header) {
             let code = if e.kind() == io::ErrorKind::StorageFull {
                 RefuseCode::NoSpace
@@ -492,7 +530,7 @@ impl Receiver {
             (copied, digest)
         });
         record.received = received;
-        self.payload_outcome(stream, header, copied, record, "writing to standard output")?;
+        self.payload_outcome(header, copied, record, "writing to standard output")?;
         digest
             .transpose()
             .map_err(|e| self.local("hashing what went to standard output", e))
@@ -501,7 +539,6 @@ impl Receiver {
     /// Turns the end of a payload into the transfer's error, if it is one.
     fn payload_outcome(
         &self,
-        stream: &TcpStream,
         header: &Header,
         copied: Result<u64, Incoming>,
         record: &mut TransferRecord,
@@ -525,11 +562,7 @@ impl Receiver {
             Ok(_) => Ok(()),
             Err(Incoming::Protocol(e)) => Err(e.into()),
             Err(Incoming::Copy(CopyError::Read(e))) => Err(network("receiving", e)),
-            Err(Incoming::Copy(CopyError::Write(e))) => {
-                let err = self.local(writing, e);
-                send_verdict(stream, Status::Failed, None, &err.to_string());
-                Err(err)
-            }
+            Err(Incoming::Copy(CopyError::Write(e))) => Err(self.local(writing, e)),
             Err(Incoming::Copy(CopyError::Unsupported | CopyError::SourceChanged)) => {
                 unreachable!("receiving neither gives up on the kernel nor reads a source")
             }
@@ -574,61 +607,74 @@ impl Receiver {
         Ok(())
     }
 
-    /// Splices the payload into the temporary file, hashing it back on a second thread.
-    fn receive_payload(
+    /// Splices the payload into the temporary file through `pipe`, hashing it back on a second
+    /// thread (small files: on this one, once they are in).
+    pub(crate) fn receive_payload(
         &self,
         stream: &TcpStream,
         header: &Header,
-        temp: &TempFile,
+        temp: &TempFile<impl AsFd>,
         prefix: Prefix,
+        pipe: &Pipe,
         record: &mut TransferRecord,
     ) -> Result<Option<[u8; 32]>, RecvError> {
         let size = header.size;
-        let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
+        let file = &temp.file;
         let start = prefix.len();
         let mark = Watermark::new();
         mark.raise(start);
         let sparse = header.sparse_data_len.is_some();
         let hash_len = if header.stream() { UNTIL_CLOSED } else { size };
+        let verify = header.verify();
+        let inline = !header.stream() && size <= SMALL_FILE;
         let mut received = start;
         let mut splice = SpliceStats::default();
         let (copied, digest) = std::thread::scope(|s| {
-            let hasher = header
-                .verify()
-                .then(|| s.spawn(|| hash_rest_timed(prefix, &temp.file, hash_len, &mark, sparse)));
+            let (mut prefix, mut hasher) = (Some(prefix), None);
+            if verify && !inline {
+                let p = prefix.take().expect("not taken yet");
+                hasher = Some(s.spawn(|| hash_rest_timed(p, file, hash_len, &mark, sparse)));
+            }
             let mut behind = sys::DropBehind::starting_at(start, WRITEBACK_WINDOW);
-            let verify = header.verify();
             let mut sink = FileSink {
-                pipe: &pipe,
-                file: &temp.file,
+                pipe,
+                file,
                 stats: &mut splice,
             };
             let copied = receive_into(stream, header, start, &mut sink, &mut |done| {
                 received = done;
                 mark.raise(done);
-                let hashed = if verify { mark.hashed() } else { done };
-                behind.advance(&temp.file, done, hashed);
+                if !inline {
+                    let hashed = if verify { mark.hashed() } else { done };
+                    behind.advance(file, done, hashed);
+                }
             });
             match &copied {
                 Ok(n) if *n == size || header.stream() => mark.close(),
                 _ => mark.abort(),
             }
-            let digest = hasher.map(|h| h.join().expect("hashing thread panicked"));
+            let digest = match (verify, prefix) {
+                (true, Some(p)) if copied.is_ok() => {
+                    Some(hash_rest_timed(p, file, size, &mark, sparse))
+                }
+                _ => hasher.map(|h| h.join().expect("hashing thread panicked")),
+            };
             (copied, digest)
         });
         record.received = received;
-        record.zero_copy = splice.zero_copy;
-        record.stages.network_cpu = splice.to_pipe_cpu;
-        record.stages.file_cpu = splice.to_file_cpu;
+        record.zero_copy &= splice.zero_copy;
+        record.stages.network_cpu += splice.to_pipe_cpu;
+        record.stages.file_cpu += splice.to_file_cpu;
         let digest = digest.map(|(digest, cpu)| {
-            record.stages.hash_cpu = cpu;
+            record.stages.hash_cpu += cpu;
             digest
         });
         let writing = format!("writing {}", Escaped(&header.name));
-        self.payload_outcome(stream, header, copied, record, &writing)?;
+        self.payload_outcome(header, copied, record, &writing)?;
         match digest {
             None => Ok(None),
             Some(Ok(Some(d))) => Ok(Some(d)),
+            Some(Ok(None)) if !verify => Ok(None),
             Some(Ok(None)) => unreachable!("the watermark was closed at the full size"),
             Some(Err(e)) => Err(self.local("reading back the received file", e)),
         }
@@ -683,51 +729,47 @@ impl Receiver {
         Ok(())
     }
 
-    /// Sets mode and mtime, makes the data durable, publishes under the final name and makes
-    /// the rename durable. Returns the time spent in fsync.
-    fn land(&self, temp: TempFile, header: &Header) -> Result<Duration, RecvError> {
-        let f = &temp.file;
-        let mode = Mode::from_raw_mode(header.mode & 0o777);
-        rustix::fs::fchmod(f, mode).map_err(|e| self.local("setting the mode", e.into()))?;
-        let times = Timestamps {
-            last_access: Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_NOW,
-            },
-            last_modification: Timespec {
-                tv_sec: header.mtime_sec,
-                tv_nsec: header.mtime_nsec as _,
-            },
-        };
-        rustix::fs::futimens(f, &times).map_err(|e| self.local("setting the mtime", e.into()))?;
+    /// Sets mode and mtime, makes the data durable, publishes under the final name `base` in the
+    /// temporary file's directory and makes the rename durable. Returns the time spent in fsync.
+    pub(crate) fn land<D: AsFd>(
+        &self,
+        temp: TempFile<D>,
+        base: &str,
+        header: &Header,
+    ) -> Result<Duration, RecvError> {
+        self.set_metadata(&temp.file, header)?;
         let start = Instant::now();
-        rustix::fs::fsync(f).map_err(|e| self.local("syncing the data", e.into()))?;
+        rustix::fs::fsync(&temp.file).map_err(|e| self.local("syncing the data", e.into()))?;
         let mut synced = start.elapsed();
-        self.publish(&temp.name, &header.name)?;
-        temp.disarm();
+        self.publish(&temp.dir, &temp.name, base)?;
         // Whatever an earlier, interrupted transfer of this name kept is obsolete now.
-        partial::forget(&self.dir, &header.name);
+        partial::forget(&temp.dir, &header.name);
         let start = Instant::now();
-        rustix::fs::fsync(&self.dir).map_err(|e| self.local("syncing the directory", e.into()))?;
+        rustix::fs::fsync(&temp.dir).map_err(|e| self.local("syncing the directory", e.into()))?;
         synced += start.elapsed();
+        temp.disarm();
         Ok(synced)
     }
 
-    fn publish(&self, temp: &str, name: &str) -> Result<(), RecvError> {
+    /// Applies the header's mode (`& 0o777`) and mtime to a received file.
+    pub(crate) fn set_metadata(&self, f: &File, header: &Header) -> Result<(), RecvError> {
+        let mode = Mode::from_raw_mode(header.mode & 0o777);
+        rustix::fs::fchmod(f, mode).map_err(|e| self.local("setting the mode", e.into()))?;
+        rustix::fs::futimens(f, &timestamps(header.mtime_sec, header.mtime_nsec))
+            .map_err(|e| self.local("setting the mtime", e.into()))
+    }
+
+    /// Renames `temp` to `name` within `dir`: never replacing anything unless `--force`.
+    pub(crate) fn publish(&self, dir: impl AsFd, temp: &str, name: &str) -> Result<(), RecvError> {
+        let dir = dir.as_fd();
         let result = if self.config.force {
-            rustix::fs::renameat(&self.dir, temp, &self.dir, name)
+            rustix::fs::renameat(dir, temp, dir, name)
         } else {
-            match rustix::fs::renameat_with(
-                &self.dir,
-                temp,
-                &self.dir,
-                name,
-                RenameFlags::NOREPLACE,
-            ) {
+            match rustix::fs::renameat_with(dir, temp, dir, name, RenameFlags::NOREPLACE) {
                 // Filesystems without RENAME_NOREPLACE: link(2) never replaces either.
                 Err(Errno::INVAL) | Err(Errno::NOSYS) => {
-                    rustix::fs::linkat(&self.dir, temp, &self.dir, name, AtFlags::empty())
-                        .and_then(|()| rustix::fs::unlinkat(&self.dir, temp, AtFlags::empty()))
+                    rustix::fs::linkat(dir, temp, dir, name, AtFlags::empty())
+                        .and_then(|()| rustix::fs::unlinkat(dir, temp, AtFlags::empty()))
                 }
                 other => other,
             }
@@ -992,6 +1034,20 @@ fn refuse(stream: &TcpStream, code: RefuseCode, message: &str) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,
         }
+    }
+}
+
+/// Access time now, modification time as given.
+pub(crate) fn timestamps(mtime_sec: i64, mtime_nsec: u32) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        last_modification: Timespec {
+            tv_sec: mtime_sec,
+            tv_nsec: mtime_nsec as _,
+        },
     }
 }
 

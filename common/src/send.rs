@@ -21,6 +21,10 @@ use crate::protocol::{
 use crate::stages::{thread_cpu, StageTimes};
 use crate::sys::{self, CopyError};
 
+mod tree;
+
+pub use tree::{send_tree, Tick, TreeOptions, TreeReport};
+
 /// Port zrecv listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7350;
 
@@ -159,7 +163,7 @@ impl Source {
 }
 
 /// The bytes of data between `from` and `to`, holes excluded.
-fn data_between(file: &File, from: u64, to: u64) -> std::io::Result<u64> {
+pub(crate) fn data_between(file: &File, from: u64, to: u64) -> std::io::Result<u64> {
     let (mut pos, mut data) = (from, 0);
     while let Some((start, end)) = sys::next_data(file, pos, to)? {
         data += end - start;
@@ -171,7 +175,7 @@ fn data_between(file: &File, from: u64, to: u64) -> std::io::Result<u64> {
 /// The sender's identity of a file, sent with the header so that a receiver resumes only into
 /// a partial file that came from this very file: a digest of the machine (its machine-id, or
 /// its host name) and the file's device and inode. Size and mtime travel in the header too.
-fn source_id(dev: u64, ino: u64, rdev: u64) -> [u8; SOURCE_ID_LEN] {
+pub(crate) fn source_id(dev: u64, ino: u64, rdev: u64) -> [u8; SOURCE_ID_LEN] {
     use sha2::{Digest, Sha256};
     let machine = std::fs::read("/etc/machine-id")
         .or_else(|_| std::fs::read("/proc/sys/kernel/hostname"))
@@ -287,16 +291,54 @@ fn transfer(
     report.resumed_from = start;
     progress(start);
 
+    let digest = match send_body(stream, source, prefix, opts.verify, report, progress) {
+        Ok(digest) => digest,
+        Err(e) => {
+            // Without a trailer the receiver discards what it got.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return Err(e);
+        }
+    };
+    stream
+        .write_all(&Trailer { sha256: digest }.encode())
+        .map_err(net("sending the trailer"))?;
+
+    let verdict = Verdict::read(&mut stream)?;
+    judge(verdict, digest, report)
+}
+
+/// Files up to this size are hashed on the sending thread right after they are sent: a thread
+/// per file would cost more than the hashing.
+pub(crate) const SMALL_FILE: u64 = 1 << 20;
+
+/// Sends `source`'s content from `prefix.len()` on (dense, or as sparse records) and returns
+/// its SHA-256 over the whole file when verifying. Adds to the report's byte counts and CPU.
+/// On error no trailer may follow: the payload is short, or the source changed.
+pub(crate) fn send_body(
+    stream: &TcpStream,
+    source: &Source,
+    prefix: Prefix,
+    verify: bool,
+    report: &mut SendReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Option<[u8; 32]>, SendError> {
+    let start = prefix.len();
+    let small = source.size <= SMALL_FILE;
     // No TCP_CORK: the header has already crossed (the accept must come back before any
     // payload), and corking the payload measured 11 % slower with --no-verify
     // (docs/BENCHMARKS.md, levers).
-    let _ = rustix::fs::fadvise(&source.file, 0, None, rustix::fs::Advice::Sequential);
+    if !small {
+        let _ = rustix::fs::fadvise(&source.file, 0, None, rustix::fs::Advice::Sequential);
+    }
     let mark = Watermark::complete(source.size);
     let sparse = source.sparse_data.is_some();
+    let hash = |prefix| hash_rest_timed(prefix, &source.file, source.size, &mark, sparse);
     let (copied, digest) = std::thread::scope(|s| {
-        let hasher = opts
-            .verify
-            .then(|| s.spawn(|| hash_rest_timed(prefix, &source.file, source.size, &mark, sparse)));
+        let (mut prefix, mut hasher) = (Some(prefix), None);
+        if verify && !small {
+            let p = prefix.take().expect("not taken yet");
+            hasher = Some(s.spawn(|| hash(p)));
+        }
         let cpu = thread_cpu();
         let zero_copy = &mut report.zero_copy;
         let copied = match source.sparse_data {
@@ -311,13 +353,16 @@ fn transfer(
             )
             .map(|n| start + n),
         };
-        report.stages.network_cpu = thread_cpu().saturating_sub(cpu);
+        report.stages.network_cpu += thread_cpu().saturating_sub(cpu);
         if copied.is_err() {
             mark.abort();
         }
-        let digest = hasher.map(|h| {
-            let (digest, cpu) = h.join().expect("hashing thread panicked");
-            report.stages.hash_cpu = cpu;
+        let hashed = match (verify, prefix) {
+            (true, Some(p)) if copied.is_ok() => Some(hash(p)),
+            _ => hasher.map(|h| h.join().expect("hashing thread panicked")),
+        };
+        let digest = hashed.map(|(digest, cpu)| {
+            report.stages.hash_cpu += cpu;
             digest
         });
         (copied, digest)
@@ -326,7 +371,7 @@ fn transfer(
         Ok(n) => n,
         Err(e) => return Err(explain_failure(stream, report, e)),
     };
-    report.bytes_sent = match source.sparse_data {
+    report.bytes_sent += match source.sparse_data {
         Some(_) => data_between(&source.file, start, source.size).unwrap_or(0),
         None => sent - start,
     };
@@ -348,16 +393,9 @@ fn transfer(
         }
     };
     if source.changed() {
-        // Without a trailer the receiver discards what it got.
-        let _ = stream.shutdown(std::net::Shutdown::Both);
         return Err(SendError::SourceChanged);
     }
-    stream
-        .write_all(&Trailer { sha256: digest }.encode())
-        .map_err(net("sending the trailer"))?;
-
-    let verdict = Verdict::read(&mut stream)?;
-    judge(verdict, digest, report)
+    Ok(digest)
 }
 
 /// Connects with the options' timeouts and starts the report of this transfer.

@@ -22,6 +22,14 @@ pub struct StageTimes {
 }
 
 impl StageTimes {
+    /// Adds another transfer's times to these (a tree's files).
+    pub fn add(&mut self, other: &StageTimes) {
+        self.network_cpu += other.network_cpu;
+        self.file_cpu += other.file_cpu;
+        self.hash_cpu += other.hash_cpu;
+        self.fsync += other.fsync;
+    }
+
     /// The stages as a JSON-friendly list of (name, seconds).
     pub fn as_pairs(&self) -> [(&'static str, f64); 4] {
         [

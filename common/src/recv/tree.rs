@@ -1,0 +1,745 @@
+//! Receiving a tree (`FLAG_TREE`): check the manifest, make its directories and links, answer
+//! for every entry at once, then take the files as their frames come, without a round trip
+//! per file. Small files land in batches made durable together (one syncfs before their
+//! renames, one after); large ones land on their own, as single files do.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::{
+    prepare, receive_into, timestamps, Incoming, Receiver, Sink, TransferRecord, PIPE_SIZE,
+};
+use crate::error::{ProtocolError, RecvError};
+use crate::hash::Prefix;
+use crate::manifest::{Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, Report};
+use crate::name::{Escaped, TEMP_PREFIX};
+use crate::partial::{self, open_beneath, TempFile};
+use crate::protocol::{Header, RefuseCode, Trailer, FLAG_NO_VERIFY};
+use crate::sys::{CopyError, Pipe};
+use crate::units::{os_reason, Bytes};
+
+/// A batch of small files lands once it holds this many files...
+const BATCH_FILES: usize = 1024;
+/// ...or this many bytes.
+const BATCH_BYTES: u64 = 64 << 20;
+/// Files at least this large land on their own as soon as they are verified.
+const LAND_ALONE: u64 = 64 << 20;
+
+/// What happened to a tree's entries, for the log line and `--json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TreeCounts {
+    /// Regular files in the manifest.
+    pub files: usize,
+    /// Files written, verified and published.
+    pub landed: usize,
+    /// Files already here with the sender's digest.
+    pub unchanged: usize,
+    /// Files refused or failed.
+    pub failed: usize,
+    /// Directories made or found.
+    pub dirs: usize,
+    /// Symbolic links made.
+    pub links: usize,
+}
+
+/// A verified small file waiting for its batch to be made durable and renamed.
+struct Pending {
+    index: u32,
+    temp: TempFile<Arc<OwnedFd>>,
+    digest: Option<[u8; 32]>,
+}
+
+/// One tree transfer on the receiving side.
+struct Session<'r> {
+    rx: &'r Receiver,
+    stream: &'r TcpStream,
+    manifest: Manifest,
+    verify: bool,
+    answers: Vec<Answer>,
+    /// Partial files taken for entries answered `Partial`, with the bytes they hold.
+    partials: HashMap<u32, (TempFile<Arc<OwnedFd>>, u64)>,
+    /// Entries whose content arrived (landed, or lost to a mismatch).
+    settled: Vec<bool>,
+    batch: Vec<Pending>,
+    batch_bytes: u64,
+    /// Directories this session made: their mode and mtime are set at the end of each pass.
+    made_dirs: Vec<usize>,
+    dirs: DirCache,
+    pipe: Pipe,
+    counts: TreeCounts,
+}
+
+impl Receiver {
+    /// Serves a tree transfer whose hello was just accepted; counts go into `record`.
+    pub(super) fn receive_tree(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        record: &mut TransferRecord,
+    ) -> Result<(), RecvError> {
+        let manifest = match Manifest::read(&mut &*stream) {
+            Ok(m) => m,
+            Err(e) => {
+                if !matches!(e, ProtocolError::Truncated(_) | ProtocolError::Io(..)) {
+                    let refusal = Answers::Refused(e.refuse_code(), e.to_string()).encode();
+                    let _ = (&*stream).write_all(&refusal);
+                }
+                return Err(e.into());
+            }
+        };
+        let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
+        let root = self
+            .dir
+            .try_clone()
+            .map_err(|e| self.local("opening the directory", e))?;
+        let count = manifest.entries.len();
+        let mut session = Session {
+            rx: self,
+            stream,
+            verify: header.verify(),
+            answers: Vec::with_capacity(count),
+            partials: HashMap::new(),
+            settled: vec![false; count],
+            batch: Vec::new(),
+            batch_bytes: 0,
+            made_dirs: Vec::new(),
+            dirs: DirCache::new(Arc::new(root)),
+            pipe,
+            counts: TreeCounts {
+                files: manifest
+                    .entries
+                    .iter()
+                    .filter(|e| matches!(e.kind, Kind::File { .. }))
+                    .count(),
+                ..TreeCounts::default()
+            },
+            manifest,
+        };
+        let result = session.run(record);
+        record.tree = Some(session.counts.clone());
+        result
+    }
+}
+
+impl Session<'_> {
+    fn run(&mut self, record: &mut TransferRecord) -> Result<(), RecvError> {
+        self.answer_all()?;
+        let mut clean = true;
+        let result = loop {
+            let frame = match Frame::read(&mut &*self.stream) {
+                Ok(f) => f,
+                Err(e) => break Err(e.into()),
+            };
+            let step = match frame {
+                None if clean => break Ok(()),
+                None => Err(RecvError::Protocol(ProtocolError::Truncated(
+                    "tree: the sender closed before its end of pass",
+                ))),
+                Some(Frame::EndOfPass) => {
+                    clean = true;
+                    self.end_pass()
+                }
+                Some(Frame::Full(i)) => {
+                    clean = false;
+                    self.full(i, record)
+                }
+                Some(Frame::Check(i, digest)) => {
+                    clean = false;
+                    self.check(i, digest)
+                }
+                Some(Frame::Resume(i, offset, digest)) => {
+                    clean = false;
+                    self.resume(i, offset, digest, record)
+                }
+            };
+            if let Err(e) = step {
+                break Err(e);
+            }
+        };
+        if result.is_err() {
+            // What was verified before the connection broke still lands.
+            let _ = self.flush();
+        }
+        result
+    }
+
+    /// Makes directories and links, finds files already here and partials to resume, checks
+    /// free space, and sends one answer per entry.
+    fn answer_all(&mut self) -> Result<(), RecvError> {
+        let mut need = 0u64;
+        for i in 0..self.manifest.entries.len() {
+            let answer = self.answer(i);
+            let e = &self.manifest.entries[i];
+            if let Kind::File {
+                size,
+                sparse_data_len,
+                ..
+            } = e.kind
+            {
+                match answer {
+                    Answer::Send => need += sparse_data_len.unwrap_or(size),
+                    Answer::Partial(held) => need += size.saturating_sub(held),
+                    Answer::Refused(_) => self.counts.failed += 1,
+                    _ => {}
+                }
+            }
+            self.answers.push(answer);
+        }
+        if let Ok(vfs) = rustix::fs::fstatvfs(&self.rx.dir) {
+            let have = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+            if need > have {
+                let msg = format!(
+                    "not enough space on {}: need {}, have {}",
+                    self.rx.config.dir.display(),
+                    Bytes(need),
+                    Bytes(have)
+                );
+                let refusal = Answers::Refused(RefuseCode::NoSpace, msg.clone());
+                let _ = (&*self.stream).write_all(&refusal.encode());
+                return Err(RecvError::Refused(msg));
+            }
+        }
+        let answers = Answers::Each(self.answers.clone()).encode();
+        (&*self.stream)
+            .write_all(&answers)
+            .map_err(|error| RecvError::Network {
+                during: "answering the manifest",
+                received: 0,
+                expected: 0,
+                error,
+            })
+    }
+
+    fn answer(&mut self, i: usize) -> Answer {
+        let e = &self.manifest.entries[i];
+        let parent = match self.dirs.get(e.parent()) {
+            Ok(d) => d,
+            Err(err) => {
+                return Answer::Refused(format!("opening its directory: {}", os_reason(&err)))
+            }
+        };
+        let base = e.base();
+        let existing = match rustix::fs::statat(&parent, base, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(st),
+            Err(Errno::NOENT) => None,
+            Err(err) => return Answer::Refused(format!("checking what is there: {err}")),
+        };
+        let existing_type = existing.map(|st| FileType::from_raw_mode(st.st_mode));
+        let force = self.rx.config.force;
+        let taken = || Answer::Refused("exists (use --force on the receiver)".into());
+        match &e.kind {
+            Kind::Dir => match existing_type {
+                None => match rustix::fs::mkdirat(&parent, base, Mode::from_raw_mode(0o700)) {
+                    Ok(()) => {
+                        self.made_dirs.push(i);
+                        self.counts.dirs += 1;
+                        Answer::Done
+                    }
+                    Err(err) => Answer::Refused(format!("making the directory: {err}")),
+                },
+                Some(FileType::Directory) => {
+                    self.counts.dirs += 1;
+                    Answer::Done
+                }
+                Some(_) => Answer::Refused("exists and is not a directory".into()),
+            },
+            Kind::Symlink { target } => match existing_type {
+                Some(FileType::Directory) => Answer::Refused("is a directory".into()),
+                Some(FileType::Symlink)
+                    if rustix::fs::readlinkat(&parent, base, Vec::new())
+                        .is_ok_and(|t| t.as_bytes() == target.as_bytes()) =>
+                {
+                    self.counts.links += 1;
+                    Answer::Done
+                }
+                Some(_) if !force => taken(),
+                _ => match self.make_link(&parent, e, target) {
+                    Ok(()) => {
+                        self.counts.links += 1;
+                        Answer::Done
+                    }
+                    Err(err) => Answer::Refused(err.to_string()),
+                },
+            },
+            Kind::File { size, .. } => match existing {
+                Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                    Answer::Refused("is a directory".into())
+                }
+                Some(st)
+                    if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                        && st.st_size as u64 == *size
+                        && (st.st_mtime, st.st_mtime_nsec as u32) == e.mtime =>
+                {
+                    Answer::Landed
+                }
+                Some(_) if !force => taken(),
+                _ => {
+                    let header = header_of(e, self.verify);
+                    match partial::take(parent, &header) {
+                        Some((temp, held)) => {
+                            self.partials.insert(i as u32, (temp, held));
+                            Answer::Partial(held)
+                        }
+                        None => Answer::Send,
+                    }
+                }
+            },
+        }
+    }
+
+    /// Creates the link under a hidden name, then renames it into place.
+    fn make_link(&self, parent: &Arc<OwnedFd>, e: &Entry, target: &str) -> Result<(), RecvError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let temp = format!("{TEMP_PREFIX}link-{}-{n}.part", std::process::id());
+        let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
+        rustix::fs::symlinkat(target, parent, temp.as_str()).map_err(|err| {
+            self.rx
+                .local(&format!("linking {}", Escaped(&e.path)), err.into())
+        })?;
+        if let Err(err) = self.rx.publish(parent, &temp, e.base()) {
+            let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
+            return Err(err);
+        }
+        let times = timestamps(e.mtime.0, e.mtime.1);
+        let _ = rustix::fs::utimensat(parent, e.base(), &times, AtFlags::SYMLINK_NOFOLLOW);
+        Ok(())
+    }
+
+    /// The file entry a frame names, if the frame may name it.
+    fn file_entry(&self, i: u32) -> Result<(&Entry, Header), RecvError> {
+        let bad = |what: String| RecvError::Protocol(ProtocolError::Malformed(what));
+        let e = self
+            .manifest
+            .entries
+            .get(i as usize)
+            .ok_or_else(|| bad(format!("a frame for entry {i} of {}", self.answers.len())))?;
+        if !matches!(e.kind, Kind::File { .. }) {
+            return Err(bad(format!(
+                "a frame for {}, which is not a file",
+                Escaped(&e.path)
+            )));
+        }
+        if matches!(self.answers[i as usize], Answer::Refused(_)) || self.settled[i as usize] {
+            return Err(bad(format!("a second frame for {}", Escaped(&e.path))));
+        }
+        Ok((e, header_of(e, self.verify)))
+    }
+
+    /// The whole file follows.
+    fn full(&mut self, i: u32, record: &mut TransferRecord) -> Result<(), RecvError> {
+        let (e, header) = self.file_entry(i)?;
+        let parent_path = e.parent().map(str::to_owned);
+        // A kept partial the sender chose not to resume is of no use any more.
+        self.partials.remove(&i);
+        let parent = self
+            .dirs
+            .get(parent_path.as_deref())
+            .map_err(|err| self.rx.local("opening a directory", err))?;
+        let temp = TempFile::create(parent)
+            .map_err(|err| self.rx.local("creating a temporary file", err))?;
+        prepare(&temp.file, &header).map_err(|err| self.rx.local("preallocating", err))?;
+        self.receive_file(i, &header, temp, Prefix::empty(), record)
+    }
+
+    /// The sender's file is already here if our copy has this digest.
+    fn check(&mut self, i: u32, digest: [u8; 32]) -> Result<(), RecvError> {
+        let (e, header) = self.file_entry(i)?;
+        if self.answers[i as usize] != Answer::Landed {
+            return Err(ProtocolError::Malformed(format!(
+                "a check of {}, which was not here",
+                Escaped(&e.path)
+            ))
+            .into());
+        }
+        let base = e.base().to_owned();
+        let parent_path = e.parent().map(str::to_owned);
+        let parent = self
+            .dirs
+            .get(parent_path.as_deref())
+            .map_err(|err| self.rx.local("opening a directory", err))?;
+        let ours = open_beneath(&parent, &base, OFlags::RDONLY)
+            .map_err(io::Error::from)
+            .and_then(|fd| Prefix::of_file(&File::from(fd), header.size, true))
+            .map(|p| p.digest());
+        self.settled[i as usize] = true;
+        match ours {
+            Ok(d) if d == digest => {
+                self.counts.unchanged += 1;
+                self.report(i, FileStatus::Unchanged, Some(d), "")
+            }
+            Ok(d) if self.rx.config.force => {
+                self.settled[i as usize] = false;
+                self.report(i, FileStatus::Resend, Some(d), "differs; send it whole")
+            }
+            Ok(d) => {
+                self.counts.failed += 1;
+                let msg = "exists with other content (use --force on the receiver)";
+                self.report(i, FileStatus::Refused, Some(d), msg)
+            }
+            Err(err) => {
+                self.counts.failed += 1;
+                let msg = format!("reading the copy here: {}", os_reason(&err));
+                self.report(i, FileStatus::Failed, None, &msg)
+            }
+        }
+    }
+
+    /// The rest of a file we hold a partial of follows, if our prefix has the sender's digest.
+    fn resume(
+        &mut self,
+        i: u32,
+        offset: u64,
+        digest: [u8; 32],
+        record: &mut TransferRecord,
+    ) -> Result<(), RecvError> {
+        let (e, header) = self.file_entry(i)?;
+        let path = e.path.clone();
+        let Some((temp, held)) = self.partials.remove(&i) else {
+            return Err(ProtocolError::Malformed(format!("a resume of {}", Escaped(&path))).into());
+        };
+        if held != offset {
+            return Err(ProtocolError::Malformed(format!(
+                "a resume of {} at {offset}, not at {held}",
+                Escaped(&path)
+            ))
+            .into());
+        }
+        let sparse = header.sparse_data_len.is_some();
+        match Prefix::of_file(&temp.file, held, sparse) {
+            Ok(prefix) if prefix.digest() == digest => {
+                record.resumed_from += held;
+                prepare(&temp.file, &header).map_err(|err| self.rx.local("preallocating", err))?;
+                self.receive_file(i, &header, temp, prefix, record)
+            }
+            _ => {
+                log::info!(
+                    "{}: the partial file differs from the sender's; starting over",
+                    Escaped(&path)
+                );
+                drop(temp);
+                let mut drain = Drain::default();
+                let drained = receive_into(self.stream, &header, offset, &mut drain, &mut |_| {});
+                match drained {
+                    Ok(n) if n == header.size => {}
+                    Ok(_) => {
+                        return Err(RecvError::ShortPayload {
+                            received: held,
+                            expected: header.size,
+                        })
+                    }
+                    Err(Incoming::Protocol(e)) => return Err(e.into()),
+                    Err(Incoming::Copy(_)) => {
+                        return Err(ProtocolError::Truncated("payload of a file to resend").into())
+                    }
+                }
+                match Trailer::read(&mut &*self.stream) {
+                    Ok(_) | Err(ProtocolError::Abandoned) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.report(
+                    i,
+                    FileStatus::Resend,
+                    None,
+                    "the partial file differs; send it whole",
+                )
+            }
+        }
+    }
+
+    /// Receives a file's payload (from `prefix.len()` on) and trailer into `temp`; lands it or
+    /// adds it to the batch.
+    fn receive_file(
+        &mut self,
+        i: u32,
+        header: &Header,
+        temp: TempFile<Arc<OwnedFd>>,
+        prefix: Prefix,
+        record: &mut TransferRecord,
+    ) -> Result<(), RecvError> {
+        let start = prefix.len();
+        let mut scratch = TransferRecord::new(record.peer);
+        let received =
+            self.rx
+                .receive_payload(self.stream, header, &temp, prefix, &self.pipe, &mut scratch);
+        record.received += scratch.received.saturating_sub(start);
+        record.zero_copy &= scratch.zero_copy;
+        record.stages.add(&scratch.stages);
+        let digest = match received {
+            Ok(d) => d,
+            Err(e) => {
+                if e.is_interruption() {
+                    partial::keep(temp, header, scratch.received);
+                } else if let RecvError::Local { .. } = e {
+                    self.counts.failed += 1;
+                    let _ = self.report(i, FileStatus::Failed, None, &e.to_string());
+                }
+                return Err(e);
+            }
+        };
+        let trailer = match Trailer::read(&mut &*self.stream) {
+            Ok(t) => t,
+            Err(ProtocolError::Abandoned) => {
+                self.settled[i as usize] = true;
+                self.counts.failed += 1;
+                let msg = "source changed during transfer; discarded";
+                return self.report(i, FileStatus::Failed, None, msg);
+            }
+            Err(e @ (ProtocolError::Truncated(_) | ProtocolError::Io(..))) => {
+                partial::keep(temp, header, header.size);
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if trailer.sha256.is_some() != self.verify {
+            return Err(ProtocolError::Malformed(
+                "trailer digest does not match the header's verify flag".into(),
+            )
+            .into());
+        }
+        self.settled[i as usize] = true;
+        if trailer.sha256 != digest {
+            self.counts.failed += 1;
+            return self.report(
+                i,
+                FileStatus::Mismatch,
+                digest,
+                "checksum mismatch; discarded",
+            );
+        }
+        self.rx.set_metadata(&temp.file, header)?;
+        if header.size >= LAND_ALONE {
+            let base = self.manifest.entries[i as usize].base().to_owned();
+            let landed = self.rx.land(temp, &base, header);
+            return self.landed(i, digest, landed.map(|_| ()));
+        }
+        self.batch_bytes += header.size;
+        self.batch.push(Pending {
+            index: i,
+            temp,
+            digest,
+        });
+        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the batch durable and publishes it: one syncfs for the data, the renames, one
+    /// syncfs for the directories, then the verdicts.
+    fn flush(&mut self) -> Result<(), RecvError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let started = Instant::now();
+        if let Err(e) = rustix::fs::syncfs(&self.rx.dir) {
+            let err = self.rx.local("syncing the received files", e.into());
+            for p in batch {
+                self.counts.failed += 1;
+                self.report(p.index, FileStatus::Failed, None, &err.to_string())?;
+            }
+            return Ok(());
+        }
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for p in batch {
+            let base = self.manifest.entries[p.index as usize].base();
+            let published = self.rx.publish(&p.temp.dir, &p.temp.name, base);
+            if published.is_ok() {
+                p.temp.disarm();
+            }
+            outcomes.push((p.index, p.digest, published));
+        }
+        let synced = rustix::fs::syncfs(&self.rx.dir);
+        log::debug!(
+            "landed a batch of {} files in {:.3} s",
+            outcomes.len(),
+            started.elapsed().as_secs_f64()
+        );
+        for (index, digest, published) in outcomes {
+            let result = match (published, synced) {
+                (Ok(()), Err(e)) => Err(self.rx.local("syncing the directories", e.into())),
+                (p, _) => p,
+            };
+            self.landed(index, digest, result)?;
+        }
+        Ok(())
+    }
+
+    /// Reports a file's landing.
+    fn landed(
+        &mut self,
+        i: u32,
+        digest: Option<[u8; 32]>,
+        result: Result<(), RecvError>,
+    ) -> Result<(), RecvError> {
+        match result {
+            Ok(()) => {
+                self.counts.landed += 1;
+                self.report(i, FileStatus::Landed, digest, "")
+            }
+            Err(e) => {
+                self.counts.failed += 1;
+                let status = match e {
+                    RecvError::Refused(_) => FileStatus::Refused,
+                    _ => FileStatus::Failed,
+                };
+                log::warn!("{}: {e}", Escaped(&self.manifest.entries[i as usize].path));
+                self.report(i, status, digest, &e.to_string())
+            }
+        }
+    }
+
+    /// Lands the batch, gives the directories made their mode and mtime (deepest first, after
+    /// their content), and tells the sender the pass is complete.
+    fn end_pass(&mut self) -> Result<(), RecvError> {
+        self.flush()?;
+        for &i in self.made_dirs.iter().rev() {
+            let e = &self.manifest.entries[i];
+            let dir = open_beneath(&self.rx.dir, &e.path, OFlags::RDONLY | OFlags::DIRECTORY);
+            let set = dir.and_then(|d| {
+                rustix::fs::fchmod(&d, Mode::from_raw_mode(e.mode & 0o777))?;
+                rustix::fs::futimens(&d, &timestamps(e.mtime.0, e.mtime.1))
+            });
+            if let Err(err) = set {
+                log::warn!("setting the mode and mtime of {}: {err}", Escaped(&e.path));
+            }
+        }
+        self.send(&Report::EndOfPass)
+    }
+
+    fn report(
+        &self,
+        index: u32,
+        status: FileStatus,
+        sha256: Option<[u8; 32]>,
+        message: &str,
+    ) -> Result<(), RecvError> {
+        self.send(&Report::File {
+            index,
+            status,
+            sha256,
+            message: message.to_owned(),
+        })
+    }
+
+    fn send(&self, report: &Report) -> Result<(), RecvError> {
+        (&*self.stream)
+            .write_all(&report.encode())
+            .map_err(|error| RecvError::Network {
+                during: "sending a verdict",
+                received: 0,
+                expected: 0,
+                error,
+            })
+    }
+}
+
+impl Drop for Session<'_> {
+    /// Partials taken for resuming but not used go back to being kept.
+    fn drop(&mut self) {
+        for (i, (temp, held)) in self.partials.drain() {
+            let header = header_of(&self.manifest.entries[i as usize], self.verify);
+            partial::keep(temp, &header, held);
+        }
+    }
+}
+
+/// The single-file header of a tree's file entry: the machinery of single files (payload,
+/// sparse records, partials) works from it. Its name is the whole relative path.
+fn header_of(e: &Entry, verify: bool) -> Header {
+    let (size, sparse_data_len, source_id) = match e.kind {
+        Kind::File {
+            size,
+            sparse_data_len,
+            source_id,
+        } => (size, sparse_data_len, source_id),
+        _ => (0, None, None),
+    };
+    Header {
+        name: e.path.clone(),
+        size,
+        mode: e.mode,
+        mtime_sec: e.mtime.0,
+        mtime_nsec: e.mtime.1,
+        flags: if verify { 0 } else { FLAG_NO_VERIFY },
+        source_id: source_id.filter(|_| verify),
+        auth_nonce: None,
+        sparse_data_len,
+    }
+}
+
+/// Handles on the tree's directories, opened beneath the receive directory without following
+/// any symlink; the last one is kept, since a walk sends a directory's files together.
+struct DirCache {
+    root: Arc<OwnedFd>,
+    last: Option<(String, Arc<OwnedFd>)>,
+}
+
+impl DirCache {
+    fn new(root: Arc<OwnedFd>) -> DirCache {
+        DirCache { root, last: None }
+    }
+
+    fn get(&mut self, path: Option<&str>) -> io::Result<Arc<OwnedFd>> {
+        let Some(path) = path else {
+            return Ok(self.root.clone());
+        };
+        if let Some((p, fd)) = &self.last {
+            if p == path {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = Arc::new(open_beneath(
+            &self.root,
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY,
+        )?);
+        self.last = Some((path.to_owned(), fd.clone()));
+        Ok(fd)
+    }
+}
+
+/// Reads a payload the receiver will not keep, and forgets it.
+#[derive(Default)]
+struct Drain {
+    buf: Vec<u8>,
+}
+
+impl Sink for Drain {
+    fn data(
+        &mut self,
+        stream: &TcpStream,
+        _offset: u64,
+        len: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, CopyError> {
+        self.buf.resize(256 * 1024, 0);
+        let mut done = 0;
+        while done < len {
+            let want = (len - done).min(self.buf.len() as u64) as usize;
+            match (&*stream).read(&mut self.buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => done += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CopyError::Read(e)),
+            }
+            progress(done);
+        }
+        Ok(done)
+    }
+
+    fn hole(&mut self, _offset: u64, _len: u64) -> Result<(), CopyError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,388 @@
+//! Sending many files and directories over one connection: the manifest, the receiver's
+//! answer for every entry, then the files back to back without waiting for each (the
+//! receiver's per-file verdicts are read on a second thread), then a second pass for files the
+//! receiver found different from what it held.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::{auth_nonce, handshake, net, open_connection, send_body, SendOptions, Source};
+use crate::error::{ProtocolError, SendError};
+use crate::hash::Prefix;
+use crate::manifest::{Answer, Answers, FileStatus, Frame, Kind, Report};
+use crate::name::Escaped;
+use crate::protocol::{Header, Trailer, FLAG_NO_VERIFY, FLAG_TREE};
+use crate::stages::StageTimes;
+use crate::walk::{walk, Tree, WalkOptions};
+
+/// How to send a tree.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TreeOptions {
+    /// Send symbolic links (those pointing inside their tree) as links.
+    pub links: bool,
+    /// Stop at the first file that fails instead of going on with the others.
+    pub fail_fast: bool,
+}
+
+/// What happened to a tree, for the summary and `--json`.
+#[derive(Clone, Debug)]
+pub struct TreeReport {
+    /// The receiver's address.
+    pub peer: SocketAddr,
+    /// Regular files in the tree.
+    pub files: usize,
+    /// Files sent, verified and published.
+    pub landed: usize,
+    /// Files the receiver already held with the same SHA-256: nothing was sent.
+    pub unchanged: usize,
+    /// Directories made or found on the receiver.
+    pub dirs: usize,
+    /// Symbolic links made.
+    pub links: usize,
+    /// Entries that did not land, with why.
+    pub failures: Vec<(String, String)>,
+    /// Entries left out on purpose (special files, links without `--links`), with why.
+    pub skipped: Vec<(PathBuf, String)>,
+    /// Bytes of all files.
+    pub bytes: u64,
+    /// Payload bytes put on the wire (holes and resumed prefixes excluded).
+    pub bytes_sent: u64,
+    /// Bytes of partial files the receiver held and this transfer resumed from.
+    pub resumed_from: u64,
+    /// From connecting to the last verdict.
+    pub elapsed: Duration,
+    /// Whether every payload went through sendfile.
+    pub zero_copy: bool,
+    /// CPU of the sendfile loop and of hashing, all files together.
+    pub stages: StageTimes,
+}
+
+/// A step of a tree transfer, for a progress bar.
+#[derive(Clone, Copy, Debug)]
+pub enum Tick {
+    /// This many more bytes are done.
+    Bytes(u64),
+    /// One more file is done.
+    File,
+}
+
+/// Sends `roots` (files and directories) to the receiver at `addr` over one connection.
+/// Returns the report even when some files failed; the caller decides what that means.
+pub fn send_tree(
+    addr: &str,
+    roots: &[PathBuf],
+    opts: &SendOptions,
+    tree_opts: TreeOptions,
+    on_walked: &mut dyn FnMut(usize, u64),
+    progress: &mut dyn FnMut(Tick),
+) -> Result<TreeReport, SendError> {
+    let walk_opts = WalkOptions {
+        links: tree_opts.links,
+        resumable: opts.verify,
+    };
+    let tree = walk(roots, opts.name.as_deref(), walk_opts)?;
+    for (path, why) in &tree.skipped {
+        log::warn!("skipping {}: {why}", path.display());
+    }
+    on_walked(tree.file_count(), tree.total_bytes());
+    let label = tree.manifest.entries[0].path.clone();
+    let start = Instant::now();
+    let (stream, scratch) = open_connection(addr, opts, &roots[0], label.clone())?;
+    let mut session = Session {
+        stream: &stream,
+        tree: &tree,
+        opts,
+        tree_opts,
+        digests: vec![None; tree.manifest.entries.len()],
+        scratch,
+        report: TreeReport {
+            peer: stream.peer_addr().map_err(net("connecting"))?,
+            files: tree.file_count(),
+            landed: 0,
+            unchanged: 0,
+            dirs: 0,
+            links: 0,
+            failures: tree
+                .unreadable
+                .iter()
+                .map(|(p, why)| (p.display().to_string(), why.clone()))
+                .collect(),
+            skipped: tree.skipped.clone(),
+            bytes: tree.total_bytes(),
+            bytes_sent: 0,
+            resumed_from: 0,
+            elapsed: Duration::ZERO,
+            zero_copy: true,
+            stages: StageTimes::default(),
+        },
+    };
+    session.run(&label, progress)?;
+    let mut report = session.report;
+    report.bytes_sent = session.scratch.bytes_sent;
+    report.zero_copy = session.scratch.zero_copy;
+    report.stages = session.scratch.stages;
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// What to send for one file.
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Full,
+    Check,
+    Resume(u64),
+}
+
+struct Session<'a> {
+    stream: &'a TcpStream,
+    tree: &'a Tree,
+    opts: &'a SendOptions,
+    tree_opts: TreeOptions,
+    /// Our SHA-256 of each file sent or checked.
+    digests: Vec<Option<[u8; 32]>>,
+    /// Byte counts and CPU of the file bodies, accumulated.
+    scratch: super::SendReport,
+    report: TreeReport,
+}
+
+impl Session<'_> {
+    fn run(&mut self, label: &str, progress: &mut dyn FnMut(Tick)) -> Result<(), SendError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        let mut flags = FLAG_TREE;
+        if !self.opts.verify {
+            flags |= FLAG_NO_VERIFY;
+        }
+        let header = Header {
+            mode: 0o755,
+            mtime_sec: now.as_secs() as i64,
+            mtime_nsec: now.subsec_nanos(),
+            flags,
+            auth_nonce: auth_nonce(self.opts)?,
+            ..Header::new(label, self.tree.total_bytes())
+        };
+        // A tree is not resumable as a whole, so a resume offer is refused inside.
+        handshake(self.stream, &header, self.opts.token.as_ref())?;
+        let manifest = &self.tree.manifest;
+        self.stream
+            .write_all(&manifest.encode())
+            .map_err(net("sending the manifest"))?;
+        let answers = match Answers::read(&mut &*self.stream, manifest.entries.len())? {
+            Answers::Each(a) => a,
+            Answers::Refused(code, message) => {
+                return Err(SendError::Refused {
+                    name: label.to_owned(),
+                    code,
+                    message,
+                })
+            }
+        };
+        let mut first = Vec::new();
+        for (i, (entry, answer)) in manifest.entries.iter().zip(answers).enumerate() {
+            match (&entry.kind, answer) {
+                (_, Answer::Refused(why)) => self.fail(i, why),
+                (Kind::Dir, Answer::Done) => self.report.dirs += 1,
+                (Kind::Symlink { .. }, Answer::Done) => self.report.links += 1,
+                (Kind::File { .. }, Answer::Send) => first.push((i, Action::Full)),
+                (Kind::File { .. }, Answer::Landed) => first.push((i, Action::Check)),
+                (Kind::File { size, .. }, Answer::Partial(offset)) if offset <= *size => {
+                    first.push((i, Action::Resume(offset)))
+                }
+                (_, answer) => {
+                    return Err(ProtocolError::Malformed(format!(
+                        "answer {answer:?} to {}",
+                        Escaped(&entry.path)
+                    ))
+                    .into())
+                }
+            }
+        }
+        let stream = self.stream;
+        std::thread::scope(|s| {
+            let (tx, reports) = mpsc::channel();
+            s.spawn(move || loop {
+                let report = Report::read(&mut &*stream);
+                let end = report.is_err();
+                if tx.send(report).is_err() || end {
+                    break;
+                }
+            });
+            let result = self.passes(first, &reports, progress);
+            // Ends the reader, whatever happened.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            result
+        })
+    }
+
+    /// The first pass, and a second for the files the receiver asks to have whole.
+    fn passes(
+        &mut self,
+        first: Vec<(usize, Action)>,
+        reports: &mpsc::Receiver<Result<Report, ProtocolError>>,
+        progress: &mut dyn FnMut(Tick),
+    ) -> Result<(), SendError> {
+        let resend = self.pass(&first, reports, progress)?;
+        if resend.is_empty() || self.stopping() {
+            return Ok(());
+        }
+        let second: Vec<(usize, Action)> = resend.into_iter().map(|i| (i, Action::Full)).collect();
+        for i in self.pass(&second, reports, progress)? {
+            self.fail(i, "the receiver asked for it again".into());
+        }
+        Ok(())
+    }
+
+    /// Sends every action's frame back to back, then an end of pass, and reads verdicts until
+    /// the receiver's end of pass. Returns the files to send again whole.
+    fn pass(
+        &mut self,
+        actions: &[(usize, Action)],
+        reports: &mpsc::Receiver<Result<Report, ProtocolError>>,
+        progress: &mut dyn FnMut(Tick),
+    ) -> Result<Vec<usize>, SendError> {
+        let mut resend = Vec::new();
+        for &(i, action) in actions {
+            while let Ok(report) = reports.try_recv() {
+                self.apply(report?, &mut resend)?;
+            }
+            if self.stopping() {
+                break;
+            }
+            self.send_one(i, action, progress)?;
+            progress(Tick::File);
+        }
+        self.stream
+            .write_all(&Frame::EndOfPass.encode())
+            .map_err(net("ending a pass"))?;
+        loop {
+            let report = reports
+                .recv()
+                .map_err(|_| ProtocolError::Truncated("verdicts"))??;
+            if report == Report::EndOfPass {
+                return Ok(resend);
+            }
+            self.apply(report, &mut resend)?;
+        }
+    }
+
+    /// Whether to send no more files: `--fail-fast` and something failed.
+    fn stopping(&self) -> bool {
+        self.tree_opts.fail_fast && !self.report.failures.is_empty()
+    }
+
+    fn send_one(
+        &mut self,
+        i: usize,
+        action: Action,
+        progress: &mut dyn FnMut(Tick),
+    ) -> Result<(), SendError> {
+        let entry = &self.tree.manifest.entries[i];
+        let path = &self.tree.paths[i];
+        let source = match Source::open(path) {
+            Ok(s) if s.size == entry.size() && s.mtime == entry.mtime => s,
+            Ok(_) => {
+                self.fail(i, "changed since it was listed; not sent".into());
+                return Ok(());
+            }
+            Err(e) => {
+                self.fail(i, e.to_string());
+                return Ok(());
+            }
+        };
+        let sparse = source.sparse_data.is_some();
+        let source_err = |error| SendError::Source {
+            path: path.clone(),
+            error,
+        };
+        let index = i as u32;
+        let (frame, prefix) = match action {
+            Action::Check => {
+                let digest = Prefix::of_file(&source.file, source.size, sparse)
+                    .map_err(source_err)?
+                    .digest();
+                self.digests[i] = Some(digest);
+                self.write(&Frame::Check(index, digest).encode(), "sending a check")?;
+                progress(Tick::Bytes(source.size));
+                return Ok(());
+            }
+            Action::Full => (Frame::Full(index), Prefix::empty()),
+            Action::Resume(offset) => {
+                let prefix = Prefix::of_file(&source.file, offset, sparse).map_err(source_err)?;
+                (Frame::Resume(index, offset, prefix.digest()), prefix)
+            }
+        };
+        self.write(&frame.encode(), "sending a file header")?;
+        let resumed = prefix.len();
+        progress(Tick::Bytes(resumed));
+        let mut bytes = |n| progress(Tick::Bytes(n));
+        match send_body(
+            self.stream,
+            &source,
+            prefix,
+            self.opts.verify,
+            &mut self.scratch,
+            &mut bytes,
+        ) {
+            Ok(digest) => {
+                self.digests[i] = digest;
+                self.report.resumed_from += resumed;
+                self.write(&Trailer { sha256: digest }.encode(), "sending a trailer")
+            }
+            Err(SendError::SourceChanged) => {
+                self.fail(i, SendError::SourceChanged.to_string());
+                self.write(&Trailer::abandoned(), "sending a trailer")
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes in one verdict.
+    fn apply(&mut self, report: Report, resend: &mut Vec<usize>) -> Result<(), SendError> {
+        let Report::File {
+            index,
+            status,
+            sha256,
+            message,
+        } = report
+        else {
+            return Err(ProtocolError::Malformed("an end of pass before ours".into()).into());
+        };
+        let i = index as usize;
+        let Some(ours) = self.digests.get(i).copied() else {
+            return Err(ProtocolError::Malformed(format!("a verdict for entry {i}")).into());
+        };
+        let mismatch = || {
+            let hex = |d: Option<[u8; 32]>| d.map(hex::encode).unwrap_or_else(|| "nothing".into());
+            format!(
+                "checksum mismatch: sent {}, receiver has {}",
+                hex(ours),
+                hex(sha256)
+            )
+        };
+        match status {
+            FileStatus::Landed | FileStatus::Unchanged if self.opts.verify && sha256 != ours => {
+                self.fail(i, mismatch())
+            }
+            FileStatus::Landed => self.report.landed += 1,
+            FileStatus::Unchanged => self.report.unchanged += 1,
+            FileStatus::Mismatch => self.fail(i, mismatch()),
+            FileStatus::Failed | FileStatus::Refused => self.fail(i, message),
+            FileStatus::Resend => resend.push(i),
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, i: usize, why: String) {
+        let path = self.tree.manifest.entries[i].path.clone();
+        log::warn!("{}: {why}", Escaped(&path));
+        self.report.failures.push((path, why));
+    }
+
+    fn write(&self, bytes: &[u8], during: &'static str) -> Result<(), SendError> {
+        (&*self.stream).write_all(bytes).map_err(net(during))
+    }
+}
