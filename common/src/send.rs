@@ -105,6 +105,11 @@ impl Source {
             path: path.to_owned(),
             error,
         };
+        // Look before opening: opening a fifo would wait for a writer.
+        let kind = std::fs::metadata(path).map_err(source_err)?.file_type();
+        if !kind.is_file() && !kind.is_block_device() {
+            return Err(SendError::NotAFile(path.to_owned()));
+        }
         let file = File::open(path).map_err(source_err)?;
         let meta = file.metadata().map_err(source_err)?;
         let block_device = meta.file_type().is_block_device();
