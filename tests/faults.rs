@@ -120,7 +120,11 @@ fn a_missing_source_is_a_local_error() {
     // A fifo is neither a file nor a directory.
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let out = zsend(&[&closed_port().to_string(), fifo.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

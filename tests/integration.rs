@@ -8,5 +8,6 @@ mod resume;
 mod sparse;
 mod stream;
 mod transfer;
+mod tree;
 mod util;
 mod zero_copy;

@@ -1,0 +1,389 @@
+//! Many files and directories in one transfer: structure, metadata, links, hostile manifests,
+//! many small files, per-file failures and resuming an interrupted tree.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use zcommon::{Answers, Entry, Header, Kind, Manifest, Reply, FLAG_TREE};
+
+use crate::util::*;
+
+/// Every entry below `root` (not following links): relative path -> a description of type,
+/// permissions, size, content digest or link target, and (for files) mtime.
+fn describe(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            let perms = m.permissions().mode() & 0o777;
+            let what = if m.file_type().is_symlink() {
+                format!("link -> {}", std::fs::read_link(&path).unwrap().display())
+            } else if !m.is_dir() && !m.is_file() {
+                "special".into()
+            } else if m.is_dir() {
+                stack.push(path.clone());
+                format!("dir {perms:o}")
+            } else {
+                format!(
+                    "file {perms:o} {} {} mtime {}.{}",
+                    m.len(),
+                    sha256_file(&path),
+                    m.mtime(),
+                    m.mtime_nsec()
+                )
+            };
+            out.insert(rel, what);
+        }
+    }
+    out
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A tree with what the issue lists: nesting, empty files and directories, modes, unicode
+/// names, a link inside and one pointing out, and a fifo.
+fn sample_tree(top: &Path) {
+    std::fs::create_dir_all(top.join("a/b/c")).unwrap();
+    std::fs::create_dir_all(top.join("empty dir")).unwrap();
+    random_file(&top.join("a/b/c/deep.bin"), 300_000, 1);
+    random_file(&top.join("a/big.img"), 3 << 20, 2);
+    std::fs::write(top.join("empty"), b"").unwrap();
+    std::fs::write(top.join("ünïcødé ✓.txt"), "grüße\n").unwrap();
+    std::fs::write(top.join("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(top.join("run.sh"), PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(top.join("secret"), b"s").unwrap();
+    std::fs::set_permissions(top.join("secret"), PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(top.join("a/b"), PermissionsExt::from_mode(0o700)).unwrap();
+    symlink("a/b/c/deep.bin", top.join("inside")).unwrap();
+    symlink("../../etc/passwd", top.join("outside")).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(top.join("fifo"))
+        .status()
+        .unwrap()
+        .success());
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123);
+    std::fs::File::options()
+        .write(true)
+        .open(top.join("a/big.img"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
+#[test]
+fn a_tree_lands_with_its_structure_modes_times_and_links() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    sample_tree(&top);
+    let rx = Zrecv::start(dst.path(), &[]);
+    let extra = src.path().join("loose.txt");
+    std::fs::write(&extra, b"a file next to the tree").unwrap();
+    let out = zsend(&[
+        &rx.addr(),
+        top.to_str().unwrap(),
+        extra.to_str().unwrap(),
+        "--links",
+        "--json",
+    ]);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    let json = json_of(&out);
+    assert_eq!(json["files"], 7, "{json}");
+    assert_eq!(json["landed"], 7, "{json}");
+    assert_eq!(json["links"], 1, "{json}");
+    assert_eq!(json["dirs"], 5, "{json}");
+    assert_eq!(json["skipped"], 2, "{json}");
+    assert!(err.contains("points out of the tree"), "{err}");
+    assert!(err.contains("special file"), "{err}");
+
+    let mut want = describe(&top);
+    want.remove("outside");
+    want.remove("fifo");
+    assert_eq!(describe(&dst.path().join("top")), want);
+    assert_eq!(
+        std::fs::read(dst.path().join("loose.txt")).unwrap(),
+        b"a file next to the tree"
+    );
+    // Nothing hidden is left behind.
+    assert!(in_flight(dst.path()).is_empty());
+    rx.wait_for_line("received tree top");
+
+    // Without --links, the inside link is skipped too.
+    let dst2 = tempfile::tempdir().unwrap();
+    let rx2 = Zrecv::start(dst2.path(), &[]);
+    let out = zsend(&[&rx2.addr(), top.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(json_of(&out)["skipped"], 3);
+    assert!(!dst2.path().join("top/inside").exists());
+}
+
+#[test]
+fn sending_a_tree_again_sends_nothing_and_checks_every_file() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    sample_tree(&top);
+    let rx = Zrecv::start(dst.path(), &["--force"]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--links", "-q"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--links", "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(json["unchanged"], 6, "{json}");
+    assert_eq!(json["landed"], 0, "{json}");
+    assert_eq!(json["bytes_sent"], 0, "{json}");
+
+    // A copy with the same size and mtime but other content is caught by the digests, and
+    // (with --force on the receiver) sent again.
+    let copy = dst.path().join("top/a/b/c/deep.bin");
+    let mtime = std::fs::metadata(&copy).unwrap().modified().unwrap();
+    let f = std::fs::File::options().write(true).open(&copy).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"tampered", 1000).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--links", "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(
+        (json["unchanged"].as_u64(), json["landed"].as_u64()),
+        (Some(5), Some(1))
+    );
+    assert_eq!(sha256_file(&copy), sha256_file(&top.join("a/b/c/deep.bin")));
+}
+
+#[test]
+fn a_failing_file_does_not_stop_the_others_unless_fail_fast() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    std::fs::create_dir(&top).unwrap();
+    for i in 0..5 {
+        random_file(&top.join(format!("f{i}")), 10_000, i);
+    }
+    // The receiver already has another f2, and does not replace files.
+    std::fs::create_dir(dst.path().join("top")).unwrap();
+    std::fs::write(dst.path().join("top/f2"), b"someone else's").unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json", "--fail-fast"]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(
+        (json["failed"].as_u64(), json["landed"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(visible(&dst.path().join("top")), vec!["f2"]);
+
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(
+        (json["failed"].as_u64(), json["landed"].as_u64()),
+        (Some(1), Some(4))
+    );
+    assert_eq!(json["failures"][0]["path"], "top/f2");
+    assert!(json["failures"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("exists (use --force on the receiver)"));
+    assert_eq!(
+        std::fs::read(dst.path().join("top/f2")).unwrap(),
+        b"someone else's"
+    );
+    assert!(stderr_of(&out).contains("1 entries did not land"));
+}
+
+#[test]
+fn ten_thousand_small_files_arrive() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("many");
+    for d in 0..100 {
+        let dir = top.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            let content = format!("{d}/{f}\n").repeat(1024);
+            std::fs::write(dir.join(format!("f{f:02}")), &content.as_bytes()[..4096]).unwrap();
+        }
+    }
+    let rx = Zrecv::start(dst.path(), &[]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(json["landed"], 10_000, "{json}");
+    assert_eq!(json["bytes"], 10_000 * 4096);
+    assert_eq!(describe(&dst.path().join("many")), describe(&top));
+}
+
+#[test]
+fn an_interrupted_tree_resumes_where_it_stopped() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("vm");
+    std::fs::create_dir(&top).unwrap();
+    let size: u64 = 8 << 20;
+    for i in 0..6 {
+        random_file(&top.join(format!("disk{i}.img")), size, 40 + i);
+    }
+    let total = 6 * size;
+    let rx = Zrecv::start(dst.path(), &[]);
+    // Stop the stream in the middle of the third file and kill the sender there.
+    let proxy = Proxy::start(rx.addr, Fault::PauseAt(2 * size + size / 2));
+    let mut sender = Command::new(zsend_bin())
+        .args([&proxy.addr(), top.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    proxy.release();
+    drop(proxy);
+    rx.wait_for_line("vm from");
+
+    let proxy = Proxy::start(rx.addr, Fault::None);
+    let out = zsend(&[&proxy.addr(), top.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let up = proxy.bytes_up();
+    let json = json_of(&out);
+    let (unchanged, landed) = (
+        json["unchanged"].as_u64().unwrap(),
+        json["landed"].as_u64().unwrap(),
+    );
+    assert!(unchanged >= 2, "{json}");
+    assert_eq!(unchanged + landed, 6, "{json}");
+    let resumed = json["resumed_from"].as_u64().unwrap();
+    assert!(resumed > 0, "{json}");
+    // Only what the receiver lacked crossed again (plus headers and digests).
+    let lacking = total - unchanged * size - resumed;
+    assert!(
+        up <= lacking + (64 << 10),
+        "{up} bytes crossed for {lacking} missing"
+    );
+    assert!(up < total * 6 / 10, "{up} of {total} bytes crossed again");
+    assert_eq!(describe(&dst.path().join("vm")), describe(&top));
+    assert!(entries(&dst.path().join("vm"))
+        .iter()
+        .all(|e| !e.starts_with(".zrecv-")));
+}
+
+/// Runs a raw tree handshake with `entries` and returns the receiver's answers.
+fn hostile_manifest(rx: &Zrecv, entries: Vec<Entry>) -> Answers {
+    let mut s = std::net::TcpStream::connect(rx.addr).unwrap();
+    s.set_read_timeout(Some(PROCESS_TIMEOUT)).unwrap();
+    let hello = Header {
+        flags: FLAG_TREE,
+        ..Header::new("top", 0)
+    };
+    s.write_all(&hello.encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    s.write_all(&Manifest { entries }.encode()).unwrap();
+    let count = 3;
+    Answers::read(&mut s, count).unwrap_or_else(|e| panic!("answers: {e}"))
+}
+
+fn entry(path: &str, kind: Kind) -> Entry {
+    Entry {
+        path: path.into(),
+        kind,
+        mode: 0o644,
+        mtime: (0, 0),
+    }
+}
+
+fn file(size: u64) -> Kind {
+    Kind::File {
+        size,
+        sparse_data_len: None,
+        source_id: None,
+    }
+}
+
+#[test]
+fn hostile_manifests_are_refused_and_nothing_is_written() {
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+    let cases: Vec<(Vec<Entry>, &str)> = vec![
+        (
+            vec![
+                entry("top", Kind::Dir),
+                entry("top/x", file(1)),
+                entry("top/x", file(1)),
+            ],
+            "two entries named top/x",
+        ),
+        (
+            vec![
+                entry("top", Kind::Dir),
+                entry("top/../x", file(1)),
+                entry("y", file(1)),
+            ],
+            "refers to a directory",
+        ),
+        (
+            vec![
+                entry("top", Kind::Dir),
+                entry("other/x", file(1)),
+                entry("y", file(1)),
+            ],
+            "comes before its directory",
+        ),
+        (
+            vec![
+                entry("top", Kind::Dir),
+                entry(
+                    "top/l",
+                    Kind::Symlink {
+                        target: "../../etc".into(),
+                    },
+                ),
+                entry("y", file(1)),
+            ],
+            "points out of the tree",
+        ),
+    ];
+    for (entries, words) in cases {
+        match hostile_manifest(&rx, entries) {
+            Answers::Refused(_, msg) => assert!(msg.contains(words), "{msg:?} lacks {words:?}"),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+    assert!(entries(dst.path()).is_empty(), "{:?}", entries(dst.path()));
+}
+
+/// A directory of the tree that is a symlink on the receiver is never followed.
+#[test]
+fn a_symlink_in_the_destination_is_never_followed() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    std::fs::create_dir_all(top.join("sub")).unwrap();
+    std::fs::write(top.join("sub/f"), b"data").unwrap();
+    std::fs::write(top.join("g"), b"more").unwrap();
+    std::fs::create_dir(dst.path().join("top")).unwrap();
+    symlink(elsewhere.path(), dst.path().join("top/sub")).unwrap();
+    let rx = Zrecv::start(dst.path(), &["--force"]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(json["landed"], 1, "{json}");
+    assert!(entries(elsewhere.path()).is_empty());
+    assert_eq!(std::fs::read(dst.path().join("top/g")).unwrap(), b"more");
+}
