@@ -16,4 +16,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = zcommon::Record::read(&mut &data[..]);
     let _ = zcommon::Prefix::read(&mut &data[..]);
     let _ = zcommon::Decision::read(&mut &data[..]);
+    if let Ok(m) = zcommon::Manifest::read(&mut &data[..]) {
+        assert_eq!(zcommon::Manifest::read(&mut &m.encode()[..]).unwrap(), m);
+    }
+    let _ = zcommon::Answers::read(&mut &data[..], 3);
+    let _ = zcommon::Frame::read(&mut &data[..]);
+    let _ = zcommon::Report::read(&mut &data[..]);
 });
