@@ -60,6 +60,11 @@ struct Cli {
     #[arg(long, value_name = "FILE", env = "ZSEND_TOKEN_FILE")]
     token_file: Option<PathBuf>,
 
+    /// Networks this receiver may forward to when a sender asks for a chain (zsend --to):
+    /// CIDRs or addresses, comma-separated. Without it, zrecv never forwards.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = zcommon::parse_network)]
+    allow_forward: Vec<zcommon::IpNet>,
+
     /// Print one JSON line per finished transfer on stdout.
     #[arg(long)]
     json: bool,
@@ -112,6 +117,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
         max_transfers: cli.max_transfers.max(1),
         to_stdout: cli.stdout,
         token,
+        allow_forward: cli.allow_forward.clone(),
     };
     let receiver = Receiver::bind(cli.listen, config)
         .with_context(|| format!("listening on {} for {}", cli.listen, cli.dir.display()))?;
@@ -189,6 +195,16 @@ fn report(cli: &Cli, r: &TransferRecord) {
             );
         }
         (Err(e), _) => log::error!("{what}: {e:#}"),
+    }
+    for h in &r.hops {
+        match h.verdict.status {
+            zcommon::Status::Landed => log::info!("forwarded to {}: landed", Escaped(&h.host)),
+            _ => log::warn!(
+                "forwarded to {}: not landed: {}",
+                Escaped(&h.host),
+                Escaped(&h.verdict.message)
+            ),
+        }
     }
     let st = &r.stages;
     log::debug!(

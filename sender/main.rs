@@ -16,17 +16,25 @@ use zcommon::{
 /// Send a file to a zrecv receiver: zero-copy with sendfile(2), verified with SHA-256 on both
 /// ends, published on the receiver only once complete, verified and durable.
 #[derive(Parser, Debug)]
-#[command(version, after_help = EXAMPLES)]
+#[command(
+    version,
+    after_help = EXAMPLES,
+    override_usage = "zsend [OPTIONS] HOST:PORT FILE|DIR...\n       \
+                      zsend [OPTIONS] --to HOST:PORT[,HOST:PORT...] FILE"
+)]
 struct Cli {
-    /// Receiver address: HOST:PORT, [IPV6]:PORT, or HOST for the default port 7350.
-    #[arg(value_name = "HOST:PORT")]
-    dest: String,
+    /// The receiver's address (HOST:PORT, [IPV6]:PORT, or HOST for the default port 7350),
+    /// unless --to gives it, then what to send: regular files, block devices (they land under
+    /// the device's base name unless --name), directories (recursively, over the same
+    /// connection), or - for standard input (a stream; --name is required).
+    #[arg(value_name = "HOST:PORT FILE|DIR", required = true)]
+    args: Vec<PathBuf>,
 
-    /// What to send: regular files, block devices (they land under the device's base name
-    /// unless --name), directories (recursively, over the same connection), or - for standard
-    /// input (a stream; --name is required).
-    #[arg(value_name = "FILE|DIR", required = true)]
-    files: Vec<PathBuf>,
+    /// Send one file to several hosts through a chain: the first receiver forwards it to the
+    /// second while writing it, and so on (each receiver needs --allow-forward for the next).
+    /// Comma-separated or repeated; every host's result is reported.
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
+    to: Vec<String>,
 
     /// Name to give the file (or the directory) on the receiver, when sending one (default:
     /// its own name).
@@ -102,12 +110,31 @@ fn main() -> ExitCode {
     if cli.json {
         println!("{}", json(&cli, &result));
     }
+    if let (Ok(Sent::File(r)), false) = (&result, cli.quiet || cli.json) {
+        for h in &r.hosts {
+            match zcommon::hop_landed(h, r.sha256) {
+                true => eprintln!("zsend: {}: landed", Escaped(&h.host)),
+                false => eprintln!("zsend: {}: FAILED: {}", Escaped(&h.host), host_error(h)),
+            }
+        }
+    }
     let result = result.and_then(|sent| match &sent {
         Sent::Tree(r) if !r.failures.is_empty() => Err(SendError::Partial {
             failed: r.failures.len(),
             files: r.files,
         }
         .into()),
+        Sent::File(r) if r.hosts.iter().any(|h| !zcommon::hop_landed(h, r.sha256)) => {
+            Err(SendError::Hosts {
+                failed: r
+                    .hosts
+                    .iter()
+                    .filter(|h| !zcommon::hop_landed(h, r.sha256))
+                    .count(),
+                hosts: r.hosts.len(),
+            }
+            .into())
+        }
         _ => Ok(sent),
     });
     match result {
@@ -130,16 +157,43 @@ fn main() -> ExitCode {
     }
 }
 
+impl Cli {
+    /// The first receiver.
+    fn dest(&self) -> String {
+        match self.to.first() {
+            Some(first) => first.clone(),
+            None => self.args[0].to_string_lossy().into_owned(),
+        }
+    }
+
+    /// What to send.
+    fn files(&self) -> &[PathBuf] {
+        match self.to.is_empty() {
+            true => &self.args[1..],
+            false => &self.args,
+        }
+    }
+}
+
 /// Usage errors clap cannot see.
 fn check_paths(cli: &Cli) -> Result<(), &'static str> {
-    let stdin = cli.files.iter().any(|f| f.as_os_str() == "-");
-    if stdin && cli.files.len() > 1 {
+    if cli.files().is_empty() {
+        return Err("give the receiver's HOST:PORT, then what to send");
+    }
+    if cli.to.len() > 1 && (cli.files().len() != 1 || cli.files()[0].is_dir()) {
+        return Err("--to sends one file (not a directory) to several hosts");
+    }
+    if cli.to.len() > 1 && cli.files()[0].as_os_str() == "-" {
+        return Err("--to sends a file, not standard input");
+    }
+    let stdin = cli.files().iter().any(|f| f.as_os_str() == "-");
+    if stdin && cli.files().len() > 1 {
         return Err("standard input (-) is sent on its own");
     }
     if stdin && cli.name.is_none() {
         return Err("standard input (-) has no name of its own: give --name NAME");
     }
-    if cli.name.is_some() && cli.files.len() > 1 {
+    if cli.name.is_some() && cli.files().len() > 1 {
         return Err("--name names one file or directory; give one, or leave --name out");
     }
     Ok(())
@@ -158,19 +212,21 @@ fn run(cli: &Cli) -> anyhow::Result<Sent> {
         verify: !cli.no_verify,
         timeout: Duration::from_secs(cli.timeout.max(1)),
         token,
+        chain: cli.to.iter().skip(1).cloned().collect(),
     };
-    let first = &cli.files[0];
+    let dest = cli.dest();
+    let first = &cli.files()[0];
     if first.as_os_str() == "-" {
         let bar = progress_bar(cli, None);
-        let report = zcommon::send_stdin(&cli.dest, &opts, &mut |n| bar.inc(n));
+        let report = zcommon::send_stdin(&dest, &opts, &mut |n| bar.inc(n));
         bar.finish_and_clear();
         return Ok(Sent::File(log_report(report?)));
     }
-    if cli.files.len() == 1 && !first.is_dir() {
+    if cli.files().len() == 1 && !first.is_dir() {
         // Errors opening the source surface from send_file below, with the right exit code.
         let size = zcommon::source_size(first).unwrap_or(0);
         let bar = progress_bar(cli, Some(size));
-        let report = send_file(&cli.dest, first, &opts, &mut |n| bar.inc(n));
+        let report = send_file(&dest, first, &opts, &mut |n| bar.inc(n));
         bar.finish_and_clear();
         return Ok(Sent::File(log_report(report?)));
     }
@@ -193,14 +249,7 @@ fn run(cli: &Cli) -> anyhow::Result<Sent> {
             bar.set_message(format!("{done}/{} files", files.get()));
         }
     };
-    let report = send_tree(
-        &cli.dest,
-        &cli.files,
-        &opts,
-        tree_opts,
-        &mut walked,
-        &mut tick,
-    );
+    let report = send_tree(&dest, cli.files(), &opts, tree_opts, &mut walked, &mut tick);
     bar.finish_and_clear();
     Ok(Sent::Tree(report?))
 }
@@ -256,6 +305,15 @@ fn summary(r: &SendReport) -> String {
     )
 }
 
+/// Why a host of a chain did not land the file.
+fn host_error(h: &zcommon::HopReport) -> String {
+    match h.verdict.status {
+        zcommon::Status::Mismatch => "checksum mismatch; discarded".into(),
+        zcommon::Status::Landed => "landed with another checksum".into(),
+        zcommon::Status::Failed => Escaped(&h.verdict.message).to_string(),
+    }
+}
+
 fn tree_summary(r: &TreeReport) -> String {
     let secs = r.elapsed.as_secs_f64().max(1e-9);
     let mut parts = vec![format!("{} sent", r.landed)];
@@ -291,7 +349,7 @@ fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
     match result {
         Ok(Sent::File(r)) => serde_json::json!({
             "version": 1,
-            "ok": true,
+            "ok": r.hosts.iter().all(|h| zcommon::hop_landed(h, r.sha256)),
             "file": r.path.display().to_string(),
             "name": r.name,
             "receiver": r.peer.to_string(),
@@ -303,6 +361,15 @@ fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
             "verified": r.verified,
             "zero_copy": r.zero_copy,
             "stages": stages_json(&r.stages),
+            "hosts": r.hosts.iter().map(|h| {
+                let ok = zcommon::hop_landed(h, r.sha256);
+                serde_json::json!({
+                    "host": h.host,
+                    "ok": ok,
+                    "sha256": h.verdict.sha256.map(hex::encode),
+                    "error": (!ok).then(|| host_error(h)),
+                })
+            }).collect::<Vec<_>>(),
         }),
         Ok(Sent::Tree(r)) => serde_json::json!({
             "version": 1,
@@ -334,7 +401,7 @@ fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
         Err(e) => serde_json::json!({
             "version": 1,
             "ok": false,
-            "file": cli.files[0].display().to_string(),
+            "file": cli.files().first().map(|f| f.display().to_string()),
             "error": format!("{e:#}"),
             "exit_code": e.downcast_ref::<SendError>().map_or(ExitStatus::Local, SendError::exit_status).code(),
             "verified": false,

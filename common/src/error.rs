@@ -145,6 +145,14 @@ pub enum SendError {
     /// The command line asks for something impossible.
     #[error("{0}")]
     Usage(String),
+    /// Some hosts of a chain did not land the file (the report lists each).
+    #[error("{failed} of {hosts} hosts did not land the file")]
+    Hosts {
+        /// Hosts that failed.
+        failed: usize,
+        /// Hosts in the chain.
+        hosts: usize,
+    },
     /// Some entries of a tree did not land (the warnings and `--json` list them).
     #[error("{failed} entries did not land ({files} files in all); see the warnings above")]
     Partial {
@@ -180,7 +188,7 @@ impl SendError {
             }
             SendError::Protocol(_) => ExitStatus::Protocol,
             SendError::Usage(_) => ExitStatus::Usage,
-            SendError::Partial { .. } => ExitStatus::Partial,
+            SendError::Partial { .. } | SendError::Hosts { .. } => ExitStatus::Partial,
         }
     }
 }

@@ -13,6 +13,7 @@
 //!     max_transfers: 16,
 //!     to_stdout: false,
 //!     token: None,
+//!     allow_forward: Vec::new(),
 //! };
 //! let receiver = Receiver::bind("127.0.0.1:0".parse()?, config)?;
 //! let addr = receiver.local_addr()?.to_string();
@@ -46,15 +47,19 @@ pub use crate::logging::init_logging;
 pub use crate::manifest::{Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, Report};
 pub use crate::name::{validate_name, Escaped, NameError, MAX_NAME_LEN, TEMP_PREFIX};
 pub use crate::protocol::{
-    encode_proof, read_hello, Decision, Header, Prefix, Record, RefuseCode, Reply, Status, Trailer,
-    Verdict, FLAG_AUTH, FLAG_NO_VERIFY, FLAG_RESUME, FLAG_SPARSE, FLAG_STREAM, FLAG_TREE,
-    HEADER_FIXED_LEN, MAX_HEADER_LEN, PREAMBLE_LEN, SOURCE_ID_LEN, TRAILER_LEN, VERSION,
+    encode_hops, encode_proof, read_hello, read_hops, Decision, Header, HopReport, Prefix, Record,
+    RefuseCode, Reply, Status, Trailer, Verdict, FLAG_AUTH, FLAG_CHAIN, FLAG_NO_VERIFY,
+    FLAG_RESUME, FLAG_SPARSE, FLAG_STREAM, FLAG_TREE, HEADER_FIXED_LEN, MAX_HEADER_LEN,
+    PREAMBLE_LEN, SOURCE_ID_LEN, TRAILER_LEN, VERSION,
 };
-pub use crate::recv::{parse_listen_addr, Receiver, ReceiverConfig, TransferRecord, TreeCounts};
+pub use crate::recv::{
+    parse_listen_addr, parse_network, Receiver, ReceiverConfig, TransferRecord, TreeCounts,
+};
 pub use crate::send::{
-    connect, resolve, send_file, send_tree, source_size, SendOptions, SendReport, Tick,
+    connect, hop_landed, resolve, send_file, send_tree, source_size, SendOptions, SendReport, Tick,
     TreeOptions, TreeReport, DEFAULT_PORT,
 };
 pub use crate::stages::StageTimes;
 pub use crate::stdin::send_stdin;
 pub use crate::units::{os_reason, Bytes};
+pub use ipnet::IpNet;

@@ -10,7 +10,7 @@ use crate::error::ProtocolError;
 use crate::name::{validate_name, MAX_NAME_LEN};
 
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// First bytes of a sender's hello.
 pub const HELLO_MAGIC: [u8; 4] = *b"ZSND";
 /// First bytes of the receiver's reply to a hello.
@@ -53,8 +53,17 @@ pub const FLAG_RESUME: u32 = 16;
 /// label for logs and `size` the total of the files. `SPARSE`, `STREAM` and `RESUME` are per
 /// entry then, and must be clear in the header.
 pub const FLAG_TREE: u32 = 32;
+/// Header flag: the receiver is asked to forward the file to further hosts (a chain); their
+/// addresses follow the nonce. Not with `STREAM`, `RESUME` or `TREE`.
+pub const FLAG_CHAIN: u32 = 64;
 const KNOWN_FLAGS: u32 =
-    FLAG_NO_VERIFY | FLAG_AUTH | FLAG_SPARSE | FLAG_STREAM | FLAG_RESUME | FLAG_TREE;
+    FLAG_NO_VERIFY | FLAG_AUTH | FLAG_SPARSE | FLAG_STREAM | FLAG_RESUME | FLAG_TREE | FLAG_CHAIN;
+/// Most hosts a chain may name after the first.
+pub const MAX_HOPS: usize = 16;
+/// Longest address of a host in a chain.
+pub const MAX_HOP_LEN: usize = 255;
+/// First bytes of the per-host reports that follow a chained transfer's verdict.
+pub const HOPS_MAGIC: [u8; 4] = *b"ZHOP";
 /// Length of the sender's identity of its source file.
 pub const SOURCE_ID_LEN: usize = 16;
 /// Size of a payload record header in sparse mode.
@@ -86,6 +95,8 @@ pub struct Header {
     pub source_id: Option<[u8; SOURCE_ID_LEN]>,
     /// The sender's fresh nonce when it authenticates with a token (`FLAG_AUTH`).
     pub auth_nonce: Option<[u8; NONCE_LEN]>,
+    /// With `FLAG_CHAIN`: the hosts (`HOST:PORT`) the receiver forwards to, next one first.
+    pub chain: Option<Vec<String>>,
     /// For a sparse payload (`FLAG_SPARSE`): the bytes of data records, holes excluded.
     pub sparse_data_len: Option<u64>,
 }
@@ -104,6 +115,7 @@ impl Header {
             source_id: None,
             auth_nonce: None,
             sparse_data_len: None,
+            chain: None,
         }
     }
 
@@ -133,8 +145,16 @@ impl Header {
         let nonce_len = self.auth_nonce.map_or(0, |n| n.len());
         let sparse_len = self.sparse_data_len.map_or(0, |_| 8);
         let id_len = self.source_id.map_or(0, |i| i.len());
-        let body_len = HEADER_FIXED_LEN + self.name.len() + sparse_len + id_len + nonce_len;
-        let mut flags = self.flags & !(FLAG_AUTH | FLAG_SPARSE | FLAG_RESUME);
+        let chain_len = self
+            .chain
+            .as_ref()
+            .map_or(0, |c| 1 + c.iter().map(|h| 2 + h.len()).sum::<usize>());
+        let body_len =
+            HEADER_FIXED_LEN + self.name.len() + sparse_len + id_len + nonce_len + chain_len;
+        let mut flags = self.flags & !(FLAG_AUTH | FLAG_SPARSE | FLAG_RESUME | FLAG_CHAIN);
+        if self.chain.is_some() {
+            flags |= FLAG_CHAIN;
+        }
         if self.auth_nonce.is_some() {
             flags |= FLAG_AUTH;
         }
@@ -164,6 +184,13 @@ impl Header {
         if let Some(n) = &self.auth_nonce {
             out.extend_from_slice(n);
         }
+        if let Some(chain) = &self.chain {
+            out.push(chain.len() as u8);
+            for hop in chain {
+                out.extend_from_slice(&(hop.len() as u16).to_be_bytes());
+                out.extend_from_slice(hop.as_bytes());
+            }
+        }
         out
     }
 
@@ -190,6 +217,12 @@ impl Header {
         if flags & FLAG_TREE != 0 && flags & (FLAG_SPARSE | FLAG_STREAM | FLAG_RESUME) != 0 {
             return Err(ProtocolError::Malformed(
                 "a tree's sparse files and resumes are per entry".into(),
+            ));
+        }
+        let not_chained = FLAG_STREAM | FLAG_RESUME | FLAG_TREE | FLAG_SPARSE;
+        if flags & FLAG_CHAIN != 0 && flags & not_chained != 0 {
+            return Err(ProtocolError::Malformed(
+                "a chain carries one dense file, not resumed".into(),
             ));
         }
         if flags & FLAG_RESUME != 0 && flags & FLAG_NO_VERIFY != 0 {
@@ -223,6 +256,10 @@ impl Header {
             0 => None,
             _ => Some(r.array::<NONCE_LEN>()?),
         };
+        let chain = match flags & FLAG_CHAIN {
+            0 => None,
+            _ => Some(read_chain(&mut r)?),
+        };
         if !r.rest().is_empty() {
             return Err(ProtocolError::Malformed(format!(
                 "{} unexpected bytes after the name",
@@ -243,8 +280,83 @@ impl Header {
             source_id,
             auth_nonce,
             sparse_data_len,
+            chain,
         })
     }
+}
+
+/// Reads a chain's hosts: a count of 1 to [`MAX_HOPS`], then each as a u16 length and UTF-8.
+fn read_chain(r: &mut Cursor) -> Result<Vec<String>, ProtocolError> {
+    let count = r.array::<1>()?[0] as usize;
+    if count == 0 || count > MAX_HOPS {
+        return Err(ProtocolError::Malformed(format!(
+            "a chain of {count} hosts (1 to {MAX_HOPS})"
+        )));
+    }
+    let mut hops = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = r.u16()? as usize;
+        if len == 0 || len > MAX_HOP_LEN {
+            return Err(ProtocolError::Malformed(format!("a host of {len} bytes")));
+        }
+        let hop = std::str::from_utf8(r.take(len)?)
+            .map_err(|_| ProtocolError::Malformed("a host that is not UTF-8".into()))?;
+        if hop.chars().any(char::is_control) {
+            return Err(ProtocolError::Malformed(
+                "a host with a control character".into(),
+            ));
+        }
+        hops.push(hop.to_owned());
+    }
+    Ok(hops)
+}
+
+/// What became of the file on one host of a chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HopReport {
+    /// The host as the chain named it.
+    pub host: String,
+    /// Its verdict; `Failed` with a reason when it was not reached or did not report.
+    pub verdict: Verdict,
+}
+
+/// Encodes the reports of the hosts after this one, in chain order.
+pub fn encode_hops(hops: &[HopReport]) -> Vec<u8> {
+    let mut out = HOPS_MAGIC.to_vec();
+    out.push(hops.len() as u8);
+    for h in hops {
+        let host = clip(&h.host);
+        out.extend_from_slice(&(host.len() as u16).to_be_bytes());
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(&h.verdict.encode());
+    }
+    out
+}
+
+/// Reads the reports of a chain's further hosts: at most [`MAX_HOPS`].
+pub fn read_hops(r: &mut impl Read) -> Result<Vec<HopReport>, ProtocolError> {
+    let mut head = [0u8; 5];
+    read_exact(r, &mut head, "chain reports")?;
+    if head[..4] != HOPS_MAGIC {
+        return Err(ProtocolError::Malformed(
+            "chain reports magic missing".into(),
+        ));
+    }
+    let count = head[4] as usize;
+    if count > MAX_HOPS {
+        return Err(ProtocolError::Malformed(format!("{count} chain reports")));
+    }
+    let mut hops = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut len = [0u8; 2];
+        read_exact(r, &mut len, "chain report")?;
+        let host = read_message(r, u16::from_be_bytes(len), "chain report")?;
+        hops.push(HopReport {
+            host,
+            verdict: Verdict::read(r)?,
+        });
+    }
+    Ok(hops)
 }
 
 /// One record of a sparse payload: data (followed by `len` bytes), a hole, or the end.
@@ -346,6 +458,8 @@ pub enum RefuseCode {
     Io,
     /// The receiver requires a token and the sender had none, or the wrong one.
     Auth,
+    /// The receiver does not forward, or not to the next host of the chain.
+    Forward,
     /// A code from a newer receiver.
     Other(u8),
 }
@@ -361,6 +475,7 @@ impl RefuseCode {
             RefuseCode::Busy => 6,
             RefuseCode::Io => 7,
             RefuseCode::Auth => 8,
+            RefuseCode::Forward => 9,
             RefuseCode::Other(b) => b,
         }
     }
@@ -375,6 +490,7 @@ impl RefuseCode {
             6 => RefuseCode::Busy,
             7 => RefuseCode::Io,
             8 => RefuseCode::Auth,
+            9 => RefuseCode::Forward,
             b => RefuseCode::Other(b),
         }
     }
@@ -826,6 +942,11 @@ mod tests {
                     if source_id.is_some() {
                         flags |= FLAG_RESUME;
                     }
+                    let chain = (source_id.is_none() && sparse.is_none() && size % 3 == 0)
+                        .then(|| vec!["10.0.0.2:7350".to_owned(), "[fd00::3]:7350".to_owned()]);
+                    if chain.is_some() {
+                        flags |= FLAG_CHAIN;
+                    }
                     Header {
                         name,
                         size,
@@ -836,6 +957,7 @@ mod tests {
                         source_id,
                         auth_nonce: nonce,
                         sparse_data_len: sparse.map(|d| d.min(size)),
+                        chain,
                     }
                 },
             )

@@ -22,13 +22,16 @@ use crate::hash::{hash_reader, hash_rest_timed, Prefix, Watermark, UNTIL_CLOSED}
 use crate::name::Escaped;
 use crate::partial::{self, TempFile};
 use crate::protocol::{
-    read_hello, read_proof, Decision, Header, Record, RefuseCode, Reply, Status, Trailer, Verdict,
+    encode_hops, read_hello, read_proof, Decision, Header, HopReport, Record, RefuseCode, Reply,
+    Status, Trailer, Verdict,
 };
 use crate::send::SMALL_FILE;
 use crate::stages::StageTimes;
 use crate::sys::{self, CopyError, Pipe, SpliceStats};
 use crate::units::Bytes;
+use chain::Forward;
 
+mod chain;
 mod tree;
 
 pub use tree::TreeCounts;
@@ -58,6 +61,8 @@ pub struct ReceiverConfig {
     pub to_stdout: bool,
     /// Shared secret; with one, every sender must prove it holds it before anything else.
     pub token: Option<Token>,
+    /// Networks this receiver may forward a chain to; empty: it never forwards.
+    pub allow_forward: Vec<ipnet::IpNet>,
 }
 
 /// The outcome of one connection, for the log line and `--json`.
@@ -85,6 +90,8 @@ pub struct TransferRecord {
     pub stages: StageTimes,
     /// For a tree: what happened to its entries.
     pub tree: Option<TreeCounts>,
+    /// For a chain: the verdicts of the hosts after this one.
+    pub hops: Vec<HopReport>,
     /// Landed, or why not.
     pub result: Result<(), RecvError>,
 }
@@ -104,6 +111,7 @@ impl TransferRecord {
             zero_copy: true,
             stages: StageTimes::default(),
             tree: None,
+            hops: Vec::new(),
             result: Ok(()),
         }
     }
@@ -278,16 +286,38 @@ impl Receiver {
             accept(stream, &header, Reply::Accept)?;
             return self.receive_tree(stream, &header, record);
         }
+        let mut forward = match &header.chain {
+            Some(hops) => Some(self.open_forward(stream, &header, hops)?),
+            None => None,
+        };
+        let result = self.transfer_file(stream, &header, record, forward.as_mut());
+        if let Some(f) = forward {
+            // After our own verdict: the sender reads every host's.
+            record.hops = f.finish();
+            let _ = (&*stream).write_all(&encode_hops(&record.hops));
+        }
+        result
+    }
+
+    /// Receives one file (into a temporary file, or to standard output) after the handshake,
+    /// forwarding it on when it is part of a chain, and sends the verdict.
+    fn transfer_file(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        record: &mut TransferRecord,
+        forward: Option<&mut Forward>,
+    ) -> Result<(), RecvError> {
         if self.config.to_stdout {
-            accept(stream, &header, Reply::Accept)?;
+            accept(stream, header, Reply::Accept)?;
             let digest = self
-                .deliver_to_stdout(stream, &header, record)
+                .deliver_to_stdout(stream, header, record)
                 .inspect_err(|e| {
                     if let RecvError::Local { .. } = e {
                         send_verdict(stream, Status::Failed, None, &e.to_string());
                     }
                 })?;
-            let digest = self.check_trailer(stream, &header, digest, record)?;
+            let digest = self.check_trailer(stream, header, digest, record, None)?;
             record.verified = digest.is_some();
             send_verdict(stream, Status::Landed, digest, "");
             return Ok(());
@@ -299,18 +329,18 @@ impl Receiver {
             );
             return Err(refused(stream, RefuseCode::Busy, msg));
         };
-        self.check_exists(stream, &header)?;
-        let kept = partial::take(&self.dir, &header);
+        self.check_exists(stream, header)?;
+        let kept = partial::take(&self.dir, header);
         let held = kept.as_ref().map_or(0, |(_, held)| *held);
-        self.check_space(stream, &header, held)?;
-        let temp = self.ready_temp(stream, &header, kept.map(|(temp, _)| temp))?;
+        self.check_space(stream, header, held)?;
+        let temp = self.ready_temp(stream, header, kept.map(|(temp, _)| temp))?;
         record.received = held;
-        let outcome = self.receive_to_temp(stream, &header, &temp, held, record);
+        let outcome = self.receive_to_temp(stream, header, &temp, held, record, forward);
         let digest = match outcome {
             Ok(digest) => digest,
             Err(e) => {
                 if e.is_interruption() {
-                    partial::keep(temp, &header, record.received);
+                    partial::keep(temp, header, record.received);
                 } else if let RecvError::Local { .. } = e {
                     // At once: the sender may still be sending, and will read this when its
                     // writes fail.
@@ -319,7 +349,7 @@ impl Receiver {
                 return Err(e);
             }
         };
-        match self.land(temp, &header.name, &header) {
+        match self.land(temp, &header.name, header) {
             Ok(fsync) => record.stages.fsync = fsync,
             Err(e) => {
                 send_verdict(stream, Status::Failed, digest, &e.to_string());
@@ -340,6 +370,7 @@ impl Receiver {
         temp: &TempFile<impl AsFd>,
         held: u64,
         record: &mut TransferRecord,
+        mut forward: Option<&mut Forward>,
     ) -> Result<Option<[u8; 32]>, RecvError> {
         if held == 0 {
             accept(stream, header, Reply::Accept)?;
@@ -352,8 +383,12 @@ impl Receiver {
         };
         record.resumed_from = prefix.len();
         let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
-        let digest = self.receive_payload(stream, header, temp, prefix, &pipe, record)?;
-        self.check_trailer(stream, header, digest, record)
+        let route = Route {
+            pipe: &pipe,
+            forward: forward.as_deref_mut(),
+        };
+        let digest = self.receive_payload(stream, header, temp, prefix, route, record)?;
+        self.check_trailer(stream, header, digest, record, forward)
     }
 
     /// Sends the digest of the `held` bytes kept from an interrupted transfer and reads the
@@ -414,8 +449,12 @@ impl Receiver {
         header: &Header,
         digest: Option<[u8; 32]>,
         record: &mut TransferRecord,
+        forward: Option<&mut Forward>,
     ) -> Result<Option<[u8; 32]>, RecvError> {
         let trailer = Trailer::read(&mut &*stream)?;
+        if let Some(f) = forward {
+            f.pass_trailer(&trailer);
+        }
         if header.verify() != trailer.sha256.is_some() {
             return Err(ProtocolError::Malformed(
                 "trailer digest does not match the header's verify flag".into(),
@@ -615,9 +654,10 @@ impl Receiver {
         header: &Header,
         temp: &TempFile<impl AsFd>,
         prefix: Prefix,
-        pipe: &Pipe,
+        route: Route,
         record: &mut TransferRecord,
     ) -> Result<Option<[u8; 32]>, RecvError> {
+        let Route { pipe, forward } = route;
         let size = header.size;
         let file = &temp.file;
         let start = prefix.len();
@@ -636,12 +676,27 @@ impl Receiver {
                 hasher = Some(s.spawn(|| hash_rest_timed(p, file, hash_len, &mark, sparse)));
             }
             let mut behind = sys::DropBehind::starting_at(start, WRITEBACK_WINDOW);
-            let mut sink = FileSink {
-                pipe,
-                file,
-                stats: &mut splice,
+            let (mut plain, mut onward);
+            let sink: &mut dyn Sink = match forward {
+                Some(forward) => {
+                    onward = chain::ForwardSink {
+                        pipe,
+                        file,
+                        stats: &mut splice,
+                        forward,
+                    };
+                    &mut onward
+                }
+                None => {
+                    plain = FileSink {
+                        pipe,
+                        file,
+                        stats: &mut splice,
+                    };
+                    &mut plain
+                }
             };
-            let copied = receive_into(stream, header, start, &mut sink, &mut |done| {
+            let copied = receive_into(stream, header, start, sink, &mut |done| {
                 received = done;
                 mark.raise(done);
                 if !inline {
@@ -799,6 +854,13 @@ impl Receiver {
             error,
         }
     }
+}
+
+/// Where a payload goes besides the temporary file: the pipe to splice it through, and the
+/// next host of a chain.
+pub(crate) struct Route<'a> {
+    pub(crate) pipe: &'a Pipe,
+    pub(crate) forward: Option<&'a mut Forward>,
 }
 
 /// What stopped a payload short.
@@ -1092,4 +1154,15 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
         return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
     }
     Err(format!("{s:?} is not IP:PORT, an IP or a port"))
+}
+
+/// Parses one network of zrecv's `--allow-forward`: `CIDR` (`10.0.0.0/8`, `fd00::/8`) or a bare
+/// address (that host alone).
+pub fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(net);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("{s:?} is not a network (CIDR such as 10.0.0.0/8) or an address"))
 }

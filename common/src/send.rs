@@ -15,8 +15,8 @@ use crate::error::{ProtocolError, SendError};
 use crate::hash::{hash_rest_timed, Prefix, Watermark};
 use crate::name::validate_name;
 use crate::protocol::{
-    encode_proof, Decision, Header, Record, Reply, Status, Trailer, Verdict, FLAG_NO_VERIFY,
-    SOURCE_ID_LEN,
+    encode_proof, read_hops, Decision, Header, HopReport, Record, Reply, Status, Trailer, Verdict,
+    FLAG_NO_VERIFY, SOURCE_ID_LEN,
 };
 use crate::stages::{thread_cpu, StageTimes};
 use crate::sys::{self, CopyError};
@@ -43,6 +43,8 @@ pub struct SendOptions {
     pub timeout: Duration,
     /// Shared secret; with one, both sides must prove they hold it.
     pub token: Option<Token>,
+    /// Hosts (`HOST:PORT`) the receiver forwards the file to, in order: a chain.
+    pub chain: Vec<String>,
 }
 
 impl Default for SendOptions {
@@ -52,6 +54,7 @@ impl Default for SendOptions {
             verify: true,
             timeout: Duration::from_secs(60),
             token: None,
+            chain: Vec::new(),
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct SendReport {
     pub zero_copy: bool,
     /// CPU of the sendfile loop and of hashing.
     pub stages: StageTimes,
+    /// For a chain: every host's verdict, the first receiver's first.
+    pub hosts: Vec<HopReport>,
 }
 
 /// An opened source file or block device, and what the header says of it.
@@ -276,6 +281,22 @@ fn transfer(
     report: &mut SendReport,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), SendError> {
+    let chained = !opts.chain.is_empty();
+    let dense;
+    let source = if chained && source.sparse_data.is_some() {
+        dense = Source {
+            sparse_data: None,
+            file: source.file.try_clone().map_err(|error| SendError::Source {
+                path: source.path.clone(),
+                error,
+            })?,
+            path: source.path.clone(),
+            ..*source
+        };
+        &dense
+    } else {
+        source
+    };
     let header = Header {
         name: report.name.clone(),
         size: source.size,
@@ -283,10 +304,12 @@ fn transfer(
         mtime_sec: source.mtime.0,
         mtime_nsec: source.mtime.1,
         flags: if opts.verify { 0 } else { FLAG_NO_VERIFY },
-        // Resuming trusts a prefix only by its digest, so it needs verification.
-        source_id: opts.verify.then_some(source.id),
-        sparse_data_len: source.sparse_data,
+        // Resuming trusts a prefix only by its digest, so it needs verification. A chain is
+        // neither resumed nor sparse (every hop forwards plain bytes).
+        source_id: (opts.verify && !chained).then_some(source.id),
+        sparse_data_len: source.sparse_data.filter(|_| !chained),
         auth_nonce: auth_nonce(opts)?,
+        chain: chained.then(|| opts.chain.clone()),
     };
     let prefix = match handshake(stream, &header, opts.token.as_ref())? {
         Some(offset) => agree_on_prefix(stream, source, offset)?,
@@ -309,7 +332,40 @@ fn transfer(
         .map_err(net("sending the trailer"))?;
 
     let verdict = Verdict::read(&mut stream)?;
+    if chained {
+        // Every host's verdict: the first receiver's, then those it collected down the chain.
+        let rest = read_hops(&mut stream).unwrap_or_else(|e| {
+            let why = format!("did not report: {e}");
+            opts.chain.iter().map(|h| hop_failed(h, &why)).collect()
+        });
+        report.sha256 = digest;
+        report.hosts = std::iter::once(HopReport {
+            host: report.peer.to_string(),
+            verdict,
+        })
+        .chain(rest)
+        .collect();
+        report.verified = digest.is_some() && report.hosts.iter().all(|h| hop_landed(h, digest));
+        return Ok(());
+    }
     judge(verdict, digest, report)
+}
+
+/// Whether a host of a chain landed the file with our digest.
+pub fn hop_landed(hop: &HopReport, digest: Option<[u8; 32]>) -> bool {
+    hop.verdict.status == Status::Landed && hop.verdict.sha256 == digest
+}
+
+/// The report of a host that did not land the file, for `why`.
+pub(crate) fn hop_failed(host: &str, why: &str) -> HopReport {
+    HopReport {
+        host: host.to_owned(),
+        verdict: Verdict {
+            status: Status::Failed,
+            sha256: None,
+            message: why.to_owned(),
+        },
+    }
 }
 
 /// Files up to this size are hashed on the sending thread right after they are sent: a thread
@@ -428,6 +484,7 @@ pub(crate) fn open_connection(
         verified: false,
         zero_copy: true,
         stages: StageTimes::default(),
+        hosts: Vec::new(),
     };
     Ok((stream, report))
 }

@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
@@ -307,6 +308,113 @@ pub fn splice_into_file(
         progress(done);
     }
     Ok(done)
+}
+
+/// The pipes of a receiver that forwards, and the next host of its chain.
+pub struct Onward<'a> {
+    /// The pipe the socket is spliced into.
+    pub inbound: &'a Pipe,
+    /// The connection to the next host.
+    pub sock: &'a TcpStream,
+    /// The second pipe, filled with tee(2) from the first.
+    pub pipe: &'a Pipe,
+    /// Why forwarding stopped, once it has: the rest goes to the file only.
+    pub failed: Option<io::Error>,
+}
+
+/// As [`splice_into_file`], also forwarding every byte to the next host of a chain without
+/// copying it: socket -> pipe A, tee(A -> B), splice(A -> file), splice(B -> next socket). If
+/// the next host fails, forwarding stops (the reason goes into `onward.failed`) and the file
+/// still gets every byte. No read/write fallback: a chain needs a filesystem that splices.
+pub fn splice_fan(
+    sock: impl AsFd,
+    onward: &mut Onward,
+    file: &File,
+    offset: &mut u64,
+    len: u64,
+    stats: &mut SpliceStats,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, CopyError> {
+    let pipe = onward.inbound;
+    let mut done = 0u64;
+    let mut clock = thread_cpu();
+    let mut lap = |into: &mut Duration| {
+        let now = thread_cpu();
+        *into += now.saturating_sub(clock);
+        clock = now;
+    };
+    while done < len {
+        let want = (len - done).min(pipe.capacity.min(onward.pipe.capacity) as u64) as usize;
+        let got = pipe::splice(&sock, None, &pipe.write, None, want, SpliceFlags::MORE);
+        lap(&mut stats.to_pipe_cpu);
+        let n = match got {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(CopyError::Read(e.into())),
+        };
+        if onward.failed.is_none() {
+            if let Err(e) = tee_onward(pipe, n, onward) {
+                onward.failed = Some(e);
+            }
+        }
+        let mut left = n;
+        while left > 0 {
+            match pipe::splice(
+                &pipe.read,
+                None,
+                file,
+                Some(offset),
+                left,
+                SpliceFlags::empty(),
+            ) {
+                Ok(0) => {
+                    return Err(CopyError::Write(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "splice into the file made no progress",
+                    )))
+                }
+                Ok(k) => left -= k,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(CopyError::Write(e.into())),
+            }
+        }
+        lap(&mut stats.to_file_cpu);
+        done += n as u64;
+        progress(done);
+    }
+    Ok(done)
+}
+
+/// Duplicates the `n` bytes at the head of `pipe` into the onward pipe and sends them on.
+fn tee_onward(pipe: &Pipe, n: usize, onward: &Onward) -> io::Result<()> {
+    // The onward pipe is empty and at least as large as a chunk, so one tee takes it all; a
+    // short tee could not be completed (tee always copies from the head of the pipe).
+    loop {
+        match pipe::tee(&pipe.read, &onward.pipe.write, n, SpliceFlags::empty()) {
+            Ok(k) if k == n => break,
+            Ok(_) => return Err(io::Error::other("tee copied part of a chunk")),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut left = n;
+    while left > 0 {
+        match pipe::splice(
+            &onward.pipe.read,
+            None,
+            onward.sock,
+            None,
+            left,
+            SpliceFlags::MORE,
+        ) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => left -= k,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Copies `left` bytes already in `pipe` into `file` through a buffer.

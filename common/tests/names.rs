@@ -87,6 +87,7 @@ proptest! {
             max_transfers: 4,
             to_stdout: false,
             token: None,
+            allow_forward: Vec::new(),
         };
         let receiver = Receiver::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
         let addr = receiver.local_addr().unwrap();

@@ -16,7 +16,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::{
-    prepare, receive_into, timestamps, Incoming, Receiver, Sink, TransferRecord, PIPE_SIZE,
+    prepare, receive_into, timestamps, Incoming, Receiver, Route, Sink, TransferRecord, PIPE_SIZE,
 };
 use crate::error::{ProtocolError, RecvError};
 use crate::hash::Prefix;
@@ -468,9 +468,13 @@ impl Session<'_> {
     ) -> Result<(), RecvError> {
         let start = prefix.len();
         let mut scratch = TransferRecord::new(record.peer);
+        let route = Route {
+            pipe: &self.pipe,
+            forward: None,
+        };
         let received =
             self.rx
-                .receive_payload(self.stream, header, &temp, prefix, &self.pipe, &mut scratch);
+                .receive_payload(self.stream, header, &temp, prefix, route, &mut scratch);
         record.received += scratch.received.saturating_sub(start);
         record.zero_copy &= scratch.zero_copy;
         record.stages.add(&scratch.stages);
@@ -676,6 +680,7 @@ fn header_of(e: &Entry, verify: bool) -> Header {
         source_id: source_id.filter(|_| verify),
         auth_nonce: None,
         sparse_data_len,
+        chain: None,
     }
 }
 

@@ -1,0 +1,227 @@
+//! Forwarding along a chain (`FLAG_CHAIN`): before accepting, connect to the next host and hand
+//! it the rest of the chain; while receiving, tee every byte to it as it is spliced into our
+//! file; pass the trailer on; and after our own verdict, collect the verdicts of the hosts after
+//! us for the sender.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+
+use super::{refused, Receiver, Sink, PIPE_SIZE};
+use crate::error::RecvError;
+use crate::name::Escaped;
+use crate::protocol::{read_hops, Header, HopReport, RefuseCode, Trailer, Verdict};
+use crate::send::{handshake, resolve};
+use crate::sys::{self, CopyError, Onward, Pipe, SpliceStats};
+
+/// The hosts after this one, and the connection to the next while it works.
+pub(crate) struct Forward {
+    /// The hosts after this one, next first.
+    hops: Vec<String>,
+    next: Option<(TcpStream, Pipe)>,
+    /// Why the next host was lost, if it was.
+    lost: Option<String>,
+    /// Whether the whole payload and the trailer went on.
+    complete: bool,
+}
+
+impl Receiver {
+    /// For a hello naming further hosts: refuses unless this receiver may forward to the next
+    /// one (`--allow-forward`), then connects to it and hands it the rest of the chain. A next
+    /// host that cannot be reached is not a refusal: this host still takes its copy, and the
+    /// sender hears which hosts failed.
+    pub(super) fn open_forward(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        hops: &[String],
+    ) -> Result<Forward, RecvError> {
+        let refuse = |msg: String| Err(refused(stream, RefuseCode::Forward, msg));
+        if self.config.to_stdout {
+            return refuse("this receiver writes to standard output and does not forward".into());
+        }
+        if self.config.allow_forward.is_empty() {
+            return refuse(
+                "this receiver does not forward; start it with --allow-forward CIDR".into(),
+            );
+        }
+        let host = &hops[0];
+        let mut forward = Forward {
+            hops: hops.to_vec(),
+            next: None,
+            lost: None,
+            complete: false,
+        };
+        let addrs = match resolve(host) {
+            Ok(a) => a,
+            Err(e) => return Ok(forward.lose(e.to_string())),
+        };
+        let allowed: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|a| {
+                self.config
+                    .allow_forward
+                    .iter()
+                    .any(|n| n.contains(&a.ip()))
+            })
+            .collect();
+        if allowed.is_empty() {
+            return refuse(format!(
+                "forwarding to {} is not allowed here (see zrecv --allow-forward)",
+                Escaped(host)
+            ));
+        }
+        let next = match TcpStream::connect_timeout(&allowed[0], self.config.timeout) {
+            Ok(s) => s,
+            Err(e) => {
+                let why = format!("unreachable: {}", crate::units::os_reason(&e));
+                return Ok(forward.lose(why));
+            }
+        };
+        let _ = next.set_read_timeout(Some(self.config.timeout));
+        let _ = next.set_write_timeout(Some(self.config.timeout));
+        let onward = Header {
+            chain: (hops.len() > 1).then(|| hops[1..].to_vec()),
+            auth_nonce: match &self.config.token {
+                Some(_) => {
+                    Some(crate::auth::nonce().map_err(|e| self.local("drawing a nonce", e))?)
+                }
+                None => None,
+            },
+            ..header.clone()
+        };
+        if let Err(e) = handshake(&next, &onward, self.config.token.as_ref()) {
+            return Ok(forward.lose(e.to_string()));
+        }
+        let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
+        forward.next = Some((next, pipe));
+        Ok(forward)
+    }
+}
+
+impl Forward {
+    fn lose(mut self, why: String) -> Forward {
+        log::warn!("forwarding to {}: {why}", Escaped(&self.hops[0]));
+        if let Some((next, _)) = self.next.take() {
+            let _ = next.shutdown(std::net::Shutdown::Both);
+        }
+        self.lost.get_or_insert(why);
+        self
+    }
+
+    /// Passes the trailer on, which completes what the next host needs.
+    pub(super) fn pass_trailer(&mut self, trailer: &Trailer) {
+        let Some((next, _)) = &self.next else { return };
+        match (&*next).write_all(&trailer.encode()) {
+            Ok(()) => self.complete = true,
+            Err(e) => {
+                let this = std::mem::replace(self, Forward::empty());
+                *self = this.lose(format!("sending the trailer: {e}"));
+            }
+        }
+    }
+
+    fn empty() -> Forward {
+        Forward {
+            hops: Vec::new(),
+            next: None,
+            lost: None,
+            complete: false,
+        }
+    }
+
+    /// The verdict of every host after this one: read from the next host when it got
+    /// everything, or the reason it did not.
+    pub(super) fn finish(mut self) -> Vec<HopReport> {
+        let reached = self.next.take().filter(|_| self.complete);
+        let first = self.hops[0].clone();
+        let after = |why: &str| -> Vec<HopReport> {
+            self.hops[1..]
+                .iter()
+                .map(|h| crate::send::hop_failed(h, why))
+                .collect()
+        };
+        let Some((next, _)) = reached else {
+            let why = self
+                .lost
+                .clone()
+                .unwrap_or_else(|| "the transfer stopped before the end".into());
+            let mut reports = vec![crate::send::hop_failed(&first, &why)];
+            reports.extend(after(&format!("not landed: {first} failed before it")));
+            return reports;
+        };
+        match Verdict::read(&mut &next) {
+            Ok(verdict) => {
+                let mut reports = vec![HopReport {
+                    host: first.clone(),
+                    verdict,
+                }];
+                let rest = read_hops(&mut &next)
+                    .unwrap_or_else(|e| after(&format!("did not report through {first}: {e}")));
+                reports.extend(rest);
+                reports
+            }
+            Err(e) => {
+                let mut reports = vec![crate::send::hop_failed(
+                    &first,
+                    &format!("did not report: {e}"),
+                )];
+                reports.extend(after(&format!("did not report through {first}")));
+                reports
+            }
+        }
+    }
+}
+
+/// Into the temporary file and on to the next host: socket -> pipe, tee to the onward pipe,
+/// splice to the file and to the next host.
+pub(super) struct ForwardSink<'a> {
+    pub(super) pipe: &'a Pipe,
+    pub(super) file: &'a File,
+    pub(super) stats: &'a mut SpliceStats,
+    pub(super) forward: &'a mut Forward,
+}
+
+impl Sink for ForwardSink<'_> {
+    fn data(
+        &mut self,
+        stream: &TcpStream,
+        offset: u64,
+        len: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, CopyError> {
+        let mut at = offset;
+        let Some((next, pipe)) = &self.forward.next else {
+            return sys::splice_into_file(
+                stream, self.pipe, self.file, &mut at, len, self.stats, progress,
+            );
+        };
+        let mut onward = Onward {
+            inbound: self.pipe,
+            sock: next,
+            pipe,
+            failed: None,
+        };
+        let moved = sys::splice_fan(
+            stream,
+            &mut onward,
+            self.file,
+            &mut at,
+            len,
+            self.stats,
+            progress,
+        );
+        if let Some(e) = onward.failed {
+            let this = std::mem::replace(self.forward, Forward::empty());
+            *self.forward = this.lose(format!("connection lost: {}", crate::units::os_reason(&e)));
+        }
+        moved
+    }
+
+    fn hole(&mut self, _offset: u64, _len: u64) -> Result<(), CopyError> {
+        // A chain's payload is dense: the header decoder refuses SPARSE with CHAIN.
+        Err(CopyError::Write(std::io::Error::other(
+            "a hole in a chained payload",
+        )))
+    }
+}
