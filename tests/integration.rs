@@ -1,6 +1,7 @@
 //! Integration tests: the real zsend and zrecv binaries over real loopback sockets.
 
 mod auth;
+mod chain;
 mod disk;
 mod faults;
 mod hostile;
