@@ -85,6 +85,7 @@ Examples:
   zrecv --listen [::]:7350 --json           a JSON line per transfer on stdout
   zrecv --listen --token-file /etc/zsend/token --dir /srv/images
   zrecv --listen --once --stdout | tar x     feed another program, still verified
+  zrecv --listen --allow-forward 10.0.0.0/24 pass chains (zsend --to) on within 10.0.0.0/24
 
 Exit status with --once: 0 landed and verified, 1 local error, 3 network, 4 refused,
 5 verification failed, 6 protocol error, 8 authentication failed.";

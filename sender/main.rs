@@ -83,13 +83,15 @@ Examples:
   zsend [fd00::5]:7350 build.tar --json        machine-readable result on stdout
   zsend host:7350 disk.img --token-file /etc/zsend/token
   zsend host:7350 vm/ config.xml               a directory tree and a file, one connection
+  zsend --to h1:7350,h2:7350,h3:7350 disk.img  one file to three hosts through a chain
   tar c build/ | zsend host:7350 - --name build.tar   stream standard input
   zsend backup-host:7350 disk.img              again after an interruption: sends only the
                                                rest, once both ends agree on the prefix's SHA-256
 
 Exit status: 0 landed and verified, 1 local error, 2 usage, 3 network, 4 refused by the
 receiver, 5 verification failed, 6 protocol error, 7 receiver failed to land the file,
-8 authentication failed, 9 some files of a tree did not land (the others did).";
+8 authentication failed, 9 some files of a tree or hosts of a chain did not land (the others
+did).";
 
 /// What was sent.
 enum Sent {
