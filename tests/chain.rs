@@ -207,3 +207,52 @@ fn a_chain_across_four_shaped_namespaces() {
     }
     drop(rxs);
 }
+
+/// Tokens apply on every hop: each receiver checks the one before it and proves itself, and a
+/// host with another token is refused by the one forwarding to it.
+#[test]
+fn tokens_apply_on_every_hop() {
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("t.bin");
+    random_file(&path, 2 << 20, 306);
+    let token = src.path().join("token");
+    std::fs::write(&token, "one secret\n").unwrap();
+    let other = src.path().join("other");
+    std::fs::write(&other, "another secret\n").unwrap();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let start = |d: &tempfile::TempDir, t: &std::path::Path| {
+        Zrecv::start(
+            d.path(),
+            &[
+                "--allow-forward",
+                "127.0.0.1",
+                "--token-file",
+                t.to_str().unwrap(),
+            ],
+        )
+    };
+    let rxs = [
+        start(&dirs[0], &token),
+        start(&dirs[1], &token),
+        start(&dirs[2], &other),
+    ];
+    let to: Vec<String> = rxs.iter().map(Zrecv::addr).collect();
+    let out = zsend(&[
+        "--to",
+        &to.join(","),
+        path.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(landed(&json), [true, true, false], "{json}");
+    let error = json["hosts"][2]["error"].as_str().unwrap();
+    assert!(error.contains("authentication failed"), "{error}");
+    assert!(entries(dirs[2].path()).is_empty());
+    assert_eq!(
+        sha256_file(&dirs[1].path().join("t.bin")),
+        sha256_file(&path)
+    );
+}
