@@ -3,6 +3,7 @@
 mod auth;
 mod chain;
 mod disk;
+mod docs;
 mod faults;
 mod hostile;
 mod resume;

@@ -1,0 +1,14 @@
+complete -c zrecv -l listen -d 'Address to listen on: IP:PORT, [IPV6]:PORT, IP, or PORT. Port 0 picks a free port. The first line on stderr is `listening on ADDR` with the bound address' -r
+complete -c zrecv -l dir -d 'Directory to write into' -r -F
+complete -c zrecv -l timeout -d 'Seconds to wait for a sender at any step; a stalled transfer is dropped after it' -r
+complete -c zrecv -l max-transfers -d 'Most transfers served at once; further senders are refused as busy' -r
+complete -c zrecv -l token-file -d 'File holding a secret shared with senders: each must prove it knows it before anything touches the disk, and zrecv proves it back' -r -F
+complete -c zrecv -l allow-forward -d 'Networks this receiver may forward to when a sender asks for a chain (zsend --to): CIDRs or addresses, comma-separated. Without it, zrecv never forwards' -r
+complete -c zrecv -l once -d 'Serve one transfer, then exit with its result'
+complete -c zrecv -l force -d 'Replace existing files'
+complete -c zrecv -l stdout -d 'Write the payload to standard output instead of a file, for another program to read. SHA-256 is still checked: a mismatch makes zrecv (and zsend) exit non-zero, so the reader must look at the exit status. Needs --once'
+complete -c zrecv -l json -d 'Print one JSON line per finished transfer on stdout'
+complete -c zrecv -s q -l quiet -d 'Print nothing but errors'
+complete -c zrecv -s v -l verbose -d 'More detail on stderr (-v: decisions such as fallbacks, -vv: debugging)'
+complete -c zrecv -s h -l help -d 'Print help'
+complete -c zrecv -s V -l version -d 'Print version'

@@ -1,0 +1,90 @@
+//! zrecv's command line: options, help text and examples (also used to generate the man
+//! page and shell completions in docs/man and contrib/completions).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use zcommon::parse_listen_addr;
+
+/// `--version`: the release, and the protocol version it speaks (a test keeps it in sync).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 6)");
+
+/// Receive files from zsend: splice(2) from the socket into the file, SHA-256 checked against
+/// the sender's, published under its name only once complete, verified and durable.
+#[derive(Parser, Debug)]
+#[command(name = "zrecv", version = VERSION, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Address to listen on: IP:PORT, [IPV6]:PORT, IP, or PORT. Port 0 picks a free port.
+    /// The first line on stderr is `listening on ADDR` with the bound address.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        num_args = 0..=1,
+        default_value = "0.0.0.0:7350",
+        default_missing_value = "0.0.0.0:7350",
+        value_parser = parse_listen_addr,
+    )]
+    pub listen: SocketAddr,
+
+    /// Directory to write into.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+
+    /// Serve one transfer, then exit with its result.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Replace existing files.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Write the payload to standard output instead of a file, for another program to read.
+    /// SHA-256 is still checked: a mismatch makes zrecv (and zsend) exit non-zero, so the
+    /// reader must look at the exit status. Needs --once.
+    #[arg(long, requires = "once", conflicts_with = "json")]
+    pub stdout: bool,
+
+    /// Seconds to wait for a sender at any step; a stalled transfer is dropped after it.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout: u64,
+
+    /// Most transfers served at once; further senders are refused as busy.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_transfers: usize,
+
+    /// File holding a secret shared with senders: each must prove it knows it before anything
+    /// touches the disk, and zrecv proves it back.
+    #[arg(long, value_name = "FILE", env = "ZSEND_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Networks this receiver may forward to when a sender asks for a chain (zsend --to):
+    /// CIDRs or addresses, comma-separated. Without it, zrecv never forwards.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = zcommon::parse_network)]
+    pub allow_forward: Vec<zcommon::IpNet>,
+
+    /// Print one JSON line per finished transfer on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// More detail on stderr (-v: decisions such as fallbacks, -vv: debugging).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Shown after the options in --help.
+pub const EXAMPLES: &str = "\
+Examples:
+  zrecv --listen --dir /srv/images          listen on 0.0.0.0:7350
+  zrecv --listen 127.0.0.1:0 --once         one transfer on a free loopback port
+  zrecv --listen [::]:7350 --json           a JSON line per transfer on stdout
+  zrecv --listen --token-file /etc/zsend/token --dir /srv/images
+  zrecv --listen --once --stdout | tar x     feed another program, still verified
+  zrecv --listen --allow-forward 10.0.0.0/24 pass chains (zsend --to) on within 10.0.0.0/24
+
+Exit status with --once: 0 landed and verified, 1 local error, 3 network, 4 refused,
+5 verification failed, 6 protocol error, 8 authentication failed.";

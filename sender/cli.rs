@@ -1,0 +1,109 @@
+//! zsend's command line: options, help text and examples (also used to generate the man
+//! page and shell completions in docs/man and contrib/completions).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// `--version`: the release, and the protocol version it speaks (a test keeps it in sync).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 6)");
+
+/// Send a file to a zrecv receiver: zero-copy with sendfile(2), verified with SHA-256 on both
+/// ends, published on the receiver only once complete, verified and durable.
+#[derive(Parser, Debug)]
+#[command(
+    name = "zsend",
+    version = VERSION,
+    after_help = EXAMPLES,
+    override_usage = "zsend [OPTIONS] HOST:PORT FILE|DIR...\n       \
+                      zsend [OPTIONS] --to HOST:PORT[,HOST:PORT...] FILE"
+)]
+pub struct Cli {
+    /// The receiver's address (HOST:PORT, [IPV6]:PORT, or HOST for the default port 7350),
+    /// unless --to gives it, then what to send: regular files, block devices (they land under
+    /// the device's base name unless --name), directories (recursively, over the same
+    /// connection), or - for standard input (a stream; --name is required).
+    #[arg(value_name = "HOST:PORT FILE|DIR", required = true)]
+    pub args: Vec<PathBuf>,
+
+    /// Send one file to several hosts through a chain: the first receiver forwards it to the
+    /// second while writing it, and so on (each receiver needs --allow-forward for the next).
+    /// Comma-separated or repeated; every host's result is reported.
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
+    pub to: Vec<String>,
+
+    /// Name to give the file (or the directory) on the receiver, when sending one (default:
+    /// its own name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// In directories, send symbolic links as links when they point inside the tree (others,
+    /// and all links without this, are skipped with a warning).
+    #[arg(long)]
+    pub links: bool,
+
+    /// With many files, stop at the first one that fails (default: send the others).
+    #[arg(long)]
+    pub fail_fast: bool,
+
+    /// Skip SHA-256 on both ends (lengths are still checked; the data is still made durable).
+    #[arg(long)]
+    pub no_verify: bool,
+
+    /// File holding a secret shared with the receiver; both sides then prove they know it
+    /// (HMAC-SHA256 challenge-response; the token never crosses the wire).
+    #[arg(long, value_name = "FILE", env = "ZSEND_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Seconds to wait for the receiver at any step before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout: u64,
+
+    /// Print one JSON object describing the result on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// More detail on stderr (-v: decisions such as fallbacks, -vv: debugging).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Shown after the options in --help.
+pub const EXAMPLES: &str = "\
+Examples:
+  zsend backup-host:7350 disk.img              send disk.img, verified
+  zsend 10.0.0.5:7350 vm.qcow2 --name vm-2.qcow2
+  zsend [fd00::5]:7350 build.tar --json        machine-readable result on stdout
+  zsend host:7350 disk.img --token-file /etc/zsend/token
+  zsend host:7350 vm/ config.xml               a directory tree and a file, one connection
+  zsend --to h1:7350,h2:7350,h3:7350 disk.img  one file to three hosts through a chain
+  tar c build/ | zsend host:7350 - --name build.tar   stream standard input
+  zsend backup-host:7350 disk.img              again after an interruption: sends only the
+                                               rest, once both ends agree on the prefix's SHA-256
+
+Exit status: 0 landed and verified, 1 local error, 2 usage, 3 network, 4 refused by the
+receiver, 5 verification failed, 6 protocol error, 7 receiver failed to land the file,
+8 authentication failed, 9 some files of a tree or hosts of a chain did not land (the others
+did).";
+
+impl Cli {
+    /// The first receiver.
+    pub fn dest(&self) -> String {
+        match self.to.first() {
+            Some(first) => first.clone(),
+            None => self.args[0].to_string_lossy().into_owned(),
+        }
+    }
+
+    /// What to send.
+    pub fn files(&self) -> &[PathBuf] {
+        match self.to.is_empty() {
+            true => &self.args[1..],
+            false => &self.args,
+        }
+    }
+}
