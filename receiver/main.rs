@@ -154,6 +154,12 @@ fn report(cli: &Cli, r: &TransferRecord) {
                 .map(|(name, secs)| (name.to_owned(), serde_json::json!(secs)))
                 .collect::<serde_json::Map<_, _>>(),
             "error": r.result.as_ref().err().map(|e| format!("{e:#}")),
+            "forwarded": r.hops.iter().map(|h| serde_json::json!({
+                "host": h.host,
+                "ok": h.verdict.status == zcommon::Status::Landed,
+                "sha256": h.verdict.sha256.map(hex::encode),
+                "error": (h.verdict.status != zcommon::Status::Landed).then_some(&h.verdict.message),
+            })).collect::<Vec<_>>(),
             "tree": r.tree.as_ref().map(|t| serde_json::json!({
                 "files": t.files,
                 "landed": t.landed,

@@ -7,6 +7,7 @@ mod docs;
 mod faults;
 mod hostile;
 mod resume;
+mod service;
 mod sparse;
 mod stream;
 mod transfer;
