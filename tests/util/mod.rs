@@ -35,6 +35,7 @@ pub struct Zrecv {
     pub dir: PathBuf,
     stderr: Arc<Mutex<String>>,
     stderr_lines: mpsc::Receiver<String>,
+    stderr_reader: Option<thread::JoinHandle<()>>,
     stdout: Option<std::process::ChildStdout>,
 }
 
@@ -65,7 +66,7 @@ impl Zrecv {
         let (tx, rx) = mpsc::channel();
         let all = Arc::new(Mutex::new(String::new()));
         let all2 = all.clone();
-        thread::spawn(move || {
+        let reader = thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 all2.lock().unwrap().push_str(&format!("{line}\n"));
@@ -87,6 +88,7 @@ impl Zrecv {
             dir: dir.to_owned(),
             stderr: all,
             stderr_lines: rx,
+            stderr_reader: Some(reader),
             stdout,
         }
     }
@@ -113,15 +115,20 @@ impl Zrecv {
         }
     }
 
-    /// Waits for a `--once` receiver to exit and returns its status.
+    /// Waits for a `--once` receiver to exit and returns its status, once all it printed on
+    /// stderr has been read.
     pub fn wait(&mut self) -> ExitStatus {
-        match self.child.wait_timeout(PROCESS_TIMEOUT).unwrap() {
+        let status = match self.child.wait_timeout(PROCESS_TIMEOUT).unwrap() {
             Some(s) => s,
             None => {
                 let _ = self.child.kill();
                 panic!("zrecv did not exit; stderr:\n{}", self.stderr())
             }
+        };
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
         }
+        status
     }
 
     /// Reads stdout to the end (after the process exited).
