@@ -413,14 +413,13 @@ impl Receiver {
         let message = crate::protocol::Prefix {
             sha256: ours.as_ref().map(Prefix::digest),
         };
-        (&*stream)
-            .write_all(&message.encode())
-            .map_err(|error| RecvError::Network {
-                during: "offering to resume",
-                received: held,
-                expected: header.size,
-                error,
-            })?;
+        tell(
+            stream,
+            &message.encode(),
+            "offering to resume",
+            held,
+            header.size,
+        )?;
         match (Decision::read(&mut &*stream)?, ours) {
             (Decision::Resume, Some(ours)) => Ok(ours),
             (Decision::Resume, None) => Err(ProtocolError::Malformed(
@@ -631,14 +630,13 @@ impl Receiver {
         let ours = auth::nonce().map_err(|e| self.local("drawing a nonce", e))?;
         let proof = auth::proof(token, Role::Receiver, &theirs, &ours, &hello);
         let challenge = Reply::Challenge { nonce: ours, proof };
-        (&*stream)
-            .write_all(&challenge.encode())
-            .map_err(|error| RecvError::Network {
-                during: "authenticating",
-                received: 0,
-                expected: header.size,
-                error,
-            })?;
+        tell(
+            stream,
+            &challenge.encode(),
+            "authenticating",
+            0,
+            header.size,
+        )?;
         let answer = read_proof(&mut Deadline::new(stream, deadline))?;
         if !auth::verify(token, Role::Sender, &theirs, &ours, &hello, &answer) {
             return Err(auth_refused("wrong token"));
@@ -1115,12 +1113,24 @@ pub(crate) fn timestamps(mtime_sec: i64, mtime_nsec: u32) -> Timestamps {
 
 /// Sends an accept (or a resume offer) after which the payload flows.
 fn accept(stream: &TcpStream, header: &Header, reply: Reply) -> Result<(), RecvError> {
+    tell(stream, &reply.encode(), "accepting", 0, header.size)
+}
+
+/// Writes a message to the sender; failing is a network error `during` this step, with
+/// `received` of `expected` bytes in.
+pub(crate) fn tell(
+    stream: &TcpStream,
+    bytes: &[u8],
+    during: &'static str,
+    received: u64,
+    expected: u64,
+) -> Result<(), RecvError> {
     (&*stream)
-        .write_all(&reply.encode())
+        .write_all(bytes)
         .map_err(|error| RecvError::Network {
-            during: "accepting",
-            received: 0,
-            expected: header.size,
+            during,
+            received,
+            expected,
             error,
         })
 }

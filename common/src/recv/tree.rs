@@ -16,7 +16,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::{
-    prepare, receive_into, timestamps, Incoming, Receiver, Route, Sink, TransferRecord, PIPE_SIZE,
+    prepare, receive_into, tell, timestamps, Incoming, Receiver, Route, Sink, TransferRecord,
+    PIPE_SIZE,
 };
 use crate::error::{ProtocolError, RecvError};
 use crate::hash::Prefix;
@@ -209,14 +210,7 @@ impl Session<'_> {
             }
         }
         let answers = Answers::Each(self.answers.clone()).encode();
-        (&*self.stream)
-            .write_all(&answers)
-            .map_err(|error| RecvError::Network {
-                during: "answering the manifest",
-                received: 0,
-                expected: 0,
-                error,
-            })
+        tell(self.stream, &answers, "answering the manifest", 0, 0)
     }
 
     fn answer(&mut self, i: usize) -> Answer {
@@ -638,14 +632,7 @@ impl Session<'_> {
     }
 
     fn send(&self, report: &Report) -> Result<(), RecvError> {
-        (&*self.stream)
-            .write_all(&report.encode())
-            .map_err(|error| RecvError::Network {
-                during: "sending a verdict",
-                received: 0,
-                expected: 0,
-                error,
-            })
+        tell(self.stream, &report.encode(), "sending a verdict", 0, 0)
     }
 }
 
