@@ -387,3 +387,27 @@ fn a_symlink_in_the_destination_is_never_followed() {
     assert!(entries(elsewhere.path()).is_empty());
     assert_eq!(std::fs::read(dst.path().join("top/g")).unwrap(), b"more");
 }
+
+/// A file with holes inside a tree crosses as its data and lands with its holes.
+#[test]
+fn a_sparse_file_in_a_tree_stays_sparse() {
+    use std::os::unix::fs::FileExt;
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("img");
+    std::fs::create_dir(&top).unwrap();
+    let f = std::fs::File::create(top.join("a.raw")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    f.write_all_at(&[9u8; 2 << 20], 10 << 20).unwrap();
+    f.write_all_at(&[3u8; 1 << 20], 63 << 20).unwrap();
+    drop(f);
+    let rx = Zrecv::start(dst.path(), &[]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(json["bytes_sent"], 3 << 20, "{json}");
+    let landed = dst.path().join("img/a.raw");
+    assert_eq!(sha256_file(&landed), sha256_file(&top.join("a.raw")));
+    let blocks = std::fs::metadata(&landed).unwrap().blocks() * 512;
+    assert!(blocks <= (3 << 20) + (1 << 20), "{blocks} bytes allocated");
+}
