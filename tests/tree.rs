@@ -411,3 +411,45 @@ fn a_sparse_file_in_a_tree_stays_sparse() {
     let blocks = std::fs::metadata(&landed).unwrap().blocks() * 512;
     assert!(blocks <= (3 << 20) + (1 << 20), "{blocks} bytes allocated");
 }
+
+/// Hashing a large file takes longer than the timeouts here, and neither side gives up on the
+/// other meanwhile: the sender waits for a verdict that comes late (first send), and each side
+/// tells the other it is still there while it hashes a file that is already on the receiver
+/// (second send).
+#[test]
+fn large_files_do_not_time_out_while_they_are_hashed() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("big");
+    std::fs::create_dir(&top).unwrap();
+    // 3 GiB of holes: nothing on disk, but seconds of SHA-256 on each side.
+    let f = std::fs::File::create(top.join("holes.img")).unwrap();
+    f.set_len(3 << 30).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"data", 1 << 30).unwrap();
+    drop(f);
+    std::fs::write(top.join("small.txt"), b"small").unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+    let out = zsend(&[
+        &rx.addr(),
+        top.to_str().unwrap(),
+        "--timeout",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(json_of(&out)["landed"], 2);
+    drop(rx);
+
+    let rx = Zrecv::start(dst.path(), &["--timeout", "1"]);
+    let out = zsend(&[
+        &rx.addr(),
+        top.to_str().unwrap(),
+        "--timeout",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(json["unchanged"], 2, "{json}");
+    assert_eq!(json["bytes_sent"], 0, "{json}");
+}

@@ -139,9 +139,10 @@ pub enum SendError {
     /// Authentication failed, or one side has a token and the other none.
     #[error("authentication failed: {0}")]
     Auth(String),
-    /// The receiver broke the protocol.
+    /// The receiver broke the protocol. (Not a `#[from]`: that would make the protocol error the
+    /// source too, and `{:#}` would print it twice.)
     #[error("receiver: {0}")]
-    Protocol(#[from] ProtocolError),
+    Protocol(ProtocolError),
     /// The command line asks for something impossible.
     #[error("{0}")]
     Usage(String),
@@ -161,6 +162,12 @@ pub enum SendError {
         /// Files in the tree.
         files: usize,
     },
+}
+
+impl From<ProtocolError> for SendError {
+    fn from(e: ProtocolError) -> SendError {
+        SendError::Protocol(e)
+    }
 }
 
 impl SendError {

@@ -19,6 +19,8 @@ pub const FRAME_MAGIC: [u8; 4] = *b"ZENT";
 pub const FILE_VERDICT_MAGIC: [u8; 4] = *b"ZFVD";
 /// First bytes of an end-of-pass mark, both ways.
 pub const END_OF_PASS_MAGIC: [u8; 4] = *b"ZEOP";
+/// A sender's frame that says only "still here" (while it hashes a large file).
+pub const KEEPALIVE_MAGIC: [u8; 4] = *b"ZNOP";
 /// Most entries in one manifest.
 pub const MAX_ENTRIES: u32 = 1 << 20;
 /// Longest relative path (Linux PATH_MAX).
@@ -403,6 +405,8 @@ pub enum Frame {
     Resume(u32, u64, [u8; 32]),
     /// No more frames in this pass: land everything and answer with an end of pass.
     EndOfPass,
+    /// Nothing: the sender is busy hashing a large file and says it is still there.
+    Keepalive,
 }
 
 impl Frame {
@@ -411,6 +415,7 @@ impl Frame {
         let mut out = Vec::with_capacity(49);
         match self {
             Frame::EndOfPass => out.extend_from_slice(&END_OF_PASS_MAGIC),
+            Frame::Keepalive => out.extend_from_slice(&KEEPALIVE_MAGIC),
             Frame::Full(i) | Frame::Check(i, _) | Frame::Resume(i, ..) => {
                 out.extend_from_slice(&FRAME_MAGIC);
                 out.extend_from_slice(&i.to_be_bytes());
@@ -425,7 +430,7 @@ impl Frame {
                         out.extend_from_slice(&offset.to_be_bytes());
                         out.extend_from_slice(d);
                     }
-                    Frame::EndOfPass => unreachable!(),
+                    Frame::EndOfPass | Frame::Keepalive => unreachable!(),
                 }
             }
         }
@@ -447,6 +452,9 @@ impl Frame {
         }
         if magic == END_OF_PASS_MAGIC {
             return Ok(Some(Frame::EndOfPass));
+        }
+        if magic == KEEPALIVE_MAGIC {
+            return Ok(Some(Frame::Keepalive));
         }
         if magic != FRAME_MAGIC {
             return Err(malformed("frame magic missing".into()));
@@ -504,6 +512,8 @@ pub enum Report {
     },
     /// Every frame of the pass has its verdict and everything landed is durable.
     EndOfPass,
+    /// Nothing: the receiver is busy checking a large file and says it is still there.
+    Keepalive,
 }
 
 impl Report {
@@ -512,6 +522,7 @@ impl Report {
         let mut out = Vec::new();
         match self {
             Report::EndOfPass => out.extend_from_slice(&END_OF_PASS_MAGIC),
+            Report::Keepalive => out.extend_from_slice(&KEEPALIVE_MAGIC),
             Report::File {
                 index,
                 status,
@@ -535,6 +546,9 @@ impl Report {
         read_exact(r, &mut magic, "file verdict")?;
         if magic == END_OF_PASS_MAGIC {
             return Ok(Report::EndOfPass);
+        }
+        if magic == KEEPALIVE_MAGIC {
+            return Ok(Report::Keepalive);
         }
         if magic != FILE_VERDICT_MAGIC {
             return Err(malformed("file verdict magic missing".into()));
@@ -742,7 +756,7 @@ mod tests {
             prop_assert_eq!(Answers::read(&mut &a.encode()[..], 5).unwrap(), a);
             let refused = Answers::Refused(RefuseCode::NoSpace, msg.clone());
             prop_assert_eq!(Answers::read(&mut &refused.encode()[..], 5).unwrap(), refused);
-            for f in [Frame::Full(i), Frame::Check(i, d), Frame::Resume(i, offset, d), Frame::EndOfPass] {
+            for f in [Frame::Full(i), Frame::Check(i, d), Frame::Resume(i, offset, d), Frame::EndOfPass, Frame::Keepalive] {
                 prop_assert_eq!(Frame::read(&mut &f.encode()[..]).unwrap(), Some(f));
             }
             let r = Report::File { index: i, status: FileStatus::Resend, sha256: Some(d), message: msg };

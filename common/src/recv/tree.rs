@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -52,6 +53,9 @@ pub struct TreeCounts {
     pub links: usize,
 }
 
+/// A background check's result: the entry, the sender's digest, ours.
+type Checked = (u32, [u8; 32], io::Result<[u8; 32]>);
+
 /// A verified small file waiting for its batch to be made durable and renamed.
 struct Pending {
     index: u32,
@@ -74,6 +78,9 @@ struct Session<'r> {
     batch_bytes: u64,
     /// Directories this session made: their mode and mtime are set at the end of each pass.
     made_dirs: Vec<usize>,
+    /// Checks of large files hashing on their own threads: where each sends the entry, the
+    /// sender's digest and ours, and how many are still hashing.
+    checks: (mpsc::Sender<Checked>, mpsc::Receiver<Checked>, usize),
     dirs: DirCache,
     pipe: Pipe,
     counts: TreeCounts,
@@ -113,6 +120,10 @@ impl Receiver {
             batch: Vec::new(),
             batch_bytes: 0,
             made_dirs: Vec::new(),
+            checks: {
+                let (tx, rx) = mpsc::channel();
+                (tx, rx, 0)
+            },
             dirs: DirCache::new(Arc::new(root)),
             pipe,
             counts: TreeCounts {
@@ -136,6 +147,9 @@ impl Session<'_> {
         self.answer_all()?;
         let mut clean = true;
         let result = loop {
+            if let Err(e) = self.report_checks(false) {
+                break Err(e);
+            }
             let frame = match Frame::read(&mut &*self.stream) {
                 Ok(f) => f,
                 Err(e) => break Err(e.into()),
@@ -149,6 +163,7 @@ impl Session<'_> {
                     clean = true;
                     self.end_pass()
                 }
+                Some(Frame::Keepalive) => Ok(()),
                 Some(Frame::Full(i)) => {
                     clean = false;
                     self.full(i, record)
@@ -361,11 +376,57 @@ impl Session<'_> {
             .dirs
             .get(parent_path.as_deref())
             .map_err(|err| self.rx.local("opening a directory", err))?;
-        let ours = open_beneath(&parent, &base, OFlags::RDONLY)
-            .map_err(io::Error::from)
-            .and_then(|fd| Prefix::of_file(&File::from(fd), header.size, true))
-            .map(|p| p.digest());
+        let size = header.size;
+        let hash = move || {
+            open_beneath(&parent, &base, OFlags::RDONLY)
+                .map_err(io::Error::from)
+                .and_then(|fd| Prefix::of_file(&File::from(fd), size, true))
+                .map(|p| p.digest())
+        };
         self.settled[i as usize] = true;
+        if size < LAND_ALONE {
+            return self.checked(i, digest, hash());
+        }
+        // A large file takes a while: hash it beside the frames that keep coming, so that the
+        // sender is never left waiting on a full socket.
+        let done = self.checks.0.clone();
+        std::thread::spawn(move || done.send((i, digest, hash())));
+        self.checks.2 += 1;
+        Ok(())
+    }
+
+    /// Reports the background checks that are done; with `all`, waits for every one, telling
+    /// the sender meanwhile that we are still here.
+    fn report_checks(&mut self, all: bool) -> Result<(), RecvError> {
+        let every = (self.rx.config.timeout / 4).max(std::time::Duration::from_millis(100));
+        while self.checks.2 > 0 {
+            let next = match all {
+                true => self.checks.1.recv_timeout(every),
+                false => self
+                    .checks
+                    .1
+                    .try_recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match next {
+                Ok((i, digest, ours)) => {
+                    self.checks.2 -= 1;
+                    self.checked(i, digest, ours)?;
+                }
+                Err(RecvTimeoutError::Timeout) => self.send(&Report::Keepalive)?,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports a check of entry `i`: the sender's `digest` against ours.
+    fn checked(
+        &mut self,
+        i: u32,
+        digest: [u8; 32],
+        ours: io::Result<[u8; 32]>,
+    ) -> Result<(), RecvError> {
         match ours {
             Ok(d) if d == digest => {
                 self.counts.unchanged += 1;
@@ -601,6 +662,7 @@ impl Session<'_> {
     /// Lands the batch, gives the directories made their mode and mtime (deepest first, after
     /// their content), and tells the sender the pass is complete.
     fn end_pass(&mut self) -> Result<(), RecvError> {
+        self.report_checks(true)?;
         self.flush()?;
         for &i in self.made_dirs.iter().rev() {
             let e = &self.manifest.entries[i];

@@ -128,6 +128,9 @@ pub fn send_tree(
     Ok(report)
 }
 
+/// Files at least this large are hashed on a second thread while keepalive frames go out.
+const KEEPALIVE_ABOVE: u64 = 64 << 20;
+
 /// What to send for one file.
 #[derive(Clone, Copy, Debug)]
 enum Action {
@@ -202,6 +205,12 @@ impl Session<'_> {
             }
         }
         let stream = self.stream;
+        // From here on only the reader thread reads, and verdicts may be far apart (a large
+        // file, a batch on a slow link): the wait for them is bounded where it matters, at the
+        // end of each pass, while a stalled receiver shows as a write that times out.
+        stream
+            .set_read_timeout(None)
+            .map_err(net("configuring the socket"))?;
         std::thread::scope(|s| {
             let (tx, reports) = mpsc::channel();
             s.spawn(move || loop {
@@ -259,9 +268,18 @@ impl Session<'_> {
             .write_all(&Frame::EndOfPass.encode())
             .map_err(net("ending a pass"))?;
         loop {
-            let report = reports
-                .recv()
-                .map_err(|_| ProtocolError::Truncated("verdicts"))??;
+            let report = match reports.recv_timeout(self.opts.timeout) {
+                Ok(report) => report?,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(SendError::Network {
+                        during: "waiting for the receiver's verdicts".into(),
+                        error: std::io::ErrorKind::TimedOut.into(),
+                    })
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(ProtocolError::Truncated("verdicts").into())
+                }
+            };
             if report == Report::EndOfPass {
                 return Ok(resend);
             }
@@ -293,17 +311,10 @@ impl Session<'_> {
                 return Ok(());
             }
         };
-        let sparse = source.sparse_data.is_some();
-        let source_err = |error| SendError::Source {
-            path: path.clone(),
-            error,
-        };
         let index = i as u32;
         let (frame, prefix) = match action {
             Action::Check => {
-                let digest = Prefix::of_file(&source.file, source.size, sparse)
-                    .map_err(source_err)?
-                    .digest();
+                let digest = self.hash_alive(&source, source.size)?.digest();
                 self.digests[i] = Some(digest);
                 self.write(&Frame::Check(index, digest).encode(), "sending a check")?;
                 progress(Tick::Bytes(source.size));
@@ -311,7 +322,7 @@ impl Session<'_> {
             }
             Action::Full => (Frame::Full(index), Prefix::empty()),
             Action::Resume(offset) => {
-                let prefix = Prefix::of_file(&source.file, offset, sparse).map_err(source_err)?;
+                let prefix = self.hash_alive(&source, offset)?;
                 (Frame::Resume(index, offset, prefix.digest()), prefix)
             }
         };
@@ -340,16 +351,48 @@ impl Session<'_> {
         }
     }
 
+    /// Hashes the first `len` bytes of `source`. A large file takes a while, and the receiver
+    /// is waiting for our next frame meanwhile: keepalive frames tell it we are still here.
+    fn hash_alive(&self, source: &Source, len: u64) -> Result<Prefix, SendError> {
+        let sparse = source.sparse_data.is_some();
+        let source_err = |error| SendError::Source {
+            path: source.path.clone(),
+            error,
+        };
+        if len < KEEPALIVE_ABOVE {
+            return Prefix::of_file(&source.file, len, sparse).map_err(source_err);
+        }
+        let every = (self.opts.timeout / 4).max(Duration::from_millis(100));
+        std::thread::scope(|s| {
+            let (tx, done) = mpsc::channel();
+            s.spawn(move || tx.send(Prefix::of_file(&source.file, len, sparse)));
+            loop {
+                match done.recv_timeout(every) {
+                    Ok(hashed) => return hashed.map_err(source_err),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.write(&Frame::Keepalive.encode(), "keeping the connection up")?
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        panic!("the hashing thread ended without a result")
+                    }
+                }
+            }
+        })
+    }
+
     /// Takes in one verdict.
     fn apply(&mut self, report: Report, resend: &mut Vec<usize>) -> Result<(), SendError> {
-        let Report::File {
-            index,
-            status,
-            sha256,
-            message,
-        } = report
-        else {
-            return Err(ProtocolError::Malformed("an end of pass before ours".into()).into());
+        let (index, status, sha256, message) = match report {
+            Report::File {
+                index,
+                status,
+                sha256,
+                message,
+            } => (index, status, sha256, message),
+            Report::Keepalive => return Ok(()),
+            Report::EndOfPass => {
+                return Err(ProtocolError::Malformed("an end of pass before ours".into()).into())
+            }
         };
         let i = index as usize;
         let Some(ours) = self.digests.get(i).copied() else {
