@@ -230,6 +230,25 @@ fn ten_thousand_small_files_arrive() {
     assert_eq!(describe(&dst.path().join("many")), describe(&top));
 }
 
+/// Sends `top` to `rx` through a proxy, kills the sender once `at` bytes have crossed, and
+/// waits for the receiver to report the interruption (after it kept the file in flight).
+fn interrupt_tree(rx: &Zrecv, top: &Path, at: u64) {
+    let proxy = Proxy::start(rx.addr, Fault::PauseAt(at));
+    let mut sender = Command::new(zsend_bin())
+        .args([&proxy.addr(), top.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    proxy.release();
+    drop(proxy);
+    let name = top.file_name().unwrap().to_str().unwrap();
+    rx.wait_for_line(&format!("{name} from"));
+}
+
 #[test]
 fn an_interrupted_tree_resumes_where_it_stopped() {
     let src = tempfile::tempdir().unwrap();
@@ -243,19 +262,7 @@ fn an_interrupted_tree_resumes_where_it_stopped() {
     let total = 6 * size;
     let rx = Zrecv::start(dst.path(), &[]);
     // Stop the stream in the middle of the third file and kill the sender there.
-    let proxy = Proxy::start(rx.addr, Fault::PauseAt(2 * size + size / 2));
-    let mut sender = Command::new(zsend_bin())
-        .args([&proxy.addr(), top.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
-    sender.kill().unwrap();
-    sender.wait().unwrap();
-    proxy.release();
-    drop(proxy);
-    rx.wait_for_line("vm from");
+    interrupt_tree(&rx, &top, 2 * size + size / 2);
 
     let proxy = Proxy::start(rx.addr, Fault::None);
     let out = zsend(&[&proxy.addr(), top.to_str().unwrap(), "--json"]);
@@ -452,4 +459,38 @@ fn large_files_do_not_time_out_while_they_are_hashed() {
     let json = json_of(&out);
     assert_eq!(json["unchanged"], 2, "{json}");
     assert_eq!(json["bytes_sent"], 0, "{json}");
+}
+
+/// The partial of a tree's file is checked while the rest streams in; a tampered one is caught
+/// and the file sent again whole, in the second pass.
+#[test]
+fn a_tampered_partial_in_a_tree_is_sent_again_whole() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("set");
+    std::fs::create_dir(&top).unwrap();
+    let size: u64 = 16 << 20;
+    random_file(&top.join("a.img"), size, 60);
+    random_file(&top.join("b.img"), size, 61);
+    let rx = Zrecv::start(dst.path(), &[]);
+    interrupt_tree(&rx, &top, size / 2);
+    let dir = dst.path().join("set");
+    let part = entries(&dir)
+        .into_iter()
+        .find(|e| is_kept_partial(e) && e.ends_with(".part"))
+        .expect("a kept partial");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(dir.join(&part))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"tampered", 100).unwrap();
+    drop(f);
+
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(json["landed"], 2, "{json}");
+    assert_eq!(json["resumed_from"], 0, "{json}");
+    assert_eq!(describe(&dir), describe(&top));
+    rx.wait_for_line("asking for it whole");
 }

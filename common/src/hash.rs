@@ -143,6 +143,53 @@ pub fn hash_rest_timed(
     (digest, thread_cpu().saturating_sub(start))
 }
 
+/// Where hashing a received file starts: from a prefix already hashed, or from the first `n`
+/// bytes already in the file but not hashed yet (a partial whose digest is still to be checked).
+pub enum Start {
+    /// Hashed: go on from here.
+    Hashed(Prefix),
+    /// This many bytes are in the file, not hashed.
+    Unhashed(u64),
+}
+
+impl Start {
+    /// Where the bytes still to come begin.
+    pub fn offset(&self) -> u64 {
+        match self {
+            Start::Hashed(p) => p.len(),
+            Start::Unhashed(n) => *n,
+        }
+    }
+}
+
+/// What [`hash_from_timed`] found: the digest of the first `len` bytes (`None` if stopped
+/// early), and for an unhashed start, the digest of its prefix.
+pub type HashedFrom = (io::Result<(Option<[u8; 32]>, Option<[u8; 32]>)>, Duration);
+
+/// As [`hash_rest_timed`], from a [`Start`]: an unhashed prefix is hashed first, and its digest
+/// returned as well, so that a receiver can take in the rest while it checks what it held.
+pub fn hash_from_timed(
+    start: Start,
+    file: &File,
+    len: u64,
+    mark: &Watermark,
+    sparse: bool,
+) -> HashedFrom {
+    let cpu = thread_cpu();
+    let hashed = (|| {
+        let (prefix, at) = match start {
+            Start::Hashed(p) => (p, None),
+            Start::Unhashed(n) => {
+                let p = Prefix::of_file(file, n, sparse)?;
+                let d = p.digest();
+                (p, Some(d))
+            }
+        };
+        Ok((hash_rest(prefix, file, len, mark, sparse)?, at))
+    })();
+    (hashed, thread_cpu().saturating_sub(cpu))
+}
+
 /// The running hash of the first `len` bytes of a file: what a resumed transfer starts from.
 #[derive(Clone)]
 pub struct Prefix {

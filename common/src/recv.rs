@@ -18,7 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{self, Role, Token};
 use crate::error::{ProtocolError, RecvError};
-use crate::hash::{hash_reader, hash_rest_timed, Prefix, Watermark, UNTIL_CLOSED};
+use crate::hash::{hash_from_timed, hash_reader, Prefix, Start, Watermark, UNTIL_CLOSED};
 use crate::name::Escaped;
 use crate::partial::{self, TempFile};
 use crate::protocol::{
@@ -387,8 +387,9 @@ impl Receiver {
             pipe: &pipe,
             forward: forward.as_deref_mut(),
         };
-        let digest = self.receive_payload(stream, header, temp, prefix, route, record)?;
-        self.check_trailer(stream, header, digest, record, forward)
+        let received =
+            self.receive_payload(stream, header, temp, Start::Hashed(prefix), route, record)?;
+        self.check_trailer(stream, header, received.digest, record, forward)
     }
 
     /// Sends the digest of the `held` bytes kept from an interrupted transfer and reads the
@@ -651,29 +652,29 @@ impl Receiver {
         stream: &TcpStream,
         header: &Header,
         temp: &TempFile<impl AsFd>,
-        prefix: Prefix,
+        start: Start,
         route: Route,
         record: &mut TransferRecord,
-    ) -> Result<Option<[u8; 32]>, RecvError> {
+    ) -> Result<Received, RecvError> {
         let Route { pipe, forward } = route;
         let size = header.size;
         let file = &temp.file;
-        let start = prefix.len();
+        let offset = start.offset();
         let mark = Watermark::new();
-        mark.raise(start);
+        mark.raise(offset);
         let sparse = header.sparse_data_len.is_some();
         let hash_len = if header.stream() { UNTIL_CLOSED } else { size };
         let verify = header.verify();
         let inline = !header.stream() && size <= SMALL_FILE;
-        let mut received = start;
+        let mut received = offset;
         let mut splice = SpliceStats::default();
-        let (copied, digest) = std::thread::scope(|s| {
-            let (mut prefix, mut hasher) = (Some(prefix), None);
+        let (copied, hashed) = std::thread::scope(|s| {
+            let (mut start, mut hasher) = (Some(start), None);
             if verify && !inline {
-                let p = prefix.take().expect("not taken yet");
-                hasher = Some(s.spawn(|| hash_rest_timed(p, file, hash_len, &mark, sparse)));
+                let st = start.take().expect("not taken yet");
+                hasher = Some(s.spawn(|| hash_from_timed(st, file, hash_len, &mark, sparse)));
             }
-            let mut behind = sys::DropBehind::starting_at(start, WRITEBACK_WINDOW);
+            let mut behind = sys::DropBehind::starting_at(offset, WRITEBACK_WINDOW);
             let (mut plain, mut onward);
             let sink: &mut dyn Sink = match forward {
                 Some(forward) => {
@@ -694,7 +695,7 @@ impl Receiver {
                     &mut plain
                 }
             };
-            let copied = receive_into(stream, header, start, sink, &mut |done| {
+            let copied = receive_into(stream, header, offset, sink, &mut |done| {
                 received = done;
                 mark.raise(done);
                 if !inline {
@@ -706,29 +707,31 @@ impl Receiver {
                 Ok(n) if *n == size || header.stream() => mark.close(),
                 _ => mark.abort(),
             }
-            let digest = match (verify, prefix) {
-                (true, Some(p)) if copied.is_ok() => {
-                    Some(hash_rest_timed(p, file, size, &mark, sparse))
+            let hashed = match (verify, start) {
+                (true, Some(st)) if copied.is_ok() => {
+                    Some(hash_from_timed(st, file, size, &mark, sparse))
                 }
                 _ => hasher.map(|h| h.join().expect("hashing thread panicked")),
             };
-            (copied, digest)
+            (copied, hashed)
         });
         record.received = received;
         record.zero_copy &= splice.zero_copy;
         record.stages.network_cpu += splice.to_pipe_cpu;
         record.stages.file_cpu += splice.to_file_cpu;
-        let digest = digest.map(|(digest, cpu)| {
+        let hashed = hashed.map(|(hashed, cpu)| {
             record.stages.hash_cpu += cpu;
-            digest
+            hashed
         });
         let writing = format!("writing {}", Escaped(&header.name));
         self.payload_outcome(header, copied, record, &writing)?;
-        match digest {
-            None => Ok(None),
-            Some(Ok(Some(d))) => Ok(Some(d)),
-            Some(Ok(None)) if !verify => Ok(None),
-            Some(Ok(None)) => unreachable!("the watermark was closed at the full size"),
+        match hashed {
+            None => Ok(Received::default()),
+            Some(Ok((Some(digest), prefix))) => Ok(Received {
+                digest: Some(digest),
+                prefix,
+            }),
+            Some(Ok((None, _))) => unreachable!("the watermark was closed at the full size"),
             Some(Err(e)) => Err(self.local("reading back the received file", e)),
         }
     }
@@ -852,6 +855,15 @@ impl Receiver {
             error,
         }
     }
+}
+
+/// What receiving a payload found.
+#[derive(Default)]
+pub(crate) struct Received {
+    /// SHA-256 of the whole file, when verifying.
+    pub(crate) digest: Option<[u8; 32]>,
+    /// For a [`Start::Unhashed`] start: SHA-256 of the bytes that were already there.
+    pub(crate) prefix: Option<[u8; 32]>,
 }
 
 /// Where a payload goes besides the temporary file: the pipe to splice it through, and the

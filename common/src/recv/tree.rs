@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,17 +16,14 @@ use std::time::Instant;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::{
-    prepare, receive_into, tell, timestamps, Incoming, Receiver, Route, Sink, TransferRecord,
-    PIPE_SIZE,
-};
+use super::{prepare, tell, timestamps, Receiver, Route, TransferRecord, PIPE_SIZE};
 use crate::error::{ProtocolError, RecvError};
-use crate::hash::Prefix;
+use crate::hash::{Prefix, Start};
 use crate::manifest::{Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, Report};
 use crate::name::{Escaped, TEMP_PREFIX};
 use crate::partial::{self, open_beneath, TempFile};
 use crate::protocol::{Header, RefuseCode, Trailer, FLAG_NO_VERIFY};
-use crate::sys::{CopyError, Pipe};
+use crate::sys::Pipe;
 use crate::units::{os_reason, Bytes};
 
 /// A batch of small files lands once it holds this many files...
@@ -357,7 +354,14 @@ impl Session<'_> {
         let temp = TempFile::create(parent)
             .map_err(|err| self.rx.local("creating a temporary file", err))?;
         prepare(&temp.file, &header).map_err(|err| self.rx.local("preallocating", err))?;
-        self.receive_file(i, &header, temp, Prefix::empty(), record)
+        self.receive_file(
+            i,
+            &header,
+            temp,
+            Start::Hashed(Prefix::empty()),
+            None,
+            record,
+        )
     }
 
     /// The sender's file is already here if our copy has this digest.
@@ -469,59 +473,33 @@ impl Session<'_> {
             ))
             .into());
         }
-        let sparse = header.sparse_data_len.is_some();
-        match Prefix::of_file(&temp.file, held, sparse) {
-            Ok(prefix) if prefix.digest() == digest => {
-                record.resumed_from += held;
-                prepare(&temp.file, &header).map_err(|err| self.rx.local("preallocating", err))?;
-                self.receive_file(i, &header, temp, prefix, record)
-            }
-            _ => {
-                log::info!(
-                    "{}: the partial file differs from the sender's; starting over",
-                    Escaped(&path)
-                );
-                drop(temp);
-                let mut drain = Drain::default();
-                let drained = receive_into(self.stream, &header, offset, &mut drain, &mut |_| {});
-                match drained {
-                    Ok(n) if n == header.size => {}
-                    Ok(_) => {
-                        return Err(RecvError::ShortPayload {
-                            received: held,
-                            expected: header.size,
-                        })
-                    }
-                    Err(Incoming::Protocol(e)) => return Err(e.into()),
-                    Err(Incoming::Copy(_)) => {
-                        return Err(ProtocolError::Truncated("payload of a file to resend").into())
-                    }
-                }
-                match Trailer::read(&mut &*self.stream) {
-                    Ok(_) | Err(ProtocolError::Abandoned) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                self.report(
-                    i,
-                    FileStatus::Resend,
-                    None,
-                    "the partial file differs; send it whole",
-                )
-            }
-        }
+        // The rest goes into the partial at once while a second thread hashes what it held:
+        // the sender, already sending, never waits on our hashing. If the prefix turns out to
+        // differ from the sender's, the file is discarded and asked for whole.
+        prepare(&temp.file, &header).map_err(|err| self.rx.local("preallocating", err))?;
+        self.receive_file(
+            i,
+            &header,
+            temp,
+            Start::Unhashed(held),
+            Some(digest),
+            record,
+        )
     }
 
-    /// Receives a file's payload (from `prefix.len()` on) and trailer into `temp`; lands it or
-    /// adds it to the batch.
+    /// Receives a file's payload (from `start` on) and trailer into `temp`; lands it or adds it
+    /// to the batch. With `held_digest`, the bytes before `start` were already there and must
+    /// have that SHA-256 (the sender's), or the file is asked for whole.
     fn receive_file(
         &mut self,
         i: u32,
         header: &Header,
         temp: TempFile<Arc<OwnedFd>>,
-        prefix: Prefix,
+        start: Start,
+        held_digest: Option<[u8; 32]>,
         record: &mut TransferRecord,
     ) -> Result<(), RecvError> {
-        let start = prefix.len();
+        let start_at = start.offset();
         let mut scratch = TransferRecord::new(record.peer);
         let route = Route {
             pipe: &self.pipe,
@@ -529,12 +507,12 @@ impl Session<'_> {
         };
         let received =
             self.rx
-                .receive_payload(self.stream, header, &temp, prefix, route, &mut scratch);
-        record.received += scratch.received.saturating_sub(start);
+                .receive_payload(self.stream, header, &temp, start, route, &mut scratch);
+        record.received += scratch.received.saturating_sub(start_at);
         record.zero_copy &= scratch.zero_copy;
         record.stages.add(&scratch.stages);
-        let digest = match received {
-            Ok(d) => d,
+        let received = match received {
+            Ok(r) => r,
             Err(e) => {
                 if e.is_interruption() {
                     partial::keep(temp, header, scratch.received);
@@ -565,6 +543,19 @@ impl Session<'_> {
             )
             .into());
         }
+        if let Some(want) = held_digest {
+            if received.prefix != Some(want) {
+                log::info!(
+                    "{}: the partial file differs from the sender's; asking for it whole",
+                    Escaped(&header.name)
+                );
+                drop(temp);
+                let msg = "the partial file differs; send it whole";
+                return self.report(i, FileStatus::Resend, None, msg);
+            }
+            record.resumed_from += start_at;
+        }
+        let digest = received.digest;
         self.settled[i as usize] = true;
         if trailer.sha256 != digest {
             self.counts.failed += 1;
@@ -761,39 +752,5 @@ impl DirCache {
         )?);
         self.last = Some((path.to_owned(), fd.clone()));
         Ok(fd)
-    }
-}
-
-/// Reads a payload the receiver will not keep, and forgets it.
-#[derive(Default)]
-struct Drain {
-    buf: Vec<u8>,
-}
-
-impl Sink for Drain {
-    fn data(
-        &mut self,
-        stream: &TcpStream,
-        _offset: u64,
-        len: u64,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<u64, CopyError> {
-        self.buf.resize(256 * 1024, 0);
-        let mut done = 0;
-        while done < len {
-            let want = (len - done).min(self.buf.len() as u64) as usize;
-            match (&*stream).read(&mut self.buf[..want]) {
-                Ok(0) => break,
-                Ok(n) => done += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(CopyError::Read(e)),
-            }
-            progress(done);
-        }
-        Ok(done)
-    }
-
-    fn hole(&mut self, _offset: u64, _len: u64) -> Result<(), CopyError> {
-        Ok(())
     }
 }

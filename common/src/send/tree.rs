@@ -97,6 +97,7 @@ pub fn send_tree(
         opts,
         tree_opts,
         digests: vec![None; tree.manifest.entries.len()],
+        resumed: vec![0; tree.manifest.entries.len()],
         scratch,
         report: TreeReport {
             peer: stream.peer_addr().map_err(net("connecting"))?,
@@ -146,6 +147,9 @@ struct Session<'a> {
     tree_opts: TreeOptions,
     /// Our SHA-256 of each file sent or checked.
     digests: Vec<Option<[u8; 32]>>,
+    /// Where each file's payload started (a resumed prefix), until its verdict says whether
+    /// the receiver's prefix matched.
+    resumed: Vec<u64>,
     /// Byte counts and CPU of the file bodies, accumulated.
     scratch: super::SendReport,
     report: TreeReport,
@@ -340,7 +344,7 @@ impl Session<'_> {
         ) {
             Ok(digest) => {
                 self.digests[i] = digest;
-                self.report.resumed_from += resumed;
+                self.resumed[i] = resumed;
                 self.write(&Trailer { sha256: digest }.encode(), "sending a trailer")
             }
             Err(SendError::SourceChanged) => {
@@ -410,11 +414,17 @@ impl Session<'_> {
             FileStatus::Landed | FileStatus::Unchanged if self.opts.verify && sha256 != ours => {
                 self.fail(i, mismatch())
             }
-            FileStatus::Landed => self.report.landed += 1,
+            FileStatus::Landed => {
+                self.report.landed += 1;
+                self.report.resumed_from += self.resumed[i];
+            }
             FileStatus::Unchanged => self.report.unchanged += 1,
             FileStatus::Mismatch => self.fail(i, mismatch()),
             FileStatus::Failed | FileStatus::Refused => self.fail(i, message),
-            FileStatus::Resend => resend.push(i),
+            FileStatus::Resend => {
+                self.resumed[i] = 0;
+                resend.push(i);
+            }
         }
         Ok(())
     }
