@@ -45,7 +45,7 @@ impl<D: AsFd> TempFile<D> {
                 .unwrap_or(0);
             let name = format!(
                 "{TEMP_PREFIX}{}-{}-{nanos:08x}.part",
-                std::process::id(),
+                pid(),
                 COUNTER.fetch_add(1, Ordering::Relaxed)
             );
             let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL;
@@ -78,6 +78,12 @@ impl<D: AsFd> Drop for TempFile<D> {
             }
         }
     }
+}
+
+/// This process's id, asked of the kernel once.
+pub(crate) fn pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
 
 /// Opens `name` strictly beneath `dir`: openat2 with RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS

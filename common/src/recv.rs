@@ -1047,14 +1047,16 @@ impl Drop for Claim<'_> {
 }
 
 /// Readies the temporary file: a sparse file gets its full size at once (its holes are never
-/// written); a dense one has its blocks reserved, so a full disk is found before data flows.
+/// written); a dense one over [`SMALL_FILE`] has its blocks reserved, so a full disk is found
+/// before data flows.
 /// Filesystems that cannot preallocate are fine.
 fn prepare(file: &File, header: &Header) -> io::Result<()> {
     let size = header.size;
     if header.sparse_data_len.is_some() {
         return Ok(rustix::fs::ftruncate(file, size)?);
     }
-    if size == 0 {
+    // A small file is written at once; reserving its blocks first would only cost a call.
+    if size <= SMALL_FILE {
         return Ok(());
     }
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, size) {

@@ -125,7 +125,8 @@ impl Source {
         } else {
             return Err(SendError::NotAFile(path.to_owned()));
         };
-        let sparse_data = if block_device {
+        // Only a file with fewer blocks than bytes can have holes worth looking for.
+        let sparse_data = if block_device || meta.blocks() * 512 >= size {
             None
         } else {
             let data = data_between(&file, 0, size).map_err(source_err)?;
@@ -187,12 +188,15 @@ pub(crate) fn data_between(file: &File, from: u64, to: u64) -> std::io::Result<u
 /// its host name) and the file's device and inode. Size and mtime travel in the header too.
 pub(crate) fn source_id(dev: u64, ino: u64, rdev: u64) -> [u8; SOURCE_ID_LEN] {
     use sha2::{Digest, Sha256};
-    let machine = std::fs::read("/etc/machine-id")
-        .or_else(|_| std::fs::read("/proc/sys/kernel/hostname"))
-        .unwrap_or_default();
+    static MACHINE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let machine = MACHINE.get_or_init(|| {
+        std::fs::read("/etc/machine-id")
+            .or_else(|_| std::fs::read("/proc/sys/kernel/hostname"))
+            .unwrap_or_default()
+    });
     let mut h = Sha256::new();
     h.update(b"zsend source id 1\0");
-    h.update(&machine);
+    h.update(machine);
     for n in [dev, ino, rdev] {
         h.update(n.to_be_bytes());
     }

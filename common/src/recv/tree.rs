@@ -75,6 +75,8 @@ struct Session<'r> {
     batch_bytes: u64,
     /// Directories this session made: their mode and mtime are set at the end of each pass.
     made_dirs: Vec<usize>,
+    /// Verdicts not sent yet.
+    outbox: Vec<u8>,
     /// Checks of large files hashing on their own threads: where each sends the entry, the
     /// sender's digest and ours, and how many are still hashing.
     checks: (mpsc::Sender<Checked>, mpsc::Receiver<Checked>, usize),
@@ -91,6 +93,8 @@ impl Receiver {
         header: &Header,
         record: &mut TransferRecord,
     ) -> Result<(), RecvError> {
+        // Verdicts go out as they are written, not held back by Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
         let manifest = match Manifest::read(&mut &*stream) {
             Ok(m) => m,
             Err(e) => {
@@ -117,6 +121,7 @@ impl Receiver {
             batch: Vec::new(),
             batch_bytes: 0,
             made_dirs: Vec::new(),
+            outbox: Vec::new(),
             checks: {
                 let (tx, rx) = mpsc::channel();
                 (tx, rx, 0)
@@ -144,7 +149,7 @@ impl Session<'_> {
         self.answer_all()?;
         let mut clean = true;
         let result = loop {
-            if let Err(e) = self.report_checks(false) {
+            if let Err(e) = self.report_checks(false).and_then(|()| self.post()) {
                 break Err(e);
             }
             let frame = match Frame::read(&mut &*self.stream) {
@@ -181,6 +186,7 @@ impl Session<'_> {
         if result.is_err() {
             // What was verified before the connection broke still lands.
             let _ = self.flush();
+            let _ = self.post();
         }
         result
     }
@@ -306,7 +312,7 @@ impl Session<'_> {
     fn make_link(&self, parent: &Arc<OwnedFd>, e: &Entry, target: &str) -> Result<(), RecvError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let temp = format!("{TEMP_PREFIX}link-{}-{n}.part", std::process::id());
+        let temp = format!("{TEMP_PREFIX}link-{}-{n}.part", partial::pid());
         let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
         rustix::fs::symlinkat(target, parent, temp.as_str()).map_err(|err| {
             self.rx
@@ -669,23 +675,38 @@ impl Session<'_> {
         self.send(&Report::EndOfPass)
     }
 
+    /// Queues a file's verdict; verdicts go out together whenever we are about to wait.
     fn report(
-        &self,
+        &mut self,
         index: u32,
         status: FileStatus,
         sha256: Option<[u8; 32]>,
         message: &str,
     ) -> Result<(), RecvError> {
-        self.send(&Report::File {
+        let verdict = Report::File {
             index,
             status,
             sha256,
             message: message.to_owned(),
-        })
+        };
+        self.outbox.extend_from_slice(&verdict.encode());
+        Ok(())
     }
 
-    fn send(&self, report: &Report) -> Result<(), RecvError> {
-        tell(self.stream, &report.encode(), "sending a verdict", 0, 0)
+    /// Sends what is queued, then `report`.
+    fn send(&mut self, report: &Report) -> Result<(), RecvError> {
+        self.outbox.extend_from_slice(&report.encode());
+        self.post()
+    }
+
+    /// Sends the queued verdicts in one write.
+    fn post(&mut self) -> Result<(), RecvError> {
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        let sent = tell(self.stream, &self.outbox, "sending verdicts", 0, 0);
+        self.outbox.clear();
+        sent
     }
 }
 
