@@ -93,8 +93,6 @@ impl Receiver {
         header: &Header,
         record: &mut TransferRecord,
     ) -> Result<(), RecvError> {
-        // Verdicts go out as they are written, not held back by Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
         let manifest = match Manifest::read(&mut &*stream) {
             Ok(m) => m,
             Err(e) => {

@@ -91,9 +91,6 @@ pub fn send_tree(
     let label = tree.manifest.entries[0].path.clone();
     let start = Instant::now();
     let (stream, scratch) = open_connection(addr, opts, &roots[0], label.clone())?;
-    // Small frames, headers and trailers go out as they are written: with Nagle's algorithm
-    // each would wait for the receiver's (delayed) acknowledgement of the one before.
-    stream.set_nodelay(true).map_err(net("configuring the socket"))?;
     let mut session = Session {
         stream: &stream,
         tree: &tree,
