@@ -162,9 +162,12 @@ impl Start {
     }
 }
 
-/// What [`hash_from_timed`] found: the digest of the first `len` bytes (`None` if stopped
-/// early), and for an unhashed start, the digest of its prefix.
-pub type HashedFrom = (io::Result<(Option<[u8; 32]>, Option<[u8; 32]>)>, Duration);
+/// What [`hash_from`] finds: the digest of the first `len` bytes (`None` if stopped early), and
+/// for an unhashed start, the digest of its prefix.
+pub type Digests = (Option<[u8; 32]>, Option<[u8; 32]>);
+
+/// [`Digests`] and the CPU time they took.
+pub type HashedFrom = (io::Result<Digests>, Duration);
 
 /// As [`hash_rest_timed`], from a [`Start`]: an unhashed prefix is hashed first, and its digest
 /// returned as well, so that a receiver can take in the rest while it checks what it held.
@@ -176,7 +179,19 @@ pub fn hash_from_timed(
     sparse: bool,
 ) -> HashedFrom {
     let cpu = thread_cpu();
-    let hashed = (|| {
+    let hashed = hash_from(start, file, len, mark, sparse);
+    (hashed, thread_cpu().saturating_sub(cpu))
+}
+
+/// [`hash_from_timed`] without the timing.
+pub fn hash_from(
+    start: Start,
+    file: &File,
+    len: u64,
+    mark: &Watermark,
+    sparse: bool,
+) -> io::Result<Digests> {
+    (|| {
         let (prefix, at) = match start {
             Start::Hashed(p) => (p, None),
             Start::Unhashed(n) => {
@@ -186,8 +201,7 @@ pub fn hash_from_timed(
             }
         };
         Ok((hash_rest(prefix, file, len, mark, sparse)?, at))
-    })();
-    (hashed, thread_cpu().saturating_sub(cpu))
+    })()
 }
 
 /// The running hash of the first `len` bytes of a file: what a resumed transfer starts from.

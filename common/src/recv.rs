@@ -18,7 +18,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{self, Role, Token};
 use crate::error::{ProtocolError, RecvError};
-use crate::hash::{hash_from_timed, hash_reader, Prefix, Start, Watermark, UNTIL_CLOSED};
+use crate::hash::{
+    hash_from, hash_from_timed, hash_reader, Prefix, Start, Watermark, UNTIL_CLOSED,
+};
 use crate::name::Escaped;
 use crate::partial::{self, TempFile};
 use crate::protocol::{
@@ -660,14 +662,19 @@ impl Receiver {
         let size = header.size;
         let file = &temp.file;
         let offset = start.offset();
-        let mark = Watermark::new();
-        mark.raise(offset);
         let sparse = header.sparse_data_len.is_some();
         let hash_len = if header.stream() { UNTIL_CLOSED } else { size };
         let verify = header.verify();
         let inline = !header.stream() && size <= SMALL_FILE;
+        let mark = Watermark::new();
+        if !inline {
+            mark.raise(offset);
+        }
         let mut received = offset;
-        let mut splice = SpliceStats::default();
+        let mut splice = SpliceStats {
+            timed: !inline,
+            ..SpliceStats::default()
+        };
         let (copied, hashed) = std::thread::scope(|s| {
             let (mut start, mut hasher) = (Some(start), None);
             if verify && !inline {
@@ -695,21 +702,25 @@ impl Receiver {
                     &mut plain
                 }
             };
+            // A small file is hashed once it is in, so no watermark (and no wake-ups) for it.
             let copied = receive_into(stream, header, offset, sink, &mut |done| {
                 received = done;
-                mark.raise(done);
                 if !inline {
+                    mark.raise(done);
                     let hashed = if verify { mark.hashed() } else { done };
                     behind.advance(file, done, hashed);
                 }
             });
-            match &copied {
-                Ok(n) if *n == size || header.stream() => mark.close(),
-                _ => mark.abort(),
+            if !inline {
+                match &copied {
+                    Ok(n) if *n == size || header.stream() => mark.close(),
+                    _ => mark.abort(),
+                }
             }
             let hashed = match (verify, start) {
                 (true, Some(st)) if copied.is_ok() => {
-                    Some(hash_from_timed(st, file, size, &mark, sparse))
+                    let all = Watermark::complete(size);
+                    Some((hash_from(st, file, size, &all, sparse), Duration::ZERO))
                 }
                 _ => hasher.map(|h| h.join().expect("hashing thread panicked")),
             };

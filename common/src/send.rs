@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{self, Role, Token};
 use crate::error::{ProtocolError, SendError};
-use crate::hash::{hash_rest_timed, Prefix, Watermark};
+use crate::hash::{hash_rest, hash_rest_timed, Prefix, Watermark};
 use crate::name::validate_name;
 use crate::protocol::{
     encode_proof, read_hops, Decision, Header, HopReport, Record, Reply, Status, Trailer, Verdict,
@@ -110,13 +110,17 @@ impl Source {
             path: path.to_owned(),
             error,
         };
-        // Look before opening: opening a fifo would wait for a writer.
-        let kind = std::fs::metadata(path).map_err(source_err)?.file_type();
-        if !kind.is_file() && !kind.is_block_device() {
+        // Non-blocking, so that opening a fifo does not wait for a writer; reads of regular
+        // files and block devices are not affected.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(source_err)?;
+        let meta = file.metadata().map_err(source_err)?;
+        if !meta.is_file() && !meta.file_type().is_block_device() {
             return Err(SendError::NotAFile(path.to_owned()));
         }
-        let file = File::open(path).map_err(source_err)?;
-        let meta = file.metadata().map_err(source_err)?;
         let block_device = meta.file_type().is_block_device();
         let size = if block_device {
             sys::block_device_size(&file).map_err(source_err)?
@@ -398,13 +402,20 @@ pub(crate) fn send_body(
     let mark = Watermark::complete(source.size);
     let sparse = source.sparse_data.is_some();
     let hash = |prefix| hash_rest_timed(prefix, &source.file, source.size, &mark, sparse);
+    // Small files are not worth the two clock reads of timing them.
+    let untimed = |prefix| {
+        (
+            hash_rest(prefix, &source.file, source.size, &mark, sparse),
+            Duration::ZERO,
+        )
+    };
     let (copied, digest) = std::thread::scope(|s| {
         let (mut prefix, mut hasher) = (Some(prefix), None);
         if verify && !small {
             let p = prefix.take().expect("not taken yet");
             hasher = Some(s.spawn(|| hash(p)));
         }
-        let cpu = thread_cpu();
+        let cpu = (!small).then(thread_cpu);
         let zero_copy = &mut report.zero_copy;
         let copied = match source.sparse_data {
             Some(_) => copy_sparse(stream, source, start, zero_copy, progress),
@@ -418,12 +429,14 @@ pub(crate) fn send_body(
             )
             .map(|n| start + n),
         };
-        report.stages.network_cpu += thread_cpu().saturating_sub(cpu);
+        if let Some(cpu) = cpu {
+            report.stages.network_cpu += thread_cpu().saturating_sub(cpu);
+        }
         if copied.is_err() {
             mark.abort();
         }
         let hashed = match (verify, prefix) {
-            (true, Some(p)) if copied.is_ok() => Some(hash(p)),
+            (true, Some(p)) if copied.is_ok() => Some(untimed(p)),
             _ => hasher.map(|h| h.join().expect("hashing thread panicked")),
         };
         let digest = hashed.map(|(digest, cpu)| {

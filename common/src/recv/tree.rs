@@ -93,7 +93,8 @@ impl Receiver {
         header: &Header,
         record: &mut TransferRecord,
     ) -> Result<(), RecvError> {
-        let manifest = match Manifest::read(&mut &*stream) {
+        // Nothing follows the manifest until we answer, so it can be read through a buffer.
+        let manifest = match Manifest::read(&mut std::io::BufReader::new(stream)) {
             Ok(m) => m,
             Err(e) => {
                 if !matches!(e, ProtocolError::Truncated(_) | ProtocolError::Io(..)) {
