@@ -922,10 +922,13 @@ impl Sink for FileSink<'_> {
         len: u64,
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64, CopyError> {
-        let mut at = offset;
-        sys::splice_into_file(
-            stream, self.pipe, self.file, &mut at, len, self.stats, progress,
-        )
+        let mut to = sys::SpliceTo {
+            pipe: self.pipe,
+            file: self.file,
+            stats: self.stats,
+            onward: None,
+        };
+        to.take_from(stream, offset, len, progress)
     }
 
     fn hole(&mut self, _offset: u64, _len: u64) -> Result<(), CopyError> {

@@ -241,85 +241,8 @@ pub fn splice_through(
     Ok(done)
 }
 
-/// Moves exactly `len` bytes from `sock` into `file` at `*offset` through `pipe` with splice(2),
-/// never reading past `len` from the socket. Returns the bytes written: fewer than `len` only
-/// if the peer closed. `progress` gets the total written after each step.
-///
-/// If the filesystem cannot splice, it finishes with read/write, clears `stats.zero_copy` and
-/// says so in the log.
-pub fn splice_into_file(
-    sock: impl AsFd + Read,
-    pipe: &Pipe,
-    file: &File,
-    offset: &mut u64,
-    len: u64,
-    stats: &mut SpliceStats,
-    progress: &mut dyn FnMut(u64),
-) -> Result<u64, CopyError> {
-    let mut done = 0u64;
-    let timed = stats.timed;
-    let mut clock = if timed { thread_cpu() } else { Duration::ZERO };
-    let mut lap = |into: &mut Duration| {
-        if timed {
-            let now = thread_cpu();
-            *into += now.saturating_sub(clock);
-            clock = now;
-        }
-    };
-    while done < len {
-        let want = (len - done).min(pipe.capacity as u64) as usize;
-        let got = pipe::splice(&sock, None, &pipe.write, None, want, SpliceFlags::MORE);
-        lap(&mut stats.to_pipe_cpu);
-        let n = match got {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(CopyError::Read(e.into())),
-        };
-        let mut left = n;
-        while left > 0 {
-            let put = pipe::splice(
-                &pipe.read,
-                None,
-                file,
-                Some(offset),
-                left,
-                SpliceFlags::empty(),
-            );
-            lap(&mut stats.to_file_cpu);
-            match put {
-                Ok(0) => {
-                    return Err(CopyError::Write(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "splice into the file made no progress",
-                    )))
-                }
-                Ok(k) => left -= k,
-                Err(Errno::INTR) => continue,
-                Err(e) if is_unsupported(e) => {
-                    log::info!("splice into this file is unsupported ({e}); using read/write");
-                    stats.zero_copy = false;
-                    drain_pipe(pipe, file, offset, left)?;
-                    done += n as u64;
-                    progress(done);
-                    let rest = read_into_file(sock, file, offset, len - done, &mut |k| {
-                        progress(done + k)
-                    })?;
-                    return Ok(done + rest);
-                }
-                Err(e) => return Err(CopyError::Write(e.into())),
-            }
-        }
-        done += n as u64;
-        progress(done);
-    }
-    Ok(done)
-}
-
-/// The pipes of a receiver that forwards, and the next host of its chain.
+/// The next host of a chain, while forwarding to it works.
 pub struct Onward<'a> {
-    /// The pipe the socket is spliced into.
-    pub inbound: &'a Pipe,
     /// The connection to the next host.
     pub sock: &'a TcpStream,
     /// The second pipe, filled with tee(2) from the first.
@@ -328,68 +251,113 @@ pub struct Onward<'a> {
     pub failed: Option<io::Error>,
 }
 
-/// As [`splice_into_file`], also forwarding every byte to the next host of a chain without
-/// copying it: socket -> pipe A, tee(A -> B), splice(A -> file), splice(B -> next socket). If
-/// the next host fails, forwarding stops (the reason goes into `onward.failed`) and the file
-/// still gets every byte. No read/write fallback: a chain needs a filesystem that splices.
-pub fn splice_fan(
-    sock: impl AsFd,
-    onward: &mut Onward,
-    file: &File,
-    offset: &mut u64,
-    len: u64,
-    stats: &mut SpliceStats,
-    progress: &mut dyn FnMut(u64),
-) -> Result<u64, CopyError> {
-    let pipe = onward.inbound;
-    let mut done = 0u64;
-    let mut clock = thread_cpu();
-    let mut lap = |into: &mut Duration| {
-        let now = thread_cpu();
-        *into += now.saturating_sub(clock);
-        clock = now;
-    };
-    while done < len {
-        let want = (len - done).min(pipe.capacity.min(onward.pipe.capacity) as u64) as usize;
-        let got = pipe::splice(&sock, None, &pipe.write, None, want, SpliceFlags::MORE);
-        lap(&mut stats.to_pipe_cpu);
-        let n = match got {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(CopyError::Read(e.into())),
+/// Where bytes from a socket go: through `pipe` into `file`, and, for a chain, on to the next
+/// host too.
+pub struct SpliceTo<'a> {
+    /// The pipe the socket is spliced into.
+    pub pipe: &'a Pipe,
+    /// The file the pipe is spliced into.
+    pub file: &'a File,
+    /// What the loop did.
+    pub stats: &'a mut SpliceStats,
+    /// The next host of a chain, if any.
+    pub onward: Option<Onward<'a>>,
+}
+
+impl SpliceTo<'_> {
+    /// Moves exactly `len` bytes from `sock` into the file at `offset` with splice(2), never
+    /// reading past `len` from the socket. Returns the bytes written: fewer than `len` only if
+    /// the peer closed. `progress` gets the total written after each step.
+    ///
+    /// With a next host, each chunk is duplicated with tee(2) into its pipe and spliced to its
+    /// socket: socket -> pipe A, tee(A -> B), splice(A -> file), splice(B -> next). If the next
+    /// host fails, forwarding stops (the reason goes into `onward.failed`) and the file still
+    /// gets every byte.
+    ///
+    /// If the filesystem cannot splice, it finishes with read/write (and stops forwarding),
+    /// clears `stats.zero_copy` and says so in the log.
+    pub fn take_from(
+        &mut self,
+        sock: impl AsFd + Read,
+        offset: u64,
+        len: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, CopyError> {
+        let (pipe, file) = (self.pipe, self.file);
+        let mut offset = offset;
+        let mut done = 0u64;
+        let timed = self.stats.timed;
+        let mut clock = if timed { thread_cpu() } else { Duration::ZERO };
+        let mut lap = |into: &mut Duration| {
+            if timed {
+                let now = thread_cpu();
+                *into += now.saturating_sub(clock);
+                clock = now;
+            }
         };
-        if onward.failed.is_none() {
-            if let Err(e) = tee_onward(pipe, n, onward) {
-                onward.failed = Some(e);
-            }
-        }
-        let mut left = n;
-        while left > 0 {
-            match pipe::splice(
-                &pipe.read,
-                None,
-                file,
-                Some(offset),
-                left,
-                SpliceFlags::empty(),
-            ) {
-                Ok(0) => {
-                    return Err(CopyError::Write(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "splice into the file made no progress",
-                    )))
-                }
-                Ok(k) => left -= k,
+        let chunk = self
+            .onward
+            .as_ref()
+            .map_or(pipe.capacity, |o| pipe.capacity.min(o.pipe.capacity));
+        while done < len {
+            let want = (len - done).min(chunk as u64) as usize;
+            let got = pipe::splice(&sock, None, &pipe.write, None, want, SpliceFlags::MORE);
+            lap(&mut self.stats.to_pipe_cpu);
+            let n = match got {
+                Ok(0) => break,
+                Ok(n) => n,
                 Err(Errno::INTR) => continue,
-                Err(e) => return Err(CopyError::Write(e.into())),
+                Err(e) => return Err(CopyError::Read(e.into())),
+            };
+            if let Some(onward) = self.onward.as_mut().filter(|o| o.failed.is_none()) {
+                if let Err(e) = tee_onward(pipe, n, onward) {
+                    onward.failed = Some(e);
+                }
             }
+            let mut left = n;
+            while left > 0 {
+                let put = pipe::splice(
+                    &pipe.read,
+                    None,
+                    file,
+                    Some(&mut offset),
+                    left,
+                    SpliceFlags::empty(),
+                );
+                lap(&mut self.stats.to_file_cpu);
+                match put {
+                    Ok(0) => {
+                        return Err(CopyError::Write(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "splice into the file made no progress",
+                        )))
+                    }
+                    Ok(k) => left -= k,
+                    Err(Errno::INTR) => continue,
+                    Err(e) if is_unsupported(e) => {
+                        log::info!("splice into this file is unsupported ({e}); using read/write");
+                        self.stats.zero_copy = false;
+                        if let Some(onward) = self.onward.as_mut() {
+                            onward.failed.get_or_insert_with(|| {
+                                io::Error::other("this host's file system cannot splice")
+                            });
+                        }
+                        drain_pipe(pipe, file, &mut offset, left)?;
+                        done += n as u64;
+                        progress(done);
+                        let rest = read_into_file(sock, file, &mut offset, len - done, &mut |k| {
+                            progress(done + k)
+                        })?;
+                        return Ok(done + rest);
+                    }
+                    Err(e) => return Err(CopyError::Write(e.into())),
+                }
+            }
+            done += n as u64;
+            progress(done);
         }
-        lap(&mut stats.to_file_cpu);
-        done += n as u64;
-        progress(done);
+        Ok(done)
     }
-    Ok(done)
 }
 
 /// Duplicates the `n` bytes at the head of `pipe` into the onward pipe and sends them on.
@@ -641,19 +609,17 @@ mod tests {
             })
         };
         let pipe = Pipe::new(1 << 16).unwrap();
-        let mut off = 0;
         let mut last = 0;
         let mut stats = SpliceStats::default();
-        let n = splice_into_file(
-            &b,
-            &pipe,
-            &f,
-            &mut off,
-            data.len() as u64,
-            &mut stats,
-            &mut |d| last = d,
-        )
-        .unwrap();
+        let mut to = SpliceTo {
+            pipe: &pipe,
+            file: &f,
+            stats: &mut stats,
+            onward: None,
+        };
+        let n = to
+            .take_from(&b, 0, data.len() as u64, &mut |d| last = d)
+            .unwrap();
         writer.join().unwrap();
         assert!(!stats.zero_copy, "the fallback ran");
         assert_eq!(n, data.len() as u64);
@@ -671,9 +637,14 @@ mod tests {
         a.write_all(b"0123456789trailer").unwrap();
         let f = tempfile::tempfile().unwrap();
         let pipe = Pipe::new(1 << 20).unwrap();
-        let mut off = 0;
         let mut stats = SpliceStats::default();
-        let n = splice_into_file(&b, &pipe, &f, &mut off, 10, &mut stats, &mut |_| {}).unwrap();
+        let mut to = SpliceTo {
+            pipe: &pipe,
+            file: &f,
+            stats: &mut stats,
+            onward: None,
+        };
+        let n = to.take_from(&b, 0, 10, &mut |_| {}).unwrap();
         assert!(stats.zero_copy);
         assert_eq!(n, 10);
         let mut rest = [0u8; 7];

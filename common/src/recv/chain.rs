@@ -12,7 +12,7 @@ use crate::error::RecvError;
 use crate::name::Escaped;
 use crate::protocol::{read_hops, Header, HopReport, RefuseCode, Trailer, Verdict};
 use crate::send::{handshake, resolve};
-use crate::sys::{self, CopyError, Onward, Pipe, SpliceStats};
+use crate::sys::{CopyError, Onward, Pipe, SpliceStats, SpliceTo};
 
 /// The hosts after this one, and the connection to the next while it works.
 pub(crate) struct Forward {
@@ -54,7 +54,10 @@ impl Receiver {
         };
         let addrs = match resolve(host) {
             Ok(a) => a,
-            Err(e) => return Ok(forward.lose(e.to_string())),
+            Err(e) => {
+                forward.lose(e.to_string());
+                return Ok(forward);
+            }
         };
         let allowed: Vec<SocketAddr> = addrs
             .into_iter()
@@ -74,8 +77,8 @@ impl Receiver {
         let next = match TcpStream::connect_timeout(&allowed[0], self.config.timeout) {
             Ok(s) => s,
             Err(e) => {
-                let why = format!("unreachable: {}", crate::units::os_reason(&e));
-                return Ok(forward.lose(why));
+                forward.lose(format!("unreachable: {}", crate::units::os_reason(&e)));
+                return Ok(forward);
             }
         };
         let _ = next.set_read_timeout(Some(self.config.timeout));
@@ -91,7 +94,8 @@ impl Receiver {
             ..header.clone()
         };
         if let Err(e) = handshake(&next, &onward, self.config.token.as_ref()) {
-            return Ok(forward.lose(e.to_string()));
+            forward.lose(e.to_string());
+            return Ok(forward);
         }
         let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
         forward.next = Some((next, pipe));
@@ -100,13 +104,13 @@ impl Receiver {
 }
 
 impl Forward {
-    fn lose(mut self, why: String) -> Forward {
+    /// Stops forwarding: the next host is lost, for `why`.
+    fn lose(&mut self, why: String) {
         log::warn!("forwarding to {}: {why}", Escaped(&self.hops[0]));
         if let Some((next, _)) = self.next.take() {
             let _ = next.shutdown(std::net::Shutdown::Both);
         }
         self.lost.get_or_insert(why);
-        self
     }
 
     /// Passes the trailer on, which completes what the next host needs.
@@ -114,19 +118,7 @@ impl Forward {
         let Some((next, _)) = &self.next else { return };
         match (&*next).write_all(&trailer.encode()) {
             Ok(()) => self.complete = true,
-            Err(e) => {
-                let this = std::mem::replace(self, Forward::empty());
-                *self = this.lose(format!("sending the trailer: {e}"));
-            }
-        }
-    }
-
-    fn empty() -> Forward {
-        Forward {
-            hops: Vec::new(),
-            next: None,
-            lost: None,
-            complete: false,
+            Err(e) => self.lose(format!("sending the trailer: {e}")),
         }
     }
 
@@ -190,30 +182,21 @@ impl Sink for ForwardSink<'_> {
         len: u64,
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64, CopyError> {
-        let mut at = offset;
-        let Some((next, pipe)) = &self.forward.next else {
-            return sys::splice_into_file(
-                stream, self.pipe, self.file, &mut at, len, self.stats, progress,
-            );
-        };
-        let mut onward = Onward {
-            inbound: self.pipe,
-            sock: next,
+        let onward = self.forward.next.as_ref().map(|(sock, pipe)| Onward {
+            sock,
             pipe,
             failed: None,
+        });
+        let mut to = SpliceTo {
+            pipe: self.pipe,
+            file: self.file,
+            stats: self.stats,
+            onward,
         };
-        let moved = sys::splice_fan(
-            stream,
-            &mut onward,
-            self.file,
-            &mut at,
-            len,
-            self.stats,
-            progress,
-        );
-        if let Some(e) = onward.failed {
-            let this = std::mem::replace(self.forward, Forward::empty());
-            *self.forward = this.lose(format!("connection lost: {}", crate::units::os_reason(&e)));
+        let moved = to.take_from(stream, offset, len, progress);
+        if let Some(e) = to.onward.and_then(|o| o.failed) {
+            let why = format!("connection lost: {}", crate::units::os_reason(&e));
+            self.forward.lose(why);
         }
         moved
     }

@@ -53,6 +53,25 @@ pub struct TreeCounts {
 /// A background check's result: the entry, the sender's digest, ours.
 type Checked = (u32, [u8; 32], io::Result<[u8; 32]>);
 
+/// Checks of large files, each hashing on its own thread and sending its [`Checked`] back.
+struct Checks {
+    done: mpsc::Sender<Checked>,
+    results: mpsc::Receiver<Checked>,
+    /// How many are still hashing.
+    running: usize,
+}
+
+impl Checks {
+    fn new() -> Checks {
+        let (done, results) = mpsc::channel();
+        Checks {
+            done,
+            results,
+            running: 0,
+        }
+    }
+}
+
 /// A verified small file waiting for its batch to be made durable and renamed.
 struct Pending {
     index: u32,
@@ -77,9 +96,8 @@ struct Session<'r> {
     made_dirs: Vec<usize>,
     /// Verdicts not sent yet.
     outbox: Vec<u8>,
-    /// Checks of large files hashing on their own threads: where each sends the entry, the
-    /// sender's digest and ours, and how many are still hashing.
-    checks: (mpsc::Sender<Checked>, mpsc::Receiver<Checked>, usize),
+    /// Checks of large files hashing on their own threads.
+    checks: Checks,
     dirs: DirCache,
     pipe: Pipe,
     counts: TreeCounts,
@@ -121,10 +139,7 @@ impl Receiver {
             batch_bytes: 0,
             made_dirs: Vec::new(),
             outbox: Vec::new(),
-            checks: {
-                let (tx, rx) = mpsc::channel();
-                (tx, rx, 0)
-            },
+            checks: Checks::new(),
             dirs: DirCache::new(Arc::new(root)),
             pipe,
             counts: TreeCounts {
@@ -398,9 +413,9 @@ impl Session<'_> {
         }
         // A large file takes a while: hash it beside the frames that keep coming, so that the
         // sender is never left waiting on a full socket.
-        let done = self.checks.0.clone();
+        let done = self.checks.done.clone();
         std::thread::spawn(move || done.send((i, digest, hash())));
-        self.checks.2 += 1;
+        self.checks.running += 1;
         Ok(())
     }
 
@@ -408,18 +423,18 @@ impl Session<'_> {
     /// the sender meanwhile that we are still here.
     fn report_checks(&mut self, all: bool) -> Result<(), RecvError> {
         let every = (self.rx.config.timeout / 4).max(std::time::Duration::from_millis(100));
-        while self.checks.2 > 0 {
+        while self.checks.running > 0 {
             let next = match all {
-                true => self.checks.1.recv_timeout(every),
+                true => self.checks.results.recv_timeout(every),
                 false => self
                     .checks
-                    .1
+                    .results
                     .try_recv()
                     .map_err(|_| RecvTimeoutError::Disconnected),
             };
             match next {
                 Ok((i, digest, ours)) => {
-                    self.checks.2 -= 1;
+                    self.checks.running -= 1;
                     self.checked(i, digest, ours)?;
                 }
                 Err(RecvTimeoutError::Timeout) => self.send(&Report::Keepalive)?,
