@@ -230,6 +230,28 @@ fn ten_thousand_small_files_arrive() {
     assert_eq!(describe(&dst.path().join("many")), describe(&top));
 }
 
+#[test]
+fn more_files_than_the_receiver_may_hold_open_still_land() {
+    // Small files stay open until their batch lands; batches must fit the receiver's limit on
+    // open files, here 128 with no room to raise it (a shell's default is 1024 for 10,000).
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("many");
+    for d in 0..3 {
+        let dir = top.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..200 {
+            std::fs::write(dir.join(format!("f{f:03}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    let limit = ["prlimit", "--nofile=128:128", "--"];
+    let rx = Zrecv::start_with(Some(&limit), dst.path(), "127.0.0.1:0", &[]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(json_of(&out)["landed"], 600);
+    assert_eq!(describe(&dst.path().join("many")), describe(&top));
+}
+
 /// Sends `top` to `rx` through a proxy, kills the sender once `at` bytes have crossed, and
 /// waits for the receiver to report the interruption (after it kept the file in flight).
 fn interrupt_tree(rx: &Zrecv, top: &Path, at: u64) {

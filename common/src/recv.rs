@@ -34,6 +34,7 @@ use crate::units::Bytes;
 use chain::Forward;
 
 mod chain;
+mod land;
 mod tree;
 
 pub use tree::TreeCounts;
@@ -127,6 +128,8 @@ pub struct Receiver {
     active: AtomicUsize,
     lingering: AtomicUsize,
     in_flight: Mutex<HashSet<String>>,
+    /// Most small files of a tree held open while they wait to land together.
+    batch_files: usize,
 }
 
 impl Receiver {
@@ -144,7 +147,14 @@ impl Receiver {
         }
         sock.bind(&addr.into())?;
         sock.listen(128)?;
+        // Each small file of a tree stays open until its batch lands. A batch may use an
+        // eighth of the open files allowed (each file may hold its directory open too, and two
+        // batches may be in flight), shared among the transfers served at once.
+        let open_files = crate::sys::raise_open_files_limit();
+        let per_transfer = open_files / 8 / config.max_transfers.max(1) as u64;
+        let batch_files = per_transfer.clamp(16, 1024) as usize;
         Ok(Receiver {
+            batch_files,
             listener: sock.into(),
             dir,
             config,

@@ -458,6 +458,25 @@ pub fn next_data(file: &File, from: u64, size: u64) -> io::Result<Option<(u64, u
     Ok(Some((start, end)))
 }
 
+/// Raises this process's soft limit on open files to its hard limit, as servers commonly do
+/// (shells start with 1024), and returns the soft limit then in force.
+pub fn raise_open_files_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    // Beyond the kernel's usual ceiling (fs.nr_open) raising fails anyway.
+    const CEILING: u64 = 1 << 20;
+    let mut limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(CEILING);
+    let wanted = limit.maximum.unwrap_or(CEILING).min(CEILING);
+    if wanted <= current {
+        return current;
+    }
+    limit.current = Some(wanted);
+    match setrlimit(Resource::Nofile, limit) {
+        Ok(()) => wanted,
+        Err(_) => current,
+    }
+}
+
 /// Size in bytes of a block device, from the BLKGETSIZE64 ioctl (its `st_size` is 0).
 pub fn block_device_size(file: &File) -> io::Result<u64> {
     const BLKGETSIZE64: rustix::ioctl::Opcode = rustix::ioctl::opcode::read::<u64>(0x12, 114);

@@ -1,9 +1,9 @@
 //! Receiving a tree (`FLAG_TREE`): check the manifest, make its directories and links, answer
 //! for every entry at once, then take the files as their frames come, without a round trip
-//! per file. Small files land in batches made durable together (one syncfs before their
-//! renames, one after); large ones land on their own, as single files do.
+//! per file. Small files land in batches made durable together, on a thread of their own
+//! (`land.rs`); large ones land on their own, as single files do.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::TcpStream;
@@ -11,11 +11,11 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Instant;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
+use super::land::{Lander, Outbox, Pending};
 use super::{prepare, tell, timestamps, Receiver, Route, TransferRecord, PIPE_SIZE};
 use crate::error::{ProtocolError, RecvError};
 use crate::hash::{Prefix, Start};
@@ -26,9 +26,8 @@ use crate::protocol::{Header, RefuseCode, Trailer, FLAG_NO_VERIFY};
 use crate::sys::Pipe;
 use crate::units::{os_reason, Bytes};
 
-/// A batch of small files lands once it holds this many files...
-const BATCH_FILES: usize = 1024;
-/// ...or this many bytes.
+/// A batch of small files lands once it holds [`Receiver::batch_files`] files or this many
+/// bytes.
 const BATCH_BYTES: u64 = 64 << 20;
 /// Files at least this large land on their own as soon as they are verified.
 const LAND_ALONE: u64 = 64 << 20;
@@ -72,15 +71,8 @@ impl Checks {
     }
 }
 
-/// A verified small file waiting for its batch to be made durable and renamed.
-struct Pending {
-    index: u32,
-    temp: TempFile<Arc<OwnedFd>>,
-    digest: Option<[u8; 32]>,
-}
-
 /// One tree transfer on the receiving side.
-struct Session<'r> {
+struct Session<'r, 'scope> {
     rx: &'r Receiver,
     stream: &'r TcpStream,
     manifest: Manifest,
@@ -90,12 +82,17 @@ struct Session<'r> {
     partials: HashMap<u32, (TempFile<Arc<OwnedFd>>, u64)>,
     /// Entries whose content arrived (landed, or lost to a mismatch).
     settled: Vec<bool>,
-    batch: Vec<Pending>,
-    batch_bytes: u64,
     /// Directories this session made: their mode and mtime are set at the end of each pass.
     made_dirs: Vec<usize>,
+    /// Their paths: nothing was in them before this transfer.
+    fresh_dirs: HashSet<String>,
     /// Verdicts not sent yet.
-    outbox: Vec<u8>,
+    outbox: &'r Outbox<'r>,
+    /// Lands small files in batches.
+    lander: Lander<'scope>,
+    /// Files still to arrive in this pass, and files asked for again in the next.
+    left: usize,
+    resends: usize,
     /// Checks of large files hashing on their own threads.
     checks: Checks,
     dirs: DirCache,
@@ -128,81 +125,80 @@ impl Receiver {
             .try_clone()
             .map_err(|e| self.local("opening the directory", e))?;
         let count = manifest.entries.len();
-        let mut session = Session {
-            rx: self,
-            stream,
-            verify: header.verify(),
-            answers: Vec::with_capacity(count),
-            partials: HashMap::new(),
-            settled: vec![false; count],
-            batch: Vec::new(),
-            batch_bytes: 0,
-            made_dirs: Vec::new(),
-            outbox: Vec::new(),
-            checks: Checks::new(),
-            dirs: DirCache::new(Arc::new(root)),
-            pipe,
-            counts: TreeCounts {
-                files: manifest
-                    .entries
-                    .iter()
-                    .filter(|e| matches!(e.kind, Kind::File { .. }))
-                    .count(),
-                ..TreeCounts::default()
-            },
-            manifest,
-        };
-        let result = session.run(record);
-        record.tree = Some(session.counts.clone());
-        result
+        let outbox = Outbox::new(stream);
+        let batch_files = self.batch_files;
+        std::thread::scope(|scope| {
+            let mut session = Session {
+                rx: self,
+                stream,
+                verify: header.verify(),
+                answers: Vec::with_capacity(count),
+                partials: HashMap::new(),
+                settled: vec![false; count],
+                made_dirs: Vec::new(),
+                fresh_dirs: HashSet::new(),
+                outbox: &outbox,
+                lander: Lander::start(scope, self, &outbox, batch_files, BATCH_BYTES),
+                left: 0,
+                resends: 0,
+                checks: Checks::new(),
+                dirs: DirCache::new(Arc::new(root)),
+                pipe,
+                counts: TreeCounts {
+                    files: manifest
+                        .entries
+                        .iter()
+                        .filter(|e| matches!(e.kind, Kind::File { .. }))
+                        .count(),
+                    ..TreeCounts::default()
+                },
+                manifest,
+            };
+            let result = session.run(record);
+            // What was verified before anything went wrong still lands.
+            let tally = session.lander.finish();
+            let _ = session.post();
+            session.counts.landed += tally.landed;
+            session.counts.failed += tally.failed;
+            record.tree = Some(session.counts.clone());
+            result
+        })
     }
 }
 
-impl Session<'_> {
+impl Session<'_, '_> {
     fn run(&mut self, record: &mut TransferRecord) -> Result<(), RecvError> {
         self.answer_all()?;
         let mut clean = true;
-        let result = loop {
-            if let Err(e) = self.report_checks(false).and_then(|()| self.post()) {
-                break Err(e);
-            }
-            let frame = match Frame::read(&mut &*self.stream) {
-                Ok(f) => f,
-                Err(e) => break Err(e.into()),
-            };
-            let step = match frame {
-                None if clean => break Ok(()),
-                None => Err(RecvError::Protocol(ProtocolError::Truncated(
-                    "tree: the sender closed before its end of pass",
-                ))),
+        loop {
+            self.report_checks(false)?;
+            self.post()?;
+            match Frame::read(&mut &*self.stream)? {
+                None if clean => return Ok(()),
+                None => {
+                    return Err(RecvError::Protocol(ProtocolError::Truncated(
+                        "tree: the sender closed before its end of pass",
+                    )))
+                }
                 Some(Frame::EndOfPass) => {
                     clean = true;
-                    self.end_pass()
+                    self.end_pass()?
                 }
-                Some(Frame::Keepalive) => Ok(()),
+                Some(Frame::Keepalive) => {}
                 Some(Frame::Full(i)) => {
                     clean = false;
-                    self.full(i, record)
+                    self.full(i, record)?
                 }
                 Some(Frame::Check(i, digest)) => {
                     clean = false;
-                    self.check(i, digest)
+                    self.check(i, digest)?
                 }
                 Some(Frame::Resume(i, offset, digest)) => {
                     clean = false;
-                    self.resume(i, offset, digest, record)
+                    self.resume(i, offset, digest, record)?
                 }
-            };
-            if let Err(e) = step {
-                break Err(e);
             }
-        };
-        if result.is_err() {
-            // What was verified before the connection broke still lands.
-            let _ = self.flush();
-            let _ = self.post();
         }
-        result
     }
 
     /// Makes directories and links, finds files already here and partials to resume, checks
@@ -219,8 +215,14 @@ impl Session<'_> {
             } = e.kind
             {
                 match answer {
-                    Answer::Send => need += sparse_data_len.unwrap_or(size),
-                    Answer::Partial(held) => need += size.saturating_sub(held),
+                    Answer::Send => {
+                        need += sparse_data_len.unwrap_or(size);
+                        self.left += 1;
+                    }
+                    Answer::Partial(held) => {
+                        need += size.saturating_sub(held);
+                        self.left += 1;
+                    }
                     Answer::Refused(_) => self.counts.failed += 1,
                     _ => {}
                 }
@@ -247,6 +249,12 @@ impl Session<'_> {
 
     fn answer(&mut self, i: usize) -> Answer {
         let e = &self.manifest.entries[i];
+        // A directory this transfer made holds nothing yet: no file or partial to look for.
+        // (Should something appear there meanwhile, the rename refuses to replace it.)
+        let fresh = e.parent().is_some_and(|p| self.fresh_dirs.contains(p));
+        if fresh && matches!(e.kind, Kind::File { .. }) {
+            return Answer::Send;
+        }
         let parent = match self.dirs.get(e.parent()) {
             Ok(d) => d,
             Err(err) => {
@@ -255,6 +263,7 @@ impl Session<'_> {
         };
         let base = e.base();
         let existing = match rustix::fs::statat(&parent, base, AtFlags::SYMLINK_NOFOLLOW) {
+            _ if fresh => None,
             Ok(st) => Some(st),
             Err(Errno::NOENT) => None,
             Err(err) => return Answer::Refused(format!("checking what is there: {err}")),
@@ -267,6 +276,7 @@ impl Session<'_> {
                 None => match rustix::fs::mkdirat(&parent, base, Mode::from_raw_mode(0o700)) {
                     Ok(()) => {
                         self.made_dirs.push(i);
+                        self.fresh_dirs.insert(e.path.clone());
                         self.counts.dirs += 1;
                         Answer::Done
                     }
@@ -520,6 +530,7 @@ impl Session<'_> {
         record: &mut TransferRecord,
     ) -> Result<(), RecvError> {
         let start_at = start.offset();
+        self.left = self.left.saturating_sub(1);
         let mut scratch = TransferRecord::new(record.peer);
         let route = Route {
             pipe: &self.pipe,
@@ -586,63 +597,20 @@ impl Session<'_> {
                 "checksum mismatch; discarded",
             );
         }
-        self.rx.set_metadata(&temp.file, header)?;
         if header.size >= LAND_ALONE {
+            self.rx.set_metadata(&temp.file, header)?;
             let base = self.manifest.entries[i as usize].base().to_owned();
             let landed = self.rx.land(temp, &base, header);
             return self.landed(i, digest, landed.map(|_| ()));
         }
-        self.batch_bytes += header.size;
-        self.batch.push(Pending {
+        let pending = Pending {
             index: i,
+            base: self.manifest.entries[i as usize].base().to_owned(),
             temp,
+            header: header.clone(),
             digest,
-        });
-        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    /// Makes the batch durable and publishes it: one syncfs for the data, the renames, one
-    /// syncfs for the directories, then the verdicts.
-    fn flush(&mut self) -> Result<(), RecvError> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.batch);
-        self.batch_bytes = 0;
-        let started = Instant::now();
-        if let Err(e) = rustix::fs::syncfs(&self.rx.dir) {
-            let err = self.rx.local("syncing the received files", e.into());
-            for p in batch {
-                self.counts.failed += 1;
-                self.report(p.index, FileStatus::Failed, None, &err.to_string())?;
-            }
-            return Ok(());
-        }
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for p in batch {
-            let base = self.manifest.entries[p.index as usize].base();
-            let published = self.rx.publish(&p.temp.dir, &p.temp.name, base);
-            if published.is_ok() {
-                p.temp.disarm();
-            }
-            outcomes.push((p.index, p.digest, published));
-        }
-        let synced = rustix::fs::syncfs(&self.rx.dir);
-        log::debug!(
-            "landed a batch of {} files in {:.3} s",
-            outcomes.len(),
-            started.elapsed().as_secs_f64()
-        );
-        for (index, digest, published) in outcomes {
-            let result = match (published, synced) {
-                (Ok(()), Err(e)) => Err(self.rx.local("syncing the directories", e.into())),
-                (p, _) => p,
-            };
-            self.landed(index, digest, result)?;
-        }
+        };
+        self.lander.add(pending, self.left);
         Ok(())
     }
 
@@ -674,7 +642,8 @@ impl Session<'_> {
     /// their content), and tells the sender the pass is complete.
     fn end_pass(&mut self) -> Result<(), RecvError> {
         self.report_checks(true)?;
-        self.flush()?;
+        self.lander.flush();
+        self.left = std::mem::take(&mut self.resends);
         for &i in self.made_dirs.iter().rev() {
             let e = &self.manifest.entries[i];
             let dir = open_beneath(&self.rx.dir, &e.path, OFlags::RDONLY | OFlags::DIRECTORY);
@@ -697,34 +666,31 @@ impl Session<'_> {
         sha256: Option<[u8; 32]>,
         message: &str,
     ) -> Result<(), RecvError> {
-        let verdict = Report::File {
+        if status == FileStatus::Resend {
+            self.resends += 1;
+        }
+        self.outbox.queue(&Report::File {
             index,
             status,
             sha256,
             message: message.to_owned(),
-        };
-        self.outbox.extend_from_slice(&verdict.encode());
+        });
         Ok(())
     }
 
     /// Sends what is queued, then `report`.
     fn send(&mut self, report: &Report) -> Result<(), RecvError> {
-        self.outbox.extend_from_slice(&report.encode());
+        self.outbox.queue(report);
         self.post()
     }
 
     /// Sends the queued verdicts in one write.
     fn post(&mut self) -> Result<(), RecvError> {
-        if self.outbox.is_empty() {
-            return Ok(());
-        }
-        let sent = tell(self.stream, &self.outbox, "sending verdicts", 0, 0);
-        self.outbox.clear();
-        sent
+        self.outbox.post()
     }
 }
 
-impl Drop for Session<'_> {
+impl Drop for Session<'_, '_> {
     /// Partials taken for resuming but not used go back to being kept.
     fn drop(&mut self) {
         for (i, (temp, held)) in self.partials.drain() {

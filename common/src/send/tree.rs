@@ -178,7 +178,10 @@ impl Session<'_> {
         self.stream
             .write_all(&manifest.encode())
             .map_err(net("sending the manifest"))?;
-        let answers = match Answers::read(&mut &*self.stream, manifest.entries.len())? {
+        // The receiver sends nothing after its answers until it has our first frame, so they
+        // can be read through a buffer (one system call, not one per entry).
+        let mut buffered = std::io::BufReader::new(self.stream);
+        let answers = match Answers::read(&mut buffered, manifest.entries.len())? {
             Answers::Each(a) => a,
             Answers::Refused(code, message) => {
                 return Err(SendError::Refused {
