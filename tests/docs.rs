@@ -65,7 +65,7 @@ fn the_man_pages_say_what_matters() {
             continue;
         }
         let text = String::from_utf8(content).unwrap().replace("\\-", "-");
-        for words in ["Examples", "token-file", "Exit status", "protocol 6"] {
+        for words in ["Examples", "token-file", "Exit status", "protocol 7"] {
             assert!(text.contains(words), "{rel} lacks {words:?}");
         }
     }

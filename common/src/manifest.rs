@@ -409,40 +409,42 @@ pub enum Frame {
     Keepalive,
 }
 
+/// Bytes every frame begins with: magic, entry index (0 for an end of pass or a keepalive) and
+/// kind. Since a trailer is always followed by a frame, a receiver may read a trailer and the
+/// next frame's head in one call without reaching into a payload.
+pub const FRAME_HEAD_LEN: usize = 9;
+
 impl Frame {
     /// Encodes the frame header.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(49);
+        let mut out = Vec::with_capacity(FRAME_HEAD_LEN + 40);
+        let (magic, index, kind) = match self {
+            Frame::EndOfPass => (END_OF_PASS_MAGIC, 0, 0),
+            Frame::Keepalive => (KEEPALIVE_MAGIC, 0, 0),
+            Frame::Full(i) => (FRAME_MAGIC, *i, 0),
+            Frame::Check(i, _) => (FRAME_MAGIC, *i, 1),
+            Frame::Resume(i, ..) => (FRAME_MAGIC, *i, 2),
+        };
+        out.extend_from_slice(&magic);
+        out.extend_from_slice(&index.to_be_bytes());
+        out.push(kind);
         match self {
-            Frame::EndOfPass => out.extend_from_slice(&END_OF_PASS_MAGIC),
-            Frame::Keepalive => out.extend_from_slice(&KEEPALIVE_MAGIC),
-            Frame::Full(i) | Frame::Check(i, _) | Frame::Resume(i, ..) => {
-                out.extend_from_slice(&FRAME_MAGIC);
-                out.extend_from_slice(&i.to_be_bytes());
-                match self {
-                    Frame::Full(_) => out.push(0),
-                    Frame::Check(_, d) => {
-                        out.push(1);
-                        out.extend_from_slice(d);
-                    }
-                    Frame::Resume(_, offset, d) => {
-                        out.push(2);
-                        out.extend_from_slice(&offset.to_be_bytes());
-                        out.extend_from_slice(d);
-                    }
-                    Frame::EndOfPass | Frame::Keepalive => unreachable!(),
-                }
+            Frame::Check(_, d) => out.extend_from_slice(d),
+            Frame::Resume(_, offset, d) => {
+                out.extend_from_slice(&offset.to_be_bytes());
+                out.extend_from_slice(d);
             }
+            _ => {}
         }
         out
     }
 
-    /// Reads the next frame header; `None` when the sender closed cleanly between frames.
+    /// Reads the next frame; `None` when the sender closed cleanly between frames.
     pub fn read(r: &mut impl Read) -> Result<Option<Frame>, ProtocolError> {
-        let mut magic = [0u8; 4];
+        let mut head = [0u8; FRAME_HEAD_LEN];
         let mut got = 0;
-        while got < 4 {
-            match r.read(&mut magic[got..]) {
+        while got < head.len() {
+            match r.read(&mut head[got..]) {
                 Ok(0) if got == 0 => return Ok(None),
                 Ok(0) => return Err(ProtocolError::Truncated("frame")),
                 Ok(n) => got += n,
@@ -450,20 +452,23 @@ impl Frame {
                 Err(e) => return Err(ProtocolError::Io("frame", e)),
             }
         }
-        if magic == END_OF_PASS_MAGIC {
-            return Ok(Some(Frame::EndOfPass));
-        }
-        if magic == KEEPALIVE_MAGIC {
-            return Ok(Some(Frame::Keepalive));
+        let magic: [u8; 4] = head[..4].try_into().expect("4 bytes");
+        let index = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
+        let kind = head[8];
+        if magic == END_OF_PASS_MAGIC || magic == KEEPALIVE_MAGIC {
+            if (index, kind) != (0, 0) {
+                return Err(malformed("an end of pass or keepalive with content".into()));
+            }
+            return Ok(Some(match magic == END_OF_PASS_MAGIC {
+                true => Frame::EndOfPass,
+                false => Frame::Keepalive,
+            }));
         }
         if magic != FRAME_MAGIC {
             return Err(malformed("frame magic missing".into()));
         }
-        let index = read_u32(r)?;
-        let mut mode = [0u8; 1];
-        read_exact(r, &mut mode, "frame")?;
         let mut digest = [0u8; 32];
-        Ok(Some(match mode[0] {
+        Ok(Some(match kind {
             0 => Frame::Full(index),
             1 => {
                 read_exact(r, &mut digest, "frame")?;
@@ -476,6 +481,60 @@ impl Frame {
             }
             k => return Err(malformed(format!("unknown frame mode {k}"))),
         }))
+    }
+}
+
+/// Reads a tree's frames and trailers in as few system calls as the protocol allows, and never
+/// past them: the caller declares how many of the next bytes are certainly control bytes (a
+/// trailer and the head of the frame after it), and the payload stays in the socket for
+/// splice. Reads beyond what was declared go straight to the socket, exactly as asked.
+pub struct Control<R> {
+    inner: R,
+    buf: [u8; 64],
+    start: usize,
+    end: usize,
+    /// Bytes after those held that are declared control bytes.
+    declared: usize,
+}
+
+impl<R: Read> Control<R> {
+    pub fn new(inner: R) -> Control<R> {
+        Control {
+            inner,
+            buf: [0; 64],
+            start: 0,
+            end: 0,
+            declared: 0,
+        }
+    }
+
+    /// Declares that the next `n` bytes are control bytes.
+    pub fn expect(&mut self, n: usize) {
+        let held = self.end - self.start;
+        self.declared = self.declared.max(n.saturating_sub(held));
+    }
+
+    /// Whether nothing is held or declared: what follows in the socket is the caller's.
+    pub fn is_drained(&self) -> bool {
+        self.start == self.end && self.declared == 0
+    }
+}
+
+impl<R: Read> Read for Control<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.start == self.end {
+            if self.declared == 0 {
+                return self.inner.read(out);
+            }
+            let want = self.declared.min(self.buf.len());
+            let n = self.inner.read(&mut self.buf[..want])?;
+            self.declared -= n;
+            (self.start, self.end) = (0, n);
+        }
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
     }
 }
 
@@ -643,6 +702,53 @@ fn read_message(r: &mut impl Read) -> Result<String, ProtocolError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A reader that records how much each read asked for.
+    struct Recording<'a> {
+        data: &'a [u8],
+        asked: Vec<usize>,
+    }
+
+    impl Read for Recording<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            self.asked.push(out.len());
+            self.data.read(out)
+        }
+    }
+
+    #[test]
+    fn control_reads_a_trailer_and_the_next_frame_at_once_and_no_payload() {
+        let trailer = crate::protocol::Trailer {
+            sha256: Some([7; 32]),
+        };
+        let mut wire = trailer.encode().to_vec();
+        wire.extend(Frame::Full(3).encode());
+        wire.extend(b"PAYLOAD");
+        let mut inner = Recording {
+            data: &wire,
+            asked: Vec::new(),
+        };
+        let mut control = Control::new(&mut inner);
+        control.expect(crate::protocol::TRAILER_LEN + FRAME_HEAD_LEN);
+        let got = crate::protocol::Trailer::read(&mut control).unwrap();
+        assert_eq!(got, trailer);
+        control.expect(FRAME_HEAD_LEN);
+        assert_eq!(Frame::read(&mut control).unwrap(), Some(Frame::Full(3)));
+        assert!(control.is_drained());
+        assert_eq!(inner.asked, [46]);
+        assert_eq!(inner.data, b"PAYLOAD");
+    }
+
+    #[test]
+    fn a_keepalive_with_content_is_malformed() {
+        let mut frame = Frame::Keepalive.encode();
+        assert_eq!(frame.len(), FRAME_HEAD_LEN);
+        frame[8] = 1;
+        assert!(matches!(
+            Frame::read(&mut &frame[..]),
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
 
     fn file(path: &str, size: u64) -> Entry {
         Entry {

@@ -33,6 +33,7 @@ use crate::sys::{self, CopyError, Pipe, SpliceStats};
 use crate::units::Bytes;
 use chain::Forward;
 
+mod ahead;
 mod chain;
 mod land;
 mod tree;

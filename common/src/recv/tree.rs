@@ -11,24 +11,30 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
+use std::thread::Scope;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
+use super::ahead::Ahead;
 use super::land::{Lander, Outbox, Pending};
 use super::{prepare, tell, timestamps, Receiver, Route, TransferRecord, PIPE_SIZE};
 use crate::error::{ProtocolError, RecvError};
 use crate::hash::{Prefix, Start};
-use crate::manifest::{Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, Report};
+use crate::manifest::{
+    Answer, Answers, Control, Entry, FileStatus, Frame, Kind, Manifest, Report, FRAME_HEAD_LEN,
+};
 use crate::name::{Escaped, TEMP_PREFIX};
 use crate::partial::{self, open_beneath, TempFile};
-use crate::protocol::{Header, RefuseCode, Trailer, FLAG_NO_VERIFY};
+use crate::protocol::{Header, RefuseCode, Trailer, FLAG_NO_VERIFY, TRAILER_LEN};
 use crate::sys::Pipe;
 use crate::units::{os_reason, Bytes};
 
 /// A batch of small files lands once it holds [`Receiver::batch_files`] files or this many
 /// bytes.
 const BATCH_BYTES: u64 = 64 << 20;
+/// Temporary files made ahead of their frames, at most.
+const AHEAD: usize = 64;
 /// Files at least this large land on their own as soon as they are verified.
 const LAND_ALONE: u64 = 64 << 20;
 
@@ -74,7 +80,10 @@ impl Checks {
 /// One tree transfer on the receiving side.
 struct Session<'r, 'scope> {
     rx: &'r Receiver,
+    scope: &'scope Scope<'scope, 'r>,
     stream: &'r TcpStream,
+    /// Reads frames and trailers from `stream`.
+    control: Control<&'r TcpStream>,
     manifest: Manifest,
     verify: bool,
     answers: Vec<Answer>,
@@ -90,6 +99,8 @@ struct Session<'r, 'scope> {
     outbox: &'r Outbox<'r>,
     /// Lands small files in batches.
     lander: Lander<'scope>,
+    /// Makes the first pass's temporary files ahead of their frames.
+    ahead: Option<Ahead<'scope>>,
     /// Files still to arrive in this pass, and files asked for again in the next.
     left: usize,
     resends: usize,
@@ -130,7 +141,9 @@ impl Receiver {
         std::thread::scope(|scope| {
             let mut session = Session {
                 rx: self,
+                scope,
                 stream,
+                control: Control::new(stream),
                 verify: header.verify(),
                 answers: Vec::with_capacity(count),
                 partials: HashMap::new(),
@@ -139,6 +152,7 @@ impl Receiver {
                 fresh_dirs: HashSet::new(),
                 outbox: &outbox,
                 lander: Lander::start(scope, self, &outbox, batch_files, BATCH_BYTES),
+                ahead: None,
                 left: 0,
                 resends: 0,
                 checks: Checks::new(),
@@ -155,6 +169,7 @@ impl Receiver {
                 manifest,
             };
             let result = session.run(record);
+            session.stop_ahead();
             // What was verified before anything went wrong still lands.
             let tally = session.lander.finish();
             let _ = session.post();
@@ -169,11 +184,23 @@ impl Receiver {
 impl Session<'_, '_> {
     fn run(&mut self, record: &mut TransferRecord) -> Result<(), RecvError> {
         self.answer_all()?;
+        let files = self
+            .manifest
+            .entries
+            .iter()
+            .zip(&self.answers)
+            .enumerate()
+            .filter(|(_, (_, a))| **a == Answer::Send)
+            .map(|(i, (e, _))| (i as u32, e.parent().map(str::to_owned)))
+            .collect();
+        let depth = AHEAD.min(self.rx.batch_files);
+        self.ahead = Some(Ahead::start(self.scope, self.dirs.root(), files, depth));
         let mut clean = true;
         loop {
             self.report_checks(false)?;
             self.post()?;
-            match Frame::read(&mut &*self.stream)? {
+            self.control.expect(FRAME_HEAD_LEN);
+            match Frame::read(&mut self.control)? {
                 None if clean => return Ok(()),
                 None => {
                     return Err(RecvError::Protocol(ProtocolError::Truncated(
@@ -381,8 +408,12 @@ impl Session<'_, '_> {
             .dirs
             .get(parent_path.as_deref())
             .map_err(|err| self.rx.local("opening a directory", err))?;
-        let temp = TempFile::create(parent)
-            .map_err(|err| self.rx.local("creating a temporary file", err))?;
+        let made = self.ahead.as_mut().and_then(|a| a.take(i));
+        let temp = match made {
+            Some(temp) => temp,
+            None => TempFile::create(parent)
+                .map_err(|err| self.rx.local("creating a temporary file", err))?,
+        };
         prepare(&temp.file, &header).map_err(|err| self.rx.local("preallocating", err))?;
         self.receive_file(
             i,
@@ -536,6 +567,10 @@ impl Session<'_, '_> {
             pipe: &self.pipe,
             forward: None,
         };
+        debug_assert!(
+            self.control.is_drained(),
+            "control bytes held over a payload"
+        );
         let received =
             self.rx
                 .receive_payload(self.stream, header, &temp, start, route, &mut scratch);
@@ -554,7 +589,9 @@ impl Session<'_, '_> {
                 return Err(e);
             }
         };
-        let trailer = match Trailer::read(&mut &*self.stream) {
+        // The trailer and the head of the frame after it, in one call when both are there.
+        self.control.expect(TRAILER_LEN + FRAME_HEAD_LEN);
+        let trailer = match Trailer::read(&mut self.control) {
             Ok(t) => t,
             Err(ProtocolError::Abandoned) => {
                 self.settled[i as usize] = true;
@@ -642,6 +679,7 @@ impl Session<'_, '_> {
     /// their content), and tells the sender the pass is complete.
     fn end_pass(&mut self) -> Result<(), RecvError> {
         self.report_checks(true)?;
+        self.stop_ahead();
         self.lander.flush();
         self.left = std::mem::take(&mut self.resends);
         for &i in self.made_dirs.iter().rev() {
@@ -656,6 +694,14 @@ impl Session<'_, '_> {
             }
         }
         self.send(&Report::EndOfPass)
+    }
+
+    /// Removes the temporary files made ahead and not used (the sender left their files out);
+    /// later passes make their own.
+    fn stop_ahead(&mut self) {
+        if let Some(mut ahead) = self.ahead.take() {
+            ahead.finish();
+        }
     }
 
     /// Queues a file's verdict; verdicts go out together whenever we are about to wait.
@@ -727,17 +773,21 @@ fn header_of(e: &Entry, verify: bool) -> Header {
 
 /// Handles on the tree's directories, opened beneath the receive directory without following
 /// any symlink; the last one is kept, since a walk sends a directory's files together.
-struct DirCache {
+pub(super) struct DirCache {
     root: Arc<OwnedFd>,
     last: Option<(String, Arc<OwnedFd>)>,
 }
 
 impl DirCache {
-    fn new(root: Arc<OwnedFd>) -> DirCache {
+    pub(super) fn new(root: Arc<OwnedFd>) -> DirCache {
         DirCache { root, last: None }
     }
 
-    fn get(&mut self, path: Option<&str>) -> io::Result<Arc<OwnedFd>> {
+    pub(super) fn root(&self) -> Arc<OwnedFd> {
+        self.root.clone()
+    }
+
+    pub(super) fn get(&mut self, path: Option<&str>) -> io::Result<Arc<OwnedFd>> {
         let Some(path) = path else {
             return Ok(self.root.clone());
         };

@@ -3,6 +3,7 @@
 //! receiver's per-file verdicts are read on a second thread), then a second pass for files the
 //! receiver found different from what it held.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use crate::error::{ProtocolError, SendError};
 use crate::hash::Prefix;
 use crate::manifest::{Answer, Answers, FileStatus, Frame, Kind, Report};
 use crate::name::Escaped;
-use crate::protocol::{Header, Trailer, FLAG_NO_VERIFY, FLAG_TREE};
+use crate::protocol::{Header, Trailer, FLAG_NO_VERIFY, FLAG_TREE, TRAILER_LEN};
 use crate::stages::StageTimes;
 use crate::walk::{walk, Tree, WalkOptions};
 
@@ -99,6 +100,7 @@ pub fn send_tree(
         digests: vec![None; tree.manifest.entries.len()],
         resumed: vec![0; tree.manifest.entries.len()],
         scratch,
+        held: Cell::new(None),
         report: TreeReport {
             peer: stream.peer_addr().map_err(net("connecting"))?,
             files: tree.file_count(),
@@ -152,6 +154,9 @@ struct Session<'a> {
     resumed: Vec<u64>,
     /// Byte counts and CPU of the file bodies, accumulated.
     scratch: super::SendReport,
+    /// The last file's trailer, sent with the next frame in one write (the receiver reads
+    /// both with one call).
+    held: Cell<Option<[u8; TRAILER_LEN]>>,
     report: TreeReport,
 }
 
@@ -273,9 +278,7 @@ impl Session<'_> {
             self.send_one(i, action, progress)?;
             progress(Tick::File);
         }
-        self.stream
-            .write_all(&Frame::EndOfPass.encode())
-            .map_err(net("ending a pass"))?;
+        self.write(&Frame::EndOfPass.encode(), "ending a pass")?;
         loop {
             let report = match reports.recv_timeout(self.opts.timeout) {
                 Ok(report) => report?,
@@ -350,11 +353,11 @@ impl Session<'_> {
             Ok(digest) => {
                 self.digests[i] = digest;
                 self.resumed[i] = resumed;
-                self.write(&Trailer { sha256: digest }.encode(), "sending a trailer")
+                self.hold(Trailer { sha256: digest }.encode())
             }
             Err(SendError::SourceChanged) => {
                 self.fail(i, SendError::SourceChanged.to_string());
-                self.write(&Trailer::abandoned(), "sending a trailer")
+                self.hold(Trailer::abandoned())
             }
             Err(e) => Err(e),
         }
@@ -440,7 +443,22 @@ impl Session<'_> {
         self.report.failures.push((path, why));
     }
 
+    /// Sends `bytes`, after the trailer held back if there is one.
     fn write(&self, bytes: &[u8], during: &'static str) -> Result<(), SendError> {
-        (&*self.stream).write_all(bytes).map_err(net(during))
+        let mut stream = self.stream;
+        match self.held.take() {
+            Some(trailer) => stream.write_all(&[&trailer[..], bytes].concat()),
+            None => stream.write_all(bytes),
+        }
+        .map_err(net(during))
+    }
+
+    /// Holds a trailer back until the next frame: a frame always follows one.
+    fn hold(&self, trailer: [u8; TRAILER_LEN]) -> Result<(), SendError> {
+        if self.held.get().is_some() {
+            self.write(&[], "sending a trailer")?;
+        }
+        self.held.set(Some(trailer));
+        Ok(())
     }
 }
