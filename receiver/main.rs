@@ -37,7 +37,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
         dir: cli.dir.clone(),
         force: cli.force,
         timeout: Duration::from_secs(cli.timeout.max(1)),
-        max_transfers: cli.max_transfers.max(1),
+        // One transfer with --once (or --stdout): it may use all the open files allowed.
+        max_transfers: match cli.once || cli.stdout {
+            true => 1,
+            false => cli.max_transfers.max(1),
+        },
         to_stdout: cli.stdout,
         token,
         allow_forward: cli.allow_forward.clone(),

@@ -101,6 +101,8 @@ pub struct Source {
     sparse_data: Option<u64>,
     /// Which file this is, for resuming (see [`source_id`]).
     id: [u8; SOURCE_ID_LEN],
+    /// Whether `id` came from a listing and must still be the open file's after sending.
+    listed_id: bool,
 }
 
 impl Source {
@@ -146,6 +148,41 @@ impl Source {
             block_device,
             sparse_data,
             id,
+            listed_id: false,
+        })
+    }
+
+    /// Opens a regular file a tree walk listed, taking what the listing says of it instead of
+    /// a stat of its own; after sending, [`Source::changed`] checks the open file against the
+    /// listing, its identity included, so a file replaced since is not sent as the listed one.
+    pub(crate) fn listed(path: &Path, entry: &crate::manifest::Entry) -> Result<Source, SendError> {
+        let crate::manifest::Kind::File {
+            size,
+            sparse_data_len,
+            source_id,
+        } = entry.kind
+        else {
+            return Err(SendError::NotAFile(path.to_owned()));
+        };
+        // Non-blocking, as in `open`: something put there since the walk may be a fifo.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|error| SendError::Source {
+                path: path.to_owned(),
+                error,
+            })?;
+        Ok(Source {
+            file,
+            path: path.to_owned(),
+            size,
+            mode: entry.mode,
+            mtime: entry.mtime,
+            block_device: false,
+            sparse_data: sparse_data_len,
+            id: source_id.unwrap_or_default(),
+            listed_id: source_id.is_some(),
         })
     }
 
@@ -156,7 +193,12 @@ impl Source {
             return sys::block_device_size(&self.file).map_or(true, |s| s != self.size);
         }
         match self.file.metadata() {
-            Ok(m) => m.len() != self.size || (m.mtime(), m.mtime_nsec() as u32) != self.mtime,
+            Ok(m) => {
+                m.len() != self.size
+                    || (m.mtime(), m.mtime_nsec() as u32) != self.mtime
+                    || !m.is_file()
+                    || (self.listed_id && source_id(m.dev(), m.ino(), m.rdev()) != self.id)
+            }
             Err(_) => true,
         }
     }
@@ -752,5 +794,45 @@ pub(crate) fn net(during: &'static str) -> impl Fn(std::io::Error) -> SendError 
     move |error| SendError::Network {
         during: during.into(),
         error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Entry, Kind};
+
+    /// The listing of `path` a walk would make, with `id` as its identity.
+    fn listing(path: &Path, id: [u8; SOURCE_ID_LEN]) -> Entry {
+        let meta = std::fs::metadata(path).unwrap();
+        Entry {
+            path: "f".into(),
+            kind: Kind::File {
+                size: meta.len(),
+                sparse_data_len: None,
+                source_id: Some(id),
+            },
+            mode: meta.mode(),
+            mtime: (meta.mtime(), meta.mtime_nsec() as u32),
+        }
+    }
+
+    #[test]
+    fn a_listed_file_is_changed_when_it_is_another_file_or_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"listed").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let id = source_id(meta.dev(), meta.ino(), meta.rdev());
+        assert!(!Source::listed(&path, &listing(&path, id))
+            .unwrap()
+            .changed());
+        // Another file in its place, with the same size and mtime: not the one listed.
+        assert!(Source::listed(&path, &listing(&path, [1; SOURCE_ID_LEN]))
+            .unwrap()
+            .changed());
+        let source = Source::listed(&path, &listing(&path, id)).unwrap();
+        std::fs::write(&path, b"written since").unwrap();
+        assert!(source.changed());
     }
 }

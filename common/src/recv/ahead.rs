@@ -1,6 +1,7 @@
 //! Creating a tree's temporary files ahead of their frames, on a thread of their own: making an
 //! inode is the costliest step of receiving a small file, and it does not depend on the data.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,11 +14,14 @@ use crate::partial::TempFile;
 
 type Made = (u32, io::Result<TempFile<Arc<OwnedFd>>>);
 
+/// Files go across in chunks of this many: one wake-up per chunk, not per file.
+const CHUNK: usize = 16;
+
 /// Temporary files made in the order the sender will send their entries.
 pub(super) struct Ahead<'scope> {
-    ready: Option<Receiver<Made>>,
-    /// The next one made, when a frame asked for an entry before it.
-    next: Option<Made>,
+    ready: Option<Receiver<Vec<Made>>>,
+    /// Made and received, not yet taken.
+    next: VecDeque<Made>,
     stop: Arc<AtomicBool>,
     thread: Option<ScopedJoinHandle<'scope, ()>>,
 }
@@ -31,24 +35,30 @@ impl<'scope> Ahead<'scope> {
         files: Vec<(u32, Option<String>)>,
         depth: usize,
     ) -> Ahead<'scope> {
-        let (made, ready) = mpsc::sync_channel(depth);
+        let (made, ready) = mpsc::sync_channel((depth / CHUNK).max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = scope.spawn(move || {
             let mut dirs = DirCache::new(root);
-            for (i, parent) in files {
+            for chunk in files.chunks(CHUNK) {
                 if stopped.load(Ordering::Relaxed) {
                     break;
                 }
-                let temp = dirs.get(parent.as_deref()).and_then(TempFile::create);
-                if made.send((i, temp)).is_err() {
+                let temps = chunk
+                    .iter()
+                    .map(|(i, parent)| {
+                        let temp = dirs.get(parent.as_deref()).and_then(TempFile::create);
+                        (*i, temp)
+                    })
+                    .collect();
+                if made.send(temps).is_err() {
                     break;
                 }
             }
         });
         Ahead {
             ready: Some(ready),
-            next: None,
+            next: VecDeque::new(),
             stop,
             thread: Some(thread),
         }
@@ -59,17 +69,18 @@ impl<'scope> Ahead<'scope> {
     /// makes it itself and reports why that fails.
     pub fn take(&mut self, i: u32) -> Option<TempFile<Arc<OwnedFd>>> {
         loop {
-            let (j, temp) = match self.next.take() {
-                Some(made) => made,
-                None => self.ready.as_ref()?.recv().ok()?,
-            };
+            if self.next.is_empty() {
+                self.next = self.ready.as_ref()?.recv().ok()?.into();
+            }
+            let (j, _) = self.next.front()?;
+            if *j > i {
+                // Entries come in order, so `i` was not among ours (or the sender is out of
+                // order): the caller makes its own, and ours stay for their frames.
+                return None;
+            }
+            let (j, temp) = self.next.pop_front()?;
             if j == i {
                 return temp.ok();
-            }
-            if j > i {
-                // Not one of ours (a file sent again in a second pass): keep ours for later.
-                self.next = Some((j, temp));
-                return None;
             }
         }
     }
@@ -77,7 +88,7 @@ impl<'scope> Ahead<'scope> {
     /// Stops making files and removes those not taken.
     pub fn finish(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.next = None;
+        self.next.clear();
         // Dropping the receiving end fails the thread's next send, which ends it; what it had
         // made and not sent is dropped with the channel, which removes the files.
         self.ready = None;

@@ -312,12 +312,8 @@ impl Session<'_> {
     ) -> Result<(), SendError> {
         let entry = &self.tree.manifest.entries[i];
         let path = &self.tree.paths[i];
-        let source = match Source::open(path) {
-            Ok(s) if s.size == entry.size() && s.mtime == entry.mtime => s,
-            Ok(_) => {
-                self.fail(i, "changed since it was listed; not sent".into());
-                return Ok(());
-            }
+        let source = match Source::listed(path, entry) {
+            Ok(s) => s,
             Err(e) => {
                 self.fail(i, e.to_string());
                 return Ok(());
