@@ -159,6 +159,42 @@ fn a_disk_that_fills_mid_transfer_fails_cleanly_on_both_sides() {
     );
 }
 
+#[test]
+fn a_disk_that_fills_during_a_tree_ends_it_and_the_sender_says_why() {
+    assert_root();
+    let mnt = Mount::ext2(32);
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("tree");
+    std::fs::create_dir(&top).unwrap();
+    for i in 0..8 {
+        random_file(&top.join(format!("f{i}")), 1 << 20, 90 + i);
+    }
+    let mut rx = Zrecv::start(&mnt.point, &["--once"]);
+    // Inside the third file: the manifest is a few hundred bytes.
+    let proxy = Proxy::start(rx.addr, Fault::PauseAt((2 << 20) + (1 << 19)));
+    let sender = Command::new(zsend_bin())
+        .args([&proxy.addr(), top.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    fill(&mnt.point);
+    proxy.release();
+    let out = wait_output(sender);
+    let err = stderr_of(&out);
+    // As for a single file: the receiver failed to land it, and why.
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(err.contains("receiver failed to land tree/f"), "{err}");
+    assert!(err.contains("no space left on device"), "{err}");
+    assert_eq!(rx.wait().code(), Some(1), "{}", rx.stderr());
+    let left: Vec<String> = entries(&mnt.point.join("tree"))
+        .into_iter()
+        .filter(|n| n.starts_with(".zrecv"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
 /// A loop device attached to an image, detached on drop.
 struct Loop {
     dev: String,

@@ -1124,6 +1124,14 @@ fn refuse(stream: &TcpStream, code: RefuseCode, message: &str) {
     {
         return;
     }
+    linger(stream);
+}
+
+/// Closes our side and reads (and drops) what the peer still sends, for up to 2 s or 1 MiB:
+/// closing with unread data would reset the connection, and a reset can destroy our last
+/// words before the peer reads them.
+pub(crate) fn linger(stream: &TcpStream) {
+    let mut s = stream;
     let _ = stream.shutdown(Shutdown::Write);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let mut sink = [0u8; 16 * 1024];

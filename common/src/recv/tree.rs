@@ -18,7 +18,7 @@ use rustix::io::Errno;
 
 use super::ahead::Ahead;
 use super::land::{Lander, Outbox, Pending};
-use super::{prepare, tell, timestamps, Receiver, Route, TransferRecord, PIPE_SIZE};
+use super::{linger, prepare, tell, timestamps, Receiver, Route, TransferRecord, PIPE_SIZE};
 use crate::error::{ProtocolError, RecvError};
 use crate::hash::{Prefix, Start};
 use crate::manifest::{
@@ -172,7 +172,11 @@ impl Receiver {
             session.stop_ahead();
             // What was verified before anything went wrong still lands.
             let tally = session.lander.finish();
-            let _ = session.post();
+            let posted = session.post();
+            if let (Err(RecvError::Local { .. }), Ok(())) = (&result, posted) {
+                // The failure is the sender's last verdict: let it arrive.
+                linger(stream);
+            }
             session.counts.landed += tally.landed;
             session.counts.failed += tally.failed;
             record.tree = Some(session.counts.clone());
@@ -404,17 +408,24 @@ impl Session<'_, '_> {
         let parent_path = e.parent().map(str::to_owned);
         // A kept partial the sender chose not to resume is of no use any more.
         self.partials.remove(&i);
-        let parent = self
-            .dirs
-            .get(parent_path.as_deref())
-            .map_err(|err| self.rx.local("opening a directory", err))?;
         let made = self.ahead.as_mut().and_then(|a| a.take(i));
         let temp = match made {
             Some(temp) => temp,
-            None => TempFile::create(parent)
-                .map_err(|err| self.rx.local("creating a temporary file", err))?,
+            None => {
+                let created = self
+                    .dirs
+                    .get(parent_path.as_deref())
+                    .and_then(TempFile::create)
+                    .map_err(|err| self.rx.local("creating a temporary file", err));
+                match created {
+                    Ok(temp) => temp,
+                    Err(e) => return Err(self.fatal(i, e)),
+                }
+            }
         };
-        prepare(&temp.file, &header).map_err(|err| self.rx.local("preallocating", err))?;
+        if let Err(err) = prepare(&temp.file, &header) {
+            return Err(self.fatal(i, self.rx.local("preallocating", err)));
+        }
         self.receive_file(
             i,
             &header,
@@ -537,7 +548,9 @@ impl Session<'_, '_> {
         // The rest goes into the partial at once while a second thread hashes what it held:
         // the sender, already sending, never waits on our hashing. If the prefix turns out to
         // differ from the sender's, the file is discarded and asked for whole.
-        prepare(&temp.file, &header).map_err(|err| self.rx.local("preallocating", err))?;
+        if let Err(err) = prepare(&temp.file, &header) {
+            return Err(self.fatal(i, self.rx.local("preallocating", err)));
+        }
         self.receive_file(
             i,
             &header,
@@ -582,11 +595,13 @@ impl Session<'_, '_> {
             Err(e) => {
                 if e.is_interruption() {
                     partial::keep(temp, header, scratch.received);
-                } else if let RecvError::Local { .. } = e {
-                    self.counts.failed += 1;
-                    let _ = self.report(i, FileStatus::Failed, None, &e.to_string());
+                    return Err(e);
                 }
-                return Err(e);
+                drop(temp);
+                return Err(match e {
+                    RecvError::Local { .. } => self.fatal(i, e),
+                    e => e,
+                });
             }
         };
         // The trailer and the head of the frame after it, in one call when both are there.
@@ -694,6 +709,17 @@ impl Session<'_, '_> {
             }
         }
         self.send(&Report::EndOfPass)
+    }
+
+    /// Ends the tree over a local failure with entry `i` (a full disk, say: the files after it
+    /// would fail the same way). What was verified lands first, so that the failure is the
+    /// last verdict the sender reads and can tell why the connection ends.
+    fn fatal(&mut self, i: u32, e: RecvError) -> RecvError {
+        self.stop_ahead();
+        self.lander.flush();
+        self.counts.failed += 1;
+        let _ = self.report(i, FileStatus::Failed, None, &e.to_string());
+        e
     }
 
     /// Removes the temporary files made ahead and not used (the sender left their files out);

@@ -101,6 +101,7 @@ pub fn send_tree(
         resumed: vec![0; tree.manifest.entries.len()],
         scratch,
         held: Cell::new(None),
+        last_failed: None,
         report: TreeReport {
             peer: stream.peer_addr().map_err(net("connecting"))?,
             files: tree.file_count(),
@@ -157,6 +158,8 @@ struct Session<'a> {
     /// The last file's trailer, sent with the next frame in one write (the receiver reads
     /// both with one call).
     held: Cell<Option<[u8; TRAILER_LEN]>>,
+    /// The entry and the receiver's words if its latest verdict was a failure to write.
+    last_failed: Option<(String, String)>,
     report: TreeReport,
 }
 
@@ -234,7 +237,10 @@ impl Session<'_> {
                     break;
                 }
             });
-            let result = self.passes(first, &reports, progress);
+            let result = match self.passes(first, &reports, progress) {
+                Err(e) if ends_connection(&e) => Err(self.why_it_ended(e, &reports)),
+                other => other,
+            };
             // Ends the reader, whatever happened.
             let _ = stream.shutdown(std::net::Shutdown::Both);
             result
@@ -296,6 +302,24 @@ impl Session<'_> {
                 return Ok(resend);
             }
             self.apply(report, &mut resend)?;
+        }
+    }
+
+    /// The connection ended under us (`e`): if the receiver's last verdict was a file it
+    /// failed to write, that is why (it ends a tree on a local failure such as a full disk),
+    /// and the sender says so as it does for a single file.
+    fn why_it_ended(
+        &mut self,
+        e: SendError,
+        reports: &mpsc::Receiver<Result<Report, ProtocolError>>,
+    ) -> SendError {
+        // The reader stops at the end of the connection, which has come or is coming.
+        while let Ok(Ok(report)) = reports.recv_timeout(Duration::from_secs(1)) {
+            let _ = self.apply(report, &mut Vec::new());
+        }
+        match self.last_failed.take() {
+            Some((name, message)) => SendError::ReceiverFailed { name, message },
+            None => e,
         }
     }
 
@@ -406,6 +430,8 @@ impl Session<'_> {
         let Some(ours) = self.digests.get(i).copied() else {
             return Err(ProtocolError::Malformed(format!("a verdict for entry {i}")).into());
         };
+        self.last_failed = (status == FileStatus::Failed)
+            .then(|| (self.tree.manifest.entries[i].path.clone(), message.clone()));
         let mismatch = || {
             let hex = |d: Option<[u8; 32]>| d.map(hex::encode).unwrap_or_else(|| "nothing".into());
             format!(
@@ -457,4 +483,13 @@ impl Session<'_> {
         self.held.set(Some(trailer));
         Ok(())
     }
+}
+
+/// Whether `e` is the connection ending or breaking, rather than something said over it.
+fn ends_connection(e: &SendError) -> bool {
+    matches!(
+        e,
+        SendError::Network { .. }
+            | SendError::Protocol(ProtocolError::Truncated(_) | ProtocolError::Io(..))
+    )
 }
