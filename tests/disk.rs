@@ -122,15 +122,9 @@ fn a_file_that_cannot_fit_is_refused_before_any_data_moves() {
     assert!(mnt.files().is_empty(), "{:?}", mnt.files());
 }
 
-#[test]
-fn a_disk_that_fills_mid_transfer_fails_cleanly_on_both_sides() {
-    assert_root();
-    let mnt = Mount::ext2(32);
-    let src = tempfile::tempdir().unwrap();
-    let path = src.path().join("big.img");
-    random_file(&path, 16 << 20, 82);
-    let mut rx = Zrecv::start(&mnt.point, &["--once"]);
-    let at = payload_offset("big.img", 1 << 20);
+/// Sends `path` to `rx` through a proxy that pauses once `at` bytes have crossed; while it is
+/// paused (the space check has passed), someone else fills the disk. Returns zsend's output.
+fn fill_while_sending(mnt: &Mount, rx: &Zrecv, path: &Path, at: u64) -> std::process::Output {
     let proxy = Proxy::start(rx.addr, Fault::PauseAt(at));
     let sender = Command::new(zsend_bin())
         .args([&proxy.addr(), path.to_str().unwrap()])
@@ -139,10 +133,20 @@ fn a_disk_that_fills_mid_transfer_fails_cleanly_on_both_sides() {
         .spawn()
         .unwrap();
     proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
-    // The space check passed; now someone else fills the disk.
     fill(&mnt.point);
     proxy.release();
-    let out = wait_output(sender);
+    wait_output(sender)
+}
+
+#[test]
+fn a_disk_that_fills_mid_transfer_fails_cleanly_on_both_sides() {
+    assert_root();
+    let mnt = Mount::ext2(32);
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("big.img");
+    random_file(&path, 16 << 20, 82);
+    let mut rx = Zrecv::start(&mnt.point, &["--once"]);
+    let out = fill_while_sending(&mnt, &rx, &path, payload_offset("big.img", 1 << 20));
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(7), "{err}");
     assert!(err.contains("no space left on device"), "{err}");
@@ -171,17 +175,7 @@ fn a_disk_that_fills_during_a_tree_ends_it_and_the_sender_says_why() {
     }
     let mut rx = Zrecv::start(&mnt.point, &["--once"]);
     // Inside the third file: the manifest is a few hundred bytes.
-    let proxy = Proxy::start(rx.addr, Fault::PauseAt((2 << 20) + (1 << 19)));
-    let sender = Command::new(zsend_bin())
-        .args([&proxy.addr(), top.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
-    fill(&mnt.point);
-    proxy.release();
-    let out = wait_output(sender);
+    let out = fill_while_sending(&mnt, &rx, &top, (2 << 20) + (1 << 19));
     let err = stderr_of(&out);
     // As for a single file: the receiver failed to land it, and why.
     assert_eq!(out.status.code(), Some(7), "{err}");
