@@ -148,11 +148,12 @@ impl Receiver {
         }
         sock.bind(&addr.into())?;
         sock.listen(128)?;
-        // Each small file of a tree stays open until its batch lands. A batch may use an
-        // eighth of the open files allowed (each file may hold its directory open too, and two
-        // batches may be in flight), shared among the transfers served at once.
+        // Each small file of a tree stays open until its batch lands. A transfer holds up to
+        // four batches' worth at once (one landing, one handed over, one gathering, and the
+        // files made ahead), and each file may hold its directory open too: a batch may use a
+        // sixteenth of the open files allowed, shared among the transfers served at once.
         let open_files = crate::sys::raise_open_files_limit();
-        let per_transfer = open_files / 8 / config.max_transfers.max(1) as u64;
+        let per_transfer = open_files / 16 / config.max_transfers.max(1) as u64;
         let batch_files = per_transfer.clamp(16, 1024) as usize;
         Ok(Receiver {
             batch_files,

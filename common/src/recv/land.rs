@@ -97,8 +97,8 @@ impl<'scope> Lander<'scope> {
         batch_files: usize,
         batch_bytes: u64,
     ) -> Lander<'scope> {
-        // One batch waits while one lands: the session never holds more than three batches
-        // of open files, and is held back when landing is slower than receiving.
+        // One batch waits while one lands: the session gathers a third meanwhile, and is held
+        // back when landing is slower than receiving.
         let (jobs, incoming) = mpsc::sync_channel(1);
         let thread = scope.spawn(move || {
             let mut landing = Landing {
