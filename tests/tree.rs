@@ -252,6 +252,26 @@ fn more_files_than_the_receiver_may_hold_open_still_land() {
     assert_eq!(describe(&dst.path().join("many")), describe(&top));
 }
 
+#[test]
+fn a_tree_still_lands_under_an_open_file_limit_below_its_batches() {
+    // Each file in a directory of its own holds two files open while it waits for its batch;
+    // 64 is less than the smallest batches need, so zrecv has to land early to go on.
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("spread");
+    for d in 0..200 {
+        let dir = top.join(format!("d{d:03}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), format!("{d}")).unwrap();
+    }
+    let limit = ["prlimit", "--nofile=64:64", "--"];
+    let rx = Zrecv::start_with(Some(&limit), dst.path(), "127.0.0.1:0", &["--once"]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(json_of(&out)["landed"], 200);
+    assert_eq!(describe(&dst.path().join("spread")), describe(&top));
+}
+
 /// Sends `top` to `rx` through a proxy, kills the sender once `at` bytes have crossed, and
 /// waits for the receiver to report the interruption (after it kept the file in flight).
 fn interrupt_tree(rx: &Zrecv, top: &Path, at: u64) {

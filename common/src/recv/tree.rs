@@ -412,14 +412,26 @@ impl Session<'_, '_> {
         let temp = match made {
             Some(temp) => temp,
             None => {
-                let created = self
+                let mut created = self
                     .dirs
                     .get(parent_path.as_deref())
-                    .and_then(TempFile::create)
-                    .map_err(|err| self.rx.local("creating a temporary file", err));
+                    .and_then(TempFile::create);
+                if matches!(&created, Err(e) if e.raw_os_error() == Some(libc::EMFILE)) {
+                    // Out of open files (a limit below what batches were sized for): land
+                    // what is open, make no more ahead, and try again.
+                    self.stop_ahead();
+                    self.lander.flush();
+                    created = self
+                        .dirs
+                        .get(parent_path.as_deref())
+                        .and_then(TempFile::create);
+                }
                 match created {
                     Ok(temp) => temp,
-                    Err(e) => return Err(self.fatal(i, e)),
+                    Err(err) => {
+                        let e = self.rx.local("creating a temporary file", err);
+                        return Err(self.fatal(i, e));
+                    }
                 }
             }
         };
