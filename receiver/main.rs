@@ -25,13 +25,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
-    let token = Token::from_optional_file(cli.token_file.as_deref()).with_context(|| {
-        let path = cli
-            .token_file
-            .as_deref()
-            .unwrap_or(std::path::Path::new(""));
-        format!("reading the token file {}", path.display())
-    })?;
+    let token = Token::from_optional_file(cli.token_file.as_deref())?;
     let open = token.is_none();
     let config = ReceiverConfig {
         dir: cli.dir.clone(),

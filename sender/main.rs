@@ -4,7 +4,6 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 
 mod cli;
@@ -107,13 +106,7 @@ fn check_paths(cli: &Cli) -> Result<(), &'static str> {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<Sent> {
-    let token = Token::from_optional_file(cli.token_file.as_deref()).with_context(|| {
-        let path = cli
-            .token_file
-            .as_deref()
-            .unwrap_or(std::path::Path::new(""));
-        format!("reading the token file {}", path.display())
-    })?;
+    let token = Token::from_optional_file(cli.token_file.as_deref())?;
     let opts = SendOptions {
         name: cli.name.clone(),
         verify: !cli.no_verify,

@@ -41,14 +41,29 @@ impl Token {
     }
 
     /// Reads a token file.
-    pub fn from_file(path: &Path) -> io::Result<Token> {
-        Token::new(&std::fs::read(path)?)
+    pub fn from_file(path: &Path) -> Result<Token, TokenFileError> {
+        std::fs::read(path)
+            .and_then(|bytes| Token::new(&bytes))
+            .map_err(|error| TokenFileError {
+                path: path.to_owned(),
+                error,
+            })
     }
 
     /// Reads the token file if one was given.
-    pub fn from_optional_file(path: Option<&Path>) -> io::Result<Option<Token>> {
+    pub fn from_optional_file(path: Option<&Path>) -> Result<Option<Token>, TokenFileError> {
         path.map(Token::from_file).transpose()
     }
+}
+
+/// A token file that could not be read, or held no token.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the token file {}: {}", .path.display(), crate::units::os_reason(.error))]
+pub struct TokenFileError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Why.
+    pub error: io::Error,
 }
 
 /// Which side a proof speaks for; the two are never interchangeable.
