@@ -293,11 +293,13 @@ impl Session<'_, '_> {
             }
         };
         let base = e.base();
-        let existing = match rustix::fs::statat(&parent, base, AtFlags::SYMLINK_NOFOLLOW) {
-            _ if fresh => None,
-            Ok(st) => Some(st),
-            Err(Errno::NOENT) => None,
-            Err(err) => return Answer::Refused(format!("checking what is there: {err}")),
+        let existing = match fresh {
+            true => None,
+            false => match rustix::fs::statat(&parent, base, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => Some(st),
+                Err(Errno::NOENT) => None,
+                Err(err) => return Answer::Refused(format!("checking what is there: {err}")),
+            },
         };
         let existing_type = existing.map(|st| FileType::from_raw_mode(st.st_mode));
         let force = self.rx.config.force;
@@ -412,19 +414,16 @@ impl Session<'_, '_> {
         let temp = match made {
             Some(temp) => temp,
             None => {
-                let mut created = self
-                    .dirs
-                    .get(parent_path.as_deref())
-                    .and_then(TempFile::create);
+                let create = |dirs: &mut DirCache| {
+                    dirs.get(parent_path.as_deref()).and_then(TempFile::create)
+                };
+                let mut created = create(&mut self.dirs);
                 if matches!(&created, Err(e) if e.raw_os_error() == Some(libc::EMFILE)) {
                     // Out of open files (a limit below what batches were sized for): land
                     // what is open, make no more ahead, and try again.
                     self.stop_ahead();
                     self.lander.flush();
-                    created = self
-                        .dirs
-                        .get(parent_path.as_deref())
-                        .and_then(TempFile::create);
+                    created = create(&mut self.dirs);
                 }
                 match created {
                     Ok(temp) => temp,
