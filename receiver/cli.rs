@@ -8,7 +8,7 @@ use clap::Parser;
 use zcommon::parse_listen_addr;
 
 /// `--version`: the release, and the protocol version it speaks (a test keeps it in sync).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 7)");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 8)");
 
 /// Receive files from zsend: splice(2) from the socket into the file, SHA-256 checked against
 /// the sender's, published under its name only once complete, verified and durable.

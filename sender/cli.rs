@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// `--version`: the release, and the protocol version it speaks (a test keeps it in sync).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 7)");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 8)");
 
 /// Send a file to a zrecv receiver: zero-copy with sendfile(2), verified with SHA-256 on both
 /// ends, published on the receiver only once complete, verified and durable.

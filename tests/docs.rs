@@ -65,7 +65,8 @@ fn the_man_pages_say_what_matters() {
             continue;
         }
         let text = String::from_utf8(content).unwrap().replace("\\-", "-");
-        for words in ["Examples", "token-file", "Exit status", "protocol 7"] {
+        let protocol = format!("protocol {}", zcommon::VERSION);
+        for words in ["Examples", "token-file", "Exit status", protocol.as_str()] {
             assert!(text.contains(words), "{rel} lacks {words:?}");
         }
     }

@@ -130,13 +130,8 @@ fn wrong_payload_lengths_publish_nothing() {
     s.write_all(&header("cut.bin", 10).encode_hello()).unwrap();
     assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
     s.write_all(&[1u8; 10]).unwrap();
-    s.write_all(
-        &Trailer {
-            sha256: Some([0; 32]),
-        }
-        .encode()[..20],
-    )
-    .unwrap();
+    s.write_all(&Trailer::unsealed(Some([0; 32])).encode()[..20])
+        .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let line = rx.wait_for_line("cut.bin from");
     assert!(
@@ -149,13 +144,8 @@ fn wrong_payload_lengths_publish_nothing() {
     s.write_all(&header("liar.bin", 10).encode_hello()).unwrap();
     assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
     s.write_all(&[1u8; 10]).unwrap();
-    s.write_all(
-        &Trailer {
-            sha256: Some([0; 32]),
-        }
-        .encode(),
-    )
-    .unwrap();
+    s.write_all(&Trailer::unsealed(Some([0; 32])).encode())
+        .unwrap();
     let v = Verdict::read(&mut s).unwrap();
     assert_eq!(v.status, zcommon::Status::Mismatch);
     // Garbage after the verdict goes nowhere.
@@ -179,13 +169,8 @@ fn a_repeated_header_is_not_taken_for_payload() {
     // The same hello again, then what a sender would send as payload and trailer.
     s.write_all(&hello).unwrap();
     s.write_all(&vec![0u8; 100 - hello.len()]).unwrap();
-    s.write_all(
-        &Trailer {
-            sha256: Some([0; 32]),
-        }
-        .encode(),
-    )
-    .unwrap();
+    s.write_all(&Trailer::unsealed(Some([0; 32])).encode())
+        .unwrap();
     let v = Verdict::read(&mut s).unwrap();
     assert_eq!(v.status, zcommon::Status::Mismatch);
     assert_eq!(rx.wait().code(), Some(5));

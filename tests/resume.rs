@@ -192,7 +192,10 @@ fn a_resume_offer_past_the_end_is_refused_by_the_sender() {
         let (mut s, _) = listener.accept().unwrap();
         let mut hello = vec![0u8; 64];
         let _ = s.read(&mut hello);
-        let offer = zcommon::Reply::Resume { offset: 1001 };
+        let offer = zcommon::Reply::Resume {
+            offset: 1001,
+            nonce: [7; 32],
+        };
         s.write_all(&offer.encode()).unwrap();
         let mut rest = Vec::new();
         let _ = s.read_to_end(&mut rest);

@@ -132,6 +132,120 @@ pub fn verify(
         .is_ok()
 }
 
+/// What a seal covers; each use has its own label, so that no seal can stand in for another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seal {
+    /// The sender's digest in a trailer.
+    Trailer,
+    /// The receiver's digest in a verdict (a single file's, or one file's of a tree).
+    Verdict,
+    /// A further host's digest in a chain's reports, as relayed by the host before it.
+    Hop,
+}
+
+impl Seal {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Seal::Trailer => b"zsend trailer v8\0",
+            Seal::Verdict => b"zrecv verdict v8\0",
+            Seal::Hop => b"zrecv hop v8\0",
+        }
+    }
+}
+
+/// The key that seals a connection's digests when both sides hold a token, so that a man in
+/// the middle cannot change the payload and its digest together, nor forge a verdict: derived
+/// from the token, both nonces and the exact hello. Without a token there is nothing to seal
+/// with, and seals are 32 zero bytes.
+#[derive(Clone)]
+pub struct Integrity(Option<[u8; 32]>);
+
+impl fmt::Debug for Integrity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(_) => f.write_str("Integrity(keyed)"),
+            None => f.write_str("Integrity(none)"),
+        }
+    }
+}
+
+impl Integrity {
+    /// No token: digests travel unsealed.
+    pub fn none() -> Integrity {
+        Integrity(None)
+    }
+
+    /// The key of a connection authenticated with `token`: HMAC-SHA256(token,
+    /// `"zsend integrity v8\0"` || sender nonce || receiver nonce || hello).
+    pub fn derive(
+        token: &Token,
+        sender_nonce: &[u8; NONCE_LEN],
+        receiver_nonce: &[u8; NONCE_LEN],
+        hello: &[u8],
+    ) -> Integrity {
+        let mut m =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(&token.0).expect("HMAC takes any key");
+        m.update(b"zsend integrity v8\0");
+        m.update(sender_nonce);
+        m.update(receiver_nonce);
+        m.update(hello);
+        Integrity(Some(m.finalize().into_bytes().into()))
+    }
+
+    /// Whether digests are sealed.
+    pub fn keyed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn mac(key: &[u8; 32], what: Seal, index: u32, digest: &[u8; 32]) -> Hmac<Sha256> {
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key");
+        m.update(what.label());
+        m.update(&index.to_be_bytes());
+        m.update(digest);
+        m
+    }
+
+    /// The seal of `digest` used as `what` for entry `index` (0 for a single file; the entry
+    /// of a tree; the host's position in a chain's reports): HMAC-SHA256(key, label || index
+    /// || digest), or zeros without a key.
+    pub fn seal(&self, what: Seal, index: u32, digest: &[u8; 32]) -> [u8; 32] {
+        match &self.0 {
+            Some(key) => Integrity::mac(key, what, index, digest)
+                .finalize()
+                .into_bytes()
+                .into(),
+            None => [0; 32],
+        }
+    }
+
+    /// Whether `seal` is the seal of `digest` as `what` for `index` (compared in constant
+    /// time); without a key, whether it is all zeros.
+    pub fn opens(&self, what: Seal, index: u32, digest: &[u8; 32], seal: &[u8; 32]) -> bool {
+        match &self.0 {
+            Some(key) => Integrity::mac(key, what, index, digest)
+                .verify_slice(seal)
+                .is_ok(),
+            None => *seal == [0; 32],
+        }
+    }
+}
+
+/// The proof that a sender holds the first `offset` bytes of a file whose SHA-256 is
+/// `digest`: HMAC-SHA256(receiver's nonce, `"zsend prefix v8\0"` || offset || digest). The
+/// receiver computes the same over its partial and compares; neither digest crosses the wire.
+pub fn prefix_proof(nonce: &[u8; NONCE_LEN], offset: u64, digest: &[u8; 32]) -> [u8; PROOF_LEN] {
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(nonce).expect("HMAC takes any key");
+    m.update(b"zsend prefix v8\0");
+    m.update(&offset.to_be_bytes());
+    m.update(digest);
+    m.finalize().into_bytes().into()
+}
+
+/// Compares two proofs in constant time.
+pub fn same_proof(a: &[u8; PROOF_LEN], b: &[u8; PROOF_LEN]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +265,43 @@ mod tests {
         );
         assert!(!verify(&t, Role::Sender, &nr, &ns, b"hello", &p));
         assert!(!verify(&t, Role::Sender, &ns, &nr, b"hellp", &p));
+    }
+
+    #[test]
+    fn seals_bind_the_key_the_use_the_index_and_the_digest() {
+        let t = Token::new(b"s3cret").unwrap();
+        let (ns, nr) = (nonce().unwrap(), nonce().unwrap());
+        let k = Integrity::derive(&t, &ns, &nr, b"hello");
+        let d = [7u8; 32];
+        let s = k.seal(Seal::Trailer, 3, &d);
+        assert!(k.opens(Seal::Trailer, 3, &d, &s));
+        assert!(
+            !k.opens(Seal::Verdict, 3, &d, &s),
+            "a trailer seal is not a verdict's"
+        );
+        assert!(!k.opens(Seal::Trailer, 4, &d, &s), "nor another entry's");
+        assert!(
+            !k.opens(Seal::Trailer, 3, &[8; 32], &s),
+            "nor another digest's"
+        );
+        let other = Integrity::derive(&t, &nr, &ns, b"hello");
+        assert!(
+            !other.opens(Seal::Trailer, 3, &d, &s),
+            "nor another connection's"
+        );
+        assert_eq!(Integrity::none().seal(Seal::Trailer, 3, &d), [0; 32]);
+        assert!(Integrity::none().opens(Seal::Trailer, 3, &d, &[0; 32]));
+        assert!(!Integrity::none().opens(Seal::Trailer, 3, &d, &s));
+    }
+
+    #[test]
+    fn prefix_proofs_need_the_nonce_the_offset_and_the_digest() {
+        let (n1, n2) = (nonce().unwrap(), nonce().unwrap());
+        let p = prefix_proof(&n1, 10, &[1; 32]);
+        assert!(same_proof(&p, &prefix_proof(&n1, 10, &[1; 32])));
+        assert!(!same_proof(&p, &prefix_proof(&n2, 10, &[1; 32])));
+        assert!(!same_proof(&p, &prefix_proof(&n1, 11, &[1; 32])));
+        assert!(!same_proof(&p, &prefix_proof(&n1, 10, &[2; 32])));
     }
 
     #[test]

@@ -35,8 +35,8 @@ pub enum ProtocolError {
     /// Reading a message failed.
     #[error("reading the {0}: {reason}", reason = crate::units::os_reason(.1))]
     Io(&'static str, io::Error),
-    /// The sender gave up on a file of a tree: it changed while being sent.
-    #[error("source changed during transfer; the sender abandoned it")]
+    /// The sender gave up on a file: it changed while being sent.
+    #[error("source changed during transfer; the sender abandoned it and it was discarded")]
     Abandoned,
 }
 
@@ -110,16 +110,30 @@ pub enum SendError {
         error: io::Error,
     },
     /// The source file got shorter while it was being sent.
-    #[error("source shrank during transfer: sent {} of {}", Bytes(*.sent), Bytes(*.expected))]
+    #[error("source shrank during transfer: sent {} of {}; nothing landed", Bytes(*.sent), Bytes(*.expected))]
     SourceShrank {
         /// Bytes sent before the file ended.
         sent: u64,
         /// The size announced in the header.
         expected: u64,
     },
-    /// The source was modified while it was being sent.
+    /// The source was modified while it was being sent; the whole payload went out, followed
+    /// by an abandoned trailer, and the receiver confirmed it discarded the file.
     #[error("source changed during transfer; the receiver discarded it")]
     SourceChanged,
+    /// The source was modified while it was being sent, in a way that cut the payload short
+    /// (its data extents moved): the sender closed the connection.
+    #[error("source changed during transfer after {} of {}; nothing landed", Bytes(*.sent), Bytes(*.expected))]
+    SourceChangedMidway {
+        /// Bytes covered before the change was seen.
+        sent: u64,
+        /// The size announced in the header.
+        expected: u64,
+    },
+    /// With a token: a verdict whose digest is not sealed with this connection's key, so it
+    /// was changed on the way or does not come from the receiver.
+    #[error("{0}: its seal does not match (changed on the way?)")]
+    Unsealed(String),
     /// The digests differ.
     #[error("checksum mismatch: sent {sent}, receiver wrote {received}")]
     Mismatch {
@@ -188,6 +202,8 @@ impl SendError {
             SendError::Refused { .. } => ExitStatus::Refused,
             SendError::SourceShrank { .. }
             | SendError::SourceChanged
+            | SendError::SourceChangedMidway { .. }
+            | SendError::Unsealed(_)
             | SendError::Mismatch { .. } => ExitStatus::Verify,
             SendError::ReceiverFailed { .. } => ExitStatus::RemoteFailed,
             SendError::Protocol(ProtocolError::Truncated(_) | ProtocolError::Io(..)) => {
@@ -240,6 +256,10 @@ pub enum RecvError {
         /// Our digest, hex.
         received: String,
     },
+    /// With a token: the trailer's digest is not sealed with this connection's key, so the
+    /// payload or its digest was changed on the way.
+    #[error("the trailer's seal does not match its digest (changed on the way?); discarded")]
+    Unsealed,
     /// A local filesystem operation failed.
     #[error("{during} in {}: {}", .dir.display(), crate::units::os_reason(.error))]
     Local {
@@ -266,11 +286,12 @@ impl RecvError {
             RecvError::Protocol(ProtocolError::Truncated(_) | ProtocolError::Io(..)) => {
                 ExitStatus::Network
             }
+            RecvError::Protocol(ProtocolError::Abandoned) => ExitStatus::Verify,
             RecvError::Protocol(_) => ExitStatus::Protocol,
             RecvError::Refused(_) => ExitStatus::Refused,
             RecvError::Auth(_) => ExitStatus::Auth,
             RecvError::ShortPayload { .. } | RecvError::Network { .. } => ExitStatus::Network,
-            RecvError::Mismatch { .. } => ExitStatus::Verify,
+            RecvError::Mismatch { .. } | RecvError::Unsealed => ExitStatus::Verify,
             RecvError::Local { .. } => ExitStatus::Local,
         }
     }

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,9 @@ pub struct Watermark {
     state: Mutex<State>,
     moved: Condvar,
     hashed: AtomicU64,
+    /// Set with `aborted`, read without the lock by a hashing thread between chunks, so that
+    /// a long run (a hole of terabytes) stops within one chunk of an abort.
+    stop: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -48,7 +51,13 @@ impl Watermark {
             }),
             moved: Condvar::new(),
             hashed: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the hashing should stop: the transfer failed or the peer went away.
+    pub fn aborted(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 
     /// How many bytes the hashing thread has read back so far.
@@ -74,6 +83,7 @@ impl Watermark {
 
     /// Stop the hashing thread as soon as possible: the transfer failed.
     pub fn abort(&self) {
+        self.stop.store(true, Ordering::Relaxed);
         let mut s = self.lock();
         s.aborted = true;
         s.closed = true;
@@ -222,12 +232,23 @@ impl Prefix {
 
     /// Hashes the first `len` bytes of `file`, which are all there.
     pub fn of_file(file: &File, len: u64, sparse: bool) -> io::Result<Prefix> {
-        let mut prefix = Prefix::empty();
         let mark = Watermark::complete(len);
-        if !hash_into(&mut prefix, file, len, &mark, sparse)? {
-            unreachable!("a complete watermark neither aborts nor closes early");
+        match Prefix::of_file_until(file, len, sparse, &mark)? {
+            Some(prefix) => Ok(prefix),
+            None => unreachable!("nobody aborts this watermark"),
         }
-        Ok(prefix)
+    }
+
+    /// As [`Prefix::of_file`], stopping early (`None`) when `mark`, a complete watermark of at
+    /// least `len`, is aborted.
+    pub fn of_file_until(
+        file: &File,
+        len: u64,
+        sparse: bool,
+        mark: &Watermark,
+    ) -> io::Result<Option<Prefix>> {
+        let mut prefix = Prefix::empty();
+        Ok(hash_into(&mut prefix, file, len, mark, sparse)?.then_some(prefix))
     }
 
     fn feed(&mut self, bytes: &[u8], mark: &Watermark) {
@@ -289,6 +310,9 @@ fn hash_into(
                 let pos = prefix.len;
                 let (start, end) = sys::next_data(file, pos, ready)?.unwrap_or((ready, ready));
                 while prefix.len < start {
+                    if mark.aborted() {
+                        return Ok(false);
+                    }
                     let n = (start - prefix.len).min(zeros.len() as u64) as usize;
                     prefix.feed(&zeros[..n], mark);
                 }
@@ -297,6 +321,9 @@ fn hash_into(
                 ready
             };
             while prefix.len < data_end {
+                if mark.aborted() {
+                    return Ok(false);
+                }
                 let want = (data_end - prefix.len).min(buf.len() as u64) as usize;
                 let n = match file.read_at(&mut buf[..want], prefix.len) {
                     Ok(0) => {
@@ -358,6 +385,25 @@ mod tests {
             h.join().unwrap()
         });
         assert_eq!(r.unwrap(), None);
+    }
+
+    /// A hole of a terabyte would take minutes to hash as zeros: an abort stops it at once.
+    #[test]
+    fn an_abort_stops_a_long_hole_within_a_chunk() {
+        let f = tempfile::tempfile().unwrap();
+        let len = 1u64 << 40;
+        f.set_len(len).unwrap();
+        let mark = Watermark::complete(len);
+        let hashed = std::thread::scope(|s| {
+            let h = s.spawn(|| Prefix::of_file_until(&f, len, true, &mark));
+            while mark.hashed() == 0 {
+                std::thread::yield_now();
+            }
+            mark.abort();
+            h.join().unwrap().unwrap()
+        });
+        assert!(hashed.is_none());
+        assert!(mark.hashed() < len / 1000, "hashed {} bytes", mark.hashed());
     }
 
     #[test]

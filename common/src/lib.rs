@@ -39,18 +39,19 @@ mod stdin;
 mod sys;
 mod units;
 mod walk;
+mod watch;
 
-pub use crate::auth::Token;
+pub use crate::auth::{Integrity, Seal, Token};
 pub use crate::error::{ProtocolError, RecvError, SendError};
 pub use crate::exit::ExitStatus;
 pub use crate::logging::init_logging;
 pub use crate::manifest::{Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, Report};
 pub use crate::name::{validate_name, Escaped, NameError, MAX_NAME_LEN, TEMP_PREFIX};
 pub use crate::protocol::{
-    encode_hops, encode_proof, read_hello, read_hops, Decision, Header, HopReport, Prefix, Record,
-    RefuseCode, Reply, Status, Trailer, Verdict, FLAG_AUTH, FLAG_CHAIN, FLAG_NO_VERIFY,
-    FLAG_RESUME, FLAG_SPARSE, FLAG_STREAM, FLAG_TREE, HEADER_FIXED_LEN, MAX_HEADER_LEN,
-    PREAMBLE_LEN, SOURCE_ID_LEN, TRAILER_LEN, VERSION,
+    align_hops, check_chain, encode_hops, encode_proof, read_hello, read_hops, Decision, Header,
+    HopReport, PrefixProof, Record, RefuseCode, Reply, Status, Trailer, Verdict, FLAG_AUTH,
+    FLAG_CHAIN, FLAG_NO_VERIFY, FLAG_RESUME, FLAG_SPARSE, FLAG_STREAM, FLAG_TREE, HEADER_FIXED_LEN,
+    KEEPALIVE, MAX_HEADER_LEN, MAX_HOPS, PREAMBLE_LEN, SOURCE_ID_LEN, TRAILER_LEN, VERSION,
 };
 pub use crate::recv::{
     parse_listen_addr, parse_network, Receiver, ReceiverConfig, TransferRecord, TreeCounts,
@@ -62,4 +63,5 @@ pub use crate::send::{
 pub use crate::stages::StageTimes;
 pub use crate::stdin::send_stdin;
 pub use crate::units::{os_reason, Bytes};
+pub use crate::watch::KEEPALIVE_EVERY;
 pub use ipnet::IpNet;

@@ -5,8 +5,10 @@
 use std::collections::HashSet;
 use std::io::Read;
 
+use crate::auth::NONCE_LEN;
 use crate::error::ProtocolError;
 use crate::name::validate_name;
+pub use crate::protocol::KEEPALIVE_MAGIC;
 use crate::protocol::{read_bytes, read_exact, RefuseCode, MAX_MESSAGE_LEN, SOURCE_ID_LEN};
 
 /// First bytes of the manifest.
@@ -19,8 +21,6 @@ pub const FRAME_MAGIC: [u8; 4] = *b"ZENT";
 pub const FILE_VERDICT_MAGIC: [u8; 4] = *b"ZFVD";
 /// First bytes of an end-of-pass mark, both ways.
 pub const END_OF_PASS_MAGIC: [u8; 4] = *b"ZEOP";
-/// A sender's frame that says only "still here" (while it hashes a large file).
-pub const KEEPALIVE_MAGIC: [u8; 4] = *b"ZNOP";
 /// Most entries in one manifest.
 pub const MAX_ENTRIES: u32 = 1 << 20;
 /// Longest relative path (Linux PATH_MAX).
@@ -304,8 +304,9 @@ pub enum Answer {
     Send,
     /// A file of this size and mtime is already there: send a [`Frame::Check`] with your digest.
     Landed,
-    /// A kept partial of this very file holds this many bytes: send a [`Frame::Resume`].
-    Partial(u64),
+    /// A kept partial of this very file holds this many bytes: send a [`Frame::Resume`] whose
+    /// proof is keyed with this fresh nonce.
+    Partial(u64, [u8; NONCE_LEN]),
     /// Done already: a directory made, a link created.
     Done,
     /// Will not take it; the message says why.
@@ -339,9 +340,10 @@ impl Answers {
                     match a {
                         Answer::Send => out.push(0),
                         Answer::Landed => out.push(1),
-                        Answer::Partial(offset) => {
+                        Answer::Partial(offset, nonce) => {
                             out.push(2);
                             out.extend_from_slice(&offset.to_be_bytes());
+                            out.extend_from_slice(nonce);
                         }
                         Answer::Done => out.push(3),
                         Answer::Refused(msg) => {
@@ -383,7 +385,12 @@ impl Answers {
             answers.push(match code[0] {
                 0 => Answer::Send,
                 1 => Answer::Landed,
-                2 => Answer::Partial(read_u64(r)?),
+                2 => {
+                    let offset = read_u64(r)?;
+                    let mut nonce = [0u8; NONCE_LEN];
+                    read_exact(r, &mut nonce, "manifest answer")?;
+                    Answer::Partial(offset, nonce)
+                }
                 3 => Answer::Done,
                 4 => Answer::Refused(read_message(r)?),
                 k => return Err(malformed(format!("unknown answer {k}"))),
@@ -400,8 +407,9 @@ pub enum Frame {
     Full(u32),
     /// Entry `index` is already there; this is the sender's digest of its file.
     Check(u32, [u8; 32]),
-    /// Entry `index`'s content from `offset` follows, then a trailer; the digest is of the
-    /// sender's first `offset` bytes.
+    /// Entry `index`'s content from `offset` follows, then a trailer; the proof that the
+    /// sender's first `offset` bytes are the receiver's partial comes first
+    /// (`auth::prefix_proof` with the answer's nonce).
     Resume(u32, u64, [u8; 32]),
     /// No more frames in this pass: land everything and answer with an end of pass.
     EndOfPass,
@@ -490,7 +498,7 @@ impl Frame {
 /// splice. Reads beyond what was declared go straight to the socket, exactly as asked.
 pub struct Control<R> {
     inner: R,
-    buf: [u8; 64],
+    buf: [u8; 128],
     start: usize,
     end: usize,
     /// Bytes after those held that are declared control bytes.
@@ -501,7 +509,7 @@ impl<R: Read> Control<R> {
     pub fn new(inner: R) -> Control<R> {
         Control {
             inner,
-            buf: [0; 64],
+            buf: [0; 128],
             start: 0,
             end: 0,
             declared: 0,
@@ -564,8 +572,11 @@ pub enum Report {
         index: u32,
         /// How.
         status: FileStatus,
-        /// The receiver's digest of what it holds, when it hashed.
+        /// The receiver's digest of what it holds, when it hashed (and may say: never of a
+        /// file the sender did not write, unless it equals the sender's).
         sha256: Option<[u8; 32]>,
+        /// The seal of that digest (see `auth::Integrity`); zeros without a token or digest.
+        seal: [u8; 32],
         /// Why, for anything but success.
         message: String,
     },
@@ -586,13 +597,20 @@ impl Report {
                 index,
                 status,
                 sha256,
+                seal,
                 message,
             } => {
                 out.extend_from_slice(&FILE_VERDICT_MAGIC);
                 out.extend_from_slice(&index.to_be_bytes());
                 out.push(*status as u8);
                 out.push(u8::from(sha256.is_some()));
-                out.extend_from_slice(sha256.as_ref().unwrap_or(&[0; 32]));
+                match sha256 {
+                    Some(d) => {
+                        out.extend_from_slice(d);
+                        out.extend_from_slice(seal);
+                    }
+                    None => out.extend_from_slice(&[0; 64]),
+                }
                 push_message(&mut out, message);
             }
         }
@@ -613,7 +631,7 @@ impl Report {
             return Err(malformed("file verdict magic missing".into()));
         }
         let index = read_u32(r)?;
-        let mut b = [0u8; 34];
+        let mut b = [0u8; 2 + 32 + 32];
         read_exact(r, &mut b, "file verdict")?;
         let status = match b[0] {
             0 => FileStatus::Landed,
@@ -624,9 +642,10 @@ impl Report {
             5 => FileStatus::Resend,
             s => return Err(malformed(format!("unknown file status {s}"))),
         };
-        let digest: [u8; 32] = b[2..].try_into().expect("32 bytes");
+        let digest: [u8; 32] = b[2..34].try_into().expect("32 bytes");
+        let seal: [u8; 32] = b[34..].try_into().expect("32 bytes");
         let sha256 = match b[1] {
-            0 => None,
+            0 if digest == [0; 32] && seal == [0; 32] => None,
             1 => Some(digest),
             k => return Err(malformed(format!("unknown digest kind {k}"))),
         };
@@ -634,6 +653,7 @@ impl Report {
             index,
             status,
             sha256,
+            seal,
             message: read_message(r)?,
         })
     }
@@ -674,7 +694,8 @@ fn read_text(
             "more than {MAX_MANIFEST_TEXT} bytes of paths"
         )));
     }
-    let bytes = read_bytes(r, len as u16, what)?;
+    let mut bytes = vec![0u8; len];
+    read_exact(r, &mut bytes, what)?;
     String::from_utf8(bytes).map_err(|_| malformed(format!("a {what} that is not UTF-8")))
 }
 
@@ -720,23 +741,29 @@ mod tests {
     fn control_reads_a_trailer_and_the_next_frame_at_once_and_no_payload() {
         let trailer = crate::protocol::Trailer {
             sha256: Some([7; 32]),
+            seal: [8; 32],
         };
-        let mut wire = trailer.encode().to_vec();
-        wire.extend(Frame::Full(3).encode());
-        wire.extend(b"PAYLOAD");
-        let mut inner = Recording {
-            data: &wire,
-            asked: Vec::new(),
-        };
-        let mut control = Control::new(&mut inner);
-        control.expect(crate::protocol::TRAILER_LEN + FRAME_HEAD_LEN);
-        let got = crate::protocol::Trailer::read(&mut control).unwrap();
-        assert_eq!(got, trailer);
-        control.expect(FRAME_HEAD_LEN);
-        assert_eq!(Frame::read(&mut control).unwrap(), Some(Frame::Full(3)));
-        assert!(control.is_drained());
-        assert_eq!(inner.asked, [46]);
-        assert_eq!(inner.data, b"PAYLOAD");
+        for keepalives in [0, 1, 3] {
+            let mut wire = crate::protocol::KEEPALIVE.repeat(keepalives);
+            wire.extend(trailer.encode());
+            wire.extend(Frame::Full(3).encode());
+            wire.extend(b"PAYLOAD");
+            let mut inner = Recording {
+                data: &wire,
+                asked: Vec::new(),
+            };
+            let mut control = Control::new(&mut inner);
+            control.expect(crate::protocol::TRAILER_LEN + FRAME_HEAD_LEN);
+            let got = crate::protocol::Trailer::read(&mut control).unwrap();
+            assert_eq!(got, trailer);
+            control.expect(FRAME_HEAD_LEN);
+            assert_eq!(Frame::read(&mut control).unwrap(), Some(Frame::Full(3)));
+            assert!(control.is_drained());
+            if keepalives == 0 {
+                assert_eq!(inner.asked, [78], "one call for the trailer and the frame");
+            }
+            assert_eq!(inner.data, b"PAYLOAD", "{keepalives} keepalives");
+        }
     }
 
     #[test]
@@ -858,14 +885,14 @@ mod tests {
 
         #[test]
         fn answers_frames_and_reports_round_trip(offset in any::<u64>(), i in any::<u32>(), d in any::<[u8; 32]>(), msg in ".{0,100}") {
-            let a = Answers::Each(vec![Answer::Send, Answer::Landed, Answer::Partial(offset), Answer::Done, Answer::Refused(msg.clone())]);
+            let a = Answers::Each(vec![Answer::Send, Answer::Landed, Answer::Partial(offset, d), Answer::Done, Answer::Refused(msg.clone())]);
             prop_assert_eq!(Answers::read(&mut &a.encode()[..], 5).unwrap(), a);
             let refused = Answers::Refused(RefuseCode::NoSpace, msg.clone());
             prop_assert_eq!(Answers::read(&mut &refused.encode()[..], 5).unwrap(), refused);
             for f in [Frame::Full(i), Frame::Check(i, d), Frame::Resume(i, offset, d), Frame::EndOfPass, Frame::Keepalive] {
                 prop_assert_eq!(Frame::read(&mut &f.encode()[..]).unwrap(), Some(f));
             }
-            let r = Report::File { index: i, status: FileStatus::Resend, sha256: Some(d), message: msg };
+            let r = Report::File { index: i, status: FileStatus::Resend, sha256: Some(d), seal: [9; 32], message: msg };
             prop_assert_eq!(Report::read(&mut &r.encode()[..]).unwrap(), r);
         }
     }

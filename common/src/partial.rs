@@ -209,6 +209,11 @@ pub(crate) fn keep<D: AsFd>(temp: TempFile<D>, header: &Header, held: u64) {
     let (part, resume) = kept_names(&header.name);
     let dir = temp.dir.as_fd();
     let kept = (|| -> io::Result<()> {
+        if !record.sparse {
+            // A partial holds what arrived and no more: truncating to its own length also
+            // releases the blocks reserved for the rest, which one byte would otherwise pin.
+            rustix::fs::ftruncate(&temp.file, held)?;
+        }
         if temp.name != part {
             rustix::fs::renameat(dir, temp.name.as_str(), dir, part.as_str())?;
         }

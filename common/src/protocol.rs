@@ -10,7 +10,7 @@ use crate::error::ProtocolError;
 use crate::name::{validate_name, MAX_NAME_LEN};
 
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 7;
+pub const VERSION: u16 = 8;
 /// First bytes of a sender's hello.
 pub const HELLO_MAGIC: [u8; 4] = *b"ZSND";
 /// First bytes of the receiver's reply to a hello.
@@ -21,10 +21,18 @@ pub const TRAILER_MAGIC: [u8; 4] = *b"ZTRL";
 pub const VERDICT_MAGIC: [u8; 4] = *b"ZVRD";
 /// First bytes of the sender's authentication proof.
 pub const PROOF_MAGIC: [u8; 4] = *b"ZPRF";
-/// First bytes of the receiver's digest of the partial file it offers to resume.
+/// First bytes of the sender's proof that it holds the prefix the receiver offers to resume.
 pub const PREFIX_MAGIC: [u8; 4] = *b"ZPFX";
-/// First bytes of the sender's answer to a resume offer.
+/// First bytes of the receiver's decision on a resume.
 pub const DECISION_MAGIC: [u8; 4] = *b"ZDCD";
+/// First bytes of a keepalive: "still here, still working". It may come wherever the peer
+/// waits for the sender's next message while the sender hashes (before a trailer, before a
+/// prefix proof, between a tree's frames).
+pub const KEEPALIVE_MAGIC: [u8; 4] = *b"ZNOP";
+/// A whole keepalive: its magic and five zero bytes (the length of a tree frame's head).
+pub const KEEPALIVE: [u8; KEEPALIVE_LEN] = *b"ZNOP\0\0\0\0\0";
+/// Size of a keepalive.
+pub const KEEPALIVE_LEN: usize = 9;
 /// Largest header body a receiver accepts.
 pub const MAX_HEADER_LEN: u32 = 64 * 1024;
 /// Largest human-readable message in a reply or verdict.
@@ -33,8 +41,8 @@ pub const MAX_MESSAGE_LEN: usize = 1024;
 pub const PREAMBLE_LEN: usize = 10;
 /// Size of the fixed part of a header body, before the name.
 pub const HEADER_FIXED_LEN: usize = 4 + 8 + 4 + 8 + 4 + 2;
-/// Size of a trailer.
-pub const TRAILER_LEN: usize = 4 + 1 + 32;
+/// Size of a trailer: magic, kind, digest, seal.
+pub const TRAILER_LEN: usize = 4 + 1 + 32 + 32;
 
 /// Header flag: the sender does not hash and asks the receiver not to either.
 pub const FLAG_NO_VERIFY: u32 = 1;
@@ -72,8 +80,10 @@ pub const RECORD_LEN: usize = 17;
 const CHALLENGE_CODE: u8 = 0xC0;
 /// Reply code of a receiver's offer to resume.
 const RESUME_CODE: u8 = 0xC1;
-/// Size of the prefix message.
-pub const PREFIX_LEN: usize = 4 + 1 + 32;
+/// Size of the sender's prefix proof.
+pub const PREFIX_LEN: usize = 4 + 32;
+/// Length of a resume offer's message: the offset and the receiver's nonce.
+const RESUME_OFFER_LEN: usize = 8 + NONCE_LEN;
 
 /// What the sender announces before the payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -301,14 +311,40 @@ fn read_chain(r: &mut Cursor) -> Result<Vec<String>, ProtocolError> {
         }
         let hop = std::str::from_utf8(r.take(len)?)
             .map_err(|_| ProtocolError::Malformed("a host that is not UTF-8".into()))?;
-        if hop.chars().any(char::is_control) {
-            return Err(ProtocolError::Malformed(
-                "a host with a control character".into(),
-            ));
-        }
+        check_hop(hop).map_err(ProtocolError::Malformed)?;
         hops.push(hop.to_owned());
     }
     Ok(hops)
+}
+
+/// Checks the hosts a chain may name after the first receiver: 1 to [`MAX_HOPS`] of them, each
+/// 1 to [`MAX_HOP_LEN`] bytes without control characters. Senders check before connecting, so
+/// that nothing they send could be cut or wrapped.
+pub fn check_chain(hops: &[String]) -> Result<(), String> {
+    if hops.len() > MAX_HOPS {
+        return Err(format!(
+            "a chain reaches at most {} hosts (the first and {MAX_HOPS} after it); {} were given",
+            MAX_HOPS + 1,
+            hops.len() + 1
+        ));
+    }
+    hops.iter().try_for_each(|h| check_hop(h))
+}
+
+fn check_hop(hop: &str) -> Result<(), String> {
+    if hop.is_empty() || hop.len() > MAX_HOP_LEN {
+        return Err(format!(
+            "a host of {} bytes (1 to {MAX_HOP_LEN})",
+            hop.len()
+        ));
+    }
+    if hop.chars().any(char::is_control) {
+        return Err(format!(
+            "the host {} has a control character",
+            crate::name::Escaped(hop)
+        ));
+    }
+    Ok(())
 }
 
 /// What became of the file on one host of a chain.
@@ -320,11 +356,25 @@ pub struct HopReport {
     pub verdict: Verdict,
 }
 
+impl HopReport {
+    /// The report of a host that did not land the file, for `why`.
+    pub fn failed(host: &str, why: &str) -> HopReport {
+        HopReport {
+            host: host.to_owned(),
+            verdict: Verdict::failed(why),
+        }
+    }
+}
+
 /// Encodes the reports of the hosts after this one, in chain order.
 pub fn encode_hops(hops: &[HopReport]) -> Vec<u8> {
+    debug_assert!(
+        hops.len() <= MAX_HOPS,
+        "a chain is checked before it starts"
+    );
     let mut out = HOPS_MAGIC.to_vec();
-    out.push(hops.len() as u8);
-    for h in hops {
+    out.push(hops.len().min(MAX_HOPS) as u8);
+    for h in hops.iter().take(MAX_HOPS) {
         let host = clip(&h.host);
         out.extend_from_slice(&(host.len() as u16).to_be_bytes());
         out.extend_from_slice(host.as_bytes());
@@ -357,6 +407,34 @@ pub fn read_hops(r: &mut impl Read) -> Result<Vec<HopReport>, ProtocolError> {
         });
     }
     Ok(hops)
+}
+
+/// Matches the reports a chain sent back with the hosts that were asked for, in order: host
+/// `k` gets report `k` only if that report names it. A host without its report (fewer came
+/// back, or another name stands in its place) gets a failure; reports beyond the hosts asked
+/// for are dropped. Returns the reports, one per host asked for, and how many did not match.
+pub fn align_hops(asked: &[String], got: Vec<HopReport>) -> (Vec<HopReport>, usize) {
+    let mut got = got.into_iter();
+    let mut unmatched = 0;
+    let aligned = asked
+        .iter()
+        .map(|host| match got.next() {
+            Some(r) if r.host == *host => r,
+            Some(r) => {
+                unmatched += 1;
+                let why = format!(
+                    "did not report (the chain reported {} in its place)",
+                    crate::name::Escaped(&r.host)
+                );
+                HopReport::failed(host, &why)
+            }
+            None => {
+                unmatched += 1;
+                HopReport::failed(host, "did not report (the chain's reports end before it)")
+            }
+        })
+        .collect();
+    (aligned, unmatched + got.count())
 }
 
 /// One record of a sparse payload: data (followed by `len` bytes), a hole, or the end.
@@ -510,30 +588,32 @@ pub enum Reply {
         /// The receiver's proof (see `auth::proof`).
         proof: [u8; PROOF_LEN],
     },
-    /// Send the payload, but the receiver holds the first `offset` bytes of this very file
-    /// from an interrupted transfer: a [`Prefix`] with their digest follows, and the sender
-    /// answers with a [`Decision`].
+    /// The receiver holds the first `offset` bytes of this very file from an interrupted
+    /// transfer: the sender proves it holds the same bytes with a [`PrefixProof`] keyed with
+    /// `nonce`, and the receiver answers with a [`Decision`].
     Resume {
         /// How many bytes the receiver's partial file holds, at most the size.
         offset: u64,
+        /// A fresh nonce that keys the sender's proof, so that the proof cannot be computed
+        /// without the bytes (nor replayed from another connection).
+        nonce: [u8; NONCE_LEN],
     },
 }
 
 impl Reply {
     /// Encodes the reply.
     pub fn encode(&self) -> Vec<u8> {
-        let challenge;
-        let offset;
+        let body: Vec<u8>;
         let (code, msg): (u8, &[u8]) = match self {
-            Reply::Resume { offset: o } => {
-                offset = o.to_be_bytes();
-                (RESUME_CODE, &offset)
+            Reply::Resume { offset, nonce } => {
+                body = [&offset.to_be_bytes()[..], nonce].concat();
+                (RESUME_CODE, &body)
             }
             Reply::Accept => (0, b""),
             Reply::Refuse(code, msg) => (code.to_byte(), clip(msg).as_bytes()),
             Reply::Challenge { nonce, proof } => {
-                challenge = [nonce.as_slice(), proof.as_slice()].concat();
-                (CHALLENGE_CODE, &challenge)
+                body = [nonce.as_slice(), proof.as_slice()].concat();
+                (CHALLENGE_CODE, &body)
             }
         };
         let mut out = Vec::with_capacity(9 + msg.len());
@@ -557,7 +637,11 @@ impl Reply {
         let code = head[6];
         let msg = read_bytes(r, u16::from_be_bytes([head[7], head[8]]), "reply")?;
         match code {
-            0 => Ok(Reply::Accept),
+            0 if msg.is_empty() => Ok(Reply::Accept),
+            0 => Err(ProtocolError::Malformed(format!(
+                "an accept with {} bytes of message",
+                msg.len()
+            ))),
             CHALLENGE_CODE => {
                 if msg.len() != NONCE_LEN + PROOF_LEN {
                     return Err(ProtocolError::Malformed(format!(
@@ -571,11 +655,15 @@ impl Reply {
                 })
             }
             RESUME_CODE => {
-                let offset: [u8; 8] = msg.as_slice().try_into().map_err(|_| {
-                    ProtocolError::Malformed(format!("resume offer of {} bytes", msg.len()))
-                })?;
+                if msg.len() != RESUME_OFFER_LEN {
+                    return Err(ProtocolError::Malformed(format!(
+                        "resume offer of {} bytes",
+                        msg.len()
+                    )));
+                }
                 Ok(Reply::Resume {
-                    offset: u64::from_be_bytes(offset),
+                    offset: u64::from_be_bytes(msg[..8].try_into().expect("8 bytes")),
+                    nonce: msg[8..].try_into().expect("32 bytes"),
                 })
             }
             c => Ok(Reply::Refuse(
@@ -586,58 +674,48 @@ impl Reply {
     }
 }
 
-/// The receiver's digest of the partial file it offered to resume, or word that it could not
-/// read it back (the sender then starts over).
+/// The sender's proof that the first `offset` bytes of its file are the receiver's partial:
+/// an HMAC keyed with the receiver's fresh nonce over the SHA-256 of those bytes (see
+/// `auth::prefix_proof`). Only a sender that read the bytes can compute it, and it tells an
+/// eavesdropper nothing it could extend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Prefix {
-    /// SHA-256 of the first `offset` bytes the receiver holds.
-    pub sha256: Option<[u8; 32]>,
-}
+pub struct PrefixProof(pub [u8; 32]);
 
-impl Prefix {
+impl PrefixProof {
     /// Encodes the message.
     pub fn encode(&self) -> [u8; PREFIX_LEN] {
         let mut out = [0u8; PREFIX_LEN];
         out[..4].copy_from_slice(&PREFIX_MAGIC);
-        if let Some(d) = &self.sha256 {
-            out[4] = 1;
-            out[5..].copy_from_slice(d);
-        }
+        out[4..].copy_from_slice(&self.0);
         out
     }
 
-    /// Reads and checks the message.
-    pub fn read(r: &mut impl Read) -> Result<Prefix, ProtocolError> {
+    /// Reads the message, after any keepalives the sender sent while it hashed.
+    pub fn read(r: &mut impl Read) -> Result<PrefixProof, ProtocolError> {
         let mut buf = [0u8; PREFIX_LEN];
-        read_exact(r, &mut buf, "resume digest")?;
+        read_after_keepalives(r, &mut buf, "resume proof")?;
         if buf[..4] != PREFIX_MAGIC {
             return Err(ProtocolError::Malformed(
-                "resume digest magic missing".into(),
+                "resume proof magic missing".into(),
             ));
         }
-        let digest: [u8; 32] = buf[5..].try_into().expect("32 bytes");
-        match buf[4] {
-            0 if digest == [0; 32] => Ok(Prefix { sha256: None }),
-            1 => Ok(Prefix {
-                sha256: Some(digest),
-            }),
-            k => Err(ProtocolError::Malformed(format!("unknown digest kind {k}"))),
-        }
+        Ok(PrefixProof(buf[4..].try_into().expect("32 bytes")))
     }
 }
 
-/// The sender's answer to a resume offer: go on from the offer's offset, or start over from
-/// byte 0 because the prefixes differ.
+/// The receiver's decision on a resume: go on from the offer's offset, or start over from
+/// byte 0 because the sender's proof does not match its partial.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// The prefixes match: the payload starts at the offered offset.
     Resume,
-    /// They do not: the receiver empties its file and the payload starts at 0.
+    /// They do not (or the partial could not be read back): the receiver has emptied its
+    /// file and the payload starts at 0.
     Restart,
 }
 
 impl Decision {
-    /// Encodes the answer.
+    /// Encodes the decision.
     pub fn encode(self) -> [u8; 5] {
         let mut out = [0u8; 5];
         out[..4].copy_from_slice(&DECISION_MAGIC);
@@ -648,7 +726,7 @@ impl Decision {
         out
     }
 
-    /// Reads and checks the answer.
+    /// Reads and checks the decision.
     pub fn read(r: &mut impl Read) -> Result<Decision, ProtocolError> {
         let mut buf = [0u8; 5];
         read_exact(r, &mut buf, "resume decision")?;
@@ -667,25 +745,58 @@ impl Decision {
     }
 }
 
-/// What follows the payload: the sender's SHA-256, or nothing when not verifying.
+/// Reads `buf.len()` bytes of a message that may be preceded by keepalives: each
+/// [`KEEPALIVE`] is checked and skipped. `buf` must be at least 4 bytes (a magic).
+pub(crate) fn read_after_keepalives(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    what: &'static str,
+) -> Result<(), ProtocolError> {
+    loop {
+        read_exact(r, &mut buf[..4], what)?;
+        if buf[..4] != KEEPALIVE_MAGIC {
+            break;
+        }
+        let mut rest = [0u8; KEEPALIVE_LEN - 4];
+        read_exact(r, &mut rest, what)?;
+        if rest != [0; KEEPALIVE_LEN - 4] {
+            return Err(ProtocolError::Malformed("a keepalive with content".into()));
+        }
+    }
+    read_exact(r, &mut buf[4..], what)
+}
+
+/// What follows the payload: the sender's SHA-256 (sealed with the connection's integrity key
+/// when both sides hold a token), or nothing when not verifying.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Trailer {
     /// The sender's digest of the bytes it read, if it hashed.
     pub sha256: Option<[u8; 32]>,
+    /// The seal of that digest (see `auth::Integrity`); zeros without a token or a digest.
+    pub seal: [u8; 32],
 }
 
-/// Trailer kind of a file the sender gave up on because it changed while being sent (in a
-/// tree, where closing the connection would end the other files too).
+/// Trailer kind of a file the sender gave up on because it changed while being sent, after
+/// the whole payload went out: the receiver discards what it got.
 const ABANDONED: u8 = 2;
 
 impl Trailer {
+    /// A trailer with `sha256` and no seal.
+    pub fn unsealed(sha256: Option<[u8; 32]>) -> Trailer {
+        Trailer {
+            sha256,
+            seal: [0; 32],
+        }
+    }
+
     /// Encodes the trailer.
     pub fn encode(&self) -> [u8; TRAILER_LEN] {
         let mut out = [0u8; TRAILER_LEN];
         out[0..4].copy_from_slice(&TRAILER_MAGIC);
         if let Some(d) = &self.sha256 {
             out[4] = 1;
-            out[5..].copy_from_slice(d);
+            out[5..37].copy_from_slice(d);
+            out[37..].copy_from_slice(&self.seal);
         }
         out
     }
@@ -698,10 +809,11 @@ impl Trailer {
         out
     }
 
-    /// Reads and checks a trailer.
+    /// Reads and checks a trailer, after any keepalives the sender sent while it hashed.
+    /// An abandoned trailer is [`ProtocolError::Abandoned`].
     pub fn read(r: &mut impl Read) -> Result<Trailer, ProtocolError> {
         let mut buf = [0u8; TRAILER_LEN];
-        read_exact(r, &mut buf, "trailer")?;
+        read_after_keepalives(r, &mut buf, "trailer")?;
         Trailer::decode(&buf)
     }
 
@@ -714,13 +826,16 @@ impl Trailer {
                     .into(),
             ));
         }
-        let digest: [u8; 32] = buf[5..].try_into().expect("32 bytes");
+        let digest: [u8; 32] = buf[5..37].try_into().expect("32 bytes");
+        let seal: [u8; 32] = buf[37..].try_into().expect("32 bytes");
+        let empty = digest == [0; 32] && seal == [0; 32];
         match buf[4] {
-            0 if digest == [0; 32] => Ok(Trailer { sha256: None }),
+            0 if empty => Ok(Trailer::unsealed(None)),
             1 => Ok(Trailer {
                 sha256: Some(digest),
+                seal,
             }),
-            ABANDONED if digest == [0; 32] => Err(ProtocolError::Abandoned),
+            ABANDONED if empty => Err(ProtocolError::Abandoned),
             k => Err(ProtocolError::Malformed(format!("unknown digest kind {k}"))),
         }
     }
@@ -744,15 +859,30 @@ pub struct Verdict {
     pub status: Status,
     /// The receiver's digest of what it wrote, if it hashed.
     pub sha256: Option<[u8; 32]>,
+    /// The seal of that digest (see `auth::Integrity`); zeros without a token or a digest.
+    pub seal: [u8; 32],
     /// A human explanation for anything but `Landed`.
     pub message: String,
 }
 
+/// Size of a verdict before its message.
+const VERDICT_HEAD_LEN: usize = 4 + 1 + 1 + 32 + 32 + 2;
+
 impl Verdict {
+    /// A failure without a digest, for `why`.
+    pub fn failed(why: &str) -> Verdict {
+        Verdict {
+            status: Status::Failed,
+            sha256: None,
+            seal: [0; 32],
+            message: why.to_owned(),
+        }
+    }
+
     /// Encodes the verdict.
     pub fn encode(&self) -> Vec<u8> {
         let msg = clip(&self.message);
-        let mut out = Vec::with_capacity(4 + 2 + 32 + 2 + msg.len());
+        let mut out = Vec::with_capacity(VERDICT_HEAD_LEN + msg.len());
         out.extend_from_slice(&VERDICT_MAGIC);
         out.push(match self.status {
             Status::Landed => 0,
@@ -763,10 +893,11 @@ impl Verdict {
             Some(d) => {
                 out.push(1);
                 out.extend_from_slice(d);
+                out.extend_from_slice(&self.seal);
             }
             None => {
                 out.push(0);
-                out.extend_from_slice(&[0; 32]);
+                out.extend_from_slice(&[0; 64]);
             }
         }
         out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
@@ -776,7 +907,7 @@ impl Verdict {
 
     /// Reads and checks a verdict.
     pub fn read(r: &mut impl Read) -> Result<Verdict, ProtocolError> {
-        let mut head = [0u8; 4 + 2 + 32 + 2];
+        let mut head = [0u8; VERDICT_HEAD_LEN];
         read_exact(r, &mut head, "verdict")?;
         if head[0..4] != VERDICT_MAGIC {
             return Err(ProtocolError::Malformed("verdict magic missing".into()));
@@ -788,15 +919,17 @@ impl Verdict {
             s => return Err(ProtocolError::Malformed(format!("unknown verdict {s}"))),
         };
         let digest: [u8; 32] = head[6..38].try_into().expect("32 bytes");
+        let seal: [u8; 32] = head[38..70].try_into().expect("32 bytes");
         let sha256 = match head[5] {
-            0 => None,
+            0 if digest == [0; 32] && seal == [0; 32] => None,
             1 => Some(digest),
             k => return Err(ProtocolError::Malformed(format!("unknown digest kind {k}"))),
         };
-        let message = read_message(r, u16::from_be_bytes([head[38], head[39]]), "verdict")?;
+        let message = read_message(r, u16::from_be_bytes([head[70], head[71]]), "verdict")?;
         Ok(Verdict {
             status,
             sha256,
+            seal,
             message,
         })
     }
@@ -986,6 +1119,10 @@ mod tests {
             let _ = Verdict::read(&mut &bytes[..]);
             let _ = read_proof(&mut &bytes[..]);
             let _ = Record::read(&mut &bytes[..]);
+            let _ = Trailer::read(&mut &bytes[..]);
+            let _ = PrefixProof::read(&mut &bytes[..]);
+            let _ = Decision::read(&mut &bytes[..]);
+            let _ = read_hops(&mut &bytes[..]);
         }
 
         #[test]
@@ -1027,27 +1164,93 @@ mod tests {
         }
 
         #[test]
-        fn verdict_round_trips(d in proptest::option::of(any::<[u8; 32]>()), s in 0u8..3, msg in ".{0,200}") {
+        fn verdict_round_trips(d in proptest::option::of(any::<[u8; 32]>()), seal in any::<[u8; 32]>(), s in 0u8..3, msg in ".{0,200}") {
             let status = [Status::Landed, Status::Mismatch, Status::Failed][s as usize];
-            let v = Verdict { status, sha256: d, message: msg };
+            let seal = if d.is_some() { seal } else { [0; 32] };
+            let v = Verdict { status, sha256: d, seal, message: msg };
             prop_assert_eq!(Verdict::read(&mut &v.encode()[..]).unwrap(), v);
         }
 
         #[test]
-        fn resume_messages_round_trip(offset in any::<u64>(), d in proptest::option::of(any::<[u8; 32]>()), go in any::<bool>()) {
-            let r = Reply::Resume { offset };
+        fn resume_messages_round_trip(offset in any::<u64>(), nonce in any::<[u8; 32]>(), p in any::<[u8; 32]>(), go in any::<bool>(), keepalives in 0usize..3) {
+            let r = Reply::Resume { offset, nonce };
             prop_assert_eq!(Reply::read(&mut &r.encode()[..]).unwrap(), r);
-            let p = Prefix { sha256: d };
-            prop_assert_eq!(Prefix::read(&mut &p.encode()[..]).unwrap(), p);
+            let mut wire = KEEPALIVE.repeat(keepalives);
+            wire.extend_from_slice(&PrefixProof(p).encode());
+            prop_assert_eq!(PrefixProof::read(&mut &wire[..]).unwrap(), PrefixProof(p));
             let c = if go { Decision::Resume } else { Decision::Restart };
             prop_assert_eq!(Decision::read(&mut &c.encode()[..]).unwrap(), c);
         }
 
         #[test]
-        fn trailer_round_trips(d in proptest::option::of(any::<[u8; 32]>())) {
-            let t = Trailer { sha256: d };
-            prop_assert_eq!(Trailer::read(&mut &t.encode()[..]).unwrap(), t);
+        fn trailer_round_trips(d in proptest::option::of(any::<[u8; 32]>()), seal in any::<[u8; 32]>(), keepalives in 0usize..3) {
+            let t = Trailer { sha256: d, seal: if d.is_some() { seal } else { [0; 32] } };
+            let mut wire = KEEPALIVE.repeat(keepalives);
+            wire.extend_from_slice(&t.encode());
+            prop_assert_eq!(Trailer::read(&mut &wire[..]).unwrap(), t);
         }
+
+        #[test]
+        fn aligned_reports_name_exactly_the_hosts_asked_for(
+            asked in proptest::collection::vec("[a-c]:[1-3]", 0..5),
+            got in proptest::collection::vec("[a-c]:[1-3]", 0..8),
+        ) {
+            let reports: Vec<HopReport> = got
+                .iter()
+                .map(|h| HopReport { host: h.clone(), verdict: Verdict { status: Status::Landed, sha256: Some([1; 32]), seal: [0; 32], message: String::new() } })
+                .collect();
+            let (aligned, unmatched) = align_hops(&asked, reports);
+            prop_assert_eq!(aligned.len(), asked.len());
+            for (k, (r, host)) in aligned.iter().zip(&asked).enumerate() {
+                prop_assert_eq!(&r.host, host);
+                let reported = got.get(k) == Some(host);
+                prop_assert_eq!(r.verdict.status == Status::Landed, reported);
+            }
+            let matched = aligned.iter().filter(|r| r.verdict.status == Status::Landed).count();
+            prop_assert_eq!(unmatched, asked.len() - matched + got.len().saturating_sub(asked.len()));
+        }
+    }
+
+    #[test]
+    fn a_trailer_may_follow_keepalives_but_not_a_keepalive_with_content() {
+        let t = Trailer::unsealed(Some([3; 32]));
+        let mut wire = KEEPALIVE.to_vec();
+        wire.extend_from_slice(&t.encode());
+        assert_eq!(Trailer::read(&mut &wire[..]).unwrap(), t);
+        wire[8] = 1;
+        assert!(matches!(
+            Trailer::read(&mut &wire[..]),
+            Err(ProtocolError::Malformed(_))
+        ));
+        let mut abandoned = KEEPALIVE.to_vec();
+        abandoned.extend_from_slice(&Trailer::abandoned());
+        assert!(matches!(
+            Trailer::read(&mut &abandoned[..]),
+            Err(ProtocolError::Abandoned)
+        ));
+    }
+
+    #[test]
+    fn a_chain_longer_than_the_limit_is_refused_before_anything_is_sent() {
+        let hops: Vec<String> = (0..MAX_HOPS).map(|i| format!("10.0.0.{i}:7350")).collect();
+        assert!(check_chain(&hops).is_ok());
+        let mut too_many = hops.clone();
+        too_many.push("10.0.0.99:7350".into());
+        let err = check_chain(&too_many).unwrap_err();
+        assert!(err.contains("at most 17 hosts"), "{err}");
+        assert!(check_chain(&["h\u{1b}[2J:1".to_owned()]).is_err());
+        assert!(check_chain(&["x".repeat(256)]).is_err());
+        assert!(check_chain(&[String::new()]).is_err());
+    }
+
+    #[test]
+    fn reports_beyond_the_limit_are_refused() {
+        let mut wire = HOPS_MAGIC.to_vec();
+        wire.push(MAX_HOPS as u8 + 1);
+        assert!(matches!(
+            read_hops(&mut &wire[..]),
+            Err(ProtocolError::Malformed(_))
+        ));
     }
 
     fn hello_with_len(len: u32) -> Vec<u8> {

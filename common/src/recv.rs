@@ -2,21 +2,21 @@
 //! temporary file while a second thread hashes it back, and publish it only when verified and
 //! durable.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::auth::{self, Role, Token};
+use crate::auth::{self, Integrity, Role, Seal, Token};
 use crate::error::{ProtocolError, RecvError};
 use crate::hash::{
     hash_from, hash_from_timed, hash_reader, Prefix, Start, Watermark, UNTIL_CLOSED,
@@ -24,13 +24,14 @@ use crate::hash::{
 use crate::name::Escaped;
 use crate::partial::{self, TempFile};
 use crate::protocol::{
-    encode_hops, read_hello, read_proof, Decision, Header, HopReport, Record, RefuseCode, Reply,
-    Status, Trailer, Verdict,
+    encode_hops, read_hello, read_proof, Decision, Header, HopReport, PrefixProof, Record,
+    RefuseCode, Reply, Status, Trailer, Verdict,
 };
 use crate::send::SMALL_FILE;
 use crate::stages::StageTimes;
 use crate::sys::{self, CopyError, Pipe, SpliceStats};
 use crate::units::Bytes;
+use crate::watch::{self, Done, Stop};
 use chain::Forward;
 
 mod ahead;
@@ -128,7 +129,10 @@ pub struct Receiver {
     config: ReceiverConfig,
     active: AtomicUsize,
     lingering: AtomicUsize,
-    in_flight: Mutex<HashSet<String>>,
+    /// Names being received, each with its connection (to tell whether its sender is gone).
+    in_flight: Mutex<HashMap<String, TcpStream>>,
+    /// Signalled whenever a name is released.
+    released: Condvar,
     /// Most small files of a tree held open while they wait to land together.
     batch_files: usize,
 }
@@ -162,7 +166,8 @@ impl Receiver {
             config,
             active: AtomicUsize::new(0),
             lingering: AtomicUsize::new(0),
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            released: Condvar::new(),
         })
     }
 
@@ -287,7 +292,7 @@ impl Receiver {
         record.name = Some(header.name.clone());
         record.size = Some(header.size);
         // Before any filesystem call.
-        self.authenticate(stream, &header, deadline)?;
+        let integrity = self.authenticate(stream, &header, deadline)?;
         stream
             .set_read_timeout(timeout)
             .map_err(|e| self.local("configuring the connection", e))?;
@@ -298,17 +303,17 @@ impl Receiver {
                 return Err(refused(stream, RefuseCode::BadHeader, msg.into()));
             }
             accept(stream, &header, Reply::Accept)?;
-            return self.receive_tree(stream, &header, record);
+            return self.receive_tree(stream, &header, &integrity, record);
         }
         let mut forward = match &header.chain {
             Some(hops) => Some(self.open_forward(stream, &header, hops)?),
             None => None,
         };
-        let result = self.transfer_file(stream, &header, record, forward.as_mut());
+        let result = self.transfer_file(stream, &header, &integrity, record, forward.as_mut());
         if let Some(f) = forward {
             // After our own verdict: the sender reads every host's.
             record.hops = f.finish();
-            let _ = (&*stream).write_all(&encode_hops(&record.hops));
+            let _ = (&*stream).write_all(&encode_hops(&chain::sealed(&record.hops, &integrity)));
         }
         result
     }
@@ -319,24 +324,28 @@ impl Receiver {
         &self,
         stream: &TcpStream,
         header: &Header,
+        integrity: &Integrity,
         record: &mut TransferRecord,
         forward: Option<&mut Forward>,
     ) -> Result<(), RecvError> {
+        let verdict = |status, digest, message: &str| {
+            send_verdict(stream, integrity, status, digest, message);
+        };
         if self.config.to_stdout {
             accept(stream, header, Reply::Accept)?;
             let digest = self
                 .deliver_to_stdout(stream, header, record)
                 .inspect_err(|e| {
                     if let RecvError::Local { .. } = e {
-                        send_verdict(stream, Status::Failed, None, &e.to_string());
+                        verdict(Status::Failed, None, &e.to_string());
                     }
                 })?;
-            let digest = self.check_trailer(stream, header, digest, record, None)?;
+            let digest = self.check_trailer(stream, header, integrity, digest, record, None)?;
             record.verified = digest.is_some();
-            send_verdict(stream, Status::Landed, digest, "");
+            verdict(Status::Landed, digest, "");
             return Ok(());
         }
-        let Some(_claim) = self.claim(&header.name) else {
+        let Some(_claim) = self.claim(&header.name, stream) else {
             let msg = format!(
                 "busy: {} is being received from another sender",
                 Escaped(&header.name)
@@ -349,7 +358,7 @@ impl Receiver {
         self.check_space(stream, header, held)?;
         let temp = self.ready_temp(stream, header, kept.map(|(temp, _)| temp))?;
         record.received = held;
-        let outcome = self.receive_to_temp(stream, header, &temp, held, record, forward);
+        let outcome = self.receive_to_temp(stream, header, integrity, &temp, held, record, forward);
         let digest = match outcome {
             Ok(digest) => digest,
             Err(e) => {
@@ -358,7 +367,7 @@ impl Receiver {
                 } else if let RecvError::Local { .. } = e {
                     // At once: the sender may still be sending, and will read this when its
                     // writes fail.
-                    send_verdict(stream, Status::Failed, None, &e.to_string());
+                    verdict(Status::Failed, None, &e.to_string());
                 }
                 return Err(e);
             }
@@ -366,33 +375,33 @@ impl Receiver {
         match self.land(temp, &header.name, header) {
             Ok(fsync) => record.stages.fsync = fsync,
             Err(e) => {
-                send_verdict(stream, Status::Failed, digest, &e.to_string());
+                verdict(Status::Failed, digest, &e.to_string());
                 return Err(e);
             }
         }
         record.verified = digest.is_some();
-        send_verdict(stream, Status::Landed, digest, "");
+        verdict(Status::Landed, digest, "");
         Ok(())
     }
 
     /// Accepts (offering to resume from the `held` bytes the temporary file already has),
     /// receives the payload into it and checks the trailer. Returns the digest to land with.
+    #[allow(clippy::too_many_arguments)]
     fn receive_to_temp(
         &self,
         stream: &TcpStream,
         header: &Header,
+        integrity: &Integrity,
         temp: &TempFile<impl AsFd>,
         held: u64,
         record: &mut TransferRecord,
         mut forward: Option<&mut Forward>,
     ) -> Result<Option<[u8; 32]>, RecvError> {
-        if held == 0 {
-            accept(stream, header, Reply::Accept)?;
-        } else {
-            accept(stream, header, Reply::Resume { offset: held })?;
-        }
         let prefix = match held {
-            0 => Prefix::empty(),
+            0 => {
+                accept(stream, header, Reply::Accept)?;
+                Prefix::empty()
+            }
             _ => self.agree_on_prefix(stream, header, temp, held, record)?,
         };
         record.resumed_from = prefix.len();
@@ -403,12 +412,15 @@ impl Receiver {
         };
         let received =
             self.receive_payload(stream, header, temp, Start::Hashed(prefix), route, record)?;
-        self.check_trailer(stream, header, received.digest, record, forward)
+        self.check_trailer(stream, header, integrity, received.digest, record, forward)
     }
 
-    /// Sends the digest of the `held` bytes kept from an interrupted transfer and reads the
-    /// sender's decision. Returns the prefix to go on from: empty, with the file emptied, when
-    /// the sender's file begins otherwise (or ours could not be read back).
+    /// Offers to resume from the `held` bytes kept from an interrupted transfer, with a fresh
+    /// nonce; hashes them while the sender hashes its own and proves it holds the same bytes;
+    /// then says whether the payload goes on from there. Returns the prefix to go on from:
+    /// empty, with the file emptied, when the sender's proof does not match (or ours could not
+    /// be read back). Our digest never crosses the wire, so a sender without the bytes learns
+    /// nothing it could extend into a "verified" file.
     fn agree_on_prefix(
         &self,
         stream: &TcpStream,
@@ -417,31 +429,48 @@ impl Receiver {
         held: u64,
         record: &mut TransferRecord,
     ) -> Result<Prefix, RecvError> {
+        let nonce = auth::nonce().map_err(|e| self.local("drawing a nonce", e))?;
+        accept(
+            stream,
+            header,
+            Reply::Resume {
+                offset: held,
+                nonce,
+            },
+        )?;
         let sparse = header.sparse_data_len.is_some();
-        let ours = match Prefix::of_file(&temp.file, held, sparse) {
-            Ok(p) => Some(p),
+        let mark = Watermark::complete(held);
+        let done = Done::new().map_err(|e| self.local("creating an event", e))?;
+        let file = &temp.file;
+        let (ours, watched) = std::thread::scope(|s| {
+            let hasher = s.spawn(|| {
+                let _raise = done.on_drop();
+                Prefix::of_file_until(file, held, sparse, &mark)
+            });
+            let watched = watch::wait_for(stream, &done, self.config.timeout, &mut || {});
+            if watched.is_err() {
+                mark.abort();
+            }
+            (hasher.join().expect("hashing thread panicked"), watched)
+        });
+        watched.map_err(|stop| {
+            self.stopped(stop, "waiting for the resume proof", held, header.size)
+        })?;
+        let theirs = PrefixProof::read(&mut &*stream)?;
+        let matches = match ours {
+            Ok(Some(ours)) => {
+                let proof = auth::prefix_proof(&nonce, held, &ours.digest());
+                auth::same_proof(&proof, &theirs.0).then_some(ours)
+            }
+            Ok(None) => unreachable!("aborted only when the wait failed"),
             Err(e) => {
                 log::warn!("reading back the partial {}: {e}", Escaped(&header.name));
                 None
             }
         };
-        let message = crate::protocol::Prefix {
-            sha256: ours.as_ref().map(Prefix::digest),
-        };
-        tell(
-            stream,
-            &message.encode(),
-            "offering to resume",
-            held,
-            header.size,
-        )?;
-        match (Decision::read(&mut &*stream)?, ours) {
-            (Decision::Resume, Some(ours)) => Ok(ours),
-            (Decision::Resume, None) => Err(ProtocolError::Malformed(
-                "resuming a prefix whose digest was not given".into(),
-            )
-            .into()),
-            (Decision::Restart, _) => {
+        let decision = match matches {
+            Some(_) => Decision::Resume,
+            None => {
                 log::info!(
                     "{}: the partial file differs from the sender's; starting over",
                     Escaped(&header.name)
@@ -451,24 +480,42 @@ impl Receiver {
                     .map_err(io::Error::from)
                     .and_then(|()| prepare(&temp.file, header))
                     .map_err(|e| self.local("emptying the partial file", e))?;
-                Ok(Prefix::empty())
+                Decision::Restart
             }
-        }
+        };
+        tell(
+            stream,
+            &decision.encode(),
+            "deciding to resume",
+            held,
+            header.size,
+        )?;
+        Ok(matches.unwrap_or_else(Prefix::empty))
     }
 
-    /// Reads the trailer and compares digests, telling the sender when they differ.
+    /// Reads the trailer, checks its seal and compares digests, telling the sender when they
+    /// differ (or when it abandoned the file). A forwarding receiver passes the trailer on.
     fn check_trailer(
         &self,
         stream: &TcpStream,
         header: &Header,
+        integrity: &Integrity,
         digest: Option<[u8; 32]>,
         record: &mut TransferRecord,
         forward: Option<&mut Forward>,
     ) -> Result<Option<[u8; 32]>, RecvError> {
-        let trailer = Trailer::read(&mut &*stream)?;
-        if let Some(f) = forward {
-            f.pass_trailer(&trailer);
-        }
+        let trailer = match Trailer::read(&mut &*stream) {
+            Ok(t) => t,
+            Err(ProtocolError::Abandoned) => {
+                if let Some(f) = forward {
+                    f.pass_abandoned();
+                }
+                let msg = "source changed during transfer; discarded";
+                send_verdict(stream, integrity, Status::Failed, None, msg);
+                return Err(ProtocolError::Abandoned.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         if header.verify() != trailer.sha256.is_some() {
             return Err(ProtocolError::Malformed(
                 "trailer digest does not match the header's verify flag".into(),
@@ -476,10 +523,24 @@ impl Receiver {
             .into());
         }
         record.sha256 = digest;
+        if let Some(theirs) = &trailer.sha256 {
+            if !integrity.opens(Seal::Trailer, 0, theirs, &trailer.seal) {
+                if let Some(f) = forward {
+                    f.pass_abandoned();
+                }
+                let msg = RecvError::Unsealed.to_string();
+                send_verdict(stream, integrity, Status::Mismatch, digest, &msg);
+                return Err(RecvError::Unsealed);
+            }
+        }
+        if let Some(f) = forward {
+            f.pass_trailer(trailer.sha256);
+        }
         if trailer.sha256 != digest {
             let hex = |d: Option<[u8; 32]>| d.map(hex::encode).unwrap_or_default();
             send_verdict(
                 stream,
+                integrity,
                 Status::Mismatch,
                 digest,
                 "checksum mismatch; discarded",
@@ -490,6 +551,30 @@ impl Receiver {
             });
         }
         Ok(digest)
+    }
+
+    /// What a failed wait on our own work for the sender means for the transfer.
+    pub(crate) fn stopped(
+        &self,
+        stop: Stop,
+        during: &'static str,
+        received: u64,
+        expected: u64,
+    ) -> RecvError {
+        let error = match stop {
+            Stop::Gone => io::Error::new(io::ErrorKind::ConnectionAborted, "the sender went away"),
+            Stop::Silent => io::ErrorKind::TimedOut.into(),
+            Stop::Malformed => {
+                return ProtocolError::Malformed("a keepalive with content".into()).into()
+            }
+            Stop::Io(e) => e,
+        };
+        RecvError::Network {
+            during,
+            received,
+            expected,
+            error,
+        }
     }
 
     /// Readies the partial file kept from an interrupted transfer, or a new temporary file,
@@ -623,14 +708,15 @@ impl Receiver {
     }
 
     /// With a token, challenges the sender and checks its proof; without one, lets anyone in.
+    /// Returns the key that seals this connection's digests (none without a token).
     fn authenticate(
         &self,
         stream: &TcpStream,
         header: &Header,
         deadline: Instant,
-    ) -> Result<(), RecvError> {
+    ) -> Result<Integrity, RecvError> {
         let Some(token) = &self.config.token else {
-            return Ok(());
+            return Ok(Integrity::none());
         };
         let auth_refused = |msg: &str| {
             refuse(stream, RefuseCode::Auth, msg);
@@ -656,11 +742,12 @@ impl Receiver {
         if !auth::verify(token, Role::Sender, &theirs, &ours, &hello, &answer) {
             return Err(auth_refused("wrong token"));
         }
-        Ok(())
+        Ok(Integrity::derive(token, &theirs, &ours, &hello))
     }
 
     /// Splices the payload into the temporary file through `pipe`, hashing it back on a second
-    /// thread (small files: on this one, once they are in).
+    /// thread (small files: on this one, once they are in). Once the payload is in, the hashing
+    /// goes on only while the sender shows it is still there (see `watch`).
     pub(crate) fn receive_payload(
         &self,
         stream: &TcpStream,
@@ -670,7 +757,7 @@ impl Receiver {
         route: Route,
         record: &mut TransferRecord,
     ) -> Result<Received, RecvError> {
-        let Route { pipe, forward } = route;
+        let Route { pipe, mut forward } = route;
         let size = header.size;
         let file = &temp.file;
         let offset = start.offset();
@@ -678,6 +765,11 @@ impl Receiver {
         let hash_len = if header.stream() { UNTIL_CLOSED } else { size };
         let verify = header.verify();
         let inline = !header.stream() && size <= SMALL_FILE;
+        let threaded = verify && !inline;
+        let done = match threaded {
+            true => Some(Done::new().map_err(|e| self.local("creating an event", e))?),
+            false => None,
+        };
         let mark = Watermark::new();
         if !inline {
             mark.raise(offset);
@@ -687,48 +779,71 @@ impl Receiver {
             timed: !inline,
             ..SpliceStats::default()
         };
-        let (copied, hashed) = std::thread::scope(|s| {
+        let (copied, hashed, watched) = std::thread::scope(|s| {
             let (mut start, mut hasher) = (Some(start), None);
-            if verify && !inline {
+            if let Some(done) = &done {
                 let st = start.take().expect("not taken yet");
-                hasher = Some(s.spawn(|| hash_from_timed(st, file, hash_len, &mark, sparse)));
+                let mark = &mark;
+                hasher = Some(s.spawn(move || {
+                    let _raise = done.on_drop();
+                    hash_from_timed(st, file, hash_len, mark, sparse)
+                }));
             }
             let mut behind = sys::DropBehind::starting_at(offset, WRITEBACK_WINDOW);
-            let (mut plain, mut onward);
-            let sink: &mut dyn Sink = match forward {
-                Some(forward) => {
-                    onward = chain::ForwardSink {
-                        pipe,
-                        file,
-                        stats: &mut splice,
-                        forward,
-                    };
-                    &mut onward
-                }
-                None => {
-                    plain = FileSink {
-                        pipe,
-                        file,
-                        stats: &mut splice,
-                    };
-                    &mut plain
-                }
+            let copied = {
+                let (mut plain, mut onward);
+                let sink: &mut dyn Sink = match forward.as_deref_mut() {
+                    Some(forward) => {
+                        onward = chain::ForwardSink {
+                            pipe,
+                            file,
+                            stats: &mut splice,
+                            forward,
+                        };
+                        &mut onward
+                    }
+                    None => {
+                        plain = FileSink {
+                            pipe,
+                            file,
+                            stats: &mut splice,
+                        };
+                        &mut plain
+                    }
+                };
+                // A small file is hashed once it is in, so no watermark (and no wake-ups) for it.
+                receive_into(stream, header, offset, sink, &mut |done| {
+                    received = done;
+                    if !inline {
+                        mark.raise(done);
+                        let hashed = if verify { mark.hashed() } else { done };
+                        behind.advance(file, done, hashed);
+                    }
+                })
             };
-            // A small file is hashed once it is in, so no watermark (and no wake-ups) for it.
-            let copied = receive_into(stream, header, offset, sink, &mut |done| {
-                received = done;
-                if !inline {
-                    mark.raise(done);
-                    let hashed = if verify { mark.hashed() } else { done };
-                    behind.advance(file, done, hashed);
-                }
-            });
             if !inline {
                 match &copied {
                     Ok(n) if *n == size || header.stream() => mark.close(),
                     _ => mark.abort(),
                 }
             }
+            // What came may take a while yet to hash (a long hole, a slow disk): the work goes
+            // on only while the sender is there and says so.
+            let watched = match (&done, mark.aborted()) {
+                (Some(done), false) => {
+                    let mut relay = || {
+                        if let Some(f) = forward.as_deref_mut() {
+                            f.keepalive();
+                        }
+                    };
+                    let w = watch::wait_for(stream, done, self.config.timeout, &mut relay);
+                    if w.is_err() {
+                        mark.abort();
+                    }
+                    w
+                }
+                _ => Ok(()),
+            };
             let hashed = match (verify, start) {
                 (true, Some(st)) if copied.is_ok() => {
                     let all = Watermark::complete(size);
@@ -736,7 +851,7 @@ impl Receiver {
                 }
                 _ => hasher.map(|h| h.join().expect("hashing thread panicked")),
             };
-            (copied, hashed)
+            (copied, hashed, watched)
         });
         record.received = received;
         record.zero_copy &= splice.zero_copy;
@@ -748,6 +863,8 @@ impl Receiver {
         });
         let writing = format!("writing {}", Escaped(&header.name));
         self.payload_outcome(header, copied, record, &writing)?;
+        watched
+            .map_err(|stop| self.stopped(stop, "hashing what arrived", record.received, size))?;
         match hashed {
             None => Ok(Received::default()),
             Some(Ok((Some(digest), prefix))) => Ok(Received {
@@ -862,11 +979,31 @@ impl Receiver {
         })
     }
 
-    /// Reserves `name` for this transfer; `None` if another connection is receiving it.
-    fn claim(&self, name: &str) -> Option<Claim<'_>> {
-        let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        set.insert(name.to_owned()).then(|| Claim {
-            set: &self.in_flight,
+    /// Reserves `name` for this transfer. When another connection holds it and that
+    /// connection's sender has gone (interrupted a moment ago: its partial is being kept), waits
+    /// for it to let go, at most the timeout, so that a sender trying again at once resumes
+    /// instead of being turned away. `None` if a live transfer holds the name.
+    fn claim(&self, name: &str, stream: &TcpStream) -> Option<Claim<'_>> {
+        let deadline = Instant::now() + self.config.timeout;
+        let lock = || self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = lock();
+        while let Some(holder) = held.get(name) {
+            if !watch::peer_gone(holder) {
+                return None;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            held = self
+                .released
+                .wait_timeout(held, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        held.insert(name.to_owned(), stream.try_clone().ok()?);
+        Some(Claim {
+            rx: self,
             name: name.to_owned(),
         })
     }
@@ -1059,16 +1196,18 @@ fn receive_into(
 
 /// A name reserved by a running transfer; released on drop.
 struct Claim<'a> {
-    set: &'a Mutex<HashSet<String>>,
+    rx: &'a Receiver,
     name: String,
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        self.set
+        self.rx
+            .in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.name);
+        self.rx.released.notify_all();
     }
 }
 
@@ -1188,10 +1327,18 @@ fn refused(stream: &TcpStream, code: RefuseCode, message: String) -> RecvError {
     RecvError::Refused(message)
 }
 
-fn send_verdict(stream: &TcpStream, status: Status, sha256: Option<[u8; 32]>, message: &str) {
+/// Sends a verdict, its digest sealed with the connection's key.
+fn send_verdict(
+    stream: &TcpStream,
+    integrity: &Integrity,
+    status: Status,
+    sha256: Option<[u8; 32]>,
+    message: &str,
+) {
     let v = Verdict {
         status,
         sha256,
+        seal: sha256.map_or([0; 32], |d| integrity.seal(Seal::Verdict, 0, &d)),
         message: message.to_owned(),
     };
     if let Err(e) = (&*stream).write_all(&v.encode()) {

@@ -10,16 +10,17 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::auth::{self, Role, Token};
+use crate::auth::{self, Integrity, Role, Seal, Token};
 use crate::error::{ProtocolError, SendError};
 use crate::hash::{hash_rest, hash_rest_timed, Prefix, Watermark};
 use crate::name::validate_name;
 use crate::protocol::{
-    encode_proof, read_hops, Decision, Header, HopReport, Record, Reply, Status, Trailer, Verdict,
-    FLAG_NO_VERIFY, SOURCE_ID_LEN,
+    align_hops, check_chain, encode_proof, read_hops, Decision, Header, HopReport, PrefixProof,
+    Record, Reply, Status, Trailer, Verdict, FLAG_NO_VERIFY, KEEPALIVE, SOURCE_ID_LEN,
 };
 use crate::stages::{thread_cpu, StageTimes};
 use crate::sys::{self, CopyError};
+use crate::watch::KEEPALIVE_EVERY;
 
 mod tree;
 
@@ -307,6 +308,7 @@ pub fn send_file(
     opts: &SendOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<SendReport, SendError> {
+    check_chain(&opts.chain).map_err(SendError::Usage)?;
     let source = Source::open(path)?;
     let name = match &opts.name {
         Some(n) => n.clone(),
@@ -361,61 +363,131 @@ fn transfer(
         auth_nonce: auth_nonce(opts)?,
         chain: chained.then(|| opts.chain.clone()),
     };
-    let prefix = match handshake(stream, &header, opts.token.as_ref())? {
-        Some(offset) => agree_on_prefix(stream, source, offset)?,
+    let accepted = handshake(stream, &header, opts.token.as_ref())?;
+    let integrity = accepted.integrity;
+    let prefix = match accepted.resume {
+        Some((offset, nonce)) => prove_prefix(stream, source, offset, &nonce)?,
         None => Prefix::empty(),
     };
     let start = prefix.len();
     report.resumed_from = start;
     progress(start);
 
-    let digest = match send_body(stream, source, prefix, opts.verify, report, progress) {
-        Ok(digest) => digest,
-        Err(e) => {
-            // Without a trailer the receiver discards what it got.
+    let sent = send_body(stream, source, prefix, opts.verify, report, progress);
+    let trailer = match &sent {
+        Ok(digest) => Trailer {
+            sha256: *digest,
+            seal: digest.map_or([0; 32], |d| integrity.seal(Seal::Trailer, 0, &d)),
+        }
+        .encode(),
+        // The whole payload went out, then the source changed: the receiver is told to
+        // discard it, and says it did.
+        Err(SendError::SourceChanged) => Trailer::abandoned(),
+        Err(_) => {
+            // Without a trailer the receiver keeps what it got, hidden, for a resume.
             let _ = stream.shutdown(std::net::Shutdown::Both);
-            return Err(e);
+            return Err(sent.expect_err("matched Err"));
         }
     };
+    // The receiver speaks only after the trailer (but for a failure, at once).
+    if let Some(early) = spoke_early(stream, report)? {
+        return Err(early);
+    }
     stream
-        .write_all(&Trailer { sha256: digest }.encode())
+        .write_all(&trailer)
         .map_err(net("sending the trailer"))?;
 
     let verdict = Verdict::read(&mut stream)?;
+    let digest = match sent {
+        Ok(digest) => digest,
+        Err(e) => {
+            // Abandoned: only a receiver that says it failed (discarded) is believed.
+            return match verdict.status {
+                Status::Failed => Err(e),
+                _ => Err(ProtocolError::Malformed(
+                    "the receiver did not discard a file abandoned by its sender".into(),
+                )
+                .into()),
+            };
+        }
+    };
     if chained {
-        // Every host's verdict: the first receiver's, then those it collected down the chain.
-        let rest = read_hops(&mut stream).unwrap_or_else(|e| {
-            let why = format!("did not report: {e}");
-            opts.chain.iter().map(|h| hop_failed(h, &why)).collect()
-        });
+        // Every host's verdict: the first receiver's, then those it collected down the chain,
+        // each digest sealed by it with our key.
+        let rest = read_hops(&mut stream)
+            .map(|hops| {
+                hops.into_iter()
+                    .enumerate()
+                    .map(|(k, mut h)| {
+                        h.verdict = opened(h.verdict, &integrity, Seal::Hop, k as u32);
+                        h
+                    })
+                    .collect()
+            })
+            .unwrap_or_else(|e| {
+                log::warn!("reading the chain's reports: {e}");
+                Vec::new()
+            });
+        let (rest, unmatched) = align_hops(&opts.chain, rest);
+        if unmatched > 0 {
+            log::warn!(
+                "the chain's reports do not name the hosts asked for: {unmatched} did not match"
+            );
+        }
         report.sha256 = digest;
         report.hosts = std::iter::once(HopReport {
             host: report.peer.to_string(),
-            verdict,
+            verdict: opened(verdict, &integrity, Seal::Verdict, 0),
         })
         .chain(rest)
         .collect();
         report.verified = digest.is_some() && report.hosts.iter().all(|h| hop_landed(h, digest));
         return Ok(());
     }
-    judge(verdict, digest, report)
+    judge(verdict, digest, &integrity, 0, report)
+}
+
+/// A verdict whose digest is trusted only if its seal opens with our key (always, without a
+/// token): otherwise it is a failure.
+fn opened(verdict: Verdict, integrity: &Integrity, what: Seal, index: u32) -> Verdict {
+    match &verdict.sha256 {
+        Some(d) if !integrity.opens(what, index, d, &verdict.seal) => {
+            Verdict::failed("its verdict's seal does not match (changed on the way?)")
+        }
+        _ => verdict,
+    }
+}
+
+/// Whether the receiver said something before the end of the payload. An honest receiver only
+/// does so to say it failed (a full disk), which is returned as the error; anything else
+/// there is a protocol error. Looks without waiting.
+pub(crate) fn spoke_early(
+    stream: &TcpStream,
+    report: &SendReport,
+) -> Result<Option<SendError>, SendError> {
+    let mut byte = [0u8; 1];
+    let peek = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+    match rustix::net::recv(stream, &mut byte, peek) {
+        Ok((0, _)) | Err(_) => return Ok(None),
+        Ok(_) => {}
+    }
+    let verdict = Verdict::read(&mut &*stream)?;
+    Ok(Some(match verdict.status {
+        Status::Failed => SendError::ReceiverFailed {
+            name: report.name.clone(),
+            message: verdict.message,
+        },
+        _ => ProtocolError::Malformed(
+            "a verdict before the end of the payload (the receiver could not have checked it)"
+                .into(),
+        )
+        .into(),
+    }))
 }
 
 /// Whether a host of a chain landed the file with our digest.
 pub fn hop_landed(hop: &HopReport, digest: Option<[u8; 32]>) -> bool {
     hop.verdict.status == Status::Landed && hop.verdict.sha256 == digest
-}
-
-/// The report of a host that did not land the file, for `why`.
-pub(crate) fn hop_failed(host: &str, why: &str) -> HopReport {
-    HopReport {
-        host: host.to_owned(),
-        verdict: Verdict {
-            status: Status::Failed,
-            sha256: None,
-            message: why.to_owned(),
-        },
-    }
 }
 
 /// Files up to this size are hashed on the sending thread right after they are sent: a thread
@@ -453,9 +525,14 @@ pub(crate) fn send_body(
     };
     let (copied, digest) = std::thread::scope(|s| {
         let (mut prefix, mut hasher) = (Some(prefix), None);
+        let (finished, hashing) = std::sync::mpsc::channel::<()>();
         if verify && !small {
             let p = prefix.take().expect("not taken yet");
-            hasher = Some(s.spawn(|| hash(p)));
+            hasher = Some(s.spawn(move || {
+                let hashed = hash(p);
+                let _ = finished.send(());
+                hashed
+            }));
         }
         let cpu = (!small).then(thread_cpu);
         let zero_copy = &mut report.zero_copy;
@@ -476,6 +553,16 @@ pub(crate) fn send_body(
         }
         if copied.is_err() {
             mark.abort();
+        } else if hasher.is_some() {
+            // The payload is out and the receiver hashes what it got; while our own hashing
+            // finishes, tell it we are still here. (A failed write shows again at the trailer.)
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                hashing.recv_timeout(KEEPALIVE_EVERY)
+            {
+                if (&*stream).write_all(&KEEPALIVE).is_err() {
+                    break;
+                }
+            }
         }
         let hashed = match (verify, prefix) {
             (true, Some(p)) if copied.is_ok() => Some(untimed(p)),
@@ -556,35 +643,54 @@ pub(crate) fn auth_nonce(opts: &SendOptions) -> Result<Option<[u8; 32]>, SendErr
     }
 }
 
+/// What the receiver's accept brought: an offer to resume, and the key sealing digests.
+pub(crate) struct Accepted {
+    /// The receiver holds this many bytes of the file, and proofs are keyed with this nonce.
+    pub(crate) resume: Option<(u64, [u8; 32])>,
+    /// Seals this connection's digests (none without a token).
+    pub(crate) integrity: Integrity,
+}
+
 /// Sends the hello and waits for the receiver's accept, proving the token both ways when there
-/// is one. Returns the offset the receiver offers to resume from, if it holds a partial file.
+/// is one.
 pub(crate) fn handshake(
     mut stream: &TcpStream,
     header: &Header,
     token: Option<&Token>,
-) -> Result<Option<u64>, SendError> {
-    let offer = |offset: u64| {
-        if !header.resumable() || offset > header.size {
-            return Err(SendError::from(ProtocolError::Malformed(format!(
-                "a resume offer at byte {offset} of {} that was not asked for",
-                header.size
-            ))));
-        }
-        Ok(Some(offset))
-    };
+) -> Result<Accepted, SendError> {
     let hello = header.encode_hello();
+    let accepted = |reply: Reply, integrity: Integrity| match reply {
+        Reply::Accept => Ok(Accepted {
+            resume: None,
+            integrity,
+        }),
+        Reply::Resume { offset, nonce } if header.resumable() && offset <= header.size => {
+            Ok(Accepted {
+                resume: Some((offset, nonce)),
+                integrity,
+            })
+        }
+        Reply::Resume { offset, .. } => Err(SendError::from(ProtocolError::Malformed(format!(
+            "a resume offer at byte {offset} of {} that was not asked for",
+            header.size
+        )))),
+        Reply::Refuse(code, message) => Err(SendError::Refused {
+            name: header.name.clone(),
+            code,
+            message,
+        }),
+        Reply::Challenge { .. } => {
+            Err(ProtocolError::Malformed("a second challenge".into()).into())
+        }
+    };
     stream
         .write_all(&hello)
         .map_err(net("sending the header"))?;
-    let refused = |code, message| SendError::Refused {
-        name: header.name.clone(),
-        code,
-        message,
-    };
     let (nonce, proof) = match (Reply::read(&mut stream)?, token) {
-        (Reply::Refuse(code, message), _) => return Err(refused(code, message)),
-        (Reply::Accept, None) => return Ok(None),
-        (Reply::Resume { offset }, None) => return offer(offset),
+        (r @ Reply::Refuse(..), _) => return accepted(r, Integrity::none()),
+        (r @ (Reply::Accept | Reply::Resume { .. }), None) => {
+            return accepted(r, Integrity::none())
+        }
         (Reply::Accept | Reply::Resume { .. }, Some(_)) => {
             return Err(SendError::Auth(
                 "the receiver does not use a token, so it could be anyone; \
@@ -612,48 +718,60 @@ pub(crate) fn handshake(
             "the receiver's proof does not match our token (the tokens differ)".into(),
         ));
     }
-    match Reply::read(&mut stream)? {
-        Reply::Accept => Ok(None),
-        Reply::Resume { offset } => offer(offset),
-        Reply::Refuse(code, message) => Err(refused(code, message)),
-        Reply::Challenge { .. } => {
-            Err(ProtocolError::Malformed("a second challenge".into()).into())
-        }
-    }
+    let integrity = Integrity::derive(token, &ours, &nonce, &hello);
+    accepted(Reply::read(&mut stream)?, integrity)
 }
 
 /// The receiver holds the first `offset` bytes of this file from an interrupted transfer:
-/// hashes ours while it hashes its own, compares, and tells it whether to go on from there or
-/// start over. Returns the prefix the payload continues from (empty to start over).
-fn agree_on_prefix(
+/// hashes ours (saying we are still here meanwhile), proves we hold the same bytes with a
+/// proof keyed by its `nonce`, and reads its decision. Returns the prefix the payload
+/// continues from (empty to start over).
+fn prove_prefix(
     mut stream: &TcpStream,
     source: &Source,
     offset: u64,
+    nonce: &[u8; 32],
 ) -> Result<Prefix, SendError> {
-    let ours =
-        Prefix::of_file(&source.file, offset, source.sparse_data.is_some()).map_err(|error| {
-            SendError::Source {
+    let sparse = source.sparse_data.is_some();
+    let ours = std::thread::scope(|s| {
+        let (finished, hashing) = std::sync::mpsc::channel::<()>();
+        let hasher = s.spawn(move || {
+            let hashed = Prefix::of_file(&source.file, offset, sparse);
+            let _ = finished.send(());
+            hashed
+        });
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            hashing.recv_timeout(KEEPALIVE_EVERY)
+        {
+            // The hashing thread ends by itself; the scope waits for it.
+            stream
+                .write_all(&KEEPALIVE)
+                .map_err(net("keeping the connection up"))?;
+        }
+        hasher
+            .join()
+            .expect("hashing thread panicked")
+            .map_err(|error| SendError::Source {
                 path: source.path.clone(),
                 error,
-            }
-        })?;
-    let theirs = crate::protocol::Prefix::read(&mut stream)?;
-    let decision = if theirs.sha256 == Some(ours.digest()) {
-        log::info!("resuming: the receiver holds the first {offset} bytes");
-        Decision::Resume
-    } else {
-        log::warn!(
-            "the receiver's partial file ({offset} bytes) differs from this file; starting over"
-        );
-        Decision::Restart
-    };
+            })
+    })?;
+    let proof = PrefixProof(auth::prefix_proof(nonce, offset, &ours.digest()));
     stream
-        .write_all(&decision.encode())
-        .map_err(net("answering the resume offer"))?;
-    Ok(match decision {
-        Decision::Resume => ours,
-        Decision::Restart => Prefix::empty(),
-    })
+        .write_all(&proof.encode())
+        .map_err(net("proving the resumed prefix"))?;
+    match Decision::read(&mut stream)? {
+        Decision::Resume => {
+            log::info!("resuming: the receiver holds the first {offset} bytes");
+            Ok(ours)
+        }
+        Decision::Restart => {
+            log::warn!(
+                "the receiver's partial file ({offset} bytes) differs from this file; starting over"
+            );
+            Ok(Prefix::empty())
+        }
+    }
 }
 
 /// Sends a file with holes as records from `from` on: each data extent with sendfile at its
@@ -750,7 +868,10 @@ pub(crate) fn explain_failure(
             error,
         },
         CopyError::Unsupported => unreachable!("the fallback handles Unsupported"),
-        CopyError::SourceChanged => SendError::SourceChanged,
+        CopyError::SourceChanged => SendError::SourceChangedMidway {
+            sent: report.bytes_sent,
+            expected: report.bytes,
+        },
         CopyError::Write(error) => {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
             match Verdict::read(&mut stream) {
@@ -767,13 +888,28 @@ pub(crate) fn explain_failure(
     }
 }
 
+/// Turns the receiver's verdict on a single file into the outcome: success only for a landed
+/// file whose digest, sealed with this connection's key, equals ours.
 pub(crate) fn judge(
     verdict: Verdict,
     digest: Option<[u8; 32]>,
+    integrity: &Integrity,
+    index: u32,
     report: &mut SendReport,
 ) -> Result<(), SendError> {
     let hex = |d: Option<[u8; 32]>| d.map(hex::encode).unwrap_or_else(|| "nothing".into());
+    if let Some(theirs) = &verdict.sha256 {
+        if !integrity.opens(Seal::Verdict, index, theirs, &verdict.seal) {
+            return Err(SendError::Unsealed("the receiver's verdict".into()));
+        }
+    }
     match verdict.status {
+        Status::Landed if digest.is_some() && verdict.sha256.is_none() => {
+            Err(ProtocolError::Malformed(
+                "a landed verdict without a digest on a verified transfer".into(),
+            )
+            .into())
+        }
         Status::Landed if verdict.sha256 == digest => {
             report.sha256 = digest;
             report.verified = digest.is_some();

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use crate::auth::Seal;
 use crate::error::SendError;
 use crate::hash::hash_reader;
 use crate::name::{validate_name, NameError};
 use crate::protocol::{Header, Record, Trailer, Verdict, FLAG_NO_VERIFY, FLAG_STREAM};
 use crate::send::{
-    auth_nonce, explain_failure, handshake, judge, net, open_connection, send_record, SendOptions,
-    SendReport,
+    auth_nonce, explain_failure, handshake, judge, net, open_connection, send_record, spoke_early,
+    SendOptions, SendReport,
 };
 use crate::stages::thread_cpu;
 use crate::sys::{self, CopyError, Pipe};
@@ -46,7 +47,7 @@ pub fn send_stdin(
         ..Header::new(&name, 0)
     };
     // A stream is not resumable, so a resume offer is refused inside the handshake.
-    handshake(&stream, &header, opts.token.as_ref())?;
+    let integrity = handshake(&stream, &header, opts.token.as_ref())?.integrity;
     let cpu = thread_cpu();
     let pumped = pump(&stream, opts.verify, &mut report.zero_copy, progress);
     report.stages.network_cpu = thread_cpu().saturating_sub(cpu);
@@ -56,11 +57,18 @@ pub fn send_stdin(
     };
     report.bytes = sent;
     report.bytes_sent = sent;
+    if let Some(early) = spoke_early(&stream, &report)? {
+        return Err(early);
+    }
+    let trailer = Trailer {
+        sha256: digest,
+        seal: digest.map_or([0; 32], |d| integrity.seal(Seal::Trailer, 0, &d)),
+    };
     (&stream)
-        .write_all(&Trailer { sha256: digest }.encode())
+        .write_all(&trailer.encode())
         .map_err(net("sending the trailer"))?;
     let verdict = Verdict::read(&mut &stream)?;
-    judge(verdict, digest, &mut report)?;
+    judge(verdict, digest, &integrity, 0, &mut report)?;
     report.elapsed = start.elapsed();
     Ok(report)
 }

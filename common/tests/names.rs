@@ -102,7 +102,7 @@ proptest! {
             (Reply::Accept, Some(name)) => {
                 s.write_all(b"abc").unwrap();
                 let digest: [u8; 32] = Sha256::digest(b"abc").into();
-                s.write_all(&Trailer { sha256: Some(digest) }.encode()).unwrap();
+                s.write_all(&Trailer::unsealed(Some(digest)).encode()).unwrap();
                 let v = Verdict::read(&mut s).unwrap();
                 prop_assert_eq!(v.status, Status::Landed);
                 prop_assert_eq!(std::fs::read(dir.join(name)).unwrap(), b"abc");

@@ -8,9 +8,12 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 
 use super::{refused, Receiver, Sink, PIPE_SIZE};
+use crate::auth::{Integrity, Seal};
 use crate::error::RecvError;
 use crate::name::Escaped;
-use crate::protocol::{read_hops, Header, HopReport, RefuseCode, Trailer, Verdict};
+use crate::protocol::{
+    align_hops, read_hops, Header, HopReport, RefuseCode, Trailer, Verdict, KEEPALIVE,
+};
 use crate::send::{handshake, resolve};
 use crate::sys::{CopyError, Onward, Pipe, SpliceStats, SpliceTo};
 
@@ -19,6 +22,8 @@ pub(crate) struct Forward {
     /// The hosts after this one, next first.
     hops: Vec<String>,
     next: Option<(TcpStream, Pipe)>,
+    /// The key sealing the digests on our connection to the next host.
+    integrity: Integrity,
     /// Why the next host was lost, if it was.
     lost: Option<String>,
     /// Whether the whole payload and the trailer went on.
@@ -49,6 +54,7 @@ impl Receiver {
         let mut forward = Forward {
             hops: hops.to_vec(),
             next: None,
+            integrity: Integrity::none(),
             lost: None,
             complete: false,
         };
@@ -93,9 +99,12 @@ impl Receiver {
             },
             ..header.clone()
         };
-        if let Err(e) = handshake(&next, &onward, self.config.token.as_ref()) {
-            forward.lose(e.to_string());
-            return Ok(forward);
+        match handshake(&next, &onward, self.config.token.as_ref()) {
+            Ok(accepted) => forward.integrity = accepted.integrity,
+            Err(e) => {
+                forward.lose(e.to_string());
+                return Ok(forward);
+            }
         }
         let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
         forward.next = Some((next, pipe));
@@ -113,56 +122,118 @@ impl Forward {
         self.lost.get_or_insert(why);
     }
 
-    /// Passes the trailer on, which completes what the next host needs.
-    pub(super) fn pass_trailer(&mut self, trailer: &Trailer) {
-        let Some((next, _)) = &self.next else { return };
-        match (&*next).write_all(&trailer.encode()) {
-            Ok(()) => self.complete = true,
-            Err(e) => self.lose(format!("sending the trailer: {e}")),
+    /// Passes the trailer on, the sender's digest sealed with our key for the next host, which
+    /// completes what it needs.
+    pub(super) fn pass_trailer(&mut self, sha256: Option<[u8; 32]>) {
+        let trailer = Trailer {
+            sha256,
+            seal: sha256.map_or([0; 32], |d| self.integrity.seal(Seal::Trailer, 0, &d)),
+        };
+        self.send_on(&trailer.encode(), "sending the trailer");
+        if self.next.is_some() {
+            self.complete = true;
         }
     }
 
-    /// The verdict of every host after this one: read from the next host when it got
-    /// everything, or the reason it did not.
+    /// Tells the next host to discard what it got: the sender abandoned the file, or its
+    /// trailer could not be trusted.
+    pub(super) fn pass_abandoned(&mut self) {
+        self.send_on(&Trailer::abandoned(), "abandoning the file");
+    }
+
+    /// Passes a sender's keepalive on: the next host is hashing too, and waits for word.
+    pub(super) fn keepalive(&mut self) {
+        self.send_on(&KEEPALIVE, "passing a keepalive on");
+    }
+
+    fn send_on(&mut self, bytes: &[u8], during: &str) {
+        let Some((next, _)) = &self.next else { return };
+        if let Err(e) = (&*next).write_all(bytes) {
+            self.lose(format!("{during}: {e}"));
+        }
+    }
+
+    /// The verdict of every host after this one, one per host asked for, in order: read from
+    /// the next host when it got everything (its own verdict, then those it collected, each
+    /// checked against our key with it), or the reason it did not.
     pub(super) fn finish(mut self) -> Vec<HopReport> {
         let reached = self.next.take().filter(|_| self.complete);
         let first = self.hops[0].clone();
-        let after = |why: &str| -> Vec<HopReport> {
-            self.hops[1..]
-                .iter()
-                .map(|h| crate::send::hop_failed(h, why))
-                .collect()
-        };
         let Some((next, _)) = reached else {
             let why = self
                 .lost
                 .clone()
                 .unwrap_or_else(|| "the transfer stopped before the end".into());
-            let mut reports = vec![crate::send::hop_failed(&first, &why)];
-            reports.extend(after(&format!("not landed: {first} failed before it")));
-            return reports;
+            return after_failure(&self.hops, &why);
         };
-        match Verdict::read(&mut &next) {
-            Ok(verdict) => {
-                let mut reports = vec![HopReport {
-                    host: first.clone(),
-                    verdict,
-                }];
-                let rest = read_hops(&mut &next)
-                    .unwrap_or_else(|e| after(&format!("did not report through {first}: {e}")));
-                reports.extend(rest);
-                reports
-            }
+        let verdict = match Verdict::read(&mut &next) {
+            Ok(v) => v,
+            Err(e) => return after_failure(&self.hops, &format!("did not report: {e}")),
+        };
+        let mut reports = vec![HopReport {
+            host: first.clone(),
+            verdict: opened(verdict, &self.integrity, Seal::Verdict, 0),
+        }];
+        let rest = match read_hops(&mut &next) {
+            Ok(rest) => rest
+                .into_iter()
+                .enumerate()
+                .map(|(k, r)| HopReport {
+                    verdict: opened(r.verdict, &self.integrity, Seal::Hop, k as u32),
+                    host: r.host,
+                })
+                .collect(),
             Err(e) => {
-                let mut reports = vec![crate::send::hop_failed(
-                    &first,
-                    &format!("did not report: {e}"),
-                )];
-                reports.extend(after(&format!("did not report through {first}")));
-                reports
+                log::warn!("{}: its reports: {e}", Escaped(&first));
+                Vec::new()
             }
+        };
+        let (rest, unmatched) = align_hops(&self.hops[1..], rest);
+        if unmatched > 0 {
+            log::warn!(
+                "{}: its reports did not name the hosts after it as asked",
+                Escaped(&first)
+            );
         }
+        reports.extend(rest);
+        reports
     }
+}
+
+/// The reports when the next host failed for `why`: it, and every host after it.
+fn after_failure(hops: &[String], why: &str) -> Vec<HopReport> {
+    let mut reports = vec![HopReport::failed(&hops[0], why)];
+    let later = format!("not landed: {} failed before it", hops[0]);
+    reports.extend(hops[1..].iter().map(|h| HopReport::failed(h, &later)));
+    reports
+}
+
+/// A verdict read from the next host, with its digest trusted only if its seal opens with our
+/// key with that host: otherwise it becomes a failure.
+fn opened(verdict: Verdict, integrity: &Integrity, what: Seal, index: u32) -> Verdict {
+    match &verdict.sha256 {
+        Some(d) if !integrity.opens(what, index, d, &verdict.seal) => {
+            Verdict::failed("its verdict's seal does not match (changed on the way?)")
+        }
+        _ => verdict,
+    }
+}
+
+/// The reports of the hosts after this one as this host sends them to the host before it:
+/// each digest sealed with our key with that host, at its position.
+pub(super) fn sealed(reports: &[HopReport], integrity: &Integrity) -> Vec<HopReport> {
+    reports
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let mut r = r.clone();
+            r.verdict.seal = r
+                .verdict
+                .sha256
+                .map_or([0; 32], |d| integrity.seal(Seal::Hop, k as u32, &d));
+            r
+        })
+        .collect()
 }
 
 /// Into the temporary file and on to the next host: socket -> pipe, tee to the onward pipe,

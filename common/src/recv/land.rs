@@ -9,6 +9,7 @@ use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Instant;
 
 use super::{tell, Receiver};
+use crate::auth::{Integrity, Seal};
 use crate::error::RecvError;
 use crate::manifest::{FileStatus, Report};
 use crate::partial::TempFile;
@@ -29,13 +30,16 @@ pub(super) struct Pending {
 /// Either thread may post: the lock keeps each write whole.
 pub(super) struct Outbox<'s> {
     stream: &'s std::net::TcpStream,
+    /// Seals each verdict's digest.
+    integrity: &'s Integrity,
     queued: Mutex<Vec<u8>>,
 }
 
 impl<'s> Outbox<'s> {
-    pub fn new(stream: &'s std::net::TcpStream) -> Outbox<'s> {
+    pub fn new(stream: &'s std::net::TcpStream, integrity: &'s Integrity) -> Outbox<'s> {
         Outbox {
             stream,
+            integrity,
             queued: Mutex::new(Vec::new()),
         }
     }
@@ -43,6 +47,17 @@ impl<'s> Outbox<'s> {
     /// Queues a report.
     pub fn queue(&self, report: &Report) {
         self.lock().extend_from_slice(&report.encode());
+    }
+
+    /// Queues entry `index`'s verdict, its digest sealed for that entry.
+    pub fn verdict(&self, index: u32, status: FileStatus, sha256: Option<[u8; 32]>, message: &str) {
+        self.queue(&Report::File {
+            index,
+            status,
+            sha256,
+            seal: sha256.map_or([0; 32], |d| self.integrity.seal(Seal::Verdict, index, &d)),
+            message: message.to_owned(),
+        });
     }
 
     /// Sends what is queued in one write.
@@ -207,12 +222,8 @@ impl Landing<'_> {
             match (published, synced) {
                 (Ok(()), Ok(())) => {
                     self.tally.landed += 1;
-                    self.outbox.queue(&Report::File {
-                        index: p.index,
-                        status: FileStatus::Landed,
-                        sha256: p.digest,
-                        message: String::new(),
-                    });
+                    self.outbox
+                        .verdict(p.index, FileStatus::Landed, p.digest, "");
                     p.temp.disarm();
                 }
                 (Ok(()), Err(e)) => {
@@ -234,12 +245,8 @@ impl Landing<'_> {
             _ => FileStatus::Failed,
         };
         log::warn!("{}: {e}", crate::name::Escaped(&p.header.name));
-        self.outbox.queue(&Report::File {
-            index: p.index,
-            status,
-            sha256: p.digest,
-            message: e.to_string(),
-        });
+        self.outbox
+            .verdict(p.index, status, p.digest, &e.to_string());
     }
 
     /// Sends the verdicts; a broken connection is the session thread's to report.

@@ -19,8 +19,9 @@ use rustix::io::Errno;
 use super::ahead::Ahead;
 use super::land::{Lander, Outbox, Pending};
 use super::{linger, prepare, tell, timestamps, Receiver, Route, TransferRecord, PIPE_SIZE};
+use crate::auth::{self, Integrity, Seal};
 use crate::error::{ProtocolError, RecvError};
-use crate::hash::{Prefix, Start};
+use crate::hash::{Prefix, Start, Watermark};
 use crate::manifest::{
     Answer, Answers, Control, Entry, FileStatus, Frame, Kind, Manifest, Report, FRAME_HEAD_LEN,
 };
@@ -64,6 +65,8 @@ struct Checks {
     results: mpsc::Receiver<Checked>,
     /// How many are still hashing.
     running: usize,
+    /// Aborted when the session ends, so that no check outlives the connection it was for.
+    stop: Arc<Watermark>,
 }
 
 impl Checks {
@@ -73,9 +76,20 @@ impl Checks {
             done,
             results,
             running: 0,
+            stop: Arc::new(Watermark::complete(u64::MAX)),
         }
     }
 }
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        self.stop.abort();
+    }
+}
+
+/// A partial taken for resuming: the file, the bytes it holds, and the nonce keying the
+/// sender's proof of them.
+type Kept = (TempFile<Arc<OwnedFd>>, u64, [u8; 32]);
 
 /// One tree transfer on the receiving side.
 struct Session<'r, 'scope> {
@@ -87,8 +101,11 @@ struct Session<'r, 'scope> {
     manifest: Manifest,
     verify: bool,
     answers: Vec<Answer>,
-    /// Partial files taken for entries answered `Partial`, with the bytes they hold.
-    partials: HashMap<u32, (TempFile<Arc<OwnedFd>>, u64)>,
+    /// Partial files taken for entries answered `Partial`, with the bytes they hold and the
+    /// nonce that keys the sender's proof of them.
+    partials: HashMap<u32, Kept>,
+    /// Seals the digests of trailers and verdicts.
+    integrity: &'r Integrity,
     /// Entries whose content arrived (landed, or lost to a mismatch).
     settled: Vec<bool>,
     /// Directories this session made: their mode and mtime are set at the end of each pass.
@@ -117,6 +134,7 @@ impl Receiver {
         &self,
         stream: &TcpStream,
         header: &Header,
+        integrity: &Integrity,
         record: &mut TransferRecord,
     ) -> Result<(), RecvError> {
         // Nothing follows the manifest until we answer, so it can be read through a buffer.
@@ -136,7 +154,7 @@ impl Receiver {
             .try_clone()
             .map_err(|e| self.local("opening the directory", e))?;
         let count = manifest.entries.len();
-        let outbox = Outbox::new(stream);
+        let outbox = Outbox::new(stream, integrity);
         let batch_files = self.batch_files;
         std::thread::scope(|scope| {
             let mut session = Session {
@@ -147,6 +165,7 @@ impl Receiver {
                 verify: header.verify(),
                 answers: Vec::with_capacity(count),
                 partials: HashMap::new(),
+                integrity,
                 settled: vec![false; count],
                 made_dirs: Vec::new(),
                 fresh_dirs: HashSet::new(),
@@ -180,6 +199,8 @@ impl Receiver {
             session.counts.landed += tally.landed;
             session.counts.failed += tally.failed;
             record.tree = Some(session.counts.clone());
+            // Every file counted as landed or unchanged was compared with the sender's digest.
+            record.verified = result.is_ok() && header.verify();
             result
         })
     }
@@ -235,7 +256,8 @@ impl Session<'_, '_> {
     /// Makes directories and links, finds files already here and partials to resume, checks
     /// free space, and sends one answer per entry.
     fn answer_all(&mut self) -> Result<(), RecvError> {
-        let mut need = 0u64;
+        // Checked: a manifest's sizes are the peer's numbers, and their sum must not wrap.
+        let mut need = Some(0u64);
         for i in 0..self.manifest.entries.len() {
             let answer = self.answer(i);
             let e = &self.manifest.entries[i];
@@ -247,11 +269,11 @@ impl Session<'_, '_> {
             {
                 match answer {
                     Answer::Send => {
-                        need += sparse_data_len.unwrap_or(size);
+                        need = need.and_then(|n| n.checked_add(sparse_data_len.unwrap_or(size)));
                         self.left += 1;
                     }
-                    Answer::Partial(held) => {
-                        need += size.saturating_sub(held);
+                    Answer::Partial(held, _) => {
+                        need = need.and_then(|n| n.checked_add(size.saturating_sub(held)));
                         self.left += 1;
                     }
                     Answer::Refused(_) => self.counts.failed += 1,
@@ -262,11 +284,14 @@ impl Session<'_, '_> {
         }
         if let Ok(vfs) = rustix::fs::fstatvfs(&self.rx.dir) {
             let have = vfs.f_bavail.saturating_mul(vfs.f_frsize);
-            if need > have {
+            if need.is_none_or(|need| need > have) {
+                let need = match need {
+                    Some(n) => Bytes(n).to_string(),
+                    None => "more than 16 EiB".into(),
+                };
                 let msg = format!(
-                    "not enough space on {}: need {}, have {}",
+                    "not enough space on {}: need {need}, have {}",
                     self.rx.config.dir.display(),
-                    Bytes(need),
                     Bytes(have)
                 );
                 let refusal = Answers::Refused(RefuseCode::NoSpace, msg.clone());
@@ -354,10 +379,17 @@ impl Session<'_, '_> {
                 _ => {
                     let header = header_of(e, self.verify);
                     match partial::take(parent, &header) {
-                        Some((temp, held)) => {
-                            self.partials.insert(i as u32, (temp, held));
-                            Answer::Partial(held)
-                        }
+                        Some((temp, held)) => match auth::nonce() {
+                            Ok(nonce) => {
+                                self.partials.insert(i as u32, (temp, held, nonce));
+                                Answer::Partial(held, nonce)
+                            }
+                            Err(err) => {
+                                log::warn!("drawing a nonce: {err}");
+                                partial::keep(temp, &header, held);
+                                Answer::Send
+                            }
+                        },
                         None => Answer::Send,
                     }
                 }
@@ -464,11 +496,13 @@ impl Session<'_, '_> {
             .get(parent_path.as_deref())
             .map_err(|err| self.rx.local("opening a directory", err))?;
         let size = header.size;
+        let stop = self.checks.stop.clone();
         let hash = move || {
-            open_beneath(&parent, &base, OFlags::RDONLY)
-                .map_err(io::Error::from)
-                .and_then(|fd| Prefix::of_file(&File::from(fd), size, true))
-                .map(|p| p.digest())
+            let fd = open_beneath(&parent, &base, OFlags::RDONLY).map_err(io::Error::from)?;
+            match Prefix::of_file_until(&File::from(fd), size, true, &stop)? {
+                Some(p) => Ok(p.digest()),
+                None => Err(io::Error::other("the session ended")),
+            }
         };
         self.settled[i as usize] = true;
         if size < LAND_ALONE {
@@ -514,19 +548,21 @@ impl Session<'_, '_> {
         digest: [u8; 32],
         ours: io::Result<[u8; 32]>,
     ) -> Result<(), RecvError> {
+        // Our digest goes back only when it is the sender's own: a sender that did not write
+        // the file here learns "same" or "different", never what the file holds.
         match ours {
             Ok(d) if d == digest => {
                 self.counts.unchanged += 1;
                 self.report(i, FileStatus::Unchanged, Some(d), "")
             }
-            Ok(d) if self.rx.config.force => {
+            Ok(_) if self.rx.config.force => {
                 self.settled[i as usize] = false;
-                self.report(i, FileStatus::Resend, Some(d), "differs; send it whole")
+                self.report(i, FileStatus::Resend, None, "differs; send it whole")
             }
-            Ok(d) => {
+            Ok(_) => {
                 self.counts.failed += 1;
                 let msg = "exists with other content (use --force on the receiver)";
-                self.report(i, FileStatus::Refused, Some(d), msg)
+                self.report(i, FileStatus::Refused, None, msg)
             }
             Err(err) => {
                 self.counts.failed += 1;
@@ -536,17 +572,18 @@ impl Session<'_, '_> {
         }
     }
 
-    /// The rest of a file we hold a partial of follows, if our prefix has the sender's digest.
+    /// The rest of a file we hold a partial of follows, if the sender's proof of the prefix
+    /// matches ours.
     fn resume(
         &mut self,
         i: u32,
         offset: u64,
-        digest: [u8; 32],
+        proof: [u8; 32],
         record: &mut TransferRecord,
     ) -> Result<(), RecvError> {
         let (e, header) = self.file_entry(i)?;
         let path = e.path.clone();
-        let Some((temp, held)) = self.partials.remove(&i) else {
+        let Some((temp, held, nonce)) = self.partials.remove(&i) else {
             return Err(ProtocolError::Malformed(format!("a resume of {}", Escaped(&path))).into());
         };
         if held != offset {
@@ -567,21 +604,22 @@ impl Session<'_, '_> {
             &header,
             temp,
             Start::Unhashed(held),
-            Some(digest),
+            Some((nonce, proof)),
             record,
         )
     }
 
     /// Receives a file's payload (from `start` on) and trailer into `temp`; lands it or adds it
-    /// to the batch. With `held_digest`, the bytes before `start` were already there and must
-    /// have that SHA-256 (the sender's), or the file is asked for whole.
+    /// to the batch. With `held_proof` (a nonce and the sender's proof), the bytes before
+    /// `start` were already there and must be what the sender proved it holds, or the file is
+    /// asked for whole.
     fn receive_file(
         &mut self,
         i: u32,
         header: &Header,
         temp: TempFile<Arc<OwnedFd>>,
         start: Start,
-        held_digest: Option<[u8; 32]>,
+        held_proof: Option<([u8; 32], [u8; 32])>,
         record: &mut TransferRecord,
     ) -> Result<(), RecvError> {
         let start_at = start.offset();
@@ -637,8 +675,23 @@ impl Session<'_, '_> {
             )
             .into());
         }
-        if let Some(want) = held_digest {
-            if received.prefix != Some(want) {
+        if let Some(theirs) = &trailer.sha256 {
+            if !self
+                .integrity
+                .opens(Seal::Trailer, i, theirs, &trailer.seal)
+            {
+                self.settled[i as usize] = true;
+                self.counts.failed += 1;
+                let msg = RecvError::Unsealed.to_string();
+                log::warn!("{}: {msg}", Escaped(&header.name));
+                return self.report(i, FileStatus::Mismatch, received.digest, &msg);
+            }
+        }
+        if let Some((nonce, theirs)) = held_proof {
+            let ours = received
+                .prefix
+                .map(|d| auth::prefix_proof(&nonce, start_at, &d));
+            if !ours.is_some_and(|ours| auth::same_proof(&ours, &theirs)) {
                 log::info!(
                     "{}: the partial file differs from the sender's; asking for it whole",
                     Escaped(&header.name)
@@ -752,12 +805,7 @@ impl Session<'_, '_> {
         if status == FileStatus::Resend {
             self.resends += 1;
         }
-        self.outbox.queue(&Report::File {
-            index,
-            status,
-            sha256,
-            message: message.to_owned(),
-        });
+        self.outbox.verdict(index, status, sha256, message);
         Ok(())
     }
 
@@ -776,7 +824,7 @@ impl Session<'_, '_> {
 impl Drop for Session<'_, '_> {
     /// Partials taken for resuming but not used go back to being kept.
     fn drop(&mut self) {
-        for (i, (temp, held)) in self.partials.drain() {
+        for (i, (temp, held, _)) in self.partials.drain() {
             let header = header_of(&self.manifest.entries[i as usize], self.verify);
             partial::keep(temp, &header, held);
         }

@@ -7,10 +7,11 @@ use std::cell::Cell;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{auth_nonce, handshake, net, open_connection, send_body, SendOptions, Source};
+use crate::auth::{self, Integrity, Seal};
 use crate::error::{ProtocolError, SendError};
 use crate::hash::Prefix;
 use crate::manifest::{Answer, Answers, FileStatus, Frame, Kind, Report};
@@ -18,6 +19,7 @@ use crate::name::Escaped;
 use crate::protocol::{Header, Trailer, FLAG_NO_VERIFY, FLAG_TREE, TRAILER_LEN};
 use crate::stages::StageTimes;
 use crate::walk::{walk, Tree, WalkOptions};
+use crate::watch::KEEPALIVE_EVERY;
 
 /// How to send a tree.
 #[derive(Clone, Copy, Debug, Default)]
@@ -97,6 +99,8 @@ pub fn send_tree(
         tree: &tree,
         opts,
         tree_opts,
+        integrity: Integrity::none(),
+        ledger: Arc::new(Ledger::new(tree.manifest.entries.len())),
         digests: vec![None; tree.manifest.entries.len()],
         resumed: vec![0; tree.manifest.entries.len()],
         scratch,
@@ -140,14 +144,112 @@ const KEEPALIVE_ABOVE: u64 = 64 << 20;
 enum Action {
     Full,
     Check,
-    Resume(u64),
+    /// The receiver holds this many bytes; the proof of ours is keyed with this nonce.
+    Resume(u64, [u8; 32]),
 }
+
+/// What went out for an entry, and so which verdicts may come back for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    /// The whole file and its trailer.
+    Full,
+    /// A check of the copy the receiver has.
+    Check,
+    /// The rest of a partial the receiver holds, and its trailer.
+    Resume,
+    /// The whole payload, then word that the source changed: the receiver must discard it.
+    Abandoned,
+}
+
+impl Sent {
+    /// Whether the receiver may answer `status` to this.
+    fn allows(self, status: FileStatus) -> bool {
+        use FileStatus::*;
+        match self {
+            Sent::Full => matches!(status, Landed | Mismatch | Failed | Refused),
+            Sent::Resume => matches!(status, Landed | Mismatch | Failed | Refused | Resend),
+            Sent::Check => matches!(status, Unchanged | Resend | Failed | Refused),
+            Sent::Abandoned => matches!(status, Failed | Refused),
+        }
+    }
+}
+
+/// Where each entry stands: nothing out, waiting for its verdict, or answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Idle,
+    Awaiting(Sent),
+    Answered,
+}
+
+/// What the sender waits to hear, shared with the thread that reads verdicts: an entry awaits
+/// its verdict from the moment its last byte (its trailer, or its check) goes out, so a
+/// verdict for anything else (an entry not sent, not finished, or already answered; a status
+/// that does not answer what was sent) is refused as it is read. No entry is answered twice,
+/// so no tree can count more verdicts than files.
+struct Ledger(Mutex<Vec<Slot>>);
+
+impl Ledger {
+    fn new(entries: usize) -> Ledger {
+        Ledger(Mutex::new(vec![Slot::Idle; entries]))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Entry `i`'s last byte is about to go out.
+    fn expect(&self, i: usize, sent: Sent) {
+        self.lock()[i] = Slot::Awaiting(sent);
+    }
+
+    /// Takes in a verdict for entry `index`; returns what it answers.
+    fn answer(&self, index: u32, status: FileStatus) -> Result<Sent, ProtocolError> {
+        let mut slots = self.lock();
+        let count = slots.len();
+        let bad = |why: String| Err(ProtocolError::Malformed(why));
+        let Some(slot) = slots.get_mut(index as usize) else {
+            return bad(format!("a verdict for entry {index} of {count}"));
+        };
+        match *slot {
+            Slot::Awaiting(sent) if sent.allows(status) => {
+                *slot = match status {
+                    FileStatus::Resend => Slot::Idle,
+                    _ => Slot::Answered,
+                };
+                Ok(sent)
+            }
+            Slot::Awaiting(sent) => bad(format!(
+                "a verdict {status:?} for entry {index}, which was sent as {sent:?}"
+            )),
+            Slot::Idle => bad(format!(
+                "a verdict for entry {index} before all of it was sent"
+            )),
+            Slot::Answered => bad(format!("a second verdict for entry {index}")),
+        }
+    }
+
+    /// How many entries still await their verdict.
+    fn awaiting(&self) -> usize {
+        self.lock()
+            .iter()
+            .filter(|s| matches!(s, Slot::Awaiting(_)))
+            .count()
+    }
+}
+
+/// What the verdict reader passes on: a report, with what it answers when it is a verdict.
+type Incoming = Result<(Report, Option<Sent>), ProtocolError>;
 
 struct Session<'a> {
     stream: &'a TcpStream,
     tree: &'a Tree,
     opts: &'a SendOptions,
     tree_opts: TreeOptions,
+    /// Seals our trailers' digests, and opens the receiver's verdicts'.
+    integrity: Integrity,
+    /// What we wait to hear about each entry (the verdict reader holds it too).
+    ledger: Arc<Ledger>,
     /// Our SHA-256 of each file sent or checked.
     digests: Vec<Option<[u8; 32]>>,
     /// Where each file's payload started (a resumed prefix), until its verdict says whether
@@ -156,8 +258,8 @@ struct Session<'a> {
     /// Byte counts and CPU of the file bodies, accumulated.
     scratch: super::SendReport,
     /// The last file's trailer, sent with the next frame in one write (the receiver reads
-    /// both with one call).
-    held: Cell<Option<[u8; TRAILER_LEN]>>,
+    /// both with one call), with its entry and what it completes.
+    held: Cell<Option<(usize, [u8; TRAILER_LEN], Sent)>>,
     /// The entry and the receiver's words if its latest verdict was a failure to write.
     last_failed: Option<(String, String)>,
     report: TreeReport,
@@ -181,7 +283,7 @@ impl Session<'_> {
             ..Header::new(label, self.tree.total_bytes())
         };
         // A tree is not resumable as a whole, so a resume offer is refused inside.
-        handshake(self.stream, &header, self.opts.token.as_ref())?;
+        self.integrity = handshake(self.stream, &header, self.opts.token.as_ref())?.integrity;
         let manifest = &self.tree.manifest;
         self.stream
             .write_all(&manifest.encode())
@@ -207,8 +309,8 @@ impl Session<'_> {
                 (Kind::Symlink { .. }, Answer::Done) => self.report.links += 1,
                 (Kind::File { .. }, Answer::Send) => first.push((i, Action::Full)),
                 (Kind::File { .. }, Answer::Landed) => first.push((i, Action::Check)),
-                (Kind::File { size, .. }, Answer::Partial(offset)) if offset <= *size => {
-                    first.push((i, Action::Resume(offset)))
+                (Kind::File { size, .. }, Answer::Partial(offset, nonce)) if offset <= *size => {
+                    first.push((i, Action::Resume(offset, nonce)))
                 }
                 (_, answer) => {
                     return Err(ProtocolError::Malformed(format!(
@@ -230,8 +332,14 @@ impl Session<'_> {
             let (tx, reports) = mpsc::channel();
             // The only reader from here on: buffering saves a system call per field.
             let mut incoming = std::io::BufReader::new(stream);
+            let ledger = self.ledger.clone();
             s.spawn(move || loop {
-                let report = Report::read(&mut incoming);
+                let report = Report::read(&mut incoming).and_then(|r| match &r {
+                    Report::File { index, status, .. } => {
+                        ledger.answer(*index, *status).map(|sent| (r, Some(sent)))
+                    }
+                    _ => Ok((r, None)),
+                });
                 let end = report.is_err();
                 if tx.send(report).is_err() || end {
                     break;
@@ -251,7 +359,7 @@ impl Session<'_> {
     fn passes(
         &mut self,
         first: Vec<(usize, Action)>,
-        reports: &mpsc::Receiver<Result<Report, ProtocolError>>,
+        reports: &mpsc::Receiver<Incoming>,
         progress: &mut dyn FnMut(Tick),
     ) -> Result<(), SendError> {
         let resend = self.pass(&first, reports, progress)?;
@@ -270,13 +378,14 @@ impl Session<'_> {
     fn pass(
         &mut self,
         actions: &[(usize, Action)],
-        reports: &mpsc::Receiver<Result<Report, ProtocolError>>,
+        reports: &mpsc::Receiver<Incoming>,
         progress: &mut dyn FnMut(Tick),
     ) -> Result<Vec<usize>, SendError> {
         let mut resend = Vec::new();
         for &(i, action) in actions {
             while let Ok(report) = reports.try_recv() {
-                self.apply(report?, &mut resend)?;
+                let (report, sent) = report?;
+                self.apply(report, sent, &mut resend)?;
             }
             if self.stopping() {
                 break;
@@ -284,9 +393,9 @@ impl Session<'_> {
             self.send_one(i, action, progress)?;
             progress(Tick::File);
         }
-        self.write(&Frame::EndOfPass.encode(), "ending a pass")?;
+        self.write(&Frame::EndOfPass.encode(), None, "ending a pass")?;
         loop {
-            let report = match reports.recv_timeout(self.opts.timeout) {
+            let (report, sent) = match reports.recv_timeout(self.opts.timeout) {
                 Ok(report) => report?,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     return Err(SendError::Network {
@@ -299,23 +408,26 @@ impl Session<'_> {
                 }
             };
             if report == Report::EndOfPass {
+                let awaiting = self.ledger.awaiting();
+                if awaiting > 0 {
+                    return Err(ProtocolError::Malformed(format!(
+                        "an end of pass with {awaiting} files still without their verdict"
+                    ))
+                    .into());
+                }
                 return Ok(resend);
             }
-            self.apply(report, &mut resend)?;
+            self.apply(report, sent, &mut resend)?;
         }
     }
 
     /// The connection ended under us (`e`): if the receiver's last verdict was a file it
     /// failed to write, that is why (it ends a tree on a local failure such as a full disk),
     /// and the sender says so as it does for a single file.
-    fn why_it_ended(
-        &mut self,
-        e: SendError,
-        reports: &mpsc::Receiver<Result<Report, ProtocolError>>,
-    ) -> SendError {
+    fn why_it_ended(&mut self, e: SendError, reports: &mpsc::Receiver<Incoming>) -> SendError {
         // The reader stops at the end of the connection, which has come or is coming.
-        while let Ok(Ok(report)) = reports.recv_timeout(Duration::from_secs(1)) {
-            let _ = self.apply(report, &mut Vec::new());
+        while let Ok(Ok((report, sent))) = reports.recv_timeout(Duration::from_secs(1)) {
+            let _ = self.apply(report, sent, &mut Vec::new());
         }
         match self.last_failed.take() {
             Some((name, message)) => SendError::ReceiverFailed { name, message },
@@ -344,21 +456,23 @@ impl Session<'_> {
             }
         };
         let index = i as u32;
-        let (frame, prefix) = match action {
+        let (frame, prefix, sent) = match action {
             Action::Check => {
                 let digest = self.hash_alive(&source, source.size)?.digest();
                 self.digests[i] = Some(digest);
-                self.write(&Frame::Check(index, digest).encode(), "sending a check")?;
+                let check = Frame::Check(index, digest).encode();
+                self.write(&check, Some((i, Sent::Check)), "sending a check")?;
                 progress(Tick::Bytes(source.size));
                 return Ok(());
             }
-            Action::Full => (Frame::Full(index), Prefix::empty()),
-            Action::Resume(offset) => {
+            Action::Full => (Frame::Full(index), Prefix::empty(), Sent::Full),
+            Action::Resume(offset, nonce) => {
                 let prefix = self.hash_alive(&source, offset)?;
-                (Frame::Resume(index, offset, prefix.digest()), prefix)
+                let proof = auth::prefix_proof(&nonce, offset, &prefix.digest());
+                (Frame::Resume(index, offset, proof), prefix, Sent::Resume)
             }
         };
-        self.write(&frame.encode(), "sending a file header")?;
+        self.write(&frame.encode(), None, "sending a file header")?;
         let resumed = prefix.len();
         progress(Tick::Bytes(resumed));
         let mut bytes = |n| progress(Tick::Bytes(n));
@@ -373,12 +487,14 @@ impl Session<'_> {
             Ok(digest) => {
                 self.digests[i] = digest;
                 self.resumed[i] = resumed;
-                self.hold(Trailer { sha256: digest }.encode())
+                let trailer = Trailer {
+                    sha256: digest,
+                    seal: digest.map_or([0; 32], |d| self.integrity.seal(Seal::Trailer, index, &d)),
+                };
+                self.hold(i, trailer.encode(), sent)
             }
-            Err(SendError::SourceChanged) => {
-                self.fail(i, SendError::SourceChanged.to_string());
-                self.hold(Trailer::abandoned())
-            }
+            // Its verdict says the receiver discarded it; the failure is counted then.
+            Err(SendError::SourceChanged) => self.hold(i, Trailer::abandoned(), Sent::Abandoned),
             Err(e) => Err(e),
         }
     }
@@ -394,16 +510,17 @@ impl Session<'_> {
         if len < KEEPALIVE_ABOVE {
             return Prefix::of_file(&source.file, len, sparse).map_err(source_err);
         }
-        let every = (self.opts.timeout / 4).max(Duration::from_millis(100));
         std::thread::scope(|s| {
             let (tx, done) = mpsc::channel();
             s.spawn(move || tx.send(Prefix::of_file(&source.file, len, sparse)));
             loop {
-                match done.recv_timeout(every) {
+                match done.recv_timeout(KEEPALIVE_EVERY) {
                     Ok(hashed) => return hashed.map_err(source_err),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.write(&Frame::Keepalive.encode(), "keeping the connection up")?
-                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => self.write(
+                        &Frame::Keepalive.encode(),
+                        None,
+                        "keeping the connection up",
+                    )?,
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         panic!("the hashing thread ended without a result")
                     }
@@ -412,26 +529,38 @@ impl Session<'_> {
         })
     }
 
-    /// Takes in one verdict.
-    fn apply(&mut self, report: Report, resend: &mut Vec<usize>) -> Result<(), SendError> {
-        let (index, status, sha256, message) = match report {
+    /// Takes in one report; a verdict comes with what it answers (the reader checked it
+    /// against the ledger).
+    fn apply(
+        &mut self,
+        report: Report,
+        sent: Option<Sent>,
+        resend: &mut Vec<usize>,
+    ) -> Result<(), SendError> {
+        let (index, status, sha256, seal, message) = match report {
             Report::File {
                 index,
                 status,
                 sha256,
+                seal,
                 message,
-            } => (index, status, sha256, message),
+            } => (index, status, sha256, seal, message),
             Report::Keepalive => return Ok(()),
             Report::EndOfPass => {
                 return Err(ProtocolError::Malformed("an end of pass before ours".into()).into())
             }
         };
         let i = index as usize;
-        let Some(ours) = self.digests.get(i).copied() else {
-            return Err(ProtocolError::Malformed(format!("a verdict for entry {i}")).into());
-        };
+        let ours = self.digests[i];
         self.last_failed = (status == FileStatus::Failed)
             .then(|| (self.tree.manifest.entries[i].path.clone(), message.clone()));
+        if let Some(d) = &sha256 {
+            if !self.integrity.opens(Seal::Verdict, index, d, &seal) {
+                let why = SendError::Unsealed("the receiver's verdict".into());
+                self.fail(i, why.to_string());
+                return Ok(());
+            }
+        }
         let mismatch = || {
             let hex = |d: Option<[u8; 32]>| d.map(hex::encode).unwrap_or_else(|| "nothing".into());
             format!(
@@ -441,15 +570,22 @@ impl Session<'_> {
             )
         };
         match status {
-            FileStatus::Landed | FileStatus::Unchanged if self.opts.verify && sha256 != ours => {
-                self.fail(i, mismatch())
-            }
-            FileStatus::Landed => {
-                self.report.landed += 1;
-                self.report.resumed_from += self.resumed[i];
-            }
-            FileStatus::Unchanged => self.report.unchanged += 1,
+            FileStatus::Landed | FileStatus::Unchanged if self.opts.verify => match sha256 {
+                None => {
+                    return Err(ProtocolError::Malformed(format!(
+                        "a verdict without a digest for {} on a verified transfer",
+                        Escaped(&self.tree.manifest.entries[i].path)
+                    ))
+                    .into())
+                }
+                Some(_) if sha256 != ours => self.fail(i, mismatch()),
+                Some(_) => self.count(i, status),
+            },
+            FileStatus::Landed | FileStatus::Unchanged => self.count(i, status),
             FileStatus::Mismatch => self.fail(i, mismatch()),
+            FileStatus::Failed | FileStatus::Refused if sent == Some(Sent::Abandoned) => {
+                self.fail(i, SendError::SourceChanged.to_string())
+            }
             FileStatus::Failed | FileStatus::Refused => self.fail(i, message),
             FileStatus::Resend => {
                 self.resumed[i] = 0;
@@ -459,28 +595,51 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Counts a file that landed, or was already there.
+    fn count(&mut self, i: usize, status: FileStatus) {
+        match status {
+            FileStatus::Unchanged => self.report.unchanged += 1,
+            _ => {
+                self.report.landed += 1;
+                self.report.resumed_from += self.resumed[i];
+            }
+        }
+    }
+
     fn fail(&mut self, i: usize, why: String) {
         let path = self.tree.manifest.entries[i].path.clone();
         log::warn!("{}: {why}", Escaped(&path));
         self.report.failures.push((path, why));
     }
 
-    /// Sends `bytes`, after the trailer held back if there is one.
-    fn write(&self, bytes: &[u8], during: &'static str) -> Result<(), SendError> {
+    /// Sends `bytes`, after the trailer held back if there is one. `completes` names an entry
+    /// whose last byte this is (a check), which then awaits its verdict.
+    fn write(
+        &self,
+        bytes: &[u8],
+        completes: Option<(usize, Sent)>,
+        during: &'static str,
+    ) -> Result<(), SendError> {
         let mut stream = self.stream;
-        match self.held.take() {
-            Some(trailer) => stream.write_all(&[&trailer[..], bytes].concat()),
+        // An entry awaits its verdict before its last byte leaves, so that the reader never
+        // sees a verdict before the entry is in the ledger.
+        let held = self.held.take();
+        for (i, sent) in held.iter().map(|(i, _, sent)| (*i, *sent)).chain(completes) {
+            self.ledger.expect(i, sent);
+        }
+        match held {
+            Some((_, trailer, _)) => stream.write_all(&[&trailer[..], bytes].concat()),
             None => stream.write_all(bytes),
         }
         .map_err(net(during))
     }
 
-    /// Holds a trailer back until the next frame: a frame always follows one.
-    fn hold(&self, trailer: [u8; TRAILER_LEN]) -> Result<(), SendError> {
+    /// Holds entry `i`'s trailer back until the next frame: a frame always follows one.
+    fn hold(&self, i: usize, trailer: [u8; TRAILER_LEN], sent: Sent) -> Result<(), SendError> {
         if self.held.get().is_some() {
-            self.write(&[], "sending a trailer")?;
+            self.write(&[], None, "sending a trailer")?;
         }
-        self.held.set(Some(trailer));
+        self.held.set(Some((i, trailer, sent)));
         Ok(())
     }
 }

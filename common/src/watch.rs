@@ -1,0 +1,234 @@
+//! Waiting on work done for a peer (hashing what it sent, a partial it wants to resume) while
+//! watching the peer: work goes on only while the peer shows it is still there. Keepalives
+//! count as progress; silence for the timeout, or the peer going away, stops the work.
+//!
+//! This is what bounds a receiver's hashing by the sender's progress: a hole record declaring
+//! terabytes costs hashing time only while the sender keeps the connection alive, and none
+//! once it has gone.
+
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
+
+use crate::protocol::{KEEPALIVE, KEEPALIVE_LEN, KEEPALIVE_MAGIC};
+
+/// How often a sender that is busy hashing says it is still there: often enough for any
+/// receiver `--timeout` (at least a second).
+pub const KEEPALIVE_EVERY: Duration = Duration::from_millis(400);
+
+/// A flag a worker thread raises when it ends, that a poll can wait on beside a socket.
+pub(crate) struct Done(OwnedFd);
+
+impl Done {
+    pub(crate) fn new() -> io::Result<Done> {
+        Ok(Done(eventfd(0, EventfdFlags::CLOEXEC)?))
+    }
+
+    /// A guard that raises the flag when dropped: at the end of the worker, however it ends.
+    pub(crate) fn on_drop(&self) -> Raise<'_> {
+        Raise(self)
+    }
+}
+
+/// Raises a [`Done`] when dropped.
+pub(crate) struct Raise<'a>(&'a Done);
+
+impl Drop for Raise<'_> {
+    fn drop(&mut self) {
+        let _ = rustix::io::write(&self.0 .0, &1u64.to_ne_bytes());
+    }
+}
+
+/// Why the wait ended without the work.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// The peer closed or reset the connection.
+    Gone,
+    /// Nothing came from the peer for the timeout (or, once its next message had come, the
+    /// work took longer than the timeout after it).
+    Silent,
+    /// The peer sent something that is neither a keepalive nor a message's first bytes.
+    Malformed,
+    /// Polling or reading the socket failed.
+    Io(io::Error),
+}
+
+/// Waits until `done` is raised, while reading keepalives from `stream`: each one gives the
+/// work another `timeout`, and `on_keepalive` is called for it (a forwarding receiver passes it
+/// on). Once anything else shows at the head of the stream (the peer's next message, left in
+/// the socket for the caller), the peer has finished its part and the work gets `timeout`
+/// more. The caller aborts the work when this returns an error.
+pub(crate) fn wait_for(
+    stream: &TcpStream,
+    done: &Done,
+    timeout: Duration,
+    on_keepalive: &mut dyn FnMut(),
+) -> Result<(), Stop> {
+    let mut deadline = Instant::now() + timeout;
+    // The peer's next message is in: from then on only its going away matters.
+    let mut peer_done = false;
+    // Bytes of a keepalive already identified by its magic but not all arrived.
+    let mut keepalive_left = 0usize;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Stop::Silent);
+        }
+        let wanted = match peer_done {
+            true => PollFlags::RDHUP,
+            false => PollFlags::IN | PollFlags::RDHUP,
+        };
+        let mut fds = [
+            PollFd::new(stream, wanted),
+            PollFd::new(&done.0, PollFlags::IN),
+        ];
+        let wait = Timespec::try_from(left).unwrap_or(Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        });
+        match poll(&mut fds, Some(&wait)) {
+            Ok(_) => {}
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(Stop::Io(e.into())),
+        }
+        if fds[1].revents().contains(PollFlags::IN) {
+            return Ok(());
+        }
+        let events = fds[0].revents();
+        if events.intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR) {
+            return Err(Stop::Gone);
+        }
+        if !events.contains(PollFlags::IN) {
+            continue; // timed out: the loop's head says so
+        }
+        let mut head = [0u8; KEEPALIVE_LEN];
+        let peeked =
+            match rustix::net::recv(stream, &mut head, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+                Ok((n, _)) => n,
+                Err(Errno::INTR | Errno::AGAIN) => continue,
+                Err(e) => return Err(Stop::Io(e.into())),
+            };
+        if peeked == 0 {
+            return Err(Stop::Gone);
+        }
+        if keepalive_left == 0 {
+            if peeked < KEEPALIVE_MAGIC.len() {
+                // Too little to tell a keepalive from a message: wait for the rest.
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            if head[..4] != KEEPALIVE_MAGIC {
+                peer_done = true;
+                deadline = Instant::now() + timeout;
+                continue;
+            }
+            keepalive_left = KEEPALIVE_LEN;
+        }
+        // Take in the keepalive's bytes that are here.
+        let at = KEEPALIVE_LEN - keepalive_left;
+        let take = keepalive_left.min(peeked);
+        let mut got = [0u8; KEEPALIVE_LEN];
+        let n = match rustix::net::recv(stream, &mut got[..take], RecvFlags::DONTWAIT) {
+            Ok((n, _)) => n,
+            Err(Errno::INTR | Errno::AGAIN) => continue,
+            Err(e) => return Err(Stop::Io(e.into())),
+        };
+        if got[..n] != KEEPALIVE[at..at + n] {
+            return Err(Stop::Malformed);
+        }
+        keepalive_left -= n;
+        if keepalive_left == 0 {
+            deadline = Instant::now() + timeout;
+            on_keepalive();
+        }
+    }
+}
+
+/// Whether the peer of `stream` has closed or reset the connection; reads nothing.
+pub(crate) fn peer_gone(stream: &TcpStream) -> bool {
+    let mut fds = [PollFd::new(stream, PollFlags::RDHUP)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&now)) {
+        Ok(_) => fds[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn keepalives_extend_the_wait_and_the_work_ends_it() {
+        let (mut peer, ours) = pair();
+        let done = Done::new().unwrap();
+        let mut seen = 0;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _raise = done.on_drop();
+                for _ in 0..4 {
+                    peer.write_all(&KEEPALIVE).unwrap();
+                    std::thread::sleep(Duration::from_millis(150));
+                }
+            });
+            // Four keepalives 150 ms apart outlast a 400 ms timeout.
+            wait_for(&ours, &done, Duration::from_millis(400), &mut || seen += 1).unwrap();
+        });
+        assert_eq!(seen, 4);
+    }
+
+    #[test]
+    fn silence_and_departure_stop_the_wait() {
+        let (peer, ours) = pair();
+        let done = Done::new().unwrap();
+        let start = Instant::now();
+        let r = wait_for(&ours, &done, Duration::from_millis(200), &mut || {});
+        assert!(matches!(r, Err(Stop::Silent)), "{r:?}");
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        drop(peer);
+        let r = wait_for(&ours, &done, Duration::from_secs(60), &mut || {});
+        assert!(matches!(r, Err(Stop::Gone)), "{r:?}");
+    }
+
+    #[test]
+    fn the_peers_next_message_is_left_in_the_socket() {
+        let (mut peer, mut ours) = pair();
+        peer.write_all(&KEEPALIVE).unwrap();
+        peer.write_all(b"ZTRL and the rest").unwrap();
+        let done = Done::new().unwrap();
+        // The message is in, so the work gets the timeout and no more.
+        let r = wait_for(&ours, &done, Duration::from_millis(200), &mut || {});
+        assert!(matches!(r, Err(Stop::Silent)), "{r:?}");
+        let mut next = [0u8; 4];
+        std::io::Read::read_exact(&mut ours, &mut next).unwrap();
+        assert_eq!(&next, b"ZTRL");
+    }
+
+    #[test]
+    fn garbage_in_a_keepalive_is_malformed() {
+        let (mut peer, ours) = pair();
+        peer.write_all(b"ZNOP\0\0\x01\0\0").unwrap();
+        let done = Done::new().unwrap();
+        let r = wait_for(&ours, &done, Duration::from_secs(60), &mut || {});
+        assert!(matches!(r, Err(Stop::Malformed)), "{r:?}");
+    }
+}
