@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(status) => ExitCode::from(status.code()),
         Err(err) => {
-            eprintln!("zrecv: {err:#}");
+            eprintln!("zrecv: {}", Escaped(&format!("{err:#}")));
             ExitCode::from(ExitStatus::Local.code())
         }
     }

@@ -72,7 +72,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("zsend: {err:#}");
+            // The chain of errors may quote the receiver: escaped, as every peer text.
+            eprintln!("zsend: {}", Escaped(&format!("{err:#}")));
             let status = err
                 .downcast_ref::<SendError>()
                 .map_or(ExitStatus::Local, SendError::exit_status);

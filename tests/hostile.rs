@@ -218,3 +218,266 @@ fn a_silent_peer_is_dropped_after_the_timeout() {
     assert!(entries(dst.path()).is_empty());
     drop(s);
 }
+
+/// A sparse hello plus one hole record declaring 8 TiB used to keep a core hashing zeros for
+/// hours after the sender had gone, holding a transfer slot. Now the work stops when the
+/// sender goes, and lasts at most --timeout while it is silent.
+#[test]
+fn a_huge_hole_costs_nothing_once_the_sender_is_gone_or_silent() {
+    use zcommon::Record;
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &["--timeout", "2"]);
+    let hole = 8u64 << 40;
+    let sparse = |name: &str| Header {
+        sparse_data_len: Some(1),
+        ..header(name, hole + 1)
+    };
+    let send_hole = |s: &mut TcpStream| {
+        s.write_all(
+            &Record::Hole {
+                offset: 0,
+                len: hole,
+            }
+            .encode(),
+        )
+        .unwrap();
+        s.write_all(
+            &Record::Data {
+                offset: hole,
+                len: 1,
+            }
+            .encode(),
+        )
+        .unwrap();
+        s.write_all(b"x").unwrap();
+        s.write_all(&Record::End.encode()).unwrap();
+    };
+    let bound = std::time::Duration::from_secs(30);
+
+    // The sender goes away right after the records.
+    let mut s = connect(&rx);
+    s.write_all(&sparse("gone.img").encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    send_hole(&mut s);
+    drop(s);
+    let line = rx.wait_for_line_within("gone.img from", bound);
+    assert!(line.contains("the sender went away"), "{line}");
+
+    // The sender stays, silent: no keepalive, no trailer.
+    let mut s = connect(&rx);
+    s.write_all(&sparse("silent.img").encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    send_hole(&mut s);
+    let line = rx.wait_for_line_within("silent.img from", bound);
+    assert!(line.contains("timed out"), "{line}");
+    drop(s);
+
+    // The sender sends its trailer at once (a digest it made up) and waits: the hashing gets
+    // --timeout after it, not hours.
+    let mut s = connect(&rx);
+    s.write_all(&sparse("eager.img").encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    send_hole(&mut s);
+    s.write_all(&Trailer::unsealed(Some([0; 32])).encode())
+        .unwrap();
+    let line = rx.wait_for_line_within("eager.img from", bound);
+    assert!(line.contains("timed out"), "{line}");
+    drop(s);
+
+    // Nothing keeps a core busy afterwards.
+    let cpu = cpu_time(rx.child.id());
+    let out = zsend(&["--version"]);
+    assert!(out.status.success());
+    std::thread::sleep(std::time::Duration::from_millis(500)); // a window to measure, not a lock
+    let spent = cpu_time(rx.child.id()) - cpu;
+    assert!(spent < std::time::Duration::from_millis(200), "{spent:?}");
+    assert!(visible(dst.path()).is_empty(), "{:?}", entries(dst.path()));
+    still_serving(&rx);
+}
+
+/// One byte of a resumable 256 MiB hello must not leave 256 MiB reserved on disk: a kept
+/// partial holds what arrived.
+#[test]
+fn a_kept_partial_holds_only_what_arrived() {
+    use std::os::unix::fs::MetadataExt;
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+    let mut s = connect(&rx);
+    let hello = Header {
+        source_id: Some([5; zcommon::SOURCE_ID_LEN]),
+        ..header("pinned.img", 256 << 20)
+    };
+    s.write_all(&hello.encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    s.write_all(b"x").unwrap();
+    drop(s);
+    rx.wait_for_line("pinned.img from");
+    let part = entries(dst.path())
+        .into_iter()
+        .find(|e| e.ends_with(".part"))
+        .expect("a kept partial");
+    let meta = std::fs::metadata(dst.path().join(&part)).unwrap();
+    assert_eq!(meta.len(), 1);
+    assert!(
+        meta.blocks() * 512 <= 64 << 10,
+        "{} bytes still allocated",
+        meta.blocks() * 512
+    );
+}
+
+/// The sizes in a manifest are the peer's numbers: their sum must not wrap (into a small
+/// number that passes the free-space check).
+#[test]
+fn a_manifest_whose_sizes_wrap_is_refused_for_space() {
+    use zcommon::{Answers, Entry, Kind, Manifest};
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+    let file = |path: &str| Entry {
+        path: path.into(),
+        kind: Kind::File {
+            size: 1 << 63,
+            sparse_data_len: None,
+            source_id: None,
+        },
+        mode: 0o644,
+        mtime: (0, 0),
+    };
+    let manifest = Manifest {
+        entries: vec![file("a"), file("b"), file("c")],
+    };
+    let mut s = connect(&rx);
+    let tree = Header {
+        flags: zcommon::FLAG_TREE,
+        ..header("wrap", 0)
+    };
+    s.write_all(&tree.encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    s.write_all(&manifest.encode()).unwrap();
+    match Answers::read(&mut s, 3).unwrap() {
+        Answers::Refused(code, msg) => {
+            assert_eq!(code, RefuseCode::NoSpace, "{msg}");
+            assert!(msg.contains("more than 16 EiB"), "{msg}");
+        }
+        other => panic!("answered {other:?}"),
+    }
+    assert!(entries(dst.path()).is_empty());
+    still_serving(&rx);
+}
+
+/// A sender that knows a victim's name, size, mtime and source id (all in the plaintext
+/// hello) used to get the victim's partial resumed: the receiver sent the SHA-256 of the prefix
+/// it held, which SHA-256 length extension turns into a "verified" file of the victim's prefix
+/// and the attacker's bytes. Now the receiver reveals no digest, the sender must prove it holds
+/// the prefix, and a sender that cannot starts from byte 0.
+#[test]
+fn a_sender_cannot_adopt_a_partial_it_does_not_hold() {
+    use sha2::{Digest, Sha256};
+    use zcommon::{Decision, PrefixProof};
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+    let size = 1u64 << 20;
+    let victim = Header {
+        source_id: Some([0x42; zcommon::SOURCE_ID_LEN]),
+        mtime_sec: 1_700_000_000,
+        ..header("victim.img", size)
+    };
+    // The victim's transfer breaks off after half its bytes.
+    let mut s = connect(&rx);
+    s.write_all(&victim.encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    s.write_all(&vec![0x11; (size / 2) as usize]).unwrap();
+    drop(s);
+    rx.wait_for_line("victim.img from");
+
+    // The attacker replays the victim's hello.
+    let mut s = connect(&rx);
+    s.write_all(&victim.encode_hello()).unwrap();
+    let Reply::Resume { offset, nonce } = Reply::read(&mut s).unwrap() else {
+        panic!("no resume offer")
+    };
+    assert_eq!(offset, size / 2);
+    // It can only guess at the prefix: its proof is wrong, and it must send everything.
+    let guess: [u8; 32] = Sha256::digest(vec![0u8; offset as usize]).into();
+    let proof = zcommon::prefix_proof(&nonce, offset, &guess);
+    s.write_all(&PrefixProof(proof).encode()).unwrap();
+    assert_eq!(Decision::read(&mut s).unwrap(), Decision::Restart);
+    let ours = vec![0x66u8; size as usize];
+    s.write_all(&ours).unwrap();
+    let digest: [u8; 32] = Sha256::digest(&ours).into();
+    s.write_all(&Trailer::unsealed(Some(digest)).encode())
+        .unwrap();
+    let v = zcommon::Verdict::read(&mut s).unwrap();
+    assert_eq!(v.status, zcommon::Status::Landed, "{}", v.message);
+    // What landed is the attacker's file, all of it, and none of the victim's bytes.
+    let landed = std::fs::read(dst.path().join("victim.img")).unwrap();
+    assert_eq!(landed, ours);
+}
+
+/// A tree's check of a file the receiver holds used to answer with the receiver's digest of
+/// it, confirming guesses about its content. Now the answer is "same" or "different": the
+/// receiver's digest goes back only when it is the sender's own.
+#[test]
+fn a_check_says_same_or_different_and_never_the_receivers_digest() {
+    use sha2::{Digest, Sha256};
+    use zcommon::{Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, Report};
+    let dst = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dst.path().join("top")).unwrap();
+    let secret = dst.path().join("top/secret.txt");
+    std::fs::write(&secret, b"password=hunter2").unwrap();
+    let mtime = std::fs::metadata(&secret).unwrap().modified().unwrap();
+    let mtime = mtime.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+    let check = |guess: &[u8]| -> Report {
+        let manifest = Manifest {
+            entries: vec![
+                Entry {
+                    path: "top".into(),
+                    kind: Kind::Dir,
+                    mode: 0o755,
+                    mtime: (0, 0),
+                },
+                Entry {
+                    path: "top/secret.txt".into(),
+                    kind: Kind::File {
+                        size: 16,
+                        sparse_data_len: None,
+                        source_id: None,
+                    },
+                    mode: 0o600,
+                    mtime: (mtime.as_secs() as i64, mtime.subsec_nanos()),
+                },
+            ],
+        };
+        let mut s = connect(&rx);
+        let tree = Header {
+            flags: zcommon::FLAG_TREE,
+            ..header("top", 16)
+        };
+        s.write_all(&tree.encode_hello()).unwrap();
+        assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+        s.write_all(&manifest.encode()).unwrap();
+        let Answers::Each(answers) = Answers::read(&mut s, 2).unwrap() else {
+            panic!("manifest refused")
+        };
+        assert_eq!(answers[1], Answer::Landed);
+        let digest: [u8; 32] = Sha256::digest(guess).into();
+        s.write_all(&Frame::Check(1, digest).encode()).unwrap();
+        s.write_all(&Frame::EndOfPass.encode()).unwrap();
+        let report = Report::read(&mut s).unwrap();
+        assert_eq!(Report::read(&mut s).unwrap(), Report::EndOfPass);
+        report
+    };
+    let Report::File { status, sha256, .. } = check(b"password=letmein") else {
+        panic!("not a verdict")
+    };
+    assert_eq!(status, FileStatus::Refused);
+    assert_eq!(
+        sha256, None,
+        "the receiver's digest of a file the sender did not write"
+    );
+    let Report::File { status, sha256, .. } = check(b"password=hunter2") else {
+        panic!("not a verdict")
+    };
+    assert_eq!(status, FileStatus::Unchanged);
+    assert_eq!(sha256, Some(Sha256::digest(b"password=hunter2").into()));
+}

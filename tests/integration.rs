@@ -6,6 +6,7 @@ mod disk;
 mod docs;
 mod faults;
 mod hostile;
+mod hostile_receiver;
 mod resume;
 mod service;
 mod sparse;

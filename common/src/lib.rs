@@ -41,7 +41,7 @@ mod units;
 mod walk;
 mod watch;
 
-pub use crate::auth::{Integrity, Seal, Token};
+pub use crate::auth::{prefix_proof, Integrity, Seal, Token};
 pub use crate::error::{ProtocolError, RecvError, SendError};
 pub use crate::exit::ExitStatus;
 pub use crate::logging::init_logging;

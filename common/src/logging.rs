@@ -1,4 +1,5 @@
-//! Log setup shared by both binaries: `-v`/`-vv` or `RUST_LOG`, lines prefixed with the program.
+//! Log setup shared by both binaries: `-v`/`-vv` or `RUST_LOG`, lines prefixed with the program
+//! and escaped, so that no text from a peer can drive the terminal.
 
 use std::io::Write;
 
@@ -16,14 +17,14 @@ pub fn init_logging(program: &'static str, base: u8, verbose: u8, quiet: bool) {
     env_logger::Builder::new()
         .filter_level(level)
         .parse_env("RUST_LOG")
-        .format(move |buf, record| match record.level() {
-            log::Level::Info => writeln!(buf, "{program}: {}", record.args()),
-            l => writeln!(
-                buf,
-                "{program}: {}: {}",
-                l.as_str().to_lowercase(),
-                record.args()
-            ),
+        .format(move |buf, record| {
+            // Whatever a message quotes from a peer, no control character reaches the terminal.
+            let text = record.args().to_string();
+            let text = crate::name::Escaped(&text);
+            match record.level() {
+                log::Level::Info => writeln!(buf, "{program}: {text}"),
+                l => writeln!(buf, "{program}: {}: {text}", l.as_str().to_lowercase()),
+            }
         })
         .init();
 }

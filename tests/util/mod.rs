@@ -104,13 +104,21 @@ impl Zrecv {
 
     /// Waits for a stderr line containing `needle`; panics after `PROCESS_TIMEOUT`.
     pub fn wait_for_line(&self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
+        self.wait_for_line_within(needle, PROCESS_TIMEOUT)
+    }
+
+    /// Waits for a stderr line containing `needle`; panics after `within`.
+    pub fn wait_for_line_within(&self, needle: &str, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.stderr_lines.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
-                Err(_) => panic!("zrecv never printed {needle:?}; stderr:\n{}", self.stderr()),
+                Err(_) => panic!(
+                    "zrecv did not print {needle:?} within {within:?}; stderr:\n{}",
+                    self.stderr()
+                ),
             }
         }
     }
@@ -305,6 +313,32 @@ pub fn in_flight(dir: &Path) -> Vec<String> {
     v
 }
 
+/// A fake peer on 127.0.0.1: accepts one connection and runs `script` on it (a hostile
+/// receiver speaking the raw protocol). Returns its address and the thread to join.
+pub fn fake_peer(
+    script: impl FnOnce(TcpStream) + Send + 'static,
+) -> (String, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(PROCESS_TIMEOUT)).unwrap();
+        script(s)
+    });
+    (addr, handle)
+}
+
+/// CPU time (user and system) a process has used so far, from /proc.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
 /// An address on which nothing listens.
 pub fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -314,12 +348,14 @@ pub fn closed_port() -> SocketAddr {
 }
 
 /// What a proxy does to the sender-to-receiver stream.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Fault {
     /// Forward faithfully.
     None,
     /// XOR 0x01 into the byte at this offset of the stream.
     Flip(u64),
+    /// Put these bytes at these offsets of the stream (a man in the middle rewriting it).
+    Rewrite(Vec<(u64, u8)>),
     /// Forward this many bytes, then stop forwarding (the stream stalls).
     StallAfter(u64),
     /// Forward this many bytes, signal `stalled`, wait for `Proxy::release`, go on.
@@ -437,7 +473,14 @@ fn pump(
             record.lock().unwrap().extend_from_slice(&buf[..n]);
         }
         count.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
-        match fault {
+        if let Fault::Rewrite(edits) = &fault {
+            for &(at, byte) in edits {
+                if at >= pos && at < pos + n as u64 {
+                    buf[(at - pos) as usize] = byte;
+                }
+            }
+        }
+        match fault.clone() {
             Fault::Flip(at) if at >= pos && at < pos + n as u64 => buf[(at - pos) as usize] ^= 1,
             Fault::PauseAt(at) if at >= pos && at < pos + n as u64 => {
                 let head = (at - pos) as usize;

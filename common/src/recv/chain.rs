@@ -174,7 +174,12 @@ impl Forward {
             host: first.clone(),
             verdict: opened(verdict, &self.integrity, Seal::Verdict, 0),
         }];
-        let rest = match read_hops(&mut &next) {
+        // The last host of a chain sends no reports of its own.
+        let reports_after = match self.hops.len() {
+            1 => Ok(Vec::new()),
+            _ => read_hops(&mut &next),
+        };
+        let rest = match reports_after {
             Ok(rest) => rest
                 .into_iter()
                 .enumerate()

@@ -301,6 +301,12 @@ impl Session<'_> {
                 })
             }
         };
+        if !buffered.buffer().is_empty() {
+            return Err(ProtocolError::Malformed(
+                "the receiver spoke after its answers, before any file went out".into(),
+            )
+            .into());
+        }
         let mut first = Vec::new();
         for (i, (entry, answer)) in manifest.entries.iter().zip(answers).enumerate() {
             match (&entry.kind, answer) {

@@ -1,0 +1,340 @@
+//! Hostile receivers speaking the raw protocol to the real zsend: zsend reports success only
+//! for what a receiver verified after the file's last byte went out, with the sender's own
+//! digest, once per file; a chain's reports name exactly the hosts asked for; and no text a
+//! receiver sends can drive the sender's terminal.
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+
+use sha2::{Digest, Sha256};
+use zcommon::{
+    read_hello, Answer, Answers, FileStatus, Frame, Header, HopReport, Manifest, Reply, Report,
+    Status, Trailer, Verdict,
+};
+
+use crate::util::*;
+
+/// A verdict a receiver would send; no token, so no seal.
+fn verdict(status: Status, sha256: Option<[u8; 32]>) -> Verdict {
+    Verdict {
+        status,
+        sha256,
+        seal: [0; 32],
+        message: String::new(),
+    }
+}
+
+/// Reads a single file's payload and trailer as a receiver would; returns its SHA-256.
+fn take_file(s: &mut impl Read, header: &Header) -> [u8; 32] {
+    let mut payload = vec![0u8; header.size as usize];
+    s.read_exact(&mut payload).unwrap();
+    let t = Trailer::read(s).unwrap();
+    let digest: [u8; 32] = Sha256::digest(&payload).into();
+    assert_eq!(t.sha256, Some(digest));
+    digest
+}
+
+fn file(dir: &std::path::Path, name: &str, size: u64, seed: u64) -> String {
+    let p = dir.join(name);
+    random_file(&p, size, seed);
+    p.to_str().unwrap().to_owned()
+}
+
+fn assert_clean(err: &str) {
+    assert!(
+        !err.contains('\r') && !err.contains('\u{1b}'),
+        "a control character reached the terminal: {err:?}"
+    );
+}
+
+/// A receiver that says "landed" the moment it accepts, before any byte arrived (even with
+/// the right digest: it knew the file), is caught: nothing it says before the end of the
+/// payload can be a verdict on it.
+#[test]
+fn a_verdict_before_the_payload_is_not_success() {
+    let src = tempfile::tempdir().unwrap();
+    let path = file(src.path(), "early.bin", 300_000, 1);
+    let digest: [u8; 32] = Sha256::digest(std::fs::read(&path).unwrap()).into();
+    let (addr, fake) = fake_peer(move |mut s| {
+        let _ = read_hello(&mut s).unwrap();
+        let mut reply = Reply::Accept.encode();
+        reply.extend(verdict(Status::Landed, Some(digest)).encode());
+        s.write_all(&reply).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let out = zsend(&[&addr, &path, "--json"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("a verdict before the end of the payload"),
+        "{err}"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["ok"], false);
+    assert_eq!(j["verified"], false);
+    fake.join().unwrap();
+}
+
+/// "Landed" without a digest on a verified transfer verifies nothing.
+#[test]
+fn a_landed_verdict_without_a_digest_is_not_success() {
+    let src = tempfile::tempdir().unwrap();
+    let path = file(src.path(), "nodigest.bin", 100_000, 2);
+    let (addr, fake) = fake_peer(move |mut s| {
+        let h = read_hello(&mut s).unwrap();
+        s.write_all(&Reply::Accept.encode()).unwrap();
+        take_file(&mut s, &h);
+        s.write_all(&verdict(Status::Landed, None).encode())
+            .unwrap();
+    });
+    let out = zsend(&[&addr, &path]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("without a digest"), "{err}");
+    assert!(!err.contains("sent nodigest.bin"), "{err}");
+    fake.join().unwrap();
+}
+
+/// A tree of three files. The receiver behaves until its answers, then `script` plays it.
+fn tree_against(
+    script: impl FnOnce(&mut BufReader<TcpStream>, &mut TcpStream, &Manifest) + Send + 'static,
+) -> std::process::Output {
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    std::fs::create_dir(&top).unwrap();
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        random_file(&top.join(name), 10_000 + i as u64, i as u64);
+    }
+    let (addr, fake) = fake_peer(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let _ = read_hello(&mut r).unwrap();
+        w.write_all(&Reply::Accept.encode()).unwrap();
+        let m = Manifest::read(&mut r).unwrap();
+        let answers = m
+            .entries
+            .iter()
+            .map(|e| match e.kind {
+                zcommon::Kind::Dir => Answer::Done,
+                _ => Answer::Send,
+            })
+            .collect();
+        w.write_all(&Answers::Each(answers).encode()).unwrap();
+        script(&mut r, &mut w, &m);
+        let mut rest = Vec::new();
+        let _ = r.read_to_end(&mut rest);
+    });
+    let out = zsend(&[&addr, top.to_str().unwrap(), "--json", "--timeout", "10"]);
+    fake.join().unwrap();
+    out
+}
+
+/// Reads the frames of a pass as a receiver would, calling `each` with every file's index and
+/// digest, until the sender's end of pass.
+fn take_pass(r: &mut BufReader<TcpStream>, m: &Manifest, mut each: impl FnMut(u32, [u8; 32])) {
+    loop {
+        match Frame::read(r).unwrap() {
+            Some(Frame::Full(i)) => {
+                let size = m.entries[i as usize].size() as usize;
+                let mut payload = vec![0u8; size];
+                r.read_exact(&mut payload).unwrap();
+                let t = Trailer::read(r).unwrap();
+                assert_eq!(t.sha256, Some(Sha256::digest(&payload).into()));
+                each(i, t.sha256.unwrap());
+            }
+            Some(Frame::EndOfPass) => return,
+            Some(Frame::Keepalive) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn file_verdict(index: u32, status: FileStatus, sha256: Option<[u8; 32]>) -> Vec<u8> {
+    Report::File {
+        index,
+        status,
+        sha256,
+        seal: [0; 32],
+        message: String::new(),
+    }
+    .encode()
+}
+
+/// Verdicts sent with the answers, before any file went out, used to count as landed files.
+#[test]
+fn tree_verdicts_before_the_files_are_refused() {
+    let out = tree_against(|_, w, _| {
+        let mut early = Vec::new();
+        for i in 1..=3 {
+            early.extend(file_verdict(i, FileStatus::Landed, None));
+        }
+        w.write_all(&early).unwrap();
+    });
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    // However the verdicts meet the files on the way, they are refused.
+    assert!(
+        [
+            "before any file went out",
+            "before all of it was sent",
+            "without a digest"
+        ]
+        .iter()
+        .any(|why| err.contains(why)),
+        "{err}"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["ok"], false, "{j}");
+}
+
+/// A second verdict for a file used to count again: "landed 6 of 3 files".
+#[test]
+fn a_second_verdict_for_a_file_is_refused() {
+    let out = tree_against(|r, w, m| {
+        let mut verdicts = Vec::new();
+        take_pass(r, m, |i, d| {
+            verdicts.extend(file_verdict(i, FileStatus::Landed, Some(d)));
+            verdicts.extend(file_verdict(i, FileStatus::Landed, Some(d)));
+        });
+        verdicts.extend(Report::EndOfPass.encode());
+        w.write_all(&verdicts).unwrap();
+    });
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("a second verdict"), "{err}");
+}
+
+/// An end of pass with files unanswered is not the end of a pass.
+#[test]
+fn an_end_of_pass_with_files_unanswered_is_refused() {
+    let out = tree_against(|r, w, m| {
+        let mut verdicts = Vec::new();
+        take_pass(r, m, |i, d| {
+            if i == 1 {
+                verdicts.extend(file_verdict(i, FileStatus::Landed, Some(d)));
+            }
+        });
+        verdicts.extend(Report::EndOfPass.encode());
+        w.write_all(&verdicts).unwrap();
+    });
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("still without their verdict"), "{err}");
+}
+
+/// An honest fake receiver gets the tree through: the checks above refuse only lies.
+#[test]
+fn an_honest_raw_receiver_lands_the_tree() {
+    let out = tree_against(|r, w, m| {
+        let mut verdicts = Vec::new();
+        take_pass(r, m, |i, d| {
+            verdicts.extend(file_verdict(i, FileStatus::Landed, Some(d)));
+        });
+        verdicts.extend(Report::EndOfPass.encode());
+        w.write_all(&verdicts).unwrap();
+    });
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["landed"], 3, "{j}");
+    assert_eq!(j["verified"], true, "{j}");
+}
+
+/// A receiver's per-file message with a carriage return used to overwrite the sender's line
+/// with a fake success; every text from a receiver is printed escaped.
+#[test]
+fn a_receivers_messages_cannot_drive_the_terminal() {
+    let out = tree_against(|r, w, m| {
+        let mut verdicts = Vec::new();
+        take_pass(r, m, |i, _| {
+            verdicts.extend(
+                Report::File {
+                    index: i,
+                    status: FileStatus::Failed,
+                    sha256: None,
+                    seal: [0; 32],
+                    message: "disk full\r\u{1b}[2Kzsend: sent 3 files, all verified".into(),
+                }
+                .encode(),
+            );
+        });
+        verdicts.extend(Report::EndOfPass.encode());
+        w.write_all(&verdicts).unwrap();
+    });
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    assert!(err.contains("disk full\\r"), "{err}");
+    assert_clean(&err);
+}
+
+/// The first receiver of a chain that reports fewer hosts than asked for (or others in their
+/// place) does not make the missing ones count as landed.
+#[test]
+fn a_chain_must_report_every_host_asked_for() {
+    let src = tempfile::tempdir().unwrap();
+    let path = file(src.path(), "chain.img", 200_000, 3);
+    for invented in [false, true] {
+        let (addr, fake) = fake_peer(move |mut s| {
+            let h = read_hello(&mut s).unwrap();
+            s.write_all(&Reply::Accept.encode()).unwrap();
+            let d = take_file(&mut s, &h);
+            let mut words = verdict(Status::Landed, Some(d)).encode();
+            // Only the second host asked for, or two hosts nobody asked for.
+            let reports: Vec<HopReport> = match invented {
+                false => vec![HopReport {
+                    host: h.chain.as_ref().unwrap()[0].clone(),
+                    verdict: verdict(Status::Landed, Some(d)),
+                }],
+                true => ["evil-1:1", "evil-2:2", "evil-3:3"]
+                    .iter()
+                    .map(|host| HopReport {
+                        host: host.to_string(),
+                        verdict: verdict(Status::Landed, Some(d)),
+                    })
+                    .collect(),
+            };
+            words.extend(zcommon::encode_hops(&reports));
+            s.write_all(&words).unwrap();
+        });
+        let to = format!("{addr},host-b:7350,host-c:7350");
+        let out = zsend(&["--to", &to, &path, "--json"]);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(9), "{err}");
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let hosts: Vec<&str> = j["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["host"].as_str().unwrap())
+            .collect();
+        assert_eq!(hosts[1..], ["host-b:7350", "host-c:7350"], "{j}");
+        assert_eq!(j["hosts"][2]["ok"], false, "{j}");
+        assert_eq!(j["hosts"][1]["ok"], !invented, "{j}");
+        let why = j["hosts"][2]["error"].as_str().unwrap();
+        assert!(why.starts_with("did not report"), "{why}");
+        fake.join().unwrap();
+    }
+}
+
+/// The count of hosts is one byte on the wire: 258 used to wrap it. zsend refuses more than
+/// the protocol's limit before connecting anywhere.
+#[test]
+fn too_many_hosts_are_refused_up_front() {
+    let src = tempfile::tempdir().unwrap();
+    let path = file(src.path(), "many.img", 1000, 4);
+    let port = closed_port().to_string();
+    let to: Vec<String> = (0..258).map(|_| port.clone()).collect();
+    let out = zsend(&["--to", &to.join(","), &path]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("at most 17 hosts"), "{err}");
+    let to: Vec<String> = (0..17).map(|_| port.clone()).collect();
+    let out = zsend(&["--to", &to.join(","), &path]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "17 hosts are fine: {}",
+        stderr_of(&out)
+    );
+}
