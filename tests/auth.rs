@@ -185,3 +185,53 @@ fn an_open_receiver_on_a_public_address_warns() {
         loopback.stderr()
     );
 }
+
+/// A man in the middle who changes a payload byte and rewrites the trailer's SHA-256 to match
+/// lands his file on a receiver without a token (the digest guards against accidents, not
+/// attacks); with a token the digest is sealed with a key only the two ends hold, and the
+/// receiver discards the file.
+#[test]
+fn with_a_token_a_man_in_the_middle_cannot_change_payload_and_digest_together() {
+    use sha2::{Digest, Sha256};
+    let src = tempfile::tempdir().unwrap();
+    let tok = token_file(src.path(), "token", TOKEN);
+    let path = src.path().join("m.bin");
+    // Small enough to be hashed at once: no keepalive comes before the trailer.
+    let size = 512 * 1024u64;
+    random_file(&path, size, 33);
+    let mut content = std::fs::read(&path).unwrap();
+    let at = 1000u64;
+    content[at as usize] ^= 1;
+    let forged: [u8; 32] = Sha256::digest(&content).into();
+    for token in [false, true] {
+        let dst = tempfile::tempdir().unwrap();
+        let with: &[&str] = if token { &["--token-file", &tok] } else { &[] };
+        let mut rx = Zrecv::start(dst.path(), &[&["--once"], with].concat());
+        // Where the payload starts: the hello (with a nonce when there is a token), then the
+        // sender's proof.
+        let start = payload_offset("m.bin", 0) + if token { 32 + 36 } else { 0 };
+        let digest_at = start + size + 5;
+        let mut edits = vec![(start + at, content[at as usize])];
+        edits.extend((0..32).map(|k| (digest_at + k, forged[k as usize])));
+        let proxy = Proxy::start(rx.addr, Fault::Rewrite(edits));
+        let out = zsend(&[&[&proxy.addr(), path.to_str().unwrap()], with].concat());
+        let err = stderr_of(&out);
+        let landed = dst.path().join("m.bin");
+        if token {
+            assert_eq!(out.status.code(), Some(5), "{err}");
+            assert_eq!(rx.wait().code(), Some(5));
+            assert!(
+                rx.stderr().contains("seal does not match"),
+                "{}",
+                rx.stderr()
+            );
+            assert!(entries(dst.path()).is_empty(), "{:?}", entries(dst.path()));
+        } else {
+            // The attack itself works: the receiver kept the forged content (the sender, whose
+            // digest differs from the verdict's, still says it failed).
+            assert_eq!(out.status.code(), Some(5), "{err}");
+            assert!(rx.wait().success(), "{}", rx.stderr());
+            assert_eq!(std::fs::read(&landed).unwrap(), content);
+        }
+    }
+}

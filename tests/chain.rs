@@ -256,3 +256,66 @@ fn tokens_apply_on_every_hop() {
         sha256_file(&path)
     );
 }
+
+/// A host further down that invents reports (more hosts than the chain has, other names) does
+/// not make a forwarding zrecv relay them: it relays exactly one report per host after it, as
+/// the chain named them, and the sender sees exactly the hosts it asked for.
+#[test]
+fn a_forwarder_relays_one_report_per_host_asked_for() {
+    use std::io::{Read, Write};
+    use zcommon::{read_hello, HopReport, Reply, Status, Trailer, Verdict};
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("relay.bin");
+    random_file(&path, 300_000, 303);
+    let (dirs, mut rxs) = receivers(1);
+    let (fake, liar) = fake_peer(|mut s| {
+        let h = read_hello(&mut s).unwrap();
+        s.write_all(&Reply::Accept.encode()).unwrap();
+        let mut payload = vec![0u8; h.size as usize];
+        s.read_exact(&mut payload).unwrap();
+        let t = Trailer::read(&mut s).unwrap();
+        let landed = Verdict {
+            status: Status::Landed,
+            sha256: t.sha256,
+            seal: [0; 32],
+            message: String::new(),
+        };
+        let invented: Vec<HopReport> = (0..zcommon::MAX_HOPS)
+            .map(|i| HopReport {
+                host: format!("invented-{i}:7350"),
+                verdict: landed.clone(),
+            })
+            .collect();
+        let mut words = landed.encode();
+        words.extend(zcommon::encode_hops(&invented));
+        s.write_all(&words).unwrap();
+    });
+    let ghost = closed_port().to_string();
+    let to = format!("{},{fake},{ghost}", rxs[0].addr());
+    let out = zsend(&["--to", &to, path.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    let hosts: Vec<&str> = json["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts.len(), 3, "{json}");
+    assert_eq!(hosts[1..], [fake.as_str(), ghost.as_str()], "{json}");
+    assert_eq!(landed(&json), [true, true, false], "{json}");
+    assert!(
+        json["hosts"][2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not report"),
+        "{json}"
+    );
+    assert_eq!(
+        sha256_file(&dirs[0].path().join("relay.bin")),
+        sha256_file(&path)
+    );
+    liar.join().unwrap();
+    rxs[0].wait_for_line("relay.bin from");
+    drop(rxs.pop());
+}

@@ -546,3 +546,62 @@ fn a_tampered_partial_in_a_tree_is_sent_again_whole() {
     assert_eq!(describe(&dir), describe(&top));
     rx.wait_for_line("asking for it whole");
 }
+
+/// zrecv's --json line used to say a verified tree was not verified (false, and null), while
+/// zsend said true: both now say what was checked, and nothing when nothing was.
+#[test]
+fn both_ends_agree_on_whether_a_tree_was_verified() {
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    sample_tree(&top);
+    for no_verify in [false, true] {
+        let dst = tempfile::tempdir().unwrap();
+        let mut rx = Zrecv::start(dst.path(), &["--once", "--json"]);
+        let mut args = vec![rx.addr(), top.to_str().unwrap().to_owned(), "--json".into()];
+        if no_verify {
+            args.push("--no-verify".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = zsend(&args);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert!(rx.wait().success(), "{}", rx.stderr());
+        let sent = json_of(&out);
+        let received: serde_json::Value = serde_json::from_str(rx.stdout().trim()).unwrap();
+        assert_eq!(sent["verified"], !no_verify, "{sent}");
+        assert_eq!(received["verified"], sent["verified"], "{received}");
+        assert_eq!(received["ok"], true, "{received}");
+        assert_eq!(received["tree"]["landed"], sent["landed"], "{received}");
+    }
+}
+
+/// Paths up to the documented 4096 bytes cross (those past 1024 bytes used to get the whole
+/// tree refused).
+#[test]
+fn a_path_of_nearly_4096_bytes_lands() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    // 15 directories of 250 bytes and a file: a relative path of 3 + 15 * 251 + 251 bytes.
+    let mut dir = top.clone();
+    let mut rel = String::from("top");
+    for i in 0..15 {
+        let name = format!("{i:02}{}", "d".repeat(248));
+        dir.push(&name);
+        rel.push('/');
+        rel.push_str(&name);
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = "f".repeat(250);
+    random_file(&dir.join(&name), 5000, 7);
+    rel.push('/');
+    rel.push_str(&name);
+    assert!(rel.len() > 4000 && rel.len() <= 4096, "{}", rel.len());
+    let rx = Zrecv::start(dst.path(), &[]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(json_of(&out)["landed"], 1);
+    assert_eq!(
+        sha256_file(&dst.path().join(&rel)),
+        sha256_file(&dir.join(&name))
+    );
+}
