@@ -7,7 +7,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::SendError;
-use crate::manifest::{check_path, link_stays_inside, Entry, Kind, Manifest};
+use crate::links::{LinkJudge, Resolution};
+use crate::manifest::{check_path, Entry, Kind, Manifest};
+use crate::name::Escaped;
 use crate::send::{data_between, source_id, SMALL_FILE};
 
 /// A tree ready to send: the manifest, where each entry is on this machine, and what was left
@@ -48,7 +50,8 @@ impl Tree {
 /// How to walk.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WalkOptions {
-    /// Send symbolic links as links when they point inside their tree.
+    /// Send symbolic links as links when a receiver would make them: when they resolve inside
+    /// their tree among the entries sent before them (see [`LinkJudge`]).
     pub links: bool,
     /// Give files a source identity so that they can be resumed (needs verification).
     pub resumable: bool,
@@ -59,6 +62,8 @@ pub struct WalkOptions {
 /// Symbolic links are followed when named on the command line, as by `cp -r` and `scp -r`.
 pub fn walk(roots: &[PathBuf], name: Option<&str>, opts: WalkOptions) -> Result<Tree, SendError> {
     let mut tree = Tree::default();
+    // Fed every entry of the manifest, every directory real, as a receiver that makes them all.
+    let mut judge = LinkJudge::new();
     let mut tops = HashSet::new();
     for root in roots {
         let meta = std::fs::metadata(root).map_err(|error| SendError::Source {
@@ -83,10 +88,12 @@ pub fn walk(roots: &[PathBuf], name: Option<&str>, opts: WalkOptions) -> Result<
         }
         if meta.is_dir() {
             tree.push(dir_entry(&base, &meta), root);
-            walk_dir(&mut tree, root, &base, opts);
+            judge.dir(&base, true);
+            walk_dir(&mut tree, &mut judge, root, &base, opts);
         } else if meta.is_file() || meta.file_type().is_block_device() {
             let entry = file_entry(root, &base, &meta, opts)?;
             tree.push(entry, root);
+            judge.other(&base);
         } else {
             return Err(SendError::NotAFile(root.clone()));
         }
@@ -119,7 +126,9 @@ fn base_name(root: &Path) -> Result<String, SendError> {
         .ok_or(err(crate::name::NameError::NotUtf8))
 }
 
-fn walk_dir(tree: &mut Tree, root: &Path, base: &str, opts: WalkOptions) {
+/// Lists what is below `root`; entries left out are not shown to `judge` either, since the
+/// receiver will not know them.
+fn walk_dir(tree: &mut Tree, judge: &mut LinkJudge, root: &Path, base: &str, opts: WalkOptions) {
     let walker = walkdir::WalkDir::new(root)
         .min_depth(1)
         .follow_links(false)
@@ -159,14 +168,21 @@ fn walk_dir(tree: &mut Tree, root: &Path, base: &str, opts: WalkOptions) {
         let ft = item.file_type();
         if ft.is_dir() {
             tree.push(dir_entry(&rel, &meta), path);
+            judge.dir(&rel, true);
         } else if ft.is_file() {
             match file_entry(path, &rel, &meta, opts) {
-                Ok(e) => tree.push(e, path),
+                Ok(e) => {
+                    tree.push(e, path);
+                    judge.other(&rel);
+                }
                 Err(e) => tree.unreadable.push((path.to_owned(), e.to_string())),
             }
         } else if ft.is_symlink() {
-            match link_entry(path, &rel, &meta, opts.links) {
-                Ok(e) => tree.push(e, path),
+            match link_entry(path, &rel, &meta, opts.links, judge) {
+                Ok((e, resolution)) => {
+                    tree.push(e, path);
+                    judge.accept(&rel, resolution);
+                }
                 Err(reason) => tree.skipped.push((path.to_owned(), reason)),
             }
         } else {
@@ -238,7 +254,15 @@ fn file_entry(
     })
 }
 
-fn link_entry(path: &Path, rel: &str, meta: &Metadata, links: bool) -> Result<Entry, String> {
+/// The entry of a link and where it resolves, or why it is left out: without `--links`, or
+/// when `judge` (which knows the entries before it) says a receiver would refuse it.
+fn link_entry(
+    path: &Path,
+    rel: &str,
+    meta: &Metadata,
+    links: bool,
+    judge: &LinkJudge,
+) -> Result<(Entry, Resolution), String> {
     if !links {
         return Err("symbolic link (use --links to send links)".into());
     }
@@ -247,15 +271,16 @@ fn link_entry(path: &Path, rel: &str, meta: &Metadata, links: bool) -> Result<En
         .to_str()
         .ok_or("the link's target is not valid UTF-8")?
         .to_owned();
-    if !link_stays_inside(rel, &target) || target.len() > crate::manifest::MAX_PATH_LEN {
-        return Err(format!("symbolic link to {target} points out of the tree"));
-    }
-    Ok(Entry {
+    let resolution = judge
+        .judge(rel, &target)
+        .map_err(|e| format!("symbolic link to {} {e}", Escaped(&target)))?;
+    let entry = Entry {
         path: rel.to_owned(),
         kind: Kind::Symlink { target },
         mode: meta.mode(),
         mtime: (meta.mtime(), meta.mtime_nsec() as u32),
-    })
+    };
+    Ok((entry, resolution))
 }
 
 #[cfg(test)]
@@ -304,6 +329,68 @@ mod tests {
         let without = walk(&[top], None, WalkOptions::default()).unwrap();
         assert_eq!(without.skipped.len(), 2);
         assert!(without.manifest.entries.iter().all(|e| e.path != "top/in"));
+    }
+
+    /// Whether a receiver that makes every directory would make every link of `m`.
+    fn a_receiver_makes_every_link(m: &Manifest) -> bool {
+        let mut judge = LinkJudge::new();
+        m.entries.iter().all(|e| {
+            match &e.kind {
+                Kind::Dir => judge.dir(&e.path, true),
+                Kind::File { .. } => judge.other(&e.path),
+                Kind::Symlink { target } => match judge.judge(&e.path, target) {
+                    Ok(r) => judge.accept(&e.path, r),
+                    Err(_) => return false,
+                },
+            }
+            true
+        })
+    }
+
+    #[test]
+    fn a_link_through_a_link_is_judged_where_it_resolves() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = tmp.path().join("top");
+        let d = top.join("d");
+        std::fs::create_dir_all(&d).unwrap();
+        // Each passes the old lexical rule; w resolves above the receive directory.
+        for (name, target) in [
+            ("u", ".."),
+            ("v", "u/.."),
+            ("w", "v/.."),
+            ("x", "w/outside"),
+        ] {
+            symlink(target, d.join(name)).unwrap();
+        }
+        let opts = WalkOptions {
+            links: true,
+            resumable: false,
+        };
+        let tree = walk(std::slice::from_ref(&top), None, opts).unwrap();
+        let paths: Vec<&str> = tree
+            .manifest
+            .entries
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
+        // x goes down through w, which the receiver will not know: a dangling link, no more.
+        assert_eq!(paths, ["top", "top/d", "top/d/u", "top/d/x"]);
+        let skipped: Vec<(PathBuf, &str)> = tree
+            .skipped
+            .iter()
+            .map(|(p, r)| (p.strip_prefix(&d).unwrap().to_owned(), r.as_str()))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                ("v".into(), "symbolic link to u/.. points out of the tree"),
+                (
+                    "w".into(),
+                    "symbolic link to v/.. uses .. below top/d/v, where the tree cannot say what is there"
+                ),
+            ]
+        );
+        assert!(a_receiver_makes_every_link(&tree.manifest));
     }
 
     #[test]
