@@ -352,9 +352,15 @@ fn hostile_manifest(rx: &Zrecv, entries: Vec<Entry>) -> Answers {
     };
     s.write_all(&hello.encode_hello()).unwrap();
     assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    let count = entries.len();
     s.write_all(&Manifest { entries }.encode()).unwrap();
-    let count = 3;
-    Answers::read(&mut s, count).unwrap_or_else(|e| panic!("answers: {e}"))
+    let answers = Answers::read(&mut s, count).unwrap_or_else(|e| panic!("answers: {e}"));
+    // Nothing to send: end the pass, and let the receiver finish.
+    if let Answers::Each(_) = answers {
+        s.write_all(&zcommon::Frame::EndOfPass.encode()).unwrap();
+        let _ = zcommon::Report::read(&mut s);
+    }
+    answers
 }
 
 fn entry(path: &str, kind: Kind) -> Entry {
@@ -406,15 +412,10 @@ fn hostile_manifests_are_refused_and_nothing_is_written() {
         (
             vec![
                 entry("top", Kind::Dir),
-                entry(
-                    "top/l",
-                    Kind::Symlink {
-                        target: "../../etc".into(),
-                    },
-                ),
+                entry("top/l", Kind::Symlink { target: "".into() }),
                 entry("y", file(1)),
             ],
-            "points out of the tree",
+            "empty target",
         ),
     ];
     for (entries, words) in cases {
@@ -604,4 +605,57 @@ fn a_path_of_nearly_4096_bytes_lands() {
         sha256_file(&dst.path().join(&rel)),
         sha256_file(&dir.join(&name))
     );
+}
+
+/// Each of these links passes a check of its text alone (relative, never climbing above its
+/// tree with `..`), yet `x` used to point out of the receive directory: `..` after a link
+/// climbs from the link's target. Judged where they lead, among the links already made, `u`
+/// is made and the others refused, and no link made leads outside.
+#[test]
+fn a_chain_of_links_cannot_lead_out_of_the_directory() {
+    let outer = tempfile::tempdir().unwrap();
+    let dst = outer.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    std::fs::create_dir(outer.path().join("outside")).unwrap();
+    let rx = Zrecv::start(&dst, &[]);
+    let link = |path: &str, target: &str| {
+        entry(
+            path,
+            Kind::Symlink {
+                target: target.into(),
+            },
+        )
+    };
+    let answers = hostile_manifest(
+        &rx,
+        vec![
+            entry("top", Kind::Dir),
+            entry("top/d", Kind::Dir),
+            link("top/d/u", ".."),
+            link("top/d/v", "u/.."),
+            link("top/d/w", "v/.."),
+            link("top/d/x", "w/outside"),
+        ],
+    );
+    let Answers::Each(answers) = answers else {
+        panic!("refused whole: {answers:?}")
+    };
+    assert_eq!(answers[2], zcommon::Answer::Done, "{answers:?}");
+    for (i, a) in answers.iter().enumerate().skip(3) {
+        assert!(matches!(a, zcommon::Answer::Refused(_)), "entry {i}: {a:?}");
+    }
+    // Every link that exists resolves inside the receive directory.
+    let dst = dst.canonicalize().unwrap();
+    for name in ["u", "v", "w", "x"] {
+        let p = dst.join("top/d").join(name);
+        if p.symlink_metadata().is_ok() {
+            let resolved = p.canonicalize().unwrap();
+            assert!(
+                resolved.starts_with(&dst),
+                "{name} -> {}",
+                resolved.display()
+            );
+        }
+    }
+    assert!(!dst.join("top/d/v").exists() && !dst.join("top/d/x").exists());
 }

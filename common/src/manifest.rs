@@ -42,7 +42,7 @@ pub enum Kind {
     },
     /// A directory; its entries follow it in the manifest.
     Dir,
-    /// A symbolic link to a relative target inside the tree.
+    /// A symbolic link; where its target leads is judged by the receiver (see `links`).
     Symlink {
         /// The link's content.
         target: String,
@@ -197,7 +197,8 @@ impl Manifest {
 
     /// Reads a manifest and checks it: every path is relative and made of safe components,
     /// no two entries share a path, every parent is a directory listed before its children,
-    /// and every link target stays inside the tree. Bounded by [`MAX_ENTRIES`] and
+    /// and every link target is a non-empty text without NUL. (Where a link leads is judged
+    /// link by link when the receiver makes it: see `links`.) Bounded by [`MAX_ENTRIES`] and
     /// [`MAX_MANIFEST_TEXT`] before anything is allocated for it.
     pub fn read(r: &mut impl Read) -> Result<Manifest, ProtocolError> {
         let mut head = [0u8; 8];

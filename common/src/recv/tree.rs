@@ -22,6 +22,7 @@ use super::{linger, prepare, tell, timestamps, Receiver, Route, TransferRecord, 
 use crate::auth::{self, Integrity, Seal};
 use crate::error::{ProtocolError, RecvError};
 use crate::hash::{Prefix, Start, Watermark};
+use crate::links::LinkJudge;
 use crate::manifest::{
     Answer, Answers, Control, Entry, FileStatus, Frame, Kind, Manifest, Report, FRAME_HEAD_LEN,
 };
@@ -106,6 +107,8 @@ struct Session<'r, 'scope> {
     partials: HashMap<u32, Kept>,
     /// Seals the digests of trailers and verdicts.
     integrity: &'r Integrity,
+    /// Judges each link by where it leads among the entries made before it.
+    links: LinkJudge,
     /// Entries whose content arrived (landed, or lost to a mismatch).
     settled: Vec<bool>,
     /// Directories this session made: their mode and mtime are set at the end of each pass.
@@ -166,6 +169,7 @@ impl Receiver {
                 answers: Vec::with_capacity(count),
                 partials: HashMap::new(),
                 integrity,
+                links: LinkJudge::new(),
                 settled: vec![false; count],
                 made_dirs: Vec::new(),
                 fresh_dirs: HashSet::new(),
@@ -303,7 +307,21 @@ impl Session<'_, '_> {
         tell(self.stream, &answers, "answering the manifest", 0, 0)
     }
 
+    /// Answers entry `i`, and tells the link judge what became of it.
     fn answer(&mut self, i: usize) -> Answer {
+        let answer = self.settle(i);
+        let e = &self.manifest.entries[i];
+        match (&e.kind, &answer) {
+            (Kind::Dir, a) => self.links.dir(&e.path, *a == Answer::Done),
+            // A link made was accepted with where it leads.
+            (Kind::Symlink { .. }, Answer::Done) => {}
+            _ => self.links.other(&e.path),
+        }
+        answer
+    }
+
+    /// Makes a directory or link, or finds what is there for a file.
+    fn settle(&mut self, i: usize) -> Answer {
         let e = &self.manifest.entries[i];
         // A directory this transfer made holds nothing yet: no file or partial to look for.
         // (Should something appear there meanwhile, the rename refuses to replace it.)
@@ -346,24 +364,33 @@ impl Session<'_, '_> {
                 }
                 Some(_) => Answer::Refused("exists and is not a directory".into()),
             },
-            Kind::Symlink { target } => match existing_type {
-                Some(FileType::Directory) => Answer::Refused("is a directory".into()),
-                Some(FileType::Symlink)
-                    if rustix::fs::readlinkat(&parent, base, Vec::new())
-                        .is_ok_and(|t| t.as_bytes() == target.as_bytes()) =>
-                {
-                    self.counts.links += 1;
-                    Answer::Done
-                }
-                Some(_) if !force => taken(),
-                _ => match self.make_link(&parent, e, target) {
-                    Ok(()) => {
-                        self.counts.links += 1;
+            Kind::Symlink { target } => {
+                // Where it leads, among what this transfer made before it: never out of its
+                // tree, whatever chain of links the sender builds.
+                let resolution = match self.links.judge(&e.path, target) {
+                    Ok(r) => r,
+                    Err(err) => return Answer::Refused(format!("the link {err}")),
+                };
+                let made = match existing_type {
+                    Some(FileType::Directory) => Answer::Refused("is a directory".into()),
+                    Some(FileType::Symlink)
+                        if rustix::fs::readlinkat(&parent, base, Vec::new())
+                            .is_ok_and(|t| t.as_bytes() == target.as_bytes()) =>
+                    {
                         Answer::Done
                     }
-                    Err(err) => Answer::Refused(err.to_string()),
-                },
-            },
+                    Some(_) if !force => taken(),
+                    _ => match self.make_link(&parent, e, target) {
+                        Ok(()) => Answer::Done,
+                        Err(err) => Answer::Refused(err.to_string()),
+                    },
+                };
+                if made == Answer::Done {
+                    self.counts.links += 1;
+                    self.links.accept(&e.path, resolution);
+                }
+                made
+            }
             Kind::File { size, .. } => match existing {
                 Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
                     Answer::Refused("is a directory".into())
