@@ -53,6 +53,11 @@ fn send_counted(rx: &Zrecv, path: &Path) -> (serde_json::Value, u64) {
     (json, proxy.bytes_up())
 }
 
+/// How many of a kept partial's files (data and record) are in `dir`.
+fn kept(dir: &Path) -> usize {
+    entries(dir).iter().filter(|e| is_kept_partial(e)).count()
+}
+
 /// The path of the kept partial's data file in `dir`.
 fn kept_part(dir: &Path) -> std::path::PathBuf {
     let name = entries(dir)
@@ -205,4 +210,65 @@ fn a_resume_offer_past_the_end_is_refused_by_the_sender() {
     assert_eq!(out.status.code(), Some(6), "{err}");
     assert!(err.contains("resume offer at byte 1001 of 1000"), "{err}");
     fake.join().unwrap();
+}
+
+/// Hashing a prefix of 4 GiB of holes takes seconds on each side, longer than either end's
+/// --timeout: the sender says it is still there while it hashes (before its proof, before its
+/// trailer), so the receiver, which gives up on a silent sender, waits for it and the resume
+/// goes through.
+#[test]
+fn a_long_hashing_resume_outlasts_short_timeouts() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("holes.img");
+    let size: u64 = 4 << 30;
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(size).unwrap();
+    let chunk = vec![0xa5u8; 1 << 20];
+    f.write_all_at(&chunk, 0).unwrap();
+    f.write_all_at(&chunk, size - (1 << 20)).unwrap();
+    drop(f);
+    let rx = Zrecv::start(dst.path(), &["--timeout", "1"]);
+    // Interrupt the first attempt once the receiver holds both extents (and hashes the hole).
+    let mut sender = Command::new(zsend_bin())
+        .args([&rx.addr(), path.to_str().unwrap(), "-q"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
+    while !in_flight(dst.path()).iter().any(|e| {
+        std::fs::metadata(dst.path().join(e))
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512 >= 2 << 20)
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            entries(dst.path())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    let line = rx.wait_for_line("holes.img from");
+    assert!(line.contains("the sender went away"), "{line}");
+    assert_eq!(kept(dst.path()), 2, "{:?}", entries(dst.path()));
+    let out = zsend(&[
+        &rx.addr(),
+        path.to_str().unwrap(),
+        "--json",
+        "--timeout",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let resumed = json["resumed_from"].as_u64().unwrap();
+    assert!(resumed > size - (1 << 20), "resumed from {resumed}");
+    assert_eq!(json["verified"], true, "{json}");
+    // Both ends hashed every byte; reading 8 GiB of holes again here would only cost time.
+    let landed = std::fs::File::open(dst.path().join("holes.img")).unwrap();
+    assert_eq!(landed.metadata().unwrap().len(), size);
+    let mut tail = vec![0u8; 1 << 20];
+    landed.read_exact_at(&mut tail, size - (1 << 20)).unwrap();
+    assert_eq!(tail, chunk);
 }
