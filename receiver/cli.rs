@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use zcommon::parse_listen_addr;
@@ -52,6 +53,13 @@ pub struct Cli {
     /// Most transfers served at once; further senders are refused as busy.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub max_transfers: usize,
+
+    /// Remove hidden partial and temporary files (.zrecv-*.part, .zrecv-*.resume) in DIR and
+    /// its subdirectories once they have not been modified for this long: at start, then every
+    /// quarter of it (at least hourly) while serving. A number with a unit: 90s, 30m, 12h, 2d;
+    /// a bare number is seconds. Keep it well above --timeout.
+    #[arg(long, value_name = "DURATION", default_value = "1d", value_parser = zcommon::parse_age)]
+    pub partial_max_age: Duration,
 
     /// File holding a secret shared with senders: each must prove it knows it before anything
     /// touches the disk, and zrecv proves it back.

@@ -1,7 +1,9 @@
 //! zrecv: listen on a TCP port and land what zsend sends into a directory, verified and durable.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,7 +12,10 @@ use clap::Parser;
 mod cli;
 
 use cli::Cli;
-use zcommon::{Bytes, Escaped, ExitStatus, Receiver, ReceiverConfig, Token, TransferRecord};
+use zcommon::{
+    sweep_interval, Age, Bytes, Escaped, ExitStatus, Receiver, ReceiverConfig, Swept, Token,
+    TransferRecord,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,10 +32,11 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
     let token = Token::from_optional_file(cli.token_file.as_deref())?;
     let open = token.is_none();
+    let timeout = Duration::from_secs(cli.timeout.max(1));
     let config = ReceiverConfig {
         dir: cli.dir.clone(),
         force: cli.force,
-        timeout: Duration::from_secs(cli.timeout.max(1)),
+        timeout,
         // One transfer with --once (or --stdout): it may use all the open files allowed.
         max_transfers: match cli.once || cli.stdout {
             true => 1,
@@ -42,19 +48,23 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
     };
     let receiver = Receiver::bind(cli.listen, config)
         .with_context(|| format!("listening on {} for {}", cli.listen, cli.dir.display()))?;
+    let receiver = Arc::new(receiver);
     let bound = receiver.local_addr()?;
     eprintln!("listening on {bound}");
-    match receiver.remove_stale_partials() {
-        Ok(removed) if !removed.is_empty() => log::info!(
-            "removed {} stale temporary file(s) older than a day from {}",
-            removed.len(),
-            cli.dir.display()
-        ),
-        Ok(_) => {}
-        Err(e) => log::warn!(
-            "looking for stale temporary files in {}: {e}",
-            cli.dir.display()
-        ),
+    // With --stdout nothing is written into --dir: nothing to sweep there.
+    let max_age = cli.partial_max_age;
+    if !cli.stdout {
+        if max_age <= timeout {
+            log::warn!(
+                "--partial-max-age {} is not above --timeout {}: a resumed transfer that stalls \
+                 longer than the age may lose its partial",
+                Age(max_age),
+                Age(timeout)
+            );
+        }
+        // Never holds up the exit: the process ends once serving is over.
+        let (sweeper, dir) = (receiver.clone(), cli.dir.clone());
+        std::thread::spawn(move || sweep_periodically(&sweeper, max_age, &dir));
     }
     if open && !bound.ip().is_loopback() {
         log::warn!(
@@ -73,6 +83,38 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
     }
     receiver.serve(&report).context("serving")?;
     Ok(ExitStatus::Success)
+}
+
+/// Removes stale partials at once, then every `sweep_interval`.
+fn sweep_periodically(receiver: &Receiver, max_age: Duration, dir: &Path) -> ! {
+    loop {
+        log_swept(&receiver.remove_stale_partials(max_age), max_age, dir);
+        std::thread::sleep(sweep_interval(max_age));
+    }
+}
+
+/// Says what a sweep of stale partials removed (failures were logged as they happened).
+fn log_swept(swept: &Swept, max_age: Duration, dir: &Path) {
+    const SHOWN: usize = 8;
+    if swept.removed.is_empty() {
+        return;
+    }
+    let mut names: Vec<String> = swept
+        .removed
+        .iter()
+        .take(SHOWN)
+        .map(|p| Escaped(&p.to_string_lossy()).to_string())
+        .collect();
+    if swept.removed.len() > SHOWN {
+        names.push(format!("and {} more", swept.removed.len() - SHOWN));
+    }
+    log::info!(
+        "removed {} stale temporary file(s) older than {} from {}: {}",
+        swept.removed.len(),
+        Age(max_age),
+        dir.display(),
+        names.join(", ")
+    );
 }
 
 /// One log line per transfer, and a JSON line with `--json`.

@@ -10,6 +10,7 @@ mod resume;
 mod service;
 mod sparse;
 mod stream;
+mod sweep;
 mod transfer;
 mod tree;
 mod util;

@@ -36,6 +36,7 @@ mod recv;
 mod send;
 mod stages;
 mod stdin;
+mod sweep;
 mod sys;
 mod units;
 mod walk;
@@ -61,5 +62,6 @@ pub use crate::send::{
 };
 pub use crate::stages::StageTimes;
 pub use crate::stdin::send_stdin;
+pub use crate::sweep::{parse_age, sweep_interval, Age, Swept};
 pub use crate::units::{os_reason, Bytes};
 pub use ipnet::IpNet;
