@@ -94,5 +94,9 @@ Examples:
   zrecv --listen --once --stdout | tar x     feed another program, still verified
   zrecv --listen --allow-forward 10.0.0.0/24 pass chains (zsend --to) on within 10.0.0.0/24
 
+SIGTERM or SIGINT stops zrecv: every transfer in flight keeps its partial for the next send to
+resume, and zrecv exits 0 (with --once: the interrupted transfer's status). A second signal
+ends it at once.
+
 Exit status with --once: 0 landed and verified, 1 local error, 3 network, 4 refused,
 5 verification failed, 6 protocol error, 8 authentication failed.";

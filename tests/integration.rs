@@ -8,6 +8,7 @@ mod faults;
 mod hostile;
 mod resume;
 mod service;
+mod signals;
 mod sparse;
 mod stream;
 mod sweep;

@@ -36,6 +36,7 @@ use chain::Forward;
 mod ahead;
 mod chain;
 mod land;
+mod stop;
 mod tree;
 
 pub use tree::TreeCounts;
@@ -128,6 +129,8 @@ pub struct Receiver {
     in_flight: Mutex<HashSet<String>>,
     /// Most small files of a tree held open while they wait to land together.
     batch_files: usize,
+    /// The connections being served, for [`Receiver::stop`].
+    connections: stop::Connections,
     /// When it was bound: its temporary files are all younger.
     started: SystemTime,
 }
@@ -156,6 +159,7 @@ impl Receiver {
         let batch_files = per_transfer.clamp(16, 1024) as usize;
         Ok(Receiver {
             started: SystemTime::now(),
+            connections: stop::Connections::default(),
             batch_files,
             listener: sock.into(),
             dir,
@@ -182,18 +186,22 @@ impl Receiver {
         self.listener.local_addr()
     }
 
-    /// Serves exactly one connection and returns its outcome.
+    /// Serves exactly one connection and returns its outcome (an error if stopped before one
+    /// came: see [`Receiver::is_stopped`]).
     pub fn serve_once(&self) -> io::Result<TransferRecord> {
         let (stream, peer) = self.listener.accept()?;
+        let _registered = self.connections.register(&stream);
         Ok(self.handle(stream, peer))
     }
 
-    /// Serves connections until the process ends, each on its own thread, at most
-    /// `max_transfers` at once. `report` is called with every outcome.
+    /// Serves connections until [`Receiver::stop`], each on its own thread, at most
+    /// `max_transfers` at once, then waits for the transfers in flight to end. `report` is
+    /// called with every outcome.
     pub fn serve(&self, report: &(dyn Fn(&TransferRecord) + Sync)) -> io::Result<()> {
         std::thread::scope(|s| loop {
             let (stream, peer) = match self.listener.accept() {
                 Ok(c) => c,
+                Err(_) if self.connections.stopped() => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
@@ -210,7 +218,9 @@ impl Receiver {
                 continue;
             }
             s.spawn(move || {
+                let registered = self.connections.register(&stream);
                 let record = self.handle(stream, peer);
+                drop(registered);
                 self.active.fetch_sub(1, Ordering::AcqRel);
                 report(&record);
             });
