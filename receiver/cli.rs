@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use zcommon::parse_listen_addr;
@@ -53,6 +54,13 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub max_transfers: usize,
 
+    /// Remove hidden partial and temporary files (.zrecv-*.part, .zrecv-*.resume) in DIR and
+    /// its subdirectories once they have not been modified for this long: at start, then every
+    /// quarter of it (at least hourly) while serving. A number with a unit: 90s, 30m, 12h, 2d;
+    /// a bare number is seconds. Keep it well above --timeout.
+    #[arg(long, value_name = "DURATION", default_value = "1d", value_parser = zcommon::parse_age)]
+    pub partial_max_age: Duration,
+
     /// File holding a secret shared with senders: each must prove it knows it before anything
     /// touches the disk, and zrecv proves it back.
     #[arg(long, value_name = "FILE", env = "ZSEND_TOKEN_FILE")]
@@ -85,6 +93,10 @@ Examples:
   zrecv --listen --token-file /etc/zsend/token --dir /srv/images
   zrecv --listen --once --stdout | tar x     feed another program, still verified
   zrecv --listen --allow-forward 10.0.0.0/24 pass chains (zsend --to) on within 10.0.0.0/24
+
+SIGTERM or SIGINT stops zrecv: every transfer in flight keeps its partial for the next send to
+resume, and zrecv exits 0 (with --once: the interrupted transfer's status). A second signal
+ends it at once.
 
 Exit status with --once: 0 landed and verified, 1 local error, 3 network, 4 refused,
 5 verification failed, 6 protocol error, 8 authentication failed.";

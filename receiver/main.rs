@@ -1,16 +1,28 @@
 //! zrecv: listen on a TCP port and land what zsend sends into a directory, verified and durable.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 mod cli;
 
 use cli::Cli;
-use zcommon::{Bytes, Escaped, ExitStatus, Receiver, ReceiverConfig, Token, TransferRecord};
+use zcommon::{
+    sweep_interval, Age, Bytes, Escaped, ExitStatus, Receiver, ReceiverConfig, Swept, Token,
+    TransferRecord,
+};
+
+/// How long after a stop the connections still being served are cut off
+/// (`Receiver::cut_off`): time enough for a transfer that had everything to land and tell its
+/// sender so.
+const CUT_OFF_AFTER: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -25,12 +37,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
+    // Caught from the start: a signal that comes before serving stops it as soon as it starts.
+    let signals = Signals::new([SIGTERM, SIGINT]).context("handling SIGTERM and SIGINT")?;
     let token = Token::from_optional_file(cli.token_file.as_deref())?;
     let open = token.is_none();
+    let timeout = Duration::from_secs(cli.timeout.max(1));
     let config = ReceiverConfig {
         dir: cli.dir.clone(),
         force: cli.force,
-        timeout: Duration::from_secs(cli.timeout.max(1)),
+        timeout,
         // One transfer with --once (or --stdout): it may use all the open files allowed.
         max_transfers: match cli.once || cli.stdout {
             true => 1,
@@ -42,19 +57,25 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
     };
     let receiver = Receiver::bind(cli.listen, config)
         .with_context(|| format!("listening on {} for {}", cli.listen, cli.dir.display()))?;
+    let receiver = Arc::new(receiver);
     let bound = receiver.local_addr()?;
     eprintln!("listening on {bound}");
-    match receiver.remove_stale_partials() {
-        Ok(removed) if !removed.is_empty() => log::info!(
-            "removed {} stale temporary file(s) older than a day from {}",
-            removed.len(),
-            cli.dir.display()
-        ),
-        Ok(_) => {}
-        Err(e) => log::warn!(
-            "looking for stale temporary files in {}: {e}",
-            cli.dir.display()
-        ),
+    // These threads never hold up the exit: the process ends once serving is over.
+    let (stopper, (told, stop_told)) = (receiver.clone(), mpsc::channel());
+    std::thread::spawn(move || stop_on_signals(signals, &stopper, timeout, told));
+    // With --stdout nothing is written into --dir: nothing to sweep there.
+    let max_age = cli.partial_max_age;
+    if !cli.stdout {
+        if max_age <= timeout {
+            log::warn!(
+                "--partial-max-age {} is not above --timeout {}: a resumed transfer that stalls \
+                 longer than the age may lose its partial",
+                Age(max_age),
+                Age(timeout)
+            );
+        }
+        let (sweeper, dir) = (receiver.clone(), cli.dir.clone());
+        std::thread::spawn(move || sweep_periodically(&sweeper, max_age, &dir));
     }
     if open && !bound.ip().is_loopback() {
         log::warn!(
@@ -62,9 +83,24 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             cli.dir.display()
         );
     }
-    let report = |r: &TransferRecord| report(cli, r);
+    let status = serve(cli, &receiver);
+    if receiver.is_stopped() {
+        // Once the stop has been told.
+        let _ = stop_told.recv();
+        log::info!("stopped");
+    }
+    status
+}
+
+/// Serves one transfer (`--once`) or until stopped.
+fn serve(cli: &Cli, receiver: &Receiver) -> anyhow::Result<ExitStatus> {
+    let report = |r: &TransferRecord| report(cli, r, receiver.is_stopped());
     if cli.once {
-        let record = receiver.serve_once().context("accepting a connection")?;
+        let record = match receiver.serve_once() {
+            Ok(record) => record,
+            Err(_) if receiver.is_stopped() => return Ok(ExitStatus::Success),
+            Err(e) => return Err(e).context("accepting a connection"),
+        };
         report(&record);
         return Ok(record
             .result
@@ -75,8 +111,99 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
-/// One log line per transfer, and a JSON line with `--json`.
-fn report(cli: &Cli, r: &TransferRecord) {
+/// Stops the receiver on the first SIGTERM or SIGINT: cuts off the connections still served
+/// [`CUT_OFF_AFTER`] later, and gives up on them after `grace`. A second signal ends the
+/// process at once. `told` hears once the stop is logged.
+fn stop_on_signals(
+    mut signals: Signals,
+    receiver: &Arc<Receiver>,
+    grace: Duration,
+    told: mpsc::Sender<()>,
+) {
+    let mut caught = signals.forever();
+    let Some(first) = caught.next() else { return };
+    match receiver.stop() {
+        0 => log::info!("stopping on {}: no transfers in flight", name(first)),
+        n => log::info!(
+            "stopping on {}: {n} transfer(s) interrupted; their partials are kept for resuming",
+            name(first)
+        ),
+    }
+    let _ = told.send(());
+    let receiver = receiver.clone();
+    std::thread::spawn(move || {
+        // Timers, not locks: if serving ends first, the process ends with them.
+        let cut_off_after = CUT_OFF_AFTER.min(grace);
+        std::thread::sleep(cut_off_after);
+        let n = receiver.cut_off();
+        if n > 0 {
+            log::warn!(
+                "{n} transfer(s) still running {} after the stop: cutting them off",
+                Age(cut_off_after)
+            );
+        }
+        std::thread::sleep(grace - cut_off_after);
+        log::warn!(
+            "transfers still running {} after the stop: exiting without them",
+            Age(grace)
+        );
+        die(first);
+    });
+    if let Some(second) = caught.next() {
+        log::warn!("{} again: exiting at once", name(second));
+        die(second);
+    }
+}
+
+/// Removes stale partials at once, then every `sweep_interval` until the receiver stops.
+fn sweep_periodically(receiver: &Receiver, max_age: Duration, dir: &Path) {
+    while !receiver.is_stopped() {
+        log_swept(&receiver.remove_stale_partials(max_age), max_age, dir);
+        std::thread::sleep(sweep_interval(max_age));
+    }
+}
+
+/// Ends the process as `signal` would have without a handler.
+fn die(signal: i32) -> ! {
+    let _ = signal_hook::low_level::emulate_default_handler(signal);
+    std::process::exit(128 + signal)
+}
+
+fn name(signal: i32) -> &'static str {
+    match signal {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        _ => "a signal",
+    }
+}
+
+/// Says what a sweep of stale partials removed (failures were logged as they happened).
+fn log_swept(swept: &Swept, max_age: Duration, dir: &Path) {
+    const SHOWN: usize = 8;
+    if swept.removed.is_empty() {
+        return;
+    }
+    let mut names: Vec<String> = swept
+        .removed
+        .iter()
+        .take(SHOWN)
+        .map(|p| Escaped(&p.to_string_lossy()).to_string())
+        .collect();
+    if swept.removed.len() > SHOWN {
+        names.push(format!("and {} more", swept.removed.len() - SHOWN));
+    }
+    log::info!(
+        "removed {} stale temporary file(s) older than {} from {}: {}",
+        swept.removed.len(),
+        Age(max_age),
+        dir.display(),
+        names.join(", ")
+    );
+}
+
+/// One log line per transfer, and a JSON line with `--json`. `stopping`: the receiver is
+/// stopping, so a transfer that broke off was interrupted by the stop.
+fn report(cli: &Cli, r: &TransferRecord, stopping: bool) {
     let name = r.name.as_deref().map(Escaped);
     let what = match &name {
         Some(n) => format!("{n} from {}", r.peer),
@@ -113,6 +240,16 @@ fn report(cli: &Cli, r: &TransferRecord) {
                 "received {what}: {} in {secs:.2} s, {}/s{resumed}, {check}",
                 Bytes(moved),
                 Bytes((moved as f64 / secs) as u64)
+            );
+        }
+        (Err(e), _) if stopping && e.is_interruption() => {
+            let of = r
+                .size
+                .map(|n| format!(" of {}", Bytes(n)))
+                .unwrap_or_default();
+            log::warn!(
+                "{what}: interrupted by the stop after {}{of}",
+                Bytes(r.received)
             );
         }
         (Err(e), _) => log::error!("{what}: {e:#}"),

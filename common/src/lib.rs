@@ -37,6 +37,7 @@ mod recv;
 mod send;
 mod stages;
 mod stdin;
+mod sweep;
 mod sys;
 mod units;
 mod walk;
@@ -64,6 +65,7 @@ pub use crate::send::{
 };
 pub use crate::stages::StageTimes;
 pub use crate::stdin::send_stdin;
+pub use crate::sweep::{parse_age, sweep_interval, Age, Swept};
 pub use crate::units::{os_reason, Bytes};
 pub use crate::watch::KEEPALIVE_EVERY;
 pub use ipnet::IpNet;

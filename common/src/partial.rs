@@ -260,7 +260,10 @@ pub(crate) fn take<D: AsFd>(dir: D, header: &Header) -> Option<(TempFile<D>, u64
     };
     let usable = record.filter(|r| r.belongs_to(header));
     let taken = usable.and_then(|r| {
+        // Made young at once, so that the stale-partial sweep leaves it alone while in use.
+        let _sweep = crate::sweep::hold_off();
         let fd = open_beneath(&dir, &part, OFlags::RDWR).ok()?;
+        crate::sweep::mark_in_use(&fd);
         let st = rustix::fs::fstat(&fd).ok()?;
         let is_file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         let len = st.st_size as u64;

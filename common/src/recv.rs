@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -37,6 +37,7 @@ use chain::Forward;
 mod ahead;
 mod chain;
 mod land;
+mod stop;
 mod tree;
 
 pub use tree::TreeCounts;
@@ -47,9 +48,6 @@ const PIPE_SIZE: usize = 1 << 20;
 const WRITEBACK_WINDOW: u64 = 16 << 20;
 /// Connections refused as busy that may linger at once, to let the refusal reach the sender.
 const MAX_LINGERING: usize = 64;
-/// Hidden files older than this (temporary files a killed receiver left, partial files kept
-/// for resuming that nobody resumed) are removed when a receiver starts on the directory.
-pub const STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// How the receiver behaves.
 #[derive(Clone, Debug)]
@@ -135,6 +133,10 @@ pub struct Receiver {
     released: Condvar,
     /// Most small files of a tree held open while they wait to land together.
     batch_files: usize,
+    /// The connections being served, for [`Receiver::stop`].
+    connections: stop::Connections,
+    /// When it was bound: its temporary files are all younger.
+    started: SystemTime,
 }
 
 impl Receiver {
@@ -160,6 +162,8 @@ impl Receiver {
         let per_transfer = open_files / 16 / config.max_transfers.max(1) as u64;
         let batch_files = per_transfer.clamp(16, 1024) as usize;
         Ok(Receiver {
+            started: SystemTime::now(),
+            connections: stop::Connections::default(),
             batch_files,
             listener: sock.into(),
             dir,
@@ -171,32 +175,15 @@ impl Receiver {
         })
     }
 
-    /// Removes hidden files (`.zrecv-*.part`, `.zrecv-*.resume`) not modified for
-    /// [`STALE_AFTER`]: what a killed receiver left behind, and partials nobody resumed in time.
-    /// Younger ones may belong to a receiver still running on the same directory, or wait to be
-    /// resumed. Returns the names removed.
-    pub fn remove_stale_partials(&self) -> io::Result<Vec<String>> {
-        let mut removed = Vec::new();
-        for entry in std::fs::read_dir(&self.config.dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if !partial::is_hidden_file(name) {
-                continue;
-            }
-            let st = match rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => st,
-                Err(_) => continue,
-            };
-            let modified = UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
-            let is_file = rustix::fs::FileType::from_raw_mode(st.st_mode)
-                == rustix::fs::FileType::RegularFile;
-            if is_file && modified.elapsed().is_ok_and(|age| age > STALE_AFTER) {
-                rustix::fs::unlinkat(&self.dir, name, AtFlags::empty())?;
-                removed.push(name.to_owned());
-            }
-        }
-        Ok(removed)
+    /// Removes the hidden files (`.zrecv-*.part`, `.zrecv-*.resume`) in the receive directory
+    /// and all its subdirectories that have not been modified for `max_age`: what a killed
+    /// receiver left behind, and partials nobody resumed in time. Younger ones may belong to a
+    /// receiver still running on the same directory, or wait to be resumed; this receiver's own
+    /// temporary files, and the partials its transfers took up, are never removed. The walk
+    /// stays beneath the directory and never follows a symlink. Failures are logged as warnings
+    /// and counted.
+    pub fn remove_stale_partials(&self, max_age: Duration) -> crate::sweep::Swept {
+        crate::sweep::sweep(self.dir.as_fd(), max_age, Some(self.started))
     }
 
     /// The bound address.
@@ -204,18 +191,22 @@ impl Receiver {
         self.listener.local_addr()
     }
 
-    /// Serves exactly one connection and returns its outcome.
+    /// Serves exactly one connection and returns its outcome (an error if stopped before one
+    /// came: see [`Receiver::is_stopped`]).
     pub fn serve_once(&self) -> io::Result<TransferRecord> {
         let (stream, peer) = self.listener.accept()?;
+        let _registered = self.connections.register(&stream);
         Ok(self.handle(stream, peer))
     }
 
-    /// Serves connections until the process ends, each on its own thread, at most
-    /// `max_transfers` at once. `report` is called with every outcome.
+    /// Serves connections until [`Receiver::stop`], each on its own thread, at most
+    /// `max_transfers` at once, then waits for the transfers in flight to end. `report` is
+    /// called with every outcome.
     pub fn serve(&self, report: &(dyn Fn(&TransferRecord) + Sync)) -> io::Result<()> {
         std::thread::scope(|s| loop {
             let (stream, peer) = match self.listener.accept() {
                 Ok(c) => c,
+                Err(_) if self.connections.stopped() => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
@@ -232,7 +223,9 @@ impl Receiver {
                 continue;
             }
             s.spawn(move || {
+                let registered = self.connections.register(&stream);
                 let record = self.handle(stream, peer);
+                drop(registered);
                 self.active.fetch_sub(1, Ordering::AcqRel);
                 report(&record);
             });

@@ -1,0 +1,589 @@
+//! The stale-partial sweep: removes the receiver's hidden files that nobody touched for a while
+//! (temporary files a killed receiver left, partials kept for resuming that nobody resumed)
+//! anywhere beneath the receive directory, never following a symlink.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::{RwLock, RwLockReadGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use crate::name::{Escaped, TEMP_PREFIX};
+use crate::partial;
+
+/// Directories the walk holds open at once; it closes the shallowest beyond that and opens it
+/// again, from its parent, when it comes back to it.
+const MAX_OPEN_DIRS: usize = 32;
+
+/// A receiver's own temporary file whose ctime is at most this much before the receiver
+/// started is still its own (file times come from a coarser clock than `SystemTime::now`).
+const CLOCK_SLACK: Duration = Duration::from_secs(1);
+
+/// Taken shared while a transfer takes up a kept partial (opens it and sets its mtime to now),
+/// and exclusively while the sweep examines and removes a file: the sweep never removes a
+/// partial between a transfer opening it and making it young.
+static TAKING: RwLock<()> = RwLock::new(());
+
+/// What one sweep did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// The files removed, relative to the receive directory.
+    pub removed: Vec<PathBuf>,
+    /// Files and directories that could not be examined or removed; each was logged as a
+    /// warning.
+    pub errors: usize,
+}
+
+/// How often a receiver whose partials expire after `max_age` sweeps: a quarter of the age,
+/// at least every hour and at most every second.
+pub fn sweep_interval(max_age: Duration) -> Duration {
+    (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+}
+
+/// Parses zrecv's `--partial-max-age`: a whole number with a unit, `90s`, `30m`, `12h`, `2d`,
+/// or a bare number of seconds; at least one second.
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "{s:?} is not a duration such as 90s, 30m, 12h or 2d"
+            ))
+        }
+    };
+    let secs = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{s:?} is not a duration such as 90s, 30m, 12h or 2d"))?;
+    match secs {
+        0 => Err("the age must be at least 1s".into()),
+        _ => Ok(Duration::from_secs(secs)),
+    }
+}
+
+/// Shows a duration as [`parse_age`] reads it, in the largest unit that divides it: `90s`,
+/// `30m`, `1d`.
+#[derive(Clone, Copy, Debug)]
+pub struct Age(pub Duration);
+
+impl fmt::Display for Age {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_secs();
+        let (n, unit) = [(86400, "d"), (3600, "h"), (60, "m")]
+            .into_iter()
+            .find(|(scale, _)| secs > 0 && secs / scale * scale == secs)
+            .map_or((secs, "s"), |(scale, unit)| (secs / scale, unit));
+        write!(f, "{n}{unit}")
+    }
+}
+
+/// Keeps the sweep off a kept partial while a transfer takes it up (see [`mark_in_use`]).
+pub(crate) fn hold_off() -> RwLockReadGuard<'static, ()> {
+    TAKING.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sets the mtime of a partial a transfer just took up to now: the sweep goes by mtime, and a
+/// hidden file's mtime means nothing to anyone else.
+pub(crate) fn mark_in_use(file: impl AsFd) {
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_NOW,
+    };
+    let times = Timestamps {
+        last_access: now,
+        last_modification: now,
+    };
+    if let Err(e) = rustix::fs::futimens(file, &times) {
+        log::warn!("marking a partial file as in use: {e}");
+    }
+}
+
+/// Removes, beneath `root` (a directory handle), the regular files (and the receiver's own
+/// symlinks) that [`partial::is_hidden_file`] recognises and that were last modified more than
+/// `max_age` ago. With `own_since`, the time this receiver started, its own temporary files
+/// (named after its pid, made since then) are spared whatever their age: those are transfers
+/// in flight, or small files of a tree waiting for their batch to land.
+///
+/// Every directory is opened relative to its parent's descriptor with `O_NOFOLLOW`, and every
+/// file is examined and removed relative to its directory's: a directory swapped for a symlink
+/// during the walk cannot lead it, or an unlink, outside `root`.
+pub(crate) fn sweep(
+    root: BorrowedFd<'_>,
+    max_age: Duration,
+    own_since: Option<SystemTime>,
+) -> Swept {
+    Walk {
+        root,
+        cutoff: SystemTime::now().checked_sub(max_age),
+        own: own_since.map(|since| (partial::pid().to_string(), since)),
+        max_open: MAX_OPEN_DIRS,
+        frames: Vec::new(),
+        swept: Swept::default(),
+    }
+    .run()
+}
+
+/// A directory on the walk's stack.
+struct Frame {
+    /// Its name in its parent (empty for the root).
+    name: CString,
+    /// Its path from the root, for messages and the report.
+    path: PathBuf,
+    /// Its listing; `None` while closed to bound the descriptors held.
+    dir: Option<Dir>,
+    /// Where the listing stands: the offset after the last entry read (0: the start).
+    pos: i64,
+}
+
+/// A depth-first walk with an explicit stack of open directories.
+struct Walk<'a> {
+    root: BorrowedFd<'a>,
+    /// Files last modified before this are stale; `None`: nothing is that old.
+    cutoff: Option<SystemTime>,
+    /// This process's pid, and when it started.
+    own: Option<(String, SystemTime)>,
+    max_open: usize,
+    frames: Vec<Frame>,
+    swept: Swept,
+}
+
+impl Walk<'_> {
+    fn run(mut self) -> Swept {
+        self.frames.push(Frame {
+            name: CString::default(),
+            path: PathBuf::new(),
+            dir: None,
+            pos: 0,
+        });
+        while let Some(top) = self.frames.len().checked_sub(1) {
+            if self.frames[top].dir.is_none() {
+                match self.reopen(top) {
+                    Ok(dir) => self.frames[top].dir = Some(dir),
+                    Err(e) => {
+                        let path = self.frames[top].path.clone();
+                        self.fail("opening", &path, e);
+                        self.frames.pop();
+                        continue;
+                    }
+                }
+            }
+            let frame = &mut self.frames[top];
+            let entry = match frame.dir.as_mut().and_then(Dir::read) {
+                None => {
+                    self.frames.pop();
+                    continue;
+                }
+                Some(Err(e)) => {
+                    let path = frame.path.clone();
+                    self.fail("listing", &path, e);
+                    self.frames.pop();
+                    continue;
+                }
+                Some(Ok(entry)) => entry,
+            };
+            frame.pos = entry.offset();
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            match entry.file_type() {
+                FileType::Directory => self.descend(name),
+                FileType::RegularFile | FileType::Symlink => self.examine(name),
+                FileType::Unknown => {
+                    // The file system does not say in its listing: ask.
+                    match rustix::fs::statat(self.top_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                            self.descend(name)
+                        }
+                        Ok(_) => self.examine(name),
+                        Err(Errno::NOENT) => {}
+                        Err(e) => {
+                            let path = self.path_of(name);
+                            self.fail("examining", &path, e);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.swept
+    }
+
+    /// The descriptor of the directory being listed.
+    fn top_fd(&self) -> BorrowedFd<'_> {
+        let dir = self.frames.last().and_then(|f| f.dir.as_ref());
+        let dir = dir.expect("the directory being listed is open");
+        dir.fd().expect("a Dir has a descriptor")
+    }
+
+    /// `name` in the directory being listed, from the root.
+    fn path_of(&self, name: &CStr) -> PathBuf {
+        let top = self.frames.last().expect("a directory is being listed");
+        top.path.join(OsStr::from_bytes(name.to_bytes()))
+    }
+
+    /// Pushes the subdirectory `name` of the directory being listed, if it still is one.
+    fn descend(&mut self, name: &CStr) {
+        let path = self.path_of(name);
+        let dir = open_dir(self.top_fd(), name).and_then(Dir::new);
+        match dir {
+            Ok(dir) => {
+                self.frames.push(Frame {
+                    name: name.to_owned(),
+                    path,
+                    dir: Some(dir),
+                    pos: 0,
+                });
+                let open = self.frames.iter().filter(|f| f.dir.is_some()).count();
+                if open > self.max_open {
+                    let shallowest = self.frames.iter_mut().find(|f| f.dir.is_some());
+                    shallowest.expect("more than one is open").dir = None;
+                }
+            }
+            // Removed since it was listed: nothing to sweep there.
+            Err(Errno::NOENT) => {}
+            // Replaced by a symlink or a file since it was listed: never followed.
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                log::debug!("not sweeping {}: no longer a directory", show(&path));
+            }
+            Err(e) => self.fail("opening", &path, e),
+        }
+    }
+
+    /// Opens the directory of frame `k` again, from its closest open ancestor (or the root),
+    /// one directory at a time, and seeks back to where its listing stood.
+    fn reopen(&self, k: usize) -> rustix::io::Result<Dir> {
+        let open = (0..k).rev().find(|&i| self.frames[i].dir.is_some());
+        let mut dir = match open {
+            Some(i) => {
+                let fd = open_dir(self.fd_of(i)?, &self.frames[i + 1].name)?;
+                self.descend_from(fd, i + 2, k)?
+            }
+            None if k == 0 => Dir::read_from(self.root)?,
+            None => {
+                let fd = open_dir(self.root, &self.frames[1].name)?;
+                self.descend_from(fd, 2, k)?
+            }
+        };
+        if self.frames[k].pos != 0 {
+            dir.seek(self.frames[k].pos)?;
+        }
+        Ok(dir)
+    }
+
+    /// From the open directory of frame `from - 1`, opens frames `from..=k` in turn.
+    fn descend_from(&self, mut fd: OwnedFd, from: usize, k: usize) -> rustix::io::Result<Dir> {
+        for frame in &self.frames[from..=k] {
+            fd = open_dir(&fd, &frame.name)?;
+        }
+        Dir::new(fd)
+    }
+
+    fn fd_of(&self, i: usize) -> rustix::io::Result<BorrowedFd<'_>> {
+        self.frames[i].dir.as_ref().expect("an open frame").fd()
+    }
+
+    /// Removes `name`, in the directory being listed, if it is a stale hidden file.
+    fn examine(&mut self, name: &CStr) {
+        let Ok(text) = name.to_str() else { return };
+        if !partial::is_hidden_file(text) || self.cutoff.is_none() {
+            return;
+        }
+        let path = self.path_of(name);
+        let dir = self.top_fd();
+        let _lock = TAKING.write().unwrap_or_else(|p| p.into_inner());
+        let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return,
+            Err(e) => return self.fail("examining", &path, e),
+        };
+        let kind = FileType::from_raw_mode(st.st_mode);
+        let removable = kind == FileType::RegularFile || kind == FileType::Symlink;
+        let stale = self
+            .cutoff
+            .is_some_and(|cutoff| time(st.st_mtime, st.st_mtime_nsec) < cutoff);
+        if !removable || !stale || self.is_own_in_flight(text, &st) {
+            return;
+        }
+        // unlinkat never follows a symlink: it removes the name in this directory.
+        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) => self.swept.removed.push(path),
+            Err(Errno::NOENT) => {}
+            Err(e) => self.fail("removing", &path, e),
+        }
+    }
+
+    /// Whether `name` is a temporary file this receiver made: named after its pid
+    /// (`.zrecv-PID-…` or `.zrecv-link-PID-…`) and changed since it started. A file of another
+    /// process that had the same pid (a restarted container) changed before that.
+    fn is_own_in_flight(&self, name: &str, st: &Stat) -> bool {
+        let Some((pid, since)) = &self.own else {
+            return false;
+        };
+        let rest = name.strip_prefix(TEMP_PREFIX).unwrap_or(name);
+        let rest = rest.strip_prefix("link-").unwrap_or(rest);
+        let named_ours = rest.split_once('-').is_some_and(|(p, _)| p == pid);
+        named_ours && time(st.st_ctime, st.st_ctime_nsec) + CLOCK_SLACK >= *since
+    }
+
+    fn fail(&mut self, what: &str, path: &std::path::Path, e: Errno) {
+        log::warn!("sweeping stale partials: {what} {}: {e}", show(path));
+        self.swept.errors += 1;
+    }
+}
+
+/// Opens the directory `name` beneath `parent`, never following a symlink.
+fn open_dir(parent: impl AsFd, name: &CStr) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat(parent, name, flags, Mode::empty())
+}
+
+/// A file time as a `SystemTime` (before the epoch: the epoch, which is old enough).
+fn time(sec: i64, nsec: impl TryInto<u32>) -> SystemTime {
+    let nsec = nsec.try_into().unwrap_or(0).min(999_999_999);
+    match u64::try_from(sec) {
+        Ok(sec) => UNIX_EPOCH + Duration::new(sec, nsec),
+        Err(_) => UNIX_EPOCH,
+    }
+}
+
+/// A path for the log, control characters escaped.
+pub(crate) fn show(path: &std::path::Path) -> String {
+    Escaped(&path.to_string_lossy()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::path::Path;
+
+    fn age(path: &Path, secs: u64) {
+        let when = SystemTime::now() - Duration::from_secs(secs);
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
+    fn plant(path: &Path, old: bool) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"partial").unwrap();
+        if old {
+            age(path, 3 * 3600);
+        }
+    }
+
+    fn open(path: &Path) -> OwnedFd {
+        rustix::fs::open(path, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap()
+    }
+
+    fn removed(swept: &Swept) -> Vec<String> {
+        let mut v: Vec<String> = swept
+            .removed
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn old_hidden_files_go_at_every_depth_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("recv");
+        let outside = tmp.path().join("outside");
+        let part = format!(".zrecv-{KEY}.part");
+        let resume = format!(".zrecv-{KEY}.resume");
+        let old = [
+            part.clone(),
+            format!("a/{resume}"),
+            format!("a/{part}"),
+            format!("a/b/c/{part}"),
+            ".zrecv-1-0-00000000.part".to_owned(),
+            "a/b/.zrecv-2-7-0badcafe.part".to_owned(),
+        ];
+        for p in &old {
+            plant(&root.join(p), true);
+        }
+        let young = [resume.clone(), format!("a/b/c/{resume}")];
+        for p in &young {
+            plant(&root.join(p), false);
+        }
+        // Not hidden files of the receiver: kept however old.
+        let other = ["keep.part", "a/.zrecv-notes.txt", "a/b/c/disk.img"];
+        for p in other {
+            plant(&root.join(p), true);
+        }
+        // A hidden name that is a directory is walked, not removed.
+        plant(&root.join(format!("d/.zrecv-x.part/{part}")), true);
+        // A symlink to a directory outside, whose old hidden file must stay.
+        plant(&outside.join(&part), true);
+        std::os::unix::fs::symlink(&outside, root.join("a/escape")).unwrap();
+
+        let swept = sweep(open(&root).as_fd(), Duration::from_secs(3600), None);
+        assert_eq!(swept.errors, 0);
+        let mut want: Vec<String> = old.to_vec();
+        want.push(format!("d/.zrecv-x.part/{part}"));
+        want.sort();
+        assert_eq!(removed(&swept), want);
+        for p in &old {
+            assert!(!root.join(p).exists(), "{p}");
+        }
+        for p in young.iter().map(String::as_str).chain(other) {
+            assert!(root.join(p).exists(), "{p}");
+        }
+        assert!(outside.join(&part).exists(), "the sweep followed a symlink");
+        assert!(root.join("a/escape").symlink_metadata().is_ok());
+    }
+
+    #[test]
+    fn deep_trees_are_walked_with_few_descriptors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = tmp.path().to_owned();
+        let mut want = Vec::new();
+        let mut rel = PathBuf::new();
+        for depth in 0..12 {
+            // Siblings at every level, so the walk comes back to closed directories.
+            for sibling in ["x", "y"] {
+                let p = rel.join(sibling).join(".zrecv-1-0-0.part");
+                plant(&tmp.path().join(&p), true);
+                want.push(p.to_string_lossy().into_owned());
+            }
+            rel.push(format!("d{depth}"));
+            dir.push(format!("d{depth}"));
+        }
+        let p = rel.join(".zrecv-1-0-0.part");
+        plant(&tmp.path().join(&p), true);
+        want.push(p.to_string_lossy().into_owned());
+        want.sort();
+        let root = open(tmp.path());
+        let swept = Walk {
+            root: root.as_fd(),
+            cutoff: SystemTime::now().checked_sub(Duration::from_secs(60)),
+            own: None,
+            max_open: 3,
+            frames: Vec::new(),
+            swept: Swept::default(),
+        }
+        .run();
+        assert_eq!(swept.errors, 0);
+        assert_eq!(removed(&swept), want);
+    }
+
+    #[test]
+    fn own_temporary_files_in_flight_are_spared() {
+        let tmp = tempfile::tempdir().unwrap();
+        let started = SystemTime::now();
+        let ours = format!(".zrecv-{}-3-00000000.part", partial::pid());
+        let link = format!(".zrecv-link-{}-3.part", partial::pid());
+        plant(&tmp.path().join(&ours), true);
+        let theirs = tmp.path().join(".zrecv-1-3-00000000.part");
+        plant(&theirs, true);
+        let root = open(tmp.path());
+        std::os::unix::fs::symlink("target", tmp.path().join(&link)).unwrap();
+        let old = Timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 0,
+        };
+        let times = Timestamps {
+            last_access: old,
+            last_modification: old,
+        };
+        rustix::fs::utimensat(&root, link.as_str(), &times, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        let hour = Duration::from_secs(3600);
+        let swept = sweep(root.as_fd(), hour, Some(started));
+        assert_eq!(removed(&swept), vec![".zrecv-1-3-00000000.part"]);
+        assert!(tmp.path().join(&ours).exists());
+        // Before this receiver started, a file named after its pid was another process's.
+        let later = SystemTime::now() + Duration::from_secs(60);
+        let swept = sweep(root.as_fd(), hour, Some(later));
+        let mut want = vec![link, ours];
+        want.sort();
+        assert_eq!(removed(&swept), want);
+    }
+
+    #[test]
+    fn a_partial_taken_up_by_a_transfer_is_young() {
+        use crate::protocol::{Header, SOURCE_ID_LEN};
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = open(tmp.path());
+        let header = Header {
+            mtime_sec: 1_700_000_000,
+            source_id: Some([7; SOURCE_ID_LEN]),
+            ..Header::new("disk.img", 10)
+        };
+        let temp = partial::TempFile::create(&dir).unwrap();
+        (&temp.file).write_all(b"hello").unwrap();
+        partial::keep(temp, &header, 5);
+        for e in std::fs::read_dir(tmp.path()).unwrap() {
+            age(&e.unwrap().path(), 3 * 3600);
+        }
+        let (taken, held) = partial::take(&dir, &header).expect("kept");
+        assert_eq!(held, 5);
+        let swept = sweep(dir.as_fd(), Duration::from_secs(3600), None);
+        assert!(swept.removed.is_empty(), "{:?}", swept.removed);
+        assert!(tmp.path().join(&taken.name).exists());
+    }
+
+    #[test]
+    fn ages_parse_and_show() {
+        for (text, secs) in [
+            ("90s", 90),
+            ("90", 90),
+            ("30m", 1800),
+            ("12h", 43200),
+            ("2d", 172800),
+        ] {
+            assert_eq!(parse_age(text), Ok(Duration::from_secs(secs)), "{text}");
+        }
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "s",
+            "1.5h",
+            "-1",
+            "1w",
+            "1 d",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_age(bad).is_err(), "{bad:?}");
+        }
+        for (secs, text) in [
+            (90, "90s"),
+            (1800, "30m"),
+            (3600, "1h"),
+            (86400, "1d"),
+            (0, "0s"),
+        ] {
+            assert_eq!(Age(Duration::from_secs(secs)).to_string(), text);
+        }
+    }
+
+    #[test]
+    fn the_interval_is_a_quarter_of_the_age_within_bounds() {
+        let s = Duration::from_secs;
+        assert_eq!(sweep_interval(s(2)), s(1));
+        assert_eq!(sweep_interval(s(120)), s(30));
+        assert_eq!(sweep_interval(s(86400)), s(3600));
+    }
+}
