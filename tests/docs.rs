@@ -127,3 +127,64 @@ fn help_shows_the_common_jobs() {
         assert!(zrecv.contains(job), "zrecv --help lacks {job:?}");
     }
 }
+
+/// Every test docs/SECURITY.md names as proof of a promise exists: `module::name` in
+/// tests/module.rs (or, for a unit test, in common/src/module.rs or a file below it), and a
+/// bare test name somewhere in the tests.
+#[test]
+fn the_tests_security_md_names_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/SECURITY.md")).unwrap();
+    let mut sources = Vec::new();
+    for dir in ["tests", "common/src", "common/tests"] {
+        for entry in walkdir(&root.join(dir)) {
+            sources.push((entry.clone(), std::fs::read_to_string(&entry).unwrap()));
+        }
+    }
+    let defines = |file: &dyn Fn(&Path) -> bool, name: &str| {
+        sources.iter().any(|(path, text)| {
+            file(path)
+                && (name == "*" && text.contains("#[test]")
+                    || text.contains(&format!("fn {name}(")))
+        })
+    };
+    let mut missing = Vec::new();
+    for quoted in doc.split('`').skip(1).step_by(2) {
+        let is_ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        match quoted.split_once("::") {
+            Some((module, name)) if is_ident(module) && (is_ident(name) || name == "*") => {
+                let in_module = |p: &Path| {
+                    p.file_stem().is_some_and(|s| s == module)
+                        || p.parent().and_then(Path::file_name).is_some_and(|d| d == module)
+                };
+                if !defines(&in_module, name) {
+                    missing.push(quoted.to_owned());
+                }
+            }
+            None if is_ident(quoted) && quoted.matches('_').count() >= 3 => {
+                if !defines(&|_| true, quoted) {
+                    missing.push(quoted.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(missing.is_empty(), "SECURITY.md names tests that do not exist: {missing:?}");
+}
+
+/// Every `.rs` file below `dir`.
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -46,6 +46,9 @@ pub use tree::TreeCounts;
 const PIPE_SIZE: usize = 1 << 20;
 /// Writeback and drop-behind work in windows of this many bytes (see `sys::DropBehind`).
 const WRITEBACK_WINDOW: u64 = 16 << 20;
+/// How long a sender waits for another connection to let go of its name before it is refused
+/// as busy, while that connection's sender still looks alive.
+const SAME_NAME_GRACE: Duration = Duration::from_secs(3);
 /// Connections refused as busy that may linger at once, to let the refusal reach the sender.
 const MAX_LINGERING: usize = 64;
 
@@ -972,25 +975,31 @@ impl Receiver {
         })
     }
 
-    /// Reserves `name` for this transfer. When another connection holds it and that
-    /// connection's sender has gone (interrupted a moment ago: its partial is being kept), waits
-    /// for it to let go, at most the timeout, so that a sender trying again at once resumes
-    /// instead of being turned away. `None` if a live transfer holds the name.
+    /// Reserves `name` for this transfer. When another connection holds it, waits for it to
+    /// let go: a sender interrupted a moment ago may not look gone yet (its kernel still
+    /// delivers what it had sent, and the end of its connection comes last), so a live-looking
+    /// holder gets [`SAME_NAME_GRACE`]; one whose sender has gone (its partial is being kept)
+    /// gets the timeout. So a sender trying again at once resumes instead of being turned
+    /// away. `None` if a live transfer still holds the name after that.
     fn claim(&self, name: &str, stream: &TcpStream) -> Option<Claim<'_>> {
-        let deadline = Instant::now() + self.config.timeout;
+        let start = Instant::now();
+        let grace = start + SAME_NAME_GRACE.min(self.config.timeout);
+        let deadline = start + self.config.timeout;
         let lock = || self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         let mut held = lock();
         while let Some(holder) = held.get(name) {
-            if !watch::peer_gone(holder) {
-                return None;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let until = match watch::peer_gone(holder) {
+                true => deadline,
+                false => grace,
+            };
+            let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return None;
             }
+            // Woken when a name is released; and now and then, to see the holder's sender go.
             held = self
                 .released
-                .wait_timeout(held, left)
+                .wait_timeout(held, left.min(Duration::from_millis(50)))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
