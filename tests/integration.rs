@@ -1,6 +1,7 @@
 //! Integration tests: the real zsend and zrecv binaries over real loopback sockets.
 
 mod auth;
+mod beneath;
 mod chain;
 mod disk;
 mod docs;
@@ -10,6 +11,7 @@ mod resume;
 mod service;
 mod sparse;
 mod stream;
+mod timeouts;
 mod transfer;
 mod tree;
 mod util;
