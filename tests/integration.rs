@@ -1,6 +1,7 @@
 //! Integration tests: the real zsend and zrecv binaries over real loopback sockets.
 
 mod auth;
+mod beneath;
 mod chain;
 mod disk;
 mod docs;
@@ -13,6 +14,7 @@ mod signals;
 mod sparse;
 mod stream;
 mod sweep;
+mod timeouts;
 mod transfer;
 mod tree;
 mod util;

@@ -87,18 +87,14 @@ pub(crate) fn pid() -> u32 {
 }
 
 /// Opens `name` strictly beneath `dir`: openat2 with RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS
-/// where the kernel has it, openat with O_NOFOLLOW otherwise. New files get mode 0600.
+/// where the kernel has it, [`walk_beneath`] where it does not (ENOSYS before Linux 5.6; ENOSYS
+/// or EPERM from a seccomp profile that does not know the call). New files get mode 0600.
 pub(crate) fn open_beneath(
     dir: impl AsFd,
     name: &str,
     flags: OFlags,
 ) -> rustix::io::Result<OwnedFd> {
-    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    // openat2 refuses a mode without O_CREAT.
-    let mode = match flags.contains(OFlags::CREATE) {
-        true => Mode::from_raw_mode(0o600),
-        false => Mode::empty(),
-    };
+    let (flags, mode) = beneath_flags(flags);
     match rustix::fs::openat2(
         &dir,
         name,
@@ -106,9 +102,75 @@ pub(crate) fn open_beneath(
         mode,
         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
     ) {
-        Err(Errno::NOSYS) => rustix::fs::openat(&dir, name, flags, mode),
+        // A real EPERM (O_NOATIME on another's file, an immutable file opened for writing)
+        // comes back from the walk too.
+        Err(Errno::NOSYS | Errno::PERM) => walk_beneath(dir, name, flags),
         other => other,
     }
+}
+
+/// The flags and mode of an open beneath the receive directory: never following a symlink,
+/// never inherited by a child, 0600 for a new file (openat2 refuses a mode without O_CREAT).
+fn beneath_flags(flags: OFlags) -> (OFlags, Mode) {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mode = match flags.contains(OFlags::CREATE) {
+        true => Mode::from_raw_mode(0o600),
+        false => Mode::empty(),
+    };
+    (flags, mode)
+}
+
+/// What openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) does, without it: opens `name` beneath
+/// `dir` one component at a time, each directory with
+/// `openat(O_PATH | O_DIRECTORY | O_NOFOLLOW)` from the one before, the last component with
+/// `flags` and O_NOFOLLOW. No symlink is followed anywhere in the path (O_NOFOLLOW alone on the
+/// whole path guards only its last component).
+///
+/// Refuses what openat2 refuses, with its errno: an absolute name or a `..` (EXDEV), a symlink
+/// in the middle (ELOOP). Stricter than openat2, it also refuses a `..` that would come back
+/// down (EXDEV) and empty or `.` components (EINVAL): no name zrecv opens has one.
+pub(crate) fn walk_beneath(
+    dir: impl AsFd,
+    name: &str,
+    flags: OFlags,
+) -> rustix::io::Result<OwnedFd> {
+    let (flags, mode) = beneath_flags(flags);
+    if name.is_empty() {
+        return Err(Errno::NOENT);
+    }
+    if name.starts_with('/') {
+        return Err(Errno::XDEV);
+    }
+    let mut parts = name.split('/');
+    let last = parts.next_back().unwrap_or(name);
+    let check = |part: &str| match part {
+        ".." => Err(Errno::XDEV),
+        "" | "." => Err(Errno::INVAL),
+        _ => Ok(()),
+    };
+    // O_PATH: crossing a directory needs search permission only, as in a path lookup.
+    let through = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut held: Option<OwnedFd> = None;
+    for part in parts {
+        check(part)?;
+        let at = held.as_ref().map_or(dir.as_fd(), |fd| fd.as_fd());
+        let next = match rustix::fs::openat(at, part, through, Mode::empty()) {
+            Ok(fd) => fd,
+            // O_NOFOLLOW | O_DIRECTORY says ENOTDIR for a link; openat2 says ELOOP.
+            Err(Errno::NOTDIR) => {
+                let st = rustix::fs::statat(at, part, AtFlags::SYMLINK_NOFOLLOW)?;
+                return Err(match FileType::from_raw_mode(st.st_mode) {
+                    FileType::Symlink => Errno::LOOP,
+                    _ => Errno::NOTDIR,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        held = Some(next);
+    }
+    check(last)?;
+    let at = held.as_ref().map_or(dir.as_fd(), |fd| fd.as_fd());
+    rustix::fs::openat(at, last, flags, mode)
 }
 
 /// What a kept partial file belongs to.
@@ -386,6 +448,87 @@ mod tests {
         assert_eq!(back, "hello");
         drop(taken); // removes the partial: nothing kept it again
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+
+    /// A receive directory `dst` beside `outside`, with `dst/a/b/c` real directories,
+    /// `dst/a/out` a link to `outside` and `dst/a/dangling` a link to `outside/new`.
+    fn planted() -> (tempfile::TempDir, OwnedFd) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dst, outside) = (tmp.path().join("dst"), tmp.path().join("outside"));
+        std::fs::create_dir_all(dst.join("a/b/c")).unwrap();
+        std::fs::create_dir_all(outside.join("x")).unwrap();
+        std::fs::write(outside.join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(&outside, dst.join("a/out")).unwrap();
+        std::os::unix::fs::symlink(outside.join("new"), dst.join("a/dangling")).unwrap();
+        let dir = rustix::fs::open(&dst, OFlags::DIRECTORY, Mode::empty()).unwrap();
+        (tmp, dir)
+    }
+
+    /// The walk refuses `name` with `errno`, and so does openat2 where the kernel (and the
+    /// seccomp profile) lets us call it.
+    fn refused_like_openat2(dir: &OwnedFd, name: &str, flags: OFlags, errno: Errno) {
+        let walked = walk_beneath(dir, name, flags).map(drop);
+        assert_eq!(walked, Err(errno), "walk {name:?}");
+        let (flags, mode) = beneath_flags(flags);
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
+        match rustix::fs::openat2(dir, name, flags, mode, resolve).map(drop) {
+            Err(Errno::NOSYS | Errno::PERM) => {}
+            kernel => assert_eq!(kernel, Err(errno), "openat2 {name:?}"),
+        }
+    }
+
+    #[test]
+    fn the_walk_opens_real_directories_and_follows_no_link() {
+        let (tmp, dir) = planted();
+        let (rd, create) = (OFlags::RDONLY, OFlags::RDWR | OFlags::CREATE);
+        let d = walk_beneath(&dir, "a/b/c", rd | OFlags::DIRECTORY).unwrap();
+        let real = std::fs::metadata(tmp.path().join("dst/a/b/c")).unwrap();
+        let ino = std::os::unix::fs::MetadataExt::ino(&real);
+        assert_eq!(rustix::fs::fstat(&d).unwrap().st_ino, ino);
+        let f = walk_beneath(&dir, "a/b/c/new", create | OFlags::EXCL).unwrap();
+        assert_eq!(rustix::fs::fstat(&f).unwrap().st_mode & 0o777, 0o600);
+        let cloexec = rustix::io::FdFlags::CLOEXEC;
+        assert_eq!(rustix::io::fcntl_getfd(&f).unwrap(), cloexec);
+        assert!(tmp.path().join("dst/a/b/c/new").is_file());
+        // A link in the middle of the path: the one O_NOFOLLOW alone would follow.
+        refused_like_openat2(&dir, "a/out/secret", rd, Errno::LOOP);
+        refused_like_openat2(&dir, "a/out/x", rd | OFlags::DIRECTORY, Errno::LOOP);
+        refused_like_openat2(&dir, "a/out/planted", create, Errno::LOOP);
+        refused_like_openat2(&dir, "a/out/x/planted", create, Errno::LOOP);
+        // A link as the last component, pointing at something or at nothing yet.
+        refused_like_openat2(&dir, "a/out", rd, Errno::LOOP);
+        refused_like_openat2(&dir, "a/out", rd | OFlags::DIRECTORY, Errno::NOTDIR);
+        refused_like_openat2(&dir, "a/dangling", create, Errno::LOOP);
+        // A file where a directory should be.
+        std::fs::write(tmp.path().join("dst/a/file"), b"f").unwrap();
+        refused_like_openat2(&dir, "a/file/x", create, Errno::NOTDIR);
+        let outside = tmp.path().join("outside");
+        assert!(!outside.join("planted").exists() && !outside.join("new").exists());
+        assert!(!outside.join("x/planted").exists());
+    }
+
+    #[test]
+    fn the_walk_refuses_dot_dot_absolute_and_odd_components() {
+        let (tmp, dir) = planted();
+        let create = OFlags::RDWR | OFlags::CREATE;
+        refused_like_openat2(&dir, "../outside/planted", create, Errno::XDEV);
+        refused_like_openat2(&dir, "a/../../outside/planted", create, Errno::XDEV);
+        let abs = tmp.path().join("outside/planted");
+        refused_like_openat2(&dir, abs.to_str().unwrap(), create, Errno::XDEV);
+        refused_like_openat2(&dir, "", create, Errno::NOENT);
+        assert!(!tmp.path().join("outside/planted").exists());
+        // Stricter than openat2, which takes these: no name zrecv opens has them.
+        for (name, errno) in [
+            ("a/../a/b", Errno::XDEV),
+            ("..", Errno::XDEV),
+            (".", Errno::INVAL),
+            ("a/./b", Errno::INVAL),
+            ("a//b", Errno::INVAL),
+            ("a/b/", Errno::INVAL),
+        ] {
+            let walked = walk_beneath(&dir, name, OFlags::RDONLY).map(drop);
+            assert_eq!(walked, Err(errno), "{name:?}");
+        }
     }
 
     #[test]

@@ -2,17 +2,21 @@
 //!
 //! Each loop handles short transfers, EINTR and the kernel's per-call cap, and reports progress
 //! after every call so the callers can drive a progress bar and a hashing thread from it.
+//!
+//! A socket's send timeout (SO_SNDTIMEO, zsend's `--timeout`) is the longest the sending loops
+//! wait with nothing moving (see [`Stall`]), not the longest each system call may wait.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::stages::thread_cpu;
 
 use rustix::io::Errno;
+use rustix::net::sockopt::{set_socket_timeout, socket_timeout, Timeout};
 use rustix::pipe::{self, PipeFlags, SpliceFlags};
 
 /// Most bytes one sendfile(2) call moves (see sendfile(2) NOTES).
@@ -39,8 +43,212 @@ fn is_unsupported(e: Errno) -> bool {
     e == Errno::INVAL || e == Errno::NOSYS || e == Errno::OPNOTSUPP
 }
 
+/// A blocking call into a socket waits at most the socket's send timeout (SO_SNDTIMEO, zsend's
+/// `--timeout`) for room, but the kernel counts that per call, not since the last byte moved:
+/// one sendfile or splice call makes several sends, and a send that moves something and then
+/// waits its whole timeout is followed by another that waits a timeout of its own
+/// (splice_to_socket stops only at a send that moves nothing). A sleeping send also wakes only
+/// once about a third of the send buffer is free (sk_stream_write_space), so a slow peer can
+/// look stopped to it while a new call would find room. Calling again after each short call,
+/// as these loops did, waited three to four timeouts for a peer that had stopped reading. So:
+///
+/// - a loop of blocking calls cuts the socket's send timeout to a slice of itself (an eighth,
+///   from 50 ms to 1 s; [`Watch`]): each call then comes back within a slice or two of the
+///   last byte it moved, or looks again for room, and the loop gives up once nothing has moved
+///   for the whole timeout, a slice or two late at most. A loop of many calls (a file of more
+///   than one chunk) slices from the start; one of a single call (a smaller file, a piece of
+///   standard input) only after a call came back short or empty, so that call may have
+///   waited up to twice the timeout;
+/// - the write loop never blocks in the write itself ([`Stall::send_all`]).
+///
+/// "Moved" means taken by our socket, as the calls report it: what the peer's kernel has
+/// acknowledged is not looked at.
+struct Stall {
+    /// The socket's send timeout.
+    limit: Duration,
+    /// A slice of it: the longest one blocking wait.
+    slice: Duration,
+    /// When a byte last moved.
+    last: Instant,
+}
+
+/// The send timeout of `sock`; `None` without one, or for what is not a socket.
+fn send_timeout(sock: impl AsFd) -> Option<Duration> {
+    socket_timeout(sock, Timeout::Send).ok().flatten()
+}
+
+impl Stall {
+    /// `None` when `sock` has no send timeout (or is not a socket): writes may then block.
+    fn of(sock: impl AsFd) -> Option<Stall> {
+        send_timeout(sock).map(|limit| Stall {
+            limit,
+            slice: (limit / 8).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+            last: Instant::now(),
+        })
+    }
+
+    /// Whether nothing has moved for the whole timeout.
+    fn timed_out(&self) -> bool {
+        self.last.elapsed() >= self.limit
+    }
+
+    /// Writes all of `buf` into the socket `sock` without blocking in the write: while the
+    /// timeout has not passed since the last byte moved, waits up to a slice for room and tries
+    /// again, then fails with [`timed_out`].
+    fn send_all(&mut self, sock: impl AsFd, mut buf: &[u8]) -> io::Result<()> {
+        let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+        while !buf.is_empty() {
+            match rustix::net::send(&sock, buf, flags) {
+                Ok(n) => {
+                    buf = &buf[n..];
+                    self.last = Instant::now();
+                }
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) if self.timed_out() => return Err(timed_out()),
+                Err(Errno::AGAIN) => {
+                    let left = self.limit.saturating_sub(self.last.elapsed());
+                    poll_out(&sock, left.min(self.slice))?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one blocking sendfile or splice call into a socket did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// Moved all it was asked.
+    Full,
+    /// Moved part of it.
+    Short,
+    /// Moved nothing: EAGAIN.
+    Empty,
+}
+
+/// Watches a loop of blocking calls into a socket for a peer that stopped taking data
+/// ([`Stall`]). Once sliced, the socket's send timeout is put back on drop.
+struct Watch<'a> {
+    sock: BorrowedFd<'a>,
+    /// The stall, once the timeout is sliced.
+    stall: Option<Stall>,
+    /// Whether slicing was tried (it fails for a socket without a timeout, or not a socket).
+    tried: bool,
+    /// When a call last moved all it was asked.
+    last: Instant,
+}
+
+impl<'a> Watch<'a> {
+    /// `eager` slices the timeout now: worth its three system calls for a loop of many calls.
+    fn new(sock: BorrowedFd<'a>, eager: bool) -> Watch<'a> {
+        let mut watch = Watch {
+            sock,
+            stall: None,
+            tried: false,
+            last: Instant::now(),
+        };
+        if eager {
+            watch.slice();
+        }
+        watch
+    }
+
+    fn slice(&mut self) {
+        self.tried = true;
+        let Some(mut stall) = Stall::of(self.sock) else {
+            return;
+        };
+        if stall.slice < stall.limit
+            && set_socket_timeout(self.sock, Timeout::Send, Some(stall.slice)).is_ok()
+        {
+            stall.last = self.last;
+            self.stall = Some(stall);
+        }
+    }
+
+    /// Takes note of a call and says whether to go on, or that nothing has moved for the whole
+    /// timeout.
+    fn after(&mut self, call: Call) -> io::Result<()> {
+        let now = Instant::now();
+        if call == Call::Full {
+            self.last = now;
+            if let Some(stall) = self.stall.as_mut() {
+                stall.last = now;
+            }
+            return Ok(());
+        }
+        if let Some(stall) = self.stall.as_mut() {
+            if call == Call::Short {
+                // Its last send waited a whole slice for room and got none.
+                let waited = now.checked_sub(stall.slice).unwrap_or(now);
+                stall.last = stall.last.max(waited);
+            }
+            return match stall.timed_out() {
+                true => Err(timed_out()),
+                false => Ok(()),
+            };
+        }
+        if !self.tried {
+            self.slice();
+            if let Some(stall) = self.stall.as_mut() {
+                if call == Call::Short {
+                    // Its last send waited the whole timeout for room and got none; the next
+                    // call, a slice long, looks again.
+                    let waited = now.checked_sub(stall.limit).unwrap_or(now);
+                    stall.last = stall.last.max(waited);
+                }
+                return Ok(());
+            }
+        }
+        // No timeout to slice: an EAGAIN is the socket's own verdict.
+        match call {
+            Call::Empty => Err(timed_out()),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        if let Some(stall) = &self.stall {
+            if let Err(e) = set_socket_timeout(self.sock, Timeout::Send, Some(stall.limit)) {
+                log::warn!("restoring the socket's send timeout: {e}");
+            }
+        }
+    }
+}
+
+/// The error of a socket that took nothing for its whole send timeout.
+fn timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the peer took no data for the whole timeout",
+    )
+}
+
+/// Waits up to `wait` for `sock` to take data (or to have an error or a hang-up to report).
+/// poll(2).
+fn poll_out(sock: impl AsFd, wait: Duration) -> io::Result<()> {
+    let ms = wait.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+    let mut pfd = libc::pollfd {
+        fd: sock.as_fd().as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one pollfd whose descriptor `sock` keeps open for the call.
+    match unsafe { libc::poll(&mut pfd, 1, ms) } {
+        -1 => match io::Error::last_os_error() {
+            e if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            e => Err(e),
+        },
+        _ => Ok(()),
+    }
+}
+
 /// Sends `len` bytes of `file` starting at `*offset` into `sock` with sendfile(2), `chunk` bytes
 /// a call at most. Returns the bytes sent, fewer than `len` only if the file ended early.
+/// Fails with a timeout once the socket has taken nothing for its send timeout ([`Stall`]).
 pub fn sendfile_all(
     sock: impl AsFd,
     file: impl AsFd,
@@ -50,20 +258,27 @@ pub fn sendfile_all(
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, CopyError> {
     let chunk = chunk.clamp(1, MAX_SENDFILE);
+    let mut watch = Watch::new(sock.as_fd(), len > chunk as u64);
     let mut sent = 0u64;
     while sent < len {
         let want = (len - sent).min(chunk as u64) as usize;
-        match rustix::fs::sendfile(&sock, &file, Some(offset), want) {
+        let call = match rustix::fs::sendfile(&sock, &file, Some(offset), want) {
             Ok(0) => break,
             Ok(n) => {
                 sent += n as u64;
                 progress(n as u64);
+                match n < want {
+                    true => Call::Short,
+                    false => Call::Full,
+                }
             }
             Err(Errno::INTR) => continue,
             Err(e) if sent == 0 && is_unsupported(e) => return Err(CopyError::Unsupported),
+            Err(Errno::AGAIN) => Call::Empty,
             // sendfile reports errors of both sides; a socket error is the common one.
             Err(e) => return Err(CopyError::Write(e.into())),
-        }
+        };
+        watch.after(call).map_err(CopyError::Write)?;
     }
     Ok(sent)
 }
@@ -93,14 +308,16 @@ impl Default for SpliceStats {
 }
 
 /// Fallback for sources sendfile cannot read: pread into a buffer, write to the socket.
+/// Fails with a timeout once the socket has taken nothing for its send timeout ([`Stall`]).
 pub fn read_write_all(
-    mut sock: impl Write,
+    mut sock: impl Write + AsFd,
     file: &File,
     offset: &mut u64,
     len: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, CopyError> {
     let mut buf = vec![0u8; FALLBACK_BUF];
+    let mut stall = Stall::of(&sock);
     let mut sent = 0u64;
     while sent < len {
         let want = (len - sent).min(buf.len() as u64) as usize;
@@ -110,7 +327,11 @@ pub fn read_write_all(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(CopyError::Read(e)),
         };
-        sock.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        let written = match stall.as_mut() {
+            Some(stall) => stall.send_all(&sock, &buf[..n]),
+            None => sock.write_all(&buf[..n]),
+        };
+        written.map_err(CopyError::Write)?;
         *offset += n as u64;
         sent += n as u64;
         progress(n as u64);
@@ -182,6 +403,7 @@ pub fn drain_pipe_to(
     out: impl AsFd,
     n: usize,
 ) -> Result<(), CopyError> {
+    let mut watch = Watch::new(out.as_fd(), false);
     let mut left = n;
     while left > 0 {
         let piece = match copy {
@@ -195,19 +417,22 @@ pub fn drain_pipe_to(
         };
         let mut moved = 0;
         while moved < piece {
-            match pipe::splice(
-                &pipe.read,
-                None,
-                &out,
-                None,
-                piece - moved,
-                SpliceFlags::MORE,
-            ) {
+            let want = piece - moved;
+            let call = match pipe::splice(&pipe.read, None, &out, None, want, SpliceFlags::MORE) {
                 Ok(0) => return Err(CopyError::Write(io::ErrorKind::WriteZero.into())),
-                Ok(k) => moved += k,
+                Ok(k) => {
+                    moved += k;
+                    match k < want {
+                        true => Call::Short,
+                        false => Call::Full,
+                    }
+                }
                 Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => Call::Empty,
                 Err(e) => return Err(CopyError::Write(e.into())),
-            }
+            };
+            // Into a socket, the pipe holding all that was asked, short means no room.
+            watch.after(call).map_err(CopyError::Write)?;
         }
         left -= piece;
     }
@@ -590,6 +815,86 @@ mod tests {
         assert_eq!(sent, data.len() as u64);
         assert_eq!(seen, sent);
         assert_eq!(reader.join().unwrap(), data);
+    }
+
+    /// Sends a 256 MiB file into a loopback connection with a send timeout of `limit`, whose
+    /// reading end takes 64 KiB every 300 ms for `slow` rounds (a slow peer), then stops
+    /// reading but stays open. `copy` must fail with a timeout, and not before the peer
+    /// stopped; returns how long after it stopped.
+    fn give_up_time(
+        limit: Duration,
+        slow: usize,
+        copy: impl FnOnce(&TcpStream, &File) -> Result<u64, CopyError>,
+    ) -> Duration {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut reader, _) = listener.accept().unwrap();
+        writer.set_write_timeout(Some(limit)).unwrap();
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(256 << 20).unwrap();
+        let (stopped_tx, stopped) = std::sync::mpsc::channel();
+        let (done, wait_done) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            for _ in 0..slow {
+                reader.read_exact(&mut buf).unwrap();
+                // Pacing the slow peer, not synchronisation.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            stopped_tx.send(Instant::now()).unwrap();
+            // Open until the copy gave up.
+            let _ = wait_done.recv_timeout(Duration::from_secs(60));
+        });
+        let got = copy(&writer, &file);
+        let gave_up = Instant::now();
+        drop(done);
+        peer.join().unwrap();
+        let stopped = stopped
+            .try_recv()
+            .expect("gave up while the peer was still reading");
+        match got {
+            Err(CopyError::Write(e)) => {
+                assert_eq!(
+                    crate::units::os_reason(&e),
+                    "timed out waiting for the peer"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(writer.write_timeout().unwrap(), Some(limit), "restored");
+        gave_up - stopped
+    }
+
+    // The send timeout is the longest a copy waits with nothing moving: a correctness bound,
+    // not a performance threshold. Before, a stopped peer held these copies three to four
+    // times the timeout.
+    #[test]
+    fn sendfile_waits_for_a_slow_peer_and_gives_up_on_a_stopped_one() {
+        let limit = Duration::from_secs(1);
+        let send = |sock: &TcpStream, file: &File| {
+            sendfile_all(sock, file, &mut 0, 256 << 20, 4 << 20, &mut |_| {})
+        };
+        let took = give_up_time(limit, 6, send);
+        assert!(took < limit * 2, "took {took:?}");
+        // One call, as for a file of one chunk: the timeout is sliced only once a call comes
+        // back short or empty, and that one may have waited up to twice the timeout.
+        let send_one = |sock: &TcpStream, file: &File| {
+            sendfile_all(sock, file, &mut 0, 64 << 20, 64 << 20, &mut |_| {})
+        };
+        let took = give_up_time(limit, 6, send_one);
+        assert!(took < limit * 4, "took {took:?}");
+    }
+
+    #[test]
+    fn read_write_waits_for_a_slow_peer_and_gives_up_on_a_stopped_one() {
+        let limit = Duration::from_secs(1);
+        let send = |sock: &TcpStream, file: &File| {
+            read_write_all(sock, file, &mut 0, 256 << 20, &mut |_| {})
+        };
+        let took = give_up_time(limit, 6, send);
+        assert!(took < limit * 2, "took {took:?}");
+        let took = give_up_time(limit, 0, send);
+        assert!(took < limit * 2, "took {took:?}");
     }
 
     #[test]
