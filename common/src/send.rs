@@ -873,7 +873,15 @@ pub(crate) fn explain_failure(
             expected: report.bytes,
         },
         CopyError::Write(error) => {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            // A receiver that stopped reading long enough for us to time out had all that time
+            // to say why: its words are here already. One whose connection broke may still be
+            // on its way.
+            let stalled = matches!(
+                error.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            );
+            let wait = if stalled { 100 } else { 2000 };
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(wait)));
             match Verdict::read(&mut stream) {
                 Ok(v) if v.status != Status::Landed => SendError::ReceiverFailed {
                     name: report.name.clone(),

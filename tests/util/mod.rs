@@ -173,9 +173,44 @@ impl Zrecv {
 
 impl Drop for Zrecv {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Under a wrapper (strace), zrecv is the wrapper's child: killing the wrapper alone
+        // would leave it running. Kill it first; the wrapper then ends by itself.
+        let below = descendants(self.child.id());
+        for pid in &below {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        let ended = !below.is_empty()
+            && matches!(
+                self.child.wait_timeout(Duration::from_secs(10)),
+                Ok(Some(_))
+            );
+        if !ended {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
+}
+
+/// Every process below `pid` (children, their children...), from /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                found.push(child);
+                todo.push(child);
+            }
+        }
+    }
+    found
 }
 
 /// Runs zsend to completion (bounded in time) and returns its output.
