@@ -693,7 +693,7 @@ impl PrefixProof {
     /// Reads the message, after any keepalives the sender sent while it hashed.
     pub fn read(r: &mut impl Read) -> Result<PrefixProof, ProtocolError> {
         let mut buf = [0u8; PREFIX_LEN];
-        read_after_keepalives(r, &mut buf, "resume proof")?;
+        read_after_keepalives(r, &mut buf, "resume proof", &mut || {})?;
         if buf[..4] != PREFIX_MAGIC {
             return Err(ProtocolError::Malformed(
                 "resume proof magic missing".into(),
@@ -746,11 +746,13 @@ impl Decision {
 }
 
 /// Reads `buf.len()` bytes of a message that may be preceded by keepalives: each
-/// [`KEEPALIVE`] is checked and skipped. `buf` must be at least 4 bytes (a magic).
+/// [`KEEPALIVE`] is checked, skipped, and told to `on_keepalive`. `buf` must be at least 4
+/// bytes (a magic).
 pub(crate) fn read_after_keepalives(
     r: &mut impl Read,
     buf: &mut [u8],
     what: &'static str,
+    on_keepalive: &mut dyn FnMut(),
 ) -> Result<(), ProtocolError> {
     loop {
         read_exact(r, &mut buf[..4], what)?;
@@ -762,6 +764,7 @@ pub(crate) fn read_after_keepalives(
         if rest != [0; KEEPALIVE_LEN - 4] {
             return Err(ProtocolError::Malformed("a keepalive with content".into()));
         }
+        on_keepalive();
     }
     read_exact(r, &mut buf[4..], what)
 }
@@ -812,8 +815,17 @@ impl Trailer {
     /// Reads and checks a trailer, after any keepalives the sender sent while it hashed.
     /// An abandoned trailer is [`ProtocolError::Abandoned`].
     pub fn read(r: &mut impl Read) -> Result<Trailer, ProtocolError> {
+        Trailer::read_telling(r, &mut || {})
+    }
+
+    /// As [`Trailer::read`], telling `on_keepalive` of each keepalive before it (a forwarding
+    /// receiver passes them on).
+    pub fn read_telling(
+        r: &mut impl Read,
+        on_keepalive: &mut dyn FnMut(),
+    ) -> Result<Trailer, ProtocolError> {
         let mut buf = [0u8; TRAILER_LEN];
-        read_after_keepalives(r, &mut buf, "trailer")?;
+        read_after_keepalives(r, &mut buf, "trailer", on_keepalive)?;
         Trailer::decode(&buf)
     }
 

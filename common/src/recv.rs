@@ -498,9 +498,15 @@ impl Receiver {
         integrity: &Integrity,
         digest: Option<[u8; 32]>,
         record: &mut TransferRecord,
-        forward: Option<&mut Forward>,
+        mut forward: Option<&mut Forward>,
     ) -> Result<Option<[u8; 32]>, RecvError> {
-        let trailer = match Trailer::read(&mut &*stream) {
+        // Keepalives still coming go on to the next host of a chain, which may be hashing too.
+        let mut relay = || {
+            if let Some(f) = forward.as_deref_mut() {
+                f.keepalive();
+            }
+        };
+        let trailer = match Trailer::read_telling(&mut &*stream, &mut relay) {
             Ok(t) => t,
             Err(ProtocolError::Abandoned) => {
                 if let Some(f) = forward {
