@@ -189,6 +189,30 @@ fn a_disk_that_fills_during_a_tree_ends_it_and_the_sender_says_why() {
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
 
+/// The same with large files: the receiver fails while a file's payload is still arriving, and
+/// its verdict for that file, which comes before the file's last byte went out, is still read
+/// as the reason the tree ended (it was once refused as a verdict too early, leaving only
+/// "broken pipe").
+#[test]
+fn a_disk_that_fills_before_a_large_file_of_a_tree_says_why() {
+    assert_root();
+    let mnt = Mount::ext2(64);
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("tree");
+    std::fs::create_dir(&top).unwrap();
+    random_file(&top.join("f0"), 8 << 20, 95);
+    random_file(&top.join("f1"), 40 << 20, 96);
+    let mut rx = Zrecv::start(&mnt.point, &["--once"]);
+    // A MiB into the second file, which is far larger than what the sockets hold: the
+    // receiver fails while the sender is still sending it.
+    let out = fill_while_sending(&mnt, &rx, &top, 9 << 20);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(err.contains("receiver failed to land tree/f"), "{err}");
+    assert!(err.contains("no space left on device"), "{err}");
+    assert_eq!(rx.wait().code(), Some(1), "{}", rx.stderr());
+}
+
 /// A loop device attached to an image, detached on drop.
 struct Loop {
     dev: String,

@@ -481,3 +481,43 @@ fn a_check_says_same_or_different_and_never_the_receivers_digest() {
     assert_eq!(status, FileStatus::Unchanged);
     assert_eq!(sha256, Some(Sha256::digest(b"password=hunter2").into()));
 }
+
+/// A tree whose sender closes before its last end of pass is interrupted, not complete: zrecv
+/// used to report it landed and verified (and exit 0 with --once) when the sender closed
+/// before its first frame.
+#[test]
+fn a_tree_that_ends_before_its_end_of_pass_is_not_complete() {
+    use zcommon::{Answers, Entry, Kind, Manifest};
+    let dst = tempfile::tempdir().unwrap();
+    let mut rx = Zrecv::start(dst.path(), &["--once", "--json"]);
+    let manifest = Manifest {
+        entries: vec![Entry {
+            path: "f".into(),
+            kind: Kind::File {
+                size: 10,
+                sparse_data_len: None,
+                source_id: None,
+            },
+            mode: 0o644,
+            mtime: (0, 0),
+        }],
+    };
+    let mut s = connect(&rx);
+    let tree = Header {
+        flags: zcommon::FLAG_TREE,
+        ..header("f", 10)
+    };
+    s.write_all(&tree.encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    s.write_all(&manifest.encode()).unwrap();
+    assert!(matches!(
+        Answers::read(&mut s, 1).unwrap(),
+        Answers::Each(_)
+    ));
+    drop(s);
+    assert_eq!(rx.wait().code(), Some(3), "{}", rx.stderr());
+    let line: serde_json::Value = serde_json::from_str(rx.stdout().trim()).unwrap();
+    assert_eq!(line["ok"], false, "{line}");
+    assert_eq!(line["verified"], false, "{line}");
+    assert!(visible(dst.path()).is_empty());
+}

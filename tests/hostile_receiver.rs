@@ -338,3 +338,36 @@ fn too_many_hosts_are_refused_up_front() {
         stderr_of(&out)
     );
 }
+
+/// A receiver may offer to resume only what the sender can resume: a file sent without
+/// verification has no source id, and an offer to resume it is a protocol error.
+#[test]
+fn a_resume_offer_for_a_file_that_cannot_resume_is_refused() {
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    std::fs::create_dir(&top).unwrap();
+    random_file(&top.join("a"), 1000, 5);
+    let (addr, fake) = fake_peer(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let _ = read_hello(&mut r).unwrap();
+        w.write_all(&Reply::Accept.encode()).unwrap();
+        let m = Manifest::read(&mut r).unwrap();
+        let answers = m
+            .entries
+            .iter()
+            .map(|e| match e.kind {
+                zcommon::Kind::Dir => Answer::Done,
+                _ => Answer::Partial(10, [1; 32]),
+            })
+            .collect();
+        w.write_all(&Answers::Each(answers).encode()).unwrap();
+        let mut rest = Vec::new();
+        let _ = r.read_to_end(&mut rest);
+    });
+    let out = zsend(&[&addr, top.to_str().unwrap(), "--no-verify"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("Partial"), "{err}");
+    fake.join().unwrap();
+}

@@ -197,20 +197,23 @@ impl Integrity {
         self.0.is_some()
     }
 
-    fn mac(key: &[u8; 32], what: Seal, index: u32, digest: &[u8; 32]) -> Hmac<Sha256> {
+    fn mac(key: &[u8; 32], what: Seal, index: u32, status: u8, digest: &[u8; 32]) -> Hmac<Sha256> {
         let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key");
         m.update(what.label());
         m.update(&index.to_be_bytes());
+        m.update(&[status]);
         m.update(digest);
         m
     }
 
     /// The seal of `digest` used as `what` for entry `index` (0 for a single file; the entry
-    /// of a tree; the host's position in a chain's reports): HMAC-SHA256(key, label || index
-    /// || digest), or zeros without a key.
-    pub fn seal(&self, what: Seal, index: u32, digest: &[u8; 32]) -> [u8; 32] {
+    /// of a tree; the host's position in a chain's reports) with `status` (the status byte of
+    /// a verdict as on the wire; a trailer's kind): HMAC-SHA256(key, label || index || status
+    /// || digest), or zeros without a key. Sealing the status too means that no one on the way
+    /// can turn a failure into a success while keeping its digest.
+    pub fn seal(&self, what: Seal, index: u32, status: u8, digest: &[u8; 32]) -> [u8; 32] {
         match &self.0 {
-            Some(key) => Integrity::mac(key, what, index, digest)
+            Some(key) => Integrity::mac(key, what, index, status, digest)
                 .finalize()
                 .into_bytes()
                 .into(),
@@ -218,11 +221,18 @@ impl Integrity {
         }
     }
 
-    /// Whether `seal` is the seal of `digest` as `what` for `index` (compared in constant
-    /// time); without a key, whether it is all zeros.
-    pub fn opens(&self, what: Seal, index: u32, digest: &[u8; 32], seal: &[u8; 32]) -> bool {
+    /// Whether `seal` is the seal of `status` and `digest` as `what` for `index` (compared in
+    /// constant time); without a key, whether it is all zeros.
+    pub fn opens(
+        &self,
+        what: Seal,
+        index: u32,
+        status: u8,
+        digest: &[u8; 32],
+        seal: &[u8; 32],
+    ) -> bool {
         match &self.0 {
-            Some(key) => Integrity::mac(key, what, index, digest)
+            Some(key) => Integrity::mac(key, what, index, status, digest)
                 .verify_slice(seal)
                 .is_ok(),
             None => *seal == [0; 32],
@@ -273,25 +283,29 @@ mod tests {
         let (ns, nr) = (nonce().unwrap(), nonce().unwrap());
         let k = Integrity::derive(&t, &ns, &nr, b"hello");
         let d = [7u8; 32];
-        let s = k.seal(Seal::Trailer, 3, &d);
-        assert!(k.opens(Seal::Trailer, 3, &d, &s));
+        let s = k.seal(Seal::Trailer, 3, 1, &d);
+        assert!(k.opens(Seal::Trailer, 3, 1, &d, &s));
         assert!(
-            !k.opens(Seal::Verdict, 3, &d, &s),
+            !k.opens(Seal::Trailer, 3, 0, &d, &s),
+            "nor another status's"
+        );
+        assert!(
+            !k.opens(Seal::Verdict, 3, 1, &d, &s),
             "a trailer seal is not a verdict's"
         );
-        assert!(!k.opens(Seal::Trailer, 4, &d, &s), "nor another entry's");
+        assert!(!k.opens(Seal::Trailer, 4, 1, &d, &s), "nor another entry's");
         assert!(
-            !k.opens(Seal::Trailer, 3, &[8; 32], &s),
+            !k.opens(Seal::Trailer, 3, 1, &[8; 32], &s),
             "nor another digest's"
         );
         let other = Integrity::derive(&t, &nr, &ns, b"hello");
         assert!(
-            !other.opens(Seal::Trailer, 3, &d, &s),
+            !other.opens(Seal::Trailer, 3, 1, &d, &s),
             "nor another connection's"
         );
-        assert_eq!(Integrity::none().seal(Seal::Trailer, 3, &d), [0; 32]);
-        assert!(Integrity::none().opens(Seal::Trailer, 3, &d, &[0; 32]));
-        assert!(!Integrity::none().opens(Seal::Trailer, 3, &d, &s));
+        assert_eq!(Integrity::none().seal(Seal::Trailer, 3, 1, &d), [0; 32]);
+        assert!(Integrity::none().opens(Seal::Trailer, 3, 1, &d, &[0; 32]));
+        assert!(!Integrity::none().opens(Seal::Trailer, 3, 1, &d, &s));
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::io::Read;
 use crate::auth::NONCE_LEN;
 use crate::error::ProtocolError;
 use crate::name::validate_name;
-pub use crate::protocol::KEEPALIVE_MAGIC;
-use crate::protocol::{read_bytes, read_exact, RefuseCode, MAX_MESSAGE_LEN, SOURCE_ID_LEN};
+use crate::protocol::{
+    read_bytes, read_exact, RefuseCode, KEEPALIVE_MAGIC, MAX_MESSAGE_LEN, SOURCE_ID_LEN,
+};
 
 /// First bytes of the manifest.
 pub const MANIFEST_MAGIC: [u8; 4] = *b"ZMAN";
@@ -568,8 +569,9 @@ impl Report {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
-            Report::EndOfPass => out.extend_from_slice(&END_OF_PASS_MAGIC),
-            Report::Keepalive => out.extend_from_slice(&KEEPALIVE_MAGIC),
+            // As the sender's: the magic and five zero bytes.
+            Report::EndOfPass => out.extend_from_slice(&Frame::EndOfPass.encode()),
+            Report::Keepalive => out.extend_from_slice(&Frame::Keepalive.encode()),
             Report::File {
                 index,
                 status,
@@ -598,11 +600,16 @@ impl Report {
     pub fn read(r: &mut impl Read) -> Result<Report, ProtocolError> {
         let mut magic = [0u8; 4];
         read_exact(r, &mut magic, "file verdict")?;
-        if magic == END_OF_PASS_MAGIC {
-            return Ok(Report::EndOfPass);
-        }
-        if magic == KEEPALIVE_MAGIC {
-            return Ok(Report::Keepalive);
+        if magic == END_OF_PASS_MAGIC || magic == KEEPALIVE_MAGIC {
+            let mut zeros = [0u8; FRAME_HEAD_LEN - 4];
+            read_exact(r, &mut zeros, "end of pass or keepalive")?;
+            if zeros != [0; FRAME_HEAD_LEN - 4] {
+                return Err(malformed("an end of pass or keepalive with content".into()));
+            }
+            return Ok(match magic == END_OF_PASS_MAGIC {
+                true => Report::EndOfPass,
+                false => Report::Keepalive,
+            });
         }
         if magic != FILE_VERDICT_MAGIC {
             return Err(malformed("file verdict magic missing".into()));

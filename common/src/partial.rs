@@ -11,9 +11,10 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
@@ -173,6 +174,36 @@ pub(crate) fn walk_beneath(
     rustix::fs::openat(at, last, flags, mode)
 }
 
+/// Taken shared while a transfer takes up a kept partial (opens it and sets its mtime to now),
+/// and exclusively while the sweep examines and removes a file: the sweep never removes a
+/// partial between a transfer opening it and making it young.
+static TAKING: RwLock<()> = RwLock::new(());
+
+/// Keeps the sweep off a kept partial while a transfer takes it up (see [`mark_in_use`]).
+fn hold_off() -> RwLockReadGuard<'static, ()> {
+    TAKING.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Held while the sweep examines and removes a file.
+pub(crate) fn sweeping() -> RwLockWriteGuard<'static, ()> {
+    TAKING.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sets the mtime of a partial a transfer just took up to now: the sweep goes by mtime, and a
+/// hidden file's mtime means nothing to anyone else.
+fn mark_in_use(file: impl AsFd) {
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_NOW,
+    };
+    let times = Timestamps {
+        last_access: now,
+        last_modification: now,
+    };
+    if let Err(e) = rustix::fs::futimens(file, &times) {
+        log::warn!("marking a partial file as in use: {e}");
+    }
+}
 /// What a kept partial file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Record {
@@ -323,9 +354,9 @@ pub(crate) fn take<D: AsFd>(dir: D, header: &Header) -> Option<(TempFile<D>, u64
     let usable = record.filter(|r| r.belongs_to(header));
     let taken = usable.and_then(|r| {
         // Made young at once, so that the stale-partial sweep leaves it alone while in use.
-        let _sweep = crate::sweep::hold_off();
+        let _sweep = hold_off();
         let fd = open_beneath(&dir, &part, OFlags::RDWR).ok()?;
-        crate::sweep::mark_in_use(&fd);
+        mark_in_use(&fd);
         let st = rustix::fs::fstat(&fd).ok()?;
         let is_file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         let len = st.st_size as u64;

@@ -5,7 +5,7 @@
 
 use std::io::{self, Read};
 
-use crate::auth::{NONCE_LEN, PROOF_LEN};
+use crate::auth::{Integrity, Seal, NONCE_LEN, PROOF_LEN};
 use crate::error::ProtocolError;
 use crate::name::{validate_name, MAX_NAME_LEN};
 
@@ -792,6 +792,21 @@ impl Trailer {
         }
     }
 
+    /// A trailer with `sha256` sealed for entry `index` (0 for a single file).
+    pub fn sealed(sha256: Option<[u8; 32]>, integrity: &Integrity, index: u32) -> Trailer {
+        Trailer {
+            sha256,
+            seal: sha256.map_or([0; 32], |d| integrity.seal(Seal::Trailer, index, 1, &d)),
+        }
+    }
+
+    /// Whether the trailer's seal matches its digest for entry `index` (always without a
+    /// digest, and without a key when the seal is zeros).
+    pub fn opens(&self, integrity: &Integrity, index: u32) -> bool {
+        self.sha256
+            .is_none_or(|d| integrity.opens(Seal::Trailer, index, 1, &d, &self.seal))
+    }
+
     /// Encodes the trailer.
     pub fn encode(&self) -> [u8; TRAILER_LEN] {
         let mut out = [0u8; TRAILER_LEN];
@@ -864,6 +879,17 @@ pub enum Status {
     Failed,
 }
 
+impl Status {
+    /// The status byte on the wire.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            Status::Landed => 0,
+            Status::Mismatch => 1,
+            Status::Failed => 2,
+        }
+    }
+}
+
 /// The verdict the receiver sends after the trailer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -891,16 +917,36 @@ impl Verdict {
         }
     }
 
+    /// The verdict with its status and digest sealed as `what` for `index`.
+    pub fn sealed(mut self, integrity: &Integrity, what: Seal, index: u32) -> Verdict {
+        let status = self.status.to_byte();
+        self.seal = self
+            .sha256
+            .map_or([0; 32], |d| integrity.seal(what, index, status, &d));
+        self
+    }
+
+    /// Whether the seal matches the status and digest as `what` for `index` (always without
+    /// a digest).
+    pub fn opens(&self, integrity: &Integrity, what: Seal, index: u32) -> bool {
+        self.sha256
+            .is_none_or(|d| integrity.opens(what, index, self.status.to_byte(), &d, &self.seal))
+    }
+
+    /// The verdict, trusted only if its seal matches: otherwise a failure that says so.
+    pub fn opened(self, integrity: &Integrity, what: Seal, index: u32) -> Verdict {
+        match self.opens(integrity, what, index) {
+            true => self,
+            false => Verdict::failed("its verdict's seal does not match (changed on the way?)"),
+        }
+    }
+
     /// Encodes the verdict.
     pub fn encode(&self) -> Vec<u8> {
         let msg = clip(&self.message);
         let mut out = Vec::with_capacity(VERDICT_HEAD_LEN + msg.len());
         out.extend_from_slice(&VERDICT_MAGIC);
-        out.push(match self.status {
-            Status::Landed => 0,
-            Status::Mismatch => 1,
-            Status::Failed => 2,
-        });
+        out.push(self.status.to_byte());
         match &self.sha256 {
             Some(d) => {
                 out.push(1);
@@ -1240,6 +1286,30 @@ mod tests {
             Trailer::read(&mut &abandoned[..]),
             Err(ProtocolError::Abandoned)
         ));
+    }
+
+    /// A man in the middle who turns a sealed failure into a success, keeping its digest and
+    /// seal, is caught: the seal covers the status.
+    #[test]
+    fn a_verdicts_seal_covers_its_status() {
+        let token = crate::auth::Token::new(b"secret").unwrap();
+        let key = Integrity::derive(&token, &[1; 32], &[2; 32], b"hello");
+        let failed = Verdict {
+            status: Status::Failed,
+            sha256: Some([5; 32]),
+            seal: [0; 32],
+            message: "renaming: no space".into(),
+        }
+        .sealed(&key, Seal::Verdict, 0);
+        assert!(failed.opens(&key, Seal::Verdict, 0));
+        let mut wire = failed.encode();
+        wire[4] = 0; // landed
+        let forged = Verdict::read(&mut &wire[..]).unwrap();
+        assert_eq!(forged.status, Status::Landed);
+        assert!(!forged.opens(&key, Seal::Verdict, 0));
+        assert_eq!(forged.opened(&key, Seal::Verdict, 0).status, Status::Failed);
+        let t = Trailer::sealed(Some([6; 32]), &key, 3);
+        assert!(t.opens(&key, 3) && !t.opens(&key, 4));
     }
 
     #[test]

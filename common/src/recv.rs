@@ -450,7 +450,7 @@ impl Receiver {
             (hasher.join().expect("hashing thread panicked"), watched)
         });
         watched.map_err(|stop| {
-            self.stopped(stop, "waiting for the resume proof", held, header.size)
+            self.gave_up(stop, "waiting for the resume proof", held, header.size)
         })?;
         let theirs = PrefixProof::read(&mut &*stream)?;
         let matches = match ours {
@@ -525,15 +525,13 @@ impl Receiver {
             .into());
         }
         record.sha256 = digest;
-        if let Some(theirs) = &trailer.sha256 {
-            if !integrity.opens(Seal::Trailer, 0, theirs, &trailer.seal) {
-                if let Some(f) = forward {
-                    f.pass_abandoned();
-                }
-                let msg = RecvError::Unsealed.to_string();
-                send_verdict(stream, integrity, Status::Mismatch, digest, &msg);
-                return Err(RecvError::Unsealed);
+        if !trailer.opens(integrity, 0) {
+            if let Some(f) = forward {
+                f.pass_abandoned();
             }
+            let msg = RecvError::Unsealed.to_string();
+            send_verdict(stream, integrity, Status::Mismatch, digest, &msg);
+            return Err(RecvError::Unsealed);
         }
         if let Some(f) = forward {
             f.pass_trailer(trailer.sha256);
@@ -556,7 +554,7 @@ impl Receiver {
     }
 
     /// What a failed wait on our own work for the sender means for the transfer.
-    pub(crate) fn stopped(
+    pub(crate) fn gave_up(
         &self,
         stop: Stop,
         during: &'static str,
@@ -866,7 +864,7 @@ impl Receiver {
         let writing = format!("writing {}", Escaped(&header.name));
         self.payload_outcome(header, copied, record, &writing)?;
         watched
-            .map_err(|stop| self.stopped(stop, "hashing what arrived", record.received, size))?;
+            .map_err(|stop| self.gave_up(stop, "hashing what arrived", record.received, size))?;
         match hashed {
             None => Ok(Received::default()),
             Some(Ok((Some(digest), prefix))) => Ok(Received {
@@ -1346,9 +1344,10 @@ fn send_verdict(
     let v = Verdict {
         status,
         sha256,
-        seal: sha256.map_or([0; 32], |d| integrity.seal(Seal::Verdict, 0, &d)),
+        seal: [0; 32],
         message: message.to_owned(),
-    };
+    }
+    .sealed(integrity, Seal::Verdict, 0);
     if let Err(e) = (&*stream).write_all(&v.encode()) {
         log::debug!("sending the verdict: {e}");
     }

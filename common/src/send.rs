@@ -20,7 +20,7 @@ use crate::protocol::{
 };
 use crate::stages::{thread_cpu, StageTimes};
 use crate::sys::{self, CopyError};
-use crate::watch::KEEPALIVE_EVERY;
+use crate::watch::tick_until;
 
 mod tree;
 
@@ -375,11 +375,7 @@ fn transfer(
 
     let sent = send_body(stream, source, prefix, opts.verify, report, progress);
     let trailer = match &sent {
-        Ok(digest) => Trailer {
-            sha256: *digest,
-            seal: digest.map_or([0; 32], |d| integrity.seal(Seal::Trailer, 0, &d)),
-        }
-        .encode(),
+        Ok(digest) => Trailer::sealed(*digest, &integrity, 0).encode(),
         // The whole payload went out, then the source changed: the receiver is told to
         // discard it, and says it did.
         Err(SendError::SourceChanged) => Trailer::abandoned(),
@@ -419,7 +415,7 @@ fn transfer(
                 hops.into_iter()
                     .enumerate()
                     .map(|(k, mut h)| {
-                        h.verdict = opened(h.verdict, &integrity, Seal::Hop, k as u32);
+                        h.verdict = h.verdict.opened(&integrity, Seal::Hop, k as u32);
                         h
                     })
                     .collect()
@@ -437,7 +433,7 @@ fn transfer(
         report.sha256 = digest;
         report.hosts = std::iter::once(HopReport {
             host: report.peer.to_string(),
-            verdict: opened(verdict, &integrity, Seal::Verdict, 0),
+            verdict: verdict.opened(&integrity, Seal::Verdict, 0),
         })
         .chain(rest)
         .collect();
@@ -445,17 +441,6 @@ fn transfer(
         return Ok(());
     }
     judge(verdict, digest, &integrity, 0, report)
-}
-
-/// A verdict whose digest is trusted only if its seal opens with our key (always, without a
-/// token): otherwise it is a failure.
-fn opened(verdict: Verdict, integrity: &Integrity, what: Seal, index: u32) -> Verdict {
-    match &verdict.sha256 {
-        Some(d) if !integrity.opens(what, index, d, &verdict.seal) => {
-            Verdict::failed("its verdict's seal does not match (changed on the way?)")
-        }
-        _ => verdict,
-    }
 }
 
 /// Whether the receiver said something before the end of the payload. An honest receiver only
@@ -551,18 +536,13 @@ pub(crate) fn send_body(
         if let Some(cpu) = cpu {
             report.stages.network_cpu += thread_cpu().saturating_sub(cpu);
         }
+        // The payload is out and the receiver hashes what it got; while our own hashing
+        // finishes, tell it we are still here, and stop hashing if it has gone.
+        let mut told = Ok(());
         if copied.is_err() {
             mark.abort();
         } else if hasher.is_some() {
-            // The payload is out and the receiver hashes what it got; while our own hashing
-            // finishes, tell it we are still here. (A failed write shows again at the trailer.)
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                hashing.recv_timeout(KEEPALIVE_EVERY)
-            {
-                if (&*stream).write_all(&KEEPALIVE).is_err() {
-                    break;
-                }
-            }
+            told = tick_until(&hashing, &mark, &mut || (&*stream).write_all(&KEEPALIVE));
         }
         let hashed = match (verify, prefix) {
             (true, Some(p)) if copied.is_ok() => Some(untimed(p)),
@@ -572,7 +552,10 @@ pub(crate) fn send_body(
             report.stages.hash_cpu += cpu;
             digest
         });
-        (copied, digest)
+        (
+            copied.and_then(|n| told.map(|()| n).map_err(CopyError::Write)),
+            digest,
+        )
     });
     let sent = match copied {
         Ok(n) => n,
@@ -732,29 +715,10 @@ fn prove_prefix(
     offset: u64,
     nonce: &[u8; 32],
 ) -> Result<Prefix, SendError> {
-    let sparse = source.sparse_data.is_some();
-    let ours = std::thread::scope(|s| {
-        let (finished, hashing) = std::sync::mpsc::channel::<()>();
-        let hasher = s.spawn(move || {
-            let hashed = Prefix::of_file(&source.file, offset, sparse);
-            let _ = finished.send(());
-            hashed
-        });
-        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            hashing.recv_timeout(KEEPALIVE_EVERY)
-        {
-            // The hashing thread ends by itself; the scope waits for it.
-            stream
-                .write_all(&KEEPALIVE)
-                .map_err(net("keeping the connection up"))?;
-        }
-        hasher
-            .join()
-            .expect("hashing thread panicked")
-            .map_err(|error| SendError::Source {
-                path: source.path.clone(),
-                error,
-            })
+    let ours = hash_prefix_telling(source, offset, &mut || {
+        stream
+            .write_all(&KEEPALIVE)
+            .map_err(net("keeping the connection up"))
     })?;
     let proof = PrefixProof(auth::prefix_proof(nonce, offset, &ours.digest()));
     stream
@@ -771,6 +735,38 @@ fn prove_prefix(
             );
             Ok(Prefix::empty())
         }
+    }
+}
+
+/// Hashes the first `len` bytes of `source` on a thread of its own while `tick` tells the
+/// receiver, every [`crate::watch::KEEPALIVE_EVERY`], that we are still here; stops hashing as
+/// soon as telling fails (the receiver has gone) and returns that error.
+pub(crate) fn hash_prefix_telling(
+    source: &Source,
+    len: u64,
+    tick: &mut dyn FnMut() -> Result<(), SendError>,
+) -> Result<Prefix, SendError> {
+    let sparse = source.sparse_data.is_some();
+    let mark = Watermark::complete(len);
+    let (hashed, told) = std::thread::scope(|s| {
+        let (finished, hashing) = std::sync::mpsc::channel::<()>();
+        let (file, mark_ref) = (&source.file, &mark);
+        let hasher = s.spawn(move || {
+            let hashed = Prefix::of_file_until(file, len, sparse, mark_ref);
+            let _ = finished.send(());
+            hashed
+        });
+        let told = tick_until(&hashing, &mark, tick);
+        (hasher.join().expect("hashing thread panicked"), told)
+    });
+    told?;
+    match hashed {
+        Ok(Some(prefix)) => Ok(prefix),
+        Ok(None) => unreachable!("aborted only when telling failed"),
+        Err(error) => Err(SendError::Source {
+            path: source.path.clone(),
+            error,
+        }),
     }
 }
 
@@ -906,10 +902,8 @@ pub(crate) fn judge(
     report: &mut SendReport,
 ) -> Result<(), SendError> {
     let hex = |d: Option<[u8; 32]>| d.map(hex::encode).unwrap_or_else(|| "nothing".into());
-    if let Some(theirs) = &verdict.sha256 {
-        if !integrity.opens(Seal::Verdict, index, theirs, &verdict.seal) {
-            return Err(SendError::Unsealed("the receiver's verdict".into()));
-        }
+    if !verdict.opens(integrity, Seal::Verdict, index) {
+        return Err(SendError::Unsealed("the receiver's verdict".into()));
     }
     match verdict.status {
         Status::Landed if digest.is_some() && verdict.sha256.is_none() => {

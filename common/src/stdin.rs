@@ -8,7 +8,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::auth::Seal;
 use crate::error::SendError;
 use crate::hash::hash_reader;
 use crate::name::{validate_name, NameError};
@@ -60,10 +59,7 @@ pub fn send_stdin(
     if let Some(early) = spoke_early(&stream, &report)? {
         return Err(early);
     }
-    let trailer = Trailer {
-        sha256: digest,
-        seal: digest.map_or([0; 32], |d| integrity.seal(Seal::Trailer, 0, &d)),
-    };
+    let trailer = Trailer::sealed(digest, &integrity, 0);
     (&stream)
         .write_all(&trailer.encode())
         .map_err(net("sending the trailer"))?;

@@ -7,27 +7,27 @@ use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use crate::name::{Escaped, TEMP_PREFIX};
 use crate::partial;
 
-/// Directories the walk holds open at once; it closes the shallowest beyond that and opens it
-/// again, from its parent, when it comes back to it.
-const MAX_OPEN_DIRS: usize = 32;
+/// Directories the walk holds open at once; beyond that it closes one and opens it again, from
+/// its closest open ancestor, when it comes back to it.
+const MAX_OPEN_DIRS: usize = 64;
+
+/// The walk keeps every directory at a depth that is a multiple of this open while it can, and
+/// closes others first: coming back up a deep chain then reopens each directory from an
+/// ancestor at most this far above it, instead of from the top (which cost time quadratic in
+/// the depth). Paths of at most 4096 bytes are at most 2048 deep: 32 such anchors.
+const ANCHOR_EVERY: usize = 64;
 
 /// A receiver's own temporary file whose ctime is at most this much before the receiver
 /// started is still its own (file times come from a coarser clock than `SystemTime::now`).
 const CLOCK_SLACK: Duration = Duration::from_secs(1);
-
-/// Taken shared while a transfer takes up a kept partial (opens it and sets its mtime to now),
-/// and exclusively while the sweep examines and removes a file: the sweep never removes a
-/// partial between a transfer opening it and making it young.
-static TAKING: RwLock<()> = RwLock::new(());
 
 /// What one sweep did.
 #[derive(Debug, Default)]
@@ -87,27 +87,6 @@ impl fmt::Display for Age {
             .find(|(scale, _)| secs > 0 && secs / scale * scale == secs)
             .map_or((secs, "s"), |(scale, unit)| (secs / scale, unit));
         write!(f, "{n}{unit}")
-    }
-}
-
-/// Keeps the sweep off a kept partial while a transfer takes it up (see [`mark_in_use`]).
-pub(crate) fn hold_off() -> RwLockReadGuard<'static, ()> {
-    TAKING.read().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Sets the mtime of a partial a transfer just took up to now: the sweep goes by mtime, and a
-/// hidden file's mtime means nothing to anyone else.
-pub(crate) fn mark_in_use(file: impl AsFd) {
-    let now = Timespec {
-        tv_sec: 0,
-        tv_nsec: rustix::fs::UTIME_NOW,
-    };
-    let times = Timestamps {
-        last_access: now,
-        last_modification: now,
-    };
-    if let Err(e) = rustix::fs::futimens(file, &times) {
-        log::warn!("marking a partial file as in use: {e}");
     }
 }
 
@@ -249,8 +228,21 @@ impl Walk<'_> {
                 });
                 let open = self.frames.iter().filter(|f| f.dir.is_some()).count();
                 if open > self.max_open {
-                    let shallowest = self.frames.iter_mut().find(|f| f.dir.is_some());
-                    shallowest.expect("more than one is open").dir = None;
+                    // Never the directory just entered; an anchor only when nothing else is.
+                    let below = self.frames.len() - 1;
+                    let candidates = || {
+                        self.frames[..below]
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, f)| f.dir.is_some())
+                            .map(|(depth, _)| depth)
+                    };
+                    let victim = candidates()
+                        .find(|depth| depth % ANCHOR_EVERY != 0)
+                        .or_else(|| candidates().next());
+                    if let Some(depth) = victim {
+                        self.frames[depth].dir = None;
+                    }
                 }
             }
             // Removed since it was listed: nothing to sweep there.
@@ -304,7 +296,7 @@ impl Walk<'_> {
         }
         let path = self.path_of(name);
         let dir = self.top_fd();
-        let _lock = TAKING.write().unwrap_or_else(|p| p.into_inner());
+        let _lock = partial::sweeping();
         let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => return,
@@ -370,6 +362,8 @@ mod tests {
     use super::*;
     use std::fs::File;
     use std::path::Path;
+
+    use rustix::fs::{Timespec, Timestamps};
 
     fn age(path: &Path, secs: u64) {
         let when = SystemTime::now() - Duration::from_secs(secs);

@@ -9,12 +9,14 @@
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::RecvFlags;
 
+use crate::hash::Watermark;
 use crate::protocol::{KEEPALIVE, KEEPALIVE_LEN, KEEPALIVE_MAGIC};
 
 /// How often a sender that is busy hashing says it is still there: often enough for any
@@ -59,15 +61,18 @@ pub(crate) enum Stop {
 }
 
 /// Waits until `done` is raised, while reading keepalives from `stream`: each one gives the
-/// work another `timeout`, and `on_keepalive` is called for it (a forwarding receiver passes it
-/// on). Once anything else shows at the head of the stream (the peer's next message, left in
-/// the socket for the caller), the peer has finished its part and the work gets `timeout`
-/// more. The caller aborts the work when this returns an error.
+/// work another `timeout`. Once anything else shows at the head of the stream (the peer's next
+/// message, left in the socket for the caller), the peer has finished its part and the work
+/// gets `timeout` more; only the connection breaking stops it then (not the peer closing its
+/// side, nor a receiver being stopped: what it needs is in). `on_alive` is called for each
+/// keepalive, and every [`KEEPALIVE_EVERY`] once the peer's next message is in, so that a
+/// forwarding receiver keeps the next host of a chain told. The caller aborts the work when
+/// this returns an error.
 pub(crate) fn wait_for(
     stream: &TcpStream,
     done: &Done,
     timeout: Duration,
-    on_keepalive: &mut dyn FnMut(),
+    on_alive: &mut dyn FnMut(),
 ) -> Result<(), Stop> {
     let mut deadline = Instant::now() + timeout;
     // The peer's next message is in: from then on only its going away matters.
@@ -79,9 +84,10 @@ pub(crate) fn wait_for(
         if left.is_zero() {
             return Err(Stop::Silent);
         }
-        let wanted = match peer_done {
-            true => PollFlags::RDHUP,
-            false => PollFlags::IN | PollFlags::RDHUP,
+        let (wanted, left) = match peer_done {
+            // HUP and ERR are always reported.
+            true => (PollFlags::empty(), left.min(KEEPALIVE_EVERY)),
+            false => (PollFlags::IN | PollFlags::RDHUP, left),
         };
         let mut fds = [
             PollFd::new(stream, wanted),
@@ -100,11 +106,18 @@ pub(crate) fn wait_for(
             return Ok(());
         }
         let events = fds[0].revents();
-        if events.intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR) {
+        // What the peer sent before it closed still counts (its trailer may be there, with the
+        // end of the connection behind it): it is gone only once nothing is left to read.
+        if events.intersects(PollFlags::HUP | PollFlags::ERR)
+            || events.contains(PollFlags::RDHUP) && !events.contains(PollFlags::IN)
+        {
             return Err(Stop::Gone);
         }
         if !events.contains(PollFlags::IN) {
-            continue; // timed out: the loop's head says so
+            if peer_done {
+                on_alive();
+            }
+            continue; // timed out: the loop's head says whether it is the deadline
         }
         let mut head = [0u8; KEEPALIVE_LEN];
         let peeked =
@@ -144,9 +157,27 @@ pub(crate) fn wait_for(
         keepalive_left -= n;
         if keepalive_left == 0 {
             deadline = Instant::now() + timeout;
-            on_keepalive();
+            on_alive();
         }
     }
+}
+
+/// Waits for a worker that sends on `finished` when it ends, calling `tick` every
+/// [`KEEPALIVE_EVERY`] meanwhile (a sender telling its receiver that it is still there while
+/// it hashes). When `tick` fails (the receiver has gone), aborts `mark`, so that the worker
+/// stops within a chunk, and returns the error.
+pub(crate) fn tick_until<E>(
+    finished: &mpsc::Receiver<()>,
+    mark: &Watermark,
+    tick: &mut dyn FnMut() -> Result<(), E>,
+) -> Result<(), E> {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(KEEPALIVE_EVERY) {
+        if let Err(e) = tick() {
+            mark.abort();
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Whether the peer of `stream` has closed or reset the connection; reads nothing.
@@ -221,6 +252,24 @@ mod tests {
         let mut next = [0u8; 4];
         std::io::Read::read_exact(&mut ours, &mut next).unwrap();
         assert_eq!(&next, b"ZTRL");
+    }
+
+    /// A peer that sent its next message and closed at once is not gone before the message is
+    /// seen: the work then gets the timeout, as for any peer whose message is in.
+    #[test]
+    fn a_message_before_the_end_of_the_connection_is_seen() {
+        let (mut peer, ours) = pair();
+        peer.write_all(&KEEPALIVE).unwrap();
+        peer.write_all(b"ZTRL and the rest").unwrap();
+        drop(peer);
+        let done = Done::new().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _raise = done.on_drop();
+                std::thread::sleep(Duration::from_millis(100));
+            });
+            wait_for(&ours, &done, Duration::from_secs(60), &mut || {}).unwrap();
+        });
     }
 
     #[test]

@@ -125,10 +125,7 @@ impl Forward {
     /// Passes the trailer on, the sender's digest sealed with our key for the next host, which
     /// completes what it needs.
     pub(super) fn pass_trailer(&mut self, sha256: Option<[u8; 32]>) {
-        let trailer = Trailer {
-            sha256,
-            seal: sha256.map_or([0; 32], |d| self.integrity.seal(Seal::Trailer, 0, &d)),
-        };
+        let trailer = Trailer::sealed(sha256, &self.integrity, 0);
         self.send_on(&trailer.encode(), "sending the trailer");
         if self.next.is_some() {
             self.complete = true;
@@ -172,7 +169,7 @@ impl Forward {
         };
         let mut reports = vec![HopReport {
             host: first.clone(),
-            verdict: opened(verdict, &self.integrity, Seal::Verdict, 0),
+            verdict: verdict.opened(&self.integrity, Seal::Verdict, 0),
         }];
         // The last host of a chain sends no reports of its own.
         let reports_after = match self.hops.len() {
@@ -184,7 +181,7 @@ impl Forward {
                 .into_iter()
                 .enumerate()
                 .map(|(k, r)| HopReport {
-                    verdict: opened(r.verdict, &self.integrity, Seal::Hop, k as u32),
+                    verdict: r.verdict.opened(&self.integrity, Seal::Hop, k as u32),
                     host: r.host,
                 })
                 .collect(),
@@ -213,30 +210,15 @@ fn after_failure(hops: &[String], why: &str) -> Vec<HopReport> {
     reports
 }
 
-/// A verdict read from the next host, with its digest trusted only if its seal opens with our
-/// key with that host: otherwise it becomes a failure.
-fn opened(verdict: Verdict, integrity: &Integrity, what: Seal, index: u32) -> Verdict {
-    match &verdict.sha256 {
-        Some(d) if !integrity.opens(what, index, d, &verdict.seal) => {
-            Verdict::failed("its verdict's seal does not match (changed on the way?)")
-        }
-        _ => verdict,
-    }
-}
-
 /// The reports of the hosts after this one as this host sends them to the host before it:
 /// each digest sealed with our key with that host, at its position.
 pub(super) fn sealed(reports: &[HopReport], integrity: &Integrity) -> Vec<HopReport> {
     reports
         .iter()
         .enumerate()
-        .map(|(k, r)| {
-            let mut r = r.clone();
-            r.verdict.seal = r
-                .verdict
-                .sha256
-                .map_or([0; 32], |d| integrity.seal(Seal::Hop, k as u32, &d));
-            r
+        .map(|(k, r)| HopReport {
+            host: r.host.clone(),
+            verdict: r.verdict.clone().sealed(integrity, Seal::Hop, k as u32),
         })
         .collect()
 }

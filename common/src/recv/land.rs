@@ -14,6 +14,7 @@ use crate::error::RecvError;
 use crate::manifest::{FileStatus, Report};
 use crate::partial::TempFile;
 use crate::protocol::Header;
+use crate::watch::KEEPALIVE_EVERY;
 
 /// A verified small file waiting for its batch to be made durable and renamed.
 pub(super) struct Pending {
@@ -55,7 +56,9 @@ impl<'s> Outbox<'s> {
             index,
             status,
             sha256,
-            seal: sha256.map_or([0; 32], |d| self.integrity.seal(Seal::Verdict, index, &d)),
+            seal: sha256.map_or([0; 32], |d| {
+                self.integrity.seal(Seal::Verdict, index, status as u8, &d)
+            }),
             message: message.to_owned(),
         });
     }
@@ -164,11 +167,19 @@ impl<'scope> Lander<'scope> {
 
     /// Returns once everything added has landed and its verdict is queued or sent.
     pub fn flush(&mut self) {
+        self.flush_telling(&mut || {});
+    }
+
+    /// As [`Lander::flush`], calling `tick` every [`KEEPALIVE_EVERY`] while it waits (to tell
+    /// the sender we are still here while a batch is made durable).
+    pub fn flush_telling(&mut self, tick: &mut dyn FnMut()) {
         self.hand_over();
         let Some(jobs) = &self.jobs else { return };
         let (done, wait) = mpsc::sync_channel(1);
         if jobs.send(Job::Flush(done)).is_ok() {
-            let _ = wait.recv();
+            while let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(KEEPALIVE_EVERY) {
+                tick();
+            }
         }
     }
 

@@ -19,7 +19,7 @@ use rustix::io::Errno;
 use super::ahead::Ahead;
 use super::land::{Lander, Outbox, Pending};
 use super::{linger, prepare, tell, timestamps, Receiver, Route, TransferRecord, PIPE_SIZE};
-use crate::auth::{self, Integrity, Seal};
+use crate::auth::{self, Integrity};
 use crate::error::{ProtocolError, RecvError};
 use crate::hash::{Prefix, Start, Watermark};
 use crate::links::LinkJudge;
@@ -31,6 +31,7 @@ use crate::partial::{self, open_beneath, TempFile};
 use crate::protocol::{Header, RefuseCode, Trailer, FLAG_NO_VERIFY, TRAILER_LEN};
 use crate::sys::Pipe;
 use crate::units::{os_reason, Bytes};
+use crate::watch::KEEPALIVE_EVERY;
 
 /// A batch of small files lands once it holds [`Receiver::batch_files`] files or this many
 /// bytes.
@@ -224,7 +225,9 @@ impl Session<'_, '_> {
             .collect();
         let depth = AHEAD.min(self.rx.batch_files);
         self.ahead = Some(Ahead::start(self.scope, self.dirs.root(), files, depth));
-        let mut clean = true;
+        // The tree is whole only once a pass has ended with nothing asked for again: a sender
+        // that closes anywhere else (or a receiver being stopped) interrupts it.
+        let mut clean = false;
         loop {
             self.report_checks(false)?;
             self.post()?;
@@ -233,12 +236,12 @@ impl Session<'_, '_> {
                 None if clean => return Ok(()),
                 None => {
                     return Err(RecvError::Protocol(ProtocolError::Truncated(
-                        "tree: the sender closed before its end of pass",
+                        "tree: the sender closed before its last end of pass",
                     )))
                 }
                 Some(Frame::EndOfPass) => {
-                    clean = true;
-                    self.end_pass()?
+                    self.end_pass()?;
+                    clean = self.left == 0;
                 }
                 Some(Frame::Keepalive) => {}
                 Some(Frame::Full(i)) => {
@@ -546,7 +549,7 @@ impl Session<'_, '_> {
     /// Reports the background checks that are done; with `all`, waits for every one, telling
     /// the sender meanwhile that we are still here.
     fn report_checks(&mut self, all: bool) -> Result<(), RecvError> {
-        let every = (self.rx.config.timeout / 4).max(std::time::Duration::from_millis(100));
+        let every = KEEPALIVE_EVERY;
         while self.checks.running > 0 {
             let next = match all {
                 true => self.checks.results.recv_timeout(every),
@@ -702,17 +705,12 @@ impl Session<'_, '_> {
             )
             .into());
         }
-        if let Some(theirs) = &trailer.sha256 {
-            if !self
-                .integrity
-                .opens(Seal::Trailer, i, theirs, &trailer.seal)
-            {
-                self.settled[i as usize] = true;
-                self.counts.failed += 1;
-                let msg = RecvError::Unsealed.to_string();
-                log::warn!("{}: {msg}", Escaped(&header.name));
-                return self.report(i, FileStatus::Mismatch, received.digest, &msg);
-            }
+        if !trailer.opens(self.integrity, i) {
+            self.settled[i as usize] = true;
+            self.counts.failed += 1;
+            let msg = RecvError::Unsealed.to_string();
+            log::warn!("{}: {msg}", Escaped(&header.name));
+            return self.report(i, FileStatus::Mismatch, received.digest, &msg);
         }
         if let Some((nonce, theirs)) = held_proof {
             let ours = received
@@ -786,7 +784,13 @@ impl Session<'_, '_> {
     fn end_pass(&mut self) -> Result<(), RecvError> {
         self.report_checks(true)?;
         self.stop_ahead();
-        self.lander.flush();
+        // The last batches may take a while to be made durable: the sender, waiting for our
+        // end of pass, hears meanwhile that we are still here.
+        let outbox = self.outbox;
+        self.lander.flush_telling(&mut || {
+            outbox.queue(&Report::Keepalive);
+            let _ = outbox.post();
+        });
         self.left = std::mem::take(&mut self.resends);
         for &i in self.made_dirs.iter().rev() {
             let e = &self.manifest.entries[i];

@@ -7,10 +7,14 @@ use std::cell::Cell;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{auth_nonce, handshake, net, open_connection, send_body, SendOptions, Source};
+use super::{
+    auth_nonce, handshake, hash_prefix_telling, net, open_connection, send_body, SendOptions,
+    Source,
+};
 use crate::auth::{self, Integrity, Seal};
 use crate::error::{ProtocolError, SendError};
 use crate::hash::Prefix;
@@ -19,7 +23,6 @@ use crate::name::Escaped;
 use crate::protocol::{Header, Trailer, FLAG_NO_VERIFY, FLAG_TREE, TRAILER_LEN};
 use crate::stages::StageTimes;
 use crate::walk::{walk, Tree, WalkOptions};
-use crate::watch::KEEPALIVE_EVERY;
 
 /// How to send a tree.
 #[derive(Clone, Copy, Debug, Default)]
@@ -174,10 +177,13 @@ impl Sent {
     }
 }
 
-/// Where each entry stands: nothing out, waiting for its verdict, or answered.
+/// Where each entry stands: nothing out, going out, waiting for its verdict, or answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
     Idle,
+    /// Its frame went out and its payload is going: the receiver may only say it failed (a
+    /// local failure such as a full disk, after which it ends the tree).
+    Sending(Sent),
     Awaiting(Sent),
     Answered,
 }
@@ -186,16 +192,43 @@ enum Slot {
 /// its verdict from the moment its last byte (its trailer, or its check) goes out, so a
 /// verdict for anything else (an entry not sent, not finished, or already answered; a status
 /// that does not answer what was sent) is refused as it is read. No entry is answered twice,
-/// so no tree can count more verdicts than files.
-struct Ledger(Mutex<Vec<Slot>>);
+/// so no tree can count more verdicts than files. It also notes when the receiver last said
+/// anything.
+struct Ledger {
+    slots: Mutex<Vec<Slot>>,
+    start: Instant,
+    /// Milliseconds from `start` to the receiver's latest word.
+    heard: AtomicU64,
+}
 
 impl Ledger {
     fn new(entries: usize) -> Ledger {
-        Ledger(Mutex::new(vec![Slot::Idle; entries]))
+        Ledger {
+            slots: Mutex::new(vec![Slot::Idle; entries]),
+            start: Instant::now(),
+            heard: AtomicU64::new(0),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The receiver said something.
+    fn heard(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.heard.store(now, Ordering::Relaxed);
+    }
+
+    /// How long since the receiver last said anything (since the start, if it never did).
+    fn since_heard(&self) -> Duration {
+        let heard = Duration::from_millis(self.heard.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(heard)
+    }
+
+    /// Entry `i`'s frame is about to go out, its payload after it.
+    fn sending(&self, i: usize, sent: Sent) {
+        self.lock()[i] = Slot::Sending(sent);
     }
 
     /// Entry `i`'s last byte is about to go out.
@@ -221,6 +254,13 @@ impl Ledger {
             }
             Slot::Awaiting(sent) => bad(format!(
                 "a verdict {status:?} for entry {index}, which was sent as {sent:?}"
+            )),
+            Slot::Sending(sent) if status == FileStatus::Failed => {
+                *slot = Slot::Answered;
+                Ok(sent)
+            }
+            Slot::Sending(_) => bad(format!(
+                "a verdict {status:?} for entry {index} before all of it was sent"
             )),
             Slot::Idle => bad(format!(
                 "a verdict for entry {index} before all of it was sent"
@@ -315,9 +355,15 @@ impl Session<'_> {
                 (Kind::Symlink { .. }, Answer::Done) => self.report.links += 1,
                 (Kind::File { .. }, Answer::Send) => first.push((i, Action::Full)),
                 (Kind::File { .. }, Answer::Landed) => first.push((i, Action::Check)),
-                (Kind::File { size, .. }, Answer::Partial(offset, nonce)) if offset <= *size => {
-                    first.push((i, Action::Resume(offset, nonce)))
-                }
+                // Only a file we offered to resume (it has a source id), and within it.
+                (
+                    Kind::File {
+                        size,
+                        source_id: Some(_),
+                        ..
+                    },
+                    Answer::Partial(offset, nonce),
+                ) if offset <= *size => first.push((i, Action::Resume(offset, nonce))),
                 (_, answer) => {
                     return Err(ProtocolError::Malformed(format!(
                         "answer {answer:?} to {}",
@@ -340,12 +386,23 @@ impl Session<'_> {
             let mut incoming = std::io::BufReader::new(stream);
             let ledger = self.ledger.clone();
             s.spawn(move || loop {
-                let report = Report::read(&mut incoming).and_then(|r| match &r {
-                    Report::File { index, status, .. } => {
-                        ledger.answer(*index, *status).map(|sent| (r, Some(sent)))
+                let report = Report::read(&mut incoming).and_then(|r| {
+                    ledger.heard();
+                    match &r {
+                        Report::File { index, status, .. } => ledger
+                            .answer(*index, *status)
+                            .map(|sent| (Some(r), Some(sent))),
+                        // Kept here: a receiver sending keepalives faster than we take them
+                        // would otherwise fill our memory.
+                        Report::Keepalive => Ok((None, None)),
+                        Report::EndOfPass => Ok((Some(r), None)),
                     }
-                    _ => Ok((r, None)),
                 });
+                let report = match report {
+                    Ok((None, _)) => continue,
+                    Ok((Some(r), sent)) => Ok((r, sent)),
+                    Err(e) => Err(e),
+                };
                 let end = report.is_err();
                 if tx.send(report).is_err() || end {
                     break;
@@ -372,11 +429,9 @@ impl Session<'_> {
         if resend.is_empty() || self.stopping() {
             return Ok(());
         }
+        // Whole files only: the ledger refuses a second "send it whole" for them.
         let second: Vec<(usize, Action)> = resend.into_iter().map(|i| (i, Action::Full)).collect();
-        for i in self.pass(&second, reports, progress)? {
-            self.fail(i, "the receiver asked for it again".into());
-        }
-        Ok(())
+        self.pass(&second, reports, progress).map(drop)
     }
 
     /// Sends every action's frame back to back, then an end of pass, and reads verdicts until
@@ -400,9 +455,14 @@ impl Session<'_> {
             progress(Tick::File);
         }
         self.write(&Frame::EndOfPass.encode(), None, "ending a pass")?;
+        // The wait starts now, however long the receiver was quiet while files arrived.
+        self.ledger.heard();
         loop {
-            let (report, sent) = match reports.recv_timeout(self.opts.timeout) {
+            // Anything the receiver says, keepalives included, is word that it is still there.
+            let left = self.opts.timeout.saturating_sub(self.ledger.since_heard());
+            let (report, sent) = match reports.recv_timeout(left) {
                 Ok(report) => report?,
+                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => continue,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     return Err(SendError::Network {
                         during: "waiting for the receiver's verdicts".into(),
@@ -478,6 +538,7 @@ impl Session<'_> {
                 (Frame::Resume(index, offset, proof), prefix, Sent::Resume)
             }
         };
+        self.ledger.sending(i, sent);
         self.write(&frame.encode(), None, "sending a file header")?;
         let resumed = prefix.len();
         progress(Tick::Bytes(resumed));
@@ -493,10 +554,7 @@ impl Session<'_> {
             Ok(digest) => {
                 self.digests[i] = digest;
                 self.resumed[i] = resumed;
-                let trailer = Trailer {
-                    sha256: digest,
-                    seal: digest.map_or([0; 32], |d| self.integrity.seal(Seal::Trailer, index, &d)),
-                };
+                let trailer = Trailer::sealed(digest, &self.integrity, index);
                 self.hold(i, trailer.encode(), sent)
             }
             // Its verdict says the receiver discarded it; the failure is counted then.
@@ -516,22 +574,12 @@ impl Session<'_> {
         if len < KEEPALIVE_ABOVE {
             return Prefix::of_file(&source.file, len, sparse).map_err(source_err);
         }
-        std::thread::scope(|s| {
-            let (tx, done) = mpsc::channel();
-            s.spawn(move || tx.send(Prefix::of_file(&source.file, len, sparse)));
-            loop {
-                match done.recv_timeout(KEEPALIVE_EVERY) {
-                    Ok(hashed) => return hashed.map_err(source_err),
-                    Err(mpsc::RecvTimeoutError::Timeout) => self.write(
-                        &Frame::Keepalive.encode(),
-                        None,
-                        "keeping the connection up",
-                    )?,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        panic!("the hashing thread ended without a result")
-                    }
-                }
-            }
+        hash_prefix_telling(source, len, &mut || {
+            self.write(
+                &Frame::Keepalive.encode(),
+                None,
+                "keeping the connection up",
+            )
         })
     }
 
@@ -561,7 +609,10 @@ impl Session<'_> {
         self.last_failed = (status == FileStatus::Failed)
             .then(|| (self.tree.manifest.entries[i].path.clone(), message.clone()));
         if let Some(d) = &sha256 {
-            if !self.integrity.opens(Seal::Verdict, index, d, &seal) {
+            if !self
+                .integrity
+                .opens(Seal::Verdict, index, status as u8, d, &seal)
+            {
                 let why = SendError::Unsealed("the receiver's verdict".into());
                 self.fail(i, why.to_string());
                 return Ok(());
