@@ -635,7 +635,14 @@ impl Reply {
             return Err(ProtocolError::BadMagic(magic));
         }
         let code = head[6];
+        let version = u16::from_be_bytes([head[4], head[5]]);
         let msg = read_bytes(r, u16::from_be_bytes([head[7], head[8]]), "reply")?;
+        // A receiver of another version may only refuse (its message says why).
+        if version != VERSION && matches!(code, 0 | CHALLENGE_CODE | RESUME_CODE) {
+            return Err(ProtocolError::Malformed(format!(
+                "a reply of protocol version {version} (this side speaks {VERSION})"
+            )));
+        }
         match code {
             0 if msg.is_empty() => Ok(Reply::Accept),
             0 => Err(ProtocolError::Malformed(format!(
@@ -1350,6 +1357,23 @@ mod tests {
             "{err}"
         );
         assert!(read_preamble(&mut &hello_with_len(MAX_HEADER_LEN)[..]).is_ok());
+    }
+
+    /// A receiver of another version may refuse (its message is shown), and nothing else.
+    #[test]
+    fn only_a_refusal_is_taken_from_another_version() {
+        let mut accept = Reply::Accept.encode();
+        accept[5] = 7;
+        assert!(matches!(
+            Reply::read(&mut &accept[..]),
+            Err(ProtocolError::Malformed(m)) if m.contains("version 7")
+        ));
+        let mut refusal = Reply::Refuse(RefuseCode::Unsupported, "speak 7".into()).encode();
+        refusal[5] = 7;
+        assert_eq!(
+            Reply::read(&mut &refusal[..]).unwrap(),
+            Reply::Refuse(RefuseCode::Unsupported, "speak 7".into())
+        );
     }
 
     #[test]

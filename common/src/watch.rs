@@ -131,6 +131,10 @@ pub(crate) fn wait_for(
         }
         if keepalive_left == 0 {
             if peeked < KEEPALIVE_MAGIC.len() {
+                if events.contains(PollFlags::RDHUP) {
+                    // The peer closed after those few bytes: nothing will complete them.
+                    return Err(Stop::Gone);
+                }
                 // Too little to tell a keepalive from a message: wait for the rest.
                 std::thread::sleep(Duration::from_millis(5));
                 continue;

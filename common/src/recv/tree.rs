@@ -147,7 +147,10 @@ impl Receiver {
             Err(e) => {
                 if !matches!(e, ProtocolError::Truncated(_) | ProtocolError::Io(..)) {
                     let refusal = Answers::Refused(e.refuse_code(), e.to_string()).encode();
-                    let _ = (&*stream).write_all(&refusal);
+                    if (&*stream).write_all(&refusal).is_ok() {
+                        // As for a refused hello: let the refusal arrive before the close.
+                        linger(stream);
+                    }
                 }
                 return Err(e.into());
             }
@@ -302,7 +305,9 @@ impl Session<'_, '_> {
                     Bytes(have)
                 );
                 let refusal = Answers::Refused(RefuseCode::NoSpace, msg.clone());
-                let _ = (&*self.stream).write_all(&refusal.encode());
+                if (&*self.stream).write_all(&refusal.encode()).is_ok() {
+                    linger(self.stream);
+                }
                 return Err(RecvError::Refused(msg));
             }
         }
@@ -408,6 +413,11 @@ impl Session<'_, '_> {
                 Some(_) if !force => taken(),
                 _ => {
                     let header = header_of(e, self.verify);
+                    if !header.resumable() {
+                        // Sent without verification, it cannot resume: what was kept for its
+                        // name is of no use any more (batched files do not forget it later).
+                        partial::forget(&parent, &header.name);
+                    }
                     match partial::take(parent, &header) {
                         Some((temp, held)) => match auth::nonce() {
                             Ok(nonce) => {
