@@ -380,9 +380,10 @@ fn transfer(
         // discard it, and says it did.
         Err(SendError::SourceChanged) => Trailer::abandoned(),
         Err(_) => {
+            let e = explain(stream, report, sent.expect_err("matched Err"));
             // Without a trailer the receiver keeps what it got, hidden, for a resume.
             let _ = stream.shutdown(std::net::Shutdown::Both);
-            return Err(sent.expect_err("matched Err"));
+            return Err(e);
         }
     };
     // The receiver speaks only after the trailer (but for a failure, at once).
@@ -559,7 +560,7 @@ pub(crate) fn send_body(
     });
     let sent = match copied {
         Ok(n) => n,
-        Err(e) => return Err(explain_failure(stream, report, e)),
+        Err(e) => return Err(copy_failure(report, e)),
     };
     report.bytes_sent += match source.sparse_data {
         Some(_) => data_between(&source.file, start, source.size).unwrap_or(0),
@@ -853,11 +854,13 @@ fn copy_range(
 
 /// Turns a failed copy into the most useful error: the receiver may have said why it stopped
 /// reading (a full disk, say) before the connection broke.
-pub(crate) fn explain_failure(
-    mut stream: &TcpStream,
-    report: &SendReport,
-    e: CopyError,
-) -> SendError {
+pub(crate) fn explain_failure(stream: &TcpStream, report: &SendReport, e: CopyError) -> SendError {
+    explain(stream, report, copy_failure(report, e))
+}
+
+/// Turns a failed copy into an error, without reading from the connection (in a tree, only the
+/// thread reading verdicts reads it).
+pub(crate) fn copy_failure(report: &SendReport, e: CopyError) -> SendError {
     match e {
         CopyError::Read(error) => SendError::Source {
             path: report.path.clone(),
@@ -868,27 +871,34 @@ pub(crate) fn explain_failure(
             sent: report.bytes_sent,
             expected: report.bytes,
         },
-        CopyError::Write(error) => {
-            // A receiver that stopped reading long enough for us to time out had all that time
-            // to say why: its words are here already. One whose connection broke may still be
-            // on its way.
-            let stalled = matches!(
-                error.kind(),
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            );
-            let wait = if stalled { 100 } else { 2000 };
-            let _ = stream.set_read_timeout(Some(Duration::from_millis(wait)));
-            match Verdict::read(&mut stream) {
-                Ok(v) if v.status != Status::Landed => SendError::ReceiverFailed {
-                    name: report.name.clone(),
-                    message: v.message,
-                },
-                _ => SendError::Network {
-                    during: "sending the payload".into(),
-                    error,
-                },
-            }
-        }
+        CopyError::Write(error) => SendError::Network {
+            during: "sending the payload".into(),
+            error,
+        },
+    }
+}
+
+/// After a write failed in a single transfer: the receiver may have said why it stopped
+/// reading (a full disk, say) before the connection broke; its failure verdict is the error
+/// then.
+pub(crate) fn explain(mut stream: &TcpStream, report: &SendReport, e: SendError) -> SendError {
+    let SendError::Network { error, .. } = &e else {
+        return e;
+    };
+    // A receiver that stopped reading long enough for us to time out had all that time to
+    // say why: its words are here already. One whose connection broke may still be on its way.
+    let stalled = matches!(
+        error.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    );
+    let wait = if stalled { 100 } else { 2000 };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(wait)));
+    match Verdict::read(&mut stream) {
+        Ok(v) if v.status != Status::Landed => SendError::ReceiverFailed {
+            name: report.name.clone(),
+            message: v.message,
+        },
+        _ => e,
     }
 }
 
