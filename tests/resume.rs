@@ -212,12 +212,13 @@ fn a_resume_offer_past_the_end_is_refused_by_the_sender() {
     fake.join().unwrap();
 }
 
-/// Hashing a prefix of 4 GiB of holes takes seconds on each side, longer than either end's
+/// Hashing a prefix of 4 GiB of holes takes seconds on each side, longer than the receiver's
 /// --timeout: the sender says it is still there while it hashes (before its proof, before its
 /// trailer), so the receiver, which gives up on a silent sender, waits for it and the resume
-/// goes through.
+/// goes through. (Both ends hash the same bytes at once; the receiver's own hashing may then
+/// lag the sender's proof by up to its --timeout, 2 s here.)
 #[test]
-fn a_long_hashing_resume_outlasts_short_timeouts() {
+fn a_long_hashing_resume_outlasts_a_short_timeout() {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let path = src.path().join("holes.img");
@@ -228,7 +229,7 @@ fn a_long_hashing_resume_outlasts_short_timeouts() {
     f.write_all_at(&chunk, 0).unwrap();
     f.write_all_at(&chunk, size - (1 << 20)).unwrap();
     drop(f);
-    let rx = Zrecv::start(dst.path(), &["--timeout", "1"]);
+    let rx = Zrecv::start(dst.path(), &["--timeout", "2"]);
     // Interrupt the first attempt once the receiver holds both extents (and hashes the hole).
     let mut sender = Command::new(zsend_bin())
         .args([&rx.addr(), path.to_str().unwrap(), "-q"])
@@ -253,13 +254,7 @@ fn a_long_hashing_resume_outlasts_short_timeouts() {
     let line = rx.wait_for_line("holes.img from");
     assert!(line.contains("the sender went away"), "{line}");
     assert_eq!(kept(dst.path()), 2, "{:?}", entries(dst.path()));
-    let out = zsend(&[
-        &rx.addr(),
-        path.to_str().unwrap(),
-        "--json",
-        "--timeout",
-        "1",
-    ]);
+    let out = zsend(&[&rx.addr(), path.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let resumed = json["resumed_from"].as_u64().unwrap();
@@ -271,4 +266,65 @@ fn a_long_hashing_resume_outlasts_short_timeouts() {
     let mut tail = vec![0u8; 1 << 20];
     landed.read_exact_at(&mut tail, size - (1 << 20)).unwrap();
     assert_eq!(tail, chunk);
+}
+
+/// The receiver's side of the rule, without a race between two hashing ends: a sender that
+/// takes three times the receiver's --timeout to produce its proof, and says it is still there
+/// meanwhile, is waited for; the same sender silent is given up on.
+#[test]
+fn keepalives_keep_a_resume_open_and_silence_ends_it() {
+    use sha2::{Digest, Sha256};
+    use std::net::TcpStream;
+    use zcommon::{Decision, Header, PrefixProof, Reply, Trailer, Verdict, KEEPALIVE};
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &["--timeout", "1"]);
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let hello = Header {
+        source_id: Some([3; zcommon::SOURCE_ID_LEN]),
+        mtime_sec: 1_700_000_000,
+        ..Header::new("slow.bin", content.len() as u64)
+    };
+    let connect = || {
+        let s = TcpStream::connect(rx.addr).unwrap();
+        s.set_read_timeout(Some(PROCESS_TIMEOUT)).unwrap();
+        s
+    };
+    // An interrupted first attempt leaves half the file.
+    let mut s = connect();
+    s.write_all(&hello.encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    s.write_all(&content[..50_000]).unwrap();
+    drop(s);
+    rx.wait_for_line("slow.bin from");
+
+    for silent in [true, false] {
+        let mut s = connect();
+        s.write_all(&hello.encode_hello()).unwrap();
+        let Reply::Resume { offset, nonce } = Reply::read(&mut s).unwrap() else {
+            panic!("no resume offer")
+        };
+        assert_eq!(offset, 50_000);
+        if silent {
+            // Nothing for longer than the receiver's --timeout: it gives up, keeping the partial.
+            let line = rx.wait_for_line("slow.bin from");
+            assert!(line.contains("timed out"), "{line}");
+            continue;
+        }
+        // Three seconds of "still here" (paced, not a lock), then the proof.
+        for _ in 0..10 {
+            s.write_all(&KEEPALIVE).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        let prefix: [u8; 32] = Sha256::digest(&content[..50_000]).into();
+        let proof = zcommon::prefix_proof(&nonce, offset, &prefix);
+        s.write_all(&PrefixProof(proof).encode()).unwrap();
+        assert_eq!(Decision::read(&mut s).unwrap(), Decision::Resume);
+        s.write_all(&content[50_000..]).unwrap();
+        let digest: [u8; 32] = Sha256::digest(&content).into();
+        s.write_all(&Trailer::unsealed(Some(digest)).encode())
+            .unwrap();
+        let v = Verdict::read(&mut s).unwrap();
+        assert_eq!(v.status, zcommon::Status::Landed, "{}", v.message);
+    }
+    assert_eq!(std::fs::read(dst.path().join("slow.bin")).unwrap(), content);
 }
