@@ -540,31 +540,9 @@ fn sending_again_right_after_an_interruption_resumes() {
     for round in 0..3 {
         let dst = tempfile::tempdir().unwrap();
         let rx = Zrecv::start(dst.path(), &[]);
-        let mut sender = Command::new(zsend_bin())
-            .args([&rx.addr(), path.to_str().unwrap(), "-q"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Wait until the receiver holds a good part of the file, then interrupt.
-        let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
-        loop {
-            let held = in_flight(dst.path())
-                .iter()
-                .filter_map(|e| std::fs::metadata(dst.path().join(e)).ok())
-                .map(|m| m.len())
-                .max()
-                .unwrap_or(0);
-            if held >= 16 << 20 {
-                break;
-            }
-            assert!(
-                sender.try_wait().unwrap().is_none(),
-                "round {round}: the transfer ended before it could be interrupted"
-            );
-            assert!(std::time::Instant::now() < deadline);
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        let mut sender = spawn_zsend(&[&rx.addr(), path.to_str().unwrap()]);
+        // Once the receiver holds a good part of the file: interrupt.
+        wait_in_flight(dst.path(), &mut sender, |m| m.len() >= 16 << 20);
         let _ = Command::new("kill")
             .args(["-INT", &sender.id().to_string()])
             .status();

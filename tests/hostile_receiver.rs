@@ -150,6 +150,20 @@ fn take_pass(r: &mut BufReader<TcpStream>, m: &Manifest, mut each: impl FnMut(u3
     }
 }
 
+/// Takes a pass as a receiver would, answers each file with what `verdicts_for` gives (its
+/// index and digest in), then ends the pass.
+fn answer_pass(
+    r: &mut BufReader<TcpStream>,
+    w: &mut TcpStream,
+    m: &Manifest,
+    mut verdicts_for: impl FnMut(u32, [u8; 32]) -> Vec<u8>,
+) {
+    let mut verdicts = Vec::new();
+    take_pass(r, m, |i, d| verdicts.extend(verdicts_for(i, d)));
+    verdicts.extend(Report::EndOfPass.encode());
+    w.write_all(&verdicts).unwrap();
+}
+
 fn file_verdict(index: u32, status: FileStatus, sha256: Option<[u8; 32]>) -> Vec<u8> {
     Report::File {
         index,
@@ -192,13 +206,10 @@ fn tree_verdicts_before_the_files_are_refused() {
 #[test]
 fn a_second_verdict_for_a_file_is_refused() {
     let out = tree_against(|r, w, m| {
-        let mut verdicts = Vec::new();
-        take_pass(r, m, |i, d| {
-            verdicts.extend(file_verdict(i, FileStatus::Landed, Some(d)));
-            verdicts.extend(file_verdict(i, FileStatus::Landed, Some(d)));
-        });
-        verdicts.extend(Report::EndOfPass.encode());
-        w.write_all(&verdicts).unwrap();
+        answer_pass(r, w, m, |i, d| {
+            let once = file_verdict(i, FileStatus::Landed, Some(d));
+            [once.clone(), once].concat()
+        })
     });
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(6), "{err}");
@@ -209,14 +220,10 @@ fn a_second_verdict_for_a_file_is_refused() {
 #[test]
 fn an_end_of_pass_with_files_unanswered_is_refused() {
     let out = tree_against(|r, w, m| {
-        let mut verdicts = Vec::new();
-        take_pass(r, m, |i, d| {
-            if i == 1 {
-                verdicts.extend(file_verdict(i, FileStatus::Landed, Some(d)));
-            }
-        });
-        verdicts.extend(Report::EndOfPass.encode());
-        w.write_all(&verdicts).unwrap();
+        answer_pass(r, w, m, |i, d| match i {
+            1 => file_verdict(i, FileStatus::Landed, Some(d)),
+            _ => Vec::new(),
+        })
     });
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(6), "{err}");
@@ -227,12 +234,7 @@ fn an_end_of_pass_with_files_unanswered_is_refused() {
 #[test]
 fn an_honest_raw_receiver_lands_the_tree() {
     let out = tree_against(|r, w, m| {
-        let mut verdicts = Vec::new();
-        take_pass(r, m, |i, d| {
-            verdicts.extend(file_verdict(i, FileStatus::Landed, Some(d)));
-        });
-        verdicts.extend(Report::EndOfPass.encode());
-        w.write_all(&verdicts).unwrap();
+        answer_pass(r, w, m, |i, d| file_verdict(i, FileStatus::Landed, Some(d)))
     });
     let err = stderr_of(&out);
     assert!(out.status.success(), "{err}");
@@ -246,21 +248,16 @@ fn an_honest_raw_receiver_lands_the_tree() {
 #[test]
 fn a_receivers_messages_cannot_drive_the_terminal() {
     let out = tree_against(|r, w, m| {
-        let mut verdicts = Vec::new();
-        take_pass(r, m, |i, _| {
-            verdicts.extend(
-                Report::File {
-                    index: i,
-                    status: FileStatus::Failed,
-                    sha256: None,
-                    seal: [0; 32],
-                    message: "disk full\r\u{1b}[2Kzsend: sent 3 files, all verified".into(),
-                }
-                .encode(),
-            );
-        });
-        verdicts.extend(Report::EndOfPass.encode());
-        w.write_all(&verdicts).unwrap();
+        answer_pass(r, w, m, |i, _| {
+            Report::File {
+                index: i,
+                status: FileStatus::Failed,
+                sha256: None,
+                seal: [0; 32],
+                message: "disk full\r\u{1b}[2Kzsend: sent 3 files, all verified".into(),
+            }
+            .encode()
+        })
     });
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(9), "{err}");

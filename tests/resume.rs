@@ -231,24 +231,10 @@ fn a_long_hashing_resume_outlasts_a_short_timeout() {
     drop(f);
     let rx = Zrecv::start(dst.path(), &["--timeout", "2"]);
     // Interrupt the first attempt once the receiver holds both extents (and hashes the hole).
-    let mut sender = Command::new(zsend_bin())
-        .args([&rx.addr(), path.to_str().unwrap(), "-q"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
-    while !in_flight(dst.path()).iter().any(|e| {
-        std::fs::metadata(dst.path().join(e))
-            .is_ok_and(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512 >= 2 << 20)
-    }) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            entries(dst.path())
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    let mut sender = spawn_zsend(&[&rx.addr(), path.to_str().unwrap()]);
+    wait_in_flight(dst.path(), &mut sender, |m| {
+        std::os::unix::fs::MetadataExt::blocks(m) * 512 >= 2 << 20
+    });
     sender.kill().unwrap();
     sender.wait().unwrap();
     let line = rx.wait_for_line("holes.img from");

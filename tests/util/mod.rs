@@ -374,6 +374,34 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// Starts zsend with `args`, quiet, its output dropped (a sender the test will interrupt).
+pub fn spawn_zsend(args: &[&str]) -> Child {
+    Command::new(zsend_bin())
+        .args(args)
+        .arg("-q")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn zsend")
+}
+
+/// Waits (bounded) until a temporary file of a transfer in flight in `dir` is as `ready` says,
+/// while `sender` still runs: the moment to interrupt it.
+pub fn wait_in_flight(dir: &Path, sender: &mut Child, ready: impl Fn(&std::fs::Metadata) -> bool) {
+    let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
+    while !in_flight(dir)
+        .iter()
+        .any(|e| std::fs::metadata(dir.join(e)).is_ok_and(|m| ready(&m)))
+    {
+        assert!(
+            sender.try_wait().unwrap().is_none(),
+            "the transfer ended before it could be interrupted"
+        );
+        assert!(std::time::Instant::now() < deadline, "{:?}", entries(dir));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// An address on which nothing listens.
 pub fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
