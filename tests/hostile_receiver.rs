@@ -100,6 +100,15 @@ fn a_landed_verdict_without_a_digest_is_not_success() {
 fn tree_against(
     script: impl FnOnce(&mut BufReader<TcpStream>, &mut TcpStream, &Manifest) + Send + 'static,
 ) -> std::process::Output {
+    tree_answered(Answer::Send, &["--json"], script)
+}
+
+/// As [`tree_against`], answering every file with `file_answer`, zsend run with `args` too.
+fn tree_answered(
+    file_answer: Answer,
+    args: &[&str],
+    script: impl FnOnce(&mut BufReader<TcpStream>, &mut TcpStream, &Manifest) + Send + 'static,
+) -> std::process::Output {
     let src = tempfile::tempdir().unwrap();
     let top = src.path().join("top");
     std::fs::create_dir(&top).unwrap();
@@ -117,7 +126,7 @@ fn tree_against(
             .iter()
             .map(|e| match e.kind {
                 zcommon::Kind::Dir => Answer::Done,
-                _ => Answer::Send,
+                _ => file_answer.clone(),
             })
             .collect();
         w.write_all(&Answers::Each(answers).encode()).unwrap();
@@ -125,7 +134,13 @@ fn tree_against(
         let mut rest = Vec::new();
         let _ = r.read_to_end(&mut rest);
     });
-    let out = zsend(&[&addr, top.to_str().unwrap(), "--json", "--timeout", "10"]);
+    let out = zsend(
+        &[
+            &[addr.as_str(), top.to_str().unwrap(), "--timeout", "10"],
+            args,
+        ]
+        .concat(),
+    );
     fake.join().unwrap();
     out
 }
@@ -340,31 +355,8 @@ fn too_many_hosts_are_refused_up_front() {
 /// verification has no source id, and an offer to resume it is a protocol error.
 #[test]
 fn a_resume_offer_for_a_file_that_cannot_resume_is_refused() {
-    let src = tempfile::tempdir().unwrap();
-    let top = src.path().join("top");
-    std::fs::create_dir(&top).unwrap();
-    random_file(&top.join("a"), 1000, 5);
-    let (addr, fake) = fake_peer(move |s| {
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        let _ = read_hello(&mut r).unwrap();
-        w.write_all(&Reply::Accept.encode()).unwrap();
-        let m = Manifest::read(&mut r).unwrap();
-        let answers = m
-            .entries
-            .iter()
-            .map(|e| match e.kind {
-                zcommon::Kind::Dir => Answer::Done,
-                _ => Answer::Partial(10, [1; 32]),
-            })
-            .collect();
-        w.write_all(&Answers::Each(answers).encode()).unwrap();
-        let mut rest = Vec::new();
-        let _ = r.read_to_end(&mut rest);
-    });
-    let out = zsend(&[&addr, top.to_str().unwrap(), "--no-verify"]);
+    let out = tree_answered(Answer::Partial(10, [1; 32]), &["--no-verify"], |_, _, _| {});
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(6), "{err}");
     assert!(err.contains("Partial"), "{err}");
-    fake.join().unwrap();
 }
