@@ -29,10 +29,8 @@ mod exit;
 mod hash;
 mod links;
 mod logging;
-mod manifest;
 mod name;
 mod partial;
-mod protocol;
 mod recv;
 mod send;
 mod stages;
@@ -42,20 +40,14 @@ mod sys;
 mod units;
 mod walk;
 mod watch;
+mod wire;
 
 pub use crate::auth::{prefix_proof, Integrity, Seal, Token};
-pub use crate::error::{ProtocolError, RecvError, SendError};
+pub use crate::error::{RecvError, SendError};
 pub use crate::exit::ExitStatus;
 pub use crate::links::{LinkError, LinkJudge, Resolution, MAX_LINK_HOPS};
 pub use crate::logging::init_logging;
-pub use crate::manifest::{Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, Report};
 pub use crate::name::{validate_name, Escaped, NameError, MAX_NAME_LEN, TEMP_PREFIX};
-pub use crate::protocol::{
-    align_hops, check_chain, encode_hops, encode_proof, read_hello, read_hops, Decision, Header,
-    HopReport, PrefixProof, Record, RefuseCode, Reply, Status, Trailer, Verdict, FLAG_AUTH,
-    FLAG_CHAIN, FLAG_NO_VERIFY, FLAG_RESUME, FLAG_SPARSE, FLAG_STREAM, FLAG_TREE, HEADER_FIXED_LEN,
-    KEEPALIVE, MAX_HEADER_LEN, MAX_HOPS, PREAMBLE_LEN, SOURCE_ID_LEN, TRAILER_LEN, VERSION,
-};
 pub use crate::recv::{
     parse_listen_addr, parse_network, Receiver, ReceiverConfig, TransferRecord, TreeCounts,
 };
@@ -68,4 +60,11 @@ pub use crate::stdin::send_stdin;
 pub use crate::sweep::{parse_age, sweep_interval, Age, Swept};
 pub use crate::units::{os_reason, Bytes};
 pub use crate::watch::KEEPALIVE_EVERY;
+pub use crate::wire::{
+    align_hops, check_chain, encode_hops, encode_proof, read_hello, read_hops, Decision, Header,
+    HopReport, PrefixProof, Record, RefuseCode, Reply, Status, Trailer, Verdict, FLAG_AUTH,
+    FLAG_CHAIN, FLAG_NO_VERIFY, FLAG_RESUME, FLAG_SPARSE, FLAG_STREAM, FLAG_TREE, HEADER_FIXED_LEN,
+    KEEPALIVE, MAX_HEADER_LEN, MAX_HOPS, PREAMBLE_LEN, SOURCE_ID_LEN, TRAILER_LEN, VERSION,
+};
+pub use crate::wire::{Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, Report};
 pub use ipnet::IpNet;

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use crate::manifest::MAX_PATH_LEN;
 use crate::name::Escaped;
+use crate::wire::MAX_PATH_LEN;
 
 /// Most links followed to open one link, itself included, as the kernel's `MAXSYMLINKS`
 /// (beyond it, opening fails with `ELOOP`).

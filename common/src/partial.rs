@@ -19,7 +19,7 @@ use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
 use crate::name::{Escaped, TEMP_PREFIX};
-use crate::protocol::{Header, SOURCE_ID_LEN};
+use crate::wire::{Header, SOURCE_ID_LEN};
 
 /// Longest record read back; a real one is under 1 KiB.
 const MAX_RECORD_LEN: u64 = 4096;

@@ -17,21 +17,22 @@ use rustix::io::Errno;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{self, Integrity, Role, Seal, Token};
-use crate::error::{ProtocolError, RecvError};
+use crate::error::RecvError;
 use crate::hash::{
     hash_from, hash_from_timed, hash_reader, Prefix, Start, Watermark, UNTIL_CLOSED,
 };
 use crate::name::Escaped;
 use crate::partial::{self, TempFile};
-use crate::protocol::{
-    encode_hops, read_hello, read_proof, Decision, Header, HopReport, PrefixProof, Record,
-    RefuseCode, Reply, Status, Trailer, Verdict,
-};
 use crate::send::SMALL_FILE;
 use crate::stages::StageTimes;
 use crate::sys::{self, CopyError, Pipe, SpliceStats};
 use crate::units::Bytes;
 use crate::watch::{self, Done, Stop};
+use crate::wire::ProtocolError;
+use crate::wire::{
+    encode_hops, read_hello, read_proof, Decision, Header, HopReport, PrefixProof, Record,
+    RefuseCode, Reply, Status, Trailer, Verdict,
+};
 use chain::Forward;
 
 mod ahead;

@@ -11,16 +11,17 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{self, Integrity, Role, Seal, Token};
-use crate::error::{ProtocolError, SendError};
+use crate::error::SendError;
 use crate::hash::{hash_rest, hash_rest_timed, Prefix, Watermark};
 use crate::name::validate_name;
-use crate::protocol::{
-    align_hops, check_chain, encode_proof, read_hops, Decision, Header, HopReport, PrefixProof,
-    Record, Reply, Status, Trailer, Verdict, FLAG_NO_VERIFY, KEEPALIVE, SOURCE_ID_LEN,
-};
 use crate::stages::{thread_cpu, StageTimes};
 use crate::sys::{self, CopyError};
 use crate::watch::tick_until;
+use crate::wire::ProtocolError;
+use crate::wire::{
+    align_hops, check_chain, encode_proof, read_hops, Decision, Header, HopReport, PrefixProof,
+    Record, Reply, Status, Trailer, Verdict, FLAG_NO_VERIFY, KEEPALIVE, SOURCE_ID_LEN,
+};
 
 mod tree;
 
@@ -156,8 +157,8 @@ impl Source {
     /// Opens a regular file a tree walk listed, taking what the listing says of it instead of
     /// a stat of its own; after sending, [`Source::changed`] checks the open file against the
     /// listing, its identity included, so a file replaced since is not sent as the listed one.
-    pub(crate) fn listed(path: &Path, entry: &crate::manifest::Entry) -> Result<Source, SendError> {
-        let crate::manifest::Kind::File {
+    pub(crate) fn listed(path: &Path, entry: &crate::wire::Entry) -> Result<Source, SendError> {
+        let crate::wire::Kind::File {
             size,
             sparse_data_len,
             source_id,
@@ -948,7 +949,7 @@ pub(crate) fn net(during: &'static str) -> impl Fn(std::io::Error) -> SendError 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{Entry, Kind};
+    use crate::wire::{Entry, Kind};
 
     /// The listing of `path` a walk would make, with `id` as its identity.
     fn listing(path: &Path, id: [u8; SOURCE_ID_LEN]) -> Entry {

@@ -11,13 +11,13 @@ use sha2::{Digest, Sha256};
 use crate::error::SendError;
 use crate::hash::hash_reader;
 use crate::name::{validate_name, NameError};
-use crate::protocol::{Header, Record, Trailer, Verdict, FLAG_NO_VERIFY, FLAG_STREAM};
 use crate::send::{
     auth_nonce, explain_failure, handshake, judge, net, open_connection, send_record, spoke_early,
     SendOptions, SendReport,
 };
 use crate::stages::thread_cpu;
 use crate::sys::{self, CopyError, Pipe};
+use crate::wire::{Header, Record, Trailer, Verdict, FLAG_NO_VERIFY, FLAG_STREAM};
 
 /// Sends standard input to `addr` under `opts.name` (required: a stream has no name of its
 /// own). `progress` gets the bytes moved by each step.

@@ -516,7 +516,7 @@ mod tests {
 
     #[test]
     fn a_partial_taken_up_by_a_transfer_is_young() {
-        use crate::protocol::{Header, SOURCE_ID_LEN};
+        use crate::wire::{Header, SOURCE_ID_LEN};
         use std::io::Write;
         let tmp = tempfile::tempdir().unwrap();
         let dir = open(tmp.path());

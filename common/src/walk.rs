@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::SendError;
 use crate::links::{LinkJudge, Resolution};
-use crate::manifest::{check_path, Entry, Kind, Manifest};
 use crate::name::Escaped;
 use crate::send::{data_between, source_id, SMALL_FILE};
+use crate::wire::{check_path, Entry, Kind, Manifest};
 
 /// A tree ready to send: the manifest, where each entry is on this machine, and what was left
 /// out.
@@ -77,7 +77,7 @@ pub fn walk(roots: &[PathBuf], name: Option<&str>, opts: WalkOptions) -> Result<
         check_path(&base).map_err(|e| SendError::Name {
             path: root.clone(),
             reason: match e {
-                crate::error::ProtocolError::BadName(n) => n,
+                crate::wire::ProtocolError::BadName(n) => n,
                 _ => crate::name::NameError::Empty,
             },
         })?;

@@ -17,7 +17,7 @@ use rustix::io::Errno;
 use rustix::net::RecvFlags;
 
 use crate::hash::Watermark;
-use crate::protocol::{KEEPALIVE, KEEPALIVE_LEN, KEEPALIVE_MAGIC};
+use crate::wire::{KEEPALIVE, KEEPALIVE_LEN, KEEPALIVE_MAGIC};
 
 /// How often a sender that is busy hashing says it is still there: often enough for any
 /// receiver `--timeout` (at least a second).

@@ -11,11 +11,11 @@ use super::{refused, Receiver, Sink, PIPE_SIZE};
 use crate::auth::{Integrity, Seal};
 use crate::error::RecvError;
 use crate::name::Escaped;
-use crate::protocol::{
-    align_hops, read_hops, Header, HopReport, RefuseCode, Trailer, Verdict, KEEPALIVE,
-};
 use crate::send::{handshake, resolve};
 use crate::sys::{CopyError, Onward, Pipe, SpliceStats, SpliceTo};
+use crate::wire::{
+    align_hops, read_hops, Header, HopReport, RefuseCode, Trailer, Verdict, KEEPALIVE,
+};
 
 /// The hosts after this one, and the connection to the next while it works.
 pub(crate) struct Forward {

@@ -11,10 +11,10 @@ use std::time::Instant;
 use super::{tell, Receiver};
 use crate::auth::{Integrity, Seal};
 use crate::error::RecvError;
-use crate::manifest::{FileStatus, Report};
 use crate::partial::TempFile;
-use crate::protocol::Header;
 use crate::watch::KEEPALIVE_EVERY;
+use crate::wire::Header;
+use crate::wire::{FileStatus, Report};
 
 /// A verified small file waiting for its batch to be made durable and renamed.
 pub(super) struct Pending {

@@ -20,18 +20,19 @@ use super::ahead::Ahead;
 use super::land::{Lander, Outbox, Pending};
 use super::{linger, prepare, tell, timestamps, Receiver, Route, TransferRecord, PIPE_SIZE};
 use crate::auth::{self, Integrity};
-use crate::error::{ProtocolError, RecvError};
+use crate::error::RecvError;
 use crate::hash::{Prefix, Start, Watermark};
 use crate::links::LinkJudge;
-use crate::manifest::{
-    Answer, Answers, Control, Entry, FileStatus, Frame, Kind, Manifest, Report, FRAME_HEAD_LEN,
-};
 use crate::name::{Escaped, TEMP_PREFIX};
 use crate::partial::{self, open_beneath, TempFile};
-use crate::protocol::{Header, RefuseCode, Trailer, FLAG_NO_VERIFY, TRAILER_LEN};
 use crate::sys::Pipe;
 use crate::units::{os_reason, Bytes};
 use crate::watch::KEEPALIVE_EVERY;
+use crate::wire::ProtocolError;
+use crate::wire::{
+    Answer, Answers, Control, Entry, FileStatus, Frame, Kind, Manifest, Report, FRAME_HEAD_LEN,
+};
+use crate::wire::{Header, RefuseCode, Trailer, FLAG_NO_VERIFY, TRAILER_LEN};
 
 /// A batch of small files lands once it holds [`Receiver::batch_files`] files or this many
 /// bytes.

@@ -16,13 +16,14 @@ use super::{
     Source,
 };
 use crate::auth::{self, Integrity, Seal};
-use crate::error::{ProtocolError, SendError};
+use crate::error::SendError;
 use crate::hash::Prefix;
-use crate::manifest::{Answer, Answers, FileStatus, Frame, Kind, Report};
 use crate::name::Escaped;
-use crate::protocol::{Header, Trailer, FLAG_NO_VERIFY, FLAG_TREE, TRAILER_LEN};
 use crate::stages::StageTimes;
 use crate::walk::{walk, Tree, WalkOptions};
+use crate::wire::ProtocolError;
+use crate::wire::{Answer, Answers, FileStatus, Frame, Kind, Report};
+use crate::wire::{Header, Trailer, FLAG_NO_VERIFY, FLAG_TREE, TRAILER_LEN};
 
 /// How to send a tree.
 #[derive(Clone, Copy, Debug, Default)]
