@@ -1,0 +1,154 @@
+//! What zrecv shows of its work: a log line per transfer (and per host it forwarded to), a
+//! JSON line per transfer with `--json`, and what a sweep of stale partials removed.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use zcommon::{Age, Bytes, Escaped, Status, Swept, TransferRecord};
+
+use crate::cli::Cli;
+use crate::shared::{self, JSON_VERSION};
+
+/// Says what a sweep of stale partials removed (failures were logged as they happened).
+pub fn log_swept(swept: &Swept, max_age: Duration, dir: &Path) {
+    const SHOWN: usize = 8;
+    if swept.removed.is_empty() {
+        return;
+    }
+    let mut names: Vec<String> = swept
+        .removed
+        .iter()
+        .take(SHOWN)
+        .map(|p| Escaped(&p.to_string_lossy()).to_string())
+        .collect();
+    if swept.removed.len() > SHOWN {
+        names.push(format!("and {} more", swept.removed.len() - SHOWN));
+    }
+    log::info!(
+        "removed {} stale temporary file(s) older than {} from {}: {}",
+        swept.removed.len(),
+        Age(max_age),
+        dir.display(),
+        names.join(", ")
+    );
+}
+
+/// One log line per transfer, and a JSON line with `--json`. `stopping`: the receiver is
+/// stopping, so a transfer that broke off was interrupted by the stop.
+pub fn report(cli: &Cli, r: &TransferRecord, stopping: bool) {
+    log_transfer(r, stopping);
+    if cli.json {
+        let line = json(r);
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// The log lines of a transfer: how it went, how each host it forwarded to did, and (at debug
+/// level) the CPU it took.
+fn log_transfer(r: &TransferRecord, stopping: bool) {
+    let name = r.name.as_deref().map(Escaped);
+    let what = match &name {
+        Some(n) => format!("{n} from {}", r.peer),
+        None => format!("connection from {}", r.peer),
+    };
+    match (&r.result, &r.tree) {
+        (Ok(()), Some(t)) => {
+            let secs = shared::seconds(r.elapsed);
+            log::info!(
+                "received tree {what}: {} files ({} landed, {} already here, {} failed), \
+                 {} directories, {} links, {} in {secs:.2} s, {}/s",
+                t.files,
+                t.landed,
+                t.unchanged,
+                t.failed,
+                t.dirs,
+                t.links,
+                Bytes(r.received),
+                shared::rate(r.received, secs)
+            );
+        }
+        (Ok(()), None) => {
+            let secs = shared::seconds(r.elapsed);
+            let check = match r.sha256 {
+                Some(d) => format!("sha256 {} verified", hex::encode(d)),
+                None => "not verified (sender used --no-verify)".into(),
+            };
+            let moved = r.received - r.resumed_from;
+            let resumed = match r.resumed_from {
+                0 => String::new(),
+                n => format!(" (resumed after {})", Bytes(n)),
+            };
+            log::info!(
+                "received {what}: {} in {secs:.2} s, {}/s{resumed}, {check}",
+                Bytes(moved),
+                shared::rate(moved, secs)
+            );
+        }
+        (Err(e), _) if stopping && e.is_interruption() => {
+            let of = r
+                .size
+                .map(|n| format!(" of {}", Bytes(n)))
+                .unwrap_or_default();
+            log::warn!(
+                "{what}: interrupted by the stop after {}{of}",
+                Bytes(r.received)
+            );
+        }
+        (Err(e), _) => log::error!("{what}: {e:#}"),
+    }
+    for h in &r.hops {
+        match h.verdict.status {
+            Status::Landed => log::info!("forwarded to {}: landed", Escaped(&h.host)),
+            _ => log::warn!(
+                "forwarded to {}: not landed: {}",
+                Escaped(&h.host),
+                Escaped(&h.verdict.message)
+            ),
+        }
+    }
+    let st = &r.stages;
+    log::debug!(
+        "cpu: splice in {:.2} s, splice to file {:.2} s, sha256 {:.2} s; fsync {:.2} s",
+        st.network_cpu.as_secs_f64(),
+        st.file_cpu.as_secs_f64(),
+        st.hash_cpu.as_secs_f64(),
+        st.fsync.as_secs_f64()
+    );
+}
+
+/// The JSON line of a transfer (docs/JSON.md).
+fn json(r: &TransferRecord) -> serde_json::Value {
+    serde_json::json!({
+        "version": JSON_VERSION,
+        "ok": r.result.is_ok(),
+        "peer": r.peer.to_string(),
+        "name": r.name,
+        "bytes": r.size,
+        "bytes_received": r.received.saturating_sub(r.resumed_from),
+        "resumed_from": r.resumed_from,
+        "seconds": r.elapsed.as_secs_f64(),
+        "sha256": r.sha256.map(hex::encode),
+        "verified": r.verified,
+        "zero_copy": r.zero_copy,
+        // All of them: the receiving end has every stage.
+        "stages": shared::stages_json(&r.stages, |_| true),
+        "error": r.result.as_ref().err().map(|e| format!("{e:#}")),
+        "forwarded": r.hops.iter().map(|h| serde_json::json!({
+            "host": h.host,
+            "ok": h.verdict.status == Status::Landed,
+            "sha256": h.verdict.sha256.map(hex::encode),
+            "error": (h.verdict.status != Status::Landed).then_some(&h.verdict.message),
+        })).collect::<Vec<_>>(),
+        "tree": r.tree.as_ref().map(|t| serde_json::json!({
+            "files": t.files,
+            "landed": t.landed,
+            "unchanged": t.unchanged,
+            "failed": t.failed,
+            "dirs": t.dirs,
+            "links": t.links,
+        })),
+    })
+}
