@@ -13,6 +13,10 @@ use sha2::{Digest, Sha256};
 use crate::stages::thread_cpu;
 use crate::sys;
 
+/// Files up to this size are hashed on the copying thread once they are copied, on both ends: a
+/// thread per file would cost more than the hashing. The receiver does not preallocate them either.
+pub(crate) const SMALL_FILE: u64 = 1 << 20;
+
 /// Bytes hashed per read. Small enough to stay in the L2 cache between the copy out of the
 /// page cache and the hashing of it.
 pub const HASH_CHUNK: usize = 256 * 1024;

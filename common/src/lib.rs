@@ -24,6 +24,7 @@
 //! ```
 
 mod auth;
+mod client;
 mod error;
 mod exit;
 mod hash;
@@ -43,6 +44,7 @@ mod watch;
 mod wire;
 
 pub use crate::auth::{prefix_proof, Integrity, Seal, Token};
+pub use crate::client::{connect, resolve, DEFAULT_PORT};
 pub use crate::error::{RecvError, SendError};
 pub use crate::exit::ExitStatus;
 pub use crate::links::{LinkError, LinkJudge, Resolution, MAX_LINK_HOPS};
@@ -52,8 +54,8 @@ pub use crate::recv::{
     parse_listen_addr, parse_network, Receiver, ReceiverConfig, TransferRecord, TreeCounts,
 };
 pub use crate::send::{
-    connect, hop_landed, resolve, send_file, send_tree, source_size, SendOptions, SendReport, Tick,
-    TreeOptions, TreeReport, DEFAULT_PORT,
+    hop_landed, send_file, send_tree, source_size, SendOptions, SendReport, Tick, TreeOptions,
+    TreeReport,
 };
 pub use crate::stages::StageTimes;
 pub use crate::stdin::send_stdin;

@@ -18,12 +18,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{self, Integrity, Role, Seal, Token};
 use crate::error::RecvError;
+use crate::hash::SMALL_FILE;
 use crate::hash::{
     hash_from, hash_from_timed, hash_reader, Prefix, Start, Watermark, UNTIL_CLOSED,
 };
 use crate::name::Escaped;
 use crate::partial::{self, TempFile};
-use crate::send::SMALL_FILE;
 use crate::stages::StageTimes;
 use crate::sys::{self, CopyError, Pipe, SpliceStats};
 use crate::units::Bytes;
@@ -1361,7 +1361,7 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
         return Ok(a);
     }
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, crate::send::DEFAULT_PORT));
+        return Ok(SocketAddr::new(ip, crate::client::DEFAULT_PORT));
     }
     if let Ok(port) = s.parse::<u16>() {
         return Ok(SocketAddr::from(([0, 0, 0, 0], port)));

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use crate::client::{handshake, net};
 use crate::error::SendError;
 use crate::hash::hash_reader;
 use crate::name::{validate_name, NameError};
 use crate::send::{
-    auth_nonce, explain_failure, handshake, judge, net, open_connection, send_record, spoke_early,
-    SendOptions, SendReport,
+    auth_nonce, explain_failure, judge, open_connection, send_record, spoke_early, SendOptions,
+    SendReport,
 };
 use crate::stages::thread_cpu;
 use crate::sys::{self, CopyError, Pipe};

@@ -7,9 +7,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::SendError;
+use crate::hash::SMALL_FILE;
 use crate::links::{LinkJudge, Resolution};
 use crate::name::Escaped;
-use crate::send::{data_between, source_id, SMALL_FILE};
+use crate::send::{data_between, source_id};
 use crate::wire::{check_path, Entry, Kind, Manifest};
 
 /// A tree ready to send: the manifest, where each entry is on this machine, and what was left

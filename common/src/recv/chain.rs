@@ -9,9 +9,9 @@ use std::net::{SocketAddr, TcpStream};
 
 use super::{refused, Receiver, Sink, PIPE_SIZE};
 use crate::auth::{Integrity, Seal};
+use crate::client::{handshake, resolve};
 use crate::error::RecvError;
 use crate::name::Escaped;
-use crate::send::{handshake, resolve};
 use crate::sys::{CopyError, Onward, Pipe, SpliceStats, SpliceTo};
 use crate::wire::{
     align_hops, read_hops, Header, HopReport, RefuseCode, Trailer, Verdict, KEEPALIVE,

@@ -11,11 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{
-    auth_nonce, handshake, hash_prefix_telling, net, open_connection, send_body, SendOptions,
-    Source,
-};
+use super::{auth_nonce, hash_prefix_telling, open_connection, send_body, SendOptions, Source};
 use crate::auth::{self, Integrity, Seal};
+use crate::client::{handshake, net};
 use crate::error::SendError;
 use crate::hash::Prefix;
 use crate::name::Escaped;
