@@ -31,12 +31,10 @@ mod hash;
 mod links;
 mod logging;
 mod name;
-mod partial;
 mod recv;
 mod send;
 mod stages;
 mod stdin;
-mod sweep;
 mod sys;
 mod units;
 mod walk;
@@ -50,6 +48,7 @@ pub use crate::exit::ExitStatus;
 pub use crate::links::{LinkError, LinkJudge, Resolution, MAX_LINK_HOPS};
 pub use crate::logging::init_logging;
 pub use crate::name::{validate_name, Escaped, NameError, MAX_NAME_LEN, TEMP_PREFIX};
+pub use crate::recv::{parse_age, sweep_interval, Age, Swept};
 pub use crate::recv::{
     parse_listen_addr, parse_network, Receiver, ReceiverConfig, TransferRecord, TreeCounts,
 };
@@ -59,7 +58,6 @@ pub use crate::send::{
 };
 pub use crate::stages::StageTimes;
 pub use crate::stdin::send_stdin;
-pub use crate::sweep::{parse_age, sweep_interval, Age, Swept};
 pub use crate::units::{os_reason, Bytes};
 pub use crate::watch::KEEPALIVE_EVERY;
 pub use crate::wire::{

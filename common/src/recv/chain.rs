@@ -7,7 +7,9 @@ use std::fs::File;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 
-use super::{refused, Receiver, Sink, PIPE_SIZE};
+use super::handshake::refused;
+use super::payload::Sink;
+use super::{Receiver, PIPE_SIZE};
 use crate::auth::{Integrity, Seal};
 use crate::client::{handshake, resolve};
 use crate::error::RecvError;

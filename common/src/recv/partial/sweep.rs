@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
+use super as partial;
 use crate::name::{Escaped, TEMP_PREFIX};
-use crate::partial;
 
 /// Directories the walk holds open at once; beyond that it closes one and opens it again, from
 /// its closest open ancestor, when it comes back to it.

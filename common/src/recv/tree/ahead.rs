@@ -9,8 +9,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::thread::{Scope, ScopedJoinHandle};
 
-use super::tree::DirCache;
-use crate::partial::TempFile;
+use super::DirCache;
+use crate::recv::partial::TempFile;
 
 type Made = (u32, io::Result<TempFile<Arc<OwnedFd>>>);
 

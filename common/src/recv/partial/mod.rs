@@ -21,6 +21,9 @@ use sha2::{Digest, Sha256};
 use crate::name::{Escaped, TEMP_PREFIX};
 use crate::wire::{Header, SOURCE_ID_LEN};
 
+mod agree;
+pub(crate) mod sweep;
+
 /// Longest record read back; a real one is under 1 KiB.
 const MAX_RECORD_LEN: u64 = 4096;
 /// First line of a record.

@@ -1,0 +1,53 @@
+//! How a receiver is set up: its configuration, and parsing the addresses and networks zrecv's
+//! options name.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::auth::Token;
+
+/// How the receiver behaves.
+#[derive(Clone, Debug)]
+pub struct ReceiverConfig {
+    /// Where files land.
+    pub dir: PathBuf,
+    /// Replace existing files.
+    pub force: bool,
+    /// Longest wait for the peer at any step; a stalled transfer is dropped after it.
+    pub timeout: Duration,
+    /// Most transfers served at once; the next connection is refused as busy.
+    pub max_transfers: usize,
+    /// Deliver payloads to standard output instead of files (one transfer at a time).
+    pub to_stdout: bool,
+    /// Shared secret; with one, every sender must prove it holds it before anything else.
+    pub token: Option<Token>,
+    /// Networks this receiver may forward a chain to; empty: it never forwards.
+    pub allow_forward: Vec<ipnet::IpNet>,
+}
+
+/// Parses zrecv's `--listen` value: `IP:PORT`, `[V6]:PORT`, a bare IP (default port) or a bare
+/// port (all IPv4 addresses).
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, crate::client::DEFAULT_PORT));
+    }
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    Err(format!("{s:?} is not IP:PORT, an IP or a port"))
+}
+
+/// Parses one network of zrecv's `--allow-forward`: `CIDR` (`10.0.0.0/8`, `fd00::/8`) or a bare
+/// address (that host alone).
+pub fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(net);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("{s:?} is not a network (CIDR such as 10.0.0.0/8) or an address"))
+}

@@ -1,0 +1,385 @@
+//! A single file: into a hidden temporary file (or the partial kept from an interrupted
+//! transfer), spliced from the socket while a second thread hashes it back, then landed.
+
+use std::fs::File;
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use rustix::io::Errno;
+
+use super::chain::{Forward, ForwardSink};
+use super::handshake::{accept, refused};
+use super::land::send_verdict;
+use super::partial::{self, TempFile};
+use super::payload::{receive_into, FileSink, Incoming, Sink};
+use super::{Receiver, TransferRecord, PIPE_SIZE};
+use crate::auth::Integrity;
+use crate::error::RecvError;
+use crate::hash::{hash_from, hash_from_timed, Prefix, Start, Watermark, SMALL_FILE, UNTIL_CLOSED};
+use crate::name::Escaped;
+use crate::sys::{self, CopyError, Pipe, SpliceStats};
+use crate::units::Bytes;
+use crate::watch::{self, Done};
+use crate::wire::{Header, RefuseCode, Reply, Status};
+
+/// Writeback and drop-behind work in windows of this many bytes (see `sys::DropBehind`).
+pub(super) const WRITEBACK_WINDOW: u64 = 16 << 20;
+
+impl Receiver {
+    /// Receives one file (into a temporary file, or to standard output) after the handshake,
+    /// forwarding it on when it is part of a chain, and sends the verdict.
+    pub(super) fn transfer_file(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        integrity: &Integrity,
+        record: &mut TransferRecord,
+        forward: Option<&mut Forward>,
+    ) -> Result<(), RecvError> {
+        let verdict = |status, digest, message: &str| {
+            send_verdict(stream, integrity, status, digest, message);
+        };
+        if self.config.to_stdout {
+            accept(stream, header, Reply::Accept)?;
+            let digest = self
+                .deliver_to_stdout(stream, header, record)
+                .inspect_err(|e| {
+                    if let RecvError::Local { .. } = e {
+                        verdict(Status::Failed, None, &e.to_string());
+                    }
+                })?;
+            let digest = self.check_trailer(stream, header, integrity, digest, record, None)?;
+            record.verified = digest.is_some();
+            verdict(Status::Landed, digest, "");
+            return Ok(());
+        }
+        let Some(_claim) = self.claim(&header.name, stream) else {
+            let msg = format!(
+                "busy: {} is being received from another sender",
+                Escaped(&header.name)
+            );
+            return Err(refused(stream, RefuseCode::Busy, msg));
+        };
+        self.check_exists(stream, header)?;
+        let kept = partial::take(&self.dir, header);
+        let held = kept.as_ref().map_or(0, |(_, held)| *held);
+        self.check_space(stream, header, held)?;
+        let temp = self.ready_temp(stream, header, kept.map(|(temp, _)| temp))?;
+        record.received = held;
+        let outcome = self.receive_to_temp(stream, header, integrity, &temp, held, record, forward);
+        let digest = match outcome {
+            Ok(digest) => digest,
+            Err(e) => {
+                if e.is_interruption() {
+                    partial::keep(temp, header, record.received);
+                } else if let RecvError::Local { .. } = e {
+                    // At once: the sender may still be sending, and will read this when its
+                    // writes fail.
+                    verdict(Status::Failed, None, &e.to_string());
+                }
+                return Err(e);
+            }
+        };
+        match self.land(temp, &header.name, header) {
+            Ok(fsync) => record.stages.fsync = fsync,
+            Err(e) => {
+                verdict(Status::Failed, digest, &e.to_string());
+                return Err(e);
+            }
+        }
+        record.verified = digest.is_some();
+        verdict(Status::Landed, digest, "");
+        Ok(())
+    }
+
+    /// Accepts (offering to resume from the `held` bytes the temporary file already has),
+    /// receives the payload into it and checks the trailer. Returns the digest to land with.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn receive_to_temp(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        integrity: &Integrity,
+        temp: &TempFile<impl AsFd>,
+        held: u64,
+        record: &mut TransferRecord,
+        mut forward: Option<&mut Forward>,
+    ) -> Result<Option<[u8; 32]>, RecvError> {
+        let prefix = match held {
+            0 => {
+                accept(stream, header, Reply::Accept)?;
+                Prefix::empty()
+            }
+            _ => self.agree_on_prefix(stream, header, temp, held, record)?,
+        };
+        record.resumed_from = prefix.len();
+        let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
+        let route = Route {
+            pipe: &pipe,
+            forward: forward.as_deref_mut(),
+        };
+        let received =
+            self.receive_payload(stream, header, temp, Start::Hashed(prefix), route, record)?;
+        self.check_trailer(stream, header, integrity, received.digest, record, forward)
+    }
+
+    /// Splices the payload into the temporary file through `pipe`, hashing it back on a second
+    /// thread (small files: on this one, once they are in). Once the payload is in, the hashing
+    /// goes on only while the sender shows it is still there (see `watch`).
+    pub(crate) fn receive_payload(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        temp: &TempFile<impl AsFd>,
+        start: Start,
+        route: Route,
+        record: &mut TransferRecord,
+    ) -> Result<Received, RecvError> {
+        let Route { pipe, mut forward } = route;
+        let size = header.size;
+        let file = &temp.file;
+        let offset = start.offset();
+        let sparse = header.sparse_data_len.is_some();
+        let hash_len = if header.stream() { UNTIL_CLOSED } else { size };
+        let verify = header.verify();
+        let inline = !header.stream() && size <= SMALL_FILE;
+        let threaded = verify && !inline;
+        let done = match threaded {
+            true => Some(Done::new().map_err(|e| self.local("creating an event", e))?),
+            false => None,
+        };
+        let mark = Watermark::new();
+        if !inline {
+            mark.raise(offset);
+        }
+        let mut received = offset;
+        let mut splice = SpliceStats {
+            timed: !inline,
+            ..SpliceStats::default()
+        };
+        let (copied, hashed, watched) = std::thread::scope(|s| {
+            let (mut start, mut hasher) = (Some(start), None);
+            if let Some(done) = &done {
+                let st = start.take().expect("not taken yet");
+                let mark = &mark;
+                hasher = Some(s.spawn(move || {
+                    let _raise = done.on_drop();
+                    hash_from_timed(st, file, hash_len, mark, sparse)
+                }));
+            }
+            let mut behind = sys::DropBehind::starting_at(offset, WRITEBACK_WINDOW);
+            let copied = {
+                let (mut plain, mut onward);
+                let sink: &mut dyn Sink = match forward.as_deref_mut() {
+                    Some(forward) => {
+                        onward = ForwardSink {
+                            pipe,
+                            file,
+                            stats: &mut splice,
+                            forward,
+                        };
+                        &mut onward
+                    }
+                    None => {
+                        plain = FileSink {
+                            pipe,
+                            file,
+                            stats: &mut splice,
+                        };
+                        &mut plain
+                    }
+                };
+                // A small file is hashed once it is in, so no watermark (and no wake-ups) for it.
+                receive_into(stream, header, offset, sink, &mut |done| {
+                    received = done;
+                    if !inline {
+                        mark.raise(done);
+                        let hashed = if verify { mark.hashed() } else { done };
+                        behind.advance(file, done, hashed);
+                    }
+                })
+            };
+            if !inline {
+                match &copied {
+                    Ok(n) if *n == size || header.stream() => mark.close(),
+                    _ => mark.abort(),
+                }
+            }
+            // What came may take a while yet to hash (a long hole, a slow disk): the work goes
+            // on only while the sender is there and says so.
+            let watched = match (&done, mark.aborted()) {
+                (Some(done), false) => {
+                    let mut relay = || {
+                        if let Some(f) = forward.as_deref_mut() {
+                            f.keepalive();
+                        }
+                    };
+                    let w = watch::wait_for(stream, done, self.config.timeout, &mut relay);
+                    if w.is_err() {
+                        mark.abort();
+                    }
+                    w
+                }
+                _ => Ok(()),
+            };
+            let hashed = match (verify, start) {
+                (true, Some(st)) if copied.is_ok() => {
+                    let all = Watermark::complete(size);
+                    Some((hash_from(st, file, size, &all, sparse), Duration::ZERO))
+                }
+                _ => hasher.map(|h| h.join().expect("hashing thread panicked")),
+            };
+            (copied, hashed, watched)
+        });
+        record.received = received;
+        record.zero_copy &= splice.zero_copy;
+        record.stages.network_cpu += splice.to_pipe_cpu;
+        record.stages.file_cpu += splice.to_file_cpu;
+        let hashed = hashed.map(|(hashed, cpu)| {
+            record.stages.hash_cpu += cpu;
+            hashed
+        });
+        let writing = format!("writing {}", Escaped(&header.name));
+        self.payload_outcome(header, copied, record, &writing)?;
+        watched
+            .map_err(|stop| self.gave_up(stop, "hashing what arrived", record.received, size))?;
+        match hashed {
+            None => Ok(Received::default()),
+            Some(Ok((Some(digest), prefix))) => Ok(Received {
+                digest: Some(digest),
+                prefix,
+            }),
+            Some(Ok((None, _))) => unreachable!("the watermark was closed at the full size"),
+            Some(Err(e)) => Err(self.local("reading back the received file", e)),
+        }
+    }
+
+    /// Turns the end of a payload into the transfer's error, if it is one.
+    pub(super) fn payload_outcome(
+        &self,
+        header: &Header,
+        copied: Result<u64, Incoming>,
+        record: &mut TransferRecord,
+        writing: &str,
+    ) -> Result<(), RecvError> {
+        let size = header.size;
+        if let (true, Ok(n)) = (header.stream(), &copied) {
+            record.size = Some(*n);
+        }
+        let network = |during, error| RecvError::Network {
+            during,
+            received: record.received,
+            expected: size,
+            error,
+        };
+        match copied {
+            Ok(n) if n < size && !header.stream() => Err(RecvError::ShortPayload {
+                received: n,
+                expected: size,
+            }),
+            Ok(_) => Ok(()),
+            Err(Incoming::Protocol(e)) => Err(e.into()),
+            Err(Incoming::Copy(CopyError::Read(e))) => Err(network("receiving", e)),
+            Err(Incoming::Copy(CopyError::Write(e))) => Err(self.local(writing, e)),
+            Err(Incoming::Copy(CopyError::Unsupported | CopyError::SourceChanged)) => {
+                unreachable!("receiving neither gives up on the kernel nor reads a source")
+            }
+        }
+    }
+
+    /// Readies the partial file kept from an interrupted transfer, or a new temporary file,
+    /// refusing the transfer if it cannot.
+    pub(super) fn ready_temp<'d>(
+        &'d self,
+        stream: &TcpStream,
+        header: &Header,
+        kept: Option<TempFile<&'d OwnedFd>>,
+    ) -> Result<TempFile<&'d OwnedFd>, RecvError> {
+        match kept {
+            Some(temp) => self.prepare_temp(stream, header, temp),
+            None => self.create_temp(stream, header),
+        }
+    }
+
+    /// Creates and readies the hidden temporary file, refusing the transfer if it cannot.
+    pub(super) fn create_temp(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+    ) -> Result<TempFile<&OwnedFd>, RecvError> {
+        let temp = match TempFile::create(&self.dir) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = format!(
+                    "cannot create a file in {}: {}",
+                    self.config.dir.display(),
+                    crate::units::os_reason(&e)
+                );
+                return Err(refused(stream, RefuseCode::Io, msg));
+            }
+        };
+        self.prepare_temp(stream, header, temp)
+    }
+
+    /// Sizes or preallocates a temporary file (see [`prepare`]), refusing the transfer if it
+    /// cannot.
+    pub(super) fn prepare_temp<'d>(
+        &'d self,
+        stream: &TcpStream,
+        header: &Header,
+        temp: TempFile<&'d OwnedFd>,
+    ) -> Result<TempFile<&'d OwnedFd>, RecvError> {
+        if let Err(e) = prepare(&temp.file, header) {
+            let code = if e.kind() == io::ErrorKind::StorageFull {
+                RefuseCode::NoSpace
+            } else {
+                RefuseCode::Io
+            };
+            let msg = format!(
+                "preallocating {} in {}: {}",
+                Bytes(header.size),
+                self.config.dir.display(),
+                crate::units::os_reason(&e)
+            );
+            return Err(refused(stream, code, msg));
+        }
+        Ok(temp)
+    }
+}
+
+/// What receiving a payload found.
+#[derive(Default)]
+pub(crate) struct Received {
+    /// SHA-256 of the whole file, when verifying.
+    pub(crate) digest: Option<[u8; 32]>,
+    /// For a [`Start::Unhashed`] start: SHA-256 of the bytes that were already there.
+    pub(crate) prefix: Option<[u8; 32]>,
+}
+
+/// Where a payload goes besides the temporary file: the pipe to splice it through, and the
+/// next host of a chain.
+pub(crate) struct Route<'a> {
+    pub(crate) pipe: &'a Pipe,
+    pub(crate) forward: Option<&'a mut Forward>,
+}
+
+/// Readies the temporary file: a sparse file gets its full size at once (its holes are never
+/// written); a dense one over [`SMALL_FILE`] has its blocks reserved, so a full disk is found
+/// before data flows.
+/// Filesystems that cannot preallocate are fine.
+pub(super) fn prepare(file: &File, header: &Header) -> io::Result<()> {
+    let size = header.size;
+    if header.sparse_data_len.is_some() {
+        return Ok(rustix::fs::ftruncate(file, size)?);
+    }
+    // A small file is written at once; reserving its blocks first would only cost a call.
+    if size <= SMALL_FILE {
+        return Ok(());
+    }
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, size) {
+        Ok(()) | Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,276 @@
+//! The receiving side, one room per step of a connection:
+//!
+//! - `mod.rs` (here): the listening receiver, its accept loop, and the dispatch of each
+//!   connection: handshake, then one of a single file, a tree or a chain;
+//! - `handshake`: the hello, authentication, claims on names and the refusals;
+//! - `file`: a single file spliced into a hidden temporary file while a thread hashes it back;
+//!   `payload`: the bytes and records as they cross, into a sink; `stdout`: `--stdout`;
+//! - `partial`: the partial files an interrupted transfer keeps, the resume agreement that
+//!   takes one up, and the sweep of stale ones;
+//! - `land`: the trailer checked, the file made durable and published, the verdict sent;
+//! - `tree`: many files (the answer phase, then the receive phase, landing in batches);
+//! - `chain`: forwarding along a chain; `stop`: stopping on a signal;
+//! - `config`, `outcome`: what the receiver is told, and what it reports per connection.
+
+use std::collections::HashMap;
+use std::io;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustix::fs::{Mode, OFlags};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::error::RecvError;
+use crate::watch::Stop;
+use crate::wire::{encode_hops, read_hello, ProtocolError, RefuseCode, Reply};
+use handshake::{accept, refuse, refused, Deadline};
+
+mod chain;
+mod config;
+mod file;
+mod handshake;
+mod land;
+mod outcome;
+pub(crate) mod partial;
+mod payload;
+mod stdout;
+mod stop;
+mod tree;
+
+pub use config::{parse_listen_addr, parse_network, ReceiverConfig};
+pub use outcome::TransferRecord;
+pub use partial::sweep::{parse_age, sweep_interval, Age, Swept};
+pub use tree::TreeCounts;
+
+/// Pipe size asked for with F_SETPIPE_SZ (the default pipe-max-size).
+const PIPE_SIZE: usize = 1 << 20;
+/// Connections refused as busy that may linger at once, to let the refusal reach the sender.
+const MAX_LINGERING: usize = 64;
+
+/// A listening receiver.
+pub struct Receiver {
+    listener: TcpListener,
+    dir: OwnedFd,
+    config: ReceiverConfig,
+    active: AtomicUsize,
+    lingering: AtomicUsize,
+    /// Names being received, each with its connection (to tell whether its sender is gone).
+    in_flight: Mutex<HashMap<String, TcpStream>>,
+    /// Signalled whenever a name is released.
+    released: Condvar,
+    /// Most small files of a tree held open while they wait to land together.
+    batch_files: usize,
+    /// The connections being served, for [`Receiver::stop`].
+    connections: stop::Connections,
+    /// When it was bound: its temporary files are all younger.
+    started: SystemTime,
+}
+
+impl Receiver {
+    /// Opens the destination directory and binds `addr` (port 0 picks a free port).
+    pub fn bind(addr: SocketAddr, config: ReceiverConfig) -> io::Result<Receiver> {
+        let dir = rustix::fs::open(
+            &config.dir,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            let _ = sock.set_only_v6(false);
+        }
+        sock.bind(&addr.into())?;
+        sock.listen(128)?;
+        // Each small file of a tree stays open until its batch lands. A transfer holds up to
+        // four batches' worth at once (one landing, one handed over, one gathering, and the
+        // files made ahead), and each file may hold its directory open too: a batch may use a
+        // sixteenth of the open files allowed, shared among the transfers served at once.
+        let open_files = crate::sys::raise_open_files_limit();
+        let per_transfer = open_files / 16 / config.max_transfers.max(1) as u64;
+        let batch_files = per_transfer.clamp(16, 1024) as usize;
+        Ok(Receiver {
+            started: SystemTime::now(),
+            connections: stop::Connections::default(),
+            batch_files,
+            listener: sock.into(),
+            dir,
+            config,
+            active: AtomicUsize::new(0),
+            lingering: AtomicUsize::new(0),
+            in_flight: Mutex::new(HashMap::new()),
+            released: Condvar::new(),
+        })
+    }
+
+    /// Removes the hidden files (`.zrecv-*.part`, `.zrecv-*.resume`) in the receive directory
+    /// and all its subdirectories that have not been modified for `max_age`: what a killed
+    /// receiver left behind, and partials nobody resumed in time. Younger ones may belong to a
+    /// receiver still running on the same directory, or wait to be resumed; this receiver's own
+    /// temporary files, and the partials its transfers took up, are never removed. The walk
+    /// stays beneath the directory and never follows a symlink. Failures are logged as warnings
+    /// and counted.
+    pub fn remove_stale_partials(&self, max_age: Duration) -> partial::sweep::Swept {
+        partial::sweep::sweep(self.dir.as_fd(), max_age, Some(self.started))
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves exactly one connection and returns its outcome (an error if stopped before one
+    /// came: see [`Receiver::is_stopped`]).
+    pub fn serve_once(&self) -> io::Result<TransferRecord> {
+        let (stream, peer) = self.listener.accept()?;
+        let _registered = self.connections.register(&stream);
+        Ok(self.handle(stream, peer))
+    }
+
+    /// Serves connections until [`Receiver::stop`], each on its own thread, at most
+    /// `max_transfers` at once, then waits for the transfers in flight to end. `report` is
+    /// called with every outcome.
+    pub fn serve(&self, report: &(dyn Fn(&TransferRecord) + Sync)) -> io::Result<()> {
+        std::thread::scope(|s| loop {
+            let (stream, peer) = match self.listener.accept() {
+                Ok(c) => c,
+                Err(_) if self.connections.stopped() => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    // Out of descriptors or memory: say so and give running transfers a
+                    // moment to finish before accepting again.
+                    log::warn!("accepting a connection: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if self.active.fetch_add(1, Ordering::AcqRel) >= self.config.max_transfers {
+                self.active.fetch_sub(1, Ordering::AcqRel);
+                self.refuse_busy(s, stream, peer);
+                continue;
+            }
+            s.spawn(move || {
+                let registered = self.connections.register(&stream);
+                let record = self.handle(stream, peer);
+                drop(registered);
+                self.active.fetch_sub(1, Ordering::AcqRel);
+                report(&record);
+            });
+        })
+    }
+
+    fn refuse_busy<'s>(
+        &'s self,
+        s: &'s std::thread::Scope<'s, '_>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) {
+        log::warn!(
+            "{peer}: refused: busy ({} transfers running)",
+            self.config.max_transfers
+        );
+        if self.lingering.fetch_add(1, Ordering::AcqRel) >= MAX_LINGERING {
+            self.lingering.fetch_sub(1, Ordering::AcqRel);
+            return; // dropping the stream closes it
+        }
+        s.spawn(move || {
+            let msg = format!(
+                "busy: the receiver is serving {} transfers; try again later",
+                self.config.max_transfers
+            );
+            refuse(&stream, RefuseCode::Busy, &msg);
+            self.lingering.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// Runs one transfer from hello to verdict.
+    fn handle(&self, stream: TcpStream, peer: SocketAddr) -> TransferRecord {
+        let start = Instant::now();
+        let mut record = TransferRecord::new(peer);
+        record.result = self.transfer(&stream, &mut record);
+        record.elapsed = start.elapsed();
+        record
+    }
+
+    fn transfer(&self, stream: &TcpStream, record: &mut TransferRecord) -> Result<(), RecvError> {
+        let timeout = Some(self.config.timeout);
+        stream
+            .set_read_timeout(timeout)
+            .and_then(|()| stream.set_write_timeout(timeout))
+            .map_err(|e| self.local("configuring the connection", e))?;
+        // The whole handshake must finish within the timeout, however slowly bytes trickle in.
+        let deadline = Instant::now() + self.config.timeout;
+        let header = match read_hello(&mut Deadline::new(stream, deadline)) {
+            Ok(h) => h,
+            Err(e) => {
+                if !matches!(e, ProtocolError::Truncated(_) | ProtocolError::Io(..)) {
+                    refuse(stream, e.refuse_code(), &e.to_string());
+                }
+                return Err(e.into());
+            }
+        };
+        record.name = Some(header.name.clone());
+        record.size = Some(header.size);
+        // Before any filesystem call.
+        let integrity = self.authenticate(stream, &header, deadline)?;
+        stream
+            .set_read_timeout(timeout)
+            .map_err(|e| self.local("configuring the connection", e))?;
+
+        if header.tree() {
+            if self.config.to_stdout {
+                let msg = "this receiver writes one file to standard output, not a tree";
+                return Err(refused(stream, RefuseCode::BadHeader, msg.into()));
+            }
+            accept(stream, &header, Reply::Accept)?;
+            return self.receive_tree(stream, &header, &integrity, record);
+        }
+        let mut forward = match &header.chain {
+            Some(hops) => Some(self.open_forward(stream, &header, hops)?),
+            None => None,
+        };
+        let result = self.transfer_file(stream, &header, &integrity, record, forward.as_mut());
+        if let Some(f) = forward {
+            // After our own verdict: the sender reads every host's.
+            record.hops = f.finish();
+            let _ = (&*stream).write_all(&encode_hops(&chain::sealed(&record.hops, &integrity)));
+        }
+        result
+    }
+
+    /// What a failed wait on our own work for the sender means for the transfer.
+    pub(crate) fn gave_up(
+        &self,
+        stop: Stop,
+        during: &'static str,
+        received: u64,
+        expected: u64,
+    ) -> RecvError {
+        let error = match stop {
+            Stop::Gone => io::Error::new(io::ErrorKind::ConnectionAborted, "the sender went away"),
+            Stop::Silent => io::ErrorKind::TimedOut.into(),
+            Stop::Malformed => {
+                return ProtocolError::Malformed("a keepalive with content".into()).into()
+            }
+            Stop::Io(e) => e,
+        };
+        RecvError::Network {
+            during,
+            received,
+            expected,
+            error,
+        }
+    }
+
+    fn local(&self, during: &str, error: io::Error) -> RecvError {
+        RecvError::Local {
+            during: during.to_owned(),
+            dir: self.config.dir.clone(),
+            error,
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The answer phase of a tree: every entry of the manifest settled before any file flows:
+//! directories made, links judged and made, and for each file whether it is sent whole, checked
+//! against one already there, or resumed from a partial kept from an interrupted transfer.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode};
+use rustix::io::Errno;
+
+use super::{header_of, Session};
+use crate::auth::{self};
+use crate::error::RecvError;
+use crate::name::{Escaped, TEMP_PREFIX};
+use crate::recv::handshake::{linger, tell};
+use crate::recv::land::timestamps;
+use crate::recv::partial::{self};
+use crate::units::{os_reason, Bytes};
+use crate::wire::RefuseCode;
+use crate::wire::{Answer, Answers, Entry, Kind};
+
+impl Session<'_, '_> {
+    /// Makes directories and links, finds files already here and partials to resume, checks
+    /// free space, and sends one answer per entry.
+    pub(super) fn answer_all(&mut self) -> Result<(), RecvError> {
+        // Checked: a manifest's sizes are the peer's numbers, and their sum must not wrap.
+        let mut need = Some(0u64);
+        for i in 0..self.manifest.entries.len() {
+            let answer = self.answer(i);
+            let e = &self.manifest.entries[i];
+            if let Kind::File {
+                size,
+                sparse_data_len,
+                ..
+            } = e.kind
+            {
+                match answer {
+                    Answer::Send => {
+                        need = need.and_then(|n| n.checked_add(sparse_data_len.unwrap_or(size)));
+                        self.left += 1;
+                    }
+                    Answer::Partial(held, _) => {
+                        need = need.and_then(|n| n.checked_add(size.saturating_sub(held)));
+                        self.left += 1;
+                    }
+                    Answer::Refused(_) => self.counts.failed += 1,
+                    _ => {}
+                }
+            }
+            self.answers.push(answer);
+        }
+        if let Ok(vfs) = rustix::fs::fstatvfs(&self.rx.dir) {
+            let have = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+            if need.is_none_or(|need| need > have) {
+                let need = match need {
+                    Some(n) => Bytes(n).to_string(),
+                    None => "more than 16 EiB".into(),
+                };
+                let msg = format!(
+                    "not enough space on {}: need {need}, have {}",
+                    self.rx.config.dir.display(),
+                    Bytes(have)
+                );
+                let refusal = Answers::Refused(RefuseCode::NoSpace, msg.clone());
+                if (&*self.stream).write_all(&refusal.encode()).is_ok() {
+                    linger(self.stream);
+                }
+                return Err(RecvError::Refused(msg));
+            }
+        }
+        let answers = Answers::Each(self.answers.clone()).encode();
+        tell(self.stream, &answers, "answering the manifest", 0, 0)
+    }
+
+    /// Answers entry `i`, and tells the link judge what became of it.
+    pub(super) fn answer(&mut self, i: usize) -> Answer {
+        let answer = self.settle(i);
+        let e = &self.manifest.entries[i];
+        match (&e.kind, &answer) {
+            (Kind::Dir, a) => self.links.dir(&e.path, *a == Answer::Done),
+            // A link made was accepted with where it leads.
+            (Kind::Symlink { .. }, Answer::Done) => {}
+            _ => self.links.other(&e.path),
+        }
+        answer
+    }
+
+    /// Makes a directory or link, or finds what is there for a file.
+    pub(super) fn settle(&mut self, i: usize) -> Answer {
+        let e = &self.manifest.entries[i];
+        // A directory this transfer made holds nothing yet: no file or partial to look for.
+        // (Should something appear there meanwhile, the rename refuses to replace it.)
+        let fresh = e.parent().is_some_and(|p| self.fresh_dirs.contains(p));
+        if fresh && matches!(e.kind, Kind::File { .. }) {
+            return Answer::Send;
+        }
+        let parent = match self.dirs.get(e.parent()) {
+            Ok(d) => d,
+            Err(err) => {
+                return Answer::Refused(format!("opening its directory: {}", os_reason(&err)))
+            }
+        };
+        let base = e.base();
+        let existing = match fresh {
+            true => None,
+            false => match rustix::fs::statat(&parent, base, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => Some(st),
+                Err(Errno::NOENT) => None,
+                Err(err) => return Answer::Refused(format!("checking what is there: {err}")),
+            },
+        };
+        let existing_type = existing.map(|st| FileType::from_raw_mode(st.st_mode));
+        let force = self.rx.config.force;
+        let taken = || Answer::Refused("exists (use --force on the receiver)".into());
+        match &e.kind {
+            Kind::Dir => match existing_type {
+                None => match rustix::fs::mkdirat(&parent, base, Mode::from_raw_mode(0o700)) {
+                    Ok(()) => {
+                        self.made_dirs.push(i);
+                        self.fresh_dirs.insert(e.path.clone());
+                        self.counts.dirs += 1;
+                        Answer::Done
+                    }
+                    Err(err) => Answer::Refused(format!("making the directory: {err}")),
+                },
+                Some(FileType::Directory) => {
+                    self.counts.dirs += 1;
+                    Answer::Done
+                }
+                Some(_) => Answer::Refused("exists and is not a directory".into()),
+            },
+            Kind::Symlink { target } => {
+                // Where it leads, among what this transfer made before it: never out of its
+                // tree, whatever chain of links the sender builds.
+                let resolution = match self.links.judge(&e.path, target) {
+                    Ok(r) => r,
+                    Err(err) => return Answer::Refused(format!("the link {err}")),
+                };
+                let made = match existing_type {
+                    Some(FileType::Directory) => Answer::Refused("is a directory".into()),
+                    Some(FileType::Symlink)
+                        if rustix::fs::readlinkat(&parent, base, Vec::new())
+                            .is_ok_and(|t| t.as_bytes() == target.as_bytes()) =>
+                    {
+                        Answer::Done
+                    }
+                    Some(_) if !force => taken(),
+                    _ => match self.make_link(&parent, e, target) {
+                        Ok(()) => Answer::Done,
+                        Err(err) => Answer::Refused(err.to_string()),
+                    },
+                };
+                if made == Answer::Done {
+                    self.counts.links += 1;
+                    self.links.accept(&e.path, resolution);
+                }
+                made
+            }
+            Kind::File { size, .. } => match existing {
+                Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                    Answer::Refused("is a directory".into())
+                }
+                Some(st)
+                    if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                        && st.st_size as u64 == *size
+                        && (st.st_mtime, st.st_mtime_nsec as u32) == e.mtime =>
+                {
+                    Answer::Landed
+                }
+                Some(_) if !force => taken(),
+                _ => {
+                    let header = header_of(e, self.verify);
+                    if !header.resumable() {
+                        // Sent without verification, it cannot resume: what was kept for its
+                        // name is of no use any more (batched files do not forget it later).
+                        partial::forget(&parent, &header.name);
+                    }
+                    match partial::take(parent, &header) {
+                        Some((temp, held)) => match auth::nonce() {
+                            Ok(nonce) => {
+                                self.partials.insert(i as u32, (temp, held, nonce));
+                                Answer::Partial(held, nonce)
+                            }
+                            Err(err) => {
+                                log::warn!("drawing a nonce: {err}");
+                                partial::keep(temp, &header, held);
+                                Answer::Send
+                            }
+                        },
+                        None => Answer::Send,
+                    }
+                }
+            },
+        }
+    }
+
+    /// Creates the link under a hidden name, then renames it into place.
+    pub(super) fn make_link(
+        &self,
+        parent: &Arc<OwnedFd>,
+        e: &Entry,
+        target: &str,
+    ) -> Result<(), RecvError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let temp = format!("{TEMP_PREFIX}link-{}-{n}.part", partial::pid());
+        let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
+        rustix::fs::symlinkat(target, parent, temp.as_str()).map_err(|err| {
+            self.rx
+                .local(&format!("linking {}", Escaped(&e.path)), err.into())
+        })?;
+        if let Err(err) = self.rx.publish(parent, &temp, e.base()) {
+            let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
+            return Err(err);
+        }
+        let times = timestamps(e.mtime.0, e.mtime.1);
+        let _ = rustix::fs::utimensat(parent, e.base(), &times, AtFlags::SYMLINK_NOFOLLOW);
+        Ok(())
+    }
+}

@@ -1,0 +1,270 @@
+//! Landing a tree's small files in batches on a thread of their own: their metadata is set, one
+//! syncfs makes the batch durable, the renames publish it, a second syncfs makes the renames
+//! durable, then the verdicts go out. The session's thread goes on receiving meanwhile.
+
+use std::os::fd::OwnedFd;
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::{Scope, ScopedJoinHandle};
+use std::time::Instant;
+
+use crate::auth::{Integrity, Seal};
+use crate::error::RecvError;
+use crate::recv::handshake::tell;
+use crate::recv::partial::TempFile;
+use crate::recv::Receiver;
+use crate::watch::KEEPALIVE_EVERY;
+use crate::wire::Header;
+use crate::wire::{FileStatus, Report};
+
+/// A verified small file waiting for its batch to be made durable and renamed.
+pub(super) struct Pending {
+    pub index: u32,
+    pub temp: TempFile<Arc<OwnedFd>>,
+    /// Its final name within the temporary file's directory.
+    pub base: String,
+    /// Its mode, mtime and size.
+    pub header: Header,
+    pub digest: Option<[u8; 32]>,
+}
+
+/// Verdicts waiting to go to the sender, written together whenever a thread is about to wait.
+/// Either thread may post: the lock keeps each write whole.
+pub(super) struct Outbox<'s> {
+    stream: &'s std::net::TcpStream,
+    /// Seals each verdict's digest.
+    integrity: &'s Integrity,
+    queued: Mutex<Vec<u8>>,
+}
+
+impl<'s> Outbox<'s> {
+    pub fn new(stream: &'s std::net::TcpStream, integrity: &'s Integrity) -> Outbox<'s> {
+        Outbox {
+            stream,
+            integrity,
+            queued: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Queues a report.
+    pub fn queue(&self, report: &Report) {
+        self.lock().extend_from_slice(&report.encode());
+    }
+
+    /// Queues entry `index`'s verdict, its digest sealed for that entry.
+    pub fn verdict(&self, index: u32, status: FileStatus, sha256: Option<[u8; 32]>, message: &str) {
+        self.queue(&Report::File {
+            index,
+            status,
+            sha256,
+            seal: sha256.map_or([0; 32], |d| {
+                self.integrity.seal(Seal::Verdict, index, status as u8, &d)
+            }),
+            message: message.to_owned(),
+        });
+    }
+
+    /// Sends what is queued in one write.
+    pub fn post(&self) -> Result<(), RecvError> {
+        let mut queued = self.lock();
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let sent = tell(self.stream, &queued, "sending verdicts", 0, 0);
+        queued.clear();
+        sent
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.queued.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Files landed and failed by the landing thread.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Tally {
+    pub landed: usize,
+    pub failed: usize,
+}
+
+enum Job {
+    Batch(Vec<Pending>),
+    /// Say when everything before has landed.
+    Flush(SyncSender<()>),
+}
+
+/// The session's handle on its landing thread: it gathers files into a batch and hands the
+/// batch over when it is full.
+pub(super) struct Lander<'scope> {
+    jobs: Option<SyncSender<Job>>,
+    thread: Option<ScopedJoinHandle<'scope, Tally>>,
+    batch: Vec<Pending>,
+    bytes: u64,
+    batch_files: usize,
+    batch_bytes: u64,
+}
+
+/// The smallest batch handed over before the end of a pass.
+const MIN_BATCH: usize = 16;
+
+impl<'scope> Lander<'scope> {
+    /// Starts the thread; a batch lands once it holds `batch_files` files or `batch_bytes`.
+    pub fn start<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        rx: &'env Receiver,
+        outbox: &'env Outbox<'env>,
+        batch_files: usize,
+        batch_bytes: u64,
+    ) -> Lander<'scope> {
+        // One batch waits while one lands: the session gathers a third meanwhile, and is held
+        // back when landing is slower than receiving.
+        let (jobs, incoming) = mpsc::sync_channel(1);
+        let thread = scope.spawn(move || {
+            let mut landing = Landing {
+                rx,
+                outbox,
+                tally: Tally::default(),
+            };
+            for job in incoming {
+                match job {
+                    Job::Batch(batch) => landing.land(batch),
+                    Job::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+            landing.tally
+        });
+        Lander {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            batch: Vec::new(),
+            bytes: 0,
+            batch_files,
+            batch_bytes,
+        }
+    }
+
+    /// Adds a verified file to the batch. `left` is how many more files the pass will bring:
+    /// near the end batches get smaller (each as large as what is left), so that little is
+    /// left to land once the last file has arrived.
+    pub fn add(&mut self, pending: Pending, left: usize) {
+        self.bytes += pending.header.size;
+        self.batch.push(pending);
+        let files = self.batch_files.min(left.max(MIN_BATCH));
+        if self.batch.len() >= files || self.bytes >= self.batch_bytes {
+            self.hand_over();
+        }
+    }
+
+    fn hand_over(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        self.bytes = 0;
+        if let (Some(jobs), false) = (&self.jobs, batch.is_empty()) {
+            // The thread only ends when `jobs` is dropped, so this cannot fail.
+            let _ = jobs.send(Job::Batch(batch));
+        }
+    }
+
+    /// Returns once everything added has landed and its verdict is queued or sent.
+    pub fn flush(&mut self) {
+        self.flush_telling(&mut || {});
+    }
+
+    /// As [`Lander::flush`], calling `tick` every [`KEEPALIVE_EVERY`] while it waits (to tell
+    /// the sender we are still here while a batch is made durable).
+    pub fn flush_telling(&mut self, tick: &mut dyn FnMut()) {
+        self.hand_over();
+        let Some(jobs) = &self.jobs else { return };
+        let (done, wait) = mpsc::sync_channel(1);
+        if jobs.send(Job::Flush(done)).is_ok() {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(KEEPALIVE_EVERY) {
+                tick();
+            }
+        }
+    }
+
+    /// Lands what is left, ends the thread and returns its counts.
+    pub fn finish(&mut self) -> Tally {
+        self.hand_over();
+        self.jobs = None;
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The landing thread's state.
+struct Landing<'env> {
+    rx: &'env Receiver,
+    outbox: &'env Outbox<'env>,
+    tally: Tally,
+}
+
+impl Landing<'_> {
+    /// Lands the batch: metadata, syncfs, renames, syncfs, verdicts.
+    fn land(&mut self, batch: Vec<Pending>) {
+        let started = Instant::now();
+        let count = batch.len();
+        let mut ready = Vec::with_capacity(count);
+        for p in batch {
+            match self.rx.set_metadata(&p.temp.file, &p.header) {
+                Ok(()) => ready.push(p),
+                Err(e) => self.failed(&p, e),
+            }
+        }
+        if let Err(e) = rustix::fs::syncfs(&self.rx.dir) {
+            for p in ready {
+                self.failed(&p, self.rx.local("syncing the received files", e.into()));
+            }
+            return self.post();
+        }
+        let mut outcomes = Vec::with_capacity(ready.len());
+        for p in ready {
+            let published = self.rx.publish(&p.temp.dir, &p.temp.name, &p.base);
+            outcomes.push((p, published));
+        }
+        let synced = rustix::fs::syncfs(&self.rx.dir);
+        log::debug!(
+            "landed a batch of {count} files in {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
+        for (p, published) in outcomes {
+            match (published, synced) {
+                (Ok(()), Ok(())) => {
+                    self.tally.landed += 1;
+                    self.outbox
+                        .verdict(p.index, FileStatus::Landed, p.digest, "");
+                    p.temp.disarm();
+                }
+                (Ok(()), Err(e)) => {
+                    // Published but perhaps not durable: say so, and leave it in place.
+                    self.failed(&p, self.rx.local("syncing the directories", e.into()));
+                    p.temp.disarm();
+                }
+                (Err(e), _) => self.failed(&p, e),
+            }
+        }
+        self.post();
+    }
+
+    /// Queues the verdict of a file that did not land.
+    fn failed(&mut self, p: &Pending, e: RecvError) {
+        self.tally.failed += 1;
+        let status = match e {
+            RecvError::Refused(_) => FileStatus::Refused,
+            _ => FileStatus::Failed,
+        };
+        log::warn!("{}: {e}", crate::name::Escaped(&p.header.name));
+        self.outbox
+            .verdict(p.index, status, p.digest, &e.to_string());
+    }
+
+    /// Sends the verdicts; a broken connection is the session thread's to report.
+    fn post(&self) {
+        if let Err(e) = self.outbox.post() {
+            log::debug!("sending verdicts: {e}");
+        }
+    }
+}

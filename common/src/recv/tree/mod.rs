@@ -1,0 +1,335 @@
+//! Receiving a tree (`FLAG_TREE`): check the manifest, make its directories and links, answer
+//! for every entry at once, then take the files as their frames come, without a round trip
+//! per file. Small files land in batches made durable together, on a thread of their own
+//! (`batch.rs`); large ones land on their own, as single files do. The answer phase is in
+//! `answer.rs`, the receive phase in `receive.rs`, the temporary files made ahead in `ahead.rs`.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::os::fd::OwnedFd;
+use std::sync::mpsc::{self};
+use std::sync::Arc;
+use std::thread::Scope;
+
+use rustix::fs::OFlags;
+
+use super::handshake::linger;
+use super::partial::{self, open_beneath, TempFile};
+use super::{Receiver, TransferRecord, PIPE_SIZE};
+use crate::auth::Integrity;
+use crate::error::RecvError;
+use crate::hash::Watermark;
+use crate::links::LinkJudge;
+use crate::sys::Pipe;
+use crate::wire::ProtocolError;
+use crate::wire::{Answer, Answers, Control, Entry, Frame, Kind, Manifest, FRAME_HEAD_LEN};
+use crate::wire::{Header, FLAG_NO_VERIFY};
+use ahead::Ahead;
+use batch::{Lander, Outbox};
+
+mod ahead;
+mod answer;
+mod batch;
+mod receive;
+
+/// A batch of small files lands once it holds [`Receiver::batch_files`] files or this many
+/// bytes.
+const BATCH_BYTES: u64 = 64 << 20;
+/// Temporary files made ahead of their frames, at most.
+const AHEAD: usize = 64;
+/// Files at least this large land on their own as soon as they are verified.
+const LAND_ALONE: u64 = 64 << 20;
+
+/// What happened to a tree's entries, for the log line and `--json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TreeCounts {
+    /// Regular files in the manifest.
+    pub files: usize,
+    /// Files written, verified and published.
+    pub landed: usize,
+    /// Files already here with the sender's digest.
+    pub unchanged: usize,
+    /// Files refused or failed.
+    pub failed: usize,
+    /// Directories made or found.
+    pub dirs: usize,
+    /// Symbolic links made.
+    pub links: usize,
+}
+
+/// A background check's result: the entry, the sender's digest, ours.
+type Checked = (u32, [u8; 32], io::Result<[u8; 32]>);
+
+/// Checks of large files, each hashing on its own thread and sending its [`Checked`] back.
+struct Checks {
+    done: mpsc::Sender<Checked>,
+    results: mpsc::Receiver<Checked>,
+    /// How many are still hashing.
+    running: usize,
+    /// Aborted when the session ends, so that no check outlives the connection it was for.
+    stop: Arc<Watermark>,
+}
+
+impl Checks {
+    fn new() -> Checks {
+        let (done, results) = mpsc::channel();
+        Checks {
+            done,
+            results,
+            running: 0,
+            stop: Arc::new(Watermark::complete(u64::MAX)),
+        }
+    }
+}
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        self.stop.abort();
+    }
+}
+
+/// A partial taken for resuming: the file, the bytes it holds, and the nonce keying the
+/// sender's proof of them.
+type Kept = (TempFile<Arc<OwnedFd>>, u64, [u8; 32]);
+
+/// One tree transfer on the receiving side.
+struct Session<'r, 'scope> {
+    rx: &'r Receiver,
+    scope: &'scope Scope<'scope, 'r>,
+    stream: &'r TcpStream,
+    /// Reads frames and trailers from `stream`.
+    control: Control<&'r TcpStream>,
+    manifest: Manifest,
+    verify: bool,
+    answers: Vec<Answer>,
+    /// Partial files taken for entries answered `Partial`, with the bytes they hold and the
+    /// nonce that keys the sender's proof of them.
+    partials: HashMap<u32, Kept>,
+    /// Seals the digests of trailers and verdicts.
+    integrity: &'r Integrity,
+    /// Judges each link by where it leads among the entries made before it.
+    links: LinkJudge,
+    /// Entries whose content arrived (landed, or lost to a mismatch).
+    settled: Vec<bool>,
+    /// Directories this session made: their mode and mtime are set at the end of each pass.
+    made_dirs: Vec<usize>,
+    /// Their paths: nothing was in them before this transfer.
+    fresh_dirs: HashSet<String>,
+    /// Verdicts not sent yet.
+    outbox: &'r Outbox<'r>,
+    /// Lands small files in batches.
+    lander: Lander<'scope>,
+    /// Makes the first pass's temporary files ahead of their frames.
+    ahead: Option<Ahead<'scope>>,
+    /// Files still to arrive in this pass, and files asked for again in the next.
+    left: usize,
+    resends: usize,
+    /// Checks of large files hashing on their own threads.
+    checks: Checks,
+    dirs: DirCache,
+    pipe: Pipe,
+    counts: TreeCounts,
+}
+
+impl Receiver {
+    /// Serves a tree transfer whose hello was just accepted; counts go into `record`.
+    pub(super) fn receive_tree(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        integrity: &Integrity,
+        record: &mut TransferRecord,
+    ) -> Result<(), RecvError> {
+        // Nothing follows the manifest until we answer, so it can be read through a buffer.
+        let manifest = match Manifest::read(&mut std::io::BufReader::new(stream)) {
+            Ok(m) => m,
+            Err(e) => {
+                if !matches!(e, ProtocolError::Truncated(_) | ProtocolError::Io(..)) {
+                    let refusal = Answers::Refused(e.refuse_code(), e.to_string()).encode();
+                    if (&*stream).write_all(&refusal).is_ok() {
+                        // As for a refused hello: let the refusal arrive before the close.
+                        linger(stream);
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
+        let root = self
+            .dir
+            .try_clone()
+            .map_err(|e| self.local("opening the directory", e))?;
+        let count = manifest.entries.len();
+        let outbox = Outbox::new(stream, integrity);
+        let batch_files = self.batch_files;
+        std::thread::scope(|scope| {
+            let mut session = Session {
+                rx: self,
+                scope,
+                stream,
+                control: Control::new(stream),
+                verify: header.verify(),
+                answers: Vec::with_capacity(count),
+                partials: HashMap::new(),
+                integrity,
+                links: LinkJudge::new(),
+                settled: vec![false; count],
+                made_dirs: Vec::new(),
+                fresh_dirs: HashSet::new(),
+                outbox: &outbox,
+                lander: Lander::start(scope, self, &outbox, batch_files, BATCH_BYTES),
+                ahead: None,
+                left: 0,
+                resends: 0,
+                checks: Checks::new(),
+                dirs: DirCache::new(Arc::new(root)),
+                pipe,
+                counts: TreeCounts {
+                    files: manifest
+                        .entries
+                        .iter()
+                        .filter(|e| matches!(e.kind, Kind::File { .. }))
+                        .count(),
+                    ..TreeCounts::default()
+                },
+                manifest,
+            };
+            let result = session.run(record);
+            session.stop_ahead();
+            // What was verified before anything went wrong still lands.
+            let tally = session.lander.finish();
+            let posted = session.post();
+            if let (Err(RecvError::Local { .. }), Ok(())) = (&result, posted) {
+                // The failure is the sender's last verdict: let it arrive.
+                linger(stream);
+            }
+            session.counts.landed += tally.landed;
+            session.counts.failed += tally.failed;
+            record.tree = Some(session.counts.clone());
+            // Every file counted as landed or unchanged was compared with the sender's digest.
+            record.verified = result.is_ok() && header.verify();
+            result
+        })
+    }
+}
+
+impl Session<'_, '_> {
+    fn run(&mut self, record: &mut TransferRecord) -> Result<(), RecvError> {
+        self.answer_all()?;
+        let files = self
+            .manifest
+            .entries
+            .iter()
+            .zip(&self.answers)
+            .enumerate()
+            .filter(|(_, (_, a))| **a == Answer::Send)
+            .map(|(i, (e, _))| (i as u32, e.parent().map(str::to_owned)))
+            .collect();
+        let depth = AHEAD.min(self.rx.batch_files);
+        self.ahead = Some(Ahead::start(self.scope, self.dirs.root(), files, depth));
+        // The tree is whole only once a pass has ended with nothing asked for again: a sender
+        // that closes anywhere else (or a receiver being stopped) interrupts it.
+        let mut clean = false;
+        loop {
+            self.report_checks(false)?;
+            self.post()?;
+            self.control.expect(FRAME_HEAD_LEN);
+            match Frame::read(&mut self.control)? {
+                None if clean => return Ok(()),
+                None => {
+                    return Err(RecvError::Protocol(ProtocolError::Truncated(
+                        "tree: the sender closed before its last end of pass",
+                    )))
+                }
+                Some(Frame::EndOfPass) => {
+                    self.end_pass()?;
+                    clean = self.left == 0;
+                }
+                Some(Frame::Keepalive) => {}
+                Some(Frame::Full(i)) => {
+                    clean = false;
+                    self.full(i, record)?
+                }
+                Some(Frame::Check(i, digest)) => {
+                    clean = false;
+                    self.check(i, digest)?
+                }
+                Some(Frame::Resume(i, offset, digest)) => {
+                    clean = false;
+                    self.resume(i, offset, digest, record)?
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Session<'_, '_> {
+    /// Partials taken for resuming but not used go back to being kept.
+    fn drop(&mut self) {
+        for (i, (temp, held, _)) in self.partials.drain() {
+            let header = header_of(&self.manifest.entries[i as usize], self.verify);
+            partial::keep(temp, &header, held);
+        }
+    }
+}
+
+/// The single-file header of a tree's file entry: the machinery of single files (payload,
+/// sparse records, partials) works from it. Its name is the whole relative path.
+fn header_of(e: &Entry, verify: bool) -> Header {
+    let (size, sparse_data_len, source_id) = match e.kind {
+        Kind::File {
+            size,
+            sparse_data_len,
+            source_id,
+        } => (size, sparse_data_len, source_id),
+        _ => (0, None, None),
+    };
+    Header {
+        name: e.path.clone(),
+        size,
+        mode: e.mode,
+        mtime_sec: e.mtime.0,
+        mtime_nsec: e.mtime.1,
+        flags: if verify { 0 } else { FLAG_NO_VERIFY },
+        source_id: source_id.filter(|_| verify),
+        auth_nonce: None,
+        sparse_data_len,
+        chain: None,
+    }
+}
+
+/// Handles on the tree's directories, opened beneath the receive directory without following
+/// any symlink; the last one is kept, since a walk sends a directory's files together.
+pub(super) struct DirCache {
+    root: Arc<OwnedFd>,
+    last: Option<(String, Arc<OwnedFd>)>,
+}
+
+impl DirCache {
+    pub(super) fn new(root: Arc<OwnedFd>) -> DirCache {
+        DirCache { root, last: None }
+    }
+
+    pub(super) fn root(&self) -> Arc<OwnedFd> {
+        self.root.clone()
+    }
+
+    pub(super) fn get(&mut self, path: Option<&str>) -> io::Result<Arc<OwnedFd>> {
+        let Some(path) = path else {
+            return Ok(self.root.clone());
+        };
+        if let Some((p, fd)) = &self.last {
+            if p == path {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = Arc::new(open_beneath(
+            &self.root,
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY,
+        )?);
+        self.last = Some((path.to_owned(), fd.clone()));
+        Ok(fd)
+    }
+}

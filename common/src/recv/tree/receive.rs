@@ -1,0 +1,434 @@
+//! The receive phase of a tree: each file as its frame comes (whole, checked, or resumed),
+//! spliced in and hashed, landed alone or handed to a batch; reports back to the sender and
+//! the end of each pass.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::Arc;
+
+use rustix::fs::{Mode, OFlags};
+
+use super::batch::Pending;
+use super::{header_of, DirCache, Session, LAND_ALONE};
+use crate::auth::{self};
+use crate::error::RecvError;
+use crate::hash::{Prefix, Start};
+use crate::name::Escaped;
+use crate::recv::file::{prepare, Route};
+use crate::recv::land::timestamps;
+use crate::recv::partial::{self, open_beneath, TempFile};
+use crate::recv::TransferRecord;
+use crate::units::os_reason;
+use crate::watch::KEEPALIVE_EVERY;
+use crate::wire::ProtocolError;
+use crate::wire::{Answer, Entry, FileStatus, Kind, Report, FRAME_HEAD_LEN};
+use crate::wire::{Header, Trailer, TRAILER_LEN};
+
+impl Session<'_, '_> {
+    /// The file entry a frame names, if the frame may name it.
+    pub(super) fn file_entry(&self, i: u32) -> Result<(&Entry, Header), RecvError> {
+        let bad = |what: String| RecvError::Protocol(ProtocolError::Malformed(what));
+        let e = self
+            .manifest
+            .entries
+            .get(i as usize)
+            .ok_or_else(|| bad(format!("a frame for entry {i} of {}", self.answers.len())))?;
+        if !matches!(e.kind, Kind::File { .. }) {
+            return Err(bad(format!(
+                "a frame for {}, which is not a file",
+                Escaped(&e.path)
+            )));
+        }
+        if matches!(self.answers[i as usize], Answer::Refused(_)) || self.settled[i as usize] {
+            return Err(bad(format!("a second frame for {}", Escaped(&e.path))));
+        }
+        Ok((e, header_of(e, self.verify)))
+    }
+
+    /// The whole file follows.
+    pub(super) fn full(&mut self, i: u32, record: &mut TransferRecord) -> Result<(), RecvError> {
+        let (e, header) = self.file_entry(i)?;
+        let parent_path = e.parent().map(str::to_owned);
+        // A kept partial the sender chose not to resume is of no use any more.
+        self.partials.remove(&i);
+        let made = self.ahead.as_mut().and_then(|a| a.take(i));
+        let temp = match made {
+            Some(temp) => temp,
+            None => {
+                let create = |dirs: &mut DirCache| {
+                    dirs.get(parent_path.as_deref()).and_then(TempFile::create)
+                };
+                let mut created = create(&mut self.dirs);
+                if matches!(&created, Err(e) if e.raw_os_error() == Some(libc::EMFILE)) {
+                    // Out of open files (a limit below what batches were sized for): land
+                    // what is open, make no more ahead, and try again.
+                    self.stop_ahead();
+                    self.lander.flush();
+                    created = create(&mut self.dirs);
+                }
+                match created {
+                    Ok(temp) => temp,
+                    Err(err) => {
+                        let e = self.rx.local("creating a temporary file", err);
+                        return Err(self.fatal(i, e));
+                    }
+                }
+            }
+        };
+        if let Err(err) = prepare(&temp.file, &header) {
+            return Err(self.fatal(i, self.rx.local("preallocating", err)));
+        }
+        self.receive_file(
+            i,
+            &header,
+            temp,
+            Start::Hashed(Prefix::empty()),
+            None,
+            record,
+        )
+    }
+
+    /// The sender's file is already here if our copy has this digest.
+    pub(super) fn check(&mut self, i: u32, digest: [u8; 32]) -> Result<(), RecvError> {
+        let (e, header) = self.file_entry(i)?;
+        if self.answers[i as usize] != Answer::Landed {
+            return Err(ProtocolError::Malformed(format!(
+                "a check of {}, which was not here",
+                Escaped(&e.path)
+            ))
+            .into());
+        }
+        let base = e.base().to_owned();
+        let parent_path = e.parent().map(str::to_owned);
+        let parent = self
+            .dirs
+            .get(parent_path.as_deref())
+            .map_err(|err| self.rx.local("opening a directory", err))?;
+        let size = header.size;
+        let stop = self.checks.stop.clone();
+        let hash = move || {
+            let fd = open_beneath(&parent, &base, OFlags::RDONLY).map_err(io::Error::from)?;
+            match Prefix::of_file_until(&File::from(fd), size, true, &stop)? {
+                Some(p) => Ok(p.digest()),
+                None => Err(io::Error::other("the session ended")),
+            }
+        };
+        self.settled[i as usize] = true;
+        if size < LAND_ALONE {
+            return self.checked(i, digest, hash());
+        }
+        // A large file takes a while: hash it beside the frames that keep coming, so that the
+        // sender is never left waiting on a full socket.
+        let done = self.checks.done.clone();
+        std::thread::spawn(move || done.send((i, digest, hash())));
+        self.checks.running += 1;
+        Ok(())
+    }
+
+    /// Reports the background checks that are done; with `all`, waits for every one, telling
+    /// the sender meanwhile that we are still here.
+    pub(super) fn report_checks(&mut self, all: bool) -> Result<(), RecvError> {
+        let every = KEEPALIVE_EVERY;
+        while self.checks.running > 0 {
+            let next = match all {
+                true => self.checks.results.recv_timeout(every),
+                false => self
+                    .checks
+                    .results
+                    .try_recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match next {
+                Ok((i, digest, ours)) => {
+                    self.checks.running -= 1;
+                    self.checked(i, digest, ours)?;
+                }
+                Err(RecvTimeoutError::Timeout) => self.send(&Report::Keepalive)?,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports a check of entry `i`: the sender's `digest` against ours.
+    pub(super) fn checked(
+        &mut self,
+        i: u32,
+        digest: [u8; 32],
+        ours: io::Result<[u8; 32]>,
+    ) -> Result<(), RecvError> {
+        // Our digest goes back only when it is the sender's own: a sender that did not write
+        // the file here learns "same" or "different", never what the file holds.
+        match ours {
+            Ok(d) if d == digest => {
+                self.counts.unchanged += 1;
+                self.report(i, FileStatus::Unchanged, Some(d), "")
+            }
+            Ok(_) if self.rx.config.force => {
+                self.settled[i as usize] = false;
+                self.report(i, FileStatus::Resend, None, "differs; send it whole")
+            }
+            Ok(_) => {
+                self.counts.failed += 1;
+                let msg = "exists with other content (use --force on the receiver)";
+                self.report(i, FileStatus::Refused, None, msg)
+            }
+            Err(err) => {
+                self.counts.failed += 1;
+                let msg = format!("reading the copy here: {}", os_reason(&err));
+                self.report(i, FileStatus::Failed, None, &msg)
+            }
+        }
+    }
+
+    /// The rest of a file we hold a partial of follows, if the sender's proof of the prefix
+    /// matches ours.
+    pub(super) fn resume(
+        &mut self,
+        i: u32,
+        offset: u64,
+        proof: [u8; 32],
+        record: &mut TransferRecord,
+    ) -> Result<(), RecvError> {
+        let (e, header) = self.file_entry(i)?;
+        let path = e.path.clone();
+        let Some((temp, held, nonce)) = self.partials.remove(&i) else {
+            return Err(ProtocolError::Malformed(format!("a resume of {}", Escaped(&path))).into());
+        };
+        if held != offset {
+            return Err(ProtocolError::Malformed(format!(
+                "a resume of {} at {offset}, not at {held}",
+                Escaped(&path)
+            ))
+            .into());
+        }
+        // The rest goes into the partial at once while a second thread hashes what it held:
+        // the sender, already sending, never waits on our hashing. If the prefix turns out to
+        // differ from the sender's, the file is discarded and asked for whole.
+        if let Err(err) = prepare(&temp.file, &header) {
+            return Err(self.fatal(i, self.rx.local("preallocating", err)));
+        }
+        self.receive_file(
+            i,
+            &header,
+            temp,
+            Start::Unhashed(held),
+            Some((nonce, proof)),
+            record,
+        )
+    }
+
+    /// Receives a file's payload (from `start` on) and trailer into `temp`; lands it or adds it
+    /// to the batch. With `held_proof` (a nonce and the sender's proof), the bytes before
+    /// `start` were already there and must be what the sender proved it holds, or the file is
+    /// asked for whole.
+    pub(super) fn receive_file(
+        &mut self,
+        i: u32,
+        header: &Header,
+        temp: TempFile<Arc<OwnedFd>>,
+        start: Start,
+        held_proof: Option<([u8; 32], [u8; 32])>,
+        record: &mut TransferRecord,
+    ) -> Result<(), RecvError> {
+        let start_at = start.offset();
+        self.left = self.left.saturating_sub(1);
+        let mut scratch = TransferRecord::new(record.peer);
+        let route = Route {
+            pipe: &self.pipe,
+            forward: None,
+        };
+        debug_assert!(
+            self.control.is_drained(),
+            "control bytes held over a payload"
+        );
+        let received =
+            self.rx
+                .receive_payload(self.stream, header, &temp, start, route, &mut scratch);
+        record.received += scratch.received.saturating_sub(start_at);
+        record.zero_copy &= scratch.zero_copy;
+        record.stages.add(&scratch.stages);
+        let received = match received {
+            Ok(r) => r,
+            Err(e) => {
+                if e.is_interruption() {
+                    partial::keep(temp, header, scratch.received);
+                    return Err(e);
+                }
+                drop(temp);
+                return Err(match e {
+                    RecvError::Local { .. } => self.fatal(i, e),
+                    e => e,
+                });
+            }
+        };
+        // The trailer and the head of the frame after it, in one call when both are there.
+        self.control.expect(TRAILER_LEN + FRAME_HEAD_LEN);
+        let trailer = match Trailer::read(&mut self.control) {
+            Ok(t) => t,
+            Err(ProtocolError::Abandoned) => {
+                self.settled[i as usize] = true;
+                self.counts.failed += 1;
+                let msg = "source changed during transfer; discarded";
+                return self.report(i, FileStatus::Failed, None, msg);
+            }
+            Err(e @ (ProtocolError::Truncated(_) | ProtocolError::Io(..))) => {
+                partial::keep(temp, header, header.size);
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if trailer.sha256.is_some() != self.verify {
+            return Err(ProtocolError::Malformed(
+                "trailer digest does not match the header's verify flag".into(),
+            )
+            .into());
+        }
+        if !trailer.opens(self.integrity, i) {
+            self.settled[i as usize] = true;
+            self.counts.failed += 1;
+            let msg = RecvError::Unsealed.to_string();
+            log::warn!("{}: {msg}", Escaped(&header.name));
+            return self.report(i, FileStatus::Mismatch, received.digest, &msg);
+        }
+        if let Some((nonce, theirs)) = held_proof {
+            let ours = received
+                .prefix
+                .map(|d| auth::prefix_proof(&nonce, start_at, &d));
+            if !ours.is_some_and(|ours| auth::same_proof(&ours, &theirs)) {
+                log::info!(
+                    "{}: the partial file differs from the sender's; asking for it whole",
+                    Escaped(&header.name)
+                );
+                drop(temp);
+                let msg = "the partial file differs; send it whole";
+                return self.report(i, FileStatus::Resend, None, msg);
+            }
+            record.resumed_from += start_at;
+        }
+        let digest = received.digest;
+        self.settled[i as usize] = true;
+        if trailer.sha256 != digest {
+            self.counts.failed += 1;
+            return self.report(
+                i,
+                FileStatus::Mismatch,
+                digest,
+                "checksum mismatch; discarded",
+            );
+        }
+        if header.size >= LAND_ALONE {
+            self.rx.set_metadata(&temp.file, header)?;
+            let base = self.manifest.entries[i as usize].base().to_owned();
+            let landed = self.rx.land(temp, &base, header);
+            return self.landed(i, digest, landed.map(|_| ()));
+        }
+        let pending = Pending {
+            index: i,
+            base: self.manifest.entries[i as usize].base().to_owned(),
+            temp,
+            header: header.clone(),
+            digest,
+        };
+        self.lander.add(pending, self.left);
+        Ok(())
+    }
+
+    /// Reports a file's landing.
+    pub(super) fn landed(
+        &mut self,
+        i: u32,
+        digest: Option<[u8; 32]>,
+        result: Result<(), RecvError>,
+    ) -> Result<(), RecvError> {
+        match result {
+            Ok(()) => {
+                self.counts.landed += 1;
+                self.report(i, FileStatus::Landed, digest, "")
+            }
+            Err(e) => {
+                self.counts.failed += 1;
+                let status = match e {
+                    RecvError::Refused(_) => FileStatus::Refused,
+                    _ => FileStatus::Failed,
+                };
+                log::warn!("{}: {e}", Escaped(&self.manifest.entries[i as usize].path));
+                self.report(i, status, digest, &e.to_string())
+            }
+        }
+    }
+
+    /// Lands the batch, gives the directories made their mode and mtime (deepest first, after
+    /// their content), and tells the sender the pass is complete.
+    pub(super) fn end_pass(&mut self) -> Result<(), RecvError> {
+        self.report_checks(true)?;
+        self.stop_ahead();
+        // The last batches may take a while to be made durable: the sender, waiting for our
+        // end of pass, hears meanwhile that we are still here.
+        let outbox = self.outbox;
+        self.lander.flush_telling(&mut || {
+            outbox.queue(&Report::Keepalive);
+            let _ = outbox.post();
+        });
+        self.left = std::mem::take(&mut self.resends);
+        for &i in self.made_dirs.iter().rev() {
+            let e = &self.manifest.entries[i];
+            let dir = open_beneath(&self.rx.dir, &e.path, OFlags::RDONLY | OFlags::DIRECTORY);
+            let set = dir.and_then(|d| {
+                rustix::fs::fchmod(&d, Mode::from_raw_mode(e.mode & 0o777))?;
+                rustix::fs::futimens(&d, &timestamps(e.mtime.0, e.mtime.1))
+            });
+            if let Err(err) = set {
+                log::warn!("setting the mode and mtime of {}: {err}", Escaped(&e.path));
+            }
+        }
+        self.send(&Report::EndOfPass)
+    }
+
+    /// Ends the tree over a local failure with entry `i` (a full disk, say: the files after it
+    /// would fail the same way). What was verified lands first, so that the failure is the
+    /// last verdict the sender reads and can tell why the connection ends.
+    pub(super) fn fatal(&mut self, i: u32, e: RecvError) -> RecvError {
+        self.stop_ahead();
+        self.lander.flush();
+        self.counts.failed += 1;
+        let _ = self.report(i, FileStatus::Failed, None, &e.to_string());
+        e
+    }
+
+    /// Removes the temporary files made ahead and not used (the sender left their files out);
+    /// later passes make their own.
+    pub(super) fn stop_ahead(&mut self) {
+        if let Some(mut ahead) = self.ahead.take() {
+            ahead.finish();
+        }
+    }
+
+    /// Queues a file's verdict; verdicts go out together whenever we are about to wait.
+    pub(super) fn report(
+        &mut self,
+        index: u32,
+        status: FileStatus,
+        sha256: Option<[u8; 32]>,
+        message: &str,
+    ) -> Result<(), RecvError> {
+        if status == FileStatus::Resend {
+            self.resends += 1;
+        }
+        self.outbox.verdict(index, status, sha256, message);
+        Ok(())
+    }
+
+    /// Sends what is queued, then `report`.
+    pub(super) fn send(&mut self, report: &Report) -> Result<(), RecvError> {
+        self.outbox.queue(report);
+        self.post()
+    }
+
+    /// Sends the queued verdicts in one write.
+    pub(super) fn post(&mut self) -> Result<(), RecvError> {
+        self.outbox.post()
+    }
+}
