@@ -8,6 +8,7 @@ mod docs;
 mod faults;
 mod hostile;
 mod hostile_receiver;
+mod layers;
 mod resume;
 mod service;
 mod signals;
