@@ -35,11 +35,9 @@ mod partial;
 mod recv;
 mod send;
 mod stages;
-mod stdin;
 mod sweep;
 mod sys;
 mod units;
-mod walk;
 mod watch;
 mod wire;
 
@@ -54,11 +52,10 @@ pub use crate::recv::{
     parse_listen_addr, parse_network, Receiver, ReceiverConfig, TransferRecord, TreeCounts,
 };
 pub use crate::send::{
-    hop_landed, send_file, send_tree, source_size, SendOptions, SendReport, Tick, TreeOptions,
-    TreeReport,
+    hop_landed, send_file, send_stdin, send_tree, source_size, SendOptions, SendReport, Tick,
+    TreeOptions, TreeReport,
 };
 pub use crate::stages::StageTimes;
-pub use crate::stdin::send_stdin;
 pub use crate::sweep::{parse_age, sweep_interval, Age, Swept};
 pub use crate::units::{os_reason, Bytes};
 pub use crate::watch::KEEPALIVE_EVERY;

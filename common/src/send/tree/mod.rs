@@ -18,10 +18,12 @@ use crate::error::SendError;
 use crate::hash::Prefix;
 use crate::name::Escaped;
 use crate::stages::StageTimes;
-use crate::walk::{walk, Tree, WalkOptions};
 use crate::wire::ProtocolError;
 use crate::wire::{Answer, Answers, FileStatus, Frame, Kind, Report};
 use crate::wire::{Header, Trailer, FLAG_NO_VERIFY, FLAG_TREE, TRAILER_LEN};
+use walk::{walk, Tree, WalkOptions};
+
+mod walk;
 
 /// How to send a tree.
 #[derive(Clone, Copy, Debug, Default)]

@@ -23,8 +23,10 @@ use crate::wire::{
     Trailer, Verdict, FLAG_NO_VERIFY, KEEPALIVE, SOURCE_ID_LEN,
 };
 
+mod stream;
 mod tree;
 
+pub use stream::send_stdin;
 pub use tree::{send_tree, Tick, TreeOptions, TreeReport};
 
 /// Bytes per sendfile call: large enough that syscalls cost nothing, small enough for a lively
