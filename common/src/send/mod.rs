@@ -1,10 +1,8 @@
 //! The sending side: open the source, connect, announce, push the payload with sendfile while a
 //! second thread hashes it, then wait for the receiver's verdict.
 
-use std::fs::File;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,14 +18,17 @@ use crate::watch::tick_until;
 use crate::wire::ProtocolError;
 use crate::wire::{
     align_hops, check_chain, read_hops, Decision, Header, HopReport, PrefixProof, Record, Status,
-    Trailer, Verdict, FLAG_NO_VERIFY, KEEPALIVE, SOURCE_ID_LEN,
+    Trailer, Verdict, FLAG_NO_VERIFY, KEEPALIVE,
 };
 
+mod source;
 mod stream;
 mod tree;
 
 pub use stream::send_stdin;
 pub use tree::{send_tree, Tick, TreeOptions, TreeReport};
+
+use source::{data_between, Source};
 
 /// Bytes per sendfile call: large enough that syscalls cost nothing, small enough for a lively
 /// progress bar.
@@ -88,167 +89,6 @@ pub struct SendReport {
     pub stages: StageTimes,
     /// For a chain: every host's verdict, the first receiver's first.
     pub hosts: Vec<HopReport>,
-}
-
-/// An opened source file or block device, and what the header says of it.
-pub struct Source {
-    file: File,
-    path: PathBuf,
-    size: u64,
-    mode: u32,
-    mtime: (i64, u32),
-    block_device: bool,
-    /// Bytes of data, holes excluded, when the file has holes.
-    sparse_data: Option<u64>,
-    /// Which file this is, for resuming (see [`source_id`]).
-    id: [u8; SOURCE_ID_LEN],
-    /// Whether `id` came from a listing and must still be the open file's after sending.
-    listed_id: bool,
-}
-
-impl Source {
-    /// Opens `path` for sending.
-    pub fn open(path: &Path) -> Result<Source, SendError> {
-        let source_err = |error| SendError::Source {
-            path: path.to_owned(),
-            error,
-        };
-        // Non-blocking, so that opening a fifo does not wait for a writer; reads of regular
-        // files and block devices are not affected.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(source_err)?;
-        let meta = file.metadata().map_err(source_err)?;
-        if !meta.is_file() && !meta.file_type().is_block_device() {
-            return Err(SendError::NotAFile(path.to_owned()));
-        }
-        let block_device = meta.file_type().is_block_device();
-        let size = if block_device {
-            sys::block_device_size(&file).map_err(source_err)?
-        } else if meta.is_file() {
-            meta.len()
-        } else {
-            return Err(SendError::NotAFile(path.to_owned()));
-        };
-        // Only a file with fewer blocks than bytes can have holes worth looking for.
-        let sparse_data = if block_device || meta.blocks() * 512 >= size {
-            None
-        } else {
-            let data = data_between(&file, 0, size).map_err(source_err)?;
-            (data < size).then_some(data)
-        };
-        let id = source_id(meta.dev(), meta.ino(), meta.rdev());
-        Ok(Source {
-            file,
-            path: path.to_owned(),
-            size,
-            mode: meta.mode(),
-            mtime: (meta.mtime(), meta.mtime_nsec() as u32),
-            block_device,
-            sparse_data,
-            id,
-            listed_id: false,
-        })
-    }
-
-    /// Opens a regular file a tree walk listed, taking what the listing says of it instead of
-    /// a stat of its own; after sending, [`Source::changed`] checks the open file against the
-    /// listing, its identity included, so a file replaced since is not sent as the listed one.
-    pub(crate) fn listed(path: &Path, entry: &crate::wire::Entry) -> Result<Source, SendError> {
-        let crate::wire::Kind::File {
-            size,
-            sparse_data_len,
-            source_id,
-        } = entry.kind
-        else {
-            return Err(SendError::NotAFile(path.to_owned()));
-        };
-        // Non-blocking, as in `open`: something put there since the walk may be a fifo.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|error| SendError::Source {
-                path: path.to_owned(),
-                error,
-            })?;
-        Ok(Source {
-            file,
-            path: path.to_owned(),
-            size,
-            mode: entry.mode,
-            mtime: entry.mtime,
-            block_device: false,
-            sparse_data: sparse_data_len,
-            id: source_id.unwrap_or_default(),
-            listed_id: source_id.is_some(),
-        })
-    }
-
-    /// Whether the file was written to since it was opened. (Writes to a block device do not
-    /// show in its metadata; only a change of size does. The digests still catch the rest.)
-    fn changed(&self) -> bool {
-        if self.block_device {
-            return sys::block_device_size(&self.file).map_or(true, |s| s != self.size);
-        }
-        match self.file.metadata() {
-            Ok(m) => {
-                m.len() != self.size
-                    || (m.mtime(), m.mtime_nsec() as u32) != self.mtime
-                    || !m.is_file()
-                    || (self.listed_id && source_id(m.dev(), m.ino(), m.rdev()) != self.id)
-            }
-            Err(_) => true,
-        }
-    }
-
-    fn default_name(&self) -> Result<String, SendError> {
-        let name_err = |reason| SendError::Name {
-            path: self.path.clone(),
-            reason,
-        };
-        let base = self
-            .path
-            .file_name()
-            .ok_or(name_err(crate::name::NameError::Empty))?;
-        let base = base
-            .to_str()
-            .ok_or(name_err(crate::name::NameError::NotUtf8))?;
-        Ok(base.to_owned())
-    }
-}
-
-/// The bytes of data between `from` and `to`, holes excluded.
-pub(crate) fn data_between(file: &File, from: u64, to: u64) -> std::io::Result<u64> {
-    let (mut pos, mut data) = (from, 0);
-    while let Some((start, end)) = sys::next_data(file, pos, to)? {
-        data += end - start;
-        pos = end;
-    }
-    Ok(data)
-}
-
-/// The sender's identity of a file, sent with the header so that a receiver resumes only into
-/// a partial file that came from this very file: a digest of the machine (its machine-id, or
-/// its host name) and the file's device and inode. Size and mtime travel in the header too.
-pub(crate) fn source_id(dev: u64, ino: u64, rdev: u64) -> [u8; SOURCE_ID_LEN] {
-    use sha2::{Digest, Sha256};
-    static MACHINE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let machine = MACHINE.get_or_init(|| {
-        std::fs::read("/etc/machine-id")
-            .or_else(|_| std::fs::read("/proc/sys/kernel/hostname"))
-            .unwrap_or_default()
-    });
-    let mut h = Sha256::new();
-    h.update(b"zsend source id 1\0");
-    h.update(machine);
-    for n in [dev, ino, rdev] {
-        h.update(n.to_be_bytes());
-    }
-    let digest: [u8; 32] = h.finalize().into();
-    digest[..SOURCE_ID_LEN].try_into().expect("16 of 32 bytes")
 }
 
 /// The number of bytes `path` would send: a file's length or a block device's size.
@@ -435,7 +275,7 @@ pub fn hop_landed(hop: &HopReport, digest: Option<[u8; 32]>) -> bool {
 /// Sends `source`'s content from `prefix.len()` on (dense, or as sparse records) and returns
 /// its SHA-256 over the whole file when verifying. Adds to the report's byte counts and CPU.
 /// On error no trailer may follow: the payload is short, or the source changed.
-pub(crate) fn send_body(
+fn send_body(
     stream: &TcpStream,
     source: &Source,
     prefix: Prefix,
@@ -615,7 +455,7 @@ fn prove_prefix(
 /// Hashes the first `len` bytes of `source` on a thread of its own while `tick` tells the
 /// receiver, every [`crate::watch::KEEPALIVE_EVERY`], that we are still here; stops hashing as
 /// soon as telling fails (the receiver has gone) and returns that error.
-pub(crate) fn hash_prefix_telling(
+fn hash_prefix_telling(
     source: &Source,
     len: u64,
     tick: &mut dyn FnMut() -> Result<(), SendError>,
@@ -808,45 +648,5 @@ pub(crate) fn judge(
             name: report.name.clone(),
             message: verdict.message,
         }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::{Entry, Kind};
-
-    /// The listing of `path` a walk would make, with `id` as its identity.
-    fn listing(path: &Path, id: [u8; SOURCE_ID_LEN]) -> Entry {
-        let meta = std::fs::metadata(path).unwrap();
-        Entry {
-            path: "f".into(),
-            kind: Kind::File {
-                size: meta.len(),
-                sparse_data_len: None,
-                source_id: Some(id),
-            },
-            mode: meta.mode(),
-            mtime: (meta.mtime(), meta.mtime_nsec() as u32),
-        }
-    }
-
-    #[test]
-    fn a_listed_file_is_changed_when_it_is_another_file_or_was_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"listed").unwrap();
-        let meta = std::fs::metadata(&path).unwrap();
-        let id = source_id(meta.dev(), meta.ino(), meta.rdev());
-        assert!(!Source::listed(&path, &listing(&path, id))
-            .unwrap()
-            .changed());
-        // Another file in its place, with the same size and mtime: not the one listed.
-        assert!(Source::listed(&path, &listing(&path, [1; SOURCE_ID_LEN]))
-            .unwrap()
-            .changed());
-        let source = Source::listed(&path, &listing(&path, id)).unwrap();
-        std::fs::write(&path, b"written since").unwrap();
-        assert!(source.changed());
     }
 }

@@ -10,7 +10,7 @@ use crate::error::SendError;
 use crate::hash::SMALL_FILE;
 use crate::links::{LinkJudge, Resolution};
 use crate::name::Escaped;
-use crate::send::{data_between, source_id};
+use crate::send::source::{data_between, source_id};
 use crate::wire::{check_path, Entry, Kind, Manifest};
 
 /// A tree ready to send: the manifest, where each entry is on this machine, and what was left
