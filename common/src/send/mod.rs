@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::auth::{self, Integrity, Seal, Token};
+use crate::auth::{self, Token};
 use crate::client::{connect, handshake, net};
 use crate::error::SendError;
 use crate::hash::SMALL_FILE;
@@ -17,17 +17,23 @@ use crate::sys::{self, CopyError};
 use crate::watch::tick_until;
 use crate::wire::ProtocolError;
 use crate::wire::{
-    align_hops, check_chain, read_hops, Decision, Header, HopReport, PrefixProof, Record, Status,
-    Trailer, Verdict, FLAG_NO_VERIFY, KEEPALIVE,
+    check_chain, Header, HopReport, Record, Status, Trailer, Verdict, FLAG_NO_VERIFY, KEEPALIVE,
 };
 
+mod chain;
+mod land;
+mod resume;
 mod source;
 mod stream;
 mod tree;
 
+pub use chain::hop_landed;
 pub use stream::send_stdin;
 pub use tree::{send_tree, Tick, TreeOptions, TreeReport};
 
+use chain::read_hosts;
+use land::{copy_failure, explain, judge, spoke_early};
+use resume::{hash_prefix_telling, prove_prefix};
 use source::{data_between, Source};
 
 /// Bytes per sendfile call: large enough that syscalls cost nothing, small enough for a lively
@@ -205,71 +211,10 @@ fn transfer(
         }
     };
     if chained {
-        // Every host's verdict: the first receiver's, then those it collected down the chain,
-        // each digest sealed by it with our key.
-        let rest = read_hops(&mut stream)
-            .map(|hops| {
-                hops.into_iter()
-                    .enumerate()
-                    .map(|(k, mut h)| {
-                        h.verdict = h.verdict.opened(&integrity, Seal::Hop, k as u32);
-                        h
-                    })
-                    .collect()
-            })
-            .unwrap_or_else(|e| {
-                log::warn!("reading the chain's reports: {e}");
-                Vec::new()
-            });
-        let (rest, unmatched) = align_hops(&opts.chain, rest);
-        if unmatched > 0 {
-            log::warn!(
-                "the chain's reports do not name the hosts asked for: {unmatched} did not match"
-            );
-        }
-        report.sha256 = digest;
-        report.hosts = std::iter::once(HopReport {
-            host: report.peer.to_string(),
-            verdict: verdict.opened(&integrity, Seal::Verdict, 0),
-        })
-        .chain(rest)
-        .collect();
-        report.verified = digest.is_some() && report.hosts.iter().all(|h| hop_landed(h, digest));
+        read_hosts(stream, &opts.chain, verdict, digest, &integrity, report);
         return Ok(());
     }
     judge(verdict, digest, &integrity, 0, report)
-}
-
-/// Whether the receiver said something before the end of the payload. An honest receiver only
-/// does so to say it failed (a full disk), which is returned as the error; anything else
-/// there is a protocol error. Looks without waiting.
-pub(crate) fn spoke_early(
-    stream: &TcpStream,
-    report: &SendReport,
-) -> Result<Option<SendError>, SendError> {
-    let mut byte = [0u8; 1];
-    let peek = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-    match rustix::net::recv(stream, &mut byte, peek) {
-        Ok((0, _)) | Err(_) => return Ok(None),
-        Ok(_) => {}
-    }
-    let verdict = Verdict::read(&mut &*stream)?;
-    Ok(Some(match verdict.status {
-        Status::Failed => SendError::ReceiverFailed {
-            name: report.name.clone(),
-            message: verdict.message,
-        },
-        _ => ProtocolError::Malformed(
-            "a verdict before the end of the payload (the receiver could not have checked it)"
-                .into(),
-        )
-        .into(),
-    }))
-}
-
-/// Whether a host of a chain landed the file with our digest.
-pub fn hop_landed(hop: &HopReport, digest: Option<[u8; 32]>) -> bool {
-    hop.verdict.status == Status::Landed && hop.verdict.sha256 == digest
 }
 
 /// Sends `source`'s content from `prefix.len()` on (dense, or as sparse records) and returns
@@ -419,71 +364,6 @@ pub(crate) fn auth_nonce(opts: &SendOptions) -> Result<Option<[u8; 32]>, SendErr
     }
 }
 
-/// The receiver holds the first `offset` bytes of this file from an interrupted transfer:
-/// hashes ours (saying we are still here meanwhile), proves we hold the same bytes with a
-/// proof keyed by its `nonce`, and reads its decision. Returns the prefix the payload
-/// continues from (empty to start over).
-fn prove_prefix(
-    mut stream: &TcpStream,
-    source: &Source,
-    offset: u64,
-    nonce: &[u8; 32],
-) -> Result<Prefix, SendError> {
-    let ours = hash_prefix_telling(source, offset, &mut || {
-        stream
-            .write_all(&KEEPALIVE)
-            .map_err(net("keeping the connection up"))
-    })?;
-    let proof = PrefixProof(auth::prefix_proof(nonce, offset, &ours.digest()));
-    stream
-        .write_all(&proof.encode())
-        .map_err(net("proving the resumed prefix"))?;
-    match Decision::read(&mut stream)? {
-        Decision::Resume => {
-            log::info!("resuming: the receiver holds the first {offset} bytes");
-            Ok(ours)
-        }
-        Decision::Restart => {
-            log::warn!(
-                "the receiver's partial file ({offset} bytes) differs from this file; starting over"
-            );
-            Ok(Prefix::empty())
-        }
-    }
-}
-
-/// Hashes the first `len` bytes of `source` on a thread of its own while `tick` tells the
-/// receiver, every [`crate::watch::KEEPALIVE_EVERY`], that we are still here; stops hashing as
-/// soon as telling fails (the receiver has gone) and returns that error.
-fn hash_prefix_telling(
-    source: &Source,
-    len: u64,
-    tick: &mut dyn FnMut() -> Result<(), SendError>,
-) -> Result<Prefix, SendError> {
-    let sparse = source.sparse_data.is_some();
-    let mark = Watermark::complete(len);
-    let (hashed, told) = std::thread::scope(|s| {
-        let (finished, hashing) = std::sync::mpsc::channel::<()>();
-        let (file, mark_ref) = (&source.file, &mark);
-        let hasher = s.spawn(move || {
-            let hashed = Prefix::of_file_until(file, len, sparse, mark_ref);
-            let _ = finished.send(());
-            hashed
-        });
-        let told = tick_until(&hashing, &mark, tick);
-        (hasher.join().expect("hashing thread panicked"), told)
-    });
-    told?;
-    match hashed {
-        Ok(Some(prefix)) => Ok(prefix),
-        Ok(None) => unreachable!("aborted only when telling failed"),
-        Err(error) => Err(SendError::Source {
-            path: source.path.clone(),
-            error,
-        }),
-    }
-}
-
 /// Sends a file with holes as records from `from` on: each data extent with sendfile at its
 /// offset, each hole as (offset, length). Returns the logical bytes covered; fewer than the
 /// size, or data that no longer adds up to what the header announced, means the file changed.
@@ -562,91 +442,5 @@ fn copy_range(
             sys::read_write_all(stream, &source.file, &mut offset, len, progress)
         }
         other => other,
-    }
-}
-
-/// Turns a failed copy into the most useful error: the receiver may have said why it stopped
-/// reading (a full disk, say) before the connection broke.
-pub(crate) fn explain_failure(stream: &TcpStream, report: &SendReport, e: CopyError) -> SendError {
-    explain(stream, report, copy_failure(report, e))
-}
-
-/// Turns a failed copy into an error, without reading from the connection (in a tree, only the
-/// thread reading verdicts reads it).
-pub(crate) fn copy_failure(report: &SendReport, e: CopyError) -> SendError {
-    match e {
-        CopyError::Read(error) => SendError::Source {
-            path: report.path.clone(),
-            error,
-        },
-        CopyError::Unsupported => unreachable!("the fallback handles Unsupported"),
-        CopyError::SourceChanged => SendError::SourceChangedMidway {
-            sent: report.bytes_sent,
-            expected: report.bytes,
-        },
-        CopyError::Write(error) => SendError::Network {
-            during: "sending the payload".into(),
-            error,
-        },
-    }
-}
-
-/// After a write failed in a single transfer: the receiver may have said why it stopped
-/// reading (a full disk, say) before the connection broke; its failure verdict is the error
-/// then.
-pub(crate) fn explain(mut stream: &TcpStream, report: &SendReport, e: SendError) -> SendError {
-    let SendError::Network { error, .. } = &e else {
-        return e;
-    };
-    // A receiver that stopped reading long enough for us to time out had all that time to
-    // say why: its words are here already. One whose connection broke may still be on its way.
-    let stalled = matches!(
-        error.kind(),
-        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-    );
-    let wait = if stalled { 100 } else { 2000 };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(wait)));
-    match Verdict::read(&mut stream) {
-        Ok(v) if v.status != Status::Landed => SendError::ReceiverFailed {
-            name: report.name.clone(),
-            message: v.message,
-        },
-        _ => e,
-    }
-}
-
-/// Turns the receiver's verdict on a single file into the outcome: success only for a landed
-/// file whose digest, sealed with this connection's key, equals ours.
-pub(crate) fn judge(
-    verdict: Verdict,
-    digest: Option<[u8; 32]>,
-    integrity: &Integrity,
-    index: u32,
-    report: &mut SendReport,
-) -> Result<(), SendError> {
-    let hex = |d: Option<[u8; 32]>| d.map(hex::encode).unwrap_or_else(|| "nothing".into());
-    if !verdict.opens(integrity, Seal::Verdict, index) {
-        return Err(SendError::Unsealed("the receiver's verdict".into()));
-    }
-    match verdict.status {
-        Status::Landed if digest.is_some() && verdict.sha256.is_none() => {
-            Err(ProtocolError::Malformed(
-                "a landed verdict without a digest on a verified transfer".into(),
-            )
-            .into())
-        }
-        Status::Landed if verdict.sha256 == digest => {
-            report.sha256 = digest;
-            report.verified = digest.is_some();
-            Ok(())
-        }
-        Status::Landed | Status::Mismatch => Err(SendError::Mismatch {
-            sent: hex(digest),
-            received: hex(verdict.sha256),
-        }),
-        Status::Failed => Err(SendError::ReceiverFailed {
-            name: report.name.clone(),
-            message: verdict.message,
-        }),
     }
 }
