@@ -8,8 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use super::file::send_record;
 use super::land::{explain_failure, judge, spoke_early};
-use super::{auth_nonce, open_connection, send_record, SendOptions, SendReport};
+use super::{auth_nonce, open_connection, SendOptions, SendReport};
 use crate::client::{handshake, net};
 use crate::error::SendError;
 use crate::hash::hash_reader;

@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{auth_nonce, hash_prefix_telling, open_connection, send_body, SendOptions, Source};
+use super::file::send_body;
+use super::resume::hash_prefix_telling;
+use super::source::Source;
+use super::{auth_nonce, open_connection, SendOptions};
 use crate::auth::{self, Integrity, Seal};
 use crate::client::{handshake, net};
 use crate::error::SendError;
