@@ -128,7 +128,10 @@ fn the_receiving_and_sending_sides_never_import_each_other() {
     let mut wrong = Vec::new();
     for (from, targets) in &edges {
         for to in targets {
-            let (a, b) = (from.first().map(String::as_str), to.first().map(String::as_str));
+            let (a, b) = (
+                from.first().map(String::as_str),
+                to.first().map(String::as_str),
+            );
             // Below both sides: the wire, the client handshake, and everything they use.
             let low = |m: Option<&str>| !matches!(m, Some("recv" | "send"));
             let bad = matches!((a, b), (Some("recv"), Some("send")) | (Some("send"), Some("recv")))
@@ -140,7 +143,11 @@ fn the_receiving_and_sending_sides_never_import_each_other() {
             }
         }
     }
-    assert!(wrong.is_empty(), "imports against the layers:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "imports against the layers:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]

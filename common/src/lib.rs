@@ -34,10 +34,8 @@ mod name;
 mod recv;
 mod send;
 mod stages;
-mod stdin;
 mod sys;
 mod units;
-mod walk;
 mod watch;
 mod wire;
 
@@ -53,11 +51,10 @@ pub use crate::recv::{
     parse_listen_addr, parse_network, Receiver, ReceiverConfig, TransferRecord, TreeCounts,
 };
 pub use crate::send::{
-    hop_landed, send_file, send_tree, source_size, SendOptions, SendReport, Tick, TreeOptions,
-    TreeReport,
+    hop_landed, send_file, send_stdin, send_tree, source_size, SendOptions, SendReport, Tick,
+    TreeOptions, TreeReport,
 };
 pub use crate::stages::StageTimes;
-pub use crate::stdin::send_stdin;
 pub use crate::units::{os_reason, Bytes};
 pub use crate::watch::KEEPALIVE_EVERY;
 pub use crate::wire::{
@@ -66,5 +63,7 @@ pub use crate::wire::{
     FLAG_CHAIN, FLAG_NO_VERIFY, FLAG_RESUME, FLAG_SPARSE, FLAG_STREAM, FLAG_TREE, HEADER_FIXED_LEN,
     KEEPALIVE, MAX_HEADER_LEN, MAX_HOPS, PREAMBLE_LEN, SOURCE_ID_LEN, TRAILER_LEN, VERSION,
 };
-pub use crate::wire::{Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, Report};
+pub use crate::wire::{
+    Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, ProtocolError, Report,
+};
 pub use ipnet::IpNet;

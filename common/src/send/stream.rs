@@ -8,14 +8,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use super::file::send_record;
+use super::land::{explain_failure, judge, spoke_early};
+use super::{auth_nonce, open_connection, SendOptions, SendReport};
 use crate::client::{handshake, net};
 use crate::error::SendError;
 use crate::hash::hash_reader;
 use crate::name::{validate_name, NameError};
-use crate::send::{
-    auth_nonce, explain_failure, judge, open_connection, send_record, spoke_early, SendOptions,
-    SendReport,
-};
 use crate::stages::thread_cpu;
 use crate::sys::{self, CopyError, Pipe};
 use crate::wire::{Header, Record, Trailer, Verdict, FLAG_NO_VERIFY, FLAG_STREAM};

@@ -10,26 +10,26 @@ use crate::error::SendError;
 use crate::hash::SMALL_FILE;
 use crate::links::{LinkJudge, Resolution};
 use crate::name::Escaped;
-use crate::send::{data_between, source_id};
+use crate::send::source::{data_between, source_id};
 use crate::wire::{check_path, Entry, Kind, Manifest};
 
 /// A tree ready to send: the manifest, where each entry is on this machine, and what was left
 /// out.
 #[derive(Debug, Default)]
-pub struct Tree {
+pub(super) struct Tree {
     /// What will be announced, parents before children.
-    pub manifest: Manifest,
+    pub(super) manifest: Manifest,
     /// The local path of each manifest entry, in the same order.
-    pub paths: Vec<PathBuf>,
+    pub(super) paths: Vec<PathBuf>,
     /// Entries left out, with the reason (a warning, not a failure).
-    pub skipped: Vec<(PathBuf, String)>,
+    pub(super) skipped: Vec<(PathBuf, String)>,
     /// Entries that could not be read (a failure).
-    pub unreadable: Vec<(PathBuf, String)>,
+    pub(super) unreadable: Vec<(PathBuf, String)>,
 }
 
 impl Tree {
     /// How many regular files the manifest holds.
-    pub fn file_count(&self) -> usize {
+    pub(super) fn file_count(&self) -> usize {
         self.manifest
             .entries
             .iter()
@@ -38,7 +38,7 @@ impl Tree {
     }
 
     /// The bytes of all files.
-    pub fn total_bytes(&self) -> u64 {
+    pub(super) fn total_bytes(&self) -> u64 {
         self.manifest.entries.iter().map(Entry::size).sum()
     }
 
@@ -50,18 +50,22 @@ impl Tree {
 
 /// How to walk.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct WalkOptions {
+pub(super) struct WalkOptions {
     /// Send symbolic links as links when a receiver would make them: when they resolve inside
     /// their tree among the entries sent before them (see [`LinkJudge`]).
-    pub links: bool,
+    pub(super) links: bool,
     /// Give files a source identity so that they can be resumed (needs verification).
-    pub resumable: bool,
+    pub(super) resumable: bool,
 }
 
 /// Lists `roots` (files, block devices and directories, recursively) for sending. A root keeps
 /// its base name (or `name`, for a single root); entries below keep their path relative to it.
 /// Symbolic links are followed when named on the command line, as by `cp -r` and `scp -r`.
-pub fn walk(roots: &[PathBuf], name: Option<&str>, opts: WalkOptions) -> Result<Tree, SendError> {
+pub(super) fn walk(
+    roots: &[PathBuf],
+    name: Option<&str>,
+    opts: WalkOptions,
+) -> Result<Tree, SendError> {
     let mut tree = Tree::default();
     // Fed every entry of the manifest, every directory real, as a receiver that makes them all.
     let mut judge = LinkJudge::new();

@@ -1,0 +1,77 @@
+//! A tree's first exchange: the manifest goes out, the receiver answers for every entry at
+//! once, and the answers say what the first pass sends for each file.
+
+use std::io::Write;
+
+use super::Session;
+use crate::client::net;
+use crate::error::SendError;
+use crate::name::Escaped;
+use crate::wire::ProtocolError;
+use crate::wire::{Answer, Answers, Kind};
+
+/// What to send for one file.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Action {
+    Full,
+    Check,
+    /// The receiver holds this many bytes; the proof of ours is keyed with this nonce.
+    Resume(u64, [u8; 32]),
+}
+
+impl Session<'_> {
+    /// Sends the manifest and reads the receiver's answers: directories and links it made are
+    /// counted, refused entries failed; returns what the first pass sends for each file.
+    pub(super) fn answers(&mut self, label: &str) -> Result<Vec<(usize, Action)>, SendError> {
+        let manifest = &self.tree.manifest;
+        self.stream
+            .write_all(&manifest.encode())
+            .map_err(net("sending the manifest"))?;
+        // The receiver sends nothing after its answers until it has our first frame, so they
+        // can be read through a buffer (one system call, not one per entry).
+        let mut buffered = std::io::BufReader::new(self.stream);
+        let answers = match Answers::read(&mut buffered, manifest.entries.len())? {
+            Answers::Each(a) => a,
+            Answers::Refused(code, message) => {
+                return Err(SendError::Refused {
+                    name: label.to_owned(),
+                    code,
+                    message,
+                })
+            }
+        };
+        if !buffered.buffer().is_empty() {
+            return Err(ProtocolError::Malformed(
+                "the receiver spoke after its answers, before any file went out".into(),
+            )
+            .into());
+        }
+        let mut first = Vec::new();
+        for (i, (entry, answer)) in manifest.entries.iter().zip(answers).enumerate() {
+            match (&entry.kind, answer) {
+                (_, Answer::Refused(why)) => self.fail(i, why),
+                (Kind::Dir, Answer::Done) => self.report.dirs += 1,
+                (Kind::Symlink { .. }, Answer::Done) => self.report.links += 1,
+                (Kind::File { .. }, Answer::Send) => first.push((i, Action::Full)),
+                (Kind::File { .. }, Answer::Landed) => first.push((i, Action::Check)),
+                // Only a file we offered to resume (it has a source id), and within it.
+                (
+                    Kind::File {
+                        size,
+                        source_id: Some(_),
+                        ..
+                    },
+                    Answer::Partial(offset, nonce),
+                ) if offset <= *size => first.push((i, Action::Resume(offset, nonce))),
+                (_, answer) => {
+                    return Err(ProtocolError::Malformed(format!(
+                        "answer {answer:?} to {}",
+                        Escaped(&entry.path)
+                    ))
+                    .into())
+                }
+            }
+        }
+        Ok(first)
+    }
+}

@@ -1,0 +1,206 @@
+//! A tree's passes: every file's frame and body back to back without waiting for verdicts
+//! (read meanwhile on the reader thread), then the end of the pass and the verdicts still due;
+//! a second pass for the files the receiver asks to have whole.
+
+use std::io::Write;
+use std::sync::mpsc;
+
+use super::ledger::{Incoming, Sent};
+use super::manifest::Action;
+use super::{Session, Tick};
+use crate::auth;
+use crate::client::net;
+use crate::error::SendError;
+use crate::hash::Prefix;
+use crate::send::file::send_body;
+use crate::send::resume::hash_prefix_telling;
+use crate::send::source::Source;
+use crate::wire::ProtocolError;
+use crate::wire::{Frame, Report, Trailer, TRAILER_LEN};
+
+/// Files at least this large are hashed on a second thread while keepalive frames go out.
+const KEEPALIVE_ABOVE: u64 = 64 << 20;
+
+impl Session<'_> {
+    /// The first pass, and a second for the files the receiver asks to have whole.
+    pub(super) fn passes(
+        &mut self,
+        first: Vec<(usize, Action)>,
+        reports: &mpsc::Receiver<Incoming>,
+        progress: &mut dyn FnMut(Tick),
+    ) -> Result<(), SendError> {
+        let resend = self.pass(&first, reports, progress)?;
+        if resend.is_empty() || self.stopping() {
+            return Ok(());
+        }
+        // Whole files only: the ledger refuses a second "send it whole" for them.
+        let second: Vec<(usize, Action)> = resend.into_iter().map(|i| (i, Action::Full)).collect();
+        self.pass(&second, reports, progress).map(drop)
+    }
+
+    /// Sends every action's frame back to back, then an end of pass, and reads verdicts until
+    /// the receiver's end of pass. Returns the files to send again whole.
+    fn pass(
+        &mut self,
+        actions: &[(usize, Action)],
+        reports: &mpsc::Receiver<Incoming>,
+        progress: &mut dyn FnMut(Tick),
+    ) -> Result<Vec<usize>, SendError> {
+        let mut resend = Vec::new();
+        for &(i, action) in actions {
+            while let Ok(report) = reports.try_recv() {
+                let (report, sent) = report?;
+                self.apply(report, sent, &mut resend)?;
+            }
+            if self.stopping() {
+                break;
+            }
+            self.send_one(i, action, progress)?;
+            progress(Tick::File);
+        }
+        self.write(&Frame::EndOfPass.encode(), None, "ending a pass")?;
+        // The wait starts now, however long the receiver was quiet while files arrived.
+        self.ledger.heard();
+        loop {
+            // Anything the receiver says, keepalives included, is word that it is still there.
+            let left = self.opts.timeout.saturating_sub(self.ledger.since_heard());
+            let (report, sent) = match reports.recv_timeout(left) {
+                Ok(report) => report?,
+                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(SendError::Network {
+                        during: "waiting for the receiver's verdicts".into(),
+                        error: std::io::ErrorKind::TimedOut.into(),
+                    })
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(ProtocolError::Truncated("verdicts").into())
+                }
+            };
+            if report == Report::EndOfPass {
+                let awaiting = self.ledger.awaiting();
+                if awaiting > 0 {
+                    return Err(ProtocolError::Malformed(format!(
+                        "an end of pass with {awaiting} files still without their verdict"
+                    ))
+                    .into());
+                }
+                return Ok(resend);
+            }
+            self.apply(report, sent, &mut resend)?;
+        }
+    }
+
+    /// Whether to send no more files: `--fail-fast` and something failed.
+    fn stopping(&self) -> bool {
+        self.tree_opts.fail_fast && !self.report.failures.is_empty()
+    }
+
+    fn send_one(
+        &mut self,
+        i: usize,
+        action: Action,
+        progress: &mut dyn FnMut(Tick),
+    ) -> Result<(), SendError> {
+        let entry = &self.tree.manifest.entries[i];
+        let path = &self.tree.paths[i];
+        let source = match Source::listed(path, entry) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail(i, e.to_string());
+                return Ok(());
+            }
+        };
+        let index = i as u32;
+        let (frame, prefix, sent) = match action {
+            Action::Check => {
+                let digest = self.hash_alive(&source, source.size)?.digest();
+                self.digests[i] = Some(digest);
+                let check = Frame::Check(index, digest).encode();
+                self.write(&check, Some((i, Sent::Check)), "sending a check")?;
+                progress(Tick::Bytes(source.size));
+                return Ok(());
+            }
+            Action::Full => (Frame::Full(index), Prefix::empty(), Sent::Full),
+            Action::Resume(offset, nonce) => {
+                let prefix = self.hash_alive(&source, offset)?;
+                let proof = auth::prefix_proof(&nonce, offset, &prefix.digest());
+                (Frame::Resume(index, offset, proof), prefix, Sent::Resume)
+            }
+        };
+        self.ledger.sending(i, sent);
+        self.write(&frame.encode(), None, "sending a file header")?;
+        let resumed = prefix.len();
+        progress(Tick::Bytes(resumed));
+        let mut bytes = |n| progress(Tick::Bytes(n));
+        match send_body(
+            self.stream,
+            &source,
+            prefix,
+            self.opts.verify,
+            &mut self.scratch,
+            &mut bytes,
+        ) {
+            Ok(digest) => {
+                self.digests[i] = digest;
+                self.resumed[i] = resumed;
+                let trailer = Trailer::sealed(digest, &self.integrity, index);
+                self.hold(i, trailer.encode(), sent)
+            }
+            // Its verdict says the receiver discarded it; the failure is counted then.
+            Err(SendError::SourceChanged) => self.hold(i, Trailer::abandoned(), Sent::Abandoned),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Hashes the first `len` bytes of `source`. A large file takes a while, and the receiver
+    /// is waiting for our next frame meanwhile: keepalive frames tell it we are still here.
+    fn hash_alive(&self, source: &Source, len: u64) -> Result<Prefix, SendError> {
+        let sparse = source.sparse_data.is_some();
+        let source_err = |error| SendError::Source {
+            path: source.path.clone(),
+            error,
+        };
+        if len < KEEPALIVE_ABOVE {
+            return Prefix::of_file(&source.file, len, sparse).map_err(source_err);
+        }
+        hash_prefix_telling(source, len, &mut || {
+            self.write(
+                &Frame::Keepalive.encode(),
+                None,
+                "keeping the connection up",
+            )
+        })
+    }
+
+    /// Sends `bytes`, after the trailer held back if there is one. `completes` names an entry
+    /// whose last byte this is (a check), which then awaits its verdict.
+    fn write(
+        &self,
+        bytes: &[u8],
+        completes: Option<(usize, Sent)>,
+        during: &'static str,
+    ) -> Result<(), SendError> {
+        let mut stream = self.stream;
+        // An entry awaits its verdict before its last byte leaves, so that the reader never
+        // sees a verdict before the entry is in the ledger.
+        let held = self.held.take();
+        for (i, sent) in held.iter().map(|(i, _, sent)| (*i, *sent)).chain(completes) {
+            self.ledger.expect(i, sent);
+        }
+        match held {
+            Some((_, trailer, _)) => stream.write_all(&[&trailer[..], bytes].concat()),
+            None => stream.write_all(bytes),
+        }
+        .map_err(net(during))
+    }
+
+    /// Holds entry `i`'s trailer back until the next frame: a frame always follows one.
+    fn hold(&self, i: usize, trailer: [u8; TRAILER_LEN], sent: Sent) -> Result<(), SendError> {
+        if self.held.get().is_some() {
+            self.write(&[], None, "sending a trailer")?;
+        }
+        self.held.set(Some((i, trailer, sent)));
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+//! Taking in the receiver's verdict on each file of a tree: checked against our digest and
+//! counted as landed, unchanged or failed, or put aside to be sent again whole.
+
+use super::ledger::Sent;
+use super::Session;
+use crate::auth::Seal;
+use crate::error::SendError;
+use crate::name::Escaped;
+use crate::wire::ProtocolError;
+use crate::wire::{FileStatus, Report};
+
+impl Session<'_> {
+    /// Takes in one report; a verdict comes with what it answers (the reader checked it
+    /// against the ledger).
+    pub(super) fn apply(
+        &mut self,
+        report: Report,
+        sent: Option<Sent>,
+        resend: &mut Vec<usize>,
+    ) -> Result<(), SendError> {
+        let (index, status, sha256, seal, message) = match report {
+            Report::File {
+                index,
+                status,
+                sha256,
+                seal,
+                message,
+            } => (index, status, sha256, seal, message),
+            Report::Keepalive => return Ok(()),
+            Report::EndOfPass => {
+                return Err(ProtocolError::Malformed("an end of pass before ours".into()).into())
+            }
+        };
+        let i = index as usize;
+        let ours = self.digests[i];
+        self.last_failed = (status == FileStatus::Failed)
+            .then(|| (self.tree.manifest.entries[i].path.clone(), message.clone()));
+        if let Some(d) = &sha256 {
+            if !self
+                .integrity
+                .opens(Seal::Verdict, index, status as u8, d, &seal)
+            {
+                let why = SendError::Unsealed("the receiver's verdict".into());
+                self.fail(i, why.to_string());
+                return Ok(());
+            }
+        }
+        let mismatch = || {
+            let hex = |d: Option<[u8; 32]>| d.map(hex::encode).unwrap_or_else(|| "nothing".into());
+            format!(
+                "checksum mismatch: sent {}, receiver has {}",
+                hex(ours),
+                hex(sha256)
+            )
+        };
+        match status {
+            FileStatus::Landed | FileStatus::Unchanged if self.opts.verify => match sha256 {
+                None => {
+                    return Err(ProtocolError::Malformed(format!(
+                        "a verdict without a digest for {} on a verified transfer",
+                        Escaped(&self.tree.manifest.entries[i].path)
+                    ))
+                    .into())
+                }
+                Some(_) if sha256 != ours => self.fail(i, mismatch()),
+                Some(_) => self.count(i, status),
+            },
+            FileStatus::Landed | FileStatus::Unchanged => self.count(i, status),
+            FileStatus::Mismatch => self.fail(i, mismatch()),
+            FileStatus::Failed | FileStatus::Refused if sent == Some(Sent::Abandoned) => {
+                self.fail(i, SendError::SourceChanged.to_string())
+            }
+            FileStatus::Failed | FileStatus::Refused => self.fail(i, message),
+            FileStatus::Resend => {
+                self.resumed[i] = 0;
+                resend.push(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a file that landed, or was already there.
+    fn count(&mut self, i: usize, status: FileStatus) {
+        match status {
+            FileStatus::Unchanged => self.report.unchanged += 1,
+            _ => {
+                self.report.landed += 1;
+                self.report.resumed_from += self.resumed[i];
+            }
+        }
+    }
+}
