@@ -18,7 +18,7 @@ fn modules(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
                 dirs.push(path);
                 continue;
             }
-            if path.extension().is_none_or(|e| e != "rs") {
+            if path.extension() != Some("rs".as_ref()) {
                 continue;
             }
             let rel = path.strip_prefix(src).unwrap().with_extension("");

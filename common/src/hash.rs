@@ -123,7 +123,7 @@ enum Wait {
     Aborted,
 }
 
-/// Length to pass to [`hash_file`] when the end is only known when the watermark closes (a
+/// Length to pass to [`hash_from`] when the end is only known when the watermark closes (a
 /// stream).
 pub const UNTIL_CLOSED: u64 = u64::MAX;
 

@@ -64,6 +64,7 @@ pub use crate::wire::{
     KEEPALIVE, MAX_HEADER_LEN, MAX_HOPS, PREAMBLE_LEN, SOURCE_ID_LEN, TRAILER_LEN, VERSION,
 };
 pub use crate::wire::{
-    Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, ProtocolError, Report,
+    Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, ProtocolError, Report, MAX_ENTRIES,
+    MAX_HOP_LEN, MAX_MANIFEST_TEXT, MAX_MESSAGE_LEN, MAX_PATH_LEN,
 };
 pub use ipnet::IpNet;

@@ -89,8 +89,8 @@ pub enum Reply {
         proof: [u8; PROOF_LEN],
     },
     /// The receiver holds the first `offset` bytes of this very file from an interrupted
-    /// transfer: the sender proves it holds the same bytes with a [`PrefixProof`] keyed with
-    /// `nonce`, and the receiver answers with a [`Decision`].
+    /// transfer: the sender proves it holds the same bytes with a [`PrefixProof`](super::PrefixProof) keyed with
+    /// `nonce`, and the receiver answers with a [`Decision`](super::Decision).
     Resume {
         /// How many bytes the receiver's partial file holds, at most the size.
         offset: u64,

@@ -11,9 +11,9 @@ use crate::wire::{read_exact, ProtocolError, RefuseCode};
 pub enum Answer {
     /// Send the whole file.
     Send,
-    /// A file of this size and mtime is already there: send a [`Frame::Check`] with your digest.
+    /// A file of this size and mtime is already there: send a [`Frame::Check`](super::Frame::Check) with your digest.
     Landed,
-    /// A kept partial of this very file holds this many bytes: send a [`Frame::Resume`] whose
+    /// A kept partial of this very file holds this many bytes: send a [`Frame::Resume`](super::Frame::Resume) whose
     /// proof is keyed with this fresh nonce.
     Partial(u64, [u8; NONCE_LEN]),
     /// Done already: a directory made, a link created.

@@ -180,7 +180,7 @@ impl Manifest {
     /// no two entries share a path, every parent is a directory listed before its children,
     /// and every link target is a non-empty text without NUL. (Where a link leads is judged
     /// link by link when the receiver makes it: see `links`.) Bounded by [`MAX_ENTRIES`] and
-    /// [`MAX_MANIFEST_TEXT`] before anything is allocated for it.
+    /// [`MAX_MANIFEST_TEXT`](crate::wire::MAX_MANIFEST_TEXT) before anything is allocated for it.
     pub fn read(r: &mut impl Read) -> Result<Manifest, ProtocolError> {
         let mut head = [0u8; 8];
         read_exact(r, &mut head, "manifest")?;
