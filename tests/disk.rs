@@ -296,7 +296,7 @@ impl FailingSyncFs {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("Debian's python3 with python3-fusepy (.ci/run installs it)");
+            .expect("Debian's python3 with python3-fusepy (scripts/test installs it)");
         let mut fs = FailingSyncFs {
             child,
             point,

@@ -18,7 +18,7 @@ fn systemd_analyze() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("SKIPPED: systemd-analyze is not installed (.ci/run installs it)");
+        eprintln!("SKIPPED: systemd-analyze is not installed (scripts/test installs it)");
     }
     ok
 }

@@ -15,7 +15,7 @@ fn qemu_img(args: &[&str]) {
     let out = Command::new("qemu-img")
         .args(args)
         .output()
-        .expect("qemu-img (.ci/run installs it)");
+        .expect("qemu-img (scripts/test installs it)");
     assert!(
         out.status.success(),
         "qemu-img {args:?}: {}",

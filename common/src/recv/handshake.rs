@@ -15,13 +15,24 @@ use crate::error::RecvError;
 use crate::name::Escaped;
 use crate::units::Bytes;
 use crate::watch;
-use crate::wire::{read_proof, Header, RefuseCode, Reply};
+use crate::wire::{read_hello, read_proof, Header, ProtocolError, RefuseCode, Reply};
 
 /// How long a sender waits for another connection to let go of its name before it is refused
 /// as busy, while that connection's sender still looks alive.
 pub(super) const SAME_NAME_GRACE: Duration = Duration::from_secs(3);
 
 impl Receiver {
+    /// Reads the hello before `deadline`, refusing (with the reason) one that is not zsend's,
+    /// of another version, malformed or with an unsafe name.
+    pub(super) fn hello(&self, stream: &TcpStream, deadline: Instant) -> Result<Header, RecvError> {
+        read_hello(&mut Deadline::new(stream, deadline)).map_err(|e| {
+            if !matches!(e, ProtocolError::Truncated(_) | ProtocolError::Io(..)) {
+                refuse(stream, e.refuse_code(), &e.to_string());
+            }
+            e.into()
+        })
+    }
+
     /// With a token, challenges the sender and checks its proof; without one, lets anyone in.
     /// Returns the key that seals this connection's digests (none without a token).
     pub(super) fn authenticate(

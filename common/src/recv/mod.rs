@@ -13,8 +13,7 @@
 //! - `config`, `outcome`: what the receiver is told, and what it reports per connection.
 
 use std::collections::HashMap;
-use std::io;
-use std::io::Write;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,8 +25,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::RecvError;
 use crate::watch::Stop;
-use crate::wire::{encode_hops, read_hello, ProtocolError, RefuseCode, Reply};
-use handshake::{accept, refuse, refused, Deadline};
+use crate::wire::{encode_hops, ProtocolError, RefuseCode, Reply};
+use handshake::{accept, refuse, refused};
 
 mod chain;
 mod config;
@@ -196,6 +195,8 @@ impl Receiver {
         record
     }
 
+    /// The dispatch: the handshake (hello and token), then a tree, or a single file (forwarded
+    /// on along a chain when the hello names one).
     fn transfer(&self, stream: &TcpStream, record: &mut TransferRecord) -> Result<(), RecvError> {
         let timeout = Some(self.config.timeout);
         stream
@@ -204,15 +205,7 @@ impl Receiver {
             .map_err(|e| self.local("configuring the connection", e))?;
         // The whole handshake must finish within the timeout, however slowly bytes trickle in.
         let deadline = Instant::now() + self.config.timeout;
-        let header = match read_hello(&mut Deadline::new(stream, deadline)) {
-            Ok(h) => h,
-            Err(e) => {
-                if !matches!(e, ProtocolError::Truncated(_) | ProtocolError::Io(..)) {
-                    refuse(stream, e.refuse_code(), &e.to_string());
-                }
-                return Err(e.into());
-            }
-        };
+        let header = self.hello(stream, deadline)?;
         record.name = Some(header.name.clone());
         record.size = Some(header.size);
         // Before any filesystem call.
@@ -229,16 +222,14 @@ impl Receiver {
             accept(stream, &header, Reply::Accept)?;
             return self.receive_tree(stream, &header, &integrity, record);
         }
-        let mut forward = match &header.chain {
-            Some(hops) => Some(self.open_forward(stream, &header, hops)?),
-            None => None,
+        let Some(hops) = &header.chain else {
+            return self.transfer_file(stream, &header, &integrity, record, None);
         };
-        let result = self.transfer_file(stream, &header, &integrity, record, forward.as_mut());
-        if let Some(f) = forward {
-            // After our own verdict: the sender reads every host's.
-            record.hops = f.finish();
-            let _ = (&*stream).write_all(&encode_hops(&chain::sealed(&record.hops, &integrity)));
-        }
+        let mut forward = self.open_forward(stream, &header, hops)?;
+        let result = self.transfer_file(stream, &header, &integrity, record, Some(&mut forward));
+        // After our own verdict: the sender reads every host's.
+        record.hops = forward.finish();
+        let _ = (&*stream).write_all(&encode_hops(&chain::sealed(&record.hops, &integrity)));
         result
     }
 

@@ -1,0 +1,101 @@
+//! Files: where a sparse file's data is, a block device's size, the open-file limit, and the
+//! writeback hints that keep a receiver's footprint in the page cache small.
+
+use std::fs::File;
+use std::io;
+
+use rustix::io::Errno;
+
+pub use super::ffi::block_device_size;
+use super::ffi::sync_range;
+use super::is_unsupported;
+
+/// The next data extent of `file` at or after `from` and below `size`, as `(start, end)`, or
+/// `None` when only a hole remains (SEEK_DATA / SEEK_HOLE). A filesystem that cannot tell
+/// reports everything as data.
+pub fn next_data(file: &File, from: u64, size: u64) -> io::Result<Option<(u64, u64)>> {
+    if from >= size {
+        return Ok(None);
+    }
+    let start = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(from)) {
+        Ok(s) => s,
+        Err(Errno::NXIO) => return Ok(None),
+        Err(e) if is_unsupported(e) => return Ok(Some((from, size))),
+        Err(e) => return Err(e.into()),
+    };
+    if start >= size {
+        return Ok(None);
+    }
+    let end = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(start))?.min(size);
+    Ok(Some((start, end)))
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as servers commonly do
+/// (shells start with 1024), and returns the soft limit then in force.
+pub fn raise_open_files_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    // Beyond the kernel's usual ceiling (fs.nr_open) raising fails anyway.
+    const CEILING: u64 = 1 << 20;
+    let mut limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(CEILING);
+    let wanted = limit.maximum.unwrap_or(CEILING).min(CEILING);
+    if wanted <= current {
+        return current;
+    }
+    limit.current = Some(wanted);
+    match setrlimit(Resource::Nofile, limit) {
+        Ok(()) => wanted,
+        Err(_) => current,
+    }
+}
+
+/// Keeps a receiver's footprint in the page cache to a few windows: starts writeback of each
+/// full window as soon as it is written, waits for the window before it to reach the disk, and
+/// drops from the page cache what is both on disk and already hashed. The final fsync then has
+/// little left to do, a huge transfer does not evict everything else from the page cache, and
+/// the pages it frees are reused for the next window while they are still warm.
+///
+/// These are hints: durability still comes from the fsync at the end.
+pub struct DropBehind {
+    window: u64,
+    kicked: u64,
+    durable: u64,
+    dropped: u64,
+}
+
+impl DropBehind {
+    /// Works in windows of `window` bytes, from byte `start` of the file: bytes before it were
+    /// written earlier (a resumed transfer) and are left to the final fsync.
+    pub fn starting_at(start: u64, window: u64) -> DropBehind {
+        let window = window.max(1);
+        let first = start / window * window;
+        DropBehind {
+            window,
+            kicked: first,
+            durable: first,
+            dropped: first,
+        }
+    }
+
+    /// Bytes up to `written` are in the file and bytes up to `hashed` have been read back.
+    pub fn advance(&mut self, file: &File, written: u64, hashed: u64) {
+        while written - self.kicked >= self.window {
+            sync_range(file, self.kicked, self.window, libc::SYNC_FILE_RANGE_WRITE);
+            self.kicked += self.window;
+        }
+        // The window before the one just started: normally on disk already.
+        while self.kicked - self.durable >= 2 * self.window {
+            let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+            sync_range(file, self.durable, self.window, wait);
+            self.durable += self.window;
+        }
+        let droppable = self.durable.min(hashed);
+        if droppable > self.dropped {
+            let len = std::num::NonZeroU64::new(droppable - self.dropped);
+            let _ = rustix::fs::fadvise(file, self.dropped, len, rustix::fs::Advice::DontNeed);
+            self.dropped = droppable;
+        }
+    }
+}
