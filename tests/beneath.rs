@@ -14,7 +14,10 @@ fn zrecv_without_openat2(dir: &Path, trace: &Path, errno: &str) -> Zrecv {
         .arg("-V")
         .output()
         .is_ok_and(|o| o.status.success());
-    assert!(ok, "strace is required for this test (scripts/test installs it)");
+    assert!(
+        ok,
+        "strace is required for this test (scripts/test installs it)"
+    );
     let wrap = [
         "strace",
         "-f",

@@ -43,7 +43,10 @@ fn strace_available() {
         .arg("-V")
         .output()
         .is_ok_and(|o| o.status.success());
-    assert!(ok, "strace is required for this test (scripts/test installs it)");
+    assert!(
+        ok,
+        "strace is required for this test (scripts/test installs it)"
+    );
 }
 
 fn traced_transfer(extra: &[&str]) -> (u64, HashMap<String, u64>, HashMap<String, u64>) {
