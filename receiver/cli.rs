@@ -14,7 +14,14 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 8)");
 /// Receive files from zsend: splice(2) from the socket into the file, SHA-256 checked against
 /// the sender's, published under its name only once complete, verified and durable.
 #[derive(Parser, Debug)]
-#[command(name = "zrecv", version = VERSION, after_help = EXAMPLES)]
+// Bare `zrecv` prints the usage: listening on every address, tokenless, into the current
+// directory is not something to start by accident.
+#[command(
+    name = "zrecv",
+    version = VERSION,
+    after_help = EXAMPLES,
+    arg_required_else_help = true
+)]
 pub struct Cli {
     /// Address to listen on: IP:PORT, [IPV6]:PORT, IP, or PORT. Port 0 picks a free port.
     /// The first line on stderr is `listening on ADDR` with the bound address.

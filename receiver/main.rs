@@ -16,7 +16,9 @@ mod output;
 mod shared;
 
 use cli::Cli;
-use zcommon::{sweep_interval, Age, ExitStatus, Receiver, ReceiverConfig, Token, TransferRecord};
+use zcommon::{
+    os_reason, sweep_interval, Age, ExitStatus, Receiver, ReceiverConfig, Token, TransferRecord,
+};
 
 /// How long after a stop the connections still being served are cut off
 /// (`Receiver::cut_off`): time enough for a transfer that had everything to land and tell its
@@ -54,6 +56,12 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
         token,
         allow_forward: cli.allow_forward.clone(),
     };
+    // The directory first, so that a wrong one is named as such, not as a failure to listen.
+    match std::fs::metadata(&cli.dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => anyhow::bail!("receive directory {}: not a directory", cli.dir.display()),
+        Err(e) => anyhow::bail!("receive directory {}: {}", cli.dir.display(), os_reason(&e)),
+    }
     let receiver = Receiver::bind(cli.listen, config)
         .with_context(|| format!("listening on {} for {}", cli.listen, cli.dir.display()))?;
     let receiver = Arc::new(receiver);

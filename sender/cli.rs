@@ -10,7 +10,7 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 8)");
 
 /// Send a file to a zrecv receiver: zero-copy with sendfile(2), verified with SHA-256 on both
 /// ends, published on the receiver only once complete, verified and durable.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(
     name = "zsend",
     version = VERSION,
@@ -88,7 +88,7 @@ Examples:
 Exit status: 0 landed and verified, 1 local error, 2 usage, 3 network, 4 refused by the
 receiver, 5 verification failed, 6 protocol error, 7 receiver failed to land the file,
 8 authentication failed, 9 some files of a tree or hosts of a chain did not land (the others
-did).";
+did), 130 interrupted (Ctrl-C; run the same command again to resume).";
 
 impl Cli {
     /// The first receiver.

@@ -32,7 +32,9 @@ fn main() -> ExitCode {
             .exit();
     }
     zcommon::init_logging("zsend", 0, cli.verbose, cli.quiet);
-    let result = run(&cli);
+    let progress = Progress::new(&cli);
+    report_interruptions(&cli, progress.handle());
+    let result = run(&cli, &progress);
     if cli.json {
         println!("{}", output::json(&cli, &result));
     }
@@ -66,7 +68,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            shared::print_error("zsend", &err);
+            match output::failure(&err, &cli, &progress) {
+                Some(told) => eprintln!("zsend: {}", zcommon::Escaped(&told)),
+                None => shared::print_error("zsend", &err),
+            }
             let status = err
                 .downcast_ref::<SendError>()
                 .map_or(ExitStatus::Local, SendError::exit_status);
@@ -76,30 +81,111 @@ fn main() -> ExitCode {
 }
 
 /// Usage errors clap cannot see.
-fn check_paths(cli: &Cli) -> Result<(), &'static str> {
+fn check_paths(cli: &Cli) -> Result<(), String> {
+    let looks_like_host = |p: &std::path::Path| !p.exists() && host_port(p).is_some();
+    if !cli.to.is_empty() && cli.args.len() > 1 && looks_like_host(&cli.args[0]) {
+        return Err(format!(
+            "--to names the receivers; {} before the file is one too many (--to and HOST:PORT \
+             are exclusive)",
+            cli.args[0].display()
+        ));
+    }
+    // `zsend FILE HOST:PORT`: the receiver comes first.
+    if cli.to.is_empty() && cli.args[0].exists() {
+        if let Some(last) = cli
+            .args
+            .last()
+            .filter(|a| cli.args.len() > 1 && looks_like_host(a))
+        {
+            return Err(format!(
+                "the receiver comes first: zsend {} {}",
+                last.display(),
+                cli.args[0].display()
+            ));
+        }
+    }
     if cli.files().is_empty() {
-        return Err("give the receiver's HOST:PORT, then what to send");
+        return Err("give the receiver's HOST:PORT, then what to send".into());
+    }
+    for dest in cli
+        .to
+        .iter()
+        .cloned()
+        .chain(cli.to.is_empty().then(|| cli.dest()))
+    {
+        if let Some(Err(why)) = host_port(dest.as_ref()) {
+            return Err(why);
+        }
+    }
+    if let Some(Err(reason)) = cli.name.as_deref().map(zcommon::validate_name) {
+        return Err(format!(
+            "--name {}: {reason}",
+            zcommon::Escaped(cli.name.as_deref().unwrap_or_default())
+        ));
     }
     if cli.to.len() > 1 && (cli.files().len() != 1 || cli.files()[0].is_dir()) {
-        return Err("--to sends one file (not a directory) to several hosts");
+        return Err("--to sends one file (not a directory) to several hosts".into());
     }
     if cli.to.len() > 1 && cli.files()[0].as_os_str() == "-" {
-        return Err("--to sends a file, not standard input");
+        return Err("--to sends a file, not standard input".into());
     }
     let stdin = cli.files().iter().any(|f| f.as_os_str() == "-");
     if stdin && cli.files().len() > 1 {
-        return Err("standard input (-) is sent on its own");
+        return Err("standard input (-) is sent on its own".into());
     }
     if stdin && cli.name.is_none() {
-        return Err("standard input (-) has no name of its own: give --name NAME");
+        return Err("standard input (-) has no name of its own: give --name NAME".into());
     }
     if cli.name.is_some() && cli.files().len() > 1 {
-        return Err("--name names one file or directory; give one, or leave --name out");
+        return Err("--name names one file or directory; give one, or leave --name out".into());
     }
     Ok(())
 }
 
-fn run(cli: &Cli) -> anyhow::Result<Sent> {
+/// Whether `arg` is written as a receiver's address, `HOST:PORT` or `[V6]:PORT`: `None` if it is
+/// not, `Some(Err)` with the reason if its port is not one.
+fn host_port(arg: &std::path::Path) -> Option<Result<(), String>> {
+    let arg = arg.to_str()?;
+    let (host, port) = match arg.strip_prefix('[') {
+        Some(rest) => {
+            let (_, port) = rest.split_once("]:")?;
+            ("[", port)
+        }
+        None if arg.matches(':').count() == 1 => arg.split_once(':')?,
+        None => return None,
+    };
+    if host.is_empty() || host.contains('/') || port.is_empty() {
+        return None;
+    }
+    Some(match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ if port.chars().all(|c| c.is_ascii_digit()) => {
+            Err(format!("{arg}: port {port} is out of range (1 to 65535)"))
+        }
+        _ => return None,
+    })
+}
+
+/// On SIGINT or SIGTERM: clear the bar, say how far the transfer got and how to go on, and exit
+/// as the signal would (130, 143). The receiver keeps what arrived of a file for the next run.
+fn report_interruptions(cli: &Cli, bar: indicatif::ProgressBar) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return; // the default action then: killed by the signal, silently
+    };
+    let line = move |cli: &Cli| output::interrupted(&bar, cli);
+    let cli = cli.clone();
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            if !cli.quiet {
+                eprintln!("{}", line(&cli));
+            }
+            std::process::exit(128 + signal);
+        }
+    });
+}
+
+fn run(cli: &Cli, progress: &Progress) -> anyhow::Result<Sent> {
     let token = Token::from_optional_file(cli.token_file.as_deref())?;
     let opts = SendOptions {
         name: cli.name.clone(),
@@ -111,7 +197,7 @@ fn run(cli: &Cli) -> anyhow::Result<Sent> {
     let dest = cli.dest();
     let first = &cli.files()[0];
     if first.as_os_str() == "-" {
-        let progress = Progress::new(cli, None);
+        progress.start(None);
         let report = zcommon::send_stdin(&dest, &opts, &mut |n| progress.inc(n));
         progress.finish();
         return Ok(Sent::File(output::log_report(report?)));
@@ -119,7 +205,7 @@ fn run(cli: &Cli) -> anyhow::Result<Sent> {
     if cli.files().len() == 1 && !first.is_dir() {
         // Errors opening the source surface from send_file below, with the right exit code.
         let size = zcommon::source_size(first).unwrap_or(0);
-        let progress = Progress::new(cli, Some(size));
+        progress.start(Some(size));
         let report = send_file(&dest, first, &opts, &mut |n| progress.inc(n));
         progress.finish();
         return Ok(Sent::File(output::log_report(report?)));
@@ -128,7 +214,7 @@ fn run(cli: &Cli) -> anyhow::Result<Sent> {
         links: cli.links,
         fail_fast: cli.fail_fast,
     };
-    let progress = Progress::new(cli, Some(0));
+    progress.start(Some(0));
     let mut walked = |n, bytes| progress.walked(n, bytes);
     let mut tick = |t| progress.tick(t);
     let report = send_tree(&dest, cli.files(), &opts, tree_opts, &mut walked, &mut tick);

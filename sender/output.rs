@@ -14,7 +14,8 @@ use crate::shared::{self, JSON_VERSION};
 use crate::Sent;
 
 /// A terminal progress bar (bytes, rate, ETA; bytes and rate for a stream of unknown size;
-/// for a tree, files done of those walked too), hidden when stderr is not a terminal.
+/// for a tree, files done of those walked too), hidden when stderr is not a terminal. Hidden or
+/// not, it counts the bytes done, for the messages of an interruption or a failure.
 pub struct Progress {
     bar: ProgressBar,
     /// A tree's files, once walked.
@@ -24,12 +25,28 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// `size`: the bytes to send, `None` for a stream.
-    pub fn new(cli: &Cli, size: Option<u64>) -> Progress {
+    /// A bar of nothing yet: [`Progress::start`] gives it its size.
+    pub fn new(cli: &Cli) -> Progress {
         Progress {
-            bar: progress_bar(cli, size),
+            bar: progress_bar(cli),
             files: Cell::new(0),
             done: Cell::new(0),
+        }
+    }
+
+    /// The transfer starts: `size` bytes to send, `None` for a stream.
+    pub fn start(&self, size: Option<u64>) {
+        let template = match size {
+            Some(_) => {
+                "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg} ETA {eta}"
+            }
+            None => "{spinner} {binary_bytes} {binary_bytes_per_sec}",
+        };
+        self.bar
+            .set_style(ProgressStyle::with_template(template).expect("valid template"));
+        match size {
+            Some(n) => self.bar.set_length(n),
+            None => self.bar.unset_length(),
         }
     }
 
@@ -61,21 +78,82 @@ impl Progress {
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }
+
+    /// A handle on the bar for another thread (the one that reports an interruption).
+    pub fn handle(&self) -> ProgressBar {
+        self.bar.clone()
+    }
 }
 
-fn progress_bar(cli: &Cli, size: Option<u64>) -> ProgressBar {
+/// How far a transfer got: `X of Y`, or `X` for a stream.
+pub fn how_far(bar: &ProgressBar) -> String {
+    match bar.length() {
+        Some(total) => format!("{} of {}", Bytes(bar.position()), Bytes(total)),
+        None => Bytes(bar.position()).to_string(),
+    }
+}
+
+/// The line zsend ends with on SIGINT or SIGTERM: the bar cleared, how far it got, and how to go
+/// on (the receiver keeps what arrived of a file, not of standard input).
+pub fn interrupted(bar: &ProgressBar, cli: &Cli) -> String {
+    bar.finish_and_clear();
+    let again = match cli.files().first().is_some_and(|f| f.as_os_str() == "-") {
+        true => "standard input cannot be resumed",
+        false => "run the same command again to resume",
+    };
+    format!("zsend: interrupted after {}; {again}", how_far(bar))
+}
+
+/// A failure told in the user's terms where zsend knows better than the error chain: a receiver
+/// that went away mid-transfer, or an address that accepts connections but never answers like a
+/// zrecv. `None`: the error says it well enough.
+pub fn failure(err: &anyhow::Error, cli: &Cli, progress: &Progress) -> Option<String> {
+    use std::io::ErrorKind;
+    let e = err.downcast_ref::<SendError>()?;
+    let dest = cli.dest();
+    let gone = |k: ErrorKind| {
+        matches!(
+            k,
+            ErrorKind::BrokenPipe
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::UnexpectedEof
+        )
+    };
+    let resumable = !cli.no_verify && cli.files().first().is_some_and(|f| f.as_os_str() != "-");
+    let again = match resumable {
+        true => "; run the same command again to resume",
+        false => "",
+    };
+    match e {
+        SendError::Network { error, .. } if gone(error.kind()) => Some(format!(
+            "receiver {dest} went away after {} ({}){again}",
+            how_far(&progress.bar),
+            zcommon::os_reason(error)
+        )),
+        SendError::Protocol(zcommon::ProtocolError::Truncated(what)) => Some(format!(
+            "receiver {dest} went away after {} (the connection closed in the middle of the \
+             {what}){again}",
+            how_far(&progress.bar)
+        )),
+        SendError::Protocol(zcommon::ProtocolError::Io("receiver's reply", error))
+            if matches!(error.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
+        {
+            Some(format!(
+                "{dest} accepted the connection but did not answer in {} s: is a zrecv \
+                 listening there? (a zrecv answers at once)",
+                cli.timeout.max(1)
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn progress_bar(cli: &Cli) -> ProgressBar {
     if cli.quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let template = match size {
-        Some(_) => {
-            "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg} ETA {eta}"
-        }
-        None => "{spinner} {binary_bytes} {binary_bytes_per_sec}",
-    };
-    let bar = ProgressBar::with_draw_target(size, ProgressDrawTarget::stderr());
-    bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
-    bar
+    ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
 }
 
 /// Logs how a file went out (read/write instead of sendfile, the CPU it took).
@@ -121,8 +199,13 @@ fn summary(r: &SendReport) -> String {
         n => format!(", resumed after {}", Bytes(n)),
     };
     let moved = r.bytes - r.resumed_from;
+    // A sparse file: its holes did not cross.
+    let data = match r.bytes_sent < moved {
+        true => format!(", {} of data on the wire", Bytes(r.bytes_sent)),
+        false => String::new(),
+    };
     format!(
-        "sent {} ({}{resumed}) to {} in {:.2} s, {}/s, {check}",
+        "sent {} ({}{data}{resumed}) to {} in {:.2} s, {}/s, {check}",
         Escaped(&r.name),
         Bytes(r.bytes),
         r.peer,

@@ -88,7 +88,8 @@ fn bad_names_are_refused_by_the_sender() {
         ".zrecv-1.part",
     ] {
         let out = zsend(&[&port, path.to_str().unwrap(), "--name", bad]);
-        assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", stderr_of(&out));
+        // A usage error: refused before anything is opened or connected.
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr_of(&out));
         assert!(stderr_of(&out).contains("name"), "{}", stderr_of(&out));
         assert!(
             !stderr_of(&out).contains('\u{7}'),

@@ -9,6 +9,7 @@ mod faults;
 mod hostile;
 mod hostile_receiver;
 mod layers;
+mod newcomer;
 mod resume;
 mod service;
 mod signals;

@@ -124,7 +124,7 @@ pub enum SendError {
         hosts: usize,
     },
     /// Some entries of a tree did not land (the warnings and `--json` list them).
-    #[error("{failed} entries did not land ({files} files in all); see the warnings above")]
+    #[error("{failed} entries did not land or could not be read (each is named above)")]
     Partial {
         /// Files that failed.
         failed: usize,

@@ -23,6 +23,7 @@ pub fn init_logging(program: &'static str, base: u8, verbose: u8, quiet: bool) {
             let text = crate::name::Escaped(&text);
             match record.level() {
                 log::Level::Info => writeln!(buf, "{program}: {text}"),
+                log::Level::Warn => writeln!(buf, "{program}: warning: {text}"),
                 l => writeln!(buf, "{program}: {}: {text}", l.as_str().to_lowercase()),
             }
         })

@@ -103,6 +103,9 @@ pub fn send_tree(
     for (path, why) in &tree.skipped {
         log::warn!("skipping {}: {why}", path.display());
     }
+    for (path, why) in &tree.unreadable {
+        log::warn!("cannot read {}: {why}", path.display());
+    }
     on_walked(tree.file_count(), tree.total_bytes());
     let label = tree.manifest.entries[0].path.clone();
     let start = Instant::now();

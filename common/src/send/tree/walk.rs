@@ -144,7 +144,11 @@ fn walk_dir(tree: &mut Tree, judge: &mut LinkJudge, root: &Path, base: &str, opt
             Ok(i) => i,
             Err(e) => {
                 let path = e.path().unwrap_or(root).to_owned();
-                tree.unreadable.push((path, e.to_string()));
+                // The reason alone: the path is printed beside it.
+                let why = e
+                    .io_error()
+                    .map_or_else(|| e.to_string(), crate::units::os_reason);
+                tree.unreadable.push((path, why));
                 continue;
             }
         };
@@ -166,7 +170,10 @@ fn walk_dir(tree: &mut Tree, judge: &mut LinkJudge, root: &Path, base: &str, opt
         let meta = match item.metadata() {
             Ok(m) => m,
             Err(e) => {
-                tree.unreadable.push((path.to_owned(), e.to_string()));
+                let why = e
+                    .io_error()
+                    .map_or_else(|| e.to_string(), crate::units::os_reason);
+                tree.unreadable.push((path.to_owned(), why));
                 continue;
             }
         };
@@ -180,6 +187,9 @@ fn walk_dir(tree: &mut Tree, judge: &mut LinkJudge, root: &Path, base: &str, opt
                     tree.push(e, path);
                     judge.other(&rel);
                 }
+                Err(SendError::Source { error, .. }) => tree
+                    .unreadable
+                    .push((path.to_owned(), crate::units::os_reason(&error))),
                 Err(e) => tree.unreadable.push((path.to_owned(), e.to_string())),
             }
         } else if ft.is_symlink() {
