@@ -185,6 +185,12 @@ fn report_interruptions(cli: &Cli, bar: indicatif::ProgressBar) {
     });
 }
 
+/// What the display calls a source: its file name.
+fn label_of(path: &std::path::Path) -> String {
+    let name = path.file_name().unwrap_or(path.as_os_str());
+    zcommon::Escaped(&name.to_string_lossy()).to_string()
+}
+
 fn run(cli: &Cli, progress: &Progress) -> anyhow::Result<Sent> {
     let token = Token::from_optional_file(cli.token_file.as_deref())?;
     let opts = SendOptions {
@@ -197,24 +203,26 @@ fn run(cli: &Cli, progress: &Progress) -> anyhow::Result<Sent> {
     let dest = cli.dest();
     let first = &cli.files()[0];
     if first.as_os_str() == "-" {
-        progress.start(None);
-        let report = zcommon::send_stdin(&dest, &opts, &mut |n| progress.inc(n));
+        progress.start("-", None);
+        let report = zcommon::send_stdin(&dest, &opts, &mut |t| progress.tick(t));
         progress.finish();
-        return Ok(Sent::File(output::log_report(report?)));
+        return Ok(Sent::File(output::log_report(report?, progress)));
     }
     if cli.files().len() == 1 && !first.is_dir() {
         // Errors opening the source surface from send_file below, with the right exit code.
         let size = zcommon::source_size(first).unwrap_or(0);
-        progress.start(Some(size));
-        let report = send_file(&dest, first, &opts, &mut |n| progress.inc(n));
+        let label = cli.name.clone().unwrap_or_else(|| label_of(first));
+        progress.start(&label, Some(size));
+        let report = send_file(&dest, first, &opts, &mut |t| progress.tick(t));
         progress.finish();
-        return Ok(Sent::File(output::log_report(report?)));
+        return Ok(Sent::File(output::log_report(report?, progress)));
     }
     let tree_opts = TreeOptions {
         links: cli.links,
         fail_fast: cli.fail_fast,
     };
-    progress.start(Some(0));
+    let label = cli.name.clone().unwrap_or_else(|| label_of(first));
+    progress.start(&label, Some(0));
     let mut walked = |n, bytes| progress.walked(n, bytes);
     let mut tick = |t| progress.tick(t);
     let report = send_tree(&dest, cli.files(), &opts, tree_opts, &mut walked, &mut tick);

@@ -4,74 +4,91 @@
 use std::cell::Cell;
 use std::io::IsTerminal;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use zcommon::{
-    Bytes, Escaped, ExitStatus, HopReport, SendError, SendReport, Status, Tick, TreeReport,
+    Bytes, Escaped, ExitStatus, HopReport, Phase, SendError, SendReport, Status, Tick, TreeReport,
 };
 
 use crate::cli::Cli;
 use crate::shared::{self, JSON_VERSION};
 use crate::Sent;
 
-/// A terminal progress bar (bytes, rate, ETA; bytes and rate for a stream of unknown size;
-/// for a tree, files done of those walked too), hidden when stderr is not a terminal. Hidden or
-/// not, it counts the bytes done, for the messages of an interruption or a failure.
+/// The progress display on a terminal: the name, then either a bar (percentage, bytes, rate, an
+/// ETA once bytes move, a tree's files done) or, while no bytes move, the phase the transfer is
+/// in (connecting, checking a kept prefix, the receiver making it durable). It fits the
+/// terminal's width. Hidden when stderr is not a terminal; hidden or not, it counts the bytes
+/// done, for the messages of an interruption or a failure.
 pub struct Progress {
     bar: ProgressBar,
-    /// A tree's files, once walked.
+    /// The terminal's width (80 if unknown).
+    width: usize,
+    /// The receiver, named in the phase lines.
+    dest: String,
+    /// Where the transfer is.
+    phase: Cell<Phase>,
+    /// A tree's files, once walked (0 for one file).
     files: Cell<usize>,
     /// A tree's files done.
     done: Cell<usize>,
+    /// When each phase began, for `-v`.
+    marks: std::cell::RefCell<Vec<(Phase, std::time::Instant)>>,
 }
 
 impl Progress {
-    /// A bar of nothing yet: [`Progress::start`] gives it its size.
+    /// A display of nothing yet: [`Progress::start`] names what is sent.
     pub fn new(cli: &Cli) -> Progress {
+        let (bar, width) = match cli.quiet || !std::io::stderr().is_terminal() {
+            true => (ProgressBar::hidden(), 80),
+            false => (
+                ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+                console::Term::stderr()
+                    .size_checked()
+                    .map_or(80, |(_, cols)| cols as usize),
+            ),
+        };
+        // Styled before anything is drawn: the first frame is already ours.
+        bar.set_style(ProgressStyle::with_template("{prefix} {wide_msg}").expect("valid template"));
         Progress {
-            bar: progress_bar(cli),
+            bar,
+            width: width.max(20),
+            dest: cli.dest(),
+            phase: Cell::new(Phase::Connecting),
             files: Cell::new(0),
             done: Cell::new(0),
+            marks: Default::default(),
         }
     }
 
-    /// The transfer starts: `size` bytes to send, `None` for a stream.
-    pub fn start(&self, size: Option<u64>) {
-        let template = match size {
-            Some(_) => {
-                "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {msg} ETA {eta}"
+    /// The transfer of `label` starts: `size` bytes to send, `None` for a stream.
+    pub fn start(&self, label: &str, size: Option<u64>) {
+        self.bar.set_prefix(label.to_owned());
+        self.show();
+        if let Some(n) = size {
+            self.bar.set_length(n);
+        }
+    }
+
+    /// One step of the transfer.
+    pub fn tick(&self, t: Tick) {
+        match t {
+            Tick::Bytes(n) => self.bar.inc(n),
+            Tick::File => {
+                self.done.set(self.done.get() + 1);
+                self.show();
             }
-            None => "{spinner} {binary_bytes} {binary_bytes_per_sec}",
-        };
-        self.bar
-            .set_style(ProgressStyle::with_template(template).expect("valid template"));
-        match size {
-            Some(n) => self.bar.set_length(n),
-            None => self.bar.unset_length(),
+            Tick::Phase(p) => {
+                self.marks.borrow_mut().push((p, std::time::Instant::now()));
+                self.phase.set(p);
+                self.show();
+            }
         }
-    }
-
-    /// `n` more bytes are done.
-    pub fn inc(&self, n: u64) {
-        self.bar.inc(n);
     }
 
     /// A tree was walked: `files` files of `bytes` bytes in all.
     pub fn walked(&self, files: usize, bytes: u64) {
         self.files.set(files);
         self.bar.set_length(bytes);
-        self.bar.set_message(format!("0/{files} files"));
-    }
-
-    /// Progress in a tree: bytes, or one more file done.
-    pub fn tick(&self, t: Tick) {
-        match t {
-            Tick::Bytes(n) => self.bar.inc(n),
-            Tick::File => {
-                self.done.set(self.done.get() + 1);
-                let (done, files) = (self.done.get(), self.files.get());
-                self.bar.set_message(format!("{done}/{files} files"));
-            }
-        }
+        self.show();
     }
 
     /// Takes the bar off the terminal.
@@ -79,9 +96,92 @@ impl Progress {
         self.bar.finish_and_clear();
     }
 
+    /// How long each phase took, up to now: `waiting for the receiver 2 ms, sending 1.20 s, ...`.
+    pub fn phase_times(&self) -> String {
+        let marks = self.marks.borrow();
+        let now = std::time::Instant::now();
+        let ends = marks
+            .iter()
+            .skip(1)
+            .map(|(_, t)| *t)
+            .chain(std::iter::once(now));
+        let parts: Vec<String> = marks
+            .iter()
+            .zip(ends)
+            .map(|((phase, start), end)| {
+                let what = match phase {
+                    Phase::Connecting => "connecting and waiting for the receiver",
+                    Phase::Checking(_) => "checking the kept prefix",
+                    Phase::Sending => "sending",
+                    Phase::Landing => "the receiver landing it",
+                };
+                format!("{what} {:.3} s", (end - *start).as_secs_f64())
+            })
+            .collect();
+        parts.join(", ")
+    }
+
     /// A handle on the bar for another thread (the one that reports an interruption).
     pub fn handle(&self) -> ProgressBar {
         self.bar.clone()
+    }
+
+    /// Redraws for the phase: the bar while bytes flow, the phase's words otherwise.
+    fn show(&self) {
+        let prefix = (self.width / 5).clamp(8, 32);
+        let files = match self.files.get() {
+            0 => String::new(),
+            n => format!(" {}/{n} files", self.done.get()),
+        };
+        let words = match self.phase.get() {
+            Phase::Connecting => format!("waiting for {} to accept", self.dest),
+            Phase::Checking(held) => {
+                format!("checking the {} already on {}", Bytes(held), self.dest)
+            }
+            Phase::Landing => format!("{} is making it durable", self.dest),
+            Phase::Sending => String::new(),
+        };
+        let template = match (self.phase.get(), self.bar.length()) {
+            (Phase::Sending, Some(_)) => bar_template(self.width, prefix, files.len()),
+            (Phase::Sending, None) => format!(
+                "{{prefix:{prefix}!}} {{spinner}} {{binary_bytes}} {{binary_bytes_per_sec}}"
+            ),
+            _ => format!("{{prefix:{prefix}!}} {{wide_msg}}"),
+        };
+        let style = ProgressStyle::with_template(&template)
+            .expect("valid template")
+            .with_key("eta", eta);
+        self.bar.set_style(style);
+        self.bar.set_message(match self.phase.get() {
+            Phase::Sending => files,
+            _ => words,
+        });
+    }
+}
+
+/// ` ETA 12s`, once bytes have moved and until all have: before, there is no rate to tell by.
+fn eta(state: &ProgressState, w: &mut dyn std::fmt::Write) {
+    if state.pos() > 0 && state.len().is_some_and(|len| state.pos() < len) {
+        let _ = write!(w, " ETA {:#}", HumanDuration(state.eta()));
+    }
+}
+
+/// The richest bar line that fits `width` columns: the name (`prefix` columns), the percentage,
+/// a bar of at least 8, then bytes done of all, the rate, the ETA and a tree's files (`files`
+/// columns), dropping the rate, then the bytes, where they do not fit.
+fn bar_template(width: usize, prefix: usize, files: usize) -> String {
+    // The widest each part renders: "1023.99 MiB/1023.99 MiB", " 1023.99 MiB/s", " ETA 59m".
+    let (bytes, rate, eta) = (1 + 23, 1 + 13, 8);
+    let fixed = prefix + 1 + 4 + 1 + 8 + eta + files;
+    let head = format!("{{prefix:{prefix}!}} {{percent:>3}}% {{wide_bar}}");
+    if fixed + bytes + rate <= width {
+        format!(
+            "{head} {{binary_bytes}}/{{binary_total_bytes}} {{binary_bytes_per_sec}}{{eta}}{{msg}}"
+        )
+    } else if fixed + bytes <= width {
+        format!("{head} {{binary_bytes}}/{{binary_total_bytes}}{{eta}}{{msg}}")
+    } else {
+        format!("{head}{{eta}}{{msg}}")
     }
 }
 
@@ -149,18 +249,30 @@ pub fn failure(err: &anyhow::Error, cli: &Cli, progress: &Progress) -> Option<St
     }
 }
 
-fn progress_bar(cli: &Cli) -> ProgressBar {
-    if cli.quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
-}
-
 /// Logs how a file went out (read/write instead of sendfile, the CPU it took).
-pub fn log_report(report: SendReport) -> SendReport {
-    if !report.zero_copy {
-        log::info!("the payload went through read/write: sendfile cannot read this file");
-    }
+pub fn log_report(report: SendReport, progress: &Progress) -> SendReport {
+    let path = match report.zero_copy {
+        true => "sendfile, from the page cache to the socket (zero-copy)",
+        false => "read/write: sendfile cannot read this file",
+    };
+    let moved = report.bytes - report.resumed_from;
+    let shape = match report.bytes_sent < moved {
+        true => format!(
+            "sparse: {} of data sent, {} of holes not",
+            Bytes(report.bytes_sent),
+            Bytes(moved - report.bytes_sent)
+        ),
+        false => "dense".into(),
+    };
+    let start = match report.resumed_from {
+        0 => "from byte 0".to_owned(),
+        n => format!(
+            "resumed after {} the receiver kept (its digest matched)",
+            Bytes(n)
+        ),
+    };
+    log::info!("data path: {path}; {shape}; {start}");
+    log::info!("time: {}", progress.phase_times());
     let st = &report.stages;
     log::info!(
         "cpu: sendfile {:.2} s, sha256 {:.2} s",

@@ -4,6 +4,7 @@ mod auth;
 mod beneath;
 mod chain;
 mod disk;
+mod display;
 mod docs;
 mod faults;
 mod hostile;

@@ -51,8 +51,8 @@ pub use crate::recv::{
     parse_listen_addr, parse_network, Receiver, ReceiverConfig, TransferRecord, TreeCounts,
 };
 pub use crate::send::{
-    hop_landed, send_file, send_stdin, send_tree, source_size, SendOptions, SendReport, Tick,
-    TreeOptions, TreeReport,
+    hop_landed, send_file, send_stdin, send_tree, source_size, Phase, SendOptions, SendReport,
+    Tick, TreeOptions, TreeReport,
 };
 pub use crate::stages::StageTimes;
 pub use crate::units::{os_reason, Bytes};

@@ -9,7 +9,7 @@ use super::chain::read_hosts;
 use super::land::{copy_failure, explain, judge, spoke_early};
 use super::resume::prove_prefix;
 use super::source::{data_between, Source};
-use super::{auth_nonce, SendOptions, SendReport};
+use super::{auth_nonce, Phase, SendOptions, SendReport, Tick};
 use crate::client::{handshake, net};
 use crate::error::SendError;
 use crate::hash::SMALL_FILE;
@@ -31,7 +31,7 @@ pub(super) fn transfer(
     source: &Source,
     opts: &SendOptions,
     report: &mut SendReport,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(Tick),
 ) -> Result<(), SendError> {
     let chained = !opts.chain.is_empty();
     let dense;
@@ -66,14 +66,19 @@ pub(super) fn transfer(
     let accepted = handshake(stream, &header, opts.token.as_ref())?;
     let integrity = accepted.integrity;
     let prefix = match accepted.resume {
-        Some((offset, nonce)) => prove_prefix(stream, source, offset, &nonce)?,
+        Some((offset, nonce)) => {
+            progress(Tick::Phase(Phase::Checking(offset)));
+            prove_prefix(stream, source, offset, &nonce)?
+        }
         None => Prefix::empty(),
     };
     let start = prefix.len();
     report.resumed_from = start;
-    progress(start);
+    progress(Tick::Bytes(start));
+    progress(Tick::Phase(Phase::Sending));
 
-    let sent = send_body(stream, source, prefix, opts.verify, report, progress);
+    let mut bytes = |n| progress(Tick::Bytes(n));
+    let sent = send_body(stream, source, prefix, opts.verify, report, &mut bytes);
     let trailer = match &sent {
         Ok(digest) => Trailer::sealed(*digest, &integrity, 0).encode(),
         // The whole payload went out, then the source changed: the receiver is told to
@@ -93,6 +98,7 @@ pub(super) fn transfer(
     stream
         .write_all(&trailer)
         .map_err(net("sending the trailer"))?;
+    progress(Tick::Phase(Phase::Landing));
 
     let verdict = Verdict::read(&mut stream)?;
     let digest = match sent {

@@ -35,10 +35,37 @@ mod tree;
 
 pub use chain::hop_landed;
 pub use stream::send_stdin;
-pub use tree::{send_tree, Tick, TreeOptions, TreeReport};
+pub use tree::{send_tree, TreeOptions, TreeReport};
 
 use file::transfer;
 use source::Source;
+
+/// A step of a transfer, for a progress display.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tick {
+    /// This many more bytes are done.
+    Bytes(u64),
+    /// One more file of a tree is done.
+    File,
+    /// The transfer entered a phase in which bytes may not move for a while.
+    Phase(Phase),
+}
+
+/// Where a transfer is, beyond its bytes: what a display shows while none move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting, then waiting for the receiver to answer the hello (a receiver serving as
+    /// many transfers as it allows answers once one ends).
+    Connecting,
+    /// The receiver holds this many bytes of the file from an interrupted transfer: both ends
+    /// read them back to check that they match before the rest goes.
+    Checking(u64),
+    /// The payload flows.
+    Sending,
+    /// Everything went out: the receiver finishes checking it, makes it durable and publishes
+    /// it; its verdict comes next.
+    Landing,
+}
 
 /// How to send.
 #[derive(Clone, Debug)]
@@ -102,13 +129,13 @@ pub fn source_size(path: &Path) -> Result<u64, SendError> {
     Source::open(path).map(|s| s.size)
 }
 
-/// Sends `path` to the receiver at `addr`. `progress` is called with the bytes moved by each
-/// step of the copy loop.
+/// Sends `path` to the receiver at `addr`. `progress` is told each phase, and the bytes moved by
+/// each step of the copy loop.
 pub fn send_file(
     addr: &str,
     path: &Path,
     opts: &SendOptions,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(Tick),
 ) -> Result<SendReport, SendError> {
     check_chain(&opts.chain).map_err(SendError::Usage)?;
     let source = Source::open(path)?;
@@ -121,6 +148,7 @@ pub fn send_file(
         reason,
     })?;
     let start = Instant::now();
+    progress(Tick::Phase(Phase::Connecting));
     let (stream, mut report) = open_connection(addr, opts, path, name)?;
     report.bytes = source.size;
     transfer(&stream, &source, opts, &mut report, progress)?;

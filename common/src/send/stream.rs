@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::file::send_record;
 use super::land::{explain_failure, judge, spoke_early};
-use super::{auth_nonce, open_connection, SendOptions, SendReport};
+use super::{auth_nonce, open_connection, Phase, SendOptions, SendReport, Tick};
 use crate::client::{handshake, net};
 use crate::error::SendError;
 use crate::hash::hash_reader;
@@ -20,11 +20,11 @@ use crate::sys::{self, CopyError, Pipe};
 use crate::wire::{Header, Record, Trailer, Verdict, FLAG_NO_VERIFY, FLAG_STREAM};
 
 /// Sends standard input to `addr` under `opts.name` (required: a stream has no name of its
-/// own). `progress` gets the bytes moved by each step.
+/// own). `progress` is told each phase, and the bytes moved by each step.
 pub fn send_stdin(
     addr: &str,
     opts: &SendOptions,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(Tick),
 ) -> Result<SendReport, SendError> {
     let name_err = |reason| SendError::Name {
         path: "-".into(),
@@ -33,6 +33,7 @@ pub fn send_stdin(
     let name = opts.name.clone().ok_or(name_err(NameError::Empty))?;
     validate_name(&name).map_err(name_err)?;
     let start = Instant::now();
+    progress(Tick::Phase(Phase::Connecting));
     let (stream, mut report) = open_connection(addr, opts, "-".as_ref(), name.clone())?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -47,8 +48,10 @@ pub fn send_stdin(
     };
     // A stream is not resumable, so a resume offer is refused inside the handshake.
     let integrity = handshake(&stream, &header, opts.token.as_ref())?.integrity;
+    progress(Tick::Phase(Phase::Sending));
     let cpu = thread_cpu();
-    let pumped = pump(&stream, opts.verify, &mut report.zero_copy, progress);
+    let mut bytes = |n| progress(Tick::Bytes(n));
+    let pumped = pump(&stream, opts.verify, &mut report.zero_copy, &mut bytes);
     report.stages.network_cpu = thread_cpu().saturating_sub(cpu);
     let (sent, digest) = match pumped {
         Ok(r) => r,
@@ -63,6 +66,7 @@ pub fn send_stdin(
     (&stream)
         .write_all(&trailer.encode())
         .map_err(net("sending the trailer"))?;
+    progress(Tick::Phase(Phase::Landing));
     let verdict = Verdict::read(&mut &stream)?;
     judge(verdict, digest, &integrity, 0, &mut report)?;
     report.elapsed = start.elapsed();

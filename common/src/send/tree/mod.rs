@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{auth_nonce, open_connection, SendOptions};
+use super::{auth_nonce, open_connection, Phase, SendOptions, Tick};
 use crate::auth::Integrity;
 use crate::client::{handshake, net};
 use crate::error::SendError;
@@ -76,15 +76,6 @@ pub struct TreeReport {
     pub stages: StageTimes,
 }
 
-/// A step of a tree transfer, for a progress bar.
-#[derive(Clone, Copy, Debug)]
-pub enum Tick {
-    /// This many more bytes are done.
-    Bytes(u64),
-    /// One more file is done.
-    File,
-}
-
 /// Sends `roots` (files and directories) to the receiver at `addr` over one connection.
 /// Returns the report even when some files failed; the caller decides what that means.
 pub fn send_tree(
@@ -109,6 +100,7 @@ pub fn send_tree(
     on_walked(tree.file_count(), tree.total_bytes());
     let label = tree.manifest.entries[0].path.clone();
     let start = Instant::now();
+    progress(Tick::Phase(Phase::Connecting));
     let (stream, scratch) = open_connection(addr, opts, &roots[0], label.clone())?;
     let mut session = Session {
         stream: &stream,

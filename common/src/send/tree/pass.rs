@@ -7,7 +7,7 @@ use std::sync::mpsc;
 
 use super::ledger::{Incoming, Sent};
 use super::manifest::Action;
-use super::{Session, Tick};
+use super::{Phase, Session, Tick};
 use crate::auth;
 use crate::client::net;
 use crate::error::SendError;
@@ -47,6 +47,7 @@ impl Session<'_> {
         progress: &mut dyn FnMut(Tick),
     ) -> Result<Vec<usize>, SendError> {
         let mut resend = Vec::new();
+        progress(Tick::Phase(Phase::Sending));
         for &(i, action) in actions {
             while let Ok(report) = reports.try_recv() {
                 let (report, sent) = report?;
@@ -59,6 +60,7 @@ impl Session<'_> {
             progress(Tick::File);
         }
         self.write(&Frame::EndOfPass.encode(), None, "ending a pass")?;
+        progress(Tick::Phase(Phase::Landing));
         // The wait starts now, however long the receiver was quiet while files arrived.
         self.ledger.heard();
         loop {
