@@ -57,9 +57,14 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
 
-    /// Most transfers served at once; further senders are refused as busy.
+    /// Most transfers served at once; further senders wait for a slot (see --slot-wait).
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub max_transfers: usize,
+
+    /// Seconds a sender waits for a free slot when --max-transfers are running, before it is
+    /// refused as busy (zsend shows it waiting). Keep it below the senders' --timeout.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub slot_wait: u64,
 
     /// Remove hidden partial and temporary files (.zrecv-*.part, .zrecv-*.resume) in DIR and
     /// its subdirectories once they have not been modified for this long: at start, then every

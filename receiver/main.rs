@@ -52,6 +52,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
             true => 1,
             false => cli.max_transfers.max(1),
         },
+        slot_wait: Duration::from_secs(cli.slot_wait),
         to_stdout: cli.stdout,
         token,
         allow_forward: cli.allow_forward.clone(),

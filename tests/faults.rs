@@ -1,6 +1,7 @@
 //! Failures are loud and leave nothing under the final name.
 
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use crate::util::*;
 
@@ -177,31 +178,66 @@ fn killing_the_sender_mid_transfer_leaves_nothing_and_the_receiver_serves_on() {
     assert_eq!(entries(dst.path()), vec!["k.bin"]);
 }
 
-#[test]
-fn senders_over_the_cap_are_refused_as_busy() {
-    let src = tempfile::tempdir().unwrap();
-    let dst = tempfile::tempdir().unwrap();
-    let path = src.path().join("first.bin");
+/// A stalled transfer holding the one slot of a `--max-transfers 1` receiver: returns the
+/// receiver, the stalled sender, the proxy holding it, and the file.
+fn one_slot_held(src: &Path, dst: &Path, extra: &[&str]) -> (Zrecv, Child, Proxy, PathBuf) {
+    let path = src.join("first.bin");
     random_file(&path, 8 << 20, 21);
-    let rx = Zrecv::start(dst.path(), &["--max-transfers", "1"]);
-    // Hold the one slot with a transfer that stalls in the middle.
+    let mut args = vec!["--max-transfers", "1"];
+    args.extend(extra);
+    let rx = Zrecv::start(dst, &args);
     let proxy = Proxy::start(
         rx.addr,
         Fault::StallAfter(payload_offset("first.bin", 1 << 20)),
     );
-    let mut first = Command::new(zsend_bin())
+    let first = Command::new(zsend_bin())
         .args([&proxy.addr(), path.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    (rx, first, proxy, path)
+}
 
+#[test]
+fn a_sender_over_the_cap_waits_for_a_free_slot_and_lands() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let (rx, mut first, proxy, path) = one_slot_held(src.path(), dst.path(), &[]);
+    let second = Command::new(zsend_bin())
+        .args([&rx.addr(), path.to_str().unwrap(), "--name", "second.bin"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    rx.wait_for_line("waiting for a free slot (1 transfers running)");
+    // The slot comes free: the waiting sender gets it.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    drop(proxy);
+    let out = wait_output(second);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(visible(dst.path()), vec!["second.bin"]);
+    assert_eq!(
+        sha256_file(&dst.path().join("second.bin")),
+        sha256_file(&path)
+    );
+}
+
+#[test]
+fn a_sender_that_waits_past_slot_wait_is_refused_as_busy() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let (rx, mut first, proxy, path) = one_slot_held(src.path(), dst.path(), &["--slot-wait", "1"]);
     let out = zsend(&[&rx.addr(), path.to_str().unwrap(), "--name", "second.bin"]);
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(4), "{err}");
-    assert!(err.contains("receiver refused second.bin: busy"), "{err}");
-
+    assert!(
+        err.contains("receiver refused second.bin: busy: the receiver is serving 1 transfers (no slot came free in 1 s)"),
+        "{err}"
+    );
     first.kill().unwrap();
     first.wait().unwrap();
     drop(proxy);

@@ -153,10 +153,21 @@ fn host_names_and_ipv6_addresses_work() {
 
 #[test]
 fn a_serving_receiver_handles_concurrent_senders() {
+    concurrent_senders(&[], 6);
+}
+
+/// More senders at once than the receiver serves: the others wait for a slot, and every one
+/// lands (none is turned away as busy).
+#[test]
+fn senders_beyond_max_transfers_wait_their_turn_and_all_land() {
+    concurrent_senders(&["--max-transfers", "2"], 12);
+}
+
+fn concurrent_senders(receiver: &[&str], senders: u64) {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let rx = Zrecv::start(dst.path(), &[]);
-    let paths: Vec<_> = (0..6)
+    let rx = Zrecv::start(dst.path(), receiver);
+    let paths: Vec<_> = (0..senders)
         .map(|i| {
             let p = src.path().join(format!("c{i}.bin"));
             random_file(&p, (1 << 20) * (i + 1), i);

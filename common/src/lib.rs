@@ -11,6 +11,7 @@
 //!     force: false,
 //!     timeout: Duration::from_secs(60),
 //!     max_transfers: 16,
+//!     slot_wait: Duration::from_secs(30),
 //!     to_stdout: false,
 //!     token: None,
 //!     allow_forward: Vec::new(),

@@ -85,6 +85,7 @@ proptest! {
             force: false,
             timeout: Duration::from_secs(10),
             max_transfers: 4,
+            slot_wait: Duration::from_secs(10),
             to_stdout: false,
             token: None,
             allow_forward: Vec::new(),

@@ -16,8 +16,10 @@ pub struct ReceiverConfig {
     pub force: bool,
     /// Longest wait for the peer at any step; a stalled transfer is dropped after it.
     pub timeout: Duration,
-    /// Most transfers served at once; the next connection is refused as busy.
+    /// Most transfers served at once; the next senders wait for a slot.
     pub max_transfers: usize,
+    /// Longest a sender waits for a slot before it is refused as busy.
+    pub slot_wait: Duration,
     /// Deliver payloads to standard output instead of files (one transfer at a time).
     pub to_stdout: bool,
     /// Shared secret; with one, every sender must prove it holds it before anything else.

@@ -36,6 +36,7 @@ mod land;
 mod outcome;
 pub(crate) mod partial;
 mod payload;
+mod slots;
 mod stdout;
 mod stop;
 mod tree;
@@ -55,7 +56,8 @@ pub struct Receiver {
     listener: TcpListener,
     dir: OwnedFd,
     config: ReceiverConfig,
-    active: AtomicUsize,
+    /// The transfers served at once, and the senders waiting for a slot.
+    slots: slots::Slots,
     lingering: AtomicUsize,
     /// Names being received, each with its connection (to tell whether its sender is gone).
     in_flight: Mutex<HashMap<String, TcpStream>>,
@@ -97,8 +99,8 @@ impl Receiver {
             batch_files,
             listener: sock.into(),
             dir,
+            slots: slots::Slots::new(config.max_transfers),
             config,
-            active: AtomicUsize::new(0),
             lingering: AtomicUsize::new(0),
             in_flight: Mutex::new(HashMap::new()),
             released: Condvar::new(),
@@ -147,40 +149,62 @@ impl Receiver {
                     continue;
                 }
             };
-            if self.active.fetch_add(1, Ordering::AcqRel) >= self.config.max_transfers {
-                self.active.fetch_sub(1, Ordering::AcqRel);
-                self.refuse_busy(s, stream, peer);
-                continue;
-            }
+            let slot = match (self.slots.try_take(), self.slots.queue()) {
+                (Some(slot), _) => Ok(slot),
+                (None, Some(waiter)) => Err(waiter),
+                (None, None) => {
+                    self.refuse_busy(s, stream, peer, "too many senders are waiting");
+                    continue;
+                }
+            };
             s.spawn(move || {
                 let registered = self.connections.register(&stream);
+                let slot = match slot {
+                    Ok(slot) => slot,
+                    Err(waiter) => {
+                        log::info!(
+                            "{peer}: waiting for a free slot ({} transfers running)",
+                            self.slots.max()
+                        );
+                        let deadline = Instant::now() + self.config.slot_wait;
+                        match waiter.wait(deadline, || self.connections.stopped()) {
+                            Some(slot) => slot,
+                            None if self.connections.stopped() => return,
+                            None => {
+                                drop(registered);
+                                let why = format!(
+                                    "no slot came free in {} s",
+                                    self.config.slot_wait.as_secs()
+                                );
+                                return self.refuse_busy(s, stream, peer, &why);
+                            }
+                        }
+                    }
+                };
                 let record = self.handle(stream, peer);
                 drop(registered);
-                self.active.fetch_sub(1, Ordering::AcqRel);
+                drop(slot);
                 report(&record);
             });
         })
     }
 
+    /// Refuses a sender as busy, saying `why`, and lets it read the refusal.
     fn refuse_busy<'s>(
         &'s self,
         s: &'s std::thread::Scope<'s, '_>,
         stream: TcpStream,
         peer: SocketAddr,
+        why: &str,
     ) {
-        log::warn!(
-            "{peer}: refused: busy ({} transfers running)",
-            self.config.max_transfers
-        );
+        let max = self.slots.max();
+        log::warn!("{peer}: refused: busy ({max} transfers running; {why})");
         if self.lingering.fetch_add(1, Ordering::AcqRel) >= MAX_LINGERING {
             self.lingering.fetch_sub(1, Ordering::AcqRel);
             return; // dropping the stream closes it
         }
+        let msg = format!("busy: the receiver is serving {max} transfers ({why}); try again later");
         s.spawn(move || {
-            let msg = format!(
-                "busy: the receiver is serving {} transfers; try again later",
-                self.config.max_transfers
-            );
             refuse(&stream, RefuseCode::Busy, &msg);
             self.lingering.fetch_sub(1, Ordering::AcqRel);
         });
