@@ -314,3 +314,47 @@ fn keepalives_keep_a_resume_open_and_silence_ends_it() {
     }
     assert_eq!(std::fs::read(dst.path().join("slow.bin")).unwrap(), content);
 }
+
+/// A receiver killed outright (SIGKILL, or the power going: nothing runs after) still leaves
+/// its partial with a record: the next receiver on the directory takes it up for what it holds,
+/// and the same command resumes.
+#[test]
+fn a_receiver_killed_outright_still_leaves_a_partial_to_resume_from() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("killed.img");
+    let size = 64u64 << 20;
+    random_file(&path, size, 61);
+    let mut rx = Zrecv::start(dst.path(), &[]);
+    let proxy = Proxy::start(
+        rx.addr,
+        Fault::PauseAt(payload_offset("killed.img", 24 << 20)),
+    );
+    let mut sender = Command::new(zsend_bin())
+        .args([&proxy.addr(), path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    // Everything the proxy let through is in the file before the kill.
+    wait_in_flight(dst.path(), &mut sender, |m| m.len() >= 16 << 20);
+    rx.child.kill().unwrap();
+    rx.child.wait().unwrap();
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    proxy.release();
+    drop(proxy);
+    assert_eq!(kept(dst.path()), 2, "{:?}", entries(dst.path()));
+
+    let rx = Zrecv::start(dst.path(), &[]);
+    let (json, up) = send_counted(&rx, &path);
+    let resumed = json["resumed_from"].as_u64().unwrap();
+    assert!(resumed >= 16 << 20, "{json}");
+    assert!(up < size - resumed + (1 << 20), "{up} bytes crossed");
+    assert_eq!(
+        sha256_file(&dst.path().join("killed.img")),
+        sha256_file(&path)
+    );
+    assert_eq!(entries(dst.path()), vec!["killed.img"]);
+}

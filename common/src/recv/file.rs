@@ -67,6 +67,9 @@ impl Receiver {
         let held = kept.as_ref().map_or(0, |(_, held)| *held);
         self.check_space(stream, header, held)?;
         let temp = self.ready_temp(stream, header, kept.map(|(temp, _)| temp))?;
+        if held > 0 {
+            partial::resume_started(&temp, header);
+        }
         record.received = held;
         let outcome = self.receive_to_temp(stream, header, integrity, &temp, held, record, forward);
         let digest = match outcome {
@@ -74,7 +77,10 @@ impl Receiver {
             Err(e) => {
                 if e.is_interruption() {
                     partial::keep(temp, header, record.received);
-                } else if let RecvError::Local { .. } = e {
+                    return Err(e);
+                }
+                partial::discard(temp, header);
+                if let RecvError::Local { .. } = e {
                     // At once: the sender may still be sending, and will read this when its
                     // writes fail.
                     verdict(Status::Failed, None, &e.to_string());
@@ -85,6 +91,10 @@ impl Receiver {
         match self.land(temp, &header.name, header) {
             Ok(fsync) => record.stages.fsync = fsync,
             Err(e) => {
+                // Nothing to resume from: the file is gone, and so goes the record it started.
+                if header.resumable() {
+                    partial::forget(&self.dir, &header.name);
+                }
                 verdict(Status::Failed, digest, &e.to_string());
                 return Err(e);
             }
@@ -309,7 +319,13 @@ impl Receiver {
         stream: &TcpStream,
         header: &Header,
     ) -> Result<TempFile<&OwnedFd>, RecvError> {
-        let temp = match TempFile::create(&self.dir) {
+        // A transfer that can resume starts as its own partial, so that even a receiver killed
+        // outright leaves one to resume from.
+        let created = match header.resumable() {
+            true => partial::start(&self.dir, header),
+            false => TempFile::create(&self.dir),
+        };
+        let temp = match created {
             Ok(t) => t,
             Err(e) => {
                 let msg = format!(

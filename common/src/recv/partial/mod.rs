@@ -215,14 +215,15 @@ pub(crate) struct Record {
     mtime: (i64, u32),
     source_id: [u8; SOURCE_ID_LEN],
     sparse: bool,
-    /// Bytes received, from the start of the file.
-    held: u64,
+    /// Bytes received, from the start of the file; `None` while the transfer runs (a receiver
+    /// killed then leaves no count: the next attempt measures the file).
+    held: Option<u64>,
 }
 
 impl Record {
     /// The record of a transfer of `header` interrupted after `held` bytes; `None` if the
     /// sender cannot resume.
-    fn of(header: &Header, held: u64) -> Option<Record> {
+    fn of(header: &Header, held: Option<u64>) -> Option<Record> {
         Some(Record {
             name: header.name.clone(),
             size: header.size,
@@ -235,7 +236,8 @@ impl Record {
 
     /// Whether the partial belongs to the file `header` announces.
     fn belongs_to(&self, header: &Header) -> bool {
-        Record::of(header, self.held).as_ref() == Some(self) && self.held <= self.size
+        Record::of(header, self.held).as_ref() == Some(self)
+            && self.held.is_none_or(|held| held <= self.size)
     }
 
     fn encode(&self) -> String {
@@ -247,7 +249,7 @@ impl Record {
             self.mtime.1,
             hex::encode(self.source_id),
             u8::from(self.sparse),
-            self.held
+            self.held.map_or("?".into(), |h| h.to_string())
         )
     }
 
@@ -273,7 +275,10 @@ impl Record {
             "1" => true,
             _ => return None,
         };
-        let held = field("held")?.parse().ok()?;
+        let held = match field("held")?.as_str() {
+            "?" => None,
+            n => Some(n.parse().ok()?),
+        };
         Some(Record {
             name,
             size,
@@ -299,7 +304,12 @@ fn kept_names(name: &str) -> (String, String) {
 /// later transfer of the same file to resume, in the temporary file's directory. Does nothing
 /// (the temporary file is removed) when the sender cannot resume or nothing was received.
 pub(crate) fn keep<D: AsFd>(temp: TempFile<D>, header: &Header, held: u64) {
-    let Some(record) = Record::of(header, held).filter(|_| held > 0) else {
+    let Some(record) = Record::of(header, Some(held)).filter(|_| held > 0) else {
+        // Nothing to keep: the record this transfer started goes with its file.
+        if header.resumable() {
+            let (_, resume) = kept_names(&header.name);
+            let _ = rustix::fs::unlinkat(&temp.dir, resume.as_str(), AtFlags::empty());
+        }
         return;
     };
     let (part, resume) = kept_names(&header.name);
@@ -313,11 +323,7 @@ pub(crate) fn keep<D: AsFd>(temp: TempFile<D>, header: &Header, held: u64) {
         if temp.name != part {
             rustix::fs::renameat(dir, temp.name.as_str(), dir, part.as_str())?;
         }
-        let note = TempFile::create(dir)?;
-        (&note.file).write_all(record.encode().as_bytes())?;
-        rustix::fs::renameat(dir, note.name.as_str(), dir, resume.as_str())?;
-        note.disarm();
-        Ok(())
+        write_record(dir, &record, &resume)
     })();
     match kept {
         Ok(()) => {
@@ -331,6 +337,59 @@ pub(crate) fn keep<D: AsFd>(temp: TempFile<D>, header: &Header, held: u64) {
             log::warn!("keeping the partial {}: {e}", Escaped(&header.name));
             forget(dir, &header.name);
         }
+    }
+}
+
+/// Starts the temporary file of a transfer that can resume under its kept name, with a record
+/// that does not say yet how much it holds: a receiver killed outright, or a machine that lost
+/// power, still leaves a partial the next attempt takes up for what it can verify (see
+/// [`take`]). An interrupted transfer's [`keep`] then writes the count.
+pub(crate) fn start<D: AsFd>(dir: D, header: &Header) -> io::Result<TempFile<D>> {
+    let record = Record::of(header, None).ok_or(io::ErrorKind::InvalidInput)?;
+    let (part, resume) = kept_names(&header.name);
+    // A part without its record (a crash between the two) is ours to reuse: the name is claimed.
+    let fd = open_beneath(&dir, &part, OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC)?;
+    let temp = TempFile {
+        dir,
+        name: part,
+        file: File::from(fd),
+        armed: true,
+    };
+    write_record(temp.dir.as_fd(), &record, &resume)?;
+    Ok(temp)
+}
+
+/// Writes `record` as `resume` in `dir`, whole or not at all (a temporary file renamed over it).
+fn write_record(dir: impl AsFd, record: &Record, resume: &str) -> io::Result<()> {
+    let note = TempFile::create(dir.as_fd())?;
+    (&note.file).write_all(record.encode().as_bytes())?;
+    rustix::fs::renameat(&note.dir, note.name.as_str(), &note.dir, resume)?;
+    note.disarm();
+    Ok(())
+}
+
+/// Records the partial `temp` taken up for `header` as in use again: until the transfer ends, a
+/// record without a count, as [`start`] writes, so that a receiver killed now still leaves it to
+/// resume from.
+pub(crate) fn resume_started<D: AsFd>(temp: &TempFile<D>, header: &Header) {
+    let Some(record) = Record::of(header, None) else {
+        return;
+    };
+    let (_, resume) = kept_names(&header.name);
+    if let Err(e) = write_record(&temp.dir, &record, &resume) {
+        log::warn!(
+            "recording the partial {} in use: {e}",
+            Escaped(&header.name)
+        );
+    }
+}
+
+/// Ends a transfer that will not resume (it failed, not interrupted): its temporary file and,
+/// for one that could resume, the record it started.
+pub(crate) fn discard<D: AsFd>(temp: TempFile<D>, header: &Header) {
+    if header.resumable() {
+        let (_, resume) = kept_names(&header.name);
+        let _ = rustix::fs::unlinkat(&temp.dir, resume.as_str(), AtFlags::empty());
     }
 }
 
@@ -363,21 +422,30 @@ pub(crate) fn take<D: AsFd>(dir: D, header: &Header) -> Option<(TempFile<D>, u64
         let st = rustix::fs::fstat(&fd).ok()?;
         let is_file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         let len = st.st_size as u64;
+        let file = File::from(fd);
+        // Without a count (its receiver was killed), what the file holds: a dense partial is as
+        // long as what was written, and a sparse one's records came in order, so it holds up
+        // to its last data. Only what the sender's proof then matches is trusted.
+        let held = match r.held {
+            Some(held) => held,
+            None if r.sparse => last_data_end(&file, len).ok()?,
+            None => len,
+        };
         // A dense partial is as long as what was written; a sparse one has the full size.
         let fits = if r.sparse {
             len == r.size
         } else {
-            len >= r.held
+            len >= held && held <= r.size
         };
-        (is_file && fits).then_some((fd, r.held))
+        (is_file && fits).then_some((file, held))
     });
     let _ = rustix::fs::unlinkat(&dir, resume.as_str(), AtFlags::empty());
     match taken {
-        Some((fd, held)) => Some((
+        Some((file, held)) => Some((
             TempFile {
                 dir,
                 name: part,
-                file: File::from(fd),
+                file,
                 armed: true,
             },
             held,
@@ -391,6 +459,15 @@ pub(crate) fn take<D: AsFd>(dir: D, header: &Header) -> Option<(TempFile<D>, u64
             None
         }
     }
+}
+
+/// Where the last data extent of a `len`-byte sparse file ends (0 for all holes).
+fn last_data_end(file: &File, len: u64) -> io::Result<u64> {
+    let (mut pos, mut end) = (0, 0);
+    while let Some((_, to)) = crate::sys::next_data(file, pos, len)? {
+        (pos, end) = (to, to);
+    }
+    Ok(end)
 }
 
 /// Removes whatever partial is kept for `name` (it landed, or keeping it failed).
@@ -430,7 +507,7 @@ mod tests {
             if sparse {
                 h.sparse_data_len = Some(0);
             }
-            let r = Record::of(&h, held).unwrap();
+            let r = Record::of(&h, Some(held)).unwrap();
             prop_assert_eq!(Record::decode(&r.encode()), Some(r));
         }
 
@@ -443,7 +520,7 @@ mod tests {
     #[test]
     fn a_record_fits_only_its_own_file() {
         let h = header("disk.img", 1000);
-        let r = Record::of(&h, 400).unwrap();
+        let r = Record::of(&h, Some(400)).unwrap();
         assert!(r.belongs_to(&h));
         let other_size = header("disk.img", 1001);
         let other_mtime = Header {
@@ -462,7 +539,7 @@ mod tests {
             assert!(!r.belongs_to(&other), "{other:?}");
         }
         assert!(
-            !Record::of(&h, 1001).unwrap().belongs_to(&h),
+            !Record::of(&h, Some(1001)).unwrap().belongs_to(&h),
             "held past the end"
         );
     }
@@ -480,7 +557,28 @@ mod tests {
         let mut back = String::new();
         (&taken.file).read_to_string(&mut back).unwrap();
         assert_eq!(back, "hello");
-        drop(taken); // removes the partial: nothing kept it again
+        // In use again: recorded without a count, so that a receiver killed now still leaves
+        // it to resume from.
+        resume_started(&taken, &h);
+        let (_, resume) = kept_names("a b.img");
+        let record = std::fs::read_to_string(tmp.path().join(&resume)).unwrap();
+        assert!(record.ends_with("\nheld ?\n"), "{record}");
+        discard(taken, &h); // it failed: nothing is kept
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_partial_left_without_a_count_is_taken_up_for_what_it_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = rustix::fs::open(tmp.path(), OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let h = header("vm.img", 10);
+        let temp = start(&dir, &h).unwrap();
+        (&temp.file).write_all(b"hello wo").unwrap();
+        // The receiver is killed here: nothing removes the file or counts what it holds.
+        temp.disarm();
+        let (taken, held) = take(&dir, &h).expect("the partial is found");
+        assert_eq!(held, 8);
+        discard(taken, &h);
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     }
 
