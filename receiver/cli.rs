@@ -83,6 +83,16 @@ pub struct Cli {
     #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = zcommon::parse_network)]
     pub allow_forward: Vec<zcommon::IpNet>,
 
+    /// List the partials kept in DIR (and its subdirectories) for resuming: the name each
+    /// belongs to, how much of it is held, the space it takes, its age. Then exit.
+    #[arg(long, conflicts_with_all = ["remove_partials", "once", "stdout"])]
+    pub list_partials: bool,
+
+    /// Remove the partials kept in DIR for resuming (not one written to within --timeout, which
+    /// may belong to a transfer in flight), saying what each held. Then exit.
+    #[arg(long, conflicts_with_all = ["once", "stdout"])]
+    pub remove_partials: bool,
+
     /// Print one JSON line per finished transfer on stdout.
     #[arg(long)]
     pub json: bool,

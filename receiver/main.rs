@@ -20,6 +20,35 @@ use zcommon::{
     os_reason, sweep_interval, Age, ExitStatus, Receiver, ReceiverConfig, Token, TransferRecord,
 };
 
+/// `--list-partials` and `--remove-partials`: what DIR keeps for resuming.
+fn partials(cli: &Cli, timeout: Duration) -> anyhow::Result<ExitStatus> {
+    let kept = zcommon::kept_partials(&cli.dir)
+        .with_context(|| format!("listing the partials in {}", cli.dir.display()))?;
+    if cli.list_partials {
+        output::list_partials(&kept, cli.json);
+        return Ok(ExitStatus::Success);
+    }
+    let mut failed = 0;
+    for k in &kept {
+        // Written to lately: it may belong to a transfer in flight.
+        if k.held.is_none() && k.age < timeout {
+            output::partial_left(k);
+            continue;
+        }
+        match zcommon::remove_partial(k) {
+            Ok(()) => output::partial_removed(k),
+            Err(e) => {
+                failed += 1;
+                log::error!("removing {}: {}", output::shown(k), os_reason(&e));
+            }
+        }
+    }
+    Ok(match failed {
+        0 => ExitStatus::Success,
+        _ => ExitStatus::Local,
+    })
+}
+
 /// How long after a stop the connections still being served are cut off
 /// (`Receiver::cut_off`): time enough for a transfer that had everything to land and tell its
 /// sender so.
@@ -62,6 +91,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
         Ok(m) if m.is_dir() => {}
         Ok(_) => anyhow::bail!("receive directory {}: not a directory", cli.dir.display()),
         Err(e) => anyhow::bail!("receive directory {}: {}", cli.dir.display(), os_reason(&e)),
+    }
+    if cli.list_partials || cli.remove_partials {
+        return partials(cli, timeout);
     }
     let receiver = Receiver::bind(cli.listen, config)
         .with_context(|| format!("listening on {} for {}", cli.listen, cli.dir.display()))?;

@@ -152,3 +152,81 @@ fn json(r: &TransferRecord) -> serde_json::Value {
         })),
     })
 }
+
+/// The name a kept partial belongs to, escaped: it came from a sender.
+pub fn shown(k: &zcommon::KeptPartial) -> String {
+    Escaped(&k.name.to_string_lossy()).to_string()
+}
+
+/// How much a kept partial holds: `2.1 GiB of 4.0 GiB`, or `? of 4.0 GiB` when its record has
+/// no count (a transfer in flight, or one whose receiver was killed).
+fn held(k: &zcommon::KeptPartial) -> String {
+    match k.held {
+        Some(h) => format!("{} of {}", Bytes(h), Bytes(k.size)),
+        None => format!("? of {}", Bytes(k.size)),
+    }
+}
+
+/// `--list-partials`: a line per kept partial on stdout (a JSON line each with `--json`).
+pub fn list_partials(kept: &[zcommon::KeptPartial], json: bool) {
+    let mut out = std::io::stdout().lock();
+    if json {
+        for k in kept {
+            let line = serde_json::json!({
+                "version": JSON_VERSION,
+                "name": k.name.to_string_lossy(),
+                "size": k.size,
+                "held": k.held,
+                "on_disk": k.on_disk,
+                "age_s": k.age.as_secs(),
+            });
+            let _ = writeln!(out, "{line}");
+        }
+        return;
+    }
+    if kept.is_empty() {
+        eprintln!("zrecv: no partials kept");
+        return;
+    }
+    let width = kept
+        .iter()
+        .map(|k| shown(k).chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>24}  {:>10}  {:>6}",
+        "NAME", "HELD", "ON DISK", "AGE"
+    );
+    for k in kept {
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>24}  {:>10}  {:>6}",
+            shown(k),
+            held(k),
+            Bytes(k.on_disk).to_string(),
+            zcommon::Age(k.age).to_string()
+        );
+    }
+    if kept.iter().any(|k| k.held.is_none()) {
+        eprintln!(
+            "zrecv: ? : a transfer in flight, or one whose receiver was killed (the next attempt \
+             takes up what the file holds)"
+        );
+    }
+}
+
+/// `--remove-partials` removed one.
+pub fn partial_removed(k: &zcommon::KeptPartial) {
+    log::info!("removed the partial of {} ({})", shown(k), held(k));
+}
+
+/// `--remove-partials` left one that may be in flight.
+pub fn partial_left(k: &zcommon::KeptPartial) {
+    log::warn!(
+        "left the partial of {}: written {} ago, it may belong to a transfer in flight",
+        shown(k),
+        zcommon::Age(k.age)
+    );
+}

@@ -358,3 +358,56 @@ fn a_receiver_killed_outright_still_leaves_a_partial_to_resume_from() {
     );
     assert_eq!(entries(dst.path()), vec!["killed.img"]);
 }
+
+fn zrecv_admin(dir: &Path, args: &[&str]) -> std::process::Output {
+    let child = Command::new(zrecv_bin())
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_output(child)
+}
+
+/// The partials a directory keeps can be listed (name, what is held, space, age) and removed.
+#[test]
+fn kept_partials_are_listed_and_removed_on_request() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("listed.img");
+    random_file(&path, 32 << 20, 62);
+    let rx = Zrecv::start(dst.path(), &[]);
+    interrupt(&rx, &path, 8 << 20);
+    drop(rx);
+
+    let out = zrecv_admin(dst.path(), &["--list-partials"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 2, "{listing}");
+    assert!(lines[0].starts_with("NAME "), "{listing}");
+    assert!(lines[1].starts_with("listed.img "), "{listing}");
+    assert!(lines[1].contains(" of 32.0 MiB "), "{listing}");
+
+    let out = zrecv_admin(dst.path(), &["--list-partials", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["name"], "listed.img");
+    assert_eq!(json["size"], 32u64 << 20);
+    let held = json["held"].as_u64().unwrap();
+    assert!((1..=32 << 20).contains(&held), "{json}");
+
+    let out = zrecv_admin(dst.path(), &["--remove-partials"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("zrecv: removed the partial of listed.img ("),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(entries(dst.path()).is_empty(), "{:?}", entries(dst.path()));
+    let out = zrecv_admin(dst.path(), &["--list-partials"]);
+    assert!(out.stdout.is_empty());
+    assert!(stderr_of(&out).contains("no partials kept"));
+}

@@ -47,7 +47,9 @@ pub use crate::exit::ExitStatus;
 pub use crate::links::{LinkError, LinkJudge, Resolution, MAX_LINK_HOPS};
 pub use crate::logging::init_logging;
 pub use crate::name::{validate_name, Escaped, NameError, MAX_NAME_LEN, TEMP_PREFIX};
-pub use crate::recv::{parse_age, sweep_interval, Age, Swept};
+pub use crate::recv::{
+    kept_partials, parse_age, remove_partial, sweep_interval, Age, KeptPartial, Swept,
+};
 pub use crate::recv::{
     parse_listen_addr, parse_network, Receiver, ReceiverConfig, TransferRecord, TreeCounts,
 };

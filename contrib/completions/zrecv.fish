@@ -9,6 +9,8 @@ complete -c zrecv -l allow-forward -d 'Networks this receiver may forward to whe
 complete -c zrecv -l once -d 'Serve one transfer, then exit with its result'
 complete -c zrecv -l force -d 'Replace existing files'
 complete -c zrecv -l stdout -d 'Write the payload to standard output instead of a file, for another program to read. SHA-256 is still checked: a mismatch makes zrecv (and zsend) exit non-zero, so the reader must look at the exit status. Needs --once'
+complete -c zrecv -l list-partials -d 'List the partials kept in DIR (and its subdirectories) for resuming: the name each belongs to, how much of it is held, the space it takes, its age. Then exit'
+complete -c zrecv -l remove-partials -d 'Remove the partials kept in DIR for resuming (not one written to within --timeout, which may belong to a transfer in flight), saying what each held. Then exit'
 complete -c zrecv -l json -d 'Print one JSON line per finished transfer on stdout'
 complete -c zrecv -s q -l quiet -d 'Print nothing but errors'
 complete -c zrecv -s v -l verbose -d 'More detail on stderr (-v: decisions such as fallbacks, -vv: debugging)'

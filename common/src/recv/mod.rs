@@ -44,6 +44,7 @@ mod tree;
 pub use config::{parse_listen_addr, parse_network, ReceiverConfig};
 pub use outcome::TransferRecord;
 pub use partial::sweep::{parse_age, sweep_interval, Age, Swept};
+pub use partial::{kept_partials, remove_partial, KeptPartial};
 pub use tree::TreeCounts;
 
 /// Pipe size asked for with F_SETPIPE_SZ (the default pipe-max-size).

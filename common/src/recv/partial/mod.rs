@@ -22,7 +22,10 @@ use crate::name::{Escaped, TEMP_PREFIX};
 use crate::wire::{Header, SOURCE_ID_LEN};
 
 mod agree;
+mod list;
 pub(crate) mod sweep;
+
+pub use list::{kept_partials, remove_partial, KeptPartial};
 
 /// Longest record read back; a real one is under 1 KiB.
 const MAX_RECORD_LEN: u64 = 4096;
