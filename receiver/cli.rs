@@ -120,5 +120,7 @@ SIGTERM or SIGINT stops zrecv: every transfer in flight keeps its partial for th
 resume, and zrecv exits 0 (with --once: the interrupted transfer's status). A second signal
 ends it at once.
 
-Exit status with --once: 0 landed and verified, 1 local error, 3 network, 4 refused,
-5 verification failed, 6 protocol error, 8 authentication failed.";
+Exit status: 0 served (stopped by SIGTERM or SIGINT, or with --once the transfer landed),
+1 could not start (the directory, the address), 2 usage; with --once, the transfer's: 3 network,
+4 refused, 5 verification failed, 6 protocol error, 7 could not land it (disk full, fsync or
+rename failed), 8 authentication failed.";

@@ -150,7 +150,8 @@ fn a_disk_that_fills_mid_transfer_fails_cleanly_on_both_sides() {
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(7), "{err}");
     assert!(err.contains("no space left on device"), "{err}");
-    assert_eq!(rx.wait().code(), Some(1), "{}", rx.stderr());
+    // Both ends say the same: the file could not land.
+    assert_eq!(rx.wait().code(), Some(7), "{}", rx.stderr());
     assert!(
         rx.stderr().contains("no space left on device"),
         "{}",
@@ -181,7 +182,8 @@ fn a_disk_that_fills_during_a_tree_ends_it_and_the_sender_says_why() {
     assert_eq!(out.status.code(), Some(7), "{err}");
     assert!(err.contains("receiver failed to land tree/f"), "{err}");
     assert!(err.contains("no space left on device"), "{err}");
-    assert_eq!(rx.wait().code(), Some(1), "{}", rx.stderr());
+    // Both ends say the same: the file could not land.
+    assert_eq!(rx.wait().code(), Some(7), "{}", rx.stderr());
     let left: Vec<String> = entries(&mnt.point.join("tree"))
         .into_iter()
         .filter(|n| n.starts_with(".zrecv"))
@@ -210,7 +212,8 @@ fn a_disk_that_fills_before_a_large_file_of_a_tree_says_why() {
     assert_eq!(out.status.code(), Some(7), "{err}");
     assert!(err.contains("receiver failed to land tree/f"), "{err}");
     assert!(err.contains("no space left on device"), "{err}");
-    assert_eq!(rx.wait().code(), Some(1), "{}", rx.stderr());
+    // Both ends say the same: the file could not land.
+    assert_eq!(rx.wait().code(), Some(7), "{}", rx.stderr());
 }
 
 /// A loop device attached to an image, detached on drop.
@@ -345,6 +348,45 @@ fn an_fsync_error_is_reported_and_nothing_is_published() {
         "{err}"
     );
     assert!(err.contains("input/output error"), "{err}");
-    assert_eq!(rx.wait().code(), Some(1), "{}", rx.stderr());
+    // Both ends say the same: the file could not land.
+    assert_eq!(rx.wait().code(), Some(7), "{}", rx.stderr());
     assert!(entries(&fs.point).is_empty(), "{:?}", entries(&fs.point));
+}
+
+/// A tree refused for space leaves nothing behind: not its directories (made before the space
+/// was counted), nor the links made in them; so a later send of the tree lands as its source
+/// is, not into leftovers closed to everyone but root.
+#[test]
+fn a_tree_refused_for_space_leaves_nothing_behind() {
+    use std::os::unix::fs::PermissionsExt;
+    assert_root();
+    let mnt = Mount::tmpfs("4m");
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("site");
+    std::fs::create_dir_all(top.join("assets/img")).unwrap();
+    std::os::unix::fs::symlink("img", top.join("assets/pictures")).unwrap();
+    random_file(&top.join("assets/img/huge.bin"), 8 << 20, 85);
+    std::fs::write(top.join("index.html"), b"<html>").unwrap();
+    for d in [&top, &top.join("assets"), &top.join("assets/img")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut rx = Zrecv::start(&mnt.point, &[]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--links"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("not enough space"), "{err}");
+    assert!(mnt.files().is_empty(), "{:?}", mnt.files());
+
+    std::fs::remove_file(top.join("assets/img/huge.bin")).unwrap();
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--links"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    for d in ["site", "site/assets", "site/assets/img"] {
+        let mode = std::fs::metadata(mnt.point.join(d))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755, "{d}");
+    }
+    rx.child.kill().unwrap();
+    let _ = rx.wait();
 }

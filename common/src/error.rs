@@ -247,7 +247,8 @@ impl RecvError {
             RecvError::Auth(_) => ExitStatus::Auth,
             RecvError::ShortPayload { .. } | RecvError::Network { .. } => ExitStatus::Network,
             RecvError::Mismatch { .. } | RecvError::Unsealed => ExitStatus::Verify,
-            RecvError::Local { .. } => ExitStatus::Local,
+            // The same code as the sender's for the same failure: the file could not land.
+            RecvError::Local { .. } => ExitStatus::RemoteFailed,
         }
     }
 }

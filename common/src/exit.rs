@@ -17,7 +17,8 @@ pub enum ExitStatus {
     Verify = 5,
     /// The peer broke the protocol.
     Protocol = 6,
-    /// The receiver accepted the data but could not make it durable or publish it.
+    /// The receiver accepted the data but could not make it durable or publish it (a full
+    /// disk, a failed fsync or rename): zsend's code, and zrecv's for the transfer it served.
     RemoteFailed = 7,
     /// Authentication failed: a token missing on one side, or not the same on both.
     Auth = 8,

@@ -63,6 +63,8 @@ impl Session<'_, '_> {
                     self.rx.config.dir.display(),
                     Bytes(have)
                 );
+                // Nothing is left of a tree refused: what the answers made goes.
+                self.unmake();
                 let refusal = Answers::Refused(RefuseCode::NoSpace, msg.clone());
                 if (&*self.stream).write_all(&refusal.encode()).is_ok() {
                     linger(self.stream);
@@ -72,6 +74,29 @@ impl Session<'_, '_> {
         }
         let answers = Answers::Each(self.answers.clone()).encode();
         tell(self.stream, &answers, "answering the manifest", 0, 0)
+    }
+
+    /// Removes what answering made: the directories this transfer made and the links it made
+    /// in them, deepest first. (Links made in directories that were there stay: they cannot be
+    /// told from links that were there.)
+    fn unmake(&mut self) {
+        for (i, e) in self.manifest.entries.iter().enumerate().rev() {
+            let in_fresh = e.parent().is_some_and(|p| self.fresh_dirs.contains(p));
+            let flags = match &e.kind {
+                Kind::Dir if self.fresh_dirs.contains(&e.path) => AtFlags::REMOVEDIR,
+                Kind::Symlink { .. } if in_fresh && self.answers[i] == Answer::Done => {
+                    AtFlags::empty()
+                }
+                _ => continue,
+            };
+            let removed = self
+                .dirs
+                .get(e.parent())
+                .and_then(|parent| Ok(rustix::fs::unlinkat(&parent, e.base(), flags)?));
+            if let Err(err) = removed {
+                log::warn!("removing {} of a refused tree: {err}", Escaped(&e.path));
+            }
+        }
     }
 
     /// Answers entry `i`, and tells the link judge what became of it.
