@@ -13,14 +13,16 @@ mod shared;
 use cli::Cli;
 use output::Progress;
 use zcommon::{
-    send_file, send_tree, ExitStatus, SendError, SendOptions, SendReport, Token, TreeOptions,
-    TreeReport,
+    send_file, send_tree, ExitStatus, RefuseCode, SendError, SendOptions, SendReport, Token,
+    TreeOptions, TreeReport,
 };
 
 /// What was sent.
 enum Sent {
     File(SendReport),
     Tree(TreeReport),
+    /// One file whose name was taken by the same content: nothing crossed.
+    Already(TreeReport, String),
 }
 
 fn main() -> ExitCode {
@@ -185,6 +187,20 @@ fn report_interruptions(cli: &Cli, bar: indicatif::ProgressBar) {
     });
 }
 
+/// A file refused because its name exists: sent again as a tree of one file, whose answer
+/// compares the file there with this one (same size and mtime, then the digests). `Some` when
+/// it is already there with the same content; `None` (the refusal stands) otherwise.
+fn already_there(cli: &Cli, dest: &str, opts: &SendOptions, label: &str) -> Option<Sent> {
+    let tree_opts = TreeOptions {
+        links: false,
+        fail_fast: true,
+    };
+    let files = &cli.files()[..1];
+    let report = send_tree(dest, files, opts, tree_opts, &mut |_, _| {}, &mut |_| {}).ok()?;
+    (report.unchanged == 1 && report.failures.is_empty())
+        .then(|| Sent::Already(report, label.to_owned()))
+}
+
 /// What the display calls a source: its file name.
 fn label_of(path: &std::path::Path) -> String {
     let name = path.file_name().unwrap_or(path.as_os_str());
@@ -215,7 +231,16 @@ fn run(cli: &Cli, progress: &Progress) -> anyhow::Result<Sent> {
         progress.start(&label, Some(size));
         let report = send_file(&dest, first, &opts, &mut |t| progress.tick(t));
         progress.finish();
-        return Ok(Sent::File(output::log_report(report?, progress)));
+        return match report {
+            // The name is taken there: if by this very content, it is already there (as
+            // rsync and a tree would say), which a one-file tree's check tells.
+            Err(SendError::Refused {
+                code: RefuseCode::Exists,
+                ..
+            }) if opts.verify && opts.chain.is_empty() => already_there(cli, &dest, &opts, &label)
+                .ok_or_else(|| report.expect_err("matched Err").into()),
+            report => Ok(Sent::File(output::log_report(report?, progress))),
+        };
     }
     let tree_opts = TreeOptions {
         links: cli.links,

@@ -297,6 +297,11 @@ pub fn print_summary(sent: &Sent) {
     match sent {
         Sent::File(r) => eprintln!("zsend: {}", summary(r)),
         Sent::Tree(r) => eprintln!("zsend: {}", tree_summary(r)),
+        Sent::Already(r, name) => eprintln!(
+            "zsend: {} is already on {} with the same content (sha256 compared); nothing sent",
+            Escaped(name),
+            r.peer
+        ),
     }
 }
 
@@ -391,7 +396,7 @@ pub fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
                 })
             }).collect::<Vec<_>>(),
         }),
-        Ok(Sent::Tree(r)) => serde_json::json!({
+        Ok(Sent::Tree(r) | Sent::Already(r, _)) => serde_json::json!({
             "version": JSON_VERSION,
             "ok": r.failures.is_empty(),
             "tree": true,

@@ -286,3 +286,50 @@ fn verbose_says_which_data_path_was_used_and_how_long_each_phase_took() {
         }
     }
 }
+
+/// Sending a file that is already there is "already there", exit 0, as for a tree (and as rsync
+/// says nothing to do); another file under that name is still refused without --force, even
+/// with the same size and mtime.
+#[test]
+fn a_file_already_there_is_already_there_and_another_one_is_still_refused() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let file = src.path().join("disk.img");
+    random_file(&file, 4 << 20, 9);
+    let rx = Zrecv::start(dst.path(), &[]);
+    let f = file.to_str().unwrap();
+    let out = zsend(&[&rx.addr(), f]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+
+    let out = zsend(&[&rx.addr(), f]);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "zsend: disk.img is already on {} with the same content (sha256 compared); nothing \
+             sent",
+            rx.addr()
+        )
+    );
+
+    // Other bytes, the same size and mtime: compared, found different, refused.
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let g = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&g, b"changed", 1000).unwrap();
+    g.set_modified(mtime).unwrap();
+    drop(g);
+    let out = zsend(&[&rx.addr(), f]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("file exists (use --force on the receiver)"),
+        "{err}"
+    );
+    assert_eq!(entries(dst.path()), vec!["disk.img"]);
+    assert_ne!(
+        sha256_file(&dst.path().join("disk.img")),
+        sha256_file(&file),
+        "the file there was not replaced"
+    );
+}
