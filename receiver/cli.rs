@@ -11,8 +11,12 @@ use zcommon::parse_listen_addr;
 /// `--version`: the release, and the protocol version it speaks (a test keeps it in sync).
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 8)");
 
-/// Receive files from zsend: splice(2) from the socket into the file, SHA-256 checked against
-/// the sender's, published under its name only once complete, verified and durable.
+/// Receive files from zsend, verified and durable.
+///
+/// zrecv listens on a TCP port and writes what zsend sends into a directory: splice(2) moves the
+/// payload from the socket through a pipe into a hidden file while a second thread hashes it
+/// back, and the file is published under its name only once its SHA-256 matches the sender's and
+/// the data is durable. An interrupted transfer keeps its partial for the same send to resume.
 #[derive(Parser, Debug)]
 // Bare `zrecv` prints the usage: listening on every address, tokenless, into the current
 // directory is not something to start by accident.
@@ -114,7 +118,7 @@ Examples:
   zrecv --listen [::]:7350 --json           a JSON line per transfer on stdout
   zrecv --listen --token-file /etc/zsend/token --dir /srv/images
   zrecv --listen --once --stdout | tar x     feed another program, still verified
-  zrecv --listen --allow-forward 10.0.0.0/24 pass chains (zsend --to) on within 10.0.0.0/24
+  zrecv --listen --allow-forward 10.0.0.0/24   pass chains (zsend --to) on within 10.0.0.0/24
 
 SIGTERM or SIGINT stops zrecv: every transfer in flight keeps its partial for the next send to
 resume, and zrecv exits 0 (with --once: the interrupted transfer's status). A second signal

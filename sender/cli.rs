@@ -8,8 +8,12 @@ use clap::Parser;
 /// `--version`: the release, and the protocol version it speaks (a test keeps it in sync).
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 8)");
 
-/// Send a file to a zrecv receiver: zero-copy with sendfile(2), verified with SHA-256 on both
-/// ends, published on the receiver only once complete, verified and durable.
+/// Send files to a zrecv, zero-copy and verified.
+///
+/// zsend pushes a file from the page cache into the socket with sendfile(2) while a second thread
+/// hashes it, and exits 0 only once the receiver says the file landed under its name, its SHA-256
+/// the same on both ends and its data durable. Directories go over one connection; a file can go
+/// to several hosts through a chain; an interrupted transfer resumes when sent again.
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "zsend",

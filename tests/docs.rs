@@ -22,9 +22,43 @@ fn generated() -> Vec<(String, Vec<u8>)> {
         ("zsend", zsend_cli::Cli::command()),
         ("zrecv", zrecv_cli::Cli::command()),
     ] {
-        let mut man = Vec::new();
-        clap_mangen::Man::new(cmd.clone()).render(&mut man).unwrap();
-        out.push((format!("docs/man/{name}.1"), man));
+        let (synopsis, files): (&[&str], &[(&str, &str)]) = match name {
+            "zsend" => (
+                &[
+                    "zsend [OPTIONS] HOST:PORT FILE|DIR...",
+                    "zsend [OPTIONS] --to HOST:PORT[,HOST:PORT...] FILE",
+                    "zsend [OPTIONS] HOST:PORT - --name NAME",
+                ],
+                &[(
+                    "/etc/zsend/token",
+                    "A token file, as the examples use it (any path will do).",
+                )],
+            ),
+            _ => (
+                &[
+                    "zrecv --listen [ADDR] --dir DIR [OPTIONS]",
+                    "zrecv --dir DIR --list-partials | --remove-partials",
+                ],
+                &[
+                    (
+                        "DIR/.zrecv-*.part",
+                        "A transfer in flight, or a partial kept to resume (hidden).",
+                    ),
+                    (
+                        "DIR/.zrecv-*.resume",
+                        "What a kept partial belongs to and how much it holds.",
+                    ),
+                    (
+                        "contrib/systemd/zrecv.service",
+                        "A hardened systemd unit, in the source tree.",
+                    ),
+                ],
+            ),
+        };
+        out.push((
+            format!("docs/man/{name}.1"),
+            man_page(name, cmd.clone(), synopsis, files),
+        ));
         for (shell, file) in [
             (Shell::Bash, format!("{name}.bash")),
             (Shell::Zsh, format!("_{name}")),
@@ -36,6 +70,86 @@ fn generated() -> Vec<(String, Vec<u8>)> {
         }
     }
     out
+}
+
+/// A man page: clap's title, name, description and options, and the sections a man page has
+/// besides (synopsis as the user types it, exit status, environment, files, examples that fit
+/// 80 columns, see also), from the same text `--help` shows.
+fn man_page(name: &str, cmd: clap::Command, synopsis: &[&str], files: &[(&str, &str)]) -> Vec<u8> {
+    use std::io::Write;
+    let after = cmd
+        .get_after_help()
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    let man = clap_mangen::Man::new(cmd);
+    let mut w = Vec::new();
+    man.render_title(&mut w).unwrap();
+    man.render_name_section(&mut w).unwrap();
+    writeln!(w, ".SH SYNOPSIS").unwrap();
+    for (k, line) in synopsis.iter().enumerate() {
+        if k > 0 {
+            writeln!(w, ".br").unwrap();
+        }
+        writeln!(w, "{}", roff(line)).unwrap();
+    }
+    man.render_description_section(&mut w).unwrap();
+    man.render_options_section(&mut w).unwrap();
+    let paragraphs: Vec<&str> = after.split("\n\n").collect();
+    let mut examples = None;
+    for p in &paragraphs {
+        if let Some(rest) = p.strip_prefix("Examples:\n") {
+            examples = Some(rest.to_owned());
+        } else if p.starts_with("Exit status") {
+            writeln!(w, ".SH \"EXIT STATUS\"\n{}", roff(&p.replace('\n', " "))).unwrap();
+        } else {
+            writeln!(w, ".SH NOTES\n{}", roff(&p.replace('\n', " "))).unwrap();
+        }
+    }
+    writeln!(w, ".SH ENVIRONMENT").unwrap();
+    for (var, what) in [
+        (
+            "ZSEND_TOKEN_FILE",
+            "The token file, when --token-file is not given.",
+        ),
+        (
+            "RUST_LOG",
+            "What to log (error, warn, info, debug), over -v and -q.",
+        ),
+    ] {
+        writeln!(w, ".TP\n\\fB{var}\\fR\n{}", roff(what)).unwrap();
+    }
+    writeln!(w, ".SH FILES").unwrap();
+    for (file, what) in files {
+        writeln!(w, ".TP\n\\fI{}\\fR\n{}", roff(file), roff(what)).unwrap();
+    }
+    writeln!(w, ".SH EXAMPLES").unwrap();
+    // Each "  COMMAND   what it does" line: the command, then what it does below it, so that
+    // nothing wraps at 80 columns; a line of spaces first continues the one before.
+    for line in examples.unwrap_or_default().lines() {
+        let trimmed = line.trim_start();
+        if line.starts_with("   ") && trimmed.len() + 8 < line.len() {
+            writeln!(w, "{}", roff(trimmed)).unwrap();
+            continue;
+        }
+        let (command, what) = trimmed.split_once("  ").unwrap_or((trimmed, ""));
+        writeln!(w, ".TP\n\\fB{}\\fR\n{}", roff(command), roff(what.trim())).unwrap();
+    }
+    let other = if name == "zsend" { "zrecv" } else { "zsend" };
+    writeln!(
+        w,
+        ".SH \"SEE ALSO\"\n\\fB{other}\\fR(1), \\fBsendfile\\fR(2), \\fBsplice\\fR(2), \\fBsha256sum\\fR(1), \\fBrsync\\fR(1)"
+    )
+    .unwrap();
+    w
+}
+
+/// Text as roff shows it literally.
+fn roff(text: &str) -> String {
+    let text = text.replace('\\', "\\\\").replace('-', "\\-");
+    match text.starts_with('.') || text.starts_with('\'') {
+        true => format!("\\&{text}"),
+        false => text,
+    }
 }
 
 #[test]
@@ -66,8 +180,47 @@ fn the_man_pages_say_what_matters() {
         }
         let text = String::from_utf8(content).unwrap().replace("\\-", "-");
         let protocol = format!("protocol {}", zcommon::VERSION);
-        for words in ["Examples", "token-file", "Exit status", protocol.as_str()] {
+        for words in ["token-file", "Exit status", protocol.as_str()] {
             assert!(text.contains(words), "{rel} lacks {words:?}");
+        }
+        for section in [
+            "NAME",
+            "SYNOPSIS",
+            "DESCRIPTION",
+            "OPTIONS",
+            "\"EXIT STATUS\"",
+            "ENVIRONMENT",
+            "FILES",
+            "EXAMPLES",
+            "\"SEE ALSO\"",
+        ] {
+            assert!(
+                text.contains(&format!("\n.SH {section}\n")),
+                "{rel} lacks {section}"
+            );
+        }
+        // As man shows it on an 80-column terminal: nothing wraps.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let shown = std::process::Command::new("man")
+            .args(["-l", "-P", "cat"])
+            .arg(root.join(&rel))
+            .env("MANWIDTH", "80")
+            .env("MAN_KEEP_FORMATTING", "0")
+            .output()
+            .expect("man (scripts/test installs it)");
+        // Bold and underline come as overstrikes ("N\x08N"): keep the last of each.
+        let mut plain = String::new();
+        for c in String::from_utf8_lossy(&shown.stdout).chars() {
+            match c {
+                '\u{8}' => {
+                    plain.pop();
+                }
+                c => plain.push(c),
+            }
+        }
+        assert!(plain.contains("EXAMPLES"), "{rel}: {plain}");
+        for line in plain.lines() {
+            assert!(line.chars().count() <= 80, "{rel}: wider than 80: {line:?}");
         }
     }
 }

@@ -14,5 +14,5 @@ complete -c zrecv -l remove-partials -d 'Remove the partials kept in DIR for res
 complete -c zrecv -l json -d 'Print one JSON line per finished transfer on stdout'
 complete -c zrecv -s q -l quiet -d 'Print nothing but errors'
 complete -c zrecv -s v -l verbose -d 'More detail on stderr (-v: decisions such as fallbacks, -vv: debugging)'
-complete -c zrecv -s h -l help -d 'Print help'
+complete -c zrecv -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c zrecv -s V -l version -d 'Print version'

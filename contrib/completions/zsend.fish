@@ -8,5 +8,5 @@ complete -c zsend -l no-verify -d 'Skip SHA-256 on both ends (lengths are still 
 complete -c zsend -l json -d 'Print one JSON object describing the result on stdout'
 complete -c zsend -s q -l quiet -d 'Print nothing but errors'
 complete -c zsend -s v -l verbose -d 'More detail on stderr (-v: decisions such as fallbacks, -vv: debugging)'
-complete -c zsend -s h -l help -d 'Print help'
+complete -c zsend -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c zsend -s V -l version -d 'Print version'
