@@ -333,3 +333,36 @@ fn a_file_already_there_is_already_there_and_another_one_is_still_refused() {
         "the file there was not replaced"
     );
 }
+
+/// `-vv` tells, for a tree, what became of each file; `-v` does not.
+#[test]
+fn very_verbose_says_what_became_of_each_file_of_a_tree() {
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("docs");
+    std::fs::create_dir(&top).unwrap();
+    for n in ["a.txt", "b.txt"] {
+        std::fs::write(top.join(n), n).unwrap();
+    }
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+    let out = zsend(&["-vv", &rx.addr(), top.to_str().unwrap()]);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    for n in ["a.txt", "b.txt"] {
+        assert!(
+            err.contains(&format!("zsend: debug: docs/{n}: landed\n")),
+            "{err}"
+        );
+    }
+    std::fs::write(top.join("c.txt"), "c").unwrap();
+    let out = zsend(&["-v", &rx.addr(), top.to_str().unwrap()]);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains(": landed"), "{err}");
+    let out = zsend(&["-vv", &rx.addr(), top.to_str().unwrap()]);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("zsend: debug: docs/a.txt: already there (sha256 compared)\n"),
+        "{err}"
+    );
+}

@@ -6,6 +6,7 @@ use super::Session;
 use crate::auth::Seal;
 use crate::error::SendError;
 use crate::name::Escaped;
+use crate::units::Bytes;
 use crate::wire::ProtocolError;
 use crate::wire::{FileStatus, Report};
 
@@ -72,6 +73,10 @@ impl Session<'_> {
             }
             FileStatus::Failed | FileStatus::Refused => self.fail(i, message),
             FileStatus::Resend => {
+                log::debug!(
+                    "{}: differs from the receiver's; sending it again whole",
+                    Escaped(&self.tree.manifest.entries[i].path)
+                );
                 self.resumed[i] = 0;
                 resend.push(i);
             }
@@ -79,11 +84,19 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Counts a file that landed, or was already there.
+    /// Counts a file that landed, or was already there (and says so with `-vv`).
     fn count(&mut self, i: usize, status: FileStatus) {
+        let path = Escaped(&self.tree.manifest.entries[i].path);
         match status {
-            FileStatus::Unchanged => self.report.unchanged += 1,
+            FileStatus::Unchanged => {
+                log::debug!("{path}: already there (sha256 compared)");
+                self.report.unchanged += 1;
+            }
             _ => {
+                match self.resumed[i] {
+                    0 => log::debug!("{path}: landed"),
+                    held => log::debug!("{path}: landed, resumed after {}", Bytes(held)),
+                }
                 self.report.landed += 1;
                 self.report.resumed_from += self.resumed[i];
             }
