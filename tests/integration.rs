@@ -6,6 +6,7 @@ mod chain;
 mod disk;
 mod display;
 mod docs;
+mod exit_codes;
 mod faults;
 mod hostile;
 mod hostile_receiver;
