@@ -3,8 +3,7 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::Output;
 
 use zcommon::{read_hello, Reply, Verdict};
 
@@ -132,31 +131,8 @@ fn cases() -> Vec<Case> {
     case(9, (zsend(&[&rx.addr(), &top]), None));
 
     // 130: interrupted (Ctrl-C) while the receiver holds the payload back.
-    let (heard, hello) = mpsc::channel::<()>();
-    let (done, wait) = mpsc::channel::<()>();
-    let (addr, peer) = fake_peer(move |mut s| {
-        read_hello(&mut s).unwrap();
-        s.write_all(&Reply::Accept.encode()).unwrap();
-        heard.send(()).unwrap();
-        let _ = wait.recv_timeout(PROCESS_TIMEOUT);
-    });
     let big = file(s, "big.img", 64 << 20, 130);
-    let child = Command::new(zsend_bin())
-        .args([&addr, &big])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    hello.recv_timeout(PROCESS_TIMEOUT).unwrap();
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = wait_output(child);
-    done.send(()).unwrap();
-    peer.join().unwrap();
+    let out = zsend_interrupted(&big);
     case(130, (out, None));
     cases
 }

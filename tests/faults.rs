@@ -190,12 +190,7 @@ fn one_slot_held(src: &Path, dst: &Path, extra: &[&str]) -> (Zrecv, Child, Proxy
         rx.addr,
         Fault::StallAfter(payload_offset("first.bin", 1 << 20)),
     );
-    let first = Command::new(zsend_bin())
-        .args([&proxy.addr(), path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let first = spawn_zsend(&[&proxy.addr(), path.to_str().unwrap()]);
     proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
     (rx, first, proxy, path)
 }

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 
 use zcommon::{read_hello, Reply};
@@ -14,13 +14,7 @@ use crate::util::*;
 
 #[test]
 fn bare_zrecv_prints_the_usage_and_listens_nowhere() {
-    let child = Command::new(zrecv_bin())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_output(child);
+    let out = run_bounded(&mut Command::new(zrecv_bin()));
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -33,20 +27,13 @@ fn bare_zrecv_prints_the_usage_and_listens_nowhere() {
 
 #[test]
 fn a_missing_receive_directory_is_named_as_such() {
-    let child = Command::new(zrecv_bin())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--once",
-            "--dir",
-            "/nonexistent/inbox",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_output(child);
+    let out = run_bounded(Command::new(zrecv_bin()).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--once",
+        "--dir",
+        "/nonexistent/inbox",
+    ]));
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr_of(&out).trim(),
@@ -155,32 +142,7 @@ fn ctrl_c_says_how_far_the_transfer_got_and_how_to_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("disk.img");
     random_file(&file, 64 << 20, 8);
-    let (heard, hello) = mpsc::channel::<()>();
-    let (done, wait) = mpsc::channel::<()>();
-    // Accepts, then reads nothing: the sender blocks with the payload under way.
-    let (addr, peer) = fake_peer(move |mut s| {
-        read_hello(&mut s).unwrap();
-        s.write_all(&Reply::Accept.encode()).unwrap();
-        heard.send(()).unwrap();
-        let _ = wait.recv_timeout(PROCESS_TIMEOUT);
-    });
-    let child = Command::new(zsend_bin())
-        .args([&addr, file.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The hello came, so zsend is past installing its handler.
-    hello.recv_timeout(PROCESS_TIMEOUT).unwrap();
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = wait_output(child);
-    done.send(()).unwrap();
-    peer.join().unwrap();
+    let out = zsend_interrupted(file.to_str().unwrap());
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(130), "{err}");
     let line = err.lines().last().unwrap();
@@ -234,14 +196,7 @@ fn an_unreadable_directory_in_a_tree_is_named_and_counted() {
         &rx.addr(),
         top.to_str().unwrap(),
     ];
-    let child = Command::new("setpriv")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_output(child);
+    let out = run_bounded(Command::new("setpriv").args(args));
     let _ = rx.wait();
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(9), "{err}");

@@ -330,12 +330,7 @@ fn a_receiver_killed_outright_still_leaves_a_partial_to_resume_from() {
         rx.addr,
         Fault::PauseAt(payload_offset("killed.img", 24 << 20)),
     );
-    let mut sender = Command::new(zsend_bin())
-        .args([&proxy.addr(), path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut sender = spawn_zsend(&[&proxy.addr(), path.to_str().unwrap()]);
     proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
     // Everything the proxy let through is in the file before the kill.
     wait_in_flight(dst.path(), &mut sender, |m| m.len() >= 16 << 20);
@@ -360,16 +355,7 @@ fn a_receiver_killed_outright_still_leaves_a_partial_to_resume_from() {
 }
 
 fn zrecv_admin(dir: &Path, args: &[&str]) -> std::process::Output {
-    let child = Command::new(zrecv_bin())
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_output(child)
+    run_bounded(Command::new(zrecv_bin()).arg("--dir").arg(dir).args(args))
 }
 
 /// The partials a directory keeps can be listed (name, what is held, space, age) and removed.

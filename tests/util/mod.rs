@@ -238,6 +238,17 @@ pub fn zsend_with(wrapper: Option<&[&str]>, args: &[&str]) -> Output {
     wait_output(child)
 }
 
+/// Runs `cmd` with no input, its output collected, within the time bound of [`wait_output`].
+pub fn run_bounded(cmd: &mut Command) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    wait_output(child)
+}
+
 /// Waits for a child with a time bound, collecting its output.
 pub fn wait_output(mut child: Child) -> Output {
     let out = child.stdout.take();
@@ -391,6 +402,36 @@ pub fn spawn_zsend(args: &[&str]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn zsend")
+}
+
+/// Runs `zsend ADDR FILE` against a receiver that accepts and then reads nothing, and sends it
+/// SIGINT once its hello has come (so it is past installing its handler). Returns its output.
+pub fn zsend_interrupted(file: &str) -> Output {
+    let (heard, hello) = mpsc::channel::<()>();
+    let (done, wait) = mpsc::channel::<()>();
+    let (addr, peer) = fake_peer(move |mut s| {
+        zcommon::read_hello(&mut s).unwrap();
+        s.write_all(&zcommon::Reply::Accept.encode()).unwrap();
+        heard.send(()).unwrap();
+        let _ = wait.recv_timeout(PROCESS_TIMEOUT);
+    });
+    let child = Command::new(zsend_bin())
+        .args([&addr, file])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    hello.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = wait_output(child);
+    done.send(()).unwrap();
+    peer.join().unwrap();
+    out
 }
 
 /// Waits (bounded) until a temporary file of a transfer in flight in `dir` is as `ready` says,

@@ -39,3 +39,11 @@ pub enum CopyError {
 fn is_unsupported(e: Errno) -> bool {
     e == Errno::INVAL || e == Errno::NOSYS || e == Errno::OPNOTSUPP
 }
+
+#[cfg(test)]
+mod tests {
+    /// `n` bytes of a pattern that repeats only every 251 bytes.
+    pub(super) fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+}

@@ -88,14 +88,11 @@ pub fn read_write_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::tests::pattern;
     use std::io::Read;
     use std::net::TcpStream;
     use std::os::unix::net::UnixStream;
     use std::time::{Duration, Instant};
-
-    fn pattern(n: usize) -> Vec<u8> {
-        (0..n).map(|i| (i * 31 % 251) as u8).collect()
-    }
 
     #[test]
     fn sendfile_from_a_pipe_is_unsupported_and_read_write_takes_over() {

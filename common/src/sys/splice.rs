@@ -367,12 +367,9 @@ fn read_into_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::tests::pattern;
     use std::io::{Seek, Write};
     use std::os::unix::net::UnixStream;
-
-    fn pattern(n: usize) -> Vec<u8> {
-        (0..n).map(|i| (i * 31 % 251) as u8).collect()
-    }
 
     /// splice(2) into a file opened with O_APPEND fails with EINVAL: the loop must finish the
     /// job with read/write, including the bytes already sitting in the pipe.
