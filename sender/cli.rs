@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// `--version`: the release, and the protocol version it speaks (a test keeps it in sync).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 8)");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 9)");
 
 /// Send files to a zrecv, zero-copy and verified.
 ///

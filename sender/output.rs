@@ -239,10 +239,10 @@ pub fn failure(err: &anyhow::Error, cli: &Cli, progress: &Progress) -> Option<St
         SendError::Protocol(zcommon::ProtocolError::Io("receiver's reply", error))
             if matches!(error.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
         {
+            let silence = zcommon::FIRST_WORD.as_secs().min(cli.timeout.max(1));
             Some(format!(
-                "{dest} accepted the connection but did not answer in {} s: is a zrecv \
-                 listening there? (a zrecv answers at once)",
-                cli.timeout.max(1)
+                "{dest} accepted the connection but said nothing in {silence} s: is a zrecv \
+                 listening there? (a zrecv answers at once, or says it is waiting)"
             ))
         }
         _ => None,

@@ -200,14 +200,19 @@ fn a_sender_over_the_cap_waits_for_a_free_slot_and_lands() {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let (rx, mut first, proxy, path) = one_slot_held(src.path(), dst.path(), &[]);
+    // A sender gives up on a receiver silent for its timeout (2 s here): the one waiting for a
+    // slot keeps it told.
     let second = Command::new(zsend_bin())
         .args([&rx.addr(), path.to_str().unwrap(), "--name", "second.bin"])
+        .args(["--timeout", "2"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     rx.wait_for_line("waiting for a free slot (1 transfers running)");
+    // Longer than the sender would wait in silence (not a lock: the wait is the subject).
+    std::thread::sleep(std::time::Duration::from_secs(3));
     // The slot comes free: the waiting sender gets it.
     first.kill().unwrap();
     first.wait().unwrap();

@@ -131,8 +131,8 @@ fn a_port_that_never_answers_like_a_zrecv_is_told_apart() {
     assert_eq!(
         err.trim(),
         format!(
-            "zsend: {addr} accepted the connection but did not answer in 1 s: is a zrecv \
-             listening there? (a zrecv answers at once)"
+            "zsend: {addr} accepted the connection but said nothing in 1 s: is a zrecv \
+             listening there? (a zrecv answers at once, or says it is waiting)"
         )
     );
 }

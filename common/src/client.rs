@@ -2,9 +2,9 @@
 //! chain alike: resolving and connecting to `HOST:PORT`, and the handshake (hello, reply, the
 //! token proved both ways) that ends in the receiver's accept.
 
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -14,6 +14,15 @@ use crate::wire::{encode_proof, Header, ProtocolError, Reply};
 
 /// Port zrecv listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7350;
+
+/// Longest a sender waits for the first word after its hello (and its proof): a zrecv answers
+/// at once, or keeps it told with a keepalive every 0.4 s while it waits for a slot or a name.
+/// A peer silent for this long is not a zrecv (an HTTP server waiting for its request, say).
+pub const FIRST_WORD: Duration = Duration::from_secs(10);
+
+/// Longest a sender waits for a reply while the receiver keeps it told that it waits: far more
+/// than a receiver's `--slot-wait` (30 s by default), but not forever.
+pub const MAX_REPLY_WAIT: Duration = Duration::from_secs(600);
 
 /// Turns `HOST:PORT`, `[V6]:PORT`, `HOST` or a bare IP into socket addresses (the default port
 /// where none is given).
@@ -102,7 +111,7 @@ pub fn handshake(
     stream
         .write_all(&hello)
         .map_err(net("sending the header"))?;
-    let (nonce, proof) = match (Reply::read(&mut stream)?, token) {
+    let (nonce, proof) = match (read_reply(stream)?, token) {
         (r @ Reply::Refuse(..), _) => return accepted(r, Integrity::none()),
         (r @ (Reply::Accept | Reply::Resume { .. }), None) => {
             return accepted(r, Integrity::none())
@@ -135,7 +144,46 @@ pub fn handshake(
         ));
     }
     let integrity = Integrity::derive(token, &ours, &nonce, &hello);
-    accepted(Reply::read(&mut stream)?, integrity)
+    accepted(read_reply(stream)?, integrity)
+}
+
+/// Reads the receiver's reply, after the keepalives of a receiver that makes it wait (for a
+/// slot, or a name): never [`FIRST_WORD`] (or the connection's read timeout, if shorter)
+/// without a byte, and at most [`MAX_REPLY_WAIT`] in all.
+fn read_reply(stream: &TcpStream) -> Result<Reply, SendError> {
+    let timeout = stream
+        .read_timeout()
+        .ok()
+        .flatten()
+        .unwrap_or(Duration::from_secs(60));
+    let mut patient = Patient {
+        stream,
+        deadline: Instant::now() + MAX_REPLY_WAIT.max(timeout),
+        silence: FIRST_WORD.min(timeout),
+    };
+    let reply = Reply::read(&mut patient);
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(net("configuring the socket"))?;
+    Ok(reply?)
+}
+
+/// Reads from a stream until `deadline`, waiting at most `silence` for each read.
+struct Patient<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+    silence: Duration,
+}
+
+impl Read for Patient<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left.min(self.silence)))?;
+        (&*self.stream).read(buf)
+    }
 }
 
 /// Maps an I/O error on the connection to the network error `during` a step.

@@ -41,7 +41,7 @@ mod watch;
 mod wire;
 
 pub use crate::auth::{prefix_proof, Integrity, Seal, Token};
-pub use crate::client::{connect, resolve, DEFAULT_PORT};
+pub use crate::client::{connect, resolve, DEFAULT_PORT, FIRST_WORD};
 pub use crate::error::{RecvError, SendError};
 pub use crate::exit::ExitStatus;
 pub use crate::links::{LinkError, LinkJudge, Resolution, MAX_LINK_HOPS};

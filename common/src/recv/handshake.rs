@@ -15,7 +15,7 @@ use crate::error::RecvError;
 use crate::name::Escaped;
 use crate::units::Bytes;
 use crate::watch;
-use crate::wire::{read_hello, read_proof, Header, ProtocolError, RefuseCode, Reply};
+use crate::wire::{read_hello, read_proof, Header, ProtocolError, RefuseCode, Reply, KEEPALIVE};
 
 /// How long a sender waits for another connection to let go of its name before it is refused
 /// as busy, while that connection's sender still looks alive.
@@ -141,6 +141,7 @@ impl Receiver {
         let deadline = start + self.config.timeout;
         let lock = || self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         let mut held = lock();
+        let mut told = Instant::now();
         while let Some(holder) = held.get(name) {
             let until = match watch::peer_gone(holder) {
                 true => deadline,
@@ -149,6 +150,13 @@ impl Receiver {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return None;
+            }
+            // The sender is kept told that it waits (protocol, section 2).
+            if told.elapsed() >= watch::KEEPALIVE_EVERY {
+                told = Instant::now();
+                if (&*stream).write_all(&KEEPALIVE).is_err() {
+                    return None;
+                }
             }
             // Woken when a name is released; and now and then, to see the holder's sender go.
             held = self

@@ -24,8 +24,9 @@ use rustix::fs::{Mode, OFlags};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::RecvError;
+use crate::watch::peer_gone as gone;
 use crate::watch::Stop;
-use crate::wire::{encode_hops, ProtocolError, RefuseCode, Reply};
+use crate::wire::{encode_hops, ProtocolError, RefuseCode, Reply, KEEPALIVE};
 use handshake::{accept, refuse, refused};
 
 mod chain;
@@ -168,9 +169,12 @@ impl Receiver {
                             self.slots.max()
                         );
                         let deadline = Instant::now() + self.config.slot_wait;
-                        match waiter.wait(deadline, || self.connections.stopped()) {
+                        // The sender is kept told that it waits (protocol, section 2).
+                        let tell = || (&stream).write_all(&KEEPALIVE).is_ok();
+                        let stopped = || self.connections.stopped();
+                        match waiter.wait(deadline, stopped, tell) {
                             Some(slot) => slot,
-                            None if self.connections.stopped() => return,
+                            None if self.connections.stopped() || gone(&stream) => return,
                             None => {
                                 drop(registered);
                                 let why = format!(

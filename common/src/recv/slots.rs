@@ -5,6 +5,8 @@
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::watch::KEEPALIVE_EVERY;
+
 /// Most senders waiting for a slot at once; more are refused as busy at once.
 pub(super) const MAX_WAITING: usize = 256;
 
@@ -74,10 +76,18 @@ impl Slots {
 }
 
 impl<'a> Waiter<'a> {
-    /// Waits for a slot until `deadline`, or until `stopped` says the receiver is stopping.
-    pub(super) fn wait(self, deadline: Instant, stopped: impl Fn() -> bool) -> Option<Slot<'a>> {
+    /// Waits for a slot until `deadline`, or until `stopped` says the receiver is stopping;
+    /// calls `tell` every [`KEEPALIVE_EVERY`] meanwhile (the sender is told it is still
+    /// waited for), and gives up when it says the sender is gone.
+    pub(super) fn wait(
+        self,
+        deadline: Instant,
+        stopped: impl Fn() -> bool,
+        mut tell: impl FnMut() -> bool,
+    ) -> Option<Slot<'a>> {
         let slots = self.slots;
         let mut state = slots.lock();
+        let mut told = Instant::now();
         loop {
             if state.active < slots.max {
                 state.active += 1;
@@ -86,6 +96,12 @@ impl<'a> Waiter<'a> {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || stopped() {
                 return None;
+            }
+            if told.elapsed() >= KEEPALIVE_EVERY {
+                told = Instant::now();
+                if !tell() {
+                    return None;
+                }
             }
             state = slots
                 .freed
@@ -119,12 +135,16 @@ mod tests {
         let held = slots.try_take().unwrap();
         assert!(slots.try_take().is_none());
         let soon = Instant::now();
-        assert!(slots.queue().unwrap().wait(soon, || false).is_none());
+        assert!(slots
+            .queue()
+            .unwrap()
+            .wait(soon, || false, || true)
+            .is_none());
         std::thread::scope(|s| {
             let waiter = slots.queue().unwrap();
             let got = s.spawn(move || {
                 waiter
-                    .wait(Instant::now() + Duration::from_secs(60), || false)
+                    .wait(Instant::now() + Duration::from_secs(60), || false, || true)
                     .is_some()
             });
             drop(held);
@@ -139,7 +159,11 @@ mod tests {
         let slots = Slots::new(1);
         let _held = slots.try_take().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
-        assert!(slots.queue().unwrap().wait(deadline, || true).is_none());
+        assert!(slots
+            .queue()
+            .unwrap()
+            .wait(deadline, || true, || true)
+            .is_none());
     }
 
     #[test]

@@ -385,9 +385,9 @@ mod tests {
         let err = read_preamble(&mut &b"GET / HTTP/1.1\r\n"[..]).unwrap_err();
         assert!(matches!(err, ProtocolError::BadMagic(m) if &m == b"GET "));
         let mut v = hello_with_len(10);
-        v[5] = 9;
+        v[5] = 8; // the version before this one
         let err = read_preamble(&mut &v[..]).unwrap_err();
-        assert!(matches!(err, ProtocolError::UnsupportedVersion(9)));
+        assert!(matches!(err, ProtocolError::UnsupportedVersion(8)));
     }
 
     #[test]

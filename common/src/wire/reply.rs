@@ -3,8 +3,9 @@
 
 use std::io::Read;
 
-use super::codec::{clip, read_bytes, read_exact};
+use super::codec::{clip, read_bytes};
 use super::error::ProtocolError;
+use super::keepalive::read_after_keepalives;
 use super::limits::VERSION;
 use crate::auth::{NONCE_LEN, PROOF_LEN};
 
@@ -125,11 +126,12 @@ impl Reply {
         out
     }
 
-    /// Reads a reply. A receiver of another version still answers in this layout, so its
+    /// Reads a reply, after any keepalives the receiver sent while it waited (for a slot, or
+    /// for a name). A receiver of another version still answers in this layout, so its
     /// refusal can be shown.
     pub fn read(r: &mut impl Read) -> Result<Reply, ProtocolError> {
         let mut head = [0u8; 9];
-        read_exact(r, &mut head, "receiver's reply")?;
+        read_after_keepalives(r, &mut head, "receiver's reply", &mut || {})?;
         let magic: [u8; 4] = head[0..4].try_into().expect("4 bytes");
         if magic != REPLY_MAGIC {
             return Err(ProtocolError::BadMagic(magic));
