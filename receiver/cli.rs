@@ -92,8 +92,8 @@ pub struct Cli {
     #[arg(long, conflicts_with_all = ["remove_partials", "once", "stdout"])]
     pub list_partials: bool,
 
-    /// Remove the partials kept in DIR for resuming (not one written to within --timeout, which
-    /// may belong to a transfer in flight), saying what each held. Then exit.
+    /// Remove the partials kept in DIR for resuming (not one a running transfer holds), saying
+    /// what each held. Then exit.
     #[arg(long, conflicts_with_all = ["once", "stdout"])]
     pub remove_partials: bool,
 

@@ -21,7 +21,7 @@ use zcommon::{
 };
 
 /// `--list-partials` and `--remove-partials`: what DIR keeps for resuming.
-fn partials(cli: &Cli, timeout: Duration) -> anyhow::Result<ExitStatus> {
+fn partials(cli: &Cli) -> anyhow::Result<ExitStatus> {
     let kept = zcommon::kept_partials(&cli.dir)
         .with_context(|| format!("listing the partials in {}", cli.dir.display()))?;
     if cli.list_partials {
@@ -30,8 +30,8 @@ fn partials(cli: &Cli, timeout: Duration) -> anyhow::Result<ExitStatus> {
     }
     let mut failed = 0;
     for k in &kept {
-        // Written to lately: it may belong to a transfer in flight.
-        if k.held.is_none() && k.age < timeout {
+        // A receiver serving the directory holds it now.
+        if k.in_flight {
             output::partial_left(k);
             continue;
         }
@@ -93,7 +93,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
         Err(e) => anyhow::bail!("receive directory {}: {}", cli.dir.display(), os_reason(&e)),
     }
     if cli.list_partials || cli.remove_partials {
-        return partials(cli, timeout);
+        return partials(cli);
     }
     let receiver = Receiver::bind(cli.listen, config)
         .with_context(|| format!("listening on {} for {}", cli.listen, cli.dir.display()))?;

@@ -163,6 +163,7 @@ pub fn shown(k: &zcommon::KeptPartial) -> String {
 fn held(k: &zcommon::KeptPartial) -> String {
     match k.held {
         Some(h) => format!("{} of {}", Bytes(h), Bytes(k.size)),
+        None if k.in_flight => format!("in flight, of {}", Bytes(k.size)),
         None => format!("? of {}", Bytes(k.size)),
     }
 }
@@ -179,6 +180,7 @@ pub fn list_partials(kept: &[zcommon::KeptPartial], json: bool) {
                 "held": k.held,
                 "on_disk": k.on_disk,
                 "age_s": k.age.as_secs(),
+                "in_flight": k.in_flight,
             });
             let _ = writeln!(out, "{line}");
         }
@@ -222,11 +224,10 @@ pub fn partial_removed(k: &zcommon::KeptPartial) {
     log::info!("removed the partial of {} ({})", shown(k), held(k));
 }
 
-/// `--remove-partials` left one that may be in flight.
+/// `--remove-partials` left one that a running transfer holds.
 pub fn partial_left(k: &zcommon::KeptPartial) {
     log::warn!(
-        "left the partial of {}: written {} ago, it may belong to a transfer in flight",
-        shown(k),
-        zcommon::Age(k.age)
+        "left the partial of {}: a transfer in flight holds it",
+        shown(k)
     );
 }

@@ -397,3 +397,55 @@ fn kept_partials_are_listed_and_removed_on_request() {
     assert!(out.stdout.is_empty());
     assert!(stderr_of(&out).contains("no partials kept"));
 }
+
+/// A running transfer checkpoints what is durable every 256 MiB: its record then says how much
+/// the partial holds (fdatasync first), so even a power loss leaves that much to resume from.
+/// `--list-partials` shows it in flight, and `--remove-partials` leaves it alone.
+#[test]
+fn a_running_transfer_records_durable_checkpoints() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("large.img");
+    random_file(&path, 320 << 20, 63);
+    let rx = Zrecv::start(dst.path(), &[]);
+    let proxy = Proxy::start(
+        rx.addr,
+        Fault::PauseAt(payload_offset("large.img", 300 << 20)),
+    );
+    let sender = spawn_zsend(&[&proxy.addr(), path.to_str().unwrap()]);
+    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    let record = entries(dst.path())
+        .into_iter()
+        .find(|e| e.ends_with(".resume"))
+        .expect("the running transfer's record");
+    let start = std::time::Instant::now();
+    let held = loop {
+        let text = std::fs::read_to_string(dst.path().join(&record)).unwrap_or_default();
+        let held = text.lines().last().and_then(|l| l.strip_prefix("held "));
+        if let Some(n) = held.and_then(|n| n.parse::<u64>().ok()) {
+            break n;
+        }
+        assert!(start.elapsed() < PROCESS_TIMEOUT, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert!((256 << 20..=300 << 20).contains(&held), "{held}");
+
+    let out = zrecv_admin(dst.path(), &["--remove-partials"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("a transfer in flight holds it"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(in_flight(dst.path()).iter().any(|e| e.ends_with(".part")));
+
+    proxy.release();
+    let out = wait_output(sender);
+    assert!(out.status.success());
+    drop(proxy);
+    assert_eq!(
+        sha256_file(&dst.path().join("large.img")),
+        sha256_file(&path)
+    );
+    assert_eq!(entries(dst.path()), vec!["large.img"]);
+}

@@ -352,13 +352,18 @@ pub fn is_kept_partial(name: &str) -> bool {
     key.is_some_and(|k| k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// The files of transfers in flight in `dir`: temporary files, and the partials of resumable
-/// transfers still running (their record does not yet say how much they hold); kept partials
-/// excluded.
+/// The files of transfers in flight in `dir`: temporary files, and the partials a running
+/// transfer holds (locked, as zrecv --remove-partials sees them); kept partials excluded.
 pub fn in_flight(dir: &Path) -> Vec<String> {
     let running = |part: &str| {
-        let record = part.replace(".part", ".resume");
-        std::fs::read_to_string(dir.join(record)).is_ok_and(|r| r.contains("\nheld ?\n"))
+        use rustix::fs::{flock, FlockOperation};
+        let Ok(f) = File::open(dir.join(part)) else {
+            return false;
+        };
+        match flock(&f, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => false,
+            Err(_) => true,
+        }
     };
     let mut v = entries(dir);
     v.retain(|e| {

@@ -180,6 +180,8 @@ impl Receiver {
                 }));
             }
             let mut behind = sys::DropBehind::starting_at(offset, WRITEBACK_WINDOW);
+            // What a power loss would keep (for a file that can resume).
+            let mut durable = offset;
             let copied = {
                 let (mut plain, mut onward);
                 let sink: &mut dyn Sink = match forward.as_deref_mut() {
@@ -208,6 +210,10 @@ impl Receiver {
                         mark.raise(done);
                         let hashed = if verify { mark.hashed() } else { done };
                         behind.advance(file, done, hashed);
+                        if header.resumable() && done - durable >= partial::CHECKPOINT {
+                            partial::checkpoint(temp, header, done);
+                            durable = done;
+                        }
                     }
                 })
             };

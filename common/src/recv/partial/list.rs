@@ -24,6 +24,8 @@ pub struct KeptPartial {
     pub on_disk: u64,
     /// Since it was last written.
     pub age: Duration,
+    /// Whether a running transfer holds it (a receiver serving the directory now).
+    pub in_flight: bool,
     /// The data file (`.zrecv-KEY.part`) and its record (`.zrecv-KEY.resume`).
     pub files: [PathBuf; 2],
 }
@@ -60,12 +62,14 @@ pub fn kept_partials(dir: &Path) -> io::Result<Vec<KeptPartial>> {
         let parent = record_path.parent().unwrap_or(dir);
         let rel = parent.strip_prefix(dir).unwrap_or(Path::new(""));
         let modified = meta.modified().unwrap_or(now);
+        let in_flight = std::fs::File::open(&part).is_ok_and(|f| super::is_running(&f));
         out.push(KeptPartial {
             name: rel.join(&record.name),
             size: record.size,
             held: record.held,
             on_disk: meta.blocks() * 512,
             age: now.duration_since(modified).unwrap_or(Duration::ZERO),
+            in_flight,
             files: [part, record_path],
         });
     }

@@ -210,6 +210,27 @@ fn mark_in_use(file: impl AsFd) {
         log::warn!("marking a partial file as in use: {e}");
     }
 }
+/// Marks a partial as taken by a running transfer, for as long as its file stays open: a shared
+/// lock, which `--remove-partials` (trying an exclusive one) sees.
+fn mark_running(fd: impl AsFd) {
+    use rustix::fs::FlockOperation;
+    if let Err(e) = rustix::fs::flock(fd, FlockOperation::NonBlockingLockShared) {
+        log::debug!("locking a partial in use: {e}");
+    }
+}
+
+/// Whether a running transfer holds the partial open (see [`mark_running`]).
+pub(crate) fn is_running(file: &File) -> bool {
+    use rustix::fs::FlockOperation;
+    match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {
+            let _ = rustix::fs::flock(file, FlockOperation::Unlock);
+            false
+        }
+        Err(_) => true,
+    }
+}
+
 /// What a kept partial file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Record {
@@ -352,6 +373,7 @@ pub(crate) fn start<D: AsFd>(dir: D, header: &Header) -> io::Result<TempFile<D>>
     let (part, resume) = kept_names(&header.name);
     // A part without its record (a crash between the two) is ours to reuse: the name is claimed.
     let fd = open_beneath(&dir, &part, OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC)?;
+    mark_running(&fd);
     let temp = TempFile {
         dir,
         name: part,
@@ -362,10 +384,44 @@ pub(crate) fn start<D: AsFd>(dir: D, header: &Header) -> io::Result<TempFile<D>>
     Ok(temp)
 }
 
+/// How far apart the durable checkpoints of a running transfer are (see [`checkpoint`]).
+pub(crate) const CHECKPOINT: u64 = 256 << 20;
+
+/// A durable checkpoint of a running transfer that [`start`]ed as its own partial: its first
+/// `held` bytes are made durable (fdatasync), then its record says it holds them, so that even
+/// a power loss leaves them to resume from. Only a hint: the sender's proof still decides what
+/// is kept, and a failure here is logged and costs nothing else.
+pub(crate) fn checkpoint<D: AsFd>(temp: &TempFile<D>, header: &Header, held: u64) {
+    let (part, resume) = kept_names(&header.name);
+    let Some(record) = Record::of(header, Some(held)).filter(|_| temp.name == part) else {
+        return;
+    };
+    let made = rustix::fs::fdatasync(&temp.file)
+        .map_err(io::Error::from)
+        .and_then(|()| write_record_synced(&temp.dir, &record, &resume, true));
+    match made {
+        Ok(()) => log::debug!("{}: {held} bytes durable", Escaped(&header.name)),
+        Err(e) => log::debug!("checkpointing {}: {e}", Escaped(&header.name)),
+    }
+}
+
 /// Writes `record` as `resume` in `dir`, whole or not at all (a temporary file renamed over it).
 fn write_record(dir: impl AsFd, record: &Record, resume: &str) -> io::Result<()> {
+    write_record_synced(dir, record, resume, false)
+}
+
+/// As [`write_record`]; with `sync`, the record's bytes are durable before the rename.
+fn write_record_synced(
+    dir: impl AsFd,
+    record: &Record,
+    resume: &str,
+    sync: bool,
+) -> io::Result<()> {
     let note = TempFile::create(dir.as_fd())?;
     (&note.file).write_all(record.encode().as_bytes())?;
+    if sync {
+        rustix::fs::fdatasync(&note.file)?;
+    }
     rustix::fs::renameat(&note.dir, note.name.as_str(), &note.dir, resume)?;
     note.disarm();
     Ok(())
@@ -422,6 +478,7 @@ pub(crate) fn take<D: AsFd>(dir: D, header: &Header) -> Option<(TempFile<D>, u64
         let _sweep = hold_off();
         let fd = open_beneath(&dir, &part, OFlags::RDWR).ok()?;
         mark_in_use(&fd);
+        mark_running(&fd);
         let st = rustix::fs::fstat(&fd).ok()?;
         let is_file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         let len = st.st_size as u64;
