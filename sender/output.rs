@@ -193,15 +193,30 @@ pub fn how_far(bar: &ProgressBar) -> String {
     }
 }
 
+/// How to go on after an interruption: the receiver keeps what arrived of a verified file or
+/// tree for the same command to resume, but not of standard input, of a chain (`--to`), or of a
+/// `--no-verify` transfer (a prefix is trusted only through its digest).
+fn how_to_go_on(cli: &Cli) -> &'static str {
+    if cli.files().first().is_some_and(|f| f.as_os_str() == "-") {
+        "standard input cannot be resumed"
+    } else if cli.to.len() > 1 {
+        "a chain cannot be resumed: run the same command again to send it again"
+    } else if cli.no_verify {
+        "without verification nothing is resumed: run the same command again to send it again"
+    } else {
+        "run the same command again to resume"
+    }
+}
+
 /// The line zsend ends with on SIGINT or SIGTERM: the bar cleared, how far it got, and how to go
-/// on (the receiver keeps what arrived of a file, not of standard input).
+/// on.
 pub fn interrupted(bar: &ProgressBar, cli: &Cli) -> String {
     bar.finish_and_clear();
-    let again = match cli.files().first().is_some_and(|f| f.as_os_str() == "-") {
-        true => "standard input cannot be resumed",
-        false => "run the same command again to resume",
-    };
-    format!("zsend: interrupted after {}; {again}", how_far(bar))
+    format!(
+        "zsend: interrupted after {}; {}",
+        how_far(bar),
+        how_to_go_on(cli)
+    )
 }
 
 /// A failure told in the user's terms where zsend knows better than the error chain: a receiver
@@ -220,11 +235,7 @@ pub fn failure(err: &anyhow::Error, cli: &Cli, progress: &Progress) -> Option<St
                 | ErrorKind::UnexpectedEof
         )
     };
-    let resumable = !cli.no_verify && cli.files().first().is_some_and(|f| f.as_os_str() != "-");
-    let again = match resumable {
-        true => "; run the same command again to resume",
-        false => "",
-    };
+    let again = format!("; {}", how_to_go_on(cli));
     match e {
         SendError::Network { error, .. } if gone(error.kind()) => Some(format!(
             "receiver {dest} went away after {} ({}){again}",

@@ -132,7 +132,7 @@ fn cases() -> Vec<Case> {
 
     // 130: interrupted (Ctrl-C) while the receiver holds the payload back.
     let big = file(s, "big.img", 64 << 20, 130);
-    let out = zsend_interrupted(&big);
+    let out = zsend_interrupted(&[], &big);
     case(130, (out, None));
     cases
 }

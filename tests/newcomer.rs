@@ -142,13 +142,24 @@ fn ctrl_c_says_how_far_the_transfer_got_and_how_to_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("disk.img");
     random_file(&file, 64 << 20, 8);
-    let out = zsend_interrupted(file.to_str().unwrap());
+    let out = zsend_interrupted(&[], file.to_str().unwrap());
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(130), "{err}");
     let line = err.lines().last().unwrap();
     assert!(line.starts_with("zsend: interrupted after "), "{err}");
     assert!(
         line.ends_with(" of 64.0 MiB; run the same command again to resume"),
+        "{err}"
+    );
+    // Nothing is kept of a --no-verify transfer: the line does not promise a resume.
+    let out = zsend_interrupted(&["--no-verify"], file.to_str().unwrap());
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.trim_end().ends_with(
+            "; without verification nothing is resumed: run the same command again to send it \
+             again"
+        ),
         "{err}"
     );
 }

@@ -409,9 +409,10 @@ pub fn spawn_zsend(args: &[&str]) -> Child {
         .expect("spawn zsend")
 }
 
-/// Runs `zsend ADDR FILE` against a receiver that accepts and then reads nothing, and sends it
-/// SIGINT once its hello has come (so it is past installing its handler). Returns its output.
-pub fn zsend_interrupted(file: &str) -> Output {
+/// Runs `zsend EXTRA... ADDR FILE` against a receiver that accepts and then reads nothing, and
+/// sends it SIGINT once its hello has come (so it is past installing its handler). Returns its
+/// output.
+pub fn zsend_interrupted(extra: &[&str], file: &str) -> Output {
     let (heard, hello) = mpsc::channel::<()>();
     let (done, wait) = mpsc::channel::<()>();
     let (addr, peer) = fake_peer(move |mut s| {
@@ -421,6 +422,7 @@ pub fn zsend_interrupted(file: &str) -> Output {
         let _ = wait.recv_timeout(PROCESS_TIMEOUT);
     });
     let child = Command::new(zsend_bin())
+        .args(extra)
         .args([&addr, file])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
