@@ -7,7 +7,7 @@ use std::time::Duration;
 use zcommon::{Bytes, Escaped, StageTimes};
 
 /// The `version` of every JSON line (docs/JSON.md).
-pub const JSON_VERSION: u32 = 1;
+pub const JSON_VERSION: u32 = 2;
 
 /// The line a failure ends the program with. The chain of errors may quote a peer: escaped, as
 /// every peer text.

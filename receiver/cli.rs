@@ -9,7 +9,7 @@ use clap::Parser;
 use zcommon::parse_listen_addr;
 
 /// `--version`: the release, and the protocol version it speaks (a test keeps it in sync).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 9)");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 10)");
 
 /// Receive files from zsend, verified and durable.
 ///
@@ -60,6 +60,10 @@ pub struct Cli {
     /// Seconds to wait for a sender at any step; a stalled transfer is dropped after it.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
+
+    /// Threads that hash one file's pieces as it lands (default: the machine's cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub hash_threads: Option<u16>,
 
     /// Most transfers served at once; further senders wait for a slot (see --slot-wait).
     #[arg(long, value_name = "N", default_value_t = 16)]

@@ -57,6 +57,7 @@ const CUT_OFF_AFTER: Duration = Duration::from_secs(2);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     zcommon::init_logging("zrecv", 1, cli.verbose, cli.quiet);
+    zcommon::set_hash_threads(cli.hash_threads.map_or(0, usize::from));
     match run(&cli) {
         Ok(status) => ExitCode::from(status.code()),
         Err(err) => {

@@ -72,8 +72,8 @@ fn log_transfer(r: &TransferRecord, stopping: bool) {
         }
         (Ok(()), None) => {
             let secs = shared::seconds(r.elapsed);
-            let check = match r.sha256 {
-                Some(d) => format!("sha256 {} verified", hex::encode(d)),
+            let check = match r.root {
+                Some(d) => format!("root {} verified", hex::encode(d)),
                 None => "not verified (sender used --no-verify)".into(),
             };
             let moved = r.received - r.resumed_from;
@@ -111,7 +111,7 @@ fn log_transfer(r: &TransferRecord, stopping: bool) {
     }
     let st = &r.stages;
     log::debug!(
-        "cpu: splice in {:.2} s, splice to file {:.2} s, sha256 {:.2} s; fsync {:.2} s",
+        "cpu: splice in {:.2} s, splice to file {:.2} s, tree root {:.2} s; fsync {:.2} s",
         st.network_cpu.as_secs_f64(),
         st.file_cpu.as_secs_f64(),
         st.hash_cpu.as_secs_f64(),
@@ -130,16 +130,16 @@ fn json(r: &TransferRecord) -> serde_json::Value {
         "bytes_received": r.received.saturating_sub(r.resumed_from),
         "resumed_from": r.resumed_from,
         "seconds": r.elapsed.as_secs_f64(),
-        "sha256": r.sha256.map(hex::encode),
+        "root": r.root.map(hex::encode),
         "verified": r.verified,
         "zero_copy": r.zero_copy,
-        // All of them: the receiving end has every stage.
-        "stages": shared::stages_json(&r.stages, |_| true),
+        // All but the plain SHA-256, which only a sender computes.
+        "stages": shared::stages_json(&r.stages, |name| name != "sha256_cpu_s"),
         "error": r.result.as_ref().err().map(|e| format!("{e:#}")),
         "forwarded": r.hops.iter().map(|h| serde_json::json!({
             "host": h.host,
             "ok": h.verdict.status == Status::Landed,
-            "sha256": h.verdict.sha256.map(hex::encode),
+            "root": h.verdict.sha256.map(hex::encode),
             "error": (h.verdict.status != Status::Landed).then_some(&h.verdict.message),
         })).collect::<Vec<_>>(),
         "tree": r.tree.as_ref().map(|t| serde_json::json!({

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// `--version`: the release, and the protocol version it speaks (a test keeps it in sync).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 9)");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 10)");
 
 /// Send files to a zrecv, zero-copy and verified.
 ///
@@ -50,9 +50,18 @@ pub struct Cli {
     #[arg(long)]
     pub fail_fast: bool,
 
-    /// Skip SHA-256 on both ends (lengths are still checked; the data is still made durable).
+    /// Skip hashing on both ends (lengths are still checked; the data is still made durable).
     #[arg(long)]
     pub no_verify: bool,
+
+    /// Also compute the file's plain SHA-256 (what sha256sum prints) on this side, beside the
+    /// tree root both ends verify with, and print it. One file only; costs a core while it runs.
+    #[arg(long)]
+    pub sha256: bool,
+
+    /// Threads that hash one file's pieces on this side (default: the machine's cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub hash_threads: Option<u16>,
 
     /// File holding a secret shared with the receiver; both sides then prove they know it
     /// (HMAC-SHA256 challenge-response; the token never crosses the wire).

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             .exit();
     }
     zcommon::init_logging("zsend", 0, cli.verbose, cli.quiet);
+    zcommon::set_hash_threads(cli.hash_threads.map_or(0, usize::from));
     let progress = Progress::new(&cli);
     report_interruptions(&cli, progress.handle());
     let result = run(&cli, &progress);
@@ -49,12 +50,12 @@ fn main() -> ExitCode {
             files: r.files,
         }
         .into()),
-        Sent::File(r) if r.hosts.iter().any(|h| !zcommon::hop_landed(h, r.sha256)) => {
+        Sent::File(r) if r.hosts.iter().any(|h| !zcommon::hop_landed(h, r.root)) => {
             Err(SendError::Hosts {
                 failed: r
                     .hosts
                     .iter()
-                    .filter(|h| !zcommon::hop_landed(h, r.sha256))
+                    .filter(|h| !zcommon::hop_landed(h, r.root))
                     .count(),
                 hosts: r.hosts.len(),
             }
@@ -108,6 +109,12 @@ fn check_paths(cli: &Cli) -> Result<(), String> {
     }
     if cli.files().is_empty() {
         return Err("give the receiver's HOST:PORT, then what to send".into());
+    }
+    let one_file = cli.files().len() == 1 && cli.files()[0].as_os_str() != "-";
+    if cli.sha256 && (!one_file || cli.files()[0].is_dir()) {
+        return Err(
+            "--sha256 takes one file (not a directory, many files or standard input)".into(),
+        );
     }
     for dest in cli
         .to
@@ -215,6 +222,7 @@ fn run(cli: &Cli, progress: &Progress) -> anyhow::Result<Sent> {
         timeout: Duration::from_secs(cli.timeout.max(1)),
         token,
         chain: cli.to.iter().skip(1).cloned().collect(),
+        sha256: cli.sha256,
     };
     let dest = cli.dest();
     let first = &cli.files()[0];

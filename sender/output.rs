@@ -81,6 +81,7 @@ impl Progress {
                 self.phase.set(p);
                 self.show();
             }
+            Tick::Restart => self.bar.set_position(0),
         }
     }
 
@@ -111,7 +112,6 @@ impl Progress {
             .map(|((phase, start), end)| {
                 let what = match phase {
                     Phase::Connecting => "connecting and waiting for the receiver",
-                    Phase::Checking(_) => "checking the kept prefix",
                     Phase::Sending => "sending",
                     Phase::Landing => "the receiver landing it",
                 };
@@ -135,9 +135,6 @@ impl Progress {
         };
         let words = match self.phase.get() {
             Phase::Connecting => format!("waiting for {} to accept", self.dest),
-            Phase::Checking(held) => {
-                format!("checking the {} already on {}", Bytes(held), self.dest)
-            }
             Phase::Landing => format!("{} is making it durable", self.dest),
             Phase::Sending => String::new(),
         };
@@ -278,7 +275,7 @@ pub fn log_report(report: SendReport, progress: &Progress) -> SendReport {
     let start = match report.resumed_from {
         0 => "from byte 0".to_owned(),
         n => format!(
-            "resumed after {} the receiver kept (its digest matched)",
+            "resumed after {} the receiver kept (its root proven after the rest)",
             Bytes(n)
         ),
     };
@@ -286,9 +283,14 @@ pub fn log_report(report: SendReport, progress: &Progress) -> SendReport {
     log::info!("time: {}", progress.phase_times());
     let st = &report.stages;
     log::info!(
-        "cpu: sendfile {:.2} s, sha256 {:.2} s",
+        "cpu: sendfile {:.2} s, tree root {:.2} s on up to {} threads{}",
         st.network_cpu.as_secs_f64(),
-        st.hash_cpu.as_secs_f64()
+        st.hash_cpu.as_secs_f64(),
+        zcommon::hash_threads(),
+        match report.sha256 {
+            Some(_) => format!(", plain sha256 {:.2} s", st.sha256_cpu.as_secs_f64()),
+            None => String::new(),
+        }
     );
     report
 }
@@ -296,7 +298,7 @@ pub fn log_report(report: SendReport, progress: &Progress) -> SendReport {
 /// One line per host of a chain: landed, or why not.
 pub fn print_hosts(r: &SendReport) {
     for h in &r.hosts {
-        match zcommon::hop_landed(h, r.sha256) {
+        match zcommon::hop_landed(h, r.root) {
             true => eprintln!("zsend: {}: landed", Escaped(&h.host)),
             false => eprintln!("zsend: {}: FAILED: {}", Escaped(&h.host), host_error(h)),
         }
@@ -309,7 +311,7 @@ pub fn print_summary(sent: &Sent) {
         Sent::File(r) => eprintln!("zsend: {}", summary(r)),
         Sent::Tree(r) => eprintln!("zsend: {}", tree_summary(r)),
         Sent::Already(r, name) => eprintln!(
-            "zsend: {} is already on {} with the same content (sha256 compared); nothing sent",
+            "zsend: {} is already on {} with the same content (roots compared); nothing sent",
             Escaped(name),
             r.peer
         ),
@@ -318,10 +320,13 @@ pub fn print_summary(sent: &Sent) {
 
 fn summary(r: &SendReport) -> String {
     let secs = shared::seconds(r.elapsed);
-    let check = match r.sha256 {
-        Some(d) => format!("sha256 {} verified", hex::encode(d)),
+    let mut check = match r.root {
+        Some(d) => format!("root {} verified", hex::encode(d)),
         None => "not verified (--no-verify)".into(),
     };
+    if let Some(d) = r.sha256 {
+        check += &format!(", sha256 {}", hex::encode(d));
+    }
     let resumed = match r.resumed_from {
         0 => String::new(),
         n => format!(", resumed after {}", Bytes(n)),
@@ -376,7 +381,7 @@ fn tree_summary(r: &TreeReport) -> String {
 /// The stages zsend reports: those of the sending end.
 fn stages_json(stages: &zcommon::StageTimes) -> serde_json::Value {
     shared::stages_json(stages, |name| {
-        matches!(name, "network_cpu_s" | "hash_cpu_s")
+        matches!(name, "network_cpu_s" | "hash_cpu_s" | "sha256_cpu_s")
     })
 }
 
@@ -385,7 +390,7 @@ pub fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
     match result {
         Ok(Sent::File(r)) => serde_json::json!({
             "version": JSON_VERSION,
-            "ok": r.hosts.iter().all(|h| zcommon::hop_landed(h, r.sha256)),
+            "ok": r.hosts.iter().all(|h| zcommon::hop_landed(h, r.root)),
             "file": r.path.display().to_string(),
             "name": r.name,
             "receiver": r.peer.to_string(),
@@ -393,16 +398,17 @@ pub fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
             "bytes_sent": r.bytes_sent,
             "resumed_from": r.resumed_from,
             "seconds": r.elapsed.as_secs_f64(),
+            "root": r.root.map(hex::encode),
             "sha256": r.sha256.map(hex::encode),
             "verified": r.verified,
             "zero_copy": r.zero_copy,
             "stages": stages_json(&r.stages),
             "hosts": r.hosts.iter().map(|h| {
-                let ok = zcommon::hop_landed(h, r.sha256);
+                let ok = zcommon::hop_landed(h, r.root);
                 serde_json::json!({
                     "host": h.host,
                     "ok": ok,
-                    "sha256": h.verdict.sha256.map(hex::encode),
+                    "root": h.verdict.sha256.map(hex::encode),
                     "error": (!ok).then(|| host_error(h)),
                 })
             }).collect::<Vec<_>>(),

@@ -43,9 +43,17 @@ fn a_chain_of_four_lands_the_same_file_everywhere() {
     let json = json_of(&out);
     assert_eq!(landed(&json), [true; 4], "{json}");
     let want = sha256_file(&path);
+    let root = root_file(&path);
+    assert_eq!(json["root"], root.as_str(), "{json}");
+    assert_eq!(
+        json["sha256"],
+        serde_json::Value::Null,
+        "no --sha256: {json}"
+    );
     for (i, d) in dirs.iter().enumerate() {
         assert_eq!(sha256_file(&d.path().join("image.raw")), want, "host {i}");
-        assert_eq!(json["hosts"][i]["sha256"], want.as_str());
+        assert_eq!(json["hosts"][i]["root"], root.as_str(), "host {i}");
+        assert!(json["hosts"][i].get("sha256").is_none(), "host {i}: {json}");
     }
     for rx in &rxs[..3] {
         rx.wait_for_line("image.raw from");

@@ -18,8 +18,17 @@ fn a_flipped_payload_byte_fails_both_sides_and_publishes_nothing() {
     assert_eq!(out.status.code(), Some(5), "{err}");
     assert!(err.contains("checksum mismatch: sent "), "{err}");
     assert!(
-        err.contains(&sha256_file(&path)),
-        "the sender names its digest: {err}"
+        err.contains(&format!("sent {}", root_file(&path))),
+        "the sender names its root: {err}"
+    );
+    let mut flipped = std::fs::read(&path).unwrap();
+    flipped[3 << 20] ^= 1;
+    assert!(
+        err.contains(&format!(
+            "receiver wrote {}",
+            hex::encode(zcommon::tree_root(&flipped))
+        )),
+        "the sender names the root of what the receiver wrote: {err}"
     );
     assert_eq!(rx.wait().code(), Some(5), "{}", rx.stderr());
     assert!(rx.stderr().contains("checksum mismatch"), "{}", rx.stderr());

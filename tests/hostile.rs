@@ -222,7 +222,8 @@ fn a_silent_peer_is_dropped_after_the_timeout() {
 
 /// A sparse hello plus one hole record declaring 8 TiB used to keep a core hashing zeros for
 /// hours after the sender had gone, holding a transfer slot. Now the work stops when the
-/// sender goes, and lasts at most --timeout while it is silent.
+/// sender goes, lasts at most --timeout while it is silent, and a hole folds into the tree root
+/// in a few hashes anyway.
 #[test]
 fn a_huge_hole_costs_nothing_once_the_sender_is_gone_or_silent() {
     use zcommon::Record;
@@ -273,8 +274,8 @@ fn a_huge_hole_costs_nothing_once_the_sender_is_gone_or_silent() {
     assert!(line.contains("timed out"), "{line}");
     drop(s);
 
-    // The sender sends its trailer at once (a digest it made up) and waits: the hashing gets
-    // --timeout after it, not hours.
+    // The sender sends its trailer at once (a root it made up) and waits: the hole folds into
+    // the tree root in a few hashes, so the receiver answers at once, and not with success.
     let mut s = connect(&rx);
     s.write_all(&sparse("eager.img").encode_hello()).unwrap();
     assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
@@ -282,7 +283,15 @@ fn a_huge_hole_costs_nothing_once_the_sender_is_gone_or_silent() {
     s.write_all(&Trailer::unsealed(Some([0; 32])).encode())
         .unwrap();
     let line = rx.wait_for_line_within("eager.img from", bound);
-    assert!(line.contains("timed out"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "checksum mismatch: sender sent {}",
+            "0".repeat(64)
+        )),
+        "{line}"
+    );
+    let v = zcommon::Verdict::read(&mut s).unwrap();
+    assert_eq!(v.status, zcommon::Status::Mismatch, "{}", v.message);
     drop(s);
 
     // Nothing keeps a core busy afterwards.
@@ -372,40 +381,48 @@ fn a_manifest_whose_sizes_wrap_is_refused_for_space() {
 /// the prefix, and a sender that cannot starts from byte 0.
 #[test]
 fn a_sender_cannot_adopt_a_partial_it_does_not_hold() {
-    use sha2::{Digest, Sha256};
-    use zcommon::{Decision, PrefixProof};
+    use zcommon::{AfterResume, PrefixProof, RESTART};
     let dst = tempfile::tempdir().unwrap();
     let rx = Zrecv::start(dst.path(), &[]);
-    let size = 1u64 << 20;
+    let size = 4u64 << 20;
     let victim = Header {
         source_id: Some([0x42; zcommon::SOURCE_ID_LEN]),
         mtime_sec: 1_700_000_000,
         ..header("victim.img", size)
     };
-    // The victim's transfer breaks off after half its bytes.
+    // The victim's transfer breaks off after 2.5 MiB.
     let mut s = connect(&rx);
     s.write_all(&victim.encode_hello()).unwrap();
     assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
-    s.write_all(&vec![0x11; (size / 2) as usize]).unwrap();
+    s.write_all(&vec![0x11; 5 << 19]).unwrap();
     drop(s);
     rx.wait_for_line("victim.img from");
 
-    // The attacker replays the victim's hello.
+    // The attacker replays the victim's hello; the offer is cut back to a piece boundary.
     let mut s = connect(&rx);
     s.write_all(&victim.encode_hello()).unwrap();
     let Reply::Resume { offset, nonce } = Reply::read(&mut s).unwrap() else {
         panic!("no resume offer")
     };
-    assert_eq!(offset, size / 2);
-    // It can only guess at the prefix: its proof is wrong, and it must send everything.
-    let guess: [u8; 32] = Sha256::digest(vec![0u8; offset as usize]).into();
-    let proof = zcommon::prefix_proof(&nonce, offset, &guess);
+    assert_eq!(offset, 2 << 20);
+    // It can only guess at the prefix: its proof, after its own rest, is wrong, and it must
+    // send everything.
+    let mut guess = vec![0u8; size as usize];
+    guess[offset as usize..].fill(0x66);
+    s.write_all(&guess[offset as usize..]).unwrap();
+    let proof = zcommon::prefix_proof(
+        &nonce,
+        offset,
+        &zcommon::tree_root(&guess[..offset as usize]),
+    );
     s.write_all(&PrefixProof(proof).encode()).unwrap();
-    assert_eq!(Decision::read(&mut s).unwrap(), Decision::Restart);
+    s.write_all(&Trailer::unsealed(Some(zcommon::tree_root(&guess))).encode())
+        .unwrap();
+    assert_eq!(AfterResume::read(&mut s).unwrap(), AfterResume::Restart);
+    assert_eq!(RESTART.len(), 5);
     let ours = vec![0x66u8; size as usize];
     s.write_all(&ours).unwrap();
-    let digest: [u8; 32] = Sha256::digest(&ours).into();
-    s.write_all(&Trailer::unsealed(Some(digest)).encode())
+    s.write_all(&Trailer::unsealed(Some(zcommon::tree_root(&ours))).encode())
         .unwrap();
     let v = zcommon::Verdict::read(&mut s).unwrap();
     assert_eq!(v.status, zcommon::Status::Landed, "{}", v.message);

@@ -1,12 +1,11 @@
 //! Hostile receivers speaking the raw protocol to the real zsend: zsend reports success only
 //! for what a receiver verified after the file's last byte went out, with the sender's own
-//! digest, once per file; a chain's reports name exactly the hosts asked for; and no text a
+//! root, once per file; a chain's reports name exactly the hosts asked for; and no text a
 //! receiver sends can drive the sender's terminal.
 
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 
-use sha2::{Digest, Sha256};
 use zcommon::{
     read_hello, Answer, Answers, FileStatus, Frame, Header, HopReport, Manifest, Reply, Report,
     Status, Trailer, Verdict,
@@ -24,14 +23,15 @@ fn verdict(status: Status, sha256: Option<[u8; 32]>) -> Verdict {
     }
 }
 
-/// Reads a single file's payload and trailer as a receiver would; returns its SHA-256.
+/// Reads a single file's payload and trailer as a receiver would; returns its tree root (the
+/// trailer's digest).
 fn take_file(s: &mut impl Read, header: &Header) -> [u8; 32] {
     let mut payload = vec![0u8; header.size as usize];
     s.read_exact(&mut payload).unwrap();
     let t = Trailer::read(s).unwrap();
-    let digest: [u8; 32] = Sha256::digest(&payload).into();
-    assert_eq!(t.sha256, Some(digest));
-    digest
+    let root = zcommon::tree_root(&payload);
+    assert_eq!(t.sha256, Some(root));
+    root
 }
 
 fn file(dir: &std::path::Path, name: &str, size: u64, seed: u64) -> String {
@@ -48,13 +48,13 @@ fn assert_clean(err: &str) {
 }
 
 /// A receiver that says "landed" the moment it accepts, before any byte arrived (even with
-/// the right digest: it knew the file), is caught: nothing it says before the end of the
+/// the right root: it knew the file), is caught: nothing it says before the end of the
 /// payload can be a verdict on it.
 #[test]
 fn a_verdict_before_the_payload_is_not_success() {
     let src = tempfile::tempdir().unwrap();
     let path = file(src.path(), "early.bin", 300_000, 1);
-    let digest: [u8; 32] = Sha256::digest(std::fs::read(&path).unwrap()).into();
+    let digest = zcommon::tree_root(&std::fs::read(&path).unwrap());
     let (addr, fake) = fake_peer(move |mut s| {
         let _ = read_hello(&mut s).unwrap();
         let mut reply = Reply::Accept.encode();
@@ -146,7 +146,7 @@ fn tree_answered(
 }
 
 /// Reads the frames of a pass as a receiver would, calling `each` with every file's index and
-/// digest, until the sender's end of pass.
+/// root, until the sender's end of pass.
 fn take_pass(r: &mut BufReader<TcpStream>, m: &Manifest, mut each: impl FnMut(u32, [u8; 32])) {
     loop {
         match Frame::read(r).unwrap() {
@@ -155,7 +155,7 @@ fn take_pass(r: &mut BufReader<TcpStream>, m: &Manifest, mut each: impl FnMut(u3
                 let mut payload = vec![0u8; size];
                 r.read_exact(&mut payload).unwrap();
                 let t = Trailer::read(r).unwrap();
-                assert_eq!(t.sha256, Some(Sha256::digest(&payload).into()));
+                assert_eq!(t.sha256, Some(zcommon::tree_root(&payload)));
                 each(i, t.sha256.unwrap());
             }
             Some(Frame::EndOfPass) => return,
@@ -321,6 +321,11 @@ fn a_chain_must_report_every_host_asked_for() {
             .map(|h| h["host"].as_str().unwrap())
             .collect();
         assert_eq!(hosts[1..], ["host-b:7350", "host-c:7350"], "{j}");
+        assert_eq!(
+            j["hosts"][0]["root"],
+            root_file(path.as_ref()).as_str(),
+            "{j}"
+        );
         assert_eq!(j["hosts"][2]["ok"], false, "{j}");
         assert_eq!(j["hosts"][1]["ok"], !invented, "{j}");
         let why = j["hosts"][2]["error"].as_str().unwrap();

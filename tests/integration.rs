@@ -3,6 +3,7 @@
 mod auth;
 mod beneath;
 mod chain;
+mod digest;
 mod disk;
 mod display;
 mod docs;

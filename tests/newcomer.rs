@@ -273,7 +273,7 @@ fn a_file_already_there_is_already_there_and_another_one_is_still_refused() {
     assert_eq!(
         err.trim(),
         format!(
-            "zsend: disk.img is already on {} with the same content (sha256 compared); nothing \
+            "zsend: disk.img is already on {} with the same content (roots compared); nothing \
              sent",
             rx.addr()
         )
@@ -328,7 +328,7 @@ fn very_verbose_says_what_became_of_each_file_of_a_tree() {
     let out = zsend(&["-vv", &rx.addr(), top.to_str().unwrap()]);
     let err = stderr_of(&out);
     assert!(
-        err.contains("zsend: debug: docs/a.txt: already there (sha256 compared)\n"),
+        err.contains("zsend: debug: docs/a.txt: already there (roots compared)\n"),
         "{err}"
     );
 }

@@ -1,5 +1,6 @@
 //! Sparse images: only data crosses the wire, holes stay holes on the receiver, and the
-//! SHA-256 still covers the whole logical content (it equals sha256sum of the source).
+//! tree root still covers the whole logical content (as does the plain SHA-256 asked for with
+//! --sha256: it equals sha256sum of the source).
 
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -61,7 +62,7 @@ fn a_sparse_raw_image_sends_only_its_data_and_stays_sparse() {
     let img = src.path().join("vm.raw");
     raw_image(&img, 512);
     let mut rx = Zrecv::start(dst.path(), &["--once", "--json"]);
-    let out = zsend(&[&rx.addr(), img.to_str().unwrap(), "--json"]);
+    let out = zsend(&[&rx.addr(), img.to_str().unwrap(), "--json", "--sha256"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(rx.wait().success(), "{}", rx.stderr());
     let landed = dst.path().join("vm.raw");
@@ -78,11 +79,15 @@ fn a_sparse_raw_image_sends_only_its_data_and_stays_sparse() {
         "sent {sent}"
     );
     assert_eq!(json["bytes"], 512u64 << 20);
+    let root = root_file(&img);
+    assert_eq!(json["root"], root.as_str(), "the root of the source");
     assert_eq!(
         json["sha256"],
         sha256_file(&img).as_str(),
         "equals sha256sum of the source"
     );
+    let line: serde_json::Value = serde_json::from_str(rx.stdout().trim()).unwrap();
+    assert_eq!(line["root"], root.as_str(), "the receiver agrees: {line}");
     assert!(
         allocated(&landed) <= allocated(&img) + (1 << 20),
         "destination allocates {} for a source of {}",

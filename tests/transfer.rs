@@ -5,8 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::util::*;
 
-/// Sends `size` random bytes to a `--once` receiver and checks everything the user relies on.
-fn round_trip(size: u64, seed: u64) {
+/// Sends `size` random bytes to a `--once` receiver and checks everything the user relies on;
+/// with `plain`, zsend is asked for the plain SHA-256 as well.
+fn round_trip(size: u64, seed: u64, plain: bool) {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let path = src.path().join(format!("file-{size}.bin"));
@@ -21,7 +22,15 @@ fn round_trip(size: u64, seed: u64) {
         .unwrap();
 
     let mut rx = Zrecv::start(dst.path(), &["--once"]);
-    let out = zsend(&[&rx.addr(), path.to_str().unwrap(), "--json"]);
+    let mut args = vec![
+        rx.addr(),
+        path.to_str().unwrap().to_owned(),
+        "--json".into(),
+    ];
+    if plain {
+        args.push("--sha256".into());
+    }
+    let out = zsend(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "size {size}: {}", stderr_of(&out));
     assert!(rx.wait().success(), "zrecv: {}", rx.stderr());
 
@@ -39,20 +48,26 @@ fn round_trip(size: u64, seed: u64) {
     assert_eq!(json["verified"], true);
     assert_eq!(json["bytes"], size);
     assert_eq!(json["bytes_sent"], size);
-    assert_eq!(json["sha256"], want.as_str());
+    assert_eq!(json["version"], 2);
+    assert_eq!(json["root"], root_file(&path).as_str(), "size {size}");
+    if plain {
+        assert_eq!(json["sha256"], want.as_str(), "size {size}");
+    } else {
+        assert_eq!(json["sha256"], serde_json::Value::Null, "size {size}");
+    }
     assert_eq!(json["zero_copy"], true);
 }
 
 #[test]
 fn awkward_sizes_round_trip() {
     for (i, size) in [0u64, 1, 4095, 4097, (1 << 20) + 1].into_iter().enumerate() {
-        round_trip(size, i as u64);
+        round_trip(size, i as u64, true);
     }
 }
 
 #[test]
 fn sixty_four_mib_round_trips() {
-    round_trip(64 << 20, 42);
+    round_trip(64 << 20, 42, false);
 }
 
 /// Crosses sendfile's per-call cap of about 2 GiB and the 32-bit boundary. The source is sparse
@@ -115,12 +130,13 @@ fn receiver_json_line_describes_the_transfer() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(rx.wait().success());
     let line: serde_json::Value = serde_json::from_str(rx.stdout().trim()).unwrap();
-    assert_eq!(line["version"], 1);
+    assert_eq!(line["version"], 2);
     assert_eq!(line["name"], "renamed.bin");
     assert_eq!(line["bytes"], 12345);
     assert_eq!(line["bytes_received"], 12345);
     assert_eq!(line["verified"], true);
-    assert_eq!(line["sha256"], sha256_file(&path).as_str());
+    assert_eq!(line["root"], root_file(&path).as_str());
+    assert!(line.get("sha256").is_none(), "{line}");
     assert!(dst.path().join("renamed.bin").exists());
 }
 

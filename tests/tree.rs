@@ -307,7 +307,7 @@ fn an_interrupted_tree_resumes_where_it_stopped() {
     let dst = tempfile::tempdir().unwrap();
     let top = src.path().join("vm");
     std::fs::create_dir(&top).unwrap();
-    let size: u64 = 8 << 20;
+    let size: u64 = 16 << 20;
     for i in 0..6 {
         random_file(&top.join(format!("disk{i}.img")), size, 40 + i);
     }
@@ -325,10 +325,10 @@ fn an_interrupted_tree_resumes_where_it_stopped() {
         json["unchanged"].as_u64().unwrap(),
         json["landed"].as_u64().unwrap(),
     );
-    assert!(unchanged >= 2, "{json}");
+    assert!(unchanged >= 2, "{json}\n{}", rx.stderr());
     assert_eq!(unchanged + landed, 6, "{json}");
     let resumed = json["resumed_from"].as_u64().unwrap();
-    assert!(resumed > 0, "{json}");
+    assert!(resumed > 0, "{json}\n{}", rx.stderr());
     // Only what the receiver lacked crossed again (plus headers and digests).
     let lacking = total - unchanged * size - resumed;
     assert!(

@@ -240,14 +240,15 @@ impl Integrity {
     }
 }
 
-/// The proof that a sender holds the first `offset` bytes of a file whose SHA-256 is
-/// `digest`: HMAC-SHA256(receiver's nonce, `"zsend prefix v8\0"` || offset || digest). The
-/// receiver computes the same over its partial and compares; neither digest crosses the wire.
-pub fn prefix_proof(nonce: &[u8; NONCE_LEN], offset: u64, digest: &[u8; 32]) -> [u8; PROOF_LEN] {
+/// The proof that a sender holds the first `offset` bytes of a file whose tree root (those
+/// bytes taken as a file of their own) is `root`: HMAC-SHA256(receiver's nonce,
+/// `"zsend prefix v10\0"` || offset || root). The receiver computes the same over its partial
+/// and compares; neither root crosses the wire.
+pub fn prefix_proof(nonce: &[u8; NONCE_LEN], offset: u64, root: &[u8; 32]) -> [u8; PROOF_LEN] {
     let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(nonce).expect("HMAC takes any key");
-    m.update(b"zsend prefix v8\0");
+    m.update(b"zsend prefix v10\0");
     m.update(&offset.to_be_bytes());
-    m.update(digest);
+    m.update(root);
     m.finalize().into_bytes().into()
 }
 

@@ -84,19 +84,25 @@ pub fn handshake(
     token: Option<&Token>,
 ) -> Result<Accepted, SendError> {
     let hello = header.encode_hello();
-    let accepted = |reply: Reply, integrity: Integrity| match reply {
+    let accepted = |reply: Reply, integrity: Integrity| {
+        match reply {
         Reply::Accept => Ok(Accepted {
             resume: None,
             integrity,
         }),
-        Reply::Resume { offset, nonce } if header.resumable() && offset <= header.size => {
+        Reply::Resume { offset, nonce }
+            if header.resumable()
+                && offset > 0
+                && offset % crate::hash::PIECE == 0
+                && offset <= header.size =>
+        {
             Ok(Accepted {
                 resume: Some((offset, nonce)),
                 integrity,
             })
         }
         Reply::Resume { offset, .. } => Err(SendError::from(ProtocolError::Malformed(format!(
-            "a resume offer at byte {offset} of {} that was not asked for",
+            "a resume offer at byte {offset} of {} that was not asked for (or not at a piece boundary)",
             header.size
         )))),
         Reply::Refuse(code, message) => Err(SendError::Refused {
@@ -107,6 +113,7 @@ pub fn handshake(
         Reply::Challenge { .. } => {
             Err(ProtocolError::Malformed("a second challenge".into()).into())
         }
+    }
     };
     stream
         .write_all(&hello)

@@ -44,6 +44,10 @@ pub use crate::auth::{prefix_proof, Integrity, Seal, Token};
 pub use crate::client::{connect, resolve, DEFAULT_PORT, FIRST_WORD};
 pub use crate::error::{RecvError, SendError};
 pub use crate::exit::ExitStatus;
+pub use crate::hash::{
+    root_of as tree_root, root_of_file, set_threads as set_hash_threads, sha256_of,
+    threads as hash_threads, Watermark, PIECE,
+};
 pub use crate::links::{LinkError, LinkJudge, Resolution, MAX_LINK_HOPS};
 pub use crate::logging::init_logging;
 pub use crate::name::{validate_name, Escaped, NameError, MAX_NAME_LEN, TEMP_PREFIX};
@@ -61,10 +65,11 @@ pub use crate::stages::StageTimes;
 pub use crate::units::{os_reason, Bytes};
 pub use crate::watch::KEEPALIVE_EVERY;
 pub use crate::wire::{
-    align_hops, check_chain, encode_hops, encode_proof, read_hello, read_hops, Decision, Header,
+    align_hops, check_chain, encode_hops, encode_proof, read_hello, read_hops, AfterResume, Header,
     HopReport, PrefixProof, Record, RefuseCode, Reply, Status, Trailer, Verdict, FLAG_AUTH,
     FLAG_CHAIN, FLAG_NO_VERIFY, FLAG_RESUME, FLAG_SPARSE, FLAG_STREAM, FLAG_TREE, HEADER_FIXED_LEN,
-    KEEPALIVE, MAX_HEADER_LEN, MAX_HOPS, PREAMBLE_LEN, SOURCE_ID_LEN, TRAILER_LEN, VERSION,
+    KEEPALIVE, MAX_HEADER_LEN, MAX_HOPS, PREAMBLE_LEN, RESTART, SOURCE_ID_LEN, TRAILER_LEN,
+    VERSION,
 };
 pub use crate::wire::{
     Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, ProtocolError, Report, MAX_ENTRIES,

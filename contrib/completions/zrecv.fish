@@ -1,6 +1,7 @@
 complete -c zrecv -l listen -d 'Address to listen on: IP:PORT, [IPV6]:PORT, IP, or PORT. Port 0 picks a free port. The first line on stderr is `listening on ADDR` with the bound address' -r
 complete -c zrecv -l dir -d 'Directory to write into' -r -F
 complete -c zrecv -l timeout -d 'Seconds to wait for a sender at any step; a stalled transfer is dropped after it' -r
+complete -c zrecv -l hash-threads -d 'Threads that hash one file\'s pieces as it lands (default: the machine\'s cores)' -r
 complete -c zrecv -l max-transfers -d 'Most transfers served at once; further senders wait for a slot (see --slot-wait)' -r
 complete -c zrecv -l slot-wait -d 'Seconds a sender waits for a free slot when --max-transfers are running, before it is refused as busy (zsend shows it waiting). Keep it below the senders\' --timeout' -r
 complete -c zrecv -l partial-max-age -d 'Remove hidden partial and temporary files (.zrecv-*.part, .zrecv-*.resume) in DIR and its subdirectories once they have not been modified for this long: at start, then every quarter of it (at least hourly) while serving. A number with a unit: 90s, 30m, 12h, 2d; a bare number is seconds. Keep it well above --timeout' -r

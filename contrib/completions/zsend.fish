@@ -1,10 +1,12 @@
 complete -c zsend -l to -d 'Send one file to several hosts through a chain: the first receiver forwards it to the second while writing it, and so on (each receiver needs --allow-forward for the next). Comma-separated or repeated; every host\'s result is reported' -r
 complete -c zsend -l name -d 'Name to give the file (or the directory) on the receiver, when sending one (default: its own name)' -r
+complete -c zsend -l hash-threads -d 'Threads that hash one file\'s pieces on this side (default: the machine\'s cores)' -r
 complete -c zsend -l token-file -d 'File holding a secret shared with the receiver; both sides then prove they know it (HMAC-SHA256 challenge-response; the token never crosses the wire)' -r -F
 complete -c zsend -l timeout -d 'Seconds to wait for the receiver at any step before giving up' -r
 complete -c zsend -l links -d 'In directories, send symbolic links as links when they point inside the tree (others, and all links without this, are skipped with a warning)'
 complete -c zsend -l fail-fast -d 'With many files, stop at the first one that fails (default: send the others)'
-complete -c zsend -l no-verify -d 'Skip SHA-256 on both ends (lengths are still checked; the data is still made durable)'
+complete -c zsend -l no-verify -d 'Skip hashing on both ends (lengths are still checked; the data is still made durable)'
+complete -c zsend -l sha256 -d 'Also compute the file\'s plain SHA-256 (what sha256sum prints) on this side, beside the tree root both ends verify with, and print it. One file only; costs a core while it runs'
 complete -c zsend -l json -d 'Print one JSON object describing the result on stdout'
 complete -c zsend -s q -l quiet -d 'Print nothing but errors'
 complete -c zsend -s v -l verbose -d 'More detail on stderr (-v: decisions such as fallbacks, -vv: debugging)'

@@ -5,24 +5,25 @@ use std::fs::File;
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::Duration;
 
 use rustix::io::Errno;
 
 use super::chain::{Forward, ForwardSink};
-use super::handshake::{accept, refused};
+use super::handshake::{accept, refused, tell};
 use super::land::send_verdict;
 use super::partial::{self, TempFile};
 use super::payload::{receive_into, FileSink, Incoming, Sink};
 use super::{Receiver, TransferRecord, PIPE_SIZE};
 use crate::auth::Integrity;
 use crate::error::RecvError;
-use crate::hash::{hash_from, hash_from_timed, Prefix, Start, Watermark, SMALL_FILE, UNTIL_CLOSED};
+use crate::hash::{hash_from, Hash, Prefix, Start, Watermark, SMALL_FILE, UNTIL_CLOSED};
 use crate::name::Escaped;
 use crate::sys::{self, CopyError, Pipe, SpliceStats};
 use crate::units::Bytes;
 use crate::watch::{self, Done};
-use crate::wire::{Header, RefuseCode, Reply, Status};
+use crate::wire::{
+    Header, PrefixProof, ProtocolError, RefuseCode, Reply, Status, Trailer, RESTART,
+};
 
 /// Writeback and drop-behind work in windows of this many bytes (see `sys::DropBehind`).
 pub(super) const WRITEBACK_WINDOW: u64 = 16 << 20;
@@ -117,22 +118,67 @@ impl Receiver {
         record: &mut TransferRecord,
         mut forward: Option<&mut Forward>,
     ) -> Result<Option<[u8; 32]>, RecvError> {
-        let prefix = match held {
+        let (offer, start) = match held {
             0 => {
                 accept(stream, header, Reply::Accept)?;
-                Prefix::empty()
+                (None, Start::Hashed(Prefix::empty()))
             }
-            _ => self.agree_on_prefix(stream, header, temp, held, record)?,
+            _ => self.offer_resume(stream, header, temp, held)?,
         };
-        record.resumed_from = prefix.len();
+        record.resumed_from = start.offset();
+        // What we know of the first bytes at once (their pieces' roots were kept), or once
+        // they are hashed again beside the rest.
+        let known = match &start {
+            Start::Hashed(p) => Some(p.digest()),
+            Start::Unhashed(_) => None,
+        };
         let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
         let route = Route {
             pipe: &pipe,
             forward: forward.as_deref_mut(),
         };
-        let received =
-            self.receive_payload(stream, header, temp, Start::Hashed(prefix), route, record)?;
-        self.check_trailer(stream, header, integrity, received.digest, record, forward)
+        let received = self.receive_payload(stream, header, temp, start, route, record)?;
+        let Some(offer) = offer else {
+            return self.check_trailer(stream, header, integrity, received.digest, record, forward);
+        };
+        // The rest is in: the sender proves it holds the same first bytes as ours.
+        let theirs = PrefixProof::read(&mut &*stream)?;
+        if offer.proven(known.or(received.prefix), &theirs) {
+            return self.check_trailer(stream, header, integrity, received.digest, record, forward);
+        }
+        log::info!(
+            "{}: the partial file differs from the sender's; taking it all again",
+            Escaped(&header.name)
+        );
+        // Its trailer vouches for bytes we do not hold: read, and left unused.
+        if let Err(e) = Trailer::read(&mut &*stream) {
+            if let ProtocolError::Abandoned = e {
+                let msg = "source changed during transfer; discarded";
+                send_verdict(stream, integrity, Status::Failed, None, msg);
+            }
+            return Err(e.into());
+        }
+        record.resumed_from = 0;
+        record.received = 0;
+        temp.pieces.clear();
+        rustix::fs::ftruncate(&temp.file, 0)
+            .map_err(io::Error::from)
+            .and_then(|()| prepare(&temp.file, header))
+            .map_err(|e| self.local("emptying the partial file", e))?;
+        tell(
+            stream,
+            &RESTART,
+            "asking for the whole file",
+            0,
+            header.size,
+        )?;
+        let route = Route {
+            pipe: &pipe,
+            forward: None,
+        };
+        let start = Start::Hashed(Prefix::empty());
+        let received = self.receive_payload(stream, header, temp, start, route, record)?;
+        self.check_trailer(stream, header, integrity, received.digest, record, None)
     }
 
     /// Splices the payload into the temporary file through `pipe`, hashing it back on a second
@@ -156,6 +202,8 @@ impl Receiver {
         let verify = header.verify();
         let inline = !header.stream() && size <= SMALL_FILE;
         let threaded = verify && !inline;
+        // A file that can resume logs its pieces' roots, for its record if it is interrupted.
+        let log = header.resumable().then_some(&temp.pieces);
         let done = match threaded {
             true => Some(Done::new().map_err(|e| self.local("creating an event", e))?),
             false => None,
@@ -176,7 +224,7 @@ impl Receiver {
                 let mark = &mark;
                 hasher = Some(s.spawn(move || {
                     let _raise = done.on_drop();
-                    hash_from_timed(st, file, hash_len, mark, sparse)
+                    hash_from(st, file, hash_len, mark, sparse, log)
                 }));
             }
             let mut behind = sys::DropBehind::starting_at(offset, WRITEBACK_WINDOW);
@@ -243,7 +291,7 @@ impl Receiver {
             let hashed = match (verify, start) {
                 (true, Some(st)) if copied.is_ok() => {
                     let all = Watermark::complete(size);
-                    Some((hash_from(st, file, size, &all, sparse), Duration::ZERO))
+                    Some(hash_from(st, file, size, &all, sparse, log))
                 }
                 _ => hasher.map(|h| h.join().expect("hashing thread panicked")),
             };
@@ -374,10 +422,10 @@ impl Receiver {
 /// What receiving a payload found.
 #[derive(Default)]
 pub(crate) struct Received {
-    /// SHA-256 of the whole file, when verifying.
-    pub(crate) digest: Option<[u8; 32]>,
-    /// For a [`Start::Unhashed`] start: SHA-256 of the bytes that were already there.
-    pub(crate) prefix: Option<[u8; 32]>,
+    /// The root of the whole file, when verifying.
+    pub(crate) digest: Option<Hash>,
+    /// For a [`Start::Unhashed`] start: the root of the bytes that were already there.
+    pub(crate) prefix: Option<Hash>,
 }
 
 /// Where a payload goes besides the temporary file: the pipe to splice it through, and the

@@ -55,7 +55,7 @@ impl Receiver {
             )
             .into());
         }
-        record.sha256 = digest;
+        record.root = digest;
         if !trailer.opens(integrity, 0) {
             if let Some(f) = forward {
                 f.pass_abandoned();

@@ -23,8 +23,8 @@ pub struct TransferRecord {
     pub resumed_from: u64,
     /// From accept to verdict.
     pub elapsed: Duration,
-    /// Our digest of what we wrote, if hashed.
-    pub sha256: Option<[u8; 32]>,
+    /// Our tree root of what we wrote, if hashed.
+    pub root: Option<[u8; 32]>,
     /// Whether both digests were computed and matched.
     pub verified: bool,
     /// Whether the payload went through splice (false: the read/write fallback).
@@ -49,7 +49,7 @@ impl TransferRecord {
             received: 0,
             resumed_from: 0,
             elapsed: Duration::ZERO,
-            sha256: None,
+            root: None,
             verified: false,
             zero_copy: true,
             stages: StageTimes::default(),

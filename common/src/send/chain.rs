@@ -43,7 +43,7 @@ pub(super) fn read_hosts(
             "the chain's reports do not name the hosts asked for: {unmatched} did not match"
         );
     }
-    report.sha256 = digest;
+    report.root = digest;
     report.hosts = std::iter::once(HopReport {
         host: report.peer.to_string(),
         verdict: verdict.opened(integrity, Seal::Verdict, 0),

@@ -3,22 +3,22 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::time::Duration;
 
 use super::chain::read_hosts;
 use super::land::{copy_failure, explain, judge, spoke_early};
-use super::resume::prove_prefix;
 use super::source::{data_between, Source};
 use super::{auth_nonce, Phase, SendOptions, SendReport, Tick};
+use crate::auth;
 use crate::client::{handshake, net};
 use crate::error::SendError;
-use crate::hash::SMALL_FILE;
-use crate::hash::{hash_rest, hash_rest_timed, Prefix, Watermark};
+use crate::hash::{hash_from, sha256_of, Hash, Prefix, Start, Watermark, SMALL_FILE};
 use crate::stages::thread_cpu;
 use crate::sys::{self, CopyError};
 use crate::watch::tick_until;
 use crate::wire::ProtocolError;
-use crate::wire::{Header, Record, Status, Trailer, Verdict, FLAG_NO_VERIFY, KEEPALIVE};
+use crate::wire::{
+    AfterResume, Header, PrefixProof, Record, Status, Trailer, Verdict, FLAG_NO_VERIFY, KEEPALIVE,
+};
 
 /// Bytes per sendfile call: large enough that syscalls cost nothing, small enough for a lively
 /// progress bar.
@@ -65,22 +65,37 @@ pub(super) fn transfer(
     };
     let accepted = handshake(stream, &header, opts.token.as_ref())?;
     let integrity = accepted.integrity;
-    let prefix = match accepted.resume {
-        Some((offset, nonce)) => {
-            progress(Tick::Phase(Phase::Checking(offset)));
-            prove_prefix(stream, source, offset, &nonce)?
-        }
-        None => Prefix::empty(),
+    // A resumed transfer sends the rest at once; the first bytes are hashed meanwhile, and
+    // proven to be the receiver's after the payload.
+    let (start, offer) = match accepted.resume {
+        Some((offset, nonce)) => (Start::Unhashed(offset), Some((offset, nonce))),
+        None => (Start::Hashed(Prefix::empty()), None),
     };
-    let start = prefix.len();
-    report.resumed_from = start;
-    progress(Tick::Bytes(start));
+    report.resumed_from = start.offset();
+    progress(Tick::Bytes(start.offset()));
     progress(Tick::Phase(Phase::Sending));
 
     let mut bytes = |n| progress(Tick::Bytes(n));
-    let sent = send_body(stream, source, prefix, opts.verify, report, &mut bytes);
+    let sent = send_body(
+        stream,
+        source,
+        start,
+        opts.verify,
+        opts.sha256,
+        report,
+        &mut bytes,
+    );
+    let mut ending = Vec::new();
+    if let Some((offset, nonce)) = offer {
+        // An abandoned file's proof is not looked at: the file is discarded anyway.
+        let root = match &sent {
+            Ok(body) => body.prefix.unwrap_or_default(),
+            Err(_) => [0; 32],
+        };
+        ending.extend_from_slice(&PrefixProof(auth::prefix_proof(&nonce, offset, &root)).encode());
+    }
     let trailer = match &sent {
-        Ok(digest) => Trailer::sealed(*digest, &integrity, 0).encode(),
+        Ok(body) => Trailer::sealed(body.digest, &integrity, 0).encode(),
         // The whole payload went out, then the source changed: the receiver is told to
         // discard it, and says it did.
         Err(SendError::SourceChanged) => Trailer::abandoned(),
@@ -91,28 +106,71 @@ pub(super) fn transfer(
             return Err(e);
         }
     };
+    ending.extend_from_slice(&trailer);
     // The receiver speaks only after the trailer (but for a failure, at once).
     if let Some(early) = spoke_early(stream, report)? {
         return Err(early);
     }
     stream
-        .write_all(&trailer)
+        .write_all(&ending)
         .map_err(net("sending the trailer"))?;
     progress(Tick::Phase(Phase::Landing));
 
-    let verdict = Verdict::read(&mut stream)?;
-    let digest = match sent {
-        Ok(digest) => digest,
-        Err(e) => {
-            // Abandoned: only a receiver that says it failed (discarded) is believed.
-            return match verdict.status {
-                Status::Failed => Err(e),
-                _ => Err(ProtocolError::Malformed(
-                    "the receiver did not discard a file abandoned by its sender".into(),
+    let verdict = match offer {
+        Some((offset, _)) => match AfterResume::read(&mut stream)? {
+            AfterResume::Verdict(v) => v,
+            AfterResume::Restart if sent.is_ok() => {
+                log::warn!(
+                    "the receiver's partial file ({offset} bytes) differs from this file; sending it all again"
+                );
+                report.resumed_from = 0;
+                progress(Tick::Restart);
+                progress(Tick::Phase(Phase::Sending));
+                let mut bytes = |n| progress(Tick::Bytes(n));
+                let again = send_body(
+                    stream,
+                    source,
+                    Start::Hashed(Prefix::empty()),
+                    false,
+                    false,
+                    report,
+                    &mut bytes,
+                );
+                let digest = sent.as_ref().map(|b| b.digest).unwrap_or_default();
+                let trailer = match again {
+                    Ok(_) => Trailer::sealed(digest, &integrity, 0).encode(),
+                    Err(SendError::SourceChanged) => Trailer::abandoned(),
+                    Err(e) => {
+                        let e = explain(stream, report, e);
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                        return Err(e);
+                    }
+                };
+                if let Some(early) = spoke_early(stream, report)? {
+                    return Err(early);
+                }
+                stream
+                    .write_all(&trailer)
+                    .map_err(net("sending the trailer"))?;
+                progress(Tick::Phase(Phase::Landing));
+                let verdict = Verdict::read(&mut stream)?;
+                return match again {
+                    Ok(_) => judge(verdict, digest, &integrity, 0, report),
+                    Err(e) => abandoned(verdict, e),
+                };
+            }
+            AfterResume::Restart => {
+                return Err(ProtocolError::Malformed(
+                    "a restart for a file its sender abandoned".into(),
                 )
-                .into()),
-            };
-        }
+                .into())
+            }
+        },
+        None => Verdict::read(&mut stream)?,
+    };
+    let digest = match sent {
+        Ok(body) => body.digest,
+        Err(e) => return abandoned(verdict, e),
     };
     if chained {
         read_hosts(stream, &opts.chain, verdict, digest, &integrity, report);
@@ -121,18 +179,41 @@ pub(super) fn transfer(
     judge(verdict, digest, &integrity, 0, report)
 }
 
-/// Sends `source`'s content from `prefix.len()` on (dense, or as sparse records) and returns
-/// its SHA-256 over the whole file when verifying. Adds to the report's byte counts and CPU.
-/// On error no trailer may follow: the payload is short, or the source changed.
+/// An abandoned file's outcome: only a receiver that says it failed (discarded) is believed.
+fn abandoned(verdict: Verdict, e: SendError) -> Result<(), SendError> {
+    match verdict.status {
+        Status::Failed => Err(e),
+        _ => Err(ProtocolError::Malformed(
+            "the receiver did not discard a file abandoned by its sender".into(),
+        )
+        .into()),
+    }
+}
+
+/// What [`send_body`] sent: the file's root when verifying, and the root of the first bytes
+/// when it started from an unhashed prefix (the proof of a resumed transfer).
+#[derive(Debug, Default)]
+pub(super) struct Body {
+    pub(super) digest: Option<Hash>,
+    pub(super) prefix: Option<Hash>,
+}
+
+/// Sends `source`'s content from `start` on (dense, or as sparse records) and, when verifying,
+/// returns its root over the whole file (on [`hash::threads`] threads, beside the copy), with
+/// the root of an unhashed start's first bytes. Adds to the report's byte counts and CPU. With
+/// `sha256`, also the plain SHA-256 (see [`SendReport::sha256`]). On error no trailer may
+/// follow: the payload is short, or the source changed.
 pub(super) fn send_body(
     stream: &TcpStream,
     source: &Source,
-    prefix: Prefix,
+    start: Start,
     verify: bool,
+    sha256: bool,
     report: &mut SendReport,
     progress: &mut dyn FnMut(u64),
-) -> Result<Option<[u8; 32]>, SendError> {
-    let start = prefix.len();
+) -> Result<Body, SendError> {
+    let hash_start = start;
+    let start = hash_start.offset();
     let small = source.size <= SMALL_FILE;
     // No TCP_CORK: the header has already crossed (the accept must come back before any
     // payload), and corking the payload measured 11 % slower with --no-verify
@@ -142,16 +223,10 @@ pub(super) fn send_body(
     }
     let mark = Watermark::complete(source.size);
     let sparse = source.sparse_data.is_some();
-    let hash = |prefix| hash_rest_timed(prefix, &source.file, source.size, &mark, sparse);
-    // Small files are not worth the two clock reads of timing them.
-    let untimed = |prefix| {
-        (
-            hash_rest(prefix, &source.file, source.size, &mark, sparse),
-            Duration::ZERO,
-        )
-    };
+    let hash = |start| hash_from(start, &source.file, source.size, &mark, sparse, None);
+    let plain = sha256.then_some(());
     let (copied, digest) = std::thread::scope(|s| {
-        let (mut prefix, mut hasher) = (Some(prefix), None);
+        let (mut prefix, mut hasher) = (Some(hash_start), None);
         let (finished, hashing) = std::sync::mpsc::channel::<()>();
         if verify && !small {
             let p = prefix.take().expect("not taken yet");
@@ -161,6 +236,13 @@ pub(super) fn send_body(
                 hashed
             }));
         }
+        let sha256 = plain.map(|()| {
+            s.spawn(|| {
+                let cpu = thread_cpu();
+                let d = sha256_of(&source.file, source.size, &mark, sparse);
+                (d, thread_cpu().saturating_sub(cpu))
+            })
+        });
         let cpu = (!small).then(thread_cpu);
         let zero_copy = &mut report.zero_copy;
         let copied = match source.sparse_data {
@@ -187,13 +269,18 @@ pub(super) fn send_body(
             told = tick_until(&hashing, &mark, &mut || (&*stream).write_all(&KEEPALIVE));
         }
         let hashed = match (verify, prefix) {
-            (true, Some(p)) if copied.is_ok() => Some(untimed(p)),
+            (true, Some(p)) if copied.is_ok() => Some(hash(p)),
             _ => hasher.map(|h| h.join().expect("hashing thread panicked")),
         };
         let digest = hashed.map(|(digest, cpu)| {
             report.stages.hash_cpu += cpu;
             digest
         });
+        if let Some(h) = sha256 {
+            let (d, cpu) = h.join().expect("hashing thread panicked");
+            report.stages.sha256_cpu += cpu;
+            report.sha256 = d.ok().flatten();
+        }
         (
             copied.and_then(|n| told.map(|()| n).map_err(CopyError::Write)),
             digest,
@@ -213,10 +300,13 @@ pub(super) fn send_body(
             expected: source.size,
         });
     }
-    let digest = match digest {
-        None => None,
-        Some(Ok(Some(d))) => Some(d),
-        Some(Ok(None)) => unreachable!("the sender's watermark is complete from the start"),
+    let body = match digest {
+        None => Body::default(),
+        Some(Ok((Some(digest), prefix))) => Body {
+            digest: Some(digest),
+            prefix,
+        },
+        Some(Ok((None, _))) => unreachable!("the sender's watermark is complete from the start"),
         Some(Err(source_err)) => {
             return Err(SendError::Source {
                 path: source.path.clone(),
@@ -227,7 +317,7 @@ pub(super) fn send_body(
     if source.changed() {
         return Err(SendError::SourceChanged);
     }
-    Ok(digest)
+    Ok(body)
 }
 
 /// Sends a file with holes as records from `from` on: each data extent with sendfile at its

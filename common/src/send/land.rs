@@ -109,7 +109,7 @@ pub(super) fn judge(
             .into())
         }
         Status::Landed if verdict.sha256 == digest => {
-            report.sha256 = digest;
+            report.root = digest;
             report.verified = digest.is_some();
             Ok(())
         }

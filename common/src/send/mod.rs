@@ -49,6 +49,9 @@ pub enum Tick {
     File,
     /// The transfer entered a phase in which bytes may not move for a while.
     Phase(Phase),
+    /// The receiver's kept partial turned out to differ from the file: its bytes count again
+    /// from 0, and the whole file goes again.
+    Restart,
 }
 
 /// Where a transfer is, beyond its bytes: what a display shows while none move.
@@ -57,9 +60,6 @@ pub enum Phase {
     /// Connecting, then waiting for the receiver to answer the hello (a receiver serving as
     /// many transfers as it allows answers once one ends).
     Connecting,
-    /// The receiver holds this many bytes of the file from an interrupted transfer: both ends
-    /// read them back to check that they match before the rest goes.
-    Checking(u64),
     /// The payload flows.
     Sending,
     /// Everything went out: the receiver finishes checking it, makes it durable and publishes
@@ -80,6 +80,8 @@ pub struct SendOptions {
     pub token: Option<Token>,
     /// Hosts (`HOST:PORT`) the receiver forwards the file to, in order: a chain.
     pub chain: Vec<String>,
+    /// Also compute the plain SHA-256 of a single file (`sha256sum`'s), beside the root.
+    pub sha256: bool,
 }
 
 impl Default for SendOptions {
@@ -90,6 +92,7 @@ impl Default for SendOptions {
             timeout: Duration::from_secs(60),
             token: None,
             chain: Vec::new(),
+            sha256: false,
         }
     }
 }
@@ -112,7 +115,10 @@ pub struct SendReport {
     pub resumed_from: u64,
     /// From connecting to the verdict.
     pub elapsed: Duration,
-    /// The SHA-256 both sides agreed on, if verifying.
+    /// The tree root (BEP 52) both sides agreed on, if verifying.
+    pub root: Option<[u8; 32]>,
+    /// The plain SHA-256 of the file, as `sha256sum` prints it, when asked for
+    /// ([`SendOptions::sha256`]); computed on this side only.
     pub sha256: Option<[u8; 32]>,
     /// Whether both digests were computed and matched.
     pub verified: bool,
@@ -177,6 +183,7 @@ fn open_connection(
         bytes_sent: 0,
         resumed_from: 0,
         elapsed: Duration::ZERO,
+        root: None,
         sha256: None,
         verified: false,
         zero_copy: true,

@@ -1,49 +1,10 @@
-//! Resuming: the receiver holds a prefix of this file from an interrupted transfer; hash ours
-//! and prove it is the same before the payload continues after it.
-
-use std::io::Write;
-use std::net::TcpStream;
+//! Hashing a prefix of a tree's file that the receiver holds, telling it meanwhile that we are
+//! still here (a tree's resume frame carries the prefix's proof before the rest).
 
 use super::source::Source;
-use crate::auth;
-use crate::client::net;
 use crate::error::SendError;
 use crate::hash::{Prefix, Watermark};
 use crate::watch::tick_until;
-use crate::wire::{Decision, PrefixProof, KEEPALIVE};
-
-/// The receiver holds the first `offset` bytes of this file from an interrupted transfer:
-/// hashes ours (saying we are still here meanwhile), proves we hold the same bytes with a
-/// proof keyed by its `nonce`, and reads its decision. Returns the prefix the payload
-/// continues from (empty to start over).
-pub(super) fn prove_prefix(
-    mut stream: &TcpStream,
-    source: &Source,
-    offset: u64,
-    nonce: &[u8; 32],
-) -> Result<Prefix, SendError> {
-    let ours = hash_prefix_telling(source, offset, &mut || {
-        stream
-            .write_all(&KEEPALIVE)
-            .map_err(net("keeping the connection up"))
-    })?;
-    let proof = PrefixProof(auth::prefix_proof(nonce, offset, &ours.digest()));
-    stream
-        .write_all(&proof.encode())
-        .map_err(net("proving the resumed prefix"))?;
-    match Decision::read(&mut stream)? {
-        Decision::Resume => {
-            log::info!("resuming: the receiver holds the first {offset} bytes");
-            Ok(ours)
-        }
-        Decision::Restart => {
-            log::warn!(
-                "the receiver's partial file ({offset} bytes) differs from this file; starting over"
-            );
-            Ok(Prefix::empty())
-        }
-    }
-}
 
 /// Hashes the first `len` bytes of `source` on a thread of its own while `tick` tells the
 /// receiver, every [`crate::watch::KEEPALIVE_EVERY`], that we are still here; stops hashing as

@@ -60,7 +60,7 @@ mod tests {
             let _ = Record::read(&mut &bytes[..]);
             let _ = Trailer::read(&mut &bytes[..]);
             let _ = PrefixProof::read(&mut &bytes[..]);
-            let _ = Decision::read(&mut &bytes[..]);
+            let _ = AfterResume::read(&mut &bytes[..]);
             let _ = read_hops(&mut &bytes[..]);
             let _ = Manifest::read(&mut &bytes[..]);
             let _ = Answers::read(&mut &bytes[..], 3);

@@ -89,9 +89,11 @@ pub enum Reply {
         /// The receiver's proof (see `auth::proof`).
         proof: [u8; PROOF_LEN],
     },
-    /// The receiver holds the first `offset` bytes of this very file from an interrupted
-    /// transfer: the sender proves it holds the same bytes with a [`PrefixProof`](super::PrefixProof) keyed with
-    /// `nonce`, and the receiver answers with a [`Decision`](super::Decision).
+    /// The receiver holds the first `offset` bytes (a multiple of the piece size) of this very
+    /// file from an interrupted transfer: the sender sends the rest at once, then proves it
+    /// holds the same first bytes with a [`PrefixProof`](super::PrefixProof) keyed with
+    /// `nonce`, and the receiver answers with its verdict or a
+    /// [`RESTART`](super::RESTART).
     Resume {
         /// How many bytes the receiver's partial file holds, at most the size.
         offset: u64,

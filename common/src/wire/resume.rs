@@ -1,11 +1,13 @@
-//! Section 2b of docs/PROTOCOL.md: the sender's proof of the prefix the receiver offers to resume
-//! (the offer itself is a reply, in `hello`), and the receiver's decision.
+//! Section 2b of docs/PROTOCOL.md: the sender's proof of the prefix the receiver offered to
+//! resume from (the offer itself is a reply, in `hello`), sent after the payload, and the
+//! receiver's answer when it differs: send it all again.
 
 use std::io::Read;
 
 use super::codec::read_exact;
 use super::error::ProtocolError;
 use super::keepalive::read_after_keepalives;
+use super::trailer::Verdict;
 
 /// First bytes of the sender's proof that it holds the prefix the receiver offers to resume.
 pub const PREFIX_MAGIC: [u8; 4] = *b"ZPFX";
@@ -15,7 +17,7 @@ pub const DECISION_MAGIC: [u8; 4] = *b"ZDCD";
 pub const PREFIX_LEN: usize = 4 + 32;
 
 /// The sender's proof that the first `offset` bytes of its file are the receiver's partial:
-/// an HMAC keyed with the receiver's fresh nonce over the SHA-256 of those bytes (see
+/// an HMAC keyed with the receiver's fresh nonce over the tree root of those bytes (see
 /// `auth::prefix_proof`). Only a sender that read the bytes can compute it, and it tells an
 /// eavesdropper nothing it could extend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,41 +45,38 @@ impl PrefixProof {
     }
 }
 
-/// The receiver's decision on a resume: go on from the offer's offset, or start over from
-/// byte 0 because the sender's proof does not match its partial.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// The prefixes match: the payload starts at the offered offset.
-    Resume,
-    /// They do not (or the partial could not be read back): the receiver has emptied its
-    /// file and the payload starts at 0.
+/// The receiver's restart: the proof of a resumed transfer did not match its partial (or the
+/// partial could not be read back), so it emptied its file; the sender sends the whole payload
+/// again, from byte 0, and a trailer.
+pub const RESTART: [u8; 5] = [
+    DECISION_MAGIC[0],
+    DECISION_MAGIC[1],
+    DECISION_MAGIC[2],
+    DECISION_MAGIC[3],
+    0,
+];
+
+/// What a receiver answers a resumed transfer's trailer with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AfterResume {
+    /// Its verdict, as for any transfer.
+    Verdict(Verdict),
+    /// [`RESTART`]: send it all again.
     Restart,
 }
 
-impl Decision {
-    /// Encodes the decision.
-    pub fn encode(self) -> [u8; 5] {
-        let mut out = [0u8; 5];
-        out[..4].copy_from_slice(&DECISION_MAGIC);
-        out[4] = match self {
-            Decision::Restart => 0,
-            Decision::Resume => 1,
-        };
-        out
-    }
-
-    /// Reads and checks the decision.
-    pub fn read(r: &mut impl Read) -> Result<Decision, ProtocolError> {
-        let mut buf = [0u8; 5];
-        read_exact(r, &mut buf, "resume decision")?;
-        if buf[..4] != DECISION_MAGIC {
-            return Err(ProtocolError::Malformed(
-                "resume decision magic missing".into(),
-            ));
+impl AfterResume {
+    /// Reads a verdict or a restart.
+    pub fn read(r: &mut impl Read) -> Result<AfterResume, ProtocolError> {
+        let mut magic = [0u8; 4];
+        read_exact(r, &mut magic, "verdict")?;
+        if magic != DECISION_MAGIC {
+            return Verdict::read_after(magic, r).map(AfterResume::Verdict);
         }
-        match buf[4] {
-            0 => Ok(Decision::Restart),
-            1 => Ok(Decision::Resume),
+        let mut decision = [0u8; 1];
+        read_exact(r, &mut decision, "resume decision")?;
+        match decision[0] {
+            0 => Ok(AfterResume::Restart),
             k => Err(ProtocolError::Malformed(format!(
                 "unknown resume decision {k}"
             ))),
@@ -93,14 +92,16 @@ mod tests {
 
     proptest! {
         #[test]
-        fn resume_messages_round_trip(offset in any::<u64>(), nonce in any::<[u8; 32]>(), p in any::<[u8; 32]>(), go in any::<bool>(), keepalives in 0usize..3) {
+        fn resume_messages_round_trip(offset in any::<u64>(), nonce in any::<[u8; 32]>(), p in any::<[u8; 32]>(), keepalives in 0usize..3) {
             let r = Reply::Resume { offset, nonce };
             prop_assert_eq!(Reply::read(&mut &r.encode()[..]).unwrap(), r);
             let mut wire = KEEPALIVE.repeat(keepalives);
             wire.extend_from_slice(&PrefixProof(p).encode());
             prop_assert_eq!(PrefixProof::read(&mut &wire[..]).unwrap(), PrefixProof(p));
-            let c = if go { Decision::Resume } else { Decision::Restart };
-            prop_assert_eq!(Decision::read(&mut &c.encode()[..]).unwrap(), c);
+            prop_assert_eq!(AfterResume::read(&mut &RESTART[..]).unwrap(), AfterResume::Restart);
+            let mut go_on = RESTART;
+            go_on[4] = 1;
+            prop_assert!(AfterResume::read(&mut &go_on[..]).is_err());
         }
     }
 }

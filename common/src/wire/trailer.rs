@@ -211,8 +211,16 @@ impl Verdict {
 
     /// Reads and checks a verdict.
     pub fn read(r: &mut impl Read) -> Result<Verdict, ProtocolError> {
+        let mut magic = [0u8; 4];
+        read_exact(r, &mut magic, "verdict")?;
+        Verdict::read_after(magic, r)
+    }
+
+    /// Reads and checks the rest of a verdict whose first four bytes were `magic`.
+    pub fn read_after(magic: [u8; 4], r: &mut impl Read) -> Result<Verdict, ProtocolError> {
         let mut head = [0u8; VERDICT_HEAD_LEN];
-        read_exact(r, &mut head, "verdict")?;
+        head[..4].copy_from_slice(&magic);
+        read_exact(r, &mut head[4..], "verdict")?;
         if head[0..4] != VERDICT_MAGIC {
             return Err(ProtocolError::Malformed("verdict magic missing".into()));
         }

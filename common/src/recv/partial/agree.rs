@@ -1,5 +1,6 @@
-//! Resume agreement: the receiver offers the bytes it kept with a fresh nonce, hashes them while
-//! the sender proves it holds the same, and decides whether the payload goes on from there.
+//! Resume agreement: where a kept partial goes on from (its held bytes cut back to a piece
+//! boundary), what is known of the bytes before it (their pieces' roots, or nothing), and the
+//! sender's proof, checked after the rest has arrived, that it holds the same bytes.
 
 use std::io;
 use std::net::TcpStream;
@@ -8,90 +9,79 @@ use std::os::fd::AsFd;
 use super::TempFile;
 use crate::auth;
 use crate::error::RecvError;
-use crate::hash::{Prefix, Watermark};
-use crate::name::Escaped;
+use crate::hash::{Hash, Prefix, Start, PIECE};
 use crate::recv::file::prepare;
-use crate::recv::handshake::{accept, tell};
-use crate::recv::{Receiver, TransferRecord};
-use crate::watch::{self, Done};
-use crate::wire::{Decision, Header, PrefixProof, Reply};
+use crate::recv::handshake::accept;
+use crate::recv::Receiver;
+use crate::wire::{Header, PrefixProof, Reply};
+
+/// Where a kept partial that holds `held` bytes resumes: at the last piece boundary within
+/// them, with what is known of the bytes before it: their pieces' roots when its record kept
+/// them (then nothing is read back), else nothing (they are hashed beside the rest). Cuts the
+/// file back to that boundary, so that what follows is written afresh.
+pub(crate) fn resume_point<D: AsFd>(
+    temp: &TempFile<D>,
+    header: &Header,
+    held: u64,
+) -> io::Result<(u64, Start)> {
+    let offset = held - held % PIECE;
+    let start = start_at(temp, offset);
+    if offset < held {
+        rustix::fs::ftruncate(&temp.file, offset)?;
+        prepare(&temp.file, header)?;
+    }
+    Ok((offset, start))
+}
+
+/// Where hashing a partial resumed at `offset` (a piece boundary) starts: from its first
+/// pieces' roots when it has them, else from nothing (the first bytes are hashed again).
+pub(crate) fn start_at<D: AsFd>(temp: &TempFile<D>, offset: u64) -> Start {
+    if offset > 0 && temp.pieces.pieces() * PIECE >= offset {
+        let pieces = temp.pieces.first(offset / PIECE);
+        temp.pieces.truncate(offset / PIECE);
+        Start::Hashed(Prefix::of_pieces(&pieces))
+    } else {
+        temp.pieces.clear();
+        Start::Unhashed(offset)
+    }
+}
+
+/// A resume offered to the sender: where, and the nonce its proof is keyed with.
+pub(crate) struct Offer {
+    pub(crate) offset: u64,
+    pub(crate) nonce: [u8; 32],
+}
+
+impl Offer {
+    /// Whether the sender's proof shows it holds the same first bytes as our partial, whose
+    /// root is `ours` (`None`: it could not be read back).
+    pub(crate) fn proven(&self, ours: Option<Hash>, theirs: &PrefixProof) -> bool {
+        ours.is_some_and(|ours| {
+            let proof = auth::prefix_proof(&self.nonce, self.offset, &ours);
+            auth::same_proof(&proof, &theirs.0)
+        })
+    }
+}
 
 impl Receiver {
-    /// Offers to resume from the `held` bytes kept from an interrupted transfer, with a fresh
-    /// nonce; hashes them while the sender hashes its own and proves it holds the same bytes;
-    /// then says whether the payload goes on from there. Returns the prefix to go on from:
-    /// empty, with the file emptied, when the sender's proof does not match (or ours could not
-    /// be read back). Our digest never crosses the wire, so a sender without the bytes learns
-    /// nothing it could extend into a "verified" file.
-    pub(crate) fn agree_on_prefix(
+    /// Accepts a transfer into a partial that holds `held` bytes: offers to resume from its
+    /// last piece boundary with a fresh nonce (or plainly accepts, when that is byte 0).
+    /// Returns the offer and where hashing starts.
+    pub(crate) fn offer_resume(
         &self,
         stream: &TcpStream,
         header: &Header,
         temp: &TempFile<impl AsFd>,
         held: u64,
-        record: &mut TransferRecord,
-    ) -> Result<Prefix, RecvError> {
+    ) -> Result<(Option<Offer>, Start), RecvError> {
+        let (offset, start) = resume_point(temp, header, held)
+            .map_err(|e| self.local("cutting the partial file back", e))?;
+        if offset == 0 {
+            accept(stream, header, Reply::Accept)?;
+            return Ok((None, Start::Hashed(Prefix::empty())));
+        }
         let nonce = auth::nonce().map_err(|e| self.local("drawing a nonce", e))?;
-        accept(
-            stream,
-            header,
-            Reply::Resume {
-                offset: held,
-                nonce,
-            },
-        )?;
-        let sparse = header.sparse_data_len.is_some();
-        let mark = Watermark::complete(held);
-        let done = Done::new().map_err(|e| self.local("creating an event", e))?;
-        let file = &temp.file;
-        let (ours, watched) = std::thread::scope(|s| {
-            let hasher = s.spawn(|| {
-                let _raise = done.on_drop();
-                Prefix::of_file_until(file, held, sparse, &mark)
-            });
-            let watched = watch::wait_for(stream, &done, self.config.timeout, &mut || {});
-            if watched.is_err() {
-                mark.abort();
-            }
-            (hasher.join().expect("hashing thread panicked"), watched)
-        });
-        watched.map_err(|stop| {
-            self.gave_up(stop, "waiting for the resume proof", held, header.size)
-        })?;
-        let theirs = PrefixProof::read(&mut &*stream)?;
-        let matches = match ours {
-            Ok(Some(ours)) => {
-                let proof = auth::prefix_proof(&nonce, held, &ours.digest());
-                auth::same_proof(&proof, &theirs.0).then_some(ours)
-            }
-            Ok(None) => unreachable!("aborted only when the wait failed"),
-            Err(e) => {
-                log::warn!("reading back the partial {}: {e}", Escaped(&header.name));
-                None
-            }
-        };
-        let decision = match matches {
-            Some(_) => Decision::Resume,
-            None => {
-                log::info!(
-                    "{}: the partial file differs from the sender's; starting over",
-                    Escaped(&header.name)
-                );
-                record.received = 0;
-                rustix::fs::ftruncate(&temp.file, 0)
-                    .map_err(io::Error::from)
-                    .and_then(|()| prepare(&temp.file, header))
-                    .map_err(|e| self.local("emptying the partial file", e))?;
-                Decision::Restart
-            }
-        };
-        tell(
-            stream,
-            &decision.encode(),
-            "deciding to resume",
-            held,
-            header.size,
-        )?;
-        Ok(matches.unwrap_or_else(Prefix::empty))
+        accept(stream, header, Reply::Resume { offset, nonce })?;
+        Ok((Some(Offer { offset, nonce }), start))
     }
 }

@@ -5,7 +5,9 @@
 //! `.zrecv-KEY.part` (the bytes received) and `.zrecv-KEY.resume` (a record of what they belong
 //! to: name, size, mtime, the sender's identity of its file, and how many bytes are held). The
 //! record only says which file the partial may belong to; the bytes themselves are trusted only
-//! once their SHA-256 matches the sender's (see docs/PROTOCOL.md, resume).
+//! once their tree root matches the sender's proof (see docs/PROTOCOL.md, resume). A partial
+//! kept by a receiver that was not killed also has its pieces' roots in its record, made when
+//! its bytes were durable, so that resuming reads none of them back.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -18,6 +20,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timest
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
+use crate::hash::{Hash, PieceLog, PIECE};
 use crate::name::{Escaped, TEMP_PREFIX};
 use crate::wire::{Header, SOURCE_ID_LEN};
 
@@ -25,10 +28,13 @@ mod agree;
 mod list;
 pub(crate) mod sweep;
 
+pub(crate) use agree::{resume_point, start_at};
 pub use list::{kept_partials, remove_partial, KeptPartial};
 
-/// Longest record read back; a real one is under 1 KiB.
+/// Longest record read back, before its pieces: a real one is under 1 KiB.
 const MAX_RECORD_LEN: u64 = 4096;
+/// Longest line of a record's piece roots.
+const PIECE_LINE: u64 = 96;
 /// First line of a record.
 const RECORD_MAGIC: &str = "zrecv partial 1";
 
@@ -38,6 +44,8 @@ pub(crate) struct TempFile<D: AsFd> {
     pub(crate) dir: D,
     pub(crate) name: String,
     pub(crate) file: File,
+    /// The roots of the pieces hashed so far (a file that can resume logs them).
+    pub(crate) pieces: PieceLog,
     armed: bool,
 }
 
@@ -62,6 +70,7 @@ impl<D: AsFd> TempFile<D> {
                         dir,
                         name,
                         file: File::from(fd),
+                        pieces: PieceLog::default(),
                         armed: true,
                     })
                 }
@@ -242,6 +251,10 @@ pub(crate) struct Record {
     /// Bytes received, from the start of the file; `None` while the transfer runs (a receiver
     /// killed then leaves no count: the next attempt measures the file).
     held: Option<u64>,
+    /// The roots of the first pieces (runs of equal roots as one entry), and the partial's
+    /// ctime when they were written: any later change to the partial (which moves its ctime)
+    /// makes them worthless, and its bytes are then hashed again.
+    pieces: Option<(Timespec, Vec<(Hash, u64)>)>,
 }
 
 impl Record {
@@ -255,17 +268,22 @@ impl Record {
             source_id: header.source_id?,
             sparse: header.sparse_data_len.is_some(),
             held,
+            pieces: None,
         })
     }
 
     /// Whether the partial belongs to the file `header` announces.
     fn belongs_to(&self, header: &Header) -> bool {
-        Record::of(header, self.held).as_ref() == Some(self)
+        let bare = Record {
+            pieces: None,
+            ..self.clone()
+        };
+        Record::of(header, self.held).as_ref() == Some(&bare)
             && self.held.is_none_or(|held| held <= self.size)
     }
 
     fn encode(&self) -> String {
-        format!(
+        let mut text = format!(
             "{RECORD_MAGIC}\nname {}\nsize {}\nmtime {} {}\nsource {}\nsparse {}\nheld {}\n",
             hex::encode(&self.name),
             self.size,
@@ -274,7 +292,19 @@ impl Record {
             hex::encode(self.source_id),
             u8::from(self.sparse),
             self.held.map_or("?".into(), |h| h.to_string())
-        )
+        );
+        if let Some((ctime, pieces)) = &self.pieces {
+            text += &format!("ctime {} {}\n", ctime.tv_sec, ctime.tv_nsec);
+            for (root, n) in pieces {
+                text += &format!("pieces {} {n}\n", hex::encode(root));
+            }
+        }
+        text
+    }
+
+    /// The longest record a file of `size` bytes can have.
+    fn max_len(size: u64) -> u64 {
+        MAX_RECORD_LEN.saturating_add((size / PIECE + 1).saturating_mul(PIECE_LINE))
     }
 
     /// Parses a record; `None` for anything but exactly what [`Record::encode`] writes.
@@ -303,6 +333,29 @@ impl Record {
             "?" => None,
             n => Some(n.parse().ok()?),
         };
+        let pieces = match lines.next() {
+            None => None,
+            Some(line) => {
+                let (sec, nsec) = line.strip_prefix("ctime ")?.split_once(' ')?;
+                let ctime = Timespec {
+                    tv_sec: sec.parse().ok()?,
+                    tv_nsec: nsec.parse().ok()?,
+                };
+                let mut pieces = Vec::new();
+                let mut count = 0u64;
+                for line in lines {
+                    let (root, n) = line.strip_prefix("pieces ")?.split_once(' ')?;
+                    let mut hash = [0u8; 32];
+                    hex::decode_to_slice(root, &mut hash).ok()?;
+                    let n: u64 = n.parse().ok()?;
+                    count = count.checked_add(n)?;
+                    pieces.push((hash, n));
+                }
+                // No more pieces than the bytes held fill.
+                (count.checked_mul(PIECE)? <= held?).then_some(())?;
+                Some((ctime, pieces))
+            }
+        };
         Some(Record {
             name,
             size,
@@ -310,8 +363,8 @@ impl Record {
             source_id,
             sparse,
             held,
+            pieces,
         })
-        .filter(|_| lines.next().is_none())
     }
 }
 
@@ -338,6 +391,7 @@ pub(crate) fn keep<D: AsFd>(temp: TempFile<D>, header: &Header, held: u64) {
     };
     let (part, resume) = kept_names(&header.name);
     let dir = temp.dir.as_fd();
+    let mut record = record;
     let kept = (|| -> io::Result<()> {
         if !record.sparse {
             // A partial holds what arrived and no more: truncating to its own length also
@@ -346,6 +400,17 @@ pub(crate) fn keep<D: AsFd>(temp: TempFile<D>, header: &Header, held: u64) {
         }
         if temp.name != part {
             rustix::fs::renameat(dir, temp.name.as_str(), dir, part.as_str())?;
+        }
+        // The roots of its pieces, so that a resume reads nothing back; recorded only once the
+        // bytes they vouch for are durable, with the ctime that any later change would move.
+        let pieces = temp.pieces.first(held / PIECE);
+        if !pieces.is_empty() && rustix::fs::fdatasync(&temp.file).is_ok() {
+            let st = rustix::fs::fstat(&temp.file)?;
+            let ctime = Timespec {
+                tv_sec: st.st_ctime as _,
+                tv_nsec: st.st_ctime_nsec as _,
+            };
+            record.pieces = Some((ctime, pieces));
         }
         write_record(dir, &record, &resume)
     })();
@@ -378,6 +443,7 @@ pub(crate) fn start<D: AsFd>(dir: D, header: &Header) -> io::Result<TempFile<D>>
         dir,
         name: part,
         file: File::from(fd),
+        pieces: PieceLog::default(),
         armed: true,
     };
     write_record(temp.dir.as_fd(), &record, &resume)?;
@@ -465,7 +531,7 @@ pub(crate) fn take<D: AsFd>(dir: D, header: &Header) -> Option<(TempFile<D>, u64
         Ok(fd) => {
             let mut text = String::new();
             let read = File::from(fd)
-                .take(MAX_RECORD_LEN)
+                .take(Record::max_len(header.size))
                 .read_to_string(&mut text);
             read.ok().and_then(|_| Record::decode(&text))
         }
@@ -477,9 +543,18 @@ pub(crate) fn take<D: AsFd>(dir: D, header: &Header) -> Option<(TempFile<D>, u64
         // Made young at once, so that the stale-partial sweep leaves it alone while in use.
         let _sweep = hold_off();
         let fd = open_beneath(&dir, &part, OFlags::RDWR).ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        // Its pieces' roots count only if nothing touched it since they were recorded.
+        let pieces = match r.pieces {
+            Some((ctime, pieces))
+                if ctime.tv_sec == st.st_ctime as i64 && ctime.tv_nsec == st.st_ctime_nsec as _ =>
+            {
+                pieces
+            }
+            _ => Vec::new(),
+        };
         mark_in_use(&fd);
         mark_running(&fd);
-        let st = rustix::fs::fstat(&fd).ok()?;
         let is_file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         let len = st.st_size as u64;
         let file = File::from(fd);
@@ -497,15 +572,16 @@ pub(crate) fn take<D: AsFd>(dir: D, header: &Header) -> Option<(TempFile<D>, u64
         } else {
             len >= held && held <= r.size
         };
-        (is_file && fits).then_some((file, held))
+        (is_file && fits).then_some((file, held, pieces))
     });
     let _ = rustix::fs::unlinkat(&dir, resume.as_str(), AtFlags::empty());
     match taken {
-        Some((file, held)) => Some((
+        Some((file, held, pieces)) => Some((
             TempFile {
                 dir,
                 name: part,
                 file,
+                pieces: PieceLog::with(pieces),
                 armed: true,
             },
             held,

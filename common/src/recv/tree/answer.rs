@@ -202,7 +202,19 @@ impl Session<'_, '_> {
                         // name is of no use any more (batched files do not forget it later).
                         partial::forget(&parent, &header.name);
                     }
-                    match partial::take(parent, &header) {
+                    // A partial resumes from its last piece boundary: less than a piece is
+                    // dropped, and what follows the boundary is cut.
+                    let taken = partial::take(parent, &header).and_then(|(temp, held)| {
+                        match partial::resume_point(&temp, &header, held) {
+                            Ok((0, _)) => None,
+                            Ok((offset, _)) => Some((temp, offset)),
+                            Err(err) => {
+                                log::warn!("cutting a partial back: {err}");
+                                None
+                            }
+                        }
+                    });
+                    match taken {
                         Some((temp, held)) => match auth::nonce() {
                             Ok(nonce) => {
                                 self.partials.insert(i as u32, (temp, held, nonce));

@@ -210,14 +210,8 @@ impl Session<'_, '_> {
         if let Err(err) = prepare(&temp.file, &header) {
             return Err(self.fatal(i, self.rx.local("preallocating", err)));
         }
-        self.receive_file(
-            i,
-            &header,
-            temp,
-            Start::Unhashed(held),
-            Some((nonce, proof)),
-            record,
-        )
+        let start = partial::start_at(&temp, held);
+        self.receive_file(i, &header, temp, start, Some((nonce, proof)), record)
     }
 
     /// Receives a file's payload (from `start` on) and trailer into `temp`; lands it or adds it
@@ -234,6 +228,11 @@ impl Session<'_, '_> {
         record: &mut TransferRecord,
     ) -> Result<(), RecvError> {
         let start_at = start.offset();
+        // The root of the bytes held, at once when their pieces' roots were kept.
+        let known = match &start {
+            Start::Hashed(p) if held_proof.is_some() => Some(p.digest()),
+            _ => None,
+        };
         self.left = self.left.saturating_sub(1);
         let mut scratch = TransferRecord::new(record.peer);
         let route = Route {
@@ -294,8 +293,8 @@ impl Session<'_, '_> {
             return self.report(i, FileStatus::Mismatch, received.digest, &msg);
         }
         if let Some((nonce, theirs)) = held_proof {
-            let ours = received
-                .prefix
+            let ours = known
+                .or(received.prefix)
                 .map(|d| auth::prefix_proof(&nonce, start_at, &d));
             if !ours.is_some_and(|ours| auth::same_proof(&ours, &theirs)) {
                 log::info!(

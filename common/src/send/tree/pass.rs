@@ -11,7 +11,7 @@ use super::{Phase, Session, Tick};
 use crate::auth;
 use crate::client::net;
 use crate::error::SendError;
-use crate::hash::Prefix;
+use crate::hash::{Prefix, Start};
 use crate::send::file::send_body;
 use crate::send::resume::hash_prefix_telling;
 use crate::send::source::Source;
@@ -138,12 +138,14 @@ impl Session<'_> {
         match send_body(
             self.stream,
             &source,
-            prefix,
+            Start::Hashed(prefix),
             self.opts.verify,
+            false,
             &mut self.scratch,
             &mut bytes,
         ) {
-            Ok(digest) => {
+            Ok(body) => {
+                let digest = body.digest;
                 self.digests[i] = digest;
                 self.resumed[i] = resumed;
                 let trailer = Trailer::sealed(digest, &self.integrity, index);

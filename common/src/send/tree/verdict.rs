@@ -89,7 +89,7 @@ impl Session<'_> {
         let path = Escaped(&self.tree.manifest.entries[i].path);
         match status {
             FileStatus::Unchanged => {
-                log::debug!("{path}: already there (sha256 compared)");
+                log::debug!("{path}: already there (roots compared)");
                 self.report.unchanged += 1;
             }
             _ => {
