@@ -28,6 +28,9 @@ pub(crate) const SMALL_FILE: u64 = 1 << 20;
 /// copy out of the page cache and the hashing of it.
 pub const HASH_CHUNK: usize = 256 * 1024;
 
+/// Zeros to feed for a hole inside a piece.
+static ZEROS: [u8; tree::LEAF] = [0; tree::LEAF];
+
 /// How many pieces the hashing threads may run ahead of the first one not yet folded in: the
 /// bound on what waits in memory to be folded in order.
 const WINDOW: u64 = 256;
@@ -607,7 +610,10 @@ impl Shared<'_> {
         Claim::Data { index, end, last }
     }
 
-    /// Reads piece `index` (up to `end`) into `piece`. False when aborted.
+    /// Reads piece `index` (up to `end`) into `piece`. False when aborted. In a sparse file
+    /// only the data is read and holes are fed as zeros: reading a hole that is an unwritten
+    /// extent would cache pages that SEEK_DATA then reports as data, changing the extents the
+    /// copy loop is sending.
     fn hash_piece(
         &self,
         index: u64,
@@ -617,23 +623,36 @@ impl Shared<'_> {
     ) -> io::Result<bool> {
         let mut pos = index * PIECE;
         while pos < end {
-            if self.job.mark.aborted() || self.failed.load(Ordering::Relaxed) {
-                return Ok(false);
-            }
-            let want = (end - pos).min(buf.len() as u64) as usize;
-            match self.job.file.read_at(&mut buf[..want], pos) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "file ended while hashing",
-                    ))
-                }
-                Ok(n) => {
-                    piece.update(&buf[..n]);
+            let data_end = if self.job.sparse {
+                let (start, stop) = sys::next_data(self.job.file, pos, end)?.unwrap_or((end, end));
+                while pos < start {
+                    let n = (start - pos).min(ZEROS.len() as u64) as usize;
+                    piece.update(&ZEROS[..n]);
                     pos += n as u64;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                stop
+            } else {
+                end
+            };
+            while pos < data_end {
+                if self.job.mark.aborted() || self.failed.load(Ordering::Relaxed) {
+                    return Ok(false);
+                }
+                let want = (data_end - pos).min(buf.len() as u64) as usize;
+                match self.job.file.read_at(&mut buf[..want], pos) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "file ended while hashing",
+                        ))
+                    }
+                    Ok(n) => {
+                        piece.update(&buf[..n]);
+                        pos += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(true)
@@ -785,6 +804,34 @@ mod tests {
         for sparse in [false, true] {
             let (root, _) = root_of_file(&f, sparse).unwrap();
             assert_eq!(root, root_of(&content), "sparse: {sparse}");
+        }
+    }
+
+    /// Hashing reads no hole: on ext4 a cached page over an unwritten (fallocated) extent
+    /// counts as data for SEEK_DATA, so reading one would change the extents a sender is
+    /// sending (it then reports its source changed).
+    #[test]
+    fn hashing_leaves_unwritten_extents_holes() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("unwritten"))
+            .unwrap();
+        let len = 4 * PIECE;
+        f.set_len(len).unwrap();
+        let fallocated = rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::KEEP_SIZE, 0, len);
+        f.write_all_at(&[7u8; 4096], PIECE + 8192).unwrap();
+        let before = sys::next_data(&f, 0, len).unwrap();
+        let (root, _) = root_of_file(&f, true).unwrap();
+        let mut content = vec![0u8; len as usize];
+        content[(PIECE + 8192) as usize..][..4096].fill(7);
+        assert_eq!(root, root_of(&content));
+        if fallocated.is_ok() {
+            assert_eq!(sys::next_data(&f, 0, len).unwrap(), before);
         }
     }
 
