@@ -1,5 +1,5 @@
-//! Hashing a prefix of a tree's file that the receiver holds, telling it meanwhile that we are
-//! still here (a tree's resume frame carries the prefix's proof before the rest).
+//! Hashing a whole file before anything of it is sent (a tree's check of a file the receiver
+//! holds), telling the receiver meanwhile that we are still here.
 
 use super::source::Source;
 use crate::error::SendError;

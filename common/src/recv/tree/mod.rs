@@ -255,9 +255,9 @@ impl Session<'_, '_> {
                     clean = false;
                     self.check(i, digest)?
                 }
-                Some(Frame::Resume(i, offset, digest)) => {
+                Some(Frame::Resume(i, offset)) => {
                     clean = false;
-                    self.resume(i, offset, digest, record)?
+                    self.resume(i, offset, record)?
                 }
             }
         }

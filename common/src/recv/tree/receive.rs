@@ -24,7 +24,7 @@ use crate::units::os_reason;
 use crate::watch::KEEPALIVE_EVERY;
 use crate::wire::ProtocolError;
 use crate::wire::{Answer, Entry, FileStatus, Kind, Report, FRAME_HEAD_LEN};
-use crate::wire::{Header, Trailer, TRAILER_LEN};
+use crate::wire::{Header, PrefixProof, Trailer, PREFIX_LEN, TRAILER_LEN};
 
 impl Session<'_, '_> {
     /// The file entry a frame names, if the frame may name it.
@@ -183,13 +183,12 @@ impl Session<'_, '_> {
         }
     }
 
-    /// The rest of a file we hold a partial of follows, if the sender's proof of the prefix
-    /// matches ours.
+    /// The rest of a file we hold a partial of follows, then the sender's proof of the prefix:
+    /// the file lands if that matches ours.
     pub(super) fn resume(
         &mut self,
         i: u32,
         offset: u64,
-        proof: [u8; 32],
         record: &mut TransferRecord,
     ) -> Result<(), RecvError> {
         let (e, header) = self.file_entry(i)?;
@@ -211,26 +210,26 @@ impl Session<'_, '_> {
             return Err(self.fatal(i, self.rx.local("preallocating", err)));
         }
         let start = partial::start_at(&temp, held);
-        self.receive_file(i, &header, temp, start, Some((nonce, proof)), record)
+        self.receive_file(i, &header, temp, start, Some(nonce), record)
     }
 
     /// Receives a file's payload (from `start` on) and trailer into `temp`; lands it or adds it
-    /// to the batch. With `held_proof` (a nonce and the sender's proof), the bytes before
-    /// `start` were already there and must be what the sender proved it holds, or the file is
-    /// asked for whole.
+    /// to the batch. With `resumed` (the nonce of our resume answer), the bytes before `start`
+    /// were already there, and the sender's proof after the payload must show it holds the
+    /// same, or the file is asked for whole.
     pub(super) fn receive_file(
         &mut self,
         i: u32,
         header: &Header,
         temp: TempFile<Arc<OwnedFd>>,
         start: Start,
-        held_proof: Option<([u8; 32], [u8; 32])>,
+        resumed: Option<[u8; 32]>,
         record: &mut TransferRecord,
     ) -> Result<(), RecvError> {
         let start_at = start.offset();
         // The root of the bytes held, at once when their pieces' roots were kept.
         let known = match &start {
-            Start::Hashed(p) if held_proof.is_some() => Some(p.digest()),
+            Start::Hashed(p) if resumed.is_some() => Some(p.digest()),
             _ => None,
         };
         self.left = self.left.saturating_sub(1);
@@ -263,8 +262,26 @@ impl Session<'_, '_> {
                 });
             }
         };
-        // The trailer and the head of the frame after it, in one call when both are there.
-        self.control.expect(TRAILER_LEN + FRAME_HEAD_LEN);
+        // The trailer and the head of the frame after it (and before them, the proof of a
+        // resumed prefix), in one call when they are there.
+        let proof = match resumed {
+            Some(_) => {
+                self.control
+                    .expect(PREFIX_LEN + TRAILER_LEN + FRAME_HEAD_LEN);
+                match PrefixProof::read(&mut self.control) {
+                    Ok(p) => Some(p),
+                    Err(e @ (ProtocolError::Truncated(_) | ProtocolError::Io(..))) => {
+                        partial::keep(temp, header, header.size);
+                        return Err(e.into());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            None => {
+                self.control.expect(TRAILER_LEN + FRAME_HEAD_LEN);
+                None
+            }
+        };
         let trailer = match Trailer::read(&mut self.control) {
             Ok(t) => t,
             Err(ProtocolError::Abandoned) => {
@@ -292,11 +309,11 @@ impl Session<'_, '_> {
             log::warn!("{}: {msg}", Escaped(&header.name));
             return self.report(i, FileStatus::Mismatch, received.digest, &msg);
         }
-        if let Some((nonce, theirs)) = held_proof {
+        if let (Some(nonce), Some(theirs)) = (resumed, proof) {
             let ours = known
                 .or(received.prefix)
                 .map(|d| auth::prefix_proof(&nonce, start_at, &d));
-            if !ours.is_some_and(|ours| auth::same_proof(&ours, &theirs)) {
+            if !ours.is_some_and(|ours| auth::same_proof(&ours, &theirs.0)) {
                 log::info!(
                     "{}: the partial file differs from the sender's; asking for it whole",
                     Escaped(&header.name)

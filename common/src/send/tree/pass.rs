@@ -16,7 +16,7 @@ use crate::send::file::send_body;
 use crate::send::resume::hash_prefix_telling;
 use crate::send::source::Source;
 use crate::wire::ProtocolError;
-use crate::wire::{Frame, Report, Trailer, TRAILER_LEN};
+use crate::wire::{Frame, PrefixProof, Report, Trailer, TRAILER_LEN};
 
 /// Files at least this large are hashed on a second thread while keepalive frames go out.
 const KEEPALIVE_ABOVE: u64 = 64 << 20;
@@ -114,7 +114,7 @@ impl Session<'_> {
             }
         };
         let index = i as u32;
-        let (frame, prefix, sent) = match action {
+        let (frame, start, sent, nonce) = match action {
             Action::Check => {
                 let digest = self.hash_alive(&source, source.size)?.digest();
                 self.digests[i] = Some(digest);
@@ -123,27 +123,47 @@ impl Session<'_> {
                 progress(Tick::Bytes(source.size));
                 return Ok(());
             }
-            Action::Full => (Frame::Full(index), Prefix::empty(), Sent::Full),
-            Action::Resume(offset, nonce) => {
-                let prefix = self.hash_alive(&source, offset)?;
-                let proof = auth::prefix_proof(&nonce, offset, &prefix.digest());
-                (Frame::Resume(index, offset, proof), prefix, Sent::Resume)
-            }
+            Action::Full => (
+                Frame::Full(index),
+                Start::Hashed(Prefix::empty()),
+                Sent::Full,
+                None,
+            ),
+            // The rest goes at once; the first bytes are hashed meanwhile and proven after it.
+            Action::Resume(offset, nonce) => (
+                Frame::Resume(index, offset),
+                Start::Unhashed(offset),
+                Sent::Resume,
+                Some((offset, nonce)),
+            ),
         };
         self.ledger.sending(i, sent);
         self.write(&frame.encode(), None, "sending a file header")?;
-        let resumed = prefix.len();
+        let resumed = start.offset();
         progress(Tick::Bytes(resumed));
         let mut bytes = |n| progress(Tick::Bytes(n));
-        match send_body(
+        let body = send_body(
             self.stream,
             &source,
-            Start::Hashed(prefix),
+            start,
             self.opts.verify,
             false,
             &mut self.scratch,
             &mut bytes,
-        ) {
+        );
+        if let Some((offset, nonce)) = nonce {
+            // An abandoned file's proof is not looked at.
+            let root = body
+                .as_ref()
+                .ok()
+                .and_then(|b| b.prefix)
+                .unwrap_or_default();
+            let proof = PrefixProof(auth::prefix_proof(&nonce, offset, &root));
+            if matches!(body, Ok(_) | Err(SendError::SourceChanged)) {
+                self.write(&proof.encode(), None, "proving the resumed prefix")?;
+            }
+        }
+        match body {
             Ok(body) => {
                 let digest = body.digest;
                 self.digests[i] = digest;

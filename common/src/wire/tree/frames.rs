@@ -13,10 +13,10 @@ pub enum Frame {
     Full(u32),
     /// Entry `index` is already there; this is the sender's digest of its file.
     Check(u32, [u8; 32]),
-    /// Entry `index`'s content from `offset` follows, then a trailer; the proof that the
-    /// sender's first `offset` bytes are the receiver's partial comes first
-    /// (`auth::prefix_proof` with the answer's nonce).
-    Resume(u32, u64, [u8; 32]),
+    /// Entry `index`'s content from `offset` follows, then the proof that the sender's first
+    /// `offset` bytes are the receiver's partial (a [`PrefixProof`](crate::wire::PrefixProof)
+    /// keyed with the answer's nonce), then a trailer.
+    Resume(u32, u64),
     /// No more frames in this pass: land everything and answer with an end of pass.
     EndOfPass,
     /// Nothing: the sender is busy hashing a large file and says it is still there.
@@ -44,10 +44,7 @@ impl Frame {
         out.push(kind);
         match self {
             Frame::Check(_, d) => out.extend_from_slice(d),
-            Frame::Resume(_, offset, d) => {
-                out.extend_from_slice(&offset.to_be_bytes());
-                out.extend_from_slice(d);
-            }
+            Frame::Resume(_, offset) => out.extend_from_slice(&offset.to_be_bytes()),
             _ => {}
         }
         out
@@ -88,11 +85,7 @@ impl Frame {
                 read_exact(r, &mut digest, "frame")?;
                 Frame::Check(index, digest)
             }
-            2 => {
-                let offset = read_u64(r)?;
-                read_exact(r, &mut digest, "frame")?;
-                Frame::Resume(index, offset, digest)
-            }
+            2 => Frame::Resume(index, read_u64(r)?),
             k => return Err(malformed(format!("unknown frame mode {k}"))),
         }))
     }

@@ -102,7 +102,7 @@ mod tests {
             prop_assert_eq!(Answers::read(&mut &a.encode()[..], 5).unwrap(), a);
             let refused = Answers::Refused(RefuseCode::NoSpace, msg.clone());
             prop_assert_eq!(Answers::read(&mut &refused.encode()[..], 5).unwrap(), refused);
-            for f in [Frame::Full(i), Frame::Check(i, d), Frame::Resume(i, offset, d), Frame::EndOfPass, Frame::Keepalive] {
+            for f in [Frame::Full(i), Frame::Check(i, d), Frame::Resume(i, offset), Frame::EndOfPass, Frame::Keepalive] {
                 prop_assert_eq!(Frame::read(&mut &f.encode()[..]).unwrap(), Some(f));
             }
             let r = Report::File { index: i, status: FileStatus::Resend, sha256: Some(d), seal: [9; 32], message: msg };
