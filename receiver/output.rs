@@ -139,7 +139,7 @@ fn json(r: &TransferRecord) -> serde_json::Value {
         "forwarded": r.hops.iter().map(|h| serde_json::json!({
             "host": h.host,
             "ok": h.verdict.status == Status::Landed,
-            "root": h.verdict.sha256.map(hex::encode),
+            "root": h.verdict.root.map(hex::encode),
             "error": (h.verdict.status != Status::Landed).then_some(&h.verdict.message),
         })).collect::<Vec<_>>(),
         "tree": r.tree.as_ref().map(|t| serde_json::json!({

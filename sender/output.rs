@@ -408,7 +408,7 @@ pub fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
                 serde_json::json!({
                     "host": h.host,
                     "ok": ok,
-                    "root": h.verdict.sha256.map(hex::encode),
+                    "root": h.verdict.root.map(hex::encode),
                     "error": (!ok).then(|| host_error(h)),
                 })
             }).collect::<Vec<_>>(),

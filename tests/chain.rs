@@ -284,7 +284,7 @@ fn a_forwarder_relays_one_report_per_host_asked_for() {
         let t = Trailer::read(&mut s).unwrap();
         let landed = Verdict {
             status: Status::Landed,
-            sha256: t.sha256,
+            root: t.root,
             seal: [0; 32],
             message: String::new(),
         };

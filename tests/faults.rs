@@ -586,13 +586,22 @@ fn sending_again_right_after_an_interruption_resumes() {
     for round in 0..3 {
         let dst = tempfile::tempdir().unwrap();
         let rx = Zrecv::start(dst.path(), &[]);
-        let mut sender = spawn_zsend(&[&rx.addr(), path.to_str().unwrap()]);
-        // Once the receiver holds a good part of the file: interrupt.
+        // Held up after 64 MiB (a loopback transfer of 256 MiB is over before a poll sees it),
+        // and interrupted once the receiver holds a good part of the file.
+        let proxy = Proxy::start(
+            rx.addr,
+            Fault::PauseAt(payload_offset("again.img", 64 << 20)),
+        );
+        let mut sender = spawn_zsend(&[&proxy.addr(), path.to_str().unwrap()]);
+        proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
         wait_in_flight(dst.path(), &mut sender, |m| m.len() >= 16 << 20);
         let _ = Command::new("kill")
             .args(["-INT", &sender.id().to_string()])
             .status();
         sender.wait().unwrap();
+        proxy.release();
+        drop(proxy);
+        rx.wait_for_line("again.img from");
         let out = zsend(&[&rx.addr(), path.to_str().unwrap(), "--json"]);
         let err = stderr_of(&out);
         assert!(out.status.success(), "round {round}: {err}");

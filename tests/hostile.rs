@@ -436,7 +436,6 @@ fn a_sender_cannot_adopt_a_partial_it_does_not_hold() {
 /// receiver's digest goes back only when it is the sender's own.
 #[test]
 fn a_check_says_same_or_different_and_never_the_receivers_digest() {
-    use sha2::{Digest, Sha256};
     use zcommon::{Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, Report};
     let dst = tempfile::tempdir().unwrap();
     std::fs::create_dir(dst.path().join("top")).unwrap();
@@ -478,26 +477,26 @@ fn a_check_says_same_or_different_and_never_the_receivers_digest() {
             panic!("manifest refused")
         };
         assert_eq!(answers[1], Answer::Landed);
-        let digest: [u8; 32] = Sha256::digest(guess).into();
+        let digest = zcommon::tree_root(guess);
         s.write_all(&Frame::Check(1, digest).encode()).unwrap();
         s.write_all(&Frame::EndOfPass.encode()).unwrap();
         let report = Report::read(&mut s).unwrap();
         assert_eq!(Report::read(&mut s).unwrap(), Report::EndOfPass);
         report
     };
-    let Report::File { status, sha256, .. } = check(b"password=letmein") else {
+    let Report::File { status, root, .. } = check(b"password=letmein") else {
         panic!("not a verdict")
     };
     assert_eq!(status, FileStatus::Refused);
     assert_eq!(
-        sha256, None,
+        root, None,
         "the receiver's digest of a file the sender did not write"
     );
-    let Report::File { status, sha256, .. } = check(b"password=hunter2") else {
+    let Report::File { status, root, .. } = check(b"password=hunter2") else {
         panic!("not a verdict")
     };
     assert_eq!(status, FileStatus::Unchanged);
-    assert_eq!(sha256, Some(Sha256::digest(b"password=hunter2").into()));
+    assert_eq!(root, Some(zcommon::tree_root(b"password=hunter2")));
 }
 
 /// A tree whose sender closes before its last end of pass is interrupted, not complete: zrecv

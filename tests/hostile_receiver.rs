@@ -14,10 +14,10 @@ use zcommon::{
 use crate::util::*;
 
 /// A verdict a receiver would send; no token, so no seal.
-fn verdict(status: Status, sha256: Option<[u8; 32]>) -> Verdict {
+fn verdict(status: Status, root: Option<[u8; 32]>) -> Verdict {
     Verdict {
         status,
-        sha256,
+        root,
         seal: [0; 32],
         message: String::new(),
     }
@@ -30,7 +30,7 @@ fn take_file(s: &mut impl Read, header: &Header) -> [u8; 32] {
     s.read_exact(&mut payload).unwrap();
     let t = Trailer::read(s).unwrap();
     let root = zcommon::tree_root(&payload);
-    assert_eq!(t.sha256, Some(root));
+    assert_eq!(t.root, Some(root));
     root
 }
 
@@ -155,8 +155,8 @@ fn take_pass(r: &mut BufReader<TcpStream>, m: &Manifest, mut each: impl FnMut(u3
                 let mut payload = vec![0u8; size];
                 r.read_exact(&mut payload).unwrap();
                 let t = Trailer::read(r).unwrap();
-                assert_eq!(t.sha256, Some(zcommon::tree_root(&payload)));
-                each(i, t.sha256.unwrap());
+                assert_eq!(t.root, Some(zcommon::tree_root(&payload)));
+                each(i, t.root.unwrap());
             }
             Some(Frame::EndOfPass) => return,
             Some(Frame::Keepalive) => {}
@@ -179,11 +179,11 @@ fn answer_pass(
     w.write_all(&verdicts).unwrap();
 }
 
-fn file_verdict(index: u32, status: FileStatus, sha256: Option<[u8; 32]>) -> Vec<u8> {
+fn file_verdict(index: u32, status: FileStatus, root: Option<[u8; 32]>) -> Vec<u8> {
     Report::File {
         index,
         status,
-        sha256,
+        root,
         seal: [0; 32],
         message: String::new(),
     }
@@ -267,7 +267,7 @@ fn a_receivers_messages_cannot_drive_the_terminal() {
             Report::File {
                 index: i,
                 status: FileStatus::Failed,
-                sha256: None,
+                root: None,
                 seal: [0; 32],
                 message: "disk full\r\u{1b}[2Kzsend: sent 3 files, all verified".into(),
             }

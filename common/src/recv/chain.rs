@@ -126,8 +126,8 @@ impl Forward {
 
     /// Passes the trailer on, the sender's digest sealed with our key for the next host, which
     /// completes what it needs.
-    pub(super) fn pass_trailer(&mut self, sha256: Option<[u8; 32]>) {
-        let trailer = Trailer::sealed(sha256, &self.integrity, 0);
+    pub(super) fn pass_trailer(&mut self, root: Option<[u8; 32]>) {
+        let trailer = Trailer::sealed(root, &self.integrity, 0);
         self.send_on(&trailer.encode(), "sending the trailer");
         if self.next.is_some() {
             self.complete = true;

@@ -49,7 +49,7 @@ impl Receiver {
             }
             Err(e) => return Err(e.into()),
         };
-        if header.verify() != trailer.sha256.is_some() {
+        if header.verify() != trailer.root.is_some() {
             return Err(ProtocolError::Malformed(
                 "trailer digest does not match the header's verify flag".into(),
             )
@@ -65,9 +65,9 @@ impl Receiver {
             return Err(RecvError::Unsealed);
         }
         if let Some(f) = forward {
-            f.pass_trailer(trailer.sha256);
+            f.pass_trailer(trailer.root);
         }
-        if trailer.sha256 != digest {
+        if trailer.root != digest {
             let hex = |d: Option<[u8; 32]>| d.map(hex::encode).unwrap_or_default();
             send_verdict(
                 stream,
@@ -77,7 +77,7 @@ impl Receiver {
                 "checksum mismatch; discarded",
             );
             return Err(RecvError::Mismatch {
-                sent: hex(trailer.sha256),
+                sent: hex(trailer.root),
                 received: hex(digest),
             });
         }
@@ -158,12 +158,12 @@ pub(super) fn send_verdict(
     stream: &TcpStream,
     integrity: &Integrity,
     status: Status,
-    sha256: Option<[u8; 32]>,
+    root: Option<[u8; 32]>,
     message: &str,
 ) {
     let v = Verdict {
         status,
-        sha256,
+        root,
         seal: [0; 32],
         message: message.to_owned(),
     }

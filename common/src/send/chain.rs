@@ -9,7 +9,7 @@ use crate::wire::{align_hops, read_hops, HopReport, Status, Verdict};
 
 /// Whether a host of a chain landed the file with our digest.
 pub fn hop_landed(hop: &HopReport, digest: Option<[u8; 32]>) -> bool {
-    hop.verdict.status == Status::Landed && hop.verdict.sha256 == digest
+    hop.verdict.status == Status::Landed && hop.verdict.root == digest
 }
 
 /// Every host's verdict: the first receiver's, then those it collected down the chain, each

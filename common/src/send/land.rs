@@ -102,20 +102,20 @@ pub(super) fn judge(
         return Err(SendError::Unsealed("the receiver's verdict".into()));
     }
     match verdict.status {
-        Status::Landed if digest.is_some() && verdict.sha256.is_none() => {
+        Status::Landed if digest.is_some() && verdict.root.is_none() => {
             Err(ProtocolError::Malformed(
                 "a landed verdict without a digest on a verified transfer".into(),
             )
             .into())
         }
-        Status::Landed if verdict.sha256 == digest => {
+        Status::Landed if verdict.root == digest => {
             report.root = digest;
             report.verified = digest.is_some();
             Ok(())
         }
         Status::Landed | Status::Mismatch => Err(SendError::Mismatch {
             sent: hex(digest),
-            received: hex(verdict.sha256),
+            received: hex(verdict.root),
         }),
         Status::Failed => Err(SendError::ReceiverFailed {
             name: report.name.clone(),

@@ -167,7 +167,7 @@ mod tests {
         ) {
             let reports: Vec<HopReport> = got
                 .iter()
-                .map(|h| HopReport { host: h.clone(), verdict: Verdict { status: Status::Landed, sha256: Some([1; 32]), seal: [0; 32], message: String::new() } })
+                .map(|h| HopReport { host: h.clone(), verdict: Verdict { status: Status::Landed, root: Some([1; 32]), seal: [0; 32], message: String::new() } })
                 .collect();
             let (aligned, unmatched) = align_hops(&asked, reports);
             prop_assert_eq!(aligned.len(), asked.len());

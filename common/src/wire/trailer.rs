@@ -15,12 +15,12 @@ pub const VERDICT_MAGIC: [u8; 4] = *b"ZVRD";
 /// Size of a trailer: magic, kind, digest, seal.
 pub const TRAILER_LEN: usize = 4 + 1 + 32 + 32;
 
-/// What follows the payload: the sender's SHA-256 (sealed with the connection's integrity key
+/// What follows the payload: the sender's tree root (sealed with the connection's integrity key
 /// when both sides hold a token), or nothing when not verifying.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Trailer {
     /// The sender's digest of the bytes it read, if it hashed.
-    pub sha256: Option<[u8; 32]>,
+    pub root: Option<[u8; 32]>,
     /// The seal of that digest (see `auth::Integrity`); zeros without a token or a digest.
     pub seal: [u8; 32],
 }
@@ -30,26 +30,26 @@ pub struct Trailer {
 const ABANDONED: u8 = 2;
 
 impl Trailer {
-    /// A trailer with `sha256` and no seal.
-    pub fn unsealed(sha256: Option<[u8; 32]>) -> Trailer {
+    /// A trailer with `root` and no seal.
+    pub fn unsealed(root: Option<[u8; 32]>) -> Trailer {
         Trailer {
-            sha256,
+            root,
             seal: [0; 32],
         }
     }
 
-    /// A trailer with `sha256` sealed for entry `index` (0 for a single file).
-    pub fn sealed(sha256: Option<[u8; 32]>, integrity: &Integrity, index: u32) -> Trailer {
+    /// A trailer with `root` sealed for entry `index` (0 for a single file).
+    pub fn sealed(root: Option<[u8; 32]>, integrity: &Integrity, index: u32) -> Trailer {
         Trailer {
-            sha256,
-            seal: sha256.map_or([0; 32], |d| integrity.seal(Seal::Trailer, index, 1, &d)),
+            root,
+            seal: root.map_or([0; 32], |d| integrity.seal(Seal::Trailer, index, 1, &d)),
         }
     }
 
     /// Whether the trailer's seal matches its digest for entry `index` (always without a
     /// digest, and without a key when the seal is zeros).
     pub fn opens(&self, integrity: &Integrity, index: u32) -> bool {
-        self.sha256
+        self.root
             .is_none_or(|d| integrity.opens(Seal::Trailer, index, 1, &d, &self.seal))
     }
 
@@ -57,7 +57,7 @@ impl Trailer {
     pub fn encode(&self) -> [u8; TRAILER_LEN] {
         let mut out = [0u8; TRAILER_LEN];
         out[0..4].copy_from_slice(&TRAILER_MAGIC);
-        if let Some(d) = &self.sha256 {
+        if let Some(d) = &self.root {
             out[4] = 1;
             out[5..37].copy_from_slice(d);
             out[37..].copy_from_slice(&self.seal);
@@ -105,7 +105,7 @@ impl Trailer {
         match buf[4] {
             0 if empty => Ok(Trailer::unsealed(None)),
             1 => Ok(Trailer {
-                sha256: Some(digest),
+                root: Some(digest),
                 seal,
             }),
             ABANDONED if empty => Err(ProtocolError::Abandoned),
@@ -142,7 +142,7 @@ pub struct Verdict {
     /// The outcome.
     pub status: Status,
     /// The receiver's digest of what it wrote, if it hashed.
-    pub sha256: Option<[u8; 32]>,
+    pub root: Option<[u8; 32]>,
     /// The seal of that digest (see `auth::Integrity`); zeros without a token or a digest.
     pub seal: [u8; 32],
     /// A human explanation for anything but `Landed`.
@@ -157,7 +157,7 @@ impl Verdict {
     pub fn failed(why: &str) -> Verdict {
         Verdict {
             status: Status::Failed,
-            sha256: None,
+            root: None,
             seal: [0; 32],
             message: why.to_owned(),
         }
@@ -167,7 +167,7 @@ impl Verdict {
     pub fn sealed(mut self, integrity: &Integrity, what: Seal, index: u32) -> Verdict {
         let status = self.status.to_byte();
         self.seal = self
-            .sha256
+            .root
             .map_or([0; 32], |d| integrity.seal(what, index, status, &d));
         self
     }
@@ -175,7 +175,7 @@ impl Verdict {
     /// Whether the seal matches the status and digest as `what` for `index` (always without
     /// a digest).
     pub fn opens(&self, integrity: &Integrity, what: Seal, index: u32) -> bool {
-        self.sha256
+        self.root
             .is_none_or(|d| integrity.opens(what, index, self.status.to_byte(), &d, &self.seal))
     }
 
@@ -193,7 +193,7 @@ impl Verdict {
         let mut out = Vec::with_capacity(VERDICT_HEAD_LEN + msg.len());
         out.extend_from_slice(&VERDICT_MAGIC);
         out.push(self.status.to_byte());
-        match &self.sha256 {
+        match &self.root {
             Some(d) => {
                 out.push(1);
                 out.extend_from_slice(d);
@@ -232,7 +232,7 @@ impl Verdict {
         };
         let digest: [u8; 32] = head[6..38].try_into().expect("32 bytes");
         let seal: [u8; 32] = head[38..70].try_into().expect("32 bytes");
-        let sha256 = match head[5] {
+        let root = match head[5] {
             0 if digest == [0; 32] && seal == [0; 32] => None,
             1 => Some(digest),
             k => return Err(ProtocolError::Malformed(format!("unknown digest kind {k}"))),
@@ -240,7 +240,7 @@ impl Verdict {
         let message = read_message(r, u16::from_be_bytes([head[70], head[71]]), "verdict")?;
         Ok(Verdict {
             status,
-            sha256,
+            root,
             seal,
             message,
         })
@@ -258,13 +258,13 @@ mod tests {
         fn verdict_round_trips(d in proptest::option::of(any::<[u8; 32]>()), seal in any::<[u8; 32]>(), s in 0u8..3, msg in ".{0,200}") {
             let status = [Status::Landed, Status::Mismatch, Status::Failed][s as usize];
             let seal = if d.is_some() { seal } else { [0; 32] };
-            let v = Verdict { status, sha256: d, seal, message: msg };
+            let v = Verdict { status, root: d, seal, message: msg };
             prop_assert_eq!(Verdict::read(&mut &v.encode()[..]).unwrap(), v);
         }
 
         #[test]
         fn trailer_round_trips(d in proptest::option::of(any::<[u8; 32]>()), seal in any::<[u8; 32]>(), keepalives in 0usize..3) {
-            let t = Trailer { sha256: d, seal: if d.is_some() { seal } else { [0; 32] } };
+            let t = Trailer { root: d, seal: if d.is_some() { seal } else { [0; 32] } };
             let mut wire = KEEPALIVE.repeat(keepalives);
             wire.extend_from_slice(&t.encode());
             prop_assert_eq!(Trailer::read(&mut &wire[..]).unwrap(), t);
@@ -298,7 +298,7 @@ mod tests {
         let key = Integrity::derive(&token, &[1; 32], &[2; 32], b"hello");
         let failed = Verdict {
             status: Status::Failed,
-            sha256: Some([5; 32]),
+            root: Some([5; 32]),
             seal: [0; 32],
             message: "renaming: no space".into(),
         }

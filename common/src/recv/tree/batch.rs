@@ -52,12 +52,12 @@ impl<'s> Outbox<'s> {
     }
 
     /// Queues entry `index`'s verdict, its digest sealed for that entry.
-    pub fn verdict(&self, index: u32, status: FileStatus, sha256: Option<[u8; 32]>, message: &str) {
+    pub fn verdict(&self, index: u32, status: FileStatus, root: Option<[u8; 32]>, message: &str) {
         self.queue(&Report::File {
             index,
             status,
-            sha256,
-            seal: sha256.map_or([0; 32], |d| {
+            root,
+            seal: root.map_or([0; 32], |d| {
                 self.integrity.seal(Seal::Verdict, index, status as u8, &d)
             }),
             message: message.to_owned(),

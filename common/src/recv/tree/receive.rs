@@ -296,7 +296,7 @@ impl Session<'_, '_> {
             }
             Err(e) => return Err(e.into()),
         };
-        if trailer.sha256.is_some() != self.verify {
+        if trailer.root.is_some() != self.verify {
             return Err(ProtocolError::Malformed(
                 "trailer digest does not match the header's verify flag".into(),
             )
@@ -326,7 +326,7 @@ impl Session<'_, '_> {
         }
         let digest = received.digest;
         self.settled[i as usize] = true;
-        if trailer.sha256 != digest {
+        if trailer.root != digest {
             self.counts.failed += 1;
             return self.report(
                 i,
@@ -427,13 +427,13 @@ impl Session<'_, '_> {
         &mut self,
         index: u32,
         status: FileStatus,
-        sha256: Option<[u8; 32]>,
+        root: Option<[u8; 32]>,
         message: &str,
     ) -> Result<(), RecvError> {
         if status == FileStatus::Resend {
             self.resends += 1;
         }
-        self.outbox.verdict(index, status, sha256, message);
+        self.outbox.verdict(index, status, root, message);
         Ok(())
     }
 

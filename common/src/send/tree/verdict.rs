@@ -19,14 +19,14 @@ impl Session<'_> {
         sent: Option<Sent>,
         resend: &mut Vec<usize>,
     ) -> Result<(), SendError> {
-        let (index, status, sha256, seal, message) = match report {
+        let (index, status, root, seal, message) = match report {
             Report::File {
                 index,
                 status,
-                sha256,
+                root,
                 seal,
                 message,
-            } => (index, status, sha256, seal, message),
+            } => (index, status, root, seal, message),
             Report::Keepalive => return Ok(()),
             Report::EndOfPass => {
                 return Err(ProtocolError::Malformed("an end of pass before ours".into()).into())
@@ -36,7 +36,7 @@ impl Session<'_> {
         let ours = self.digests[i];
         self.last_failed = (status == FileStatus::Failed)
             .then(|| (self.tree.manifest.entries[i].path.clone(), message.clone()));
-        if let Some(d) = &sha256 {
+        if let Some(d) = &root {
             if !self
                 .integrity
                 .opens(Seal::Verdict, index, status as u8, d, &seal)
@@ -51,11 +51,11 @@ impl Session<'_> {
             format!(
                 "checksum mismatch: sent {}, receiver has {}",
                 hex(ours),
-                hex(sha256)
+                hex(root)
             )
         };
         match status {
-            FileStatus::Landed | FileStatus::Unchanged if self.opts.verify => match sha256 {
+            FileStatus::Landed | FileStatus::Unchanged if self.opts.verify => match root {
                 None => {
                     return Err(ProtocolError::Malformed(format!(
                         "a verdict without a digest for {} on a verified transfer",
@@ -63,7 +63,7 @@ impl Session<'_> {
                     ))
                     .into())
                 }
-                Some(_) if sha256 != ours => self.fail(i, mismatch()),
+                Some(_) if root != ours => self.fail(i, mismatch()),
                 Some(_) => self.count(i, status),
             },
             FileStatus::Landed | FileStatus::Unchanged => self.count(i, status),

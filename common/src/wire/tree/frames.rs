@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn control_reads_a_trailer_and_the_next_frame_at_once_and_no_payload() {
         let trailer = crate::wire::Trailer {
-            sha256: Some([7; 32]),
+            root: Some([7; 32]),
             seal: [8; 32],
         };
         for keepalives in [0, 1, 3] {

@@ -105,7 +105,7 @@ mod tests {
             for f in [Frame::Full(i), Frame::Check(i, d), Frame::Resume(i, offset), Frame::EndOfPass, Frame::Keepalive] {
                 prop_assert_eq!(Frame::read(&mut &f.encode()[..]).unwrap(), Some(f));
             }
-            let r = Report::File { index: i, status: FileStatus::Resend, sha256: Some(d), seal: [9; 32], message: msg };
+            let r = Report::File { index: i, status: FileStatus::Resend, root: Some(d), seal: [9; 32], message: msg };
             prop_assert_eq!(Report::read(&mut &r.encode()[..]).unwrap(), r);
         }
     }

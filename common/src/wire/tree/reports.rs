@@ -36,7 +36,7 @@ pub enum Report {
         status: FileStatus,
         /// The receiver's digest of what it holds, when it hashed (and may say: never of a
         /// file the sender did not write, unless it equals the sender's).
-        sha256: Option<[u8; 32]>,
+        root: Option<[u8; 32]>,
         /// The seal of that digest (see `auth::Integrity`); zeros without a token or digest.
         seal: [u8; 32],
         /// Why, for anything but success.
@@ -59,15 +59,15 @@ impl Report {
             Report::File {
                 index,
                 status,
-                sha256,
+                root,
                 seal,
                 message,
             } => {
                 out.extend_from_slice(&FILE_VERDICT_MAGIC);
                 out.extend_from_slice(&index.to_be_bytes());
                 out.push(*status as u8);
-                out.push(u8::from(sha256.is_some()));
-                match sha256 {
+                out.push(u8::from(root.is_some()));
+                match root {
                     Some(d) => {
                         out.extend_from_slice(d);
                         out.extend_from_slice(seal);
@@ -112,7 +112,7 @@ impl Report {
         };
         let digest: [u8; 32] = b[2..34].try_into().expect("32 bytes");
         let seal: [u8; 32] = b[34..].try_into().expect("32 bytes");
-        let sha256 = match b[1] {
+        let root = match b[1] {
             0 if digest == [0; 32] && seal == [0; 32] => None,
             1 => Some(digest),
             k => return Err(malformed(format!("unknown digest kind {k}"))),
@@ -120,7 +120,7 @@ impl Report {
         Ok(Report::File {
             index,
             status,
-            sha256,
+            root,
             seal,
             message: read_message(r)?,
         })
