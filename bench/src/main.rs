@@ -3,6 +3,7 @@
 //! warm-up, and writes a Markdown report and an SVG chart. See docs/BENCHMARKS.md.
 
 mod contenders;
+mod digest;
 mod measure;
 mod report;
 
@@ -63,6 +64,17 @@ struct Cli {
     /// Where the report (results.md) and chart (chart.svg) go.
     #[arg(long, default_value = "docs/bench")]
     out: PathBuf,
+
+    /// Instead of the comparison: hashing alone (tree root on 1 and 2 threads, plain SHA-256;
+    /// a page-cached file of --size), a sparse 8 GiB file against its 192 MiB of data sent
+    /// dense, and resuming a cut 2 GiB transfer; --also builds join the last two. Writes
+    /// digest.md to --out.
+    #[arg(long)]
+    digest: bool,
+
+    /// With --digest, divide the sparse and resume sizes by this (for a quick smoke test).
+    #[arg(long, default_value_t = 1, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    digest_scale: u64,
 }
 
 fn parse_build(s: &str) -> Result<(String, PathBuf), String> {
@@ -121,6 +133,18 @@ fn main() -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&env.out)?;
     std::fs::create_dir_all(&env.scratch)?;
+    if cli.digest {
+        return digest::run(&digest::Opts {
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            size: cli.size,
+            runs: cli.runs,
+            work: cli.work.clone(),
+            bin: cli.bin.clone(),
+            also: cli.also.clone(),
+            out: cli.out.clone(),
+            scale: cli.digest_scale,
+        });
+    }
 
     let sha = sha_speed();
     eprintln!(
