@@ -28,9 +28,6 @@ pub(crate) const SMALL_FILE: u64 = 1 << 20;
 /// copy out of the page cache and the hashing of it.
 pub const HASH_CHUNK: usize = 256 * 1024;
 
-/// Zeros to feed for a hole inside a piece.
-static ZEROS: [u8; tree::LEAF] = [0; tree::LEAF];
-
 /// How many pieces the hashing threads may run ahead of the first one not yet folded in: the
 /// bound on what waits in memory to be folded in order.
 const WINDOW: u64 = 256;
@@ -625,11 +622,8 @@ impl Shared<'_> {
         while pos < end {
             let data_end = if self.job.sparse {
                 let (start, stop) = sys::next_data(self.job.file, pos, end)?.unwrap_or((end, end));
-                while pos < start {
-                    let n = (start - pos).min(ZEROS.len() as u64) as usize;
-                    piece.update(&ZEROS[..n]);
-                    pos += n as u64;
-                }
+                piece.zeros(start - pos);
+                pos = start;
                 stop
             } else {
                 end
