@@ -93,7 +93,7 @@ pub fn handshake(
         Reply::Resume { offset, nonce }
             if header.resumable()
                 && offset > 0
-                && offset % crate::hash::PIECE == 0
+                && offset.is_multiple_of(crate::hash::PIECE)
                 && offset <= header.size =>
         {
             Ok(Accepted {

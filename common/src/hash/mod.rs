@@ -223,6 +223,9 @@ pub enum Start {
     Hashed(Prefix),
     /// This many bytes are in the file, not hashed.
     Unhashed(u64),
+    /// This many bytes are in the file, of which the prefix's are hashed (a partial whose
+    /// record kept the roots of fewer pieces than it holds): hashing goes on from the prefix.
+    Partly(Prefix, u64),
 }
 
 impl Start {
@@ -230,7 +233,7 @@ impl Start {
     pub fn offset(&self) -> u64 {
         match self {
             Start::Hashed(p) => p.len(),
-            Start::Unhashed(n) => *n,
+            Start::Unhashed(n) | Start::Partly(_, n) => *n,
         }
     }
 }
@@ -257,6 +260,7 @@ pub fn hash_from(
     let (mut prefix, at) = match start {
         Start::Hashed(p) => (p, None),
         Start::Unhashed(n) => (Prefix::empty(), Some(n)),
+        Start::Partly(p, n) => (p, Some(n)),
     };
     let job = Job {
         file,
@@ -782,6 +786,18 @@ mod tests {
             let mark = Watermark::complete(len);
             let (rest, _) = hash_from(Start::Hashed(kept), &f, len, &mark, false, None);
             assert_eq!(rest.unwrap().0, Some(root_of(&data)));
+            // Fewer roots kept than bytes held: the rest of the held bytes are read again.
+            let fewer = Prefix::of_pieces(&log.first(cut / PIECE - 1));
+            let mark = Watermark::complete(len);
+            let start = Start::Partly(fewer, cut);
+            let (both, _) = hash_from(start, &f, len, &mark, false, None);
+            let (root, prefix) = both.unwrap();
+            assert_eq!(root, Some(root_of(&data)));
+            assert_eq!(
+                prefix,
+                Some(root_of(&data[..cut as usize])),
+                "partly, cut at {cut}"
+            );
         }
     }
 

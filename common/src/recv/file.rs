@@ -130,7 +130,7 @@ impl Receiver {
         // they are hashed again beside the rest.
         let known = match &start {
             Start::Hashed(p) => Some(p.digest()),
-            Start::Unhashed(_) => None,
+            Start::Unhashed(_) | Start::Partly(..) => None,
         };
         let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
         let route = Route {

@@ -33,16 +33,21 @@ pub(crate) fn resume_point<D: AsFd>(
     Ok((offset, start))
 }
 
-/// Where hashing a partial resumed at `offset` (a piece boundary) starts: from its first
-/// pieces' roots when it has them, else from nothing (the first bytes are hashed again).
+/// Where hashing a partial resumed at `offset` (a piece boundary) starts: from the roots its
+/// record kept of its first pieces, as many as it kept (those of the last pieces held may be
+/// missing: the hashing lags the bytes a little), then reading back only what they miss.
 pub(crate) fn start_at<D: AsFd>(temp: &TempFile<D>, offset: u64) -> Start {
-    if offset > 0 && temp.pieces.pieces() * PIECE >= offset {
-        let pieces = temp.pieces.first(offset / PIECE);
-        temp.pieces.truncate(offset / PIECE);
-        Start::Hashed(Prefix::of_pieces(&pieces))
-    } else {
-        temp.pieces.clear();
-        Start::Unhashed(offset)
+    let logged = temp.pieces.pieces().min(offset / PIECE);
+    log::debug!(
+        "{}: resuming at {offset} with the roots of {logged} pieces kept",
+        temp.name
+    );
+    let pieces = temp.pieces.first(logged);
+    temp.pieces.truncate(logged);
+    match logged * PIECE {
+        0 => Start::Unhashed(offset),
+        kept if kept == offset => Start::Hashed(Prefix::of_pieces(&pieces)),
+        _ => Start::Partly(Prefix::of_pieces(&pieces), offset),
     }
 }
 

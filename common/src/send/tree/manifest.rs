@@ -6,6 +6,7 @@ use std::io::Write;
 use super::Session;
 use crate::client::net;
 use crate::error::SendError;
+use crate::hash::PIECE;
 use crate::name::Escaped;
 use crate::wire::ProtocolError;
 use crate::wire::{Answer, Answers, Kind};
@@ -54,7 +55,8 @@ impl Session<'_> {
                 (Kind::Symlink { .. }, Answer::Done) => self.report.links += 1,
                 (Kind::File { .. }, Answer::Send) => first.push((i, Action::Full)),
                 (Kind::File { .. }, Answer::Landed) => first.push((i, Action::Check)),
-                // Only a file we offered to resume (it has a source id), and within it.
+                // Only a file we offered to resume (it has a source id), within it and at a
+                // piece boundary past 0.
                 (
                     Kind::File {
                         size,
@@ -62,7 +64,9 @@ impl Session<'_> {
                         ..
                     },
                     Answer::Partial(offset, nonce),
-                ) if offset <= *size => first.push((i, Action::Resume(offset, nonce))),
+                ) if offset <= *size && offset > 0 && offset.is_multiple_of(PIECE) => {
+                    first.push((i, Action::Resume(offset, nonce)))
+                }
                 (_, answer) => {
                     return Err(ProtocolError::Malformed(format!(
                         "answer {answer:?} to {}",
