@@ -229,7 +229,10 @@ impl Receiver {
             }
             let mut behind = sys::DropBehind::starting_at(offset, WRITEBACK_WINDOW);
             // What a power loss would keep (for a file that can resume).
+            // Counted without the holes that came (`holes`): 8 GiB of holes would otherwise
+            // make 32 checkpoints with nothing to make durable.
             let mut durable = offset;
+            let holes = std::cell::Cell::new(0);
             let copied = {
                 let (mut plain, mut onward);
                 let sink: &mut dyn Sink = match forward.as_deref_mut() {
@@ -247,6 +250,7 @@ impl Receiver {
                             pipe,
                             file,
                             stats: &mut splice,
+                            holes: &holes,
                         };
                         &mut plain
                     }
@@ -258,9 +262,10 @@ impl Receiver {
                         mark.raise(done);
                         let hashed = if verify { mark.hashed() } else { done };
                         behind.advance(file, done, hashed);
-                        if header.resumable() && done - durable >= partial::CHECKPOINT {
+                        if header.resumable() && done - holes.get() - durable >= partial::CHECKPOINT
+                        {
                             partial::checkpoint(temp, header, done);
-                            durable = done;
+                            durable = done - holes.get();
                         }
                     }
                 })

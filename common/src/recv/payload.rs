@@ -36,6 +36,8 @@ pub(super) struct FileSink<'a> {
     pub(super) pipe: &'a Pipe,
     pub(super) file: &'a File,
     pub(super) stats: &'a mut SpliceStats,
+    /// Bytes of holes so far: what a durable checkpoint need not count.
+    pub(super) holes: &'a std::cell::Cell<u64>,
 }
 
 impl Sink for FileSink<'_> {
@@ -55,8 +57,10 @@ impl Sink for FileSink<'_> {
         to.take_from(stream, offset, len, progress)
     }
 
-    fn hole(&mut self, _offset: u64, _len: u64) -> Result<(), CopyError> {
-        Ok(()) // the file was sized with ftruncate: the hole is already there
+    fn hole(&mut self, _offset: u64, len: u64) -> Result<(), CopyError> {
+        // The file was sized with ftruncate: the hole is already there.
+        self.holes.set(self.holes.get() + len);
+        Ok(())
     }
 }
 

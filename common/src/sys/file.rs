@@ -78,18 +78,26 @@ impl DropBehind {
     }
 
     /// Bytes up to `written` are in the file and bytes up to `hashed` have been read back.
+    /// A jump over many windows (a hole) costs one call, not one per window.
     pub fn advance(&mut self, file: &File, written: u64, hashed: u64) {
-        while written - self.kicked >= self.window {
-            sync_range(file, self.kicked, self.window, libc::SYNC_FILE_RANGE_WRITE);
-            self.kicked += self.window;
+        let whole = written / self.window * self.window;
+        if whole > self.kicked {
+            sync_range(
+                file,
+                self.kicked,
+                whole - self.kicked,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+            self.kicked = whole;
         }
-        // The window before the one just started: normally on disk already.
-        while self.kicked - self.durable >= 2 * self.window {
+        // The windows before the one just started: normally on disk already.
+        let settled = self.kicked.saturating_sub(self.window);
+        if settled > self.durable {
             let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
                 | libc::SYNC_FILE_RANGE_WRITE
                 | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-            sync_range(file, self.durable, self.window, wait);
-            self.durable += self.window;
+            sync_range(file, self.durable, settled - self.durable, wait);
+            self.durable = settled;
         }
         let droppable = self.durable.min(hashed);
         if droppable > self.dropped {
