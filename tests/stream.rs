@@ -135,3 +135,47 @@ fn zrecv_stdout_exits_non_zero_on_a_mismatch() {
         "the bytes went out; the status says"
     );
 }
+
+/// Standard input on a terminal, past one 16 KiB leaf (below one leaf, a root is the plain
+/// SHA-256 of the bytes, and a wrong digest would go unseen), lands verified. Linux 6.5 and later
+/// splice from a terminal; before, zsend reads, hashes and writes it itself (that path's root:
+/// `send::stream::tests::the_buffered_pump_sends_records_and_hashes_the_root`).
+#[test]
+fn a_stream_typed_on_a_terminal_lands_verified() {
+    // Types a file into a terminal (echo off) that is the command's standard input, then ^D.
+    const TYPIST: &str = r#"
+import os, sys, termios, subprocess
+master, slave = os.openpty()
+attrs = termios.tcgetattr(slave)
+attrs[3] &= ~termios.ECHO
+termios.tcsetattr(slave, termios.TCSANOW, attrs)
+child = subprocess.Popen(sys.argv[2:], stdin=slave)
+os.close(slave)
+data = open(sys.argv[1], 'rb').read()
+for i in range(0, len(data), 1024):
+    os.write(master, data[i:i + 1024])
+os.write(master, b'\x04')
+sys.exit(child.wait())
+"#;
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let text: String = (0..600)
+        .map(|i| format!("line {i:04} of what was typed here\n"))
+        .collect();
+    assert!(text.len() > 16 << 10);
+    let input = src.path().join("typed");
+    std::fs::write(&input, &text).unwrap();
+    let mut rx = Zrecv::start(dst.path(), &["--once"]);
+    let out = run_bounded(
+        Command::new("/usr/bin/python3")
+            .args(["-c", TYPIST, input.to_str().unwrap(), zsend_bin()])
+            .args([rx.addr().as_str(), "-", "--name", "typed.txt"]),
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(rx.wait().success(), "{}", rx.stderr());
+    assert_eq!(
+        std::fs::read_to_string(dst.path().join("typed.txt")).unwrap(),
+        text
+    );
+    assert!(rx.stderr().contains("verified"), "{}", rx.stderr());
+}

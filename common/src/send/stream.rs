@@ -6,14 +6,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
-
 use super::file::send_record;
 use super::land::{explain_failure, judge, spoke_early};
 use super::{auth_nonce, open_connection, Phase, SendOptions, SendReport, Tick};
 use crate::client::{handshake, net};
 use crate::error::SendError;
-use crate::hash::hash_reader;
+use crate::hash::{hash_reader, TreeHasher};
 use crate::name::{validate_name, NameError};
 use crate::stages::thread_cpu;
 use crate::sys::{self, CopyError, Pipe};
@@ -87,7 +85,7 @@ fn pump(
         Err(CopyError::Unsupported) => {
             log::info!("cannot splice from standard input; using read/write");
             *zero_copy = false;
-            return pump_buffered(sock, verify, progress);
+            return pump_buffered(std::io::stdin().lock(), sock, verify, progress);
         }
         other => other?,
     };
@@ -134,15 +132,15 @@ fn pump(
     })
 }
 
-/// For inputs the kernel cannot splice from (a terminal): read, hash, write.
+/// For inputs the kernel cannot splice from (a terminal, before Linux 6.5): read, hash, write.
 fn pump_buffered(
+    mut input: impl Read,
     sock: &TcpStream,
     verify: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(u64, Option<[u8; 32]>), CopyError> {
-    let mut input = std::io::stdin().lock();
     let mut buf = vec![0u8; 256 * 1024];
-    let mut hasher = verify.then(Sha256::new);
+    let mut hasher = verify.then(TreeHasher::new);
     let mut pos = 0u64;
     loop {
         let n = match input.read(&mut buf) {
@@ -166,5 +164,43 @@ fn pump_buffered(
         progress(n as u64);
     }
     send_record(sock, Record::End)?;
-    Ok((pos, hasher.map(|h| h.finalize().into())))
+    Ok((pos, hasher.map(TreeHasher::finalize)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What zsend reads and writes itself is hashed as the receiver hashes it: a tree root,
+    /// past one leaf (below it, a root is a plain SHA-256).
+    #[test]
+    fn the_buffered_pump_sends_records_and_hashes_the_root() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).unwrap();
+            got
+        });
+        let (sent, digest) = pump_buffered(&data[..], &sock, true, &mut |_| {}).unwrap();
+        drop(sock);
+        assert_eq!(sent, data.len() as u64);
+        assert_eq!(digest, Some(crate::hash::root_of(&data)));
+        let wire = reader.join().unwrap();
+        let (mut r, mut payload) = (&wire[..], Vec::new());
+        loop {
+            match Record::read(&mut r).unwrap() {
+                Record::Data { len, .. } => {
+                    let (now, rest) = r.split_at(len as usize);
+                    payload.extend_from_slice(now);
+                    r = rest;
+                }
+                Record::End => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(payload, data);
+    }
 }
