@@ -101,6 +101,14 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
     let receiver = Arc::new(receiver);
     let bound = receiver.local_addr()?;
     eprintln!("listening on {bound}");
+    // Updates in place that a killed receiver left half done are finished or dropped (a
+    // transfer of such a file does the same first, so none has to wait for this).
+    if !cli.stdout {
+        let recovered = receiver.recover_updates();
+        if recovered > 0 {
+            log::info!("recovered {recovered} interrupted update(s) in place");
+        }
+    }
     // These threads never hold up the exit: the process ends once serving is over.
     let (stopper, (told, stop_told)) = (receiver.clone(), mpsc::channel());
     std::thread::spawn(move || stop_on_signals(signals, &stopper, timeout, told));

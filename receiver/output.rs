@@ -77,10 +77,19 @@ fn log_transfer(r: &TransferRecord, stopping: bool) {
                 None => "not verified (sender used --no-verify)".into(),
             };
             let moved = r.received - r.resumed_from;
-            let resumed = match r.resumed_from {
-                0 => String::new(),
-                n => format!(" (resumed after {})", Bytes(n)),
+            let mut resumed = match (r.resumed_from, r.update) {
+                (_, Some(u)) => format!(
+                    " ({} of {} pieces differed{})",
+                    u.received,
+                    u.pieces,
+                    if u.inplace { ", updated in place" } else { "" }
+                ),
+                (0, None) => String::new(),
+                (n, None) => format!(" (resumed after {})", Bytes(n)),
             };
+            if r.repaired > 0 {
+                resumed += &format!(" ({} pieces taken again to repair it)", r.repaired);
+            }
             log::info!(
                 "received {what}: {} in {secs:.2} s, {}/s{resumed}, {check}",
                 Bytes(moved),
@@ -129,6 +138,12 @@ fn json(r: &TransferRecord) -> serde_json::Value {
         "bytes": r.size,
         "bytes_received": r.received.saturating_sub(r.resumed_from),
         "resumed_from": r.resumed_from,
+        "update": r.update.map(|u| serde_json::json!({
+            "mode": if u.inplace { "inplace" } else { "atomic" },
+            "pieces": u.pieces,
+            "received": u.received,
+        })),
+        "repaired_pieces": r.repaired,
         "seconds": r.elapsed.as_secs_f64(),
         "root": r.root.map(hex::encode),
         "verified": r.verified,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// `--version`: the release, and the protocol version it speaks (a test keeps it in sync).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 10)");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 11)");
 
 /// Send files to a zrecv, zero-copy and verified.
 ///
@@ -59,6 +59,24 @@ pub struct Cli {
     #[arg(long)]
     pub sha256: bool,
 
+    /// When the file exists on the receiver (which replaces files: zrecv --force), apply the
+    /// update to it in place rather than beside it, as rsync --inplace: for images too large
+    /// to hold twice. The pieces that differ go to a journal first, so a crash leaves the old
+    /// version or the new one.
+    #[arg(long, conflicts_with = "whole_file")]
+    pub inplace: bool,
+
+    /// Send the whole file even when the receiver holds a version of it (by default only the
+    /// 1 MiB pieces that differ cross, as rsync's delta).
+    #[arg(short = 'W', long)]
+    pub whole_file: bool,
+
+    /// Also write a BitTorrent v2 .torrent of the file (its piece layers included, from the
+    /// same hashing pass) to PATH, once it landed: seeds for a swarm that verifies every piece
+    /// against the same root. One file only.
+    #[arg(long, value_name = "PATH")]
+    pub torrent: Option<PathBuf>,
+
     /// Threads that hash one file's pieces on this side (default: the machine's cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub hash_threads: Option<u16>,
@@ -96,7 +114,11 @@ Examples:
   zsend --to h1:7350,h2:7350,h3:7350 disk.img  one file to three hosts through a chain
   tar c build/ | zsend host:7350 - --name build.tar   stream standard input
   zsend backup-host:7350 disk.img              again after an interruption: sends only the
-                                               rest, once both ends agree on the prefix's SHA-256
+                                               rest, once both ends agree on the prefix's root
+  zsend host:7350 vm.raw                       to a zrecv --force holding an older vm.raw:
+                                               only the 1 MiB pieces that differ cross
+  zsend host:7350 vm.raw --inplace             the same, applied in place through a journal
+  zsend host:7350 disk.img --torrent disk.torrent   and a v2 .torrent of it for a swarm
 
 Exit status: 0 landed and verified, 1 local error, 2 usage, 3 network, 4 refused by the
 receiver, 5 verification failed, 6 protocol error, 7 receiver failed to land the file,

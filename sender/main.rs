@@ -111,6 +111,12 @@ fn check_paths(cli: &Cli) -> Result<(), String> {
         return Err("give the receiver's HOST:PORT, then what to send".into());
     }
     let one_file = cli.files().len() == 1 && cli.files()[0].as_os_str() != "-";
+    if cli.torrent.is_some() && (!one_file || cli.files()[0].is_dir() || cli.no_verify) {
+        return Err(
+            "--torrent takes one file (not a directory, many files or standard input), verified"
+                .into(),
+        );
+    }
     if cli.sha256 && (!one_file || cli.files()[0].is_dir()) {
         return Err(
             "--sha256 takes one file (not a directory, many files or standard input)".into(),
@@ -223,6 +229,8 @@ fn run(cli: &Cli, progress: &Progress) -> anyhow::Result<Sent> {
         token,
         chain: cli.to.iter().skip(1).cloned().collect(),
         sha256: cli.sha256,
+        update: !cli.whole_file,
+        inplace: cli.inplace,
     };
     let dest = cli.dest();
     let first = &cli.files()[0];

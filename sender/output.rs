@@ -112,6 +112,7 @@ impl Progress {
             .map(|((phase, start), end)| {
                 let what = match phase {
                     Phase::Connecting => "connecting and waiting for the receiver",
+                    Phase::Comparing => "comparing pieces",
                     Phase::Sending => "sending",
                     Phase::Landing => "the receiver landing it",
                 };
@@ -136,6 +137,7 @@ impl Progress {
         let words = match self.phase.get() {
             Phase::Connecting => format!("waiting for {} to accept", self.dest),
             Phase::Landing => format!("{} is making it durable", self.dest),
+            Phase::Comparing => format!("hashing pieces to compare with {}", self.dest),
             Phase::Sending => String::new(),
         };
         let template = match (self.phase.get(), self.bar.length()) {
@@ -333,10 +335,24 @@ fn summary(r: &SendReport) -> String {
     };
     let moved = r.bytes - r.resumed_from;
     // A sparse file: its holes did not cross.
-    let data = match r.bytes_sent < moved {
-        true => format!(", {} of data on the wire", Bytes(r.bytes_sent)),
-        false => String::new(),
+    let mut data = match (r.update, r.bytes_sent < moved) {
+        (Some(u), _) => format!(
+            ", {} of {} pieces differed{}, {} on the wire",
+            u.sent,
+            u.pieces,
+            if u.inplace { ", updated in place" } else { "" },
+            Bytes(r.bytes_sent)
+        ),
+        (None, true) => format!(", {} of data on the wire", Bytes(r.bytes_sent)),
+        (None, false) => String::new(),
     };
+    if r.repaired > 0 {
+        data += &format!(
+            ", {} piece{} sent again to repair it",
+            r.repaired,
+            if r.repaired == 1 { "" } else { "s" }
+        );
+    }
     format!(
         "sent {} ({}{data}{resumed}) to {} in {:.2} s, {}/s, {check}",
         Escaped(&r.name),
@@ -397,6 +413,13 @@ pub fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
             "bytes": r.bytes,
             "bytes_sent": r.bytes_sent,
             "resumed_from": r.resumed_from,
+            "update": r.update.map(|u| serde_json::json!({
+                "mode": if u.inplace { "inplace" } else { "atomic" },
+                "pieces": u.pieces,
+                "sent": u.sent,
+            })),
+            "repaired_pieces": r.repaired,
+            "torrent": cli.torrent.as_ref().map(|p| p.display().to_string()),
             "seconds": r.elapsed.as_secs_f64(),
             "root": r.root.map(hex::encode),
             "sha256": r.sha256.map(hex::encode),

@@ -58,15 +58,16 @@ fn cases() -> Vec<Case> {
     let taken = file(s, "taken.img", 1 << 20, 4);
     case(4, once(other.path(), &[], |a| zsend(&[a, &taken])));
 
-    // 5: verification failed (a byte flipped on the way).
+    // 5: verification failed (a byte flipped on the way, in a file of one piece: a larger
+    // one would be repaired).
     let dst = tempfile::tempdir().unwrap();
-    let flip = file(s, "flip.img", 4 << 20, 5);
+    let flip = file(s, "flip.img", 1 << 20, 5);
     case(
         5,
         once(dst.path(), &[], |a| {
             let proxy = Proxy::start(
                 a.parse().unwrap(),
-                Fault::Flip(payload_offset("flip.img", 1 << 20)),
+                Fault::Flip(payload_offset("flip.img", 1 << 19)),
             );
             zsend(&[&proxy.addr(), &flip])
         }),

@@ -5,14 +5,16 @@ use std::process::{Child, Command, Stdio};
 
 use crate::util::*;
 
+/// A file of one piece has nothing smaller to send again: a flipped byte fails it (larger
+/// files are repaired: `update::a_flipped_byte_is_repaired_by_sending_its_piece_again`).
 #[test]
 fn a_flipped_payload_byte_fails_both_sides_and_publishes_nothing() {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     let path = src.path().join("flip.bin");
-    random_file(&path, 5 << 20, 11);
+    random_file(&path, 900 << 10, 11);
     let mut rx = Zrecv::start(dst.path(), &["--once"]);
-    let proxy = Proxy::start(rx.addr, Fault::Flip(payload_offset("flip.bin", 3 << 20)));
+    let proxy = Proxy::start(rx.addr, Fault::Flip(payload_offset("flip.bin", 300 << 10)));
     let out = zsend(&[&proxy.addr(), path.to_str().unwrap()]);
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(5), "{err}");
@@ -22,7 +24,7 @@ fn a_flipped_payload_byte_fails_both_sides_and_publishes_nothing() {
         "the sender names its root: {err}"
     );
     let mut flipped = std::fs::read(&path).unwrap();
-    flipped[3 << 20] ^= 1;
+    flipped[300 << 10] ^= 1;
     assert!(
         err.contains(&format!(
             "receiver wrote {}",

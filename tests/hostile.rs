@@ -381,7 +381,7 @@ fn a_manifest_whose_sizes_wrap_is_refused_for_space() {
 /// the prefix, and a sender that cannot starts from byte 0.
 #[test]
 fn a_sender_cannot_adopt_a_partial_it_does_not_hold() {
-    use zcommon::{AfterResume, PrefixProof, RESTART};
+    use zcommon::{AfterTrailer, PrefixProof, RESTART};
     let dst = tempfile::tempdir().unwrap();
     let rx = Zrecv::start(dst.path(), &[]);
     let size = 4u64 << 20;
@@ -418,7 +418,7 @@ fn a_sender_cannot_adopt_a_partial_it_does_not_hold() {
     s.write_all(&PrefixProof(proof).encode()).unwrap();
     s.write_all(&Trailer::unsealed(Some(zcommon::tree_root(&guess))).encode())
         .unwrap();
-    assert_eq!(AfterResume::read(&mut s).unwrap(), AfterResume::Restart);
+    assert_eq!(AfterTrailer::read(&mut s).unwrap(), AfterTrailer::Restart);
     assert_eq!(RESTART.len(), 5);
     let ours = vec![0x66u8; size as usize];
     s.write_all(&ours).unwrap();

@@ -22,5 +22,6 @@ mod sweep;
 mod timeouts;
 mod transfer;
 mod tree;
+mod update;
 mod util;
 mod zero_copy;

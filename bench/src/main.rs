@@ -3,6 +3,7 @@
 //! warm-up, and writes a Markdown report and an SVG chart. See docs/BENCHMARKS.md.
 
 mod contenders;
+mod delta;
 mod digest;
 mod measure;
 mod report;
@@ -75,6 +76,18 @@ struct Cli {
     /// With --digest, divide the sparse and resume sizes by this (for a quick smoke test).
     #[arg(long, default_value_t = 1, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     digest_scale: u64,
+
+    /// Instead of the comparison: updating a 2 GiB image the receiver already holds (64
+    /// random 4 KiB blocks rewritten), zsend (atomic, --inplace, cold receiver) against an
+    /// rsync daemon (default delta, --inplace), then the image sent again unchanged against
+    /// rsync --checksum; --also builds join the zsend contenders. Writes delta.md to --out.
+    #[arg(long, conflicts_with = "digest")]
+    delta: bool,
+
+    /// With --delta, divide the image size and the pause before each send by this (for a quick
+    /// smoke test).
+    #[arg(long, default_value_t = 1, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    delta_scale: u64,
 }
 
 fn parse_build(s: &str) -> Result<(String, PathBuf), String> {
@@ -143,6 +156,19 @@ fn main() -> anyhow::Result<()> {
             also: cli.also.clone(),
             out: cli.out.clone(),
             scale: cli.digest_scale,
+        });
+    }
+
+    if cli.delta {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        return delta::run(&delta::Opts {
+            command: format!("bench/run {}", args.join(" ")),
+            runs: cli.runs,
+            work: cli.work.clone(),
+            bin: cli.bin.clone(),
+            also: cli.also.clone(),
+            out: cli.out.clone(),
+            scale: cli.delta_scale,
         });
     }
 

@@ -72,6 +72,8 @@ pub fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, SendError> {
 pub struct Accepted {
     /// The receiver holds this many bytes of the file, and proofs are keyed with this nonce.
     pub resume: Option<(u64, [u8; 32])>,
+    /// The receiver holds a file of this name and will take only the pieces that differ.
+    pub update: bool,
     /// Seals this connection's digests (none without a token).
     pub integrity: Integrity,
 }
@@ -88,8 +90,17 @@ pub fn handshake(
         match reply {
         Reply::Accept => Ok(Accepted {
             resume: None,
+            update: false,
             integrity,
         }),
+        Reply::Update if header.update() => Ok(Accepted {
+            resume: None,
+            update: true,
+            integrity,
+        }),
+        Reply::Update => Err(SendError::from(ProtocolError::Malformed(
+            "an update offer that was not asked for".into(),
+        ))),
         Reply::Resume { offset, nonce }
             if header.resumable()
                 && offset > 0
@@ -98,6 +109,7 @@ pub fn handshake(
         {
             Ok(Accepted {
                 resume: Some((offset, nonce)),
+                update: false,
                 integrity,
             })
         }
@@ -120,10 +132,10 @@ pub fn handshake(
         .map_err(net("sending the header"))?;
     let (nonce, proof) = match (read_reply(stream)?, token) {
         (r @ Reply::Refuse(..), _) => return accepted(r, Integrity::none()),
-        (r @ (Reply::Accept | Reply::Resume { .. }), None) => {
+        (r @ (Reply::Accept | Reply::Resume { .. } | Reply::Update), None) => {
             return accepted(r, Integrity::none())
         }
-        (Reply::Accept | Reply::Resume { .. }, Some(_)) => {
+        (Reply::Accept | Reply::Resume { .. } | Reply::Update, Some(_)) => {
             return Err(SendError::Auth(
                 "the receiver does not use a token, so it could be anyone; \
                  start zrecv with --token-file too"

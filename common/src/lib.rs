@@ -36,6 +36,7 @@ mod recv;
 mod send;
 mod stages;
 mod sys;
+pub mod torrent;
 mod units;
 mod watch;
 mod wire;
@@ -56,20 +57,25 @@ pub use crate::recv::{
 };
 pub use crate::recv::{
     parse_listen_addr, parse_network, Receiver, ReceiverConfig, TransferRecord, TreeCounts,
+    UpdateCounts,
 };
 pub use crate::send::{
     hop_landed, send_file, send_stdin, send_tree, source_size, Phase, SendOptions, SendReport,
-    Tick, TreeOptions, TreeReport,
+    Tick, TreeOptions, TreeReport, UpdateReport,
 };
 pub use crate::stages::StageTimes;
 pub use crate::units::{os_reason, Bytes};
 pub use crate::watch::KEEPALIVE_EVERY;
 pub use crate::wire::{
-    align_hops, check_chain, encode_hops, encode_proof, read_hello, read_hops, AfterResume, Header,
-    HopReport, PrefixProof, Record, RefuseCode, Reply, Status, Trailer, Verdict, FLAG_AUTH,
+    align_hops, check_chain, encode_hops, encode_proof, read_hello, read_hops, AfterTrailer,
+    Header, HopReport, PrefixProof, Record, RefuseCode, Reply, Status, Trailer, Verdict, FLAG_AUTH,
     FLAG_CHAIN, FLAG_NO_VERIFY, FLAG_RESUME, FLAG_SPARSE, FLAG_STREAM, FLAG_TREE, HEADER_FIXED_LEN,
     KEEPALIVE, MAX_HEADER_LEN, MAX_HOPS, PREAMBLE_LEN, RESTART, SOURCE_ID_LEN, TRAILER_LEN,
     VERSION,
+};
+pub use crate::wire::{
+    encode_layer, encode_repair, pieces_of, read_layer, Needed, FLAG_INPLACE, FLAG_REPAIR,
+    FLAG_UPDATE, MAX_REPAIR_ROUNDS,
 };
 pub use crate::wire::{
     Answer, Answers, Entry, FileStatus, Frame, Kind, Manifest, ProtocolError, Report, MAX_ENTRIES,

@@ -23,7 +23,7 @@ _zsend() {
 
     case "${cmd}" in
         zsend)
-            opts="-q -v -h -V --to --name --links --fail-fast --no-verify --sha256 --hash-threads --token-file --timeout --json --quiet --verbose --help --version"
+            opts="-W -q -v -h -V --to --name --links --fail-fast --no-verify --sha256 --inplace --whole-file --torrent --hash-threads --token-file --timeout --json --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -34,6 +34,10 @@ _zsend() {
                     return 0
                     ;;
                 --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --torrent)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,5 +1,6 @@
 complete -c zsend -l to -d 'Send one file to several hosts through a chain: the first receiver forwards it to the second while writing it, and so on (each receiver needs --allow-forward for the next). Comma-separated or repeated; every host\'s result is reported' -r
 complete -c zsend -l name -d 'Name to give the file (or the directory) on the receiver, when sending one (default: its own name)' -r
+complete -c zsend -l torrent -d 'Also write a BitTorrent v2 .torrent of the file (its piece layers included, from the same hashing pass) to PATH, once it landed: seeds for a swarm that verifies every piece against the same root. One file only' -r -F
 complete -c zsend -l hash-threads -d 'Threads that hash one file\'s pieces on this side (default: the machine\'s cores)' -r
 complete -c zsend -l token-file -d 'File holding a secret shared with the receiver; both sides then prove they know it (HMAC-SHA256 challenge-response; the token never crosses the wire)' -r -F
 complete -c zsend -l timeout -d 'Seconds to wait for the receiver at any step before giving up' -r
@@ -7,6 +8,8 @@ complete -c zsend -l links -d 'In directories, send symbolic links as links when
 complete -c zsend -l fail-fast -d 'With many files, stop at the first one that fails (default: send the others)'
 complete -c zsend -l no-verify -d 'Skip hashing on both ends (lengths are still checked; the data is still made durable)'
 complete -c zsend -l sha256 -d 'Also compute the file\'s plain SHA-256 (what sha256sum prints) on this side, beside the tree root both ends verify with, and print it. One file only; costs a core while it runs'
+complete -c zsend -l inplace -d 'When the file exists on the receiver (which replaces files: zrecv --force), apply the update to it in place rather than beside it, as rsync --inplace: for images too large to hold twice. The pieces that differ go to a journal first, so a crash leaves the old version or the new one'
+complete -c zsend -s W -l whole-file -d 'Send the whole file even when the receiver holds a version of it (by default only the 1 MiB pieces that differ cross, as rsync\'s delta)'
 complete -c zsend -l json -d 'Print one JSON object describing the result on stdout'
 complete -c zsend -s q -l quiet -d 'Print nothing but errors'
 complete -c zsend -s v -l verbose -d 'More detail on stderr (-v: decisions such as fallbacks, -vv: debugging)'

@@ -15,7 +15,7 @@ mod plain;
 mod tree;
 
 pub use plain::sha256_of;
-pub use tree::{empty_root, root_of, Frontier, Hash, PieceHasher, TreeHasher, PIECE};
+pub use tree::{empty_root, root_of, zero_piece, Frontier, Hash, PieceHasher, TreeHasher, PIECE};
 
 use crate::stages::thread_cpu;
 use crate::sys;
@@ -404,8 +404,8 @@ enum Claim {
 enum Hashed {
     Piece(Hash),
     Zeros(u64),
-    /// The root of a whole file of one piece or less.
-    Whole(Hash),
+    /// The root of a whole file of one piece or less, and that piece's root.
+    Whole(Hash, Hash),
 }
 
 /// The next piece to hand out, and where the file ends once known.
@@ -517,7 +517,9 @@ impl Shared<'_> {
                 Claim::Data { index, end, last } => {
                     match self.hash_piece(index, end, &mut piece, &mut buf) {
                         Ok(true) if last && index == 0 => {
-                            (index, Hashed::Whole(piece.finish_file()))
+                            // A file of one piece: its root, and its piece's for the log.
+                            let mut padded = piece.clone();
+                            (index, Hashed::Whole(piece.finish_file(), padded.finish()))
                         }
                         Ok(true) => (index, Hashed::Piece(piece.finish())),
                         Ok(false) => break,
@@ -680,8 +682,11 @@ impl Shared<'_> {
                     }
                     n
                 }
-                Hashed::Whole(root) => {
+                Hashed::Whole(root, piece) => {
                     fold.whole = Some(root);
+                    if let Some(log) = self.job.log {
+                        log.add(piece, 1);
+                    }
                     1
                 }
             };

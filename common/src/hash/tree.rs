@@ -105,6 +105,7 @@ fn fold_leaves(leaves: &mut [Hash], width: usize) -> Hash {
 }
 
 /// Hashes the leaves of one piece's bytes (at most [`PIECE`]), feeding them as they come.
+#[derive(Clone)]
 pub struct PieceHasher {
     leaves: Vec<Hash>,
     partial: Vec<u8>,

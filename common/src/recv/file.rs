@@ -13,16 +13,18 @@ use super::handshake::{accept, refused, tell};
 use super::land::send_verdict;
 use super::partial::{self, TempFile};
 use super::payload::{receive_into, FileSink, Incoming, Sink};
+use super::update::{self, Fix};
 use super::{Receiver, TransferRecord, PIPE_SIZE};
 use crate::auth::Integrity;
 use crate::error::RecvError;
-use crate::hash::{hash_from, Hash, Prefix, Start, Watermark, SMALL_FILE, UNTIL_CLOSED};
+use crate::hash::{hash_from, Hash, Prefix, Start, Watermark, PIECE, SMALL_FILE, UNTIL_CLOSED};
 use crate::name::Escaped;
 use crate::sys::{self, CopyError, Pipe, SpliceStats};
 use crate::units::Bytes;
 use crate::watch::{self, Done};
 use crate::wire::{
-    Header, PrefixProof, ProtocolError, RefuseCode, Reply, Status, Trailer, RESTART,
+    pieces_of, Header, Needed, PrefixProof, ProtocolError, RefuseCode, Reply, Status, Trailer,
+    RESTART,
 };
 
 /// Writeback and drop-behind work in windows of this many bytes (see `sys::DropBehind`).
@@ -51,7 +53,8 @@ impl Receiver {
                         verdict(Status::Failed, None, &e.to_string());
                     }
                 })?;
-            let digest = self.check_trailer(stream, header, integrity, digest, record, None)?;
+            let digest =
+                self.check_trailer(stream, header, integrity, digest, record, None, None)?;
             record.verified = digest.is_some();
             verdict(Status::Landed, digest, "");
             return Ok(());
@@ -63,9 +66,27 @@ impl Receiver {
             );
             return Err(refused(stream, RefuseCode::Busy, msg));
         };
+        // An update in place that a killed receiver left half done is finished (or dropped)
+        // before anything looks at the file.
+        if let Err(e) = update::journal::recover(&self.dir, &header.name) {
+            let msg = format!(
+                "recovering an interrupted update of {}: {}",
+                Escaped(&header.name),
+                crate::units::os_reason(&e)
+            );
+            return Err(refused(stream, RefuseCode::Io, msg));
+        }
         self.check_exists(stream, header)?;
         let kept = partial::take(&self.dir, header);
         let held = kept.as_ref().map_or(0, |(_, held)| *held);
+        if kept.is_none() {
+            if let Some(old) = self.updatable(header) {
+                if !header.inplace() {
+                    self.check_space(stream, header, 0)?;
+                }
+                return self.update_file(stream, header, integrity, record, old);
+            }
+        }
         self.check_space(stream, header, held)?;
         let temp = self.ready_temp(stream, header, kept.map(|(temp, _)| temp))?;
         if held > 0 {
@@ -89,8 +110,20 @@ impl Receiver {
                 return Err(e);
             }
         };
+        // The landed file's piece layer, kept for a later update of it.
+        // Only a receiver that replaces files is ever asked for an update.
+        let keep_layer = self.config.force && digest.is_some() && header.size > PIECE;
+        let layer = (keep_layer && !header.stream())
+            .then(|| temp.pieces.first(u64::MAX))
+            .filter(|runs| runs.iter().map(|(_, n)| n).sum::<u64>() == pieces_of(header.size))
+            .and_then(|runs| Some((temp.file.try_clone().ok()?, runs)));
         match self.land(temp, &header.name, header) {
-            Ok(fsync) => record.stages.fsync = fsync,
+            Ok(fsync) => {
+                record.stages.fsync = fsync;
+                if let Some((file, runs)) = layer {
+                    update::cache::store(&self.dir, &header.name, &file, &runs);
+                }
+            }
             Err(e) => {
                 // Nothing to resume from: the file is gone, and so goes the record it started.
                 if header.resumable() {
@@ -138,13 +171,39 @@ impl Receiver {
             forward: forward.as_deref_mut(),
         };
         let received = self.receive_payload(stream, header, temp, start, route, record)?;
+        let mut fix = Fix {
+            file: &temp.file,
+            runs: temp.pieces.first(u64::MAX),
+            pipe: &pipe,
+            touched: Needed::none(),
+        };
+        let digest = received.digest;
+        let mut repair = |theirs, record: &mut TransferRecord| {
+            self.repair(stream, header, integrity, theirs, &mut fix, record)
+        };
         let Some(offer) = offer else {
-            return self.check_trailer(stream, header, integrity, received.digest, record, forward);
+            return self.check_trailer(
+                stream,
+                header,
+                integrity,
+                digest,
+                record,
+                forward,
+                Some(&mut repair),
+            );
         };
         // The rest is in: the sender proves it holds the same first bytes as ours.
         let theirs = PrefixProof::read(&mut &*stream)?;
         if offer.proven(known.or(received.prefix), &theirs) {
-            return self.check_trailer(stream, header, integrity, received.digest, record, forward);
+            return self.check_trailer(
+                stream,
+                header,
+                integrity,
+                digest,
+                record,
+                forward,
+                Some(&mut repair),
+            );
         }
         log::info!(
             "{}: the partial file differs from the sender's; taking it all again",
@@ -178,7 +237,24 @@ impl Receiver {
         };
         let start = Start::Hashed(Prefix::empty());
         let received = self.receive_payload(stream, header, temp, start, route, record)?;
-        self.check_trailer(stream, header, integrity, received.digest, record, None)
+        let mut fix = Fix {
+            file: &temp.file,
+            runs: temp.pieces.first(u64::MAX),
+            pipe: &pipe,
+            touched: Needed::none(),
+        };
+        let mut repair = |theirs, record: &mut TransferRecord| {
+            self.repair(stream, header, integrity, theirs, &mut fix, record)
+        };
+        self.check_trailer(
+            stream,
+            header,
+            integrity,
+            received.digest,
+            record,
+            None,
+            Some(&mut repair),
+        )
     }
 
     /// Splices the payload into the temporary file through `pipe`, hashing it back on a second
@@ -203,7 +279,7 @@ impl Receiver {
         let inline = !header.stream() && size <= SMALL_FILE;
         let threaded = verify && !inline;
         // A file that can resume logs its pieces' roots, for its record if it is interrupted.
-        let log = header.resumable().then_some(&temp.pieces);
+        let log = verify.then_some(&temp.pieces);
         let done = match threaded {
             true => Some(Done::new().map_err(|e| self.local("creating an event", e))?),
             false => None,

@@ -16,12 +16,18 @@ use super::partial::{self, TempFile};
 use super::{Receiver, TransferRecord};
 use crate::auth::{Integrity, Seal};
 use crate::error::RecvError;
+use crate::hash::PIECE;
 use crate::name::Escaped;
 use crate::wire::{Header, ProtocolError, Status, Trailer, Verdict};
+
+/// Repair rounds for a trailer whose root (the argument) is not ours: the root once they agree.
+pub(crate) type Repair<'a> =
+    &'a mut dyn FnMut([u8; 32], &mut TransferRecord) -> Result<[u8; 32], RecvError>;
 
 impl Receiver {
     /// Reads the trailer, checks its seal and compares digests, telling the sender when they
     /// differ (or when it abandoned the file). A forwarding receiver passes the trailer on.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn check_trailer(
         &self,
         stream: &TcpStream,
@@ -30,6 +36,7 @@ impl Receiver {
         digest: Option<[u8; 32]>,
         record: &mut TransferRecord,
         mut forward: Option<&mut Forward>,
+        repair: Option<Repair>,
     ) -> Result<Option<[u8; 32]>, RecvError> {
         // Keepalives still coming go on to the next host of a chain, which may be hashing too.
         let mut relay = || {
@@ -66,6 +73,13 @@ impl Receiver {
         }
         if let Some(f) = forward {
             f.pass_trailer(trailer.root);
+        }
+        // A file of more than one piece whose root differs is repaired piece by piece, when
+        // its sender can.
+        if let (Some(repair), Some(theirs)) = (repair, trailer.root) {
+            if trailer.root != digest && header.repairable() && header.size > PIECE {
+                return repair(theirs, record).map(Some);
+            }
         }
         if trailer.root != digest {
             let hex = |d: Option<[u8; 32]>| d.map(hex::encode).unwrap_or_default();

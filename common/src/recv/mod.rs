@@ -41,12 +41,14 @@ mod slots;
 mod stdout;
 mod stop;
 mod tree;
+mod update;
 
 pub use config::{parse_listen_addr, parse_network, ReceiverConfig};
 pub use outcome::TransferRecord;
 pub use partial::sweep::{parse_age, sweep_interval, Age, Swept};
 pub use partial::{kept_partials, remove_partial, KeptPartial};
 pub use tree::TreeCounts;
+pub use update::UpdateCounts;
 
 /// Pipe size asked for with F_SETPIPE_SZ (the default pipe-max-size).
 const PIPE_SIZE: usize = 1 << 20;
@@ -118,6 +120,12 @@ impl Receiver {
     /// and counted.
     pub fn remove_stale_partials(&self, max_age: Duration) -> partial::sweep::Swept {
         partial::sweep::sweep(self.dir.as_fd(), max_age, Some(self.started))
+    }
+
+    /// Finishes or drops the updates in place that a receiver killed midway left in the
+    /// receive directory (see `update::journal`). Returns how many there were.
+    pub fn recover_updates(&self) -> usize {
+        update::journal::recover_all(&self.dir)
     }
 
     /// The bound address.

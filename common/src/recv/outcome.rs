@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::tree::TreeCounts;
+use super::update::UpdateCounts;
 use crate::error::RecvError;
 use crate::stages::StageTimes;
 use crate::wire::HopReport;
@@ -35,6 +36,10 @@ pub struct TransferRecord {
     pub tree: Option<TreeCounts>,
     /// For a chain: the verdicts of the hosts after this one.
     pub hops: Vec<HopReport>,
+    /// When only the pieces that differed came: how many.
+    pub update: Option<UpdateCounts>,
+    /// Pieces taken again in repair rounds.
+    pub repaired: u64,
     /// Landed, or why not.
     pub result: Result<(), RecvError>,
 }
@@ -55,6 +60,8 @@ impl TransferRecord {
             stages: StageTimes::default(),
             tree: None,
             hops: Vec::new(),
+            update: None,
+            repaired: 0,
             result: Ok(()),
         }
     }

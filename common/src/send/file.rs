@@ -7,17 +7,20 @@ use std::net::TcpStream;
 use super::chain::read_hosts;
 use super::land::{copy_failure, explain, judge, spoke_early};
 use super::source::{data_between, Source};
-use super::{auth_nonce, Phase, SendOptions, SendReport, Tick};
+use super::{auth_nonce, update, Phase, SendOptions, SendReport, Tick};
 use crate::auth;
 use crate::client::{handshake, net};
 use crate::error::SendError;
-use crate::hash::{hash_from, sha256_of, Hash, Prefix, Start, Watermark, SMALL_FILE};
+use crate::hash::{
+    hash_from, sha256_of, Hash, PieceLog, Prefix, Start, Watermark, PIECE, SMALL_FILE,
+};
 use crate::stages::thread_cpu;
 use crate::sys::{self, CopyError};
 use crate::watch::tick_until;
 use crate::wire::ProtocolError;
 use crate::wire::{
-    AfterResume, Header, PrefixProof, Record, Status, Trailer, Verdict, FLAG_NO_VERIFY, KEEPALIVE,
+    AfterTrailer, Header, PrefixProof, Record, Status, Trailer, Verdict, FLAG_INPLACE,
+    FLAG_NO_VERIFY, FLAG_REPAIR, FLAG_UPDATE, KEEPALIVE,
 };
 
 /// Bytes per sendfile call: large enough that syscalls cost nothing, small enough for a lively
@@ -49,13 +52,22 @@ pub(super) fn transfer(
     } else {
         source
     };
+    // Only a file of more than one piece can have some of its pieces there already; the plain
+    // SHA-256 is computed beside a whole payload.
+    let updatable = opts.update && !chained && !opts.sha256 && source.size > PIECE;
     let header = Header {
         name: report.name.clone(),
         size: source.size,
         mode: source.mode,
         mtime_sec: source.mtime.0,
         mtime_nsec: source.mtime.1,
-        flags: if opts.verify { 0 } else { FLAG_NO_VERIFY },
+        flags: match (opts.verify, chained, updatable) {
+            (false, _, _) => FLAG_NO_VERIFY,
+            (true, true, _) => 0,
+            (true, false, false) => FLAG_REPAIR,
+            (true, false, true) if opts.inplace => FLAG_REPAIR | FLAG_UPDATE | FLAG_INPLACE,
+            (true, false, true) => FLAG_REPAIR | FLAG_UPDATE,
+        },
         // Resuming trusts a prefix only by its digest, so it needs verification. A chain is
         // neither resumed nor sparse (every hop forwards plain bytes).
         source_id: (opts.verify && !chained).then_some(source.id),
@@ -65,6 +77,9 @@ pub(super) fn transfer(
     };
     let accepted = handshake(stream, &header, opts.token.as_ref())?;
     let integrity = accepted.integrity;
+    if accepted.update {
+        return update::send_update(stream, source, &integrity, opts.inplace, report, progress);
+    }
     // A resumed transfer sends the rest at once; the first bytes are hashed meanwhile, and
     // proven to be the receiver's after the payload.
     let (start, offer) = match accepted.resume {
@@ -116,57 +131,77 @@ pub(super) fn transfer(
         .map_err(net("sending the trailer"))?;
     progress(Tick::Phase(Phase::Landing));
 
+    let digest = sent.as_ref().ok().and_then(|b| b.digest);
     let verdict = match offer {
-        Some((offset, _)) => match AfterResume::read(&mut stream)? {
-            AfterResume::Verdict(v) => v,
-            AfterResume::Restart if sent.is_ok() => {
-                log::warn!(
+        Some((offset, _)) => {
+            match update::answer(stream, source, digest, &integrity, report, progress)? {
+                AfterTrailer::Verdict(v) => v,
+                AfterTrailer::Restart if sent.is_ok() => {
+                    log::warn!(
                     "the receiver's partial file ({offset} bytes) differs from this file; sending it all again"
                 );
-                report.resumed_from = 0;
-                progress(Tick::Restart);
-                progress(Tick::Phase(Phase::Sending));
-                let mut bytes = |n| progress(Tick::Bytes(n));
-                let again = send_body(
-                    stream,
-                    source,
-                    Start::Hashed(Prefix::empty()),
-                    false,
-                    false,
-                    report,
-                    &mut bytes,
-                );
-                let digest = sent.as_ref().map(|b| b.digest).unwrap_or_default();
-                let trailer = match again {
-                    Ok(_) => Trailer::sealed(digest, &integrity, 0).encode(),
-                    Err(SendError::SourceChanged) => Trailer::abandoned(),
-                    Err(e) => {
-                        let e = explain(stream, report, e);
-                        let _ = stream.shutdown(std::net::Shutdown::Both);
-                        return Err(e);
+                    report.resumed_from = 0;
+                    progress(Tick::Restart);
+                    progress(Tick::Phase(Phase::Sending));
+                    let mut bytes = |n| progress(Tick::Bytes(n));
+                    let again = send_body(
+                        stream,
+                        source,
+                        Start::Hashed(Prefix::empty()),
+                        false,
+                        false,
+                        report,
+                        &mut bytes,
+                    );
+                    let digest = sent.as_ref().map(|b| b.digest).unwrap_or_default();
+                    let trailer = match again {
+                        Ok(_) => Trailer::sealed(digest, &integrity, 0).encode(),
+                        Err(SendError::SourceChanged) => Trailer::abandoned(),
+                        Err(e) => {
+                            let e = explain(stream, report, e);
+                            let _ = stream.shutdown(std::net::Shutdown::Both);
+                            return Err(e);
+                        }
+                    };
+                    if let Some(early) = spoke_early(stream, report)? {
+                        return Err(early);
                     }
-                };
-                if let Some(early) = spoke_early(stream, report)? {
-                    return Err(early);
+                    stream
+                        .write_all(&trailer)
+                        .map_err(net("sending the trailer"))?;
+                    progress(Tick::Phase(Phase::Landing));
+                    let verdict =
+                        match update::answer(stream, source, digest, &integrity, report, progress)?
+                        {
+                            AfterTrailer::Verdict(v) => v,
+                            _ => {
+                                return Err(
+                                    ProtocolError::Malformed("a second restart".into()).into()
+                                )
+                            }
+                        };
+                    return match again {
+                        Ok(_) => judge(verdict, digest, &integrity, 0, report),
+                        Err(e) => abandoned(verdict, e),
+                    };
                 }
-                stream
-                    .write_all(&trailer)
-                    .map_err(net("sending the trailer"))?;
-                progress(Tick::Phase(Phase::Landing));
-                let verdict = Verdict::read(&mut stream)?;
-                return match again {
-                    Ok(_) => judge(verdict, digest, &integrity, 0, report),
-                    Err(e) => abandoned(verdict, e),
-                };
+                AfterTrailer::Restart | AfterTrailer::Repair(_) => {
+                    return Err(ProtocolError::Malformed(
+                        "a restart for a file its sender abandoned".into(),
+                    )
+                    .into())
+                }
             }
-            AfterResume::Restart => {
-                return Err(ProtocolError::Malformed(
-                    "a restart for a file its sender abandoned".into(),
+        }
+        None if chained => Verdict::read(&mut stream)?,
+        None => match update::answer(stream, source, digest, &integrity, report, progress)? {
+            AfterTrailer::Verdict(v) => v,
+            _ => {
+                return Err(
+                    ProtocolError::Malformed("a restart for a transfer not resumed".into()).into(),
                 )
-                .into())
             }
         },
-        None => Verdict::read(&mut stream)?,
     };
     let digest = match sent {
         Ok(body) => body.digest,
@@ -223,7 +258,9 @@ pub(super) fn send_body(
     }
     let mark = Watermark::complete(source.size);
     let sparse = source.sparse_data.is_some();
-    let hash = |start| hash_from(start, &source.file, source.size, &mark, sparse, None);
+    // The pieces' roots, for a repair round or a .torrent.
+    let log = PieceLog::default();
+    let hash = |start| hash_from(start, &source.file, source.size, &mark, sparse, Some(&log));
     let plain = sha256.then_some(());
     let (copied, digest) = std::thread::scope(|s| {
         let (mut prefix, mut hasher) = (Some(hash_start), None);
@@ -317,6 +354,9 @@ pub(super) fn send_body(
     if source.changed() {
         return Err(SendError::SourceChanged);
     }
+    if body.digest.is_some() && !small {
+        report.layer = Some(log.first(u64::MAX));
+    }
     Ok(body)
 }
 
@@ -379,7 +419,7 @@ pub(super) fn send_record(stream: &TcpStream, record: Record) -> Result<(), Copy
 }
 
 /// Moves `len` bytes at `offset` with sendfile, or read/write where the kernel cannot.
-fn copy_range(
+pub(super) fn copy_range(
     stream: &TcpStream,
     source: &Source,
     offset: u64,

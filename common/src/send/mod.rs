@@ -32,6 +32,7 @@ mod resume;
 mod source;
 mod stream;
 mod tree;
+mod update;
 
 pub use chain::hop_landed;
 pub use stream::send_stdin;
@@ -60,6 +61,8 @@ pub enum Phase {
     /// Connecting, then waiting for the receiver to answer the hello (a receiver serving as
     /// many transfers as it allows answers once one ends).
     Connecting,
+    /// Hashing the file into its piece layer, so that only the pieces the receiver lacks cross.
+    Comparing,
     /// The payload flows.
     Sending,
     /// Everything went out: the receiver finishes checking it, makes it durable and publishes
@@ -82,6 +85,11 @@ pub struct SendOptions {
     pub chain: Vec<String>,
     /// Also compute the plain SHA-256 of a single file (`sha256sum`'s), beside the root.
     pub sha256: bool,
+    /// When the name exists on the receiver and it replaces files, send only the pieces that
+    /// differ (false: `--whole-file`).
+    pub update: bool,
+    /// Apply such an update in place, through the receiver's journal (`--inplace`).
+    pub inplace: bool,
 }
 
 impl Default for SendOptions {
@@ -93,6 +101,8 @@ impl Default for SendOptions {
             token: None,
             chain: Vec::new(),
             sha256: false,
+            update: true,
+            inplace: false,
         }
     }
 }
@@ -128,6 +138,23 @@ pub struct SendReport {
     pub stages: StageTimes,
     /// For a chain: every host's verdict, the first receiver's first.
     pub hosts: Vec<HopReport>,
+    /// When only the pieces that differ crossed: how many.
+    pub update: Option<UpdateReport>,
+    /// Pieces sent again in repair rounds.
+    pub repaired: u64,
+    /// The file's piece roots (runs of equal roots), when it was hashed here (for a .torrent).
+    pub layer: Option<Vec<([u8; 32], u64)>>,
+}
+
+/// An update of a file the receiver held: the pieces it needed of all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpdateReport {
+    /// Applied in place through the receiver's journal.
+    pub inplace: bool,
+    /// The file's pieces.
+    pub pieces: u64,
+    /// The pieces that crossed.
+    pub sent: u64,
 }
 
 /// The number of bytes `path` would send: a file's length or a block device's size.
@@ -189,6 +216,9 @@ fn open_connection(
         zero_copy: true,
         stages: StageTimes::default(),
         hosts: Vec::new(),
+        update: None,
+        repaired: 0,
+        layer: None,
     };
     Ok((stream, report))
 }

@@ -36,8 +36,26 @@ pub const FLAG_TREE: u32 = 32;
 /// Header flag: the receiver is asked to forward the file to further hosts (a chain); their
 /// addresses follow the nonce. Not with `STREAM`, `RESUME` or `TREE`.
 pub const FLAG_CHAIN: u32 = 64;
-const KNOWN_FLAGS: u32 =
-    FLAG_NO_VERIFY | FLAG_AUTH | FLAG_SPARSE | FLAG_STREAM | FLAG_RESUME | FLAG_TREE | FLAG_CHAIN;
+/// Header flag: when the name exists on the receiver and it would replace it, the sender can
+/// send only the pieces that differ (section 2d). Not with `NO_VERIFY`, `STREAM`, `TREE` or
+/// `CHAIN`.
+pub const FLAG_UPDATE: u32 = 128;
+/// Header flag, only with `UPDATE`: apply such an update to the file in place, through a
+/// journal, rather than building the new version beside it.
+pub const FLAG_INPLACE: u32 = 256;
+/// Header flag: the sender answers a receiver's call for repair rounds when the roots disagree
+/// (section 5a). Not with `NO_VERIFY`, `STREAM`, `TREE` or `CHAIN`.
+pub const FLAG_REPAIR: u32 = 512;
+const KNOWN_FLAGS: u32 = FLAG_NO_VERIFY
+    | FLAG_AUTH
+    | FLAG_SPARSE
+    | FLAG_STREAM
+    | FLAG_RESUME
+    | FLAG_TREE
+    | FLAG_CHAIN
+    | FLAG_UPDATE
+    | FLAG_INPLACE
+    | FLAG_REPAIR;
 /// Length of the sender's identity of its source file.
 pub const SOURCE_ID_LEN: usize = 16;
 
@@ -93,6 +111,21 @@ impl Header {
     /// Whether the sender offers to resume (`FLAG_RESUME`, with a source identity).
     pub fn resumable(&self) -> bool {
         self.source_id.is_some()
+    }
+
+    /// Whether the sender can send only the pieces that differ (`FLAG_UPDATE`).
+    pub fn update(&self) -> bool {
+        self.flags & FLAG_UPDATE != 0
+    }
+
+    /// Whether the sender answers repair calls (`FLAG_REPAIR`).
+    pub fn repairable(&self) -> bool {
+        self.flags & FLAG_REPAIR != 0
+    }
+
+    /// Whether an update is to be applied in place (`FLAG_INPLACE`).
+    pub fn inplace(&self) -> bool {
+        self.flags & FLAG_INPLACE != 0
     }
 
     /// Whether a manifest of many entries follows (`FLAG_TREE`).
@@ -194,6 +227,17 @@ impl Header {
         if flags & FLAG_RESUME != 0 && flags & FLAG_NO_VERIFY != 0 {
             return Err(ProtocolError::Malformed(
                 "resuming needs verification: a prefix is trusted only by its digest".into(),
+            ));
+        }
+        let not_updated = FLAG_NO_VERIFY | FLAG_STREAM | FLAG_TREE | FLAG_CHAIN;
+        if flags & (FLAG_UPDATE | FLAG_REPAIR) != 0 && flags & not_updated != 0 {
+            return Err(ProtocolError::Malformed(
+                "an update of pieces needs verification, a known size and one file".into(),
+            ));
+        }
+        if flags & FLAG_INPLACE != 0 && flags & FLAG_UPDATE == 0 {
+            return Err(ProtocolError::Malformed(
+                "an update in place is an update".into(),
             ));
         }
         if mtime_nsec >= 1_000_000_000 {

@@ -8,6 +8,7 @@
 //! | 2a: authentication | `auth.rs` (keys and proofs: `crate::auth`) |
 //! | 2b: resuming | `resume.rs` |
 //! | 2c: keepalives | `keepalive.rs` |
+//! | 2d, 5a: updates and repairs (pieces) | `pieces.rs` |
 //! | 3a: data records | `record.rs` |
 //! | 4, 5: trailer and verdict | `trailer.rs` |
 //! | 6: trees | `tree/` |
@@ -24,6 +25,7 @@ mod error;
 mod hello;
 mod keepalive;
 mod limits;
+mod pieces;
 mod record;
 mod reply;
 mod resume;
@@ -37,6 +39,7 @@ pub use error::ProtocolError;
 pub use hello::*;
 pub use keepalive::*;
 pub use limits::*;
+pub use pieces::*;
 pub use record::*;
 pub use reply::*;
 pub use resume::*;
@@ -60,7 +63,7 @@ mod tests {
             let _ = Record::read(&mut &bytes[..]);
             let _ = Trailer::read(&mut &bytes[..]);
             let _ = PrefixProof::read(&mut &bytes[..]);
-            let _ = AfterResume::read(&mut &bytes[..]);
+            let _ = AfterTrailer::read(&mut &bytes[..]);
             let _ = read_hops(&mut &bytes[..]);
             let _ = Manifest::read(&mut &bytes[..]);
             let _ = Answers::read(&mut &bytes[..], 3);

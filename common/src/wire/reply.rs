@@ -15,6 +15,8 @@ pub const REPLY_MAGIC: [u8; 4] = *b"ZRCV";
 const CHALLENGE_CODE: u8 = 0xC0;
 /// Reply code of a receiver's offer to resume.
 const RESUME_CODE: u8 = 0xC1;
+/// Reply code of a receiver's offer to take only the pieces that differ.
+const UPDATE_CODE: u8 = 0xC2;
 /// Length of a resume offer's message: the offset and the receiver's nonce.
 const RESUME_OFFER_LEN: usize = 8 + NONCE_LEN;
 
@@ -101,6 +103,9 @@ pub enum Reply {
         /// without the bytes (nor replayed from another connection).
         nonce: [u8; NONCE_LEN],
     },
+    /// The name exists and the receiver will replace it: the sender sends its piece layer,
+    /// the receiver answers with the pieces it needs (section 2d).
+    Update,
 }
 
 impl Reply {
@@ -113,6 +118,7 @@ impl Reply {
                 (RESUME_CODE, &body)
             }
             Reply::Accept => (0, b""),
+            Reply::Update => (UPDATE_CODE, b""),
             Reply::Refuse(code, msg) => (code.to_byte(), clip(msg).as_bytes()),
             Reply::Challenge { nonce, proof } => {
                 body = [nonce.as_slice(), proof.as_slice()].concat();
@@ -142,7 +148,7 @@ impl Reply {
         let version = u16::from_be_bytes([head[4], head[5]]);
         let msg = read_bytes(r, u16::from_be_bytes([head[7], head[8]]), "reply")?;
         // A receiver of another version may only refuse (its message says why).
-        if version != VERSION && matches!(code, 0 | CHALLENGE_CODE | RESUME_CODE) {
+        if version != VERSION && matches!(code, 0 | CHALLENGE_CODE | RESUME_CODE | UPDATE_CODE) {
             return Err(ProtocolError::Malformed(format!(
                 "a reply of protocol version {version} (this side speaks {VERSION})"
             )));
@@ -151,6 +157,11 @@ impl Reply {
             0 if msg.is_empty() => Ok(Reply::Accept),
             0 => Err(ProtocolError::Malformed(format!(
                 "an accept with {} bytes of message",
+                msg.len()
+            ))),
+            UPDATE_CODE if msg.is_empty() => Ok(Reply::Update),
+            UPDATE_CODE => Err(ProtocolError::Malformed(format!(
+                "an update offer with {} bytes of message",
                 msg.len()
             ))),
             CHALLENGE_CODE => {
@@ -205,7 +216,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn reply_round_trips(code in (1u8..=255).prop_filter("not a challenge or offer", |c| *c != CHALLENGE_CODE && *c != RESUME_CODE), msg in ".{0,300}") {
+        fn reply_round_trips(code in (1u8..=255).prop_filter("not a challenge or offer", |c| ![CHALLENGE_CODE, RESUME_CODE, UPDATE_CODE].contains(c)), msg in ".{0,300}") {
             let reply = Reply::Refuse(RefuseCode::from_byte(code), msg.clone());
             let back = Reply::read(&mut &reply.encode()[..]).unwrap();
             prop_assert_eq!(back, reply);

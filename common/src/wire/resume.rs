@@ -7,6 +7,7 @@ use std::io::Read;
 use super::codec::read_exact;
 use super::error::ProtocolError;
 use super::keepalive::read_after_keepalives;
+use super::pieces::{MAX_REPAIR_ROUNDS, REPAIR_MAGIC};
 use super::trailer::Verdict;
 
 /// First bytes of the sender's proof that it holds the prefix the receiver offers to resume.
@@ -56,27 +57,39 @@ pub const RESTART: [u8; 5] = [
     0,
 ];
 
-/// What a receiver answers a resumed transfer's trailer with.
+/// What a receiver answers a trailer with: its verdict; after a resume, a restart; or, when the
+/// roots disagree, a call for a repair round (section 5a).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AfterResume {
+pub enum AfterTrailer {
     /// Its verdict, as for any transfer.
     Verdict(Verdict),
     /// [`RESTART`]: send it all again.
     Restart,
+    /// A repair round (1 to `MAX_REPAIR_ROUNDS`): send your piece layer again, then the pieces
+    /// the receiver lists.
+    Repair(u8),
 }
 
-impl AfterResume {
-    /// Reads a verdict or a restart.
-    pub fn read(r: &mut impl Read) -> Result<AfterResume, ProtocolError> {
+impl AfterTrailer {
+    /// Reads a verdict, a restart or a repair call.
+    pub fn read(r: &mut impl Read) -> Result<AfterTrailer, ProtocolError> {
         let mut magic = [0u8; 4];
         read_exact(r, &mut magic, "verdict")?;
+        if magic == REPAIR_MAGIC {
+            let mut round = [0u8; 1];
+            read_exact(r, &mut round, "repair call")?;
+            return match round[0] {
+                1..=MAX_REPAIR_ROUNDS => Ok(AfterTrailer::Repair(round[0])),
+                k => Err(ProtocolError::Malformed(format!("repair round {k}"))),
+            };
+        }
         if magic != DECISION_MAGIC {
-            return Verdict::read_after(magic, r).map(AfterResume::Verdict);
+            return Verdict::read_after(magic, r).map(AfterTrailer::Verdict);
         }
         let mut decision = [0u8; 1];
         read_exact(r, &mut decision, "resume decision")?;
         match decision[0] {
-            0 => Ok(AfterResume::Restart),
+            0 => Ok(AfterTrailer::Restart),
             k => Err(ProtocolError::Malformed(format!(
                 "unknown resume decision {k}"
             ))),
@@ -98,10 +111,17 @@ mod tests {
             let mut wire = KEEPALIVE.repeat(keepalives);
             wire.extend_from_slice(&PrefixProof(p).encode());
             prop_assert_eq!(PrefixProof::read(&mut &wire[..]).unwrap(), PrefixProof(p));
-            prop_assert_eq!(AfterResume::read(&mut &RESTART[..]).unwrap(), AfterResume::Restart);
+            prop_assert_eq!(AfterTrailer::read(&mut &RESTART[..]).unwrap(), AfterTrailer::Restart);
             let mut go_on = RESTART;
             go_on[4] = 1;
-            prop_assert!(AfterResume::read(&mut &go_on[..]).is_err());
+            prop_assert!(AfterTrailer::read(&mut &go_on[..]).is_err());
+            for round in 0..=255u8 {
+                let got = AfterTrailer::read(&mut &crate::wire::encode_repair(round)[..]);
+                match round {
+                    1..=MAX_REPAIR_ROUNDS => prop_assert_eq!(got.unwrap(), AfterTrailer::Repair(round)),
+                    _ => prop_assert!(got.is_err()),
+                }
+            }
         }
     }
 }

@@ -370,11 +370,14 @@ impl Record {
 
 /// The two hidden names of the partial kept for `name`.
 fn kept_names(name: &str) -> (String, String) {
+    (hidden_name(name, "part"), hidden_name(name, "resume"))
+}
+
+/// The hidden name, with extension `ext`, of something the receiver keeps beside `name`:
+/// `.zrecv-KEY.EXT`, KEY the first 16 bytes of SHA-256 of the name in hex.
+pub(crate) fn hidden_name(name: &str, ext: &str) -> String {
     let key = hex::encode(&Sha256::digest(name.as_bytes())[..16]);
-    (
-        format!("{TEMP_PREFIX}{key}.part"),
-        format!("{TEMP_PREFIX}{key}.resume"),
-    )
+    format!("{TEMP_PREFIX}{key}.{ext}")
 }
 
 /// Keeps `temp`, which holds the first `held` bytes of the file `header` announced, for a
