@@ -63,10 +63,17 @@ fn main() -> ExitCode {
         }
         _ => Ok(sent),
     });
+    let result = result.and_then(|sent| match (&sent, &cli.torrent) {
+        (Sent::File(r), Some(path)) => write_torrent(r, path).map(|()| sent),
+        _ => Ok(sent),
+    });
     match result {
         Ok(sent) => {
             if !cli.quiet && !cli.json {
                 output::print_summary(&sent);
+                if let Some(path) = &cli.torrent {
+                    eprintln!("zsend: wrote {}", path.display());
+                }
             }
             ExitCode::SUCCESS
         }
@@ -212,6 +219,33 @@ fn already_there(cli: &Cli, dest: &str, opts: &SendOptions, label: &str) -> Opti
     let report = send_tree(dest, files, opts, tree_opts, &mut |_, _| {}, &mut |_| {}).ok()?;
     (report.unchanged == 1 && report.failures.is_empty())
         .then(|| Sent::Already(report, label.to_owned()))
+}
+
+/// Writes a BitTorrent v2 .torrent of the file `r` landed, from the piece layer its transfer
+/// hashed (or, when it did not hash it here, from a pass over the file now).
+fn write_torrent(r: &SendReport, path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (root, layer) = match (r.root, &r.layer) {
+        (Some(root), Some(layer)) => (root, layer.clone()),
+        _ => {
+            let file = std::fs::File::open(&r.path)
+                .with_context(|| format!("reading {} for the torrent", r.path.display()))?;
+            zcommon::layer_of_file(&file, true)
+                .with_context(|| format!("hashing {} for the torrent", r.path.display()))?
+        }
+    };
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let t = zcommon::torrent::TorrentFile {
+        name: &r.name,
+        size: r.bytes,
+        root,
+        pieces: &layer,
+    };
+    let bytes = zcommon::torrent::encode(&t, created)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// What the display calls a source: its file name.

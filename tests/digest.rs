@@ -106,3 +106,70 @@ fn the_plain_sha256_is_there_for_who_asks() {
         "{err}"
     );
 }
+
+/// `zsend --torrent` writes a v2 .torrent from the transfer's own hashing: libtorrent loads it,
+/// finds the landed copy 100 % complete, and the copy with one byte changed incomplete.
+#[test]
+fn a_torrent_from_the_transfer_checks_the_landed_copy_with_libtorrent() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("seed.img");
+    random_file(&path, (9 << 20) + 4321, 81);
+    let torrent = src.path().join("seed.torrent");
+    let rx = Zrecv::start(dst.path(), &[]);
+    let out = zsend(&[
+        &rx.addr(),
+        path.to_str().unwrap(),
+        "--torrent",
+        torrent.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("wrote "), "{}", stderr_of(&out));
+    let landed = dst.path().join("seed.img");
+    let script = r#"
+import sys, time, libtorrent as lt
+ti = lt.torrent_info(sys.argv[1])
+assert ti.info_hashes().has_v2() and not ti.info_hashes().has_v1()
+print(str(ti.files().root(0)))
+ses = lt.session({"enable_dht": False, "enable_lsd": False, "enable_upnp": False,
+                  "enable_natpmp": False, "listen_interfaces": "127.0.0.1:0",
+                  "alert_mask": lt.alert.category_t.status_notification})
+h = ses.add_torrent({"ti": ti, "save_path": sys.argv[2]})
+deadline = time.monotonic() + 60
+checked = False
+while not checked:
+    assert time.monotonic() < deadline, "not checked within 60 s"
+    ses.wait_for_alert(100)
+    for a in ses.pop_alerts():
+        if isinstance(a, lt.torrent_checked_alert) and a.handle == h:
+            checked = True
+st = lt.torrent_status
+while h.status().state in (st.checking_files, st.checking_resume_data, st.queued_for_checking):
+    assert time.monotonic() < deadline, "still checking after 60 s"
+    time.sleep(0.05)
+print(h.status().progress_ppm)
+"#;
+    let check = |dir: &Path| {
+        let out = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&torrent)
+            .arg(dir)
+            .output()
+            .expect("/usr/bin/python3");
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        (lines[0].to_owned(), lines[1].parse::<u64>().unwrap())
+    };
+    let (root, ppm) = check(dst.path());
+    assert_eq!(root, root_file(&path));
+    assert_eq!(ppm, 1_000_000, "the landed copy is complete");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&landed)
+        .unwrap();
+    f.write_all_at(b"?", 5 << 20).unwrap();
+    let (_, ppm) = check(dst.path());
+    assert!(ppm < 1_000_000, "one changed byte: {ppm} ppm");
+}

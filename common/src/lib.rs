@@ -46,7 +46,7 @@ pub use crate::client::{connect, resolve, DEFAULT_PORT, FIRST_WORD};
 pub use crate::error::{RecvError, SendError};
 pub use crate::exit::ExitStatus;
 pub use crate::hash::{
-    root_of as tree_root, root_of_file, set_threads as set_hash_threads, sha256_of,
+    layer_of_file, root_of as tree_root, root_of_file, set_threads as set_hash_threads, sha256_of,
     threads as hash_threads, Watermark, PIECE,
 };
 pub use crate::links::{LinkError, LinkJudge, Resolution, MAX_LINK_HOPS};

@@ -297,6 +297,19 @@ pub fn root_of_file(file: &File, sparse: bool) -> io::Result<(Hash, Duration)> {
     }
 }
 
+/// The root and piece layer (runs of equal piece roots) of a whole file on disk, for a .torrent
+/// of a file whose transfer did not hash it here.
+pub fn layer_of_file(file: &File, sparse: bool) -> io::Result<(Hash, Vec<(Hash, u64)>)> {
+    let len = file.metadata()?.len();
+    let mark = Watermark::complete(len);
+    let log = PieceLog::default();
+    let start = Start::Hashed(Prefix::empty());
+    match hash_from(start, file, len, &mark, sparse, Some(&log)).0? {
+        (Some(root), _) => Ok((root, log.first(u64::MAX))),
+        (None, _) => unreachable!("nobody aborts this watermark"),
+    }
+}
+
 /// The hashed state of a file's first bytes: what a resumed transfer goes on from, or, once
 /// hashing reached the end, the file's root.
 #[derive(Clone, Debug, Default)]

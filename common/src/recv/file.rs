@@ -14,7 +14,7 @@ use super::land::send_verdict;
 use super::partial::{self, TempFile};
 use super::payload::{receive_into, FileSink, Incoming, Sink};
 use super::update::{self, Fix};
-use super::{Receiver, TransferRecord, PIPE_SIZE};
+use super::{Receiver, TransferRecord, PIPE_SIZE, WRITEBACK_WINDOW};
 use crate::auth::Integrity;
 use crate::error::RecvError;
 use crate::hash::{hash_from, Hash, Prefix, Start, Watermark, PIECE, SMALL_FILE, UNTIL_CLOSED};
@@ -26,9 +26,6 @@ use crate::wire::{
     pieces_of, Header, Needed, PrefixProof, ProtocolError, RefuseCode, Reply, Status, Trailer,
     RESTART,
 };
-
-/// Writeback and drop-behind work in windows of this many bytes (see `sys::DropBehind`).
-pub(super) const WRITEBACK_WINDOW: u64 = 16 << 20;
 
 impl Receiver {
     /// Receives one file (into a temporary file, or to standard output) after the handshake,

@@ -52,6 +52,9 @@ pub use update::UpdateCounts;
 
 /// Pipe size asked for with F_SETPIPE_SZ (the default pipe-max-size).
 const PIPE_SIZE: usize = 1 << 20;
+
+/// Writeback and drop-behind work in windows of this many bytes (see `sys::DropBehind`).
+const WRITEBACK_WINDOW: u64 = 16 << 20;
 /// Connections refused as busy that may linger at once, to let the refusal reach the sender.
 const MAX_LINGERING: usize = 64;
 

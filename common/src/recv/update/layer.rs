@@ -134,11 +134,12 @@ pub(crate) fn root_of_runs(runs: &Runs) -> Hash {
 
 /// Takes the `needed` pieces of a file of `size` bytes off the connection, as records that
 /// tile them in order, then the end record: data spliced into `file` at its offset, holes
-/// punched (what was there before is replaced). Returns the data bytes taken.
+/// punched (what was there before is replaced). Returns the data bytes taken, which may not
+/// exceed `most` (the data the header announced).
 pub(crate) fn take_pieces(
     stream: &TcpStream,
     needed: &Needed,
-    size: u64,
+    (size, most): (u64, u64),
     file: &File,
     pipe: &Pipe,
     stats: &mut SpliceStats,
@@ -163,6 +164,9 @@ pub(crate) fn take_pieces(
                 )));
             }
             match record {
+                Record::Data { .. } if n > most - data => {
+                    return Err(bad(format!("more data than the {most} bytes announced")));
+                }
                 Record::Data { .. } => {
                     let mut to = SpliceTo {
                         pipe,

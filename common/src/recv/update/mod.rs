@@ -18,7 +18,7 @@ use super::handshake::{accept, tell};
 use super::land::send_verdict;
 use super::partial::{open_beneath, TempFile};
 use super::payload::Incoming;
-use super::{Receiver, TransferRecord, PIPE_SIZE};
+use super::{Receiver, TransferRecord, PIPE_SIZE, WRITEBACK_WINDOW};
 use crate::auth::Integrity;
 use crate::error::RecvError;
 use crate::hash::{Hash, Watermark, PIECE};
@@ -87,7 +87,9 @@ impl Receiver {
         let before = cache::identity(&old);
         let ours = match cache::load(&self.dir, &header.name, &old) {
             Some(runs) => runs,
-            None => self.hash_telling(stream, &old, header)?,
+            None => self
+                .hash_telling(stream, &old, header)
+                .map_err(|e| told_failed(stream, integrity, e))?,
         };
         let needed = layer::compare(&mut &*stream, pieces, &ours)?;
         tell(
@@ -225,16 +227,26 @@ impl Receiver {
         pipe: &Pipe,
     ) -> Result<(), RecvError> {
         let size = header.size;
+        let most = header.sparse_data_len.unwrap_or(size);
         let temp = TempFile::create(&self.dir).map_err(|e| self.local("creating a file", e))?;
         rustix::fs::ftruncate(&temp.file, size)
             .map_err(|e| self.local("sizing the file", e.into()))?;
         let mut stats = SpliceStats::default();
+        let started = std::time::Instant::now();
         let (taken, copied) = std::thread::scope(|s| {
-            let copier = s.spawn(|| copy_unchanged(old, &temp.file, &needed, size));
+            let copier = s.spawn(|| {
+                let t = std::time::Instant::now();
+                let r = copy_unchanged(old, &temp.file, &needed, size);
+                log::debug!(
+                    "copied the unchanged pieces in {:.3} s",
+                    t.elapsed().as_secs_f64()
+                );
+                r
+            });
             let taken = layer::take_pieces(
                 stream,
                 &needed,
-                size,
+                (size, most),
                 &temp.file,
                 pipe,
                 &mut stats,
@@ -244,12 +256,22 @@ impl Receiver {
         });
         record.zero_copy &= stats.zero_copy;
         record.received = size;
-        self.pieces_outcome(header, taken)?;
-        copied.map_err(|e| self.local("copying the unchanged pieces", e))?;
+        let told = |e| told_failed(stream, integrity, e);
+        self.pieces_outcome(header, taken).map_err(told)?;
+        copied.map_err(|e| told(self.local("copying the unchanged pieces", e)))?;
+        log::debug!(
+            "took and copied in {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
         let fresh = layer::hash_needed(&temp.file, size, &needed)
-            .map_err(|e| self.local("reading back the new pieces", e))?;
+            .map_err(|e| told(self.local("reading back the new pieces", e)))?;
         let runs = layer::patch(&ours, &needed, &fresh, pieces_of(size));
         let digest = Some(layer::root_of_runs(&runs));
+        log::debug!(
+            "{}: new pieces in and the others copied, hashed in {:.3} s",
+            Escaped(&header.name),
+            started.elapsed().as_secs_f64()
+        );
         let mut fix = Fix {
             file: &temp.file,
             runs,
@@ -307,6 +329,7 @@ impl Receiver {
         pipe: &Pipe,
     ) -> Result<(), RecvError> {
         let size = header.size;
+        let most = header.sparse_data_len.unwrap_or(size);
         let fail = |e: RecvError| {
             send_verdict(stream, integrity, Status::Failed, None, &e.to_string());
             e
@@ -325,7 +348,7 @@ impl Receiver {
         let taken = layer::take_pieces(
             stream,
             &needed,
-            size,
+            (size, most),
             &journal.file,
             pipe,
             &mut stats,
@@ -333,9 +356,10 @@ impl Receiver {
         );
         record.zero_copy &= stats.zero_copy;
         record.received = size;
-        self.pieces_outcome(header, taken)?;
+        let told = |e| told_failed(stream, integrity, e);
+        self.pieces_outcome(header, taken).map_err(told)?;
         let fresh = layer::hash_needed(&journal.file, size, &needed)
-            .map_err(|e| self.local("reading back the new pieces", e))?;
+            .map_err(|e| told(self.local("reading back the new pieces", e)))?;
         let runs = layer::patch(&ours, &needed, &fresh, pieces_of(size));
         let digest = Some(layer::root_of_runs(&runs));
         let mut fix = Fix {
@@ -426,6 +450,7 @@ impl Receiver {
         record: &mut TransferRecord,
     ) -> Result<Hash, RecvError> {
         let size = header.size;
+        let most = header.sparse_data_len.unwrap_or(size);
         let pieces = pieces_of(size);
         if fix.runs.iter().map(|(_, n)| n).sum::<u64>() != pieces {
             let all = Watermark::complete(size);
@@ -461,15 +486,16 @@ impl Receiver {
             let taken = layer::take_pieces(
                 stream,
                 &needed,
-                size,
+                (size, most),
                 fix.file,
                 fix.pipe,
                 &mut stats,
                 &mut |_| {},
             );
-            self.pieces_outcome(header, taken)?;
+            let told = |e| told_failed(stream, integrity, e);
+            self.pieces_outcome(header, taken).map_err(told)?;
             let fresh = layer::hash_needed(fix.file, size, &needed)
-                .map_err(|e| self.local("reading back the repaired pieces", e))?;
+                .map_err(|e| told(self.local("reading back the repaired pieces", e)))?;
             fix.runs = layer::patch(&fix.runs, &needed, &fresh, pieces);
             fix.touched = fix.touched.union(&needed);
             record.repaired += needed.pieces();
@@ -517,14 +543,27 @@ impl Receiver {
     }
 }
 
+/// Tells the sender of a local failure at once (it may still be sending, and reads this when its
+/// writes fail), as for any file (protocol section 5); other errors pass as they are.
+fn told_failed(stream: &TcpStream, integrity: &Integrity, e: RecvError) -> RecvError {
+    if let RecvError::Local { .. } = e {
+        send_verdict(stream, integrity, Status::Failed, None, &e.to_string());
+    }
+    e
+}
+
 /// Copies the pieces of a new file of `size` bytes that `needed` leaves out, which are the old
 /// file's, from `old` into `new` at the same offsets: data extents only (holes stay holes), in
 /// the kernel (copy_file_range, which shares the blocks where the filesystem can).
 fn copy_unchanged(old: &File, new: &File, needed: &Needed, size: u64) -> std::io::Result<()> {
     let old_len = old.metadata()?.len();
     let limit = size.min(old_len);
+    // The old file is read once, front to back, with gaps: read it ahead as a stream.
+    let _ = rustix::fs::fadvise(old, 0, None, rustix::fs::Advice::Sequential);
     let mut at = 0u64;
-    let copy = |from: u64, to: u64| -> std::io::Result<()> {
+    // What is copied is written back as it goes, so that the fsync at the end has little left.
+    let mut behind = sys::DropBehind::starting_at(0, WRITEBACK_WINDOW);
+    let mut copy = |from: u64, to: u64| -> std::io::Result<()> {
         let (from, to) = (from.min(limit), to.min(limit));
         let mut pos = from;
         while pos < to {
@@ -532,6 +571,7 @@ fn copy_unchanged(old: &File, new: &File, needed: &Needed, size: u64) -> std::io
                 break;
             };
             journal::copy_at(old, new, a, b - a)?;
+            behind.advance(new, b, 0);
             pos = b;
         }
         Ok(())
