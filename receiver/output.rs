@@ -88,7 +88,7 @@ fn log_transfer(r: &TransferRecord, stopping: bool) {
                 (n, None) => format!(" (resumed after {})", Bytes(n)),
             };
             if r.repaired > 0 {
-                resumed += &format!(" ({} pieces taken again to repair it)", r.repaired);
+                resumed += &format!(" (repaired: {} of its pieces taken again)", r.repaired);
             }
             log::info!(
                 "received {what}: {} in {secs:.2} s, {}/s{resumed}, {check}",

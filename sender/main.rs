@@ -64,7 +64,19 @@ fn main() -> ExitCode {
         _ => Ok(sent),
     });
     let result = result.and_then(|sent| match (&sent, &cli.torrent) {
-        (Sent::File(r), Some(path)) => write_torrent(r, path).map(|()| sent),
+        (Sent::File(r), Some(path)) => {
+            let hashed = r.root.zip(r.layer.clone());
+            write_torrent(&r.path, &r.name, hashed, path).map(|()| sent)
+        }
+        (Sent::Already(..), Some(path)) => {
+            let source = &cli.files()[0];
+            let name = cli.name.clone().unwrap_or_else(|| {
+                source
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            });
+            write_torrent(source, &name, None, path).map(|()| sent)
+        }
         _ => Ok(sent),
     });
     match result {
@@ -221,25 +233,32 @@ fn already_there(cli: &Cli, dest: &str, opts: &SendOptions, label: &str) -> Opti
         .then(|| Sent::Already(report, label.to_owned()))
 }
 
-/// Writes a BitTorrent v2 .torrent of the file `r` landed, from the piece layer its transfer
-/// hashed (or, when it did not hash it here, from a pass over the file now).
-fn write_torrent(r: &SendReport, path: &std::path::Path) -> anyhow::Result<()> {
+/// A file's root and its piece layer (runs of equal piece roots).
+type Hashed = ([u8; 32], Vec<([u8; 32], u64)>);
+
+/// Writes a BitTorrent v2 .torrent of `source`, which landed as `name`, from the root and piece
+/// layer its transfer hashed (or, when it did not hash it here, from a pass over the file now).
+fn write_torrent(
+    source: &std::path::Path,
+    name: &str,
+    hashed: Option<Hashed>,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
     use anyhow::Context;
-    let (root, layer) = match (r.root, &r.layer) {
-        (Some(root), Some(layer)) => (root, layer.clone()),
-        _ => {
-            let file = std::fs::File::open(&r.path)
-                .with_context(|| format!("reading {} for the torrent", r.path.display()))?;
-            zcommon::layer_of_file(&file, true)
-                .with_context(|| format!("hashing {} for the torrent", r.path.display()))?
-        }
+    let file = std::fs::File::open(source)
+        .with_context(|| format!("reading {} for the torrent", source.display()))?;
+    let size = zcommon::source_size(source)?;
+    let (root, layer) = match hashed {
+        Some(hashed) => hashed,
+        None => zcommon::layer_of_file(&file, size, true)
+            .with_context(|| format!("hashing {} for the torrent", source.display()))?,
     };
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let t = zcommon::torrent::TorrentFile {
-        name: &r.name,
-        size: r.bytes,
+        name,
+        size,
         root,
         pieces: &layer,
     };

@@ -538,3 +538,64 @@ fn a_tree_that_ends_before_its_end_of_pass_is_not_complete() {
     assert_eq!(line["verified"], false, "{line}");
     assert!(visible(dst.path()).is_empty());
 }
+
+/// A sender that may replace a file learns, of an update, only which of its pieces differ: the
+/// receiver's answer is a list of ranges, never a root of its file; a receiver that does not
+/// replace files offers no update at all; and pieces out of place are a protocol error that
+/// leaves the file as it was.
+#[test]
+fn an_update_tells_the_sender_only_which_pieces_differ() {
+    use zcommon::{encode_layer, Needed, Record, FLAG_UPDATE};
+    let dst = tempfile::tempdir().unwrap();
+    let path = dst.path().join("secret.img");
+    random_file(&path, 6 << 20, 90);
+    let before = sha256_file(&path);
+    let f = std::fs::File::open(&path).unwrap();
+    let (_, ours) = zcommon::layer_of_file(&f, 6 << 20, true).unwrap();
+    let mut update = header("secret.img", 6 << 20);
+    update.flags |= FLAG_UPDATE;
+
+    let rx = Zrecv::start(dst.path(), &[]);
+    let mut s = connect(&rx);
+    s.write_all(&update.encode_hello()).unwrap();
+    assert!(
+        matches!(
+            Reply::read(&mut s).unwrap(),
+            Reply::Refuse(RefuseCode::Exists, _)
+        ),
+        "no --force, no update"
+    );
+    drop(rx);
+
+    let rx = Zrecv::start(dst.path(), &["--force"]);
+    let mut s = connect(&rx);
+    s.write_all(&update.encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Update);
+    // A guess for every piece: the first one right, the others not.
+    let mut guess = vec![(ours[0].0, 1)];
+    guess.push(([7; 32], 5));
+    s.write_all(&encode_layer(&guess)).unwrap();
+    let mut answer = Vec::new();
+    let mut head = [0u8; 8];
+    s.read_exact(&mut head).unwrap();
+    answer.extend_from_slice(&head);
+    let count = u32::from_be_bytes(head[4..].try_into().unwrap()) as usize;
+    let mut ranges = vec![0u8; 16 * count];
+    s.read_exact(&mut ranges).unwrap();
+    answer.extend_from_slice(&ranges);
+    let needed = Needed::read(&mut &answer[..], 6).unwrap();
+    assert_eq!(needed.ranges(), &[(1, 5)]);
+    for (root, _) in &ours {
+        assert!(
+            !answer.windows(32).any(|w| w == root),
+            "a root of the receiver's file crossed"
+        );
+    }
+    // Then a record where none was asked for.
+    s.write_all(&Record::Data { offset: 0, len: 10 }.encode())
+        .unwrap();
+    s.write_all(&[0u8; 10]).unwrap();
+    let line = rx.wait_for_line("secret.img from");
+    assert!(line.contains("a record at 0+10"), "{line}");
+    assert_eq!(sha256_file(&path), before, "the file is as it was");
+}

@@ -276,4 +276,10 @@ fn a_flipped_byte_is_repaired_by_sending_its_piece_again() {
     );
     assert_eq!(sha256_file(&dst.path().join("r.img")), sha256_file(&path));
     rx.wait_for_line("repair round 1");
+    let line = rx.wait_for_line("received r.img");
+    assert!(line.contains("repaired: 1 of its pieces"), "{line}");
+    assert!(
+        line.contains(&root_file(&path)),
+        "the root after the repair: {line}"
+    );
 }

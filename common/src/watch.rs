@@ -166,6 +166,26 @@ pub(crate) fn wait_for(
     }
 }
 
+/// Runs `work` on a thread of its own while `tick` tells the peer, every [`KEEPALIVE_EVERY`],
+/// that we are still here; when telling fails, aborts `mark` (which `work` watches, so that it
+/// stops within a chunk). Returns what `work` returned, and how telling went.
+pub(crate) fn telling<T: Send, E>(
+    mark: &Watermark,
+    work: impl FnOnce() -> T + Send,
+    tick: &mut dyn FnMut() -> Result<(), E>,
+) -> (T, Result<(), E>) {
+    std::thread::scope(|s| {
+        let (finished, hashing) = mpsc::channel::<()>();
+        let worker = s.spawn(move || {
+            let done = work();
+            let _ = finished.send(());
+            done
+        });
+        let told = tick_until(&hashing, mark, tick);
+        (worker.join().expect("worker thread panicked"), told)
+    })
+}
+
 /// Waits for a worker that sends on `finished` when it ends, calling `tick` every
 /// [`KEEPALIVE_EVERY`] meanwhile (a sender telling its receiver that it is still there while
 /// it hashes). When `tick` fails (the receiver has gone), aborts `mark`, so that the worker

@@ -297,10 +297,9 @@ pub fn root_of_file(file: &File, sparse: bool) -> io::Result<(Hash, Duration)> {
     }
 }
 
-/// The root and piece layer (runs of equal piece roots) of a whole file on disk, for a .torrent
-/// of a file whose transfer did not hash it here.
-pub fn layer_of_file(file: &File, sparse: bool) -> io::Result<(Hash, Vec<(Hash, u64)>)> {
-    let len = file.metadata()?.len();
+/// The root and piece layer (runs of equal piece roots) of the first `len` bytes of a file or
+/// block device, for a .torrent of a file whose transfer did not hash it here.
+pub fn layer_of_file(file: &File, len: u64, sparse: bool) -> io::Result<(Hash, Vec<(Hash, u64)>)> {
     let mark = Watermark::complete(len);
     let log = PieceLog::default();
     let start = Start::Hashed(Prefix::empty());

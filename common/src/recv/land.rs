@@ -78,7 +78,9 @@ impl Receiver {
         // its sender can.
         if let (Some(repair), Some(theirs)) = (repair, trailer.root) {
             if trailer.root != digest && header.repairable() && header.size > PIECE {
-                return repair(theirs, record).map(Some);
+                let repaired = repair(theirs, record)?;
+                record.root = Some(repaired);
+                return Ok(Some(repaired));
             }
         }
         if trailer.root != digest {

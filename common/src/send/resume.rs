@@ -4,7 +4,7 @@
 use super::source::Source;
 use crate::error::SendError;
 use crate::hash::{Prefix, Watermark};
-use crate::watch::tick_until;
+use crate::watch::telling;
 
 /// Hashes the first `len` bytes of `source` on a thread of its own while `tick` tells the
 /// receiver, every [`crate::watch::KEEPALIVE_EVERY`], that we are still here; stops hashing as
@@ -16,17 +16,8 @@ pub(super) fn hash_prefix_telling(
 ) -> Result<Prefix, SendError> {
     let sparse = source.sparse_data.is_some();
     let mark = Watermark::complete(len);
-    let (hashed, told) = std::thread::scope(|s| {
-        let (finished, hashing) = std::sync::mpsc::channel::<()>();
-        let (file, mark_ref) = (&source.file, &mark);
-        let hasher = s.spawn(move || {
-            let hashed = Prefix::of_file_until(file, len, sparse, mark_ref);
-            let _ = finished.send(());
-            hashed
-        });
-        let told = tick_until(&hashing, &mark, tick);
-        (hasher.join().expect("hashing thread panicked"), told)
-    });
+    let work = || Prefix::of_file_until(&source.file, len, sparse, &mark);
+    let (hashed, told) = telling(&mark, work, tick);
     told?;
     match hashed {
         Ok(Some(prefix)) => Ok(prefix),

@@ -14,7 +14,7 @@ use crate::client::net;
 use crate::error::SendError;
 use crate::hash::{hash_from, Hash, PieceLog, Prefix, Start, Watermark};
 use crate::sys::{self, CopyError};
-use crate::watch::tick_until;
+use crate::watch::telling;
 use crate::wire::{
     encode_layer, pieces_of, AfterTrailer, Needed, ProtocolError, Record, Trailer, KEEPALIVE,
     MAX_REPAIR_ROUNDS,
@@ -149,18 +149,11 @@ fn layer_telling(
     let sparse = source.sparse_data.is_some();
     let mark = Watermark::complete(source.size);
     let log = PieceLog::default();
-    let (hashed, told) = std::thread::scope(|s| {
-        let (finished, hashing) = std::sync::mpsc::channel::<()>();
-        let (file, mark_ref, log_ref) = (&source.file, &mark, &log);
-        let hasher = s.spawn(move || {
-            let start = Start::Hashed(Prefix::empty());
-            let hashed = hash_from(start, file, source.size, mark_ref, sparse, Some(log_ref));
-            let _ = finished.send(());
-            hashed
-        });
-        let told = tick_until(&hashing, &mark, tick);
-        (hasher.join().expect("hashing thread panicked"), told)
-    });
+    let work = || {
+        let start = Start::Hashed(Prefix::empty());
+        hash_from(start, &source.file, source.size, &mark, sparse, Some(&log))
+    };
+    let (hashed, told) = telling(&mark, work, tick);
     told?;
     let (hashed, cpu) = hashed;
     report.stages.hash_cpu += cpu;

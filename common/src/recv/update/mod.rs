@@ -24,7 +24,7 @@ use crate::error::RecvError;
 use crate::hash::{Hash, Watermark, PIECE};
 use crate::name::Escaped;
 use crate::sys::{self, CopyError, Pipe, SpliceStats};
-use crate::watch::tick_until;
+use crate::watch::telling;
 use crate::wire::{
     encode_repair, pieces_of, Header, Needed, ProtocolError, Reply, Status, Trailer, KEEPALIVE,
     MAX_REPAIR_ROUNDS,
@@ -149,18 +149,8 @@ impl Receiver {
             .map_err(|e| self.local("examining the file", e))?
             .len();
         let mark = Watermark::complete(len);
-        let (hashed, told) = std::thread::scope(|s| {
-            let (finished, hashing) = std::sync::mpsc::channel::<()>();
-            let mark_ref = &mark;
-            let hasher = s.spawn(move || {
-                let hashed = layer::layer_of(old, len, mark_ref);
-                let _ = finished.send(());
-                hashed
-            });
-            let mut tick = || tell(stream, &KEEPALIVE, "hashing the file here", 0, header.size);
-            let told = tick_until(&hashing, &mark, &mut tick);
-            (hasher.join().expect("hashing thread panicked"), told)
-        });
+        let mut tick = || tell(stream, &KEEPALIVE, "hashing the file here", 0, header.size);
+        let (hashed, told) = telling(&mark, || layer::layer_of(old, len, &mark), &mut tick);
         told?;
         match hashed {
             Ok(Some((_, runs))) => {
@@ -186,7 +176,7 @@ impl Receiver {
         before: Option<String>,
     ) -> Result<(), RecvError> {
         let digest = Some(layer::root_of_runs(&ours));
-        record.received = header.size;
+        record.received = 0;
         // No piece is needed: the records are only their end.
         match crate::wire::Record::read(&mut &*stream)? {
             crate::wire::Record::End => {}
@@ -255,7 +245,8 @@ impl Receiver {
             (taken, copier.join().expect("copying thread panicked"))
         });
         record.zero_copy &= stats.zero_copy;
-        record.received = size;
+        // What crossed: the data of the pieces that differed.
+        record.received = *taken.as_ref().unwrap_or(&0);
         let told = |e| told_failed(stream, integrity, e);
         self.pieces_outcome(header, taken).map_err(told)?;
         copied.map_err(|e| told(self.local("copying the unchanged pieces", e)))?;
@@ -355,7 +346,8 @@ impl Receiver {
             &mut |_| {},
         );
         record.zero_copy &= stats.zero_copy;
-        record.received = size;
+        // What crossed: the data of the pieces that differed.
+        record.received = *taken.as_ref().unwrap_or(&0);
         let told = |e| told_failed(stream, integrity, e);
         self.pieces_outcome(header, taken).map_err(told)?;
         let fresh = layer::hash_needed(&journal.file, size, &needed)
@@ -522,7 +514,7 @@ impl Receiver {
             }
             if digest == theirs {
                 log::info!(
-                    "{}: repaired ({} pieces sent again)",
+                    "{}: repaired ({} of {pieces} pieces taken again)",
                     Escaped(&header.name),
                     record.repaired
                 );
