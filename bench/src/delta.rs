@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
-use crate::measure::{free_port, median};
+use crate::measure::{alternate, free_port, median};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -869,33 +869,6 @@ impl Rsyncd {
         }
         Ok(Rsyncd { port, _proc: proc })
     }
-}
-
-// ---- Alternating ------------------------------------------------------------------------
-
-/// Runs every contender in one go: a warm-up round (discarded), then `runs` rounds, each in an
-/// order rotated by one and reversed every other round, as `compare` does.
-fn alternate<R>(
-    labels: &[String],
-    runs: usize,
-    mut trial: impl FnMut(usize) -> anyhow::Result<R>,
-    show: impl Fn(&R) -> String,
-) -> anyhow::Result<Vec<Vec<R>>> {
-    let n = labels.len();
-    let mut results: Vec<Vec<R>> = (0..n).map(|_| Vec::new()).collect();
-    for round in 0..=runs {
-        for i in 0..n {
-            let k = if round % 2 == 0 { i } else { n - 1 - i };
-            let idx = (k + round) % n;
-            let r = trial(idx).with_context(|| format!("round {round}: {}", labels[idx]))?;
-            let when = if round == 0 { "warm-up" } else { "run    " };
-            eprintln!("{when} {:<48} {}", labels[idx], show(&r));
-            if round > 0 {
-                results[idx].push(r);
-            }
-        }
-    }
-    Ok(results)
 }
 
 // ---- The report -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use rustix::time::{clock_gettime, ClockId};
 
 use crate::contenders::{Contender, Env, Trial};
-use crate::measure::{median, Timed};
+use crate::measure::{alternate, median, Timed};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -92,32 +92,6 @@ impl Build {
     fn tool(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
-}
-
-/// Runs every contender in one go: a warm-up round (discarded), then `runs` rounds, each in an
-/// order rotated by one and reversed every other round, as `compare` does. `trial(i)` runs
-/// contender `i`; `show` makes its progress line.
-fn alternate<R>(
-    labels: &[String],
-    runs: usize,
-    mut trial: impl FnMut(usize) -> anyhow::Result<R>,
-    show: impl Fn(&R) -> String,
-) -> anyhow::Result<Vec<Vec<R>>> {
-    let n = labels.len();
-    let mut results: Vec<Vec<R>> = (0..n).map(|_| Vec::new()).collect();
-    for round in 0..=runs {
-        for i in 0..n {
-            let k = if round % 2 == 0 { i } else { n - 1 - i };
-            let idx = (k + round) % n;
-            let r = trial(idx).with_context(|| format!("round {round}: {}", labels[idx]))?;
-            let when = if round == 0 { "warm-up" } else { "run    " };
-            eprintln!("{when} {:<44} {}", labels[idx], show(&r));
-            if round > 0 {
-                results[idx].push(r);
-            }
-        }
-    }
-    Ok(results)
 }
 
 fn med(v: impl Iterator<Item = f64>) -> Option<f64> {

@@ -131,3 +131,29 @@ pub fn median(v: &[f64]) -> f64 {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
     }
 }
+
+/// Runs every contender in one go: a warm-up round (discarded), then `runs` rounds, each in an
+/// order rotated by one and reversed every other round, as `compare` does. `trial(i)` runs
+/// contender `i`; `show` makes its progress line.
+pub fn alternate<R>(
+    labels: &[String],
+    runs: usize,
+    mut trial: impl FnMut(usize) -> anyhow::Result<R>,
+    show: impl Fn(&R) -> String,
+) -> anyhow::Result<Vec<Vec<R>>> {
+    let n = labels.len();
+    let mut results: Vec<Vec<R>> = (0..n).map(|_| Vec::new()).collect();
+    for round in 0..=runs {
+        for i in 0..n {
+            let k = if round % 2 == 0 { i } else { n - 1 - i };
+            let idx = (k + round) % n;
+            let r = trial(idx).with_context(|| format!("round {round}: {}", labels[idx]))?;
+            let when = if round == 0 { "warm-up" } else { "run    " };
+            eprintln!("{when} {:<48} {}", labels[idx], show(&r));
+            if round > 0 {
+                results[idx].push(r);
+            }
+        }
+    }
+    Ok(results)
+}

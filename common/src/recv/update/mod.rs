@@ -15,7 +15,7 @@ use std::net::TcpStream;
 use rustix::fs::OFlags;
 
 use super::handshake::{accept, tell};
-use super::land::send_verdict;
+use super::land::{send_verdict, Repair};
 use super::partial::{open_beneath, TempFile};
 use super::payload::Incoming;
 use super::{Receiver, TransferRecord, PIPE_SIZE, WRITEBACK_WINDOW};
@@ -54,6 +54,16 @@ pub(crate) struct Fix<'a> {
     pub(crate) runs: Runs,
     pub(crate) pipe: &'a Pipe,
     pub(crate) touched: Needed,
+}
+
+/// What an update builds on: the file here and its identity when we took its piece roots
+/// (`ours`), the pieces needed, and the pipe to splice them through.
+struct Basis<'a> {
+    old: &'a File,
+    before: Option<String>,
+    ours: Runs,
+    needed: Needed,
+    pipe: &'a Pipe,
 }
 
 impl Receiver {
@@ -112,27 +122,16 @@ impl Receiver {
             return self.touch(stream, header, integrity, record, &old, ours, before);
         }
         let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
+        let basis = Basis {
+            old: &old,
+            before,
+            ours,
+            needed,
+            pipe: &pipe,
+        };
         match header.inplace() {
-            true => self.update_in_place(
-                stream,
-                header,
-                integrity,
-                record,
-                (&old, before),
-                ours,
-                needed,
-                &pipe,
-            ),
-            false => self.update_beside(
-                stream,
-                header,
-                integrity,
-                record,
-                (&old, before),
-                ours,
-                needed,
-                &pipe,
-            ),
+            true => self.update_in_place(stream, header, integrity, record, basis),
+            false => self.update_beside(stream, header, integrity, record, basis),
         }
     }
 
@@ -204,18 +203,21 @@ impl Receiver {
     /// The atomic update: a new file beside the old, its unchanged pieces copied from the old
     /// one in the kernel (shared, where the filesystem can) while the others arrive, checked,
     /// made durable and renamed over the old one.
-    #[allow(clippy::too_many_arguments)]
     fn update_beside(
         &self,
         stream: &TcpStream,
         header: &Header,
         integrity: &Integrity,
         record: &mut TransferRecord,
-        (old, before): (&File, Option<String>),
-        ours: Runs,
-        needed: Needed,
-        pipe: &Pipe,
+        basis: Basis,
     ) -> Result<(), RecvError> {
+        let Basis {
+            old,
+            before,
+            ours,
+            needed,
+            pipe,
+        } = basis;
         let size = header.size;
         let most = header.sparse_data_len.unwrap_or(size);
         let temp = TempFile::create(&self.dir).map_err(|e| self.local("creating a file", e))?;
@@ -245,43 +247,27 @@ impl Receiver {
             (taken, copier.join().expect("copying thread panicked"))
         });
         record.zero_copy &= stats.zero_copy;
-        // What crossed: the data of the pieces that differed.
-        record.received = *taken.as_ref().unwrap_or(&0);
-        let told = |e| told_failed(stream, integrity, e);
-        self.pieces_outcome(header, taken).map_err(told)?;
-        copied.map_err(|e| told(self.local("copying the unchanged pieces", e)))?;
+        if taken.is_ok() {
+            copied.map_err(|e| {
+                told_failed(
+                    stream,
+                    integrity,
+                    self.local("copying the unchanged pieces", e),
+                )
+            })?;
+        }
         log::debug!(
-            "took and copied in {:.3} s",
-            started.elapsed().as_secs_f64()
-        );
-        let fresh = layer::hash_needed(&temp.file, size, &needed)
-            .map_err(|e| told(self.local("reading back the new pieces", e)))?;
-        let runs = layer::patch(&ours, &needed, &fresh, pieces_of(size));
-        let digest = Some(layer::root_of_runs(&runs));
-        log::debug!(
-            "{}: new pieces in and the others copied, hashed in {:.3} s",
+            "{}: new pieces in and the others copied in {:.3} s",
             Escaped(&header.name),
             started.elapsed().as_secs_f64()
         );
-        let mut fix = Fix {
+        let fix = Fix {
             file: &temp.file,
-            runs,
+            runs: ours,
             pipe,
             touched: needed,
         };
-        let mut repair = |theirs, record: &mut TransferRecord| {
-            self.repair(stream, header, integrity, theirs, &mut fix, record)
-        };
-        let digest = self.check_trailer(
-            stream,
-            header,
-            integrity,
-            digest,
-            record,
-            None,
-            Some(&mut repair),
-        )?;
-        let runs = fix.runs;
+        let (digest, runs, _) = self.check_new(stream, header, integrity, record, taken, fix)?;
         let landed = temp.file.try_clone().map_err(|e| self.local("landing", e));
         let landed = self
             .unchanged_since(old, &before)
@@ -307,18 +293,21 @@ impl Receiver {
 
     /// The update in place: the pieces that differ into a journal, checked there, committed,
     /// then applied to the file (see `journal`).
-    #[allow(clippy::too_many_arguments)]
     fn update_in_place(
         &self,
         stream: &TcpStream,
         header: &Header,
         integrity: &Integrity,
         record: &mut TransferRecord,
-        (old, before): (&File, Option<String>),
-        ours: Runs,
-        needed: Needed,
-        pipe: &Pipe,
+        basis: Basis,
     ) -> Result<(), RecvError> {
+        let Basis {
+            old,
+            before,
+            ours,
+            needed,
+            pipe,
+        } = basis;
         let size = header.size;
         let most = header.sparse_data_len.unwrap_or(size);
         let fail = |e: RecvError| {
@@ -346,33 +335,14 @@ impl Receiver {
             &mut |_| {},
         );
         record.zero_copy &= stats.zero_copy;
-        // What crossed: the data of the pieces that differed.
-        record.received = *taken.as_ref().unwrap_or(&0);
-        let told = |e| told_failed(stream, integrity, e);
-        self.pieces_outcome(header, taken).map_err(told)?;
-        let fresh = layer::hash_needed(&journal.file, size, &needed)
-            .map_err(|e| told(self.local("reading back the new pieces", e)))?;
-        let runs = layer::patch(&ours, &needed, &fresh, pieces_of(size));
-        let digest = Some(layer::root_of_runs(&runs));
-        let mut fix = Fix {
+        let fix = Fix {
             file: &journal.file,
-            runs,
+            runs: ours,
             pipe,
             touched: needed,
         };
-        let mut repair = |theirs, record: &mut TransferRecord| {
-            self.repair(stream, header, integrity, theirs, &mut fix, record)
-        };
-        let digest = self.check_trailer(
-            stream,
-            header,
-            integrity,
-            digest,
-            record,
-            None,
-            Some(&mut repair),
-        )?;
-        let Fix { runs, touched, .. } = fix;
+        let (digest, runs, touched) =
+            self.check_new(stream, header, integrity, record, taken, fix)?;
         journal::crash_point("journaled");
         self.unchanged_since(old, &before).map_err(fail)?;
         let start = std::time::Instant::now();
@@ -390,6 +360,45 @@ impl Receiver {
         record.verified = true;
         send_verdict(stream, integrity, Status::Landed, digest, "");
         Ok(())
+    }
+
+    /// Checks a new version whose needed pieces (`fix.touched`) were taken into `fix.file`
+    /// (`taken`: how that went), the others being ours (`fix.runs`): hashes the new pieces,
+    /// folds the root from theirs and ours, and reads the trailer, through repair rounds when
+    /// the roots differ. Returns the root, the new version's piece roots, and every piece
+    /// written into the file.
+    fn check_new(
+        &self,
+        stream: &TcpStream,
+        header: &Header,
+        integrity: &Integrity,
+        record: &mut TransferRecord,
+        taken: Result<u64, Incoming>,
+        mut fix: Fix,
+    ) -> Result<(Option<Hash>, Runs, Needed), RecvError> {
+        let size = header.size;
+        // What crossed: the data of the pieces that differed.
+        record.received = *taken.as_ref().unwrap_or(&0);
+        let told = |e| told_failed(stream, integrity, e);
+        self.pieces_outcome(header, taken).map_err(told)?;
+        let fresh = layer::hash_needed(fix.file, size, &fix.touched)
+            .map_err(|e| told(self.local("reading back the new pieces", e)))?;
+        fix.runs = layer::patch(&fix.runs, &fix.touched, &fresh, pieces_of(size));
+        let digest = Some(layer::root_of_runs(&fix.runs));
+        let mut repair = |theirs, record: &mut TransferRecord| {
+            self.repair(stream, header, integrity, theirs, &mut fix, record)
+        };
+        let repair: Repair = &mut repair;
+        let digest = self.check_trailer(
+            stream,
+            header,
+            integrity,
+            digest,
+            record,
+            None,
+            Some(repair),
+        )?;
+        Ok((digest, fix.runs, fix.touched))
     }
 
     /// Fails when `old` changed since we took its layer (another process wrote to it): the
