@@ -261,18 +261,32 @@ pub fn failure(err: &anyhow::Error, cli: &Cli, progress: &Progress) -> Option<St
 
 /// Logs how a file went out (read/write instead of sendfile, the CPU it took).
 pub fn log_report(report: SendReport, progress: &Progress) -> SendReport {
-    let path = match report.zero_copy {
-        true => "sendfile, from the page cache to the socket (zero-copy)",
-        false => "read/write: sendfile cannot read this file",
+    let stdin = report.path.as_os_str() == "-";
+    let path = match (report.zero_copy, stdin) {
+        (true, false) => "sendfile, from the page cache to the socket (zero-copy)",
+        (true, true) => "splice, from standard input to the socket (zero-copy)",
+        (false, false) => "read/write: sendfile cannot read this file",
+        (false, true) => "read/write: the kernel cannot splice this standard input",
     };
     let moved = report.bytes - report.resumed_from;
-    let shape = match report.bytes_sent < moved {
-        true => format!(
+    let shape = match (report.update, report.bytes_sent < moved) {
+        (Some(u), _) => format!(
+            "an update of the receiver's copy ({}): {} of {} pieces sent, {} of data",
+            if u.inplace {
+                "in place, through its journal"
+            } else {
+                "built beside it"
+            },
+            u.sent,
+            u.pieces,
+            Bytes(report.bytes_sent)
+        ),
+        (None, true) => format!(
             "sparse: {} of data sent, {} of holes not",
             Bytes(report.bytes_sent),
             Bytes(moved - report.bytes_sent)
         ),
-        false => "dense".into(),
+        (None, false) => "dense".into(),
     };
     let start = match report.resumed_from {
         0 => "from byte 0".to_owned(),

@@ -365,3 +365,75 @@ fn a_resume_offer_for_a_file_that_cannot_resume_is_refused() {
     assert_eq!(out.status.code(), Some(6), "{err}");
     assert!(err.contains("Partial"), "{err}");
 }
+
+/// A receiver cannot turn repair rounds into an endless resend: a call out of order is refused
+/// at once, and a fourth round after three is not read as one. And an update offer zsend did
+/// not ask for (it sent `--whole-file`) is a protocol error.
+#[test]
+fn repair_calls_out_of_order_and_unasked_updates_are_refused() {
+    let src = tempfile::tempdir().unwrap();
+    let path = file(src.path(), "rounds.bin", 3 << 20, 7);
+    // Round 2 first.
+    let (addr, fake) = fake_peer(move |mut s| {
+        let header = read_hello(&mut s).unwrap();
+        s.write_all(&Reply::Accept.encode()).unwrap();
+        take_file(&mut s, &header);
+        s.write_all(&zcommon::encode_repair(2)).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let out = zsend(&[&addr, &path]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("a repair round 2 where 1"), "{err}");
+    fake.join().unwrap();
+
+    // Three honest-looking rounds, each asking for every piece, then a fourth.
+    let (addr, fake) = fake_peer(move |mut s| {
+        let header = read_hello(&mut s).unwrap();
+        assert!(header.repairable(), "zsend says it can repair");
+        s.write_all(&Reply::Accept.encode()).unwrap();
+        take_file(&mut s, &header);
+        let pieces = zcommon::pieces_of(header.size);
+        let mut sent_again = 0;
+        for round in 1..=4u8 {
+            if s.write_all(&zcommon::encode_repair(round)).is_err() {
+                break;
+            }
+            if zcommon::read_layer(&mut s, pieces, &mut |_, _| {}).is_err() {
+                break;
+            }
+            s.write_all(&zcommon::Needed::all(pieces).encode()).unwrap();
+            // One data record over the whole (dense) file, then the end record.
+            let mut records = vec![0u8; 17 + header.size as usize + 17];
+            if s.read_exact(&mut records).is_err() {
+                break;
+            }
+            let _ = Trailer::read(&mut s).unwrap();
+            sent_again += 1;
+        }
+        assert_eq!(sent_again, 3, "at most three rounds");
+    });
+    let out = zsend(&[&addr, &path]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("repair round 4"), "{err}");
+    fake.join().unwrap();
+
+    // An update offer to a sender that sends the whole file.
+    let (addr, fake) = fake_peer(move |mut s| {
+        let header = read_hello(&mut s).unwrap();
+        assert!(!header.update());
+        s.write_all(&Reply::Update.encode()).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let out = zsend(&[&addr, &path, "--whole-file"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("an update offer that was not asked for"),
+        "{err}"
+    );
+    fake.join().unwrap();
+}

@@ -283,3 +283,38 @@ fn a_flipped_byte_is_repaired_by_sending_its_piece_again() {
         "the root after the repair: {line}"
     );
 }
+
+/// With a token, an update and a repair go through the same seals: the verdicts that say
+/// "landed" are sealed, and the sender accepts them.
+#[test]
+fn updates_and_repairs_are_sealed_with_a_token() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let token = src.path().join("token");
+    std::fs::write(&token, "a shared secret\n").unwrap();
+    let token = token.to_str().unwrap();
+    let path = src.path().join("sealed.img");
+    random_file(&path, 8 * MIB, 78);
+    let rx = Zrecv::start(dst.path(), &["--force", "--token-file", token]);
+    send_json(&rx.addr(), &path, &["--token-file", token]);
+    rewrite(&path, &[6 * MIB], 100);
+    for extra in [&[][..], &["--inplace"][..]] {
+        let mut args = vec!["--token-file", token];
+        args.extend_from_slice(extra);
+        let json = send_json(&rx.addr(), &path, &args);
+        assert_eq!(json["update"]["sent"], 1, "{json}");
+        assert_eq!(json["verified"], true, "{json}");
+        rewrite(&path, &[2 * MIB], 100);
+    }
+    // A flipped byte on the way, repaired under the seals.
+    let fresh = src.path().join("fresh.img");
+    random_file(&fresh, 8 * MIB, 79);
+    let at = payload_offset("fresh.img", 5 * MIB) + 32;
+    let proxy = Proxy::start(rx.addr, Fault::Flip(at));
+    let json = send_json(&proxy.addr(), &fresh, &["--token-file", token]);
+    assert_eq!(json["repaired_pieces"], 1, "{json}");
+    assert_eq!(
+        sha256_file(&dst.path().join("fresh.img")),
+        sha256_file(&fresh)
+    );
+}
