@@ -659,3 +659,41 @@ fn a_chain_of_links_cannot_lead_out_of_the_directory() {
     }
     assert!(!dst.join("top/d/v").exists() && !dst.join("top/d/x").exists());
 }
+
+/// A world-writable directory keeps its sticky bit (without it anyone could remove anyone's
+/// files there), in a tree and as a single file's mode; setuid and setgid never land from a
+/// sender.
+#[test]
+fn the_sticky_bit_lands_and_setuid_and_setgid_do_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("shared");
+    std::fs::create_dir_all(top.join("tmp")).unwrap();
+    let tool = top.join("tmp/tool");
+    std::fs::write(&tool, b"#!/bin/sh\n").unwrap();
+    let set = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    set(&tool, 0o6755);
+    set(&top.join("tmp"), 0o1777);
+    let rx = Zrecv::start(dst.path(), &[]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let mode = |p: &str| {
+        std::fs::metadata(dst.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("shared/tmp"), 0o1777, "sticky kept");
+    assert_eq!(mode("shared/tmp/tool"), 0o755, "setuid and setgid dropped");
+    // A single file with the sticky bit and setuid.
+    let one = src.path().join("one");
+    std::fs::write(&one, b"x").unwrap();
+    set(&one, 0o5644);
+    let out = zsend(&[&rx.addr(), one.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(mode("one"), 0o1644);
+}

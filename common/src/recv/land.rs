@@ -18,7 +18,7 @@ use crate::auth::{Integrity, Seal};
 use crate::error::RecvError;
 use crate::hash::PIECE;
 use crate::name::Escaped;
-use crate::wire::{Header, ProtocolError, Status, Trailer, Verdict};
+use crate::wire::{Header, ProtocolError, Status, Trailer, Verdict, KEPT_MODE};
 
 /// Repair rounds for a trailer whose root (the argument) is not ours: the root once they agree.
 pub(crate) type Repair<'a> =
@@ -122,9 +122,9 @@ impl Receiver {
         Ok(synced)
     }
 
-    /// Applies the header's mode (`& 0o777`) and mtime to a received file.
+    /// Applies the header's mode (its [`KEPT_MODE`] bits) and mtime to a received file.
     pub(crate) fn set_metadata(&self, f: &File, header: &Header) -> Result<(), RecvError> {
-        let mode = Mode::from_raw_mode(header.mode & 0o777);
+        let mode = Mode::from_raw_mode(header.mode & KEPT_MODE);
         rustix::fs::fchmod(f, mode).map_err(|e| self.local("setting the mode", e.into()))?;
         rustix::fs::futimens(f, &timestamps(header.mtime_sec, header.mtime_nsec))
             .map_err(|e| self.local("setting the mtime", e.into()))

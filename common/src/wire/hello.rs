@@ -56,6 +56,10 @@ const KNOWN_FLAGS: u32 = FLAG_NO_VERIFY
     | FLAG_UPDATE
     | FLAG_INPLACE
     | FLAG_REPAIR;
+/// The mode bits a receiver applies: read, write and execute for all, and the sticky bit (a
+/// world-writable directory without it would let anyone remove anyone's files); never setuid
+/// or setgid, which carry privilege.
+pub const KEPT_MODE: u32 = 0o1777;
 /// Length of the sender's identity of its source file.
 pub const SOURCE_ID_LEN: usize = 16;
 
@@ -66,7 +70,7 @@ pub struct Header {
     pub name: String,
     /// Exact number of payload bytes that follow the receiver's accept.
     pub size: u64,
-    /// Unix permission bits of the source; the receiver keeps only 0o777.
+    /// Unix permission bits of the source; the receiver keeps only [`KEPT_MODE`].
     pub mode: u32,
     /// Modification time of the source, seconds since the epoch.
     pub mtime_sec: i64,

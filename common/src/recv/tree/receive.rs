@@ -24,7 +24,7 @@ use crate::units::os_reason;
 use crate::watch::KEEPALIVE_EVERY;
 use crate::wire::ProtocolError;
 use crate::wire::{Answer, Entry, FileStatus, Kind, Report, FRAME_HEAD_LEN};
-use crate::wire::{Header, PrefixProof, Trailer, PREFIX_LEN, TRAILER_LEN};
+use crate::wire::{Header, PrefixProof, Trailer, KEPT_MODE, PREFIX_LEN, TRAILER_LEN};
 
 impl Session<'_, '_> {
     /// The file entry a frame names, if the frame may name it.
@@ -393,7 +393,7 @@ impl Session<'_, '_> {
             let e = &self.manifest.entries[i];
             let dir = open_beneath(&self.rx.dir, &e.path, OFlags::RDONLY | OFlags::DIRECTORY);
             let set = dir.and_then(|d| {
-                rustix::fs::fchmod(&d, Mode::from_raw_mode(e.mode & 0o777))?;
+                rustix::fs::fchmod(&d, Mode::from_raw_mode(e.mode & KEPT_MODE))?;
                 rustix::fs::futimens(&d, &timestamps(e.mtime.0, e.mtime.1))
             });
             if let Err(err) = set {

@@ -20,7 +20,7 @@ use super::layer::punch;
 use crate::recv::land::timestamps;
 use crate::recv::partial::{hidden_name, open_beneath, TempFile};
 use crate::sys;
-use crate::wire::{Header, Needed};
+use crate::wire::{Header, Needed, KEPT_MODE};
 
 /// First line of a commit record.
 const MAGIC: &str = "zrecv journal 1";
@@ -81,7 +81,7 @@ impl<D: AsFd> Journal<D> {
         let commit = Commit {
             name: header.name.clone(),
             size: header.size,
-            mode: header.mode & 0o777,
+            mode: header.mode & KEPT_MODE,
             mtime: (header.mtime_sec, header.mtime_nsec),
             needed: needed.clone(),
         };
@@ -103,7 +103,7 @@ impl<D: AsFd> Journal<D> {
         let commit = Commit {
             name: header.name.clone(),
             size: header.size,
-            mode: header.mode & 0o777,
+            mode: header.mode & KEPT_MODE,
             mtime: (header.mtime_sec, header.mtime_nsec),
             needed: needed.clone(),
         };
@@ -144,7 +144,7 @@ fn apply(dir: impl AsFd, journal: &File, commit: &Commit) -> io::Result<()> {
         }
     }
     rustix::fs::ftruncate(&file, commit.size)?;
-    rustix::fs::fchmod(&file, Mode::from_raw_mode(commit.mode))?;
+    rustix::fs::fchmod(&file, Mode::from_raw_mode(commit.mode & KEPT_MODE))?;
     rustix::fs::futimens(&file, &timestamps(commit.mtime.0, commit.mtime.1))?;
     rustix::fs::fsync(&file)?;
     for ext in ["commit", "journal"] {

@@ -37,7 +37,7 @@ pub struct Entry {
     pub path: String,
     /// What it is.
     pub kind: Kind,
-    /// Permission bits (the receiver keeps 0o777).
+    /// Permission bits (the receiver keeps [`KEPT_MODE`](crate::wire::KEPT_MODE)).
     pub mode: u32,
     /// Modification time: seconds and nanoseconds since the epoch.
     pub mtime: (i64, u32),
