@@ -697,3 +697,65 @@ fn the_sticky_bit_lands_and_setuid_and_setgid_do_not() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(mode("one"), 0o1644);
 }
+
+/// A file that shrinks or grows while a tree is sent fails that file only, counted once; the
+/// other files land and the directories get their modes.
+#[test]
+fn a_file_that_shrinks_or_grows_while_sent_fails_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    for shrink in [true, false] {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let top = src.path().join("logs");
+        std::fs::create_dir(&top).unwrap();
+        std::fs::write(top.join("a.txt"), b"first").unwrap();
+        random_file(&top.join("big.log"), 32 << 20, 61);
+        std::fs::write(top.join("z.txt"), b"last").unwrap();
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let rx = Zrecv::start(dst.path(), &[]);
+        // Well inside big.log's payload: the hello, the manifest and a.txt take a few hundred
+        // bytes.
+        let proxy = Proxy::start(rx.addr, Fault::PauseAt(16 << 20));
+        let sender = Command::new(zsend_bin())
+            .args([&proxy.addr(), top.to_str().unwrap(), "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(top.join("big.log"))
+            .unwrap();
+        match shrink {
+            true => f.set_len(4 << 20).unwrap(),
+            false => f.set_len(40 << 20).unwrap(),
+        }
+        proxy.release();
+        let out = wait_output(sender);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(9), "shrink {shrink}: {err}");
+        let json = json_of(&out);
+        assert_eq!(json["failed"], 1, "shrink {shrink}: {json}");
+        assert_eq!(json["landed"], 2, "shrink {shrink}: {json}");
+        assert_eq!(json["failures"].as_array().unwrap().len(), 1, "{json}");
+        assert!(
+            json["failures"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("changed"),
+            "{json}"
+        );
+        let landed = dst.path().join("logs");
+        assert_eq!(std::fs::read(landed.join("z.txt")).unwrap(), b"last");
+        assert!(!landed.join("big.log").exists(), "shrink {shrink}");
+        let mode = std::fs::metadata(&landed).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o750, "shrink {shrink}: the directory got its mode");
+        let line = rx.wait_for_line("received tree logs");
+        assert!(
+            line.contains("3 files (2 landed, 0 already here, 1 failed)"),
+            "{line}"
+        );
+        assert!(err.matches("changed").count() == 1, "said once: {err}");
+    }
+}

@@ -142,7 +142,7 @@ impl Session<'_> {
         let resumed = start.offset();
         progress(Tick::Bytes(resumed));
         let mut bytes = |n| progress(Tick::Bytes(n));
-        let body = send_body(
+        let mut body = send_body(
             self.stream,
             &source,
             start,
@@ -151,6 +151,13 @@ impl Session<'_> {
             &mut self.scratch,
             &mut bytes,
         );
+        // A dense file that shrank while it went out: its payload is made whole with zeros,
+        // so that the tree goes on, and abandoned, so that the receiver discards it.
+        if let (Err(SendError::SourceShrank { sent, expected }), None) = (&body, source.sparse_data)
+        {
+            self.pad(expected - sent)?;
+            body = Err(SendError::SourceChanged);
+        }
         if let Some((offset, nonce)) = nonce {
             // An abandoned file's proof is not looked at.
             let root = body
@@ -175,6 +182,20 @@ impl Session<'_> {
             Err(SendError::SourceChanged) => self.hold(i, Trailer::abandoned(), Sent::Abandoned),
             Err(e) => Err(e),
         }
+    }
+
+    /// Sends `n` zero bytes: the rest of a payload whose file shrank.
+    fn pad(&self, mut n: u64) -> Result<(), SendError> {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let mut stream = self.stream;
+        while n > 0 {
+            let k = n.min(ZEROS.len() as u64) as usize;
+            stream
+                .write_all(&ZEROS[..k])
+                .map_err(net("sending the rest of a file that shrank"))?;
+            n -= k as u64;
+        }
+        Ok(())
     }
 
     /// Hashes the first `len` bytes of `source`. A large file takes a while, and the receiver
