@@ -161,6 +161,7 @@ fn json(r: &TransferRecord) -> serde_json::Value {
             "files": t.files,
             "landed": t.landed,
             "unchanged": t.unchanged,
+            "quick_checked": t.quick,
             "failed": t.failed,
             "dirs": t.dirs,
             "links": t.links,

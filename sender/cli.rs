@@ -46,6 +46,12 @@ pub struct Cli {
     #[arg(long)]
     pub links: bool,
 
+    /// Take a file the receiver already has with the same size and mtime as unchanged, without
+    /// comparing tree roots (rsync's quick check). Faster for a tree sent again, but such files
+    /// are not verified (`--json` then says `"verified": false`).
+    #[arg(long)]
+    pub quick_check: bool,
+
     /// With many files, stop at the first one that fails (default: send the others).
     #[arg(long)]
     pub fail_fast: bool,

@@ -226,6 +226,7 @@ fn already_there(cli: &Cli, dest: &str, opts: &SendOptions, label: &str) -> Opti
     let tree_opts = TreeOptions {
         links: false,
         fail_fast: true,
+        quick: cli.quick_check,
     };
     let files = &cli.files()[..1];
     let report = send_tree(dest, files, opts, tree_opts, &mut |_, _| {}, &mut |_| {}).ok()?;
@@ -314,6 +315,7 @@ fn run(cli: &Cli, progress: &Progress) -> anyhow::Result<Sent> {
     let tree_opts = TreeOptions {
         links: cli.links,
         fail_fast: cli.fail_fast,
+        quick: cli.quick_check,
     };
     let label = cli.name.clone().unwrap_or_else(|| label_of(first));
     progress.start(&label, Some(0));

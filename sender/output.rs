@@ -326,6 +326,11 @@ pub fn print_summary(sent: &Sent) {
     match sent {
         Sent::File(r) => eprintln!("zsend: {}", summary(r)),
         Sent::Tree(r) => eprintln!("zsend: {}", tree_summary(r)),
+        Sent::Already(r, name) if r.quick > 0 => eprintln!(
+            "zsend: {} is already on {} with the same size and mtime (--quick-check); nothing sent",
+            Escaped(name),
+            r.peer
+        ),
         Sent::Already(r, name) => eprintln!(
             "zsend: {} is already on {} with the same content (roots compared); nothing sent",
             Escaped(name),
@@ -390,7 +395,10 @@ fn tree_summary(r: &TreeReport) -> String {
     let secs = shared::seconds(r.elapsed);
     let mut parts = vec![format!("{} sent", r.landed)];
     if r.unchanged > 0 {
-        parts.push(format!("{} already there", r.unchanged));
+        parts.push(match r.quick {
+            0 => format!("{} already there", r.unchanged),
+            n => format!("{} already there ({n} by size and mtime only)", r.unchanged),
+        });
     }
     if !r.skipped.is_empty() {
         parts.push(format!("{} skipped", r.skipped.len()));
@@ -466,7 +474,8 @@ pub fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
             "bytes_sent": r.bytes_sent,
             "resumed_from": r.resumed_from,
             "seconds": r.elapsed.as_secs_f64(),
-            "verified": !cli.no_verify,
+            "verified": !cli.no_verify && r.quick == 0,
+            "quick_checked": r.quick,
             "zero_copy": r.zero_copy,
             "stages": stages_json(&r.stages),
             "failures": r.failures.iter()

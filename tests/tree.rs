@@ -759,3 +759,49 @@ fn a_file_that_shrinks_or_grows_while_sent_fails_alone() {
         assert!(err.matches("changed").count() == 1, "said once: {err}");
     }
 }
+
+/// `--quick-check` takes a file of the same size and mtime as unchanged, as rsync does, without
+/// reading it on either end: a copy changed behind both backs (same size, mtime put back) stays
+/// as it is, and the transfer says it was not verified; without the flag, roots are compared
+/// and the difference is found.
+#[test]
+fn the_quick_check_trusts_size_and_mtime_and_says_so() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("build");
+    std::fs::create_dir(&top).unwrap();
+    for (n, seed) in [("a.o", 1u64), ("b.o", 2), ("c.o", 3)] {
+        random_file(&top.join(n), 200_000, seed);
+    }
+    let rx = Zrecv::start(dst.path(), &["--json"]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    // Change a copy on the receiver, keeping its size and mtime.
+    let copy = dst.path().join("build/b.o");
+    let mtime = std::fs::metadata(&copy).unwrap().modified().unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"tampered", 100).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    let tampered = sha256_file(&copy);
+
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--quick-check", "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(json["unchanged"], 3, "{json}");
+    assert_eq!(json["quick_checked"], 3, "{json}");
+    assert_eq!(json["verified"], false, "{json}");
+    assert_eq!(sha256_file(&copy), tampered, "not read, not sent");
+    let mut rx = rx;
+    let _first = rx.stdout_line();
+    let line: serde_json::Value = serde_json::from_str(&rx.stdout_line()).unwrap();
+    assert_eq!(line["tree"]["quick_checked"], 3, "{line}");
+    assert_eq!(line["verified"], false, "{line}");
+
+    // Without it, the roots differ and the receiver (no --force) refuses to replace it.
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+    let json = json_of(&out);
+    assert_eq!(json["unchanged"], 2, "{json}");
+    assert_eq!(json["failed"], 1, "{json}");
+    assert_eq!(json["quick_checked"], 0, "{json}");
+}

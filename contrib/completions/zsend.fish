@@ -5,6 +5,7 @@ complete -c zsend -l hash-threads -d 'Threads that hash one file\'s pieces on th
 complete -c zsend -l token-file -d 'File holding a secret shared with the receiver; both sides then prove they know it (HMAC-SHA256 challenge-response; the token never crosses the wire)' -r -F
 complete -c zsend -l timeout -d 'Seconds to wait for the receiver at any step before giving up' -r
 complete -c zsend -l links -d 'In directories, send symbolic links as links when they point inside the tree (others, and all links without this, are skipped with a warning)'
+complete -c zsend -l quick-check -d 'Take a file the receiver already has with the same size and mtime as unchanged, without comparing tree roots (rsync\'s quick check). Faster for a tree sent again, but such files are not verified (`--json` then says `"verified": false`)'
 complete -c zsend -l fail-fast -d 'With many files, stop at the first one that fails (default: send the others)'
 complete -c zsend -l no-verify -d 'Skip hashing on both ends (lengths are still checked; the data is still made durable)'
 complete -c zsend -l sha256 -d 'Also compute the file\'s plain SHA-256 (what sha256sum prints) on this side, beside the tree root both ends verify with, and print it. One file only; costs a core while it runs'

@@ -48,8 +48,11 @@ pub struct TreeCounts {
     pub files: usize,
     /// Files written, verified and published.
     pub landed: usize,
-    /// Files already here with the sender's digest.
+    /// Files already here with the sender's digest (or, with `zsend --quick-check`, its size
+    /// and mtime).
     pub unchanged: usize,
+    /// Of those, the ones taken on size and mtime alone (`zsend --quick-check`): not verified.
+    pub quick: usize,
     /// Files refused or failed.
     pub failed: usize,
     /// Directories made or found.
@@ -207,8 +210,9 @@ impl Receiver {
             session.counts.landed += tally.landed;
             session.counts.failed += tally.failed;
             record.tree = Some(session.counts.clone());
-            // Every file counted as landed or unchanged was compared with the sender's digest.
-            record.verified = result.is_ok() && header.verify();
+            // Every file counted as landed or unchanged was compared with the sender's digest,
+            // unless the sender took some on size and mtime.
+            record.verified = result.is_ok() && header.verify() && session.counts.quick == 0;
             result
         })
     }
@@ -254,6 +258,10 @@ impl Session<'_, '_> {
                 Some(Frame::Check(i, digest)) => {
                     clean = false;
                     self.check(i, digest)?
+                }
+                Some(Frame::Quick(i)) => {
+                    clean = false;
+                    self.quick(i)?
                 }
                 Some(Frame::Resume(i, offset)) => {
                     clean = false;

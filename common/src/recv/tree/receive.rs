@@ -127,6 +127,23 @@ impl Session<'_, '_> {
         Ok(())
     }
 
+    /// The sender takes the copy here, of its size and mtime, as unchanged without comparing
+    /// roots: nothing is read, and the verdict carries no digest.
+    pub(super) fn quick(&mut self, i: u32) -> Result<(), RecvError> {
+        let (e, _) = self.file_entry(i)?;
+        if self.answers[i as usize] != Answer::Landed {
+            return Err(ProtocolError::Malformed(format!(
+                "a quick check of {}, which was not here",
+                Escaped(&e.path)
+            ))
+            .into());
+        }
+        self.settled[i as usize] = true;
+        self.counts.unchanged += 1;
+        self.counts.quick += 1;
+        self.report(i, FileStatus::Unchanged, None, "")
+    }
+
     /// Reports the background checks that are done; with `all`, waits for every one, telling
     /// the sender meanwhile that we are still here.
     pub(super) fn report_checks(&mut self, all: bool) -> Result<(), RecvError> {

@@ -20,6 +20,8 @@ pub(super) enum Sent {
     Resume,
     /// The whole payload, then word that the source changed: the receiver must discard it.
     Abandoned,
+    /// Word that the copy the receiver has, of the same size and mtime, is taken as it is.
+    Quick,
 }
 
 impl Sent {
@@ -31,6 +33,7 @@ impl Sent {
             Sent::Resume => matches!(status, Landed | Mismatch | Failed | Refused | Resend),
             Sent::Check => matches!(status, Unchanged | Resend | Failed | Refused),
             Sent::Abandoned => matches!(status, Failed | Refused),
+            Sent::Quick => matches!(status, Unchanged | Failed | Refused),
         }
     }
 }

@@ -41,6 +41,9 @@ pub struct TreeOptions {
     pub links: bool,
     /// Stop at the first file that fails instead of going on with the others.
     pub fail_fast: bool,
+    /// Take a file of the same size and mtime on the receiver as unchanged without comparing
+    /// roots, as rsync does by default (`--quick-check`).
+    pub quick: bool,
 }
 
 /// What happened to a tree, for the summary and `--json`.
@@ -54,6 +57,8 @@ pub struct TreeReport {
     pub landed: usize,
     /// Files the receiver already held with the same SHA-256: nothing was sent.
     pub unchanged: usize,
+    /// Of those, the ones taken on size and mtime alone (`--quick-check`): not verified.
+    pub quick: usize,
     /// Directories made or found on the receiver.
     pub dirs: usize,
     /// Symbolic links made.
@@ -119,6 +124,7 @@ pub fn send_tree(
             files: tree.file_count(),
             landed: 0,
             unchanged: 0,
+            quick: 0,
             dirs: 0,
             links: 0,
             failures: tree

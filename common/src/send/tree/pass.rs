@@ -115,6 +115,12 @@ impl Session<'_> {
         };
         let index = i as u32;
         let (frame, start, sent, nonce) = match action {
+            Action::Check if self.tree_opts.quick => {
+                let quick = Frame::Quick(index).encode();
+                self.write(&quick, Some((i, Sent::Quick)), "sending a quick check")?;
+                progress(Tick::Bytes(source.size));
+                return Ok(());
+            }
             Action::Check => {
                 let digest = self.hash_alive(&source, source.size)?.digest();
                 self.digests[i] = Some(digest);

@@ -55,6 +55,11 @@ impl Session<'_> {
             )
         };
         match status {
+            // Taken on size and mtime: nobody compared roots.
+            FileStatus::Unchanged if sent == Some(Sent::Quick) => {
+                self.report.quick += 1;
+                self.count(i, status)
+            }
             FileStatus::Landed | FileStatus::Unchanged if self.opts.verify => match root {
                 None => {
                     return Err(ProtocolError::Malformed(format!(
@@ -89,7 +94,7 @@ impl Session<'_> {
         let path = Escaped(&self.tree.manifest.entries[i].path);
         match status {
             FileStatus::Unchanged => {
-                log::debug!("{path}: already there (roots compared)");
+                log::debug!("{path}: already there (size and mtime, or roots compared)");
                 self.report.unchanged += 1;
             }
             _ => {

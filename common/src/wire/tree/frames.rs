@@ -17,6 +17,9 @@ pub enum Frame {
     /// `offset` bytes are the receiver's partial (a [`PrefixProof`](crate::wire::PrefixProof)
     /// keyed with the answer's nonce), then a trailer.
     Resume(u32, u64),
+    /// Entry `index` is already there by size and mtime (the receiver answered 1), and the
+    /// sender takes that as unchanged without comparing roots (`zsend --quick-check`).
+    Quick(u32),
     /// No more frames in this pass: land everything and answer with an end of pass.
     EndOfPass,
     /// Nothing: the sender is busy hashing a large file and says it is still there.
@@ -38,6 +41,7 @@ impl Frame {
             Frame::Full(i) => (FRAME_MAGIC, *i, 0),
             Frame::Check(i, _) => (FRAME_MAGIC, *i, 1),
             Frame::Resume(i, ..) => (FRAME_MAGIC, *i, 2),
+            Frame::Quick(i) => (FRAME_MAGIC, *i, 3),
         };
         out.extend_from_slice(&magic);
         out.extend_from_slice(&index.to_be_bytes());
@@ -86,6 +90,7 @@ impl Frame {
                 Frame::Check(index, digest)
             }
             2 => Frame::Resume(index, read_u64(r)?),
+            3 => Frame::Quick(index),
             k => return Err(malformed(format!("unknown frame mode {k}"))),
         }))
     }
