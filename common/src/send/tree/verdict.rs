@@ -57,8 +57,10 @@ impl Session<'_> {
         match status {
             // Taken on size and mtime: nobody compared roots.
             FileStatus::Unchanged if sent == Some(Sent::Quick) => {
+                let path = Escaped(&self.tree.manifest.entries[i].path);
+                log::debug!("{path}: already there (size and mtime)");
                 self.report.quick += 1;
-                self.count(i, status)
+                self.report.unchanged += 1;
             }
             FileStatus::Landed | FileStatus::Unchanged if self.opts.verify => match root {
                 None => {
@@ -94,7 +96,7 @@ impl Session<'_> {
         let path = Escaped(&self.tree.manifest.entries[i].path);
         match status {
             FileStatus::Unchanged => {
-                log::debug!("{path}: already there (size and mtime, or roots compared)");
+                log::debug!("{path}: already there (roots compared)");
                 self.report.unchanged += 1;
             }
             _ => {
