@@ -16,7 +16,7 @@ use crate::send::file::send_body;
 use crate::send::resume::hash_prefix_telling;
 use crate::send::source::Source;
 use crate::wire::ProtocolError;
-use crate::wire::{Frame, PrefixProof, Report, Trailer, TRAILER_LEN};
+use crate::wire::{Frame, Kind, PrefixProof, Report, Trailer, TRAILER_LEN};
 
 /// Files at least this large are hashed on a second thread while keepalive frames go out.
 const KEEPALIVE_ABOVE: u64 = 64 << 20;
@@ -106,6 +106,16 @@ impl Session<'_> {
     ) -> Result<(), SendError> {
         let entry = &self.tree.manifest.entries[i];
         let path = &self.tree.paths[i];
+        let index = i as u32;
+        if let (Action::Check, true) = (action, self.tree_opts.quick) {
+            // Nothing to read: the receiver's copy is taken on its size and mtime. Quick checks
+            // go out together (thousands of them, for a tree sent again).
+            self.quick_check(i, index)?;
+            if let Kind::File { size, .. } = entry.kind {
+                progress(Tick::Bytes(size));
+            }
+            return Ok(());
+        }
         let source = match Source::listed(path, entry) {
             Ok(s) => s,
             Err(e) => {
@@ -113,14 +123,7 @@ impl Session<'_> {
                 return Ok(());
             }
         };
-        let index = i as u32;
         let (frame, start, sent, nonce) = match action {
-            Action::Check if self.tree_opts.quick => {
-                let quick = Frame::Quick(index).encode();
-                self.write(&quick, Some((i, Sent::Quick)), "sending a quick check")?;
-                progress(Tick::Bytes(source.size));
-                return Ok(());
-            }
             Action::Check => {
                 let digest = self.hash_alive(&source, source.size)?.digest();
                 self.digests[i] = Some(digest);
@@ -190,6 +193,28 @@ impl Session<'_> {
         }
     }
 
+    /// Queues a quick check of entry `i`, which awaits its verdict from now on; the queue goes
+    /// out with the next bytes written, or once it holds 64 KiB.
+    fn quick_check(&self, i: usize, index: u32) -> Result<(), SendError> {
+        if self.held.get().is_some() {
+            return self.write(
+                &Frame::Quick(index).encode(),
+                Some((i, Sent::Quick)),
+                "sending a quick check",
+            );
+        }
+        self.ledger.expect(i, Sent::Quick);
+        let full = {
+            let mut queue = self.quick.borrow_mut();
+            queue.extend_from_slice(&Frame::Quick(index).encode());
+            queue.len() >= 64 << 10
+        };
+        match full {
+            true => self.write(&[], None, "sending quick checks"),
+            false => Ok(()),
+        }
+    }
+
     /// Sends `n` zero bytes: the rest of a payload whose file shrank.
     fn pad(&self, mut n: u64) -> Result<(), SendError> {
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
@@ -239,9 +264,12 @@ impl Session<'_> {
         for (i, sent) in held.iter().map(|(i, _, sent)| (*i, *sent)).chain(completes) {
             self.ledger.expect(i, sent);
         }
+        // Quick checks queued (only ever while no trailer is held) go first.
+        let queued = std::mem::take(&mut *self.quick.borrow_mut());
         match held {
-            Some((_, trailer, _)) => stream.write_all(&[&trailer[..], bytes].concat()),
-            None => stream.write_all(bytes),
+            Some((_, trailer, _)) => stream.write_all(&[&queued[..], &trailer[..], bytes].concat()),
+            None if queued.is_empty() => stream.write_all(bytes),
+            None => stream.write_all(&[&queued[..], bytes].concat()),
         }
         .map_err(net(during))
     }
