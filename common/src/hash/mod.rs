@@ -39,10 +39,13 @@ pub fn set_threads(n: usize) {
     THREADS.store(n, Ordering::Relaxed);
 }
 
-/// How many threads hash one file: as set, else the cores this process may run on.
+/// How many threads hash one file: as set, else the cores this process may run on (asked of
+/// the kernel once: the standard library reads the cgroup's quota files on every call, which
+/// cost four system calls per file of a tree).
 pub fn threads() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     match THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         n => n,
     }
 }

@@ -118,7 +118,7 @@ pub fn send_tree(
         resumed: vec![0; tree.manifest.entries.len()],
         scratch,
         held: Cell::new(None),
-        quick: std::cell::RefCell::new(Vec::new()),
+        queued: std::cell::RefCell::new(Vec::new()),
         last_failed: None,
         report: TreeReport {
             peer: stream.peer_addr().map_err(net("connecting"))?,
@@ -171,8 +171,8 @@ struct Session<'a> {
     /// The last file's trailer, sent with the next frame in one write (the receiver reads
     /// both with one call), with its entry and what it completes.
     held: Cell<Option<(usize, [u8; TRAILER_LEN], Sent)>>,
-    /// Quick checks not written yet: they go out together, before the next bytes.
-    quick: std::cell::RefCell<Vec<u8>>,
+    /// Checks not written yet: they go out together, before the next bytes.
+    queued: std::cell::RefCell<Vec<u8>>,
     /// The entry and the receiver's words if its latest verdict was a failure to write.
     last_failed: Option<(String, String)>,
     report: TreeReport,

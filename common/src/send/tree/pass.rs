@@ -110,7 +110,7 @@ impl Session<'_> {
         if let (Action::Check, true) = (action, self.tree_opts.quick) {
             // Nothing to read: the receiver's copy is taken on its size and mtime. Quick checks
             // go out together (thousands of them, for a tree sent again).
-            self.quick_check(i, index)?;
+            self.queue(i, &Frame::Quick(index).encode(), Sent::Quick)?;
             if let Kind::File { size, .. } = entry.kind {
                 progress(Tick::Bytes(size));
             }
@@ -127,8 +127,7 @@ impl Session<'_> {
             Action::Check => {
                 let digest = self.hash_alive(&source, source.size)?.digest();
                 self.digests[i] = Some(digest);
-                let check = Frame::Check(index, digest).encode();
-                self.write(&check, Some((i, Sent::Check)), "sending a check")?;
+                self.queue(i, &Frame::Check(index, digest).encode(), Sent::Check)?;
                 progress(Tick::Bytes(source.size));
                 return Ok(());
             }
@@ -193,24 +192,21 @@ impl Session<'_> {
         }
     }
 
-    /// Queues a quick check of entry `i`, which awaits its verdict from now on; the queue goes
-    /// out with the next bytes written, or once it holds 64 KiB.
-    fn quick_check(&self, i: usize, index: u32) -> Result<(), SendError> {
+    /// Queues entry `i`'s check (`frame`, the whole of what it sends), which awaits its
+    /// verdict from now on; the queue goes out with the next bytes written, or once it holds
+    /// 64 KiB: a tree sent again is thousands of checks, each a few dozen bytes.
+    fn queue(&self, i: usize, frame: &[u8], sent: Sent) -> Result<(), SendError> {
         if self.held.get().is_some() {
-            return self.write(
-                &Frame::Quick(index).encode(),
-                Some((i, Sent::Quick)),
-                "sending a quick check",
-            );
+            return self.write(frame, Some((i, sent)), "sending a check");
         }
-        self.ledger.expect(i, Sent::Quick);
+        self.ledger.expect(i, sent);
         let full = {
-            let mut queue = self.quick.borrow_mut();
-            queue.extend_from_slice(&Frame::Quick(index).encode());
+            let mut queue = self.queued.borrow_mut();
+            queue.extend_from_slice(frame);
             queue.len() >= 64 << 10
         };
         match full {
-            true => self.write(&[], None, "sending quick checks"),
+            true => self.write(&[], None, "sending checks"),
             false => Ok(()),
         }
     }
@@ -264,8 +260,8 @@ impl Session<'_> {
         for (i, sent) in held.iter().map(|(i, _, sent)| (*i, *sent)).chain(completes) {
             self.ledger.expect(i, sent);
         }
-        // Quick checks queued (only ever while no trailer is held) go first.
-        let queued = std::mem::take(&mut *self.quick.borrow_mut());
+        // Checks queued (only ever while no trailer is held) go first.
+        let queued = std::mem::take(&mut *self.queued.borrow_mut());
         match held {
             Some((_, trailer, _)) => stream.write_all(&[&queued[..], &trailer[..], bytes].concat()),
             None if queued.is_empty() => stream.write_all(bytes),
