@@ -64,6 +64,27 @@ fn an_image_changed_in_a_few_blocks_sends_only_those_pieces() {
         "{:?}",
         entries(dst.path())
     );
+    // The receiver kept the layer of what it landed: nothing of its copy was read back.
+    assert!(
+        !rx.stderr().contains("hashing the copy here"),
+        "{}",
+        rx.stderr()
+    );
+    // Without it (a copy put there by hand, say), it hashes its copy first.
+    for e in entries(dst.path())
+        .iter()
+        .filter(|n| n.ends_with(".pieces"))
+    {
+        std::fs::remove_file(dst.path().join(e)).unwrap();
+    }
+    rewrite(&path, &[MIB], 4096);
+    let json = send_json(&rx.addr(), &path, &[]);
+    assert_eq!(json["update"]["sent"], 1, "{json}");
+    rx.wait_for_line("disk.img: hashing the copy here");
+    assert_eq!(
+        sha256_file(&dst.path().join("disk.img")),
+        sha256_file(&path)
+    );
 }
 
 #[test]

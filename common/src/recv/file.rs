@@ -23,8 +23,7 @@ use crate::sys::{self, CopyError, Pipe, SpliceStats};
 use crate::units::Bytes;
 use crate::watch::{self, Done};
 use crate::wire::{
-    pieces_of, Header, Needed, PrefixProof, ProtocolError, RefuseCode, Reply, Status, Trailer,
-    RESTART,
+    pieces_of, Header, PrefixProof, ProtocolError, RefuseCode, Reply, Status, Trailer, RESTART,
 };
 
 impl Receiver {
@@ -168,30 +167,18 @@ impl Receiver {
             forward: forward.as_deref_mut(),
         };
         let received = self.receive_payload(stream, header, temp, start, route, record)?;
-        let mut fix = Fix {
-            file: &temp.file,
-            runs: temp.pieces.first(u64::MAX),
-            pipe: &pipe,
-            touched: Needed::none(),
+        // After a resume, once the rest is in, the sender proves it holds our first bytes.
+        let proven = match offer {
+            None => true,
+            Some(offer) => {
+                let theirs = PrefixProof::read(&mut &*stream)?;
+                offer.proven(known.or(received.prefix), &theirs)
+            }
         };
-        let digest = received.digest;
-        let mut repair = |theirs, record: &mut TransferRecord| {
-            self.repair(stream, header, integrity, theirs, &mut fix, record)
-        };
-        let Some(offer) = offer else {
-            return self.check_trailer(
-                stream,
-                header,
-                integrity,
-                digest,
-                record,
-                forward,
-                Some(&mut repair),
-            );
-        };
-        // The rest is in: the sender proves it holds the same first bytes as ours.
-        let theirs = PrefixProof::read(&mut &*stream)?;
-        if offer.proven(known.or(received.prefix), &theirs) {
+        if proven {
+            let fix = Fix::of(&temp.file, &temp.pieces, &pipe);
+            let mut repair = self.repairer(stream, header, integrity, fix);
+            let digest = received.digest;
             return self.check_trailer(
                 stream,
                 header,
@@ -234,15 +221,8 @@ impl Receiver {
         };
         let start = Start::Hashed(Prefix::empty());
         let received = self.receive_payload(stream, header, temp, start, route, record)?;
-        let mut fix = Fix {
-            file: &temp.file,
-            runs: temp.pieces.first(u64::MAX),
-            pipe: &pipe,
-            touched: Needed::none(),
-        };
-        let mut repair = |theirs, record: &mut TransferRecord| {
-            self.repair(stream, header, integrity, theirs, &mut fix, record)
-        };
+        let fix = Fix::of(&temp.file, &temp.pieces, &pipe);
+        let mut repair = self.repairer(stream, header, integrity, fix);
         self.check_trailer(
             stream,
             header,

@@ -78,13 +78,7 @@ impl<D: AsFd> Journal<D> {
     /// on the new version is what a crash leaves.
     pub(crate) fn commit(&mut self, header: &Header, needed: &Needed) -> io::Result<()> {
         rustix::fs::fdatasync(&self.file)?;
-        let commit = Commit {
-            name: header.name.clone(),
-            size: header.size,
-            mode: header.mode & KEPT_MODE,
-            mtime: (header.mtime_sec, header.mtime_nsec),
-            needed: needed.clone(),
-        };
+        let commit = Commit::of(header, needed);
         let note = TempFile::create(self.dir.as_fd())?;
         (&note.file).write_all(commit.encode().as_bytes())?;
         rustix::fs::fdatasync(&note.file)?;
@@ -100,14 +94,7 @@ impl<D: AsFd> Journal<D> {
 
     /// Applies the committed journal to the file and removes it.
     pub(crate) fn apply(self, header: &Header, needed: &Needed) -> io::Result<()> {
-        let commit = Commit {
-            name: header.name.clone(),
-            size: header.size,
-            mode: header.mode & KEPT_MODE,
-            mtime: (header.mtime_sec, header.mtime_nsec),
-            needed: needed.clone(),
-        };
-        apply(&self.dir, &self.file, &commit)
+        apply(&self.dir, &self.file, &Commit::of(header, needed))
     }
 }
 
@@ -292,6 +279,17 @@ fn read_commit(dir: impl AsFd, name: &str) -> io::Result<Option<Commit>> {
 }
 
 impl Commit {
+    /// The record of the new version `header` announces, made of these pieces.
+    fn of(header: &Header, needed: &Needed) -> Commit {
+        Commit {
+            name: header.name.clone(),
+            size: header.size,
+            mode: header.mode & KEPT_MODE,
+            mtime: (header.mtime_sec, header.mtime_nsec),
+            needed: needed.clone(),
+        }
+    }
+
     fn encode(&self) -> String {
         let mut s = format!(
             "{MAGIC}\nname {}\nsize {}\nmode {}\nmtime {} {}\n",

@@ -21,7 +21,7 @@ use super::payload::Incoming;
 use super::{Receiver, TransferRecord, PIPE_SIZE, WRITEBACK_WINDOW};
 use crate::auth::Integrity;
 use crate::error::RecvError;
-use crate::hash::{Hash, Watermark, PIECE};
+use crate::hash::{Hash, PieceLog, Watermark, PIECE};
 use crate::name::Escaped;
 use crate::sys::{self, CopyError, Pipe, SpliceStats};
 use crate::watch::telling;
@@ -66,7 +66,30 @@ struct Basis<'a> {
     pipe: &'a Pipe,
 }
 
+impl<'a> Fix<'a> {
+    /// A file received whole (or resumed), with the roots of its pieces hashed as they came.
+    pub(crate) fn of(file: &'a File, pieces: &PieceLog, pipe: &'a Pipe) -> Fix<'a> {
+        Fix {
+            file,
+            runs: pieces.first(u64::MAX),
+            pipe,
+            touched: Needed::none(),
+        }
+    }
+}
+
 impl Receiver {
+    /// Repair rounds on `fix` for [`Receiver::check_trailer`], when the roots disagree.
+    pub(crate) fn repairer<'a>(
+        &'a self,
+        stream: &'a TcpStream,
+        header: &'a Header,
+        integrity: &'a Integrity,
+        mut fix: Fix<'a>,
+    ) -> impl FnMut(Hash, &mut TransferRecord) -> Result<Hash, RecvError> + 'a {
+        move |theirs, record| self.repair(stream, header, integrity, theirs, &mut fix, record)
+    }
+
     /// The file `header` names, opened, when the sender may update it piece by piece: it asked
     /// to, the file is here, regular, longer than one piece, and we replace files (`--force`).
     pub(super) fn updatable(&self, header: &Header) -> Option<File> {
@@ -97,9 +120,14 @@ impl Receiver {
         let before = cache::identity(&old);
         let ours = match cache::load(&self.dir, &header.name, &old) {
             Some(runs) => runs,
-            None => self
-                .hash_telling(stream, &old, header)
-                .map_err(|e| told_failed(stream, integrity, e))?,
+            None => {
+                log::info!(
+                    "{}: hashing the copy here (its piece layer was not kept, or it changed since)",
+                    Escaped(&header.name)
+                );
+                self.hash_telling(stream, &old, header)
+                    .map_err(|e| told_failed(stream, integrity, e))?
+            }
         };
         let needed = layer::compare(&mut &*stream, pieces, &ours)?;
         tell(
@@ -226,15 +254,7 @@ impl Receiver {
         let mut stats = SpliceStats::default();
         let started = std::time::Instant::now();
         let (taken, copied) = std::thread::scope(|s| {
-            let copier = s.spawn(|| {
-                let t = std::time::Instant::now();
-                let r = copy_unchanged(old, &temp.file, &needed, size);
-                log::debug!(
-                    "copied the unchanged pieces in {:.3} s",
-                    t.elapsed().as_secs_f64()
-                );
-                r
-            });
+            let copier = s.spawn(|| copy_unchanged(old, &temp.file, &needed, size));
             let taken = layer::take_pieces(
                 stream,
                 &needed,
