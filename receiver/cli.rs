@@ -9,7 +9,7 @@ use clap::Parser;
 use zcommon::parse_listen_addr;
 
 /// `--version`: the release, and the protocol version it speaks (a test keeps it in sync).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 11)");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 12)");
 
 /// Receive files from zsend, verified and durable.
 ///
@@ -90,6 +90,22 @@ pub struct Cli {
     /// CIDRs or addresses, comma-separated. Without it, zrecv never forwards.
     #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = zcommon::parse_network)]
     pub allow_forward: Vec<zcommon::IpNet>,
+
+    /// Make every symbolic link of a tree as it was sent (absolute ones, dangling ones, ones
+    /// leading out of the tree), even from a sender without a token. A sender that proved the
+    /// token (--token-file) is trusted so without this. Otherwise a link is made only when it
+    /// resolves inside its own tree, and the others are refused and counted. zrecv never
+    /// follows a link it made, either way.
+    #[arg(long)]
+    pub trust_links: bool,
+
+    /// Keep owners and groups, setuid and setgid bits, file capabilities and other security.*
+    /// and trusted.* attributes, and make device files, as a sender with -a sends them: only
+    /// for a sender that proved the token (--token-file), and only when zrecv runs as root.
+    /// Without it such metadata is not kept (counted, and the sender exits 9), and device files
+    /// are refused.
+    #[arg(long)]
+    pub preserve_privileged: bool,
 
     /// List the partials kept in DIR (and its subdirectories) for resuming: the name each
     /// belongs to, how much of it is held, the space it takes, its age. Then exit.

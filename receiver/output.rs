@@ -59,13 +59,20 @@ fn log_transfer(r: &TransferRecord, stopping: bool) {
             let secs = shared::seconds(r.elapsed);
             log::info!(
                 "received tree {what}: {} files ({} landed, {} already here, {} failed), \
-                 {} directories, {} links, {} in {secs:.2} s, {}/s",
+                 {} directories, {} links, {} hard links, {} special files{}, {} in {secs:.2} s, \
+                 {}/s",
                 t.files,
                 t.landed,
                 t.unchanged,
                 t.failed,
                 t.dirs,
                 t.links,
+                t.hard_links,
+                t.specials,
+                match t.unkept {
+                    0 => String::new(),
+                    n => format!(", {n} without their owners or privileged attributes"),
+                },
                 Bytes(r.received),
                 shared::rate(r.received, secs)
             );
@@ -165,6 +172,9 @@ fn json(r: &TransferRecord) -> serde_json::Value {
             "failed": t.failed,
             "dirs": t.dirs,
             "links": t.links,
+            "hard_links": t.hard_links,
+            "specials": t.specials,
+            "unkept": t.unkept,
         })),
     })
 }

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use zcommon::Keep;
 
 /// `--version`: the release, and the protocol version it speaks (a test keeps it in sync).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 11)");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 12)");
 
 /// Send files to a zrecv, zero-copy and verified.
 ///
@@ -41,9 +42,55 @@ pub struct Cli {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
-    /// In directories, send symbolic links as links when they point inside the tree (others,
-    /// and all links without this, are skipped with a warning).
+    /// Keep everything `rsync -aHAX` keeps: owners and groups (-o), extended attributes (-X),
+    /// POSIX ACLs (-A), fifos, sockets and device files (-D), beside what every tree keeps
+    /// (modes, mtimes, symbolic links, hard links). Owners, setuid/setgid bits, capabilities
+    /// and devices land only where the receiver allows it (zrecv --preserve-privileged, with
+    /// a token); what does not land so is counted, and zsend exits 9.
+    #[arg(short = 'a', long)]
+    pub archive: bool,
+
+    /// Keep owners and groups, by name where both ends know it, else by number.
+    #[arg(short = 'o', long, visible_short_alias = 'g', visible_alias = "group")]
+    pub owner: bool,
+
+    /// Send owners and groups by number only.
     #[arg(long)]
+    pub numeric_ids: bool,
+
+    /// Keep extended attributes (user.*, and trusted.* and security.*, file capabilities
+    /// among them, where this side can read them).
+    #[arg(short = 'X', long)]
+    pub xattrs: bool,
+
+    /// Keep POSIX ACLs (access and default).
+    #[arg(short = 'A', long)]
+    pub acls: bool,
+
+    /// Make fifos and sockets on the receiver (-D: this and --devices).
+    #[arg(long)]
+    pub specials: bool,
+
+    /// Make device files on the receiver (one that allows it: zrecv --preserve-privileged).
+    #[arg(long)]
+    pub devices: bool,
+
+    /// --specials and --devices.
+    #[arg(short = 'D')]
+    pub specials_and_devices: bool,
+
+    /// Leave symbolic links out of trees (by default they are sent as links, wherever they
+    /// point; the receiver decides which it makes, see zrecv --trust-links).
+    #[arg(long)]
+    pub no_links: bool,
+
+    /// Send each name of a file with several names (hard links) as a file of its own (by
+    /// default it crosses once and lands with all its names).
+    #[arg(long)]
+    pub no_hard_links: bool,
+
+    /// Accepted for older scripts: links are sent by default.
+    #[arg(long, hide = true)]
     pub links: bool,
 
     /// Take a file the receiver already has with the same size and mtime as unchanged, without
@@ -132,6 +179,21 @@ receiver, 5 verification failed, 6 protocol error, 7 receiver failed to land the
 did), 130 interrupted (Ctrl-C; run the same command again to resume).";
 
 impl Cli {
+    /// What a tree keeps beyond content, modes and mtimes.
+    pub fn keep(&self) -> Keep {
+        let a = self.archive;
+        Keep {
+            links: !self.no_links,
+            hard_links: !self.no_hard_links,
+            owner: a || self.owner,
+            numeric_ids: self.numeric_ids,
+            xattrs: a || self.xattrs,
+            acls: a || self.acls,
+            specials: a || self.specials || self.specials_and_devices,
+            devices: a || self.devices || self.specials_and_devices,
+        }
+    }
+
     /// The first receiver.
     pub fn dest(&self) -> String {
         match self.to.first() {

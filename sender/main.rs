@@ -13,7 +13,7 @@ mod shared;
 use cli::Cli;
 use output::Progress;
 use zcommon::{
-    send_file, send_tree, ExitStatus, RefuseCode, SendError, SendOptions, SendReport, Token,
+    send_file, send_tree, ExitStatus, Keep, RefuseCode, SendError, SendOptions, SendReport, Token,
     TreeOptions, TreeReport,
 };
 
@@ -45,8 +45,10 @@ fn main() -> ExitCode {
         output::print_hosts(r);
     }
     let result = result.and_then(|sent| match &sent {
-        Sent::Tree(r) if !r.failures.is_empty() => Err(SendError::Partial {
+        Sent::Tree(r) if !r.complete() => Err(SendError::Partial {
             failed: r.failures.len(),
+            skipped: r.skipped.len(),
+            unkept: r.unkept,
             files: r.files,
         }
         .into()),
@@ -224,7 +226,7 @@ fn report_interruptions(cli: &Cli, bar: indicatif::ProgressBar) {
 /// it is already there with the same content; `None` (the refusal stands) otherwise.
 fn already_there(cli: &Cli, dest: &str, opts: &SendOptions, label: &str) -> Option<Sent> {
     let tree_opts = TreeOptions {
-        links: false,
+        keep: Keep::default(),
         fail_fast: true,
         quick: cli.quick_check,
     };
@@ -313,7 +315,7 @@ fn run(cli: &Cli, progress: &Progress) -> anyhow::Result<Sent> {
         };
     }
     let tree_opts = TreeOptions {
-        links: cli.links,
+        keep: cli.keep(),
         fail_fast: cli.fail_fast,
         quick: cli.quick_check,
     };

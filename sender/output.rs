@@ -400,14 +400,30 @@ fn tree_summary(r: &TreeReport) -> String {
             n => format!("{} already there ({n} by size and mtime only)", r.unchanged),
         });
     }
+    if !r.failures.is_empty() {
+        parts.push(format!("{} failed", r.failures.len()));
+    }
     if !r.skipped.is_empty() {
         parts.push(format!("{} skipped", r.skipped.len()));
     }
+    let mut others = vec![format!("{} directories", r.dirs)];
+    for (n, what) in [
+        (r.links, "symbolic links"),
+        (r.hard_links, "hard links"),
+        (r.specials, "special files"),
+    ] {
+        if n > 0 {
+            others.push(format!("{n} {what}"));
+        }
+    }
+    if r.unkept > 0 {
+        others.push(format!("{} without their owners", r.unkept));
+    }
     format!(
-        "{} files ({}), {} directories, {} ({} on the wire) to {} in {:.2} s, {}/s",
+        "{} files ({}), {}, {} ({} on the wire) to {} in {:.2} s, {}/s",
         r.files,
         parts.join(", "),
-        r.dirs,
+        others.join(", "),
         Bytes(r.bytes),
         Bytes(r.bytes_sent),
         r.peer,
@@ -460,7 +476,7 @@ pub fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
         }),
         Ok(Sent::Tree(r) | Sent::Already(r, _)) => serde_json::json!({
             "version": JSON_VERSION,
-            "ok": r.failures.is_empty(),
+            "ok": r.complete(),
             "tree": true,
             "receiver": r.peer.to_string(),
             "files": r.files,
@@ -470,6 +486,9 @@ pub fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
             "skipped": r.skipped.len(),
             "dirs": r.dirs,
             "links": r.links,
+            "hard_links": r.hard_links,
+            "specials": r.specials,
+            "unkept": r.unkept,
             "bytes": r.bytes,
             "bytes_sent": r.bytes_sent,
             "resumed_from": r.resumed_from,
@@ -484,7 +503,7 @@ pub fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
             "skipped_paths": r.skipped.iter()
                 .map(|(path, why)| serde_json::json!({"path": path.display().to_string(), "reason": why}))
                 .collect::<Vec<_>>(),
-            "exit_code": if r.failures.is_empty() { 0 } else { ExitStatus::Partial.code() },
+            "exit_code": if r.complete() { 0 } else { ExitStatus::Partial.code() },
         }),
         Err(e) => serde_json::json!({
             "version": JSON_VERSION,

@@ -351,6 +351,7 @@ fn a_manifest_whose_sizes_wrap_is_refused_for_space() {
         },
         mode: 0o644,
         mtime: (0, 0),
+        extras: None,
     };
     let manifest = Manifest {
         entries: vec![file("a"), file("b"), file("c")],
@@ -452,6 +453,7 @@ fn a_check_says_same_or_different_and_never_the_receivers_digest() {
                     kind: Kind::Dir,
                     mode: 0o755,
                     mtime: (0, 0),
+                    extras: None,
                 },
                 Entry {
                     path: "top/secret.txt".into(),
@@ -462,6 +464,7 @@ fn a_check_says_same_or_different_and_never_the_receivers_digest() {
                     },
                     mode: 0o600,
                     mtime: (mtime.as_secs() as i64, mtime.subsec_nanos()),
+                    extras: None,
                 },
             ],
         };
@@ -473,7 +476,7 @@ fn a_check_says_same_or_different_and_never_the_receivers_digest() {
         s.write_all(&tree.encode_hello()).unwrap();
         assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
         s.write_all(&manifest.encode()).unwrap();
-        let Answers::Each(answers) = Answers::read(&mut s, 2).unwrap() else {
+        let Answers::Each(answers, _) = Answers::read(&mut s, 2).unwrap() else {
             panic!("manifest refused")
         };
         assert_eq!(answers[1], Answer::Landed);
@@ -517,6 +520,7 @@ fn a_tree_that_ends_before_its_end_of_pass_is_not_complete() {
             },
             mode: 0o644,
             mtime: (0, 0),
+            extras: None,
         }],
     };
     let mut s = connect(&rx);
@@ -529,7 +533,7 @@ fn a_tree_that_ends_before_its_end_of_pass_is_not_complete() {
     s.write_all(&manifest.encode()).unwrap();
     assert!(matches!(
         Answers::read(&mut s, 1).unwrap(),
-        Answers::Each(_)
+        Answers::Each(..)
     ));
     drop(s);
     assert_eq!(rx.wait().code(), Some(3), "{}", rx.stderr());
@@ -598,4 +602,80 @@ fn an_update_tells_the_sender_only_which_pieces_differ() {
     let line = rx.wait_for_line("secret.img from");
     assert!(line.contains("a record at 0+10"), "{line}");
     assert_eq!(sha256_file(&path), before, "the file is as it was");
+}
+
+/// A hard link names an earlier file of its own manifest and is framed once: one that names a
+/// directory refuses the manifest, and a link frame for a file or a second one for the same
+/// link is a protocol error that makes no link.
+#[test]
+fn a_hard_link_names_only_an_earlier_file_and_is_framed_once() {
+    use zcommon::{Answer, Answers, Entry, Frame, Kind, Manifest};
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+    let entry = |path: &str, kind: Kind| Entry {
+        path: path.into(),
+        kind,
+        mode: 0o644,
+        mtime: (0, 0),
+        extras: None,
+    };
+    let file = Kind::File {
+        size: 3,
+        sparse_data_len: None,
+        source_id: None,
+    };
+    let tree = Header {
+        flags: zcommon::FLAG_TREE,
+        ..header("t", 3)
+    };
+    // A link to a directory (to make a second name for it, or a loop).
+    let mut s = connect(&rx);
+    s.write_all(&tree.encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    let to_dir = Manifest {
+        entries: vec![
+            entry("d", Kind::Dir),
+            entry("l", Kind::HardLink { first: 0 }),
+        ],
+    };
+    s.write_all(&to_dir.encode()).unwrap();
+    assert!(matches!(
+        Answers::read(&mut s, 2).unwrap(),
+        Answers::Refused(..)
+    ));
+    drop(s);
+    rx.wait_for_line("not a file before it");
+
+    for (frames, why) in [
+        (vec![Frame::Link(0)], "which is not a hard link"),
+        (vec![Frame::Link(1), Frame::Link(1)], "a second frame for g"),
+    ] {
+        let mut s = connect(&rx);
+        s.write_all(&tree.encode_hello()).unwrap();
+        assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+        let m = Manifest {
+            entries: vec![
+                entry("f", file.clone()),
+                entry("g", Kind::HardLink { first: 0 }),
+            ],
+        };
+        s.write_all(&m.encode()).unwrap();
+        let Answers::Each(answers, 0) = Answers::read(&mut s, 2).unwrap() else {
+            panic!("not answered")
+        };
+        assert_eq!(answers, [Answer::Send, Answer::Send]);
+        let mut out = Frame::Full(0).encode();
+        out.extend_from_slice(b"abc");
+        out.extend_from_slice(&Trailer::unsealed(Some(zcommon::tree_root(b"abc"))).encode());
+        for f in &frames {
+            out.extend_from_slice(&f.encode());
+        }
+        out.extend_from_slice(&Frame::EndOfPass.encode());
+        s.write_all(&out).unwrap();
+        rx.wait_for_line(why);
+        drop(s);
+        assert!(!dst.path().join("g").exists());
+        let _ = std::fs::remove_file(dst.path().join("f"));
+    }
+    still_serving(&rx);
 }

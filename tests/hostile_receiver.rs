@@ -129,7 +129,7 @@ fn tree_answered(
                 _ => file_answer.clone(),
             })
             .collect();
-        w.write_all(&Answers::Each(answers).encode()).unwrap();
+        w.write_all(&Answers::Each(answers, 0).encode()).unwrap();
         script(&mut r, &mut w, &m);
         let mut rest = Vec::new();
         let _ = r.read_to_end(&mut rest);

@@ -9,6 +9,7 @@ mod display;
 mod docs;
 mod exit_codes;
 mod faults;
+mod fidelity;
 mod hostile;
 mod hostile_receiver;
 mod layers;

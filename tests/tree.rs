@@ -89,14 +89,15 @@ fn a_tree_lands_with_its_structure_modes_times_and_links() {
     let dst = tempfile::tempdir().unwrap();
     let top = src.path().join("top");
     sample_tree(&top);
-    let rx = Zrecv::start(dst.path(), &[]);
+    // A receiver that makes links as they are sent (absolute and outward ones too).
+    let rx = Zrecv::start(dst.path(), &["--trust-links"]);
     let extra = src.path().join("loose.txt");
     std::fs::write(&extra, b"a file next to the tree").unwrap();
     let out = zsend(&[
         &rx.addr(),
         top.to_str().unwrap(),
         extra.to_str().unwrap(),
-        "--links",
+        "--specials",
         "--json",
     ]);
     let err = stderr_of(&out);
@@ -104,16 +105,11 @@ fn a_tree_lands_with_its_structure_modes_times_and_links() {
     let json = json_of(&out);
     assert_eq!(json["files"], 7, "{json}");
     assert_eq!(json["landed"], 7, "{json}");
-    assert_eq!(json["links"], 1, "{json}");
+    assert_eq!(json["links"], 2, "{json}");
+    assert_eq!(json["specials"], 1, "{json}");
     assert_eq!(json["dirs"], 5, "{json}");
-    assert_eq!(json["skipped"], 2, "{json}");
-    assert!(err.contains("points out of the tree"), "{err}");
-    assert!(err.contains("special file"), "{err}");
-
-    let mut want = describe(&top);
-    want.remove("outside");
-    want.remove("fifo");
-    assert_eq!(describe(&dst.path().join("top")), want);
+    assert_eq!(json["skipped"], 0, "{json}");
+    assert_eq!(describe(&dst.path().join("top")), describe(&top));
     assert_eq!(
         std::fs::read(dst.path().join("loose.txt")).unwrap(),
         b"a file next to the tree"
@@ -122,13 +118,33 @@ fn a_tree_lands_with_its_structure_modes_times_and_links() {
     assert!(in_flight(dst.path()).is_empty());
     rx.wait_for_line("received tree top");
 
-    // Without --links, the inside link is skipped too.
+    // A receiver that judges links (a sender without a token) refuses the one leading out of
+    // the tree, and a sender without --specials leaves the fifo out: both are counted, both
+    // named, and the exit code says the tree is not whole.
     let dst2 = tempfile::tempdir().unwrap();
     let rx2 = Zrecv::start(dst2.path(), &[]);
     let out = zsend(&[&rx2.addr(), top.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    let json = json_of(&out);
+    assert_eq!(
+        (json["skipped"].as_u64(), json["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{json}"
+    );
+    assert_eq!(json["links"], 1, "{json}");
+    assert!(err.contains("points out of the tree"), "{err}");
+    assert!(err.contains("fifo (use --specials or -a)"), "{err}");
+    let mut want = describe(&top);
+    want.retain(|path, _| !path.ends_with("fifo") && !path.ends_with("outside"));
+    assert_eq!(describe(&dst2.path().join("top")), want);
+
+    // With --no-links, no link is sent.
+    let dst3 = tempfile::tempdir().unwrap();
+    let rx3 = Zrecv::start(dst3.path(), &[]);
+    let out = zsend(&[&rx3.addr(), top.to_str().unwrap(), "--json", "--no-links"]);
     assert_eq!(json_of(&out)["skipped"], 3);
-    assert!(!dst2.path().join("top/inside").exists());
+    assert!(!dst3.path().join("top/inside").exists());
 }
 
 #[test]
@@ -138,13 +154,10 @@ fn a_tree_without_verification_lands_the_same() {
     let dst = tempfile::tempdir().unwrap();
     let top = src.path().join("top");
     sample_tree(&top);
-    let rx = Zrecv::start(dst.path(), &[]);
-    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--no-verify", "--links"]);
-    // The fifo is skipped with a warning, as it is when verifying.
+    let rx = Zrecv::start(dst.path(), &["--trust-links"]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--no-verify", "-D"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
-    let mut want = describe(&top);
-    want.retain(|path, _| !path.ends_with("fifo") && !path.ends_with("outside"));
-    assert_eq!(describe(&dst.path().join("top")), want);
+    assert_eq!(describe(&dst.path().join("top")), describe(&top));
 }
 
 #[test]
@@ -153,11 +166,11 @@ fn sending_a_tree_again_sends_nothing_and_checks_every_file() {
     let dst = tempfile::tempdir().unwrap();
     let top = src.path().join("top");
     sample_tree(&top);
-    let rx = Zrecv::start(dst.path(), &["--force"]);
-    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--links", "-q"]);
+    let rx = Zrecv::start(dst.path(), &["--force", "--trust-links"]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "-D", "-q"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
 
-    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--links", "--json"]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "-D", "--json"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let json = json_of(&out);
     assert_eq!(json["unchanged"], 6, "{json}");
@@ -172,7 +185,7 @@ fn sending_a_tree_again_sends_nothing_and_checks_every_file() {
     std::os::unix::fs::FileExt::write_all_at(&f, b"tampered", 1000).unwrap();
     f.set_modified(mtime).unwrap();
     drop(f);
-    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--links", "--json"]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "-D", "--json"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let json = json_of(&out);
     assert_eq!(
@@ -356,7 +369,7 @@ fn hostile_manifest(rx: &Zrecv, entries: Vec<Entry>) -> Answers {
     s.write_all(&Manifest { entries }.encode()).unwrap();
     let answers = Answers::read(&mut s, count).unwrap_or_else(|e| panic!("answers: {e}"));
     // Nothing to send: end the pass, and let the receiver finish.
-    if let Answers::Each(_) = answers {
+    if let Answers::Each(..) = answers {
         s.write_all(&zcommon::Frame::EndOfPass.encode()).unwrap();
         let _ = zcommon::Report::read(&mut s);
     }
@@ -369,6 +382,7 @@ fn entry(path: &str, kind: Kind) -> Entry {
         kind,
         mode: 0o644,
         mtime: (0, 0),
+        extras: None,
     }
 }
 
@@ -557,8 +571,13 @@ fn both_ends_agree_on_whether_a_tree_was_verified() {
     sample_tree(&top);
     for no_verify in [false, true] {
         let dst = tempfile::tempdir().unwrap();
-        let mut rx = Zrecv::start(dst.path(), &["--once", "--json"]);
-        let mut args = vec![rx.addr(), top.to_str().unwrap().to_owned(), "--json".into()];
+        let mut rx = Zrecv::start(dst.path(), &["--once", "--json", "--trust-links"]);
+        let mut args = vec![
+            rx.addr(),
+            top.to_str().unwrap().to_owned(),
+            "--json".into(),
+            "-D".into(),
+        ];
         if no_verify {
             args.push("--no-verify".into());
         }
@@ -637,7 +656,7 @@ fn a_chain_of_links_cannot_lead_out_of_the_directory() {
             link("top/d/x", "w/outside"),
         ],
     );
-    let Answers::Each(answers) = answers else {
+    let Answers::Each(answers, _) = answers else {
         panic!("refused whole: {answers:?}")
     };
     assert_eq!(answers[2], zcommon::Answer::Done, "{answers:?}");

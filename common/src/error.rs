@@ -123,14 +123,38 @@ pub enum SendError {
         /// Hosts in the chain.
         hosts: usize,
     },
-    /// Some entries of a tree did not land (the warnings and `--json` list them).
-    #[error("{failed} entries did not land or could not be read (each is named above)")]
+    /// Some entries of a tree did not land, or were left out, or landed without metadata
+    /// they were sent with (the warnings and `--json` list them).
+    #[error("{}", partial(*.failed, *.skipped, *.unkept))]
     Partial {
-        /// Files that failed.
+        /// Entries that failed.
         failed: usize,
+        /// Entries left out.
+        skipped: usize,
+        /// Entries the receiver said would land without their owners or privileged metadata.
+        unkept: usize,
         /// Files in the tree.
         files: usize,
     },
+}
+
+fn partial(failed: usize, skipped: usize, unkept: usize) -> String {
+    let mut parts = Vec::new();
+    if failed > 0 {
+        parts.push(format!(
+            "{failed} entries did not land or could not be read"
+        ));
+    }
+    if skipped > 0 {
+        parts.push(format!("{skipped} were left out"));
+    }
+    if unkept > 0 {
+        parts.push(format!(
+            "{unkept} landed without the owners, setuid or setgid bits or privileged attributes \
+             sent with them"
+        ));
+    }
+    format!("{} (each is named above)", parts.join(", "))
 }
 
 impl From<ProtocolError> for SendError {

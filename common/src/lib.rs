@@ -15,6 +15,8 @@
 //!     to_stdout: false,
 //!     token: None,
 //!     allow_forward: Vec::new(),
+//!     trust_links: false,
+//!     preserve_privileged: false,
 //! };
 //! let receiver = Receiver::bind("127.0.0.1:0".parse()?, config)?;
 //! let addr = receiver.local_addr()?.to_string();
@@ -31,6 +33,7 @@ mod exit;
 mod hash;
 mod links;
 mod logging;
+mod meta;
 mod name;
 mod recv;
 mod send;
@@ -60,8 +63,8 @@ pub use crate::recv::{
     UpdateCounts,
 };
 pub use crate::send::{
-    hop_landed, send_file, send_stdin, send_tree, source_size, Phase, SendOptions, SendReport,
-    Tick, TreeOptions, TreeReport, UpdateReport,
+    hop_landed, send_file, send_stdin, send_tree, source_size, Keep, Phase, SendOptions,
+    SendReport, Tick, TreeOptions, TreeReport, UpdateReport,
 };
 pub use crate::stages::StageTimes;
 pub use crate::units::{os_reason, Bytes};

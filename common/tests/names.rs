@@ -89,6 +89,8 @@ proptest! {
             to_stdout: false,
             token: None,
             allow_forward: Vec::new(),
+            trust_links: false,
+            preserve_privileged: false,
         };
         let receiver = Receiver::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
         let addr = receiver.local_addr().unwrap();

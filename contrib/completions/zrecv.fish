@@ -10,6 +10,8 @@ complete -c zrecv -l allow-forward -d 'Networks this receiver may forward to whe
 complete -c zrecv -l once -d 'Serve one transfer, then exit with its result'
 complete -c zrecv -l force -d 'Replace existing files'
 complete -c zrecv -l stdout -d 'Write the payload to standard output instead of a file, for another program to read. SHA-256 is still checked: a mismatch makes zrecv (and zsend) exit non-zero, so the reader must look at the exit status. Needs --once'
+complete -c zrecv -l trust-links -d 'Make every symbolic link of a tree as it was sent (absolute ones, dangling ones, ones leading out of the tree), even from a sender without a token. A sender that proved the token (--token-file) is trusted so without this. Otherwise a link is made only when it resolves inside its own tree, and the others are refused and counted. zrecv never follows a link it made, either way'
+complete -c zrecv -l preserve-privileged -d 'Keep owners and groups, setuid and setgid bits, file capabilities and other security.* and trusted.* attributes, and make device files, as a sender with -a sends them: only for a sender that proved the token (--token-file), and only when zrecv runs as root. Without it such metadata is not kept (counted, and the sender exits 9), and device files are refused'
 complete -c zrecv -l list-partials -d 'List the partials kept in DIR (and its subdirectories) for resuming: the name each belongs to, how much of it is held, the space it takes, its age. Then exit'
 complete -c zrecv -l remove-partials -d 'Remove the partials kept in DIR for resuming (not one a running transfer holds), saying what each held. Then exit'
 complete -c zrecv -l json -d 'Print one JSON line per finished transfer on stdout'

@@ -4,7 +4,17 @@ complete -c zsend -l torrent -d 'Also write a BitTorrent v2 .torrent of the file
 complete -c zsend -l hash-threads -d 'Threads that hash one file\'s pieces on this side (default: the machine\'s cores)' -r
 complete -c zsend -l token-file -d 'File holding a secret shared with the receiver; both sides then prove they know it (HMAC-SHA256 challenge-response; the token never crosses the wire)' -r -F
 complete -c zsend -l timeout -d 'Seconds to wait for the receiver at any step before giving up' -r
-complete -c zsend -l links -d 'In directories, send symbolic links as links when they point inside the tree (others, and all links without this, are skipped with a warning)'
+complete -c zsend -s a -l archive -d 'Keep everything `rsync -aHAX` keeps: owners and groups (-o), extended attributes (-X), POSIX ACLs (-A), fifos, sockets and device files (-D), beside what every tree keeps (modes, mtimes, symbolic links, hard links). Owners, setuid/setgid bits, capabilities and devices land only where the receiver allows it (zrecv --preserve-privileged, with a token); what does not land so is counted, and zsend exits 9'
+complete -c zsend -s o -s g -l owner -l group -d 'Keep owners and groups, by name where both ends know it, else by number'
+complete -c zsend -l numeric-ids -d 'Send owners and groups by number only'
+complete -c zsend -s X -l xattrs -d 'Keep extended attributes (user.*, and trusted.* and security.*, file capabilities among them, where this side can read them)'
+complete -c zsend -s A -l acls -d 'Keep POSIX ACLs (access and default)'
+complete -c zsend -l specials -d 'Make fifos and sockets on the receiver (-D: this and --devices)'
+complete -c zsend -l devices -d 'Make device files on the receiver (one that allows it: zrecv --preserve-privileged)'
+complete -c zsend -s D -d '--specials and --devices'
+complete -c zsend -l no-links -d 'Leave symbolic links out of trees (by default they are sent as links, wherever they point; the receiver decides which it makes, see zrecv --trust-links)'
+complete -c zsend -l no-hard-links -d 'Send each name of a file with several names (hard links) as a file of its own (by default it crosses once and lands with all its names)'
+complete -c zsend -l links -d 'Accepted for older scripts: links are sent by default'
 complete -c zsend -l quick-check -d 'Take a file the receiver already has with the same size and mtime as unchanged, without comparing tree roots (rsync\'s quick check). Faster for a tree sent again, but such files are not verified (`--json` then says `"verified": false`)'
 complete -c zsend -l fail-fast -d 'With many files, stop at the first one that fails (default: send the others)'
 complete -c zsend -l no-verify -d 'Skip hashing on both ends (lengths are still checked; the data is still made durable)'

@@ -26,6 +26,13 @@ pub struct ReceiverConfig {
     pub token: Option<Token>,
     /// Networks this receiver may forward a chain to; empty: it never forwards.
     pub allow_forward: Vec<ipnet::IpNet>,
+    /// Make every symbolic link of a tree as sent (absolute, dangling, leading out of the
+    /// tree), even from a sender without a token (`--trust-links`). A sender that proved the
+    /// token is trusted so without it.
+    pub trust_links: bool,
+    /// Keep owners, setuid and setgid bits, privileged attributes and device files from a
+    /// sender that proved the token, when running as root (`--preserve-privileged`).
+    pub preserve_privileged: bool,
 }
 
 /// Parses zrecv's `--listen` value: `IP:PORT`, `[V6]:PORT`, a bare IP (default port) or a bare

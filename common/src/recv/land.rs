@@ -17,6 +17,7 @@ use super::{Receiver, TransferRecord};
 use crate::auth::{Integrity, Seal};
 use crate::error::RecvError;
 use crate::hash::PIECE;
+use crate::meta::Plan;
 use crate::name::Escaped;
 use crate::wire::{Header, ProtocolError, Status, Trailer, Verdict, KEPT_MODE};
 
@@ -108,7 +109,18 @@ impl Receiver {
         base: &str,
         header: &Header,
     ) -> Result<Duration, RecvError> {
-        self.set_metadata(&temp.file, header)?;
+        self.land_planned(temp, base, header, None)
+    }
+
+    /// [`land`](Self::land), with a tree entry's owner and attributes.
+    pub(crate) fn land_planned<D: AsFd>(
+        &self,
+        temp: TempFile<D>,
+        base: &str,
+        header: &Header,
+        plan: Option<&Plan>,
+    ) -> Result<Duration, RecvError> {
+        self.set_metadata_planned(&temp.file, header, plan)?;
         let start = Instant::now();
         rustix::fs::fsync(&temp.file).map_err(|e| self.local("syncing the data", e.into()))?;
         let mut synced = start.elapsed();
@@ -128,6 +140,23 @@ impl Receiver {
         rustix::fs::fchmod(f, mode).map_err(|e| self.local("setting the mode", e.into()))?;
         rustix::fs::futimens(f, &timestamps(header.mtime_sec, header.mtime_nsec))
             .map_err(|e| self.local("setting the mtime", e.into()))
+    }
+
+    /// [`set_metadata`](Self::set_metadata), then a tree entry's owner, full mode and
+    /// attributes, when it carries them.
+    pub(crate) fn set_metadata_planned(
+        &self,
+        f: &File,
+        header: &Header,
+        plan: Option<&Plan>,
+    ) -> Result<(), RecvError> {
+        self.set_metadata(f, header)?;
+        match plan {
+            Some(plan) => plan
+                .apply(f)
+                .map_err(|e| self.local("setting the owner and attributes", e)),
+            None => Ok(()),
+        }
     }
 
     /// Renames `temp` to `name` within `dir`: never replacing anything unless `--force`.

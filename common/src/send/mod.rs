@@ -36,7 +36,7 @@ mod update;
 
 pub use chain::hop_landed;
 pub use stream::send_stdin;
-pub use tree::{send_tree, TreeOptions, TreeReport};
+pub use tree::{send_tree, Keep, TreeOptions, TreeReport};
 
 use file::transfer;
 use source::Source;

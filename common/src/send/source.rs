@@ -187,6 +187,7 @@ mod tests {
             },
             mode: meta.mode(),
             mtime: (meta.mtime(), meta.mtime_nsec() as u32),
+            extras: None,
         }
     }
 

@@ -102,6 +102,14 @@ pub(crate) fn pid() -> u32 {
     *PID.get_or_init(std::process::id)
 }
 
+/// A fresh hidden name for something made before it is renamed into place (a link, a special
+/// file): `.zrecv-WHAT-PID-N.part`, swept with the partials if left behind.
+pub(crate) fn scratch_name(what: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}{what}-{}-{n}.part", crate::name::TEMP_PREFIX, pid())
+}
+
 /// Opens `name` strictly beneath `dir`: openat2 with RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS
 /// where the kernel has it, [`walk_beneath`] where it does not (ENOSYS before Linux 5.6; ENOSYS
 /// or EPERM from a seccomp profile that does not know the call). New files get mode 0600.

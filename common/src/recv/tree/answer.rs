@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode};
@@ -13,7 +12,8 @@ use rustix::io::Errno;
 use super::{header_of, Session};
 use crate::auth::{self};
 use crate::error::RecvError;
-use crate::name::{Escaped, TEMP_PREFIX};
+use crate::meta::Plan;
+use crate::name::Escaped;
 use crate::recv::handshake::{linger, tell};
 use crate::recv::land::timestamps;
 use crate::recv::partial::{self};
@@ -27,9 +27,15 @@ impl Session<'_, '_> {
     pub(super) fn answer_all(&mut self) -> Result<(), RecvError> {
         // Checked: a manifest's sizes are the peer's numbers, and their sum must not wrap.
         let mut need = Some(0u64);
+        let mut unkept = 0u32;
         for i in 0..self.manifest.entries.len() {
             let answer = self.answer(i);
             let e = &self.manifest.entries[i];
+            if !matches!(answer, Answer::Refused(_))
+                && matches!(self.ids.plan(e, &self.rights), Some((_, true)))
+            {
+                unkept += 1;
+            }
             if let Kind::File {
                 size,
                 sparse_data_len,
@@ -72,7 +78,18 @@ impl Session<'_, '_> {
                 return Err(RecvError::Refused(msg));
             }
         }
-        let answers = Answers::Each(self.answers.clone()).encode();
+        if unkept > 0 {
+            log::warn!(
+                "{unkept} entries land without the owners, setuid or setgid bits or privileged \
+                 attributes they were sent with ({})",
+                match self.rx.config.preserve_privileged {
+                    true => "kept only for a sender with the token, by a zrecv run as root",
+                    false => "kept only with --preserve-privileged",
+                }
+            );
+        }
+        self.counts.unkept = unkept as usize;
+        let answers = Answers::Each(self.answers.clone(), unkept).encode();
         tell(self.stream, &answers, "answering the manifest", 0, 0)
     }
 
@@ -84,7 +101,9 @@ impl Session<'_, '_> {
             let in_fresh = e.parent().is_some_and(|p| self.fresh_dirs.contains(p));
             let flags = match &e.kind {
                 Kind::Dir if self.fresh_dirs.contains(&e.path) => AtFlags::REMOVEDIR,
-                Kind::Symlink { .. } if in_fresh && self.answers[i] == Answer::Done => {
+                Kind::Symlink { .. } | Kind::Fifo | Kind::Socket | Kind::Device { .. }
+                    if in_fresh && self.answers[i] == Answer::Done =>
+                {
                     AtFlags::empty()
                 }
                 _ => continue,
@@ -105,8 +124,8 @@ impl Session<'_, '_> {
         let e = &self.manifest.entries[i];
         match (&e.kind, &answer) {
             (Kind::Dir, a) => self.links.dir(&e.path, *a == Answer::Done),
-            // A link made was accepted with where it leads.
-            (Kind::Symlink { .. }, Answer::Done) => {}
+            // A link made was accepted with where it leads (unless nothing is judged).
+            (Kind::Symlink { .. }, Answer::Done) if !self.trust_links => {}
             _ => self.links.other(&e.path),
         }
         answer
@@ -158,10 +177,14 @@ impl Session<'_, '_> {
             },
             Kind::Symlink { target } => {
                 // Where it leads, among what this transfer made before it: never out of its
-                // tree, whatever chain of links the sender builds.
-                let resolution = match self.links.judge(&e.path, target) {
-                    Ok(r) => r,
-                    Err(err) => return Answer::Refused(format!("the link {err}")),
+                // tree, whatever chain of links the sender builds (unless the sender is
+                // trusted with any link).
+                let resolution = match self.trust_links {
+                    true => None,
+                    false => match self.links.judge(&e.path, target) {
+                        Ok(r) => Some(r),
+                        Err(err) => return Answer::Refused(format!("the link {err}")),
+                    },
                 };
                 let made = match existing_type {
                     Some(FileType::Directory) => Answer::Refused("is a directory".into()),
@@ -172,17 +195,45 @@ impl Session<'_, '_> {
                         Answer::Done
                     }
                     Some(_) if !force => taken(),
-                    _ => match self.make_link(&parent, e, target) {
-                        Ok(()) => Answer::Done,
-                        Err(err) => Answer::Refused(err.to_string()),
-                    },
+                    _ => self.make_node(&parent, e),
                 };
                 if made == Answer::Done {
                     self.counts.links += 1;
-                    self.links.accept(&e.path, resolution);
+                    if let Some(resolution) = resolution {
+                        self.links.accept(&e.path, resolution);
+                    }
                 }
                 made
             }
+            Kind::Device { .. } if !self.rights.privileged => Answer::Refused(
+                "a device file: zrecv makes them only for a sender with the token, run as root \
+                 with --preserve-privileged"
+                    .into(),
+            ),
+            Kind::Fifo | Kind::Socket | Kind::Device { .. } => {
+                let same = existing.is_some_and(|st| {
+                    FileType::from_raw_mode(st.st_mode) == node_type(&e.kind)
+                        && st.st_rdev == node_dev(&e.kind)
+                });
+                let made = match existing_type {
+                    _ if same => Answer::Done,
+                    Some(FileType::Directory) => Answer::Refused("is a directory".into()),
+                    Some(_) if !force => taken(),
+                    _ => self.make_node(&parent, e),
+                };
+                if made == Answer::Done {
+                    self.counts.specials += 1;
+                }
+                made
+            }
+            // Made at the end of the pass its frame comes in, once its first name is here.
+            Kind::HardLink { first } => match &self.answers[*first as usize] {
+                Answer::Refused(_) => Answer::Refused(format!(
+                    "its first name {} was refused",
+                    Escaped(&self.manifest.entries[*first as usize].path)
+                )),
+                _ => Answer::Send,
+            },
             Kind::File { size, .. } => match existing {
                 Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
                     Answer::Refused("is a directory".into())
@@ -233,27 +284,65 @@ impl Session<'_, '_> {
         }
     }
 
-    /// Creates the link under a hidden name, then renames it into place.
-    pub(super) fn make_link(
-        &self,
-        parent: &Arc<OwnedFd>,
-        e: &Entry,
-        target: &str,
-    ) -> Result<(), RecvError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let temp = format!("{TEMP_PREFIX}link-{}-{n}.part", partial::pid());
+    /// Makes a link, fifo, socket or device under a hidden name, gives it its owner and mode
+    /// when they are kept, renames it into place and sets its mtime.
+    fn make_node(&self, parent: &Arc<OwnedFd>, e: &Entry) -> Answer {
+        let temp = partial::scratch_name("node");
         let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
-        rustix::fs::symlinkat(target, parent, temp.as_str()).map_err(|err| {
-            self.rx
-                .local(&format!("linking {}", Escaped(&e.path)), err.into())
-        })?;
-        if let Err(err) = self.rx.publish(parent, &temp, e.base()) {
+        let made = match &e.kind {
+            Kind::Symlink { target } => {
+                rustix::fs::symlinkat(target.as_str(), parent, temp.as_str())
+            }
+            kind => rustix::fs::mknodat(
+                parent,
+                temp.as_str(),
+                node_type(kind),
+                Mode::from_raw_mode(0o600),
+                node_dev(kind),
+            ),
+        };
+        if let Err(err) = made {
+            let what = format!("making {}", Escaped(&e.path));
+            return Answer::Refused(self.rx.local(&what, err.into()).to_string());
+        }
+        let plan = match &e.kind {
+            Kind::Symlink { .. } => self.ids.plan(e, &self.rights).map(|(p, _)| p),
+            _ => Some(
+                self.ids
+                    .plan(e, &self.rights)
+                    .map_or_else(|| Plan::of_mode(e.mode), |(p, _)| p),
+            ),
+        };
+        let published = match plan.map(|p| p.apply_at(parent, &temp, &e.kind)) {
+            Some(Err(err)) => Err(self.rx.local("setting the owner and mode", err)),
+            _ => self.rx.publish(parent, &temp, e.base()),
+        };
+        if let Err(err) = published {
             let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
-            return Err(err);
+            return Answer::Refused(err.to_string());
         }
         let times = timestamps(e.mtime.0, e.mtime.1);
         let _ = rustix::fs::utimensat(parent, e.base(), &times, AtFlags::SYMLINK_NOFOLLOW);
-        Ok(())
+        Answer::Done
+    }
+}
+
+/// The file type a link, fifo, socket or device entry is made as.
+fn node_type(kind: &Kind) -> FileType {
+    match kind {
+        Kind::Symlink { .. } => FileType::Symlink,
+        Kind::Fifo => FileType::Fifo,
+        Kind::Socket => FileType::Socket,
+        Kind::Device { block: true, .. } => FileType::BlockDevice,
+        Kind::Device { block: false, .. } => FileType::CharacterDevice,
+        _ => FileType::Unknown,
+    }
+}
+
+/// The device number a device entry is made with; 0 for anything else.
+fn node_dev(kind: &Kind) -> rustix::fs::Dev {
+    match kind {
+        Kind::Device { major, minor, .. } => rustix::fs::makedev(*major, *minor),
+        _ => 0,
     }
 }

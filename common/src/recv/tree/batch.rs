@@ -2,6 +2,7 @@
 //! syncfs makes the batch durable, the renames publish it, a second syncfs makes the renames
 //! durable, then the verdicts go out. The session's thread goes on receiving meanwhile.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use std::time::Instant;
 
 use crate::auth::{Integrity, Seal};
 use crate::error::RecvError;
+use crate::meta::Plan;
 use crate::recv::handshake::tell;
 use crate::recv::partial::TempFile;
 use crate::recv::Receiver;
@@ -25,6 +27,8 @@ pub(super) struct Pending {
     pub base: String,
     /// Its mode, mtime and size.
     pub header: Header,
+    /// Its owner and attributes, when sent and kept.
+    pub plan: Option<Plan>,
     pub digest: Option<[u8; 32]>,
 }
 
@@ -35,15 +39,29 @@ pub(super) struct Outbox<'s> {
     /// Seals each verdict's digest.
     integrity: &'s Integrity,
     queued: Mutex<Vec<u8>>,
+    /// The latest verdict on each file that is the first name of a hard link.
+    firsts: Mutex<HashMap<u32, Option<FileStatus>>>,
 }
 
 impl<'s> Outbox<'s> {
-    pub fn new(stream: &'s std::net::TcpStream, integrity: &'s Integrity) -> Outbox<'s> {
+    /// An outbox that remembers the verdicts on `firsts`.
+    pub fn new(
+        stream: &'s std::net::TcpStream,
+        integrity: &'s Integrity,
+        firsts: Vec<u32>,
+    ) -> Outbox<'s> {
         Outbox {
             stream,
             integrity,
             queued: Mutex::new(Vec::new()),
+            firsts: Mutex::new(firsts.into_iter().map(|i| (i, None)).collect()),
         }
+    }
+
+    /// The latest verdict on entry `index`, a first name of a hard link.
+    pub fn status_of(&self, index: u32) -> Option<FileStatus> {
+        let firsts = self.firsts.lock().unwrap_or_else(|p| p.into_inner());
+        firsts.get(&index).copied().flatten()
     }
 
     /// Queues a report.
@@ -53,6 +71,11 @@ impl<'s> Outbox<'s> {
 
     /// Queues entry `index`'s verdict, its digest sealed for that entry.
     pub fn verdict(&self, index: u32, status: FileStatus, root: Option<[u8; 32]>, message: &str) {
+        let mut firsts = self.firsts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(latest) = firsts.get_mut(&index) {
+            *latest = Some(status);
+        }
+        drop(firsts);
         self.queue(&Report::File {
             index,
             status,
@@ -209,7 +232,10 @@ impl Landing<'_> {
         let count = batch.len();
         let mut ready = Vec::with_capacity(count);
         for p in batch {
-            match self.rx.set_metadata(&p.temp.file, &p.header) {
+            match self
+                .rx
+                .set_metadata_planned(&p.temp.file, &p.header, p.plan.as_ref())
+            {
                 Ok(()) => ready.push(p),
                 Err(e) => self.failed(&p, e),
             }

@@ -2,7 +2,8 @@
 //! for every entry at once, then take the files as their frames come, without a round trip
 //! per file. Small files land in batches made durable together, on a thread of their own
 //! (`batch.rs`); large ones land on their own, as single files do. The answer phase is in
-//! `answer.rs`, the receive phase in `receive.rs`, the temporary files made ahead in `ahead.rs`.
+//! `answer.rs`, the receive phase in `receive.rs`, the temporary files made ahead in `ahead.rs`,
+//! the hard links in `hardlinks.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
@@ -21,6 +22,7 @@ use crate::auth::Integrity;
 use crate::error::RecvError;
 use crate::hash::Watermark;
 use crate::links::LinkJudge;
+use crate::meta::{Ids, Rights};
 use crate::sys::Pipe;
 use crate::wire::ProtocolError;
 use crate::wire::{Answer, Answers, Control, Entry, Frame, Kind, Manifest, FRAME_HEAD_LEN};
@@ -31,6 +33,7 @@ use batch::{Lander, Outbox};
 mod ahead;
 mod answer;
 mod batch;
+mod hardlinks;
 mod receive;
 
 /// A batch of small files lands once it holds [`Receiver::batch_files`] files or this many
@@ -59,6 +62,13 @@ pub struct TreeCounts {
     pub dirs: usize,
     /// Symbolic links made.
     pub links: usize,
+    /// Hard links made (or found), second names of a file sent once.
+    pub hard_links: usize,
+    /// Fifos, sockets and device files made (or found).
+    pub specials: usize,
+    /// Entries landed without some of the owner, setuid or setgid bits or privileged
+    /// attributes they were sent with (see `--preserve-privileged`).
+    pub unkept: usize,
 }
 
 /// A background check's result: the entry, the sender's digest, ours.
@@ -133,6 +143,15 @@ struct Session<'r, 'scope> {
     dirs: DirCache,
     pipe: Pipe,
     counts: TreeCounts,
+    /// What this sender may set: owners and other privileged metadata, or not.
+    rights: Rights,
+    /// Local ids of the sender's user and group names.
+    ids: Ids,
+    /// Make links as sent, without judging where they lead (a sender with the token, or
+    /// `--trust-links`).
+    trust_links: bool,
+    /// Hard links framed in this pass, made once their first names have landed.
+    links_due: Vec<u32>,
 }
 
 impl Receiver {
@@ -164,7 +183,11 @@ impl Receiver {
             .try_clone()
             .map_err(|e| self.local("opening the directory", e))?;
         let count = manifest.entries.len();
-        let outbox = Outbox::new(stream, integrity);
+        let firsts = manifest.entries.iter().filter_map(|e| match e.kind {
+            Kind::HardLink { first } => Some(first),
+            _ => None,
+        });
+        let outbox = Outbox::new(stream, integrity, firsts.collect());
         let batch_files = self.batch_files;
         std::thread::scope(|scope| {
             let mut session = Session {
@@ -188,6 +211,10 @@ impl Receiver {
                 checks: Checks::new(),
                 dirs: DirCache::new(Arc::new(root)),
                 pipe,
+                rights: Rights::of(integrity.keyed(), self.config.preserve_privileged),
+                ids: Ids::default(),
+                trust_links: integrity.keyed() || self.config.trust_links,
+                links_due: Vec::new(),
                 counts: TreeCounts {
                     files: manifest
                         .entries
@@ -266,6 +293,10 @@ impl Session<'_, '_> {
                 Some(Frame::Resume(i, offset)) => {
                     clean = false;
                     self.resume(i, offset, record)?
+                }
+                Some(Frame::Link(i)) => {
+                    clean = false;
+                    self.link_frame(i)?
                 }
             }
         }

@@ -9,6 +9,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 
 use super::batch::Pending;
 use super::{header_of, DirCache, Session, LAND_ALONE};
@@ -356,10 +357,13 @@ impl Session<'_, '_> {
                 "checksum mismatch; discarded",
             );
         }
+        let plan = self
+            .ids
+            .plan(&self.manifest.entries[i as usize], &self.rights)
+            .map(|(plan, _)| plan);
         if header.size >= LAND_ALONE {
-            self.rx.set_metadata(&temp.file, header)?;
             let base = self.manifest.entries[i as usize].base().to_owned();
-            let landed = self.rx.land(temp, &base, header);
+            let landed = self.rx.land_planned(temp, &base, header, plan.as_ref());
             return self.landed(i, digest, landed.map(|_| ()));
         }
         let pending = Pending {
@@ -367,6 +371,7 @@ impl Session<'_, '_> {
             base: self.manifest.entries[i as usize].base().to_owned(),
             temp,
             header: header.clone(),
+            plan,
             digest,
         };
         self.lander.add(pending, self.left);
@@ -409,12 +414,19 @@ impl Session<'_, '_> {
             outbox.queue(&Report::Keepalive);
             let _ = outbox.post();
         });
+        // Every first name of this pass has its verdict: the hard links to them can be made.
+        self.make_hard_links()?;
         self.left = std::mem::take(&mut self.resends);
         for &i in self.made_dirs.iter().rev() {
             let e = &self.manifest.entries[i];
+            let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
             let dir = open_beneath(&self.rx.dir, &e.path, OFlags::RDONLY | OFlags::DIRECTORY);
             let set = dir.and_then(|d| {
                 rustix::fs::fchmod(&d, Mode::from_raw_mode(e.mode & KEPT_MODE))?;
+                if let Some(plan) = &plan {
+                    plan.apply(&d)
+                        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+                }
                 rustix::fs::futimens(&d, &timestamps(e.mtime.0, e.mtime.1))
             });
             if let Err(err) = set {

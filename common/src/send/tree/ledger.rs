@@ -22,6 +22,9 @@ pub(super) enum Sent {
     Abandoned,
     /// Word that the copy the receiver has, of the same size and mtime, is taken as it is.
     Quick,
+    /// A hard link to make: landed, already that file, failed, refused, or back to us with
+    /// its first name.
+    Link,
 }
 
 impl Sent {
@@ -34,6 +37,7 @@ impl Sent {
             Sent::Check => matches!(status, Unchanged | Resend | Failed | Refused),
             Sent::Abandoned => matches!(status, Failed | Refused),
             Sent::Quick => matches!(status, Unchanged | Failed | Refused),
+            Sent::Link => matches!(status, Landed | Unchanged | Failed | Refused | Resend),
         }
     }
 }

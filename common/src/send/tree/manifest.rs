@@ -18,6 +18,8 @@ pub(super) enum Action {
     Check,
     /// The receiver holds this many bytes; the proof of ours is keyed with this nonce.
     Resume(u64, [u8; 32]),
+    /// A hard link: made by the receiver once its first name is there.
+    Link,
 }
 
 impl Session<'_> {
@@ -32,7 +34,10 @@ impl Session<'_> {
         // can be read through a buffer (one system call, not one per entry).
         let mut buffered = std::io::BufReader::new(self.stream);
         let answers = match Answers::read(&mut buffered, manifest.entries.len())? {
-            Answers::Each(a) => a,
+            Answers::Each(a, unkept) => {
+                self.report.unkept = unkept as usize;
+                a
+            }
             Answers::Refused(code, message) => {
                 return Err(SendError::Refused {
                     name: label.to_owned(),
@@ -53,6 +58,10 @@ impl Session<'_> {
                 (_, Answer::Refused(why)) => self.fail(i, why),
                 (Kind::Dir, Answer::Done) => self.report.dirs += 1,
                 (Kind::Symlink { .. }, Answer::Done) => self.report.links += 1,
+                (Kind::Fifo | Kind::Socket | Kind::Device { .. }, Answer::Done) => {
+                    self.report.specials += 1
+                }
+                (Kind::HardLink { .. }, Answer::Send) => first.push((i, Action::Link)),
                 (Kind::File { .. }, Answer::Send) => first.push((i, Action::Full)),
                 (Kind::File { .. }, Answer::Landed) => first.push((i, Action::Check)),
                 // Only a file we offered to resume (it has a source id), within it and at a

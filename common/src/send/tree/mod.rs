@@ -28,6 +28,8 @@ use crate::wire::{Header, FLAG_NO_VERIFY, FLAG_TREE, TRAILER_LEN};
 use ledger::{read_reports, Incoming, Ledger, Sent};
 use walk::{walk, Tree, WalkOptions};
 
+pub use crate::meta::Keep;
+
 mod ledger;
 mod manifest;
 mod pass;
@@ -37,8 +39,8 @@ mod walk;
 /// How to send a tree.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TreeOptions {
-    /// Send symbolic links (those pointing inside their tree) as links.
-    pub links: bool,
+    /// What to keep of each entry beyond its content, mode and mtime.
+    pub keep: Keep,
     /// Stop at the first file that fails instead of going on with the others.
     pub fail_fast: bool,
     /// Take a file of the same size and mtime on the receiver as unchanged without comparing
@@ -63,6 +65,14 @@ pub struct TreeReport {
     pub dirs: usize,
     /// Symbolic links made.
     pub links: usize,
+    /// Hard links made (second names of a file sent once).
+    pub hard_links: usize,
+    /// Fifos, sockets and device files made.
+    pub specials: usize,
+    /// Entries the receiver said would land without some of their owner, setuid or setgid
+    /// bits, or privileged attributes (it keeps those only from a sender with a token, as root
+    /// with `--preserve-privileged`).
+    pub unkept: usize,
     /// Entries that did not land, with why.
     pub failures: Vec<(String, String)>,
     /// Entries left out on purpose (special files, links without `--links`), with why.
@@ -81,6 +91,14 @@ pub struct TreeReport {
     pub stages: StageTimes,
 }
 
+impl TreeReport {
+    /// Whether every entry landed as sent: none failed, none was left out, none lost its owner
+    /// or privileged metadata on the way.
+    pub fn complete(&self) -> bool {
+        self.failures.is_empty() && self.skipped.is_empty() && self.unkept == 0
+    }
+}
+
 /// Sends `roots` (files and directories) to the receiver at `addr` over one connection.
 /// Returns the report even when some files failed; the caller decides what that means.
 pub fn send_tree(
@@ -92,7 +110,7 @@ pub fn send_tree(
     progress: &mut dyn FnMut(Tick),
 ) -> Result<TreeReport, SendError> {
     let walk_opts = WalkOptions {
-        links: tree_opts.links,
+        keep: tree_opts.keep,
         resumable: opts.verify,
     };
     let tree = walk(roots, opts.name.as_deref(), walk_opts)?;
@@ -128,6 +146,9 @@ pub fn send_tree(
             quick: 0,
             dirs: 0,
             links: 0,
+            hard_links: 0,
+            specials: 0,
+            unkept: 0,
             failures: tree
                 .unreadable
                 .iter()

@@ -33,8 +33,15 @@ impl Session<'_> {
         if resend.is_empty() || self.stopping() {
             return Ok(());
         }
-        // Whole files only: the ledger refuses a second "send it whole" for them.
-        let second: Vec<(usize, Action)> = resend.into_iter().map(|i| (i, Action::Full)).collect();
+        // Whole files only: the ledger refuses a second "send it whole" for them. A hard link
+        // comes back when its first name did, and follows it again.
+        let second: Vec<(usize, Action)> = resend
+            .into_iter()
+            .map(|i| match self.tree.manifest.entries[i].kind {
+                Kind::HardLink { .. } => (i, Action::Link),
+                _ => (i, Action::Full),
+            })
+            .collect();
         self.pass(&second, reports, progress).map(drop)
     }
 
@@ -116,6 +123,9 @@ impl Session<'_> {
             }
             return Ok(());
         }
+        if let Action::Link = action {
+            return self.queue(i, &Frame::Link(index).encode(), Sent::Link);
+        }
         let source = match Source::listed(path, entry) {
             Ok(s) => s,
             Err(e) => {
@@ -124,6 +134,7 @@ impl Session<'_> {
             }
         };
         let (frame, start, sent, nonce) = match action {
+            Action::Link => unreachable!("a hard link's frame went out above"),
             Action::Check => {
                 let digest = self.hash_alive(&source, source.size)?.digest();
                 self.digests[i] = Some(digest);

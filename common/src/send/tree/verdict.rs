@@ -62,6 +62,18 @@ impl Session<'_> {
                 self.report.quick += 1;
                 self.report.unchanged += 1;
             }
+            // A second name of a file whose own verdict carried the digest.
+            FileStatus::Landed | FileStatus::Unchanged if sent == Some(Sent::Link) => {
+                if root.is_some() {
+                    return Err(ProtocolError::Malformed(format!(
+                        "a digest on the verdict for the hard link {}",
+                        Escaped(&self.tree.manifest.entries[i].path)
+                    ))
+                    .into());
+                }
+                log::debug!("{}: linked", Escaped(&self.tree.manifest.entries[i].path));
+                self.report.hard_links += 1;
+            }
             FileStatus::Landed | FileStatus::Unchanged if self.opts.verify => match root {
                 None => {
                     return Err(ProtocolError::Malformed(format!(

@@ -25,8 +25,11 @@ pub enum Answer {
 /// The receiver's answers, one per manifest entry in order, or a refusal of the whole manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answers {
-    /// One answer per entry.
-    Each(Vec<Answer>),
+    /// One answer per entry, and how many entries will land without some of the owners,
+    /// setuid or setgid bits or privileged attributes (`security.*`, `trusted.*`) they carry:
+    /// the receiver keeps those only from a sender with a token, when it runs as root with
+    /// `--preserve-privileged`.
+    Each(Vec<Answer>, u32),
     /// The manifest as a whole is refused, for a reason and with a message for a human.
     Refused(RefuseCode, String),
 }
@@ -42,7 +45,7 @@ impl Answers {
                 out.push(code.to_byte());
                 push_message(&mut out, msg);
             }
-            Answers::Each(answers) => {
+            Answers::Each(answers, unkept) => {
                 out.push(0);
                 out.extend_from_slice(&(answers.len() as u32).to_be_bytes());
                 for a in answers {
@@ -61,6 +64,7 @@ impl Answers {
                         }
                     }
                 }
+                out.extend_from_slice(&unkept.to_be_bytes());
             }
         }
         out
@@ -105,6 +109,12 @@ impl Answers {
                 k => return Err(malformed(format!("unknown answer {k}"))),
             });
         }
-        Ok(Answers::Each(answers))
+        let unkept = read_u32(r)?;
+        if unkept as usize > count {
+            return Err(malformed(format!(
+                "{unkept} entries without their metadata, of {count}"
+            )));
+        }
+        Ok(Answers::Each(answers, unkept))
     }
 }

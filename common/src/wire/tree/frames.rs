@@ -20,6 +20,9 @@ pub enum Frame {
     /// Entry `index` is already there by size and mtime (the receiver answered 1), and the
     /// sender takes that as unchanged without comparing roots (`zsend --quick-check`).
     Quick(u32),
+    /// Entry `index` is a hard link (answered 0): make it a second name of its first file once
+    /// that file is here, before the end of the pass.
+    Link(u32),
     /// No more frames in this pass: land everything and answer with an end of pass.
     EndOfPass,
     /// Nothing: the sender is busy hashing a large file and says it is still there.
@@ -42,6 +45,7 @@ impl Frame {
             Frame::Check(i, _) => (FRAME_MAGIC, *i, 1),
             Frame::Resume(i, ..) => (FRAME_MAGIC, *i, 2),
             Frame::Quick(i) => (FRAME_MAGIC, *i, 3),
+            Frame::Link(i) => (FRAME_MAGIC, *i, 4),
         };
         out.extend_from_slice(&magic);
         out.extend_from_slice(&index.to_be_bytes());
@@ -91,6 +95,7 @@ impl Frame {
             }
             2 => Frame::Resume(index, read_u64(r)?),
             3 => Frame::Quick(index),
+            4 => Frame::Link(index),
             k => return Err(malformed(format!("unknown frame mode {k}"))),
         }))
     }

@@ -3,11 +3,11 @@
 use std::collections::HashSet;
 use std::io::Read;
 
-use super::{malformed, read_text, read_u64, MANIFEST_MAGIC};
+use super::{malformed, read_text, read_u32, read_u64, MANIFEST_MAGIC};
 use crate::name::validate_name;
 use crate::wire::read_exact;
 use crate::wire::{ProtocolError, SOURCE_ID_LEN};
-use crate::wire::{MAX_ENTRIES, MAX_PATH_LEN};
+use crate::wire::{MAX_ENTRIES, MAX_MANIFEST_TEXT, MAX_PATH_LEN};
 
 /// What an entry is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,11 +23,182 @@ pub enum Kind {
     },
     /// A directory; its entries follow it in the manifest.
     Dir,
-    /// A symbolic link; where its target leads is judged by the receiver (see `links`).
+    /// A symbolic link; where its target leads is judged by the receiver (see `links`), unless
+    /// it trusts the sender.
     Symlink {
         /// The link's content.
         target: String,
     },
+    /// Another name of an earlier file entry (a hard link): the two share one copy of the data.
+    HardLink {
+        /// The index of that file entry in the manifest.
+        first: u32,
+    },
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket's name (nothing listens on it once made).
+    Socket,
+    /// A device file.
+    Device {
+        /// A block device (else a character device).
+        block: bool,
+        /// Its major and minor numbers.
+        major: u32,
+        minor: u32,
+    },
+}
+
+/// What an entry carries beyond mode and mtime, when the sender was asked to keep it
+/// (`zsend -o/-g/-X/-A`, all in `-a`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Extras {
+    /// The owner and group, by number and (when the sender knows them) by name.
+    pub owner: Option<Owner>,
+    /// Extended attributes: name (with its namespace) and value. POSIX ACLs are the
+    /// `system.posix_acl_access` and `system.posix_acl_default` attributes, file capabilities
+    /// `security.capability`.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// An entry's owner and group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    /// The user's name on the sender, empty when it has none (or `--numeric-ids`).
+    pub user: String,
+    /// The group's name on the sender, likewise.
+    pub group: String,
+}
+
+/// The namespaces an extended attribute's name may start with.
+pub const XATTR_NAMESPACES: [&str; 4] = ["user.", "trusted.", "security.", "system."];
+/// Longest extended attribute name (Linux XATTR_NAME_MAX).
+pub const MAX_XATTR_NAME: usize = 255;
+/// Largest extended attribute value (Linux XATTR_SIZE_MAX).
+pub const MAX_XATTR_VALUE: usize = 64 << 10;
+/// Longest user or group name.
+pub const MAX_OWNER_NAME: usize = 255;
+
+impl Extras {
+    /// Whether it holds anything.
+    pub fn is_empty(&self) -> bool {
+        self.owner.is_none() && self.xattrs.is_empty()
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        let flags = u8::from(self.owner.is_some()) | u8::from(!self.xattrs.is_empty()) << 1;
+        out.push(flags);
+        if let Some(o) = &self.owner {
+            out.extend_from_slice(&o.uid.to_be_bytes());
+            out.extend_from_slice(&o.gid.to_be_bytes());
+            for name in [&o.user, &o.group] {
+                out.push(name.len() as u8);
+                out.extend_from_slice(name.as_bytes());
+            }
+        }
+        if !self.xattrs.is_empty() {
+            out.extend_from_slice(&(self.xattrs.len() as u16).to_be_bytes());
+            for (name, value) in &self.xattrs {
+                out.push(name.len() as u8);
+                out.extend_from_slice(name);
+                out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                out.extend_from_slice(value);
+            }
+        }
+    }
+
+    fn read(r: &mut impl Read, text: &mut usize) -> Result<Extras, ProtocolError> {
+        let mut flags = [0u8; 1];
+        read_exact(r, &mut flags, "manifest entry")?;
+        if flags[0] & !3 != 0 {
+            return Err(malformed(format!("unknown extras flags {:#x}", flags[0])));
+        }
+        let mut extras = Extras::default();
+        if flags[0] & 1 != 0 {
+            let mut ids = [0u8; 8];
+            read_exact(r, &mut ids, "owner")?;
+            if ids[..4] == [0xff; 4] || ids[4..] == [0xff; 4] {
+                return Err(malformed("an owner or group of -1".into()));
+            }
+            let mut name = || -> Result<String, ProtocolError> {
+                let bytes = read_short(r, text, MAX_OWNER_NAME, "owner name")?;
+                String::from_utf8(bytes)
+                    .ok()
+                    .filter(|n| !n.chars().any(|c| c.is_control()))
+                    .ok_or_else(|| malformed("an owner name that is not printable UTF-8".into()))
+            };
+            let user = name()?;
+            let group = name()?;
+            extras.owner = Some(Owner {
+                uid: u32::from_be_bytes(ids[..4].try_into().expect("4 bytes")),
+                gid: u32::from_be_bytes(ids[4..].try_into().expect("4 bytes")),
+                user,
+                group,
+            });
+        }
+        if flags[0] & 2 != 0 {
+            let mut count = [0u8; 2];
+            read_exact(r, &mut count, "extended attributes")?;
+            let count = u16::from_be_bytes(count);
+            if count == 0 {
+                return Err(malformed("an empty list of extended attributes".into()));
+            }
+            for _ in 0..count {
+                let name = read_short(r, text, MAX_XATTR_NAME, "attribute name")?;
+                let known = XATTR_NAMESPACES
+                    .iter()
+                    .any(|ns| name.len() > ns.len() && name.starts_with(ns.as_bytes()));
+                if !known || name.contains(&0) {
+                    return Err(malformed(format!(
+                        "an attribute named {}",
+                        crate::name::Escaped(&String::from_utf8_lossy(&name))
+                    )));
+                }
+                if extras.xattrs.iter().any(|(n, _)| *n == name) {
+                    return Err(malformed("an attribute named twice".into()));
+                }
+                let len = read_u32(r)? as usize;
+                if len > MAX_XATTR_VALUE {
+                    return Err(malformed(format!("an attribute value of {len} bytes")));
+                }
+                *text += len;
+                if *text > MAX_MANIFEST_TEXT {
+                    return Err(malformed(format!(
+                        "more than {MAX_MANIFEST_TEXT} bytes of paths and attributes"
+                    )));
+                }
+                let mut value = vec![0u8; len];
+                read_exact(r, &mut value, "attribute value")?;
+                extras.xattrs.push((name, value));
+            }
+        }
+        Ok(extras)
+    }
+}
+
+/// Reads a u8-length byte string of at most `max` bytes, counted against the manifest's text.
+fn read_short(
+    r: &mut impl Read,
+    text: &mut usize,
+    max: usize,
+    what: &'static str,
+) -> Result<Vec<u8>, ProtocolError> {
+    let mut len = [0u8; 1];
+    read_exact(r, &mut len, what)?;
+    let len = len[0] as usize;
+    if len > max {
+        return Err(malformed(format!("a {what} of {len} bytes")));
+    }
+    *text += len;
+    if *text > MAX_MANIFEST_TEXT {
+        return Err(malformed(format!(
+            "more than {MAX_MANIFEST_TEXT} bytes of paths and attributes"
+        )));
+    }
+    let mut bytes = vec![0u8; len];
+    read_exact(r, &mut bytes, what)?;
+    Ok(bytes)
 }
 
 /// One entry of a tree.
@@ -41,6 +212,8 @@ pub struct Entry {
     pub mode: u32,
     /// Modification time: seconds and nanoseconds since the epoch.
     pub mtime: (i64, u32),
+    /// Owner and extended attributes, when sent.
+    pub extras: Option<Box<Extras>>,
 }
 
 impl Entry {
@@ -67,6 +240,11 @@ impl Entry {
             Kind::File { .. } => 1u8,
             Kind::Dir => 2,
             Kind::Symlink { .. } => 3,
+            Kind::HardLink { .. } => 4,
+            Kind::Fifo => 5,
+            Kind::Socket => 6,
+            Kind::Device { block: false, .. } => 7,
+            Kind::Device { block: true, .. } => 8,
         };
         out.push(kind);
         out.extend_from_slice(&(self.path.len() as u16).to_be_bytes());
@@ -91,11 +269,20 @@ impl Entry {
                     out.extend_from_slice(id);
                 }
             }
-            Kind::Dir => {}
+            Kind::Dir | Kind::Fifo | Kind::Socket => {}
             Kind::Symlink { target } => {
                 out.extend_from_slice(&(target.len() as u16).to_be_bytes());
                 out.extend_from_slice(target.as_bytes());
             }
+            Kind::HardLink { first } => out.extend_from_slice(&first.to_be_bytes()),
+            Kind::Device { major, minor, .. } => {
+                out.extend_from_slice(&major.to_be_bytes());
+                out.extend_from_slice(&minor.to_be_bytes());
+            }
+        }
+        match &self.extras {
+            Some(x) => x.encode(out),
+            None => out.push(0),
         }
     }
 
@@ -146,13 +333,25 @@ impl Entry {
             3 => Kind::Symlink {
                 target: read_text(r, text, "link target")?,
             },
+            4 => Kind::HardLink {
+                first: read_u32(r)?,
+            },
+            5 => Kind::Fifo,
+            6 => Kind::Socket,
+            7 | 8 => Kind::Device {
+                block: kind[0] == 8,
+                major: read_u32(r)?,
+                minor: read_u32(r)?,
+            },
             k => return Err(malformed(format!("unknown entry kind {k}"))),
         };
+        let extras = Some(Extras::read(r, text)?).filter(|x| !x.is_empty());
         Ok(Entry {
             path,
             kind,
             mode,
             mtime: (sec, nsec),
+            extras: extras.map(Box::new),
         })
     }
 }
@@ -206,7 +405,7 @@ impl Manifest {
     fn check(&self) -> Result<(), ProtocolError> {
         let mut seen: HashSet<&str> = HashSet::with_capacity(self.entries.len());
         let mut dirs: HashSet<&str> = HashSet::new();
-        for e in &self.entries {
+        for (i, e) in self.entries.iter().enumerate() {
             check_path(&e.path)?;
             if let Some(parent) = e.parent() {
                 if !dirs.contains(parent) {
@@ -237,7 +436,18 @@ impl Manifest {
                         )));
                     }
                 }
-                Kind::File { .. } => {}
+                Kind::HardLink { first } => {
+                    let names_a_file = (*first as usize) < i
+                        && matches!(self.entries[*first as usize].kind, Kind::File { .. });
+                    if !names_a_file || e.extras.is_some() {
+                        return Err(malformed(format!(
+                            "the hard link {} names entry {first}, not a file before it, or has \
+                             extras of its own",
+                            crate::name::Escaped(&e.path)
+                        )));
+                    }
+                }
+                Kind::File { .. } | Kind::Fifo | Kind::Socket | Kind::Device { .. } => {}
             }
         }
         Ok(())
@@ -269,6 +479,7 @@ mod tests {
             },
             mode: 0o644,
             mtime: (1, 2),
+            extras: None,
         }
     }
 
@@ -278,6 +489,7 @@ mod tests {
             kind: Kind::Dir,
             mode: 0o755,
             mtime: (3, 4),
+            extras: None,
         }
     }
 
@@ -289,6 +501,7 @@ mod tests {
             },
             mode: 0o777,
             mtime: (5, 6),
+            extras: None,
         }
     }
 
@@ -312,6 +525,38 @@ mod tests {
                 sparse,
                 link("top/l", "empty/../a.txt"),
                 file("ünïcødé ✓", 0),
+                Entry {
+                    kind: Kind::HardLink { first: 2 },
+                    ..file("top/again", 0)
+                },
+                Entry {
+                    kind: Kind::Fifo,
+                    extras: Some(Box::new(Extras {
+                        owner: Some(Owner {
+                            uid: 1000,
+                            gid: 100,
+                            user: "ann".into(),
+                            group: String::new(),
+                        }),
+                        xattrs: vec![
+                            (b"user.a".to_vec(), vec![0, 1, 2]),
+                            (b"system.posix_acl_access".to_vec(), vec![]),
+                        ],
+                    })),
+                    ..file("top/fifo", 0)
+                },
+                Entry {
+                    kind: Kind::Socket,
+                    ..file("top/sock", 0)
+                },
+                Entry {
+                    kind: Kind::Device {
+                        block: true,
+                        major: 7,
+                        minor: 3,
+                    },
+                    ..file("top/loop3", 0)
+                },
             ],
         };
         assert_eq!(decode(&m).unwrap(), m);
@@ -331,6 +576,52 @@ mod tests {
             vec![dir("d"), link("d/l", "")],
             vec![dir("d"), link("d/l", "a\0b")],
             vec![file(".zrecv-1.part", 1)],
+            vec![Entry {
+                kind: Kind::HardLink { first: 0 },
+                ..file("a", 1)
+            }],
+            vec![
+                dir("d"),
+                Entry {
+                    kind: Kind::HardLink { first: 0 },
+                    ..file("a", 1)
+                },
+            ],
+            vec![
+                file("f", 1),
+                Entry {
+                    kind: Kind::HardLink { first: 7 },
+                    ..file("a", 1)
+                },
+            ],
+            vec![Entry {
+                extras: Some(Box::new(Extras {
+                    owner: None,
+                    xattrs: vec![(b"other.x".to_vec(), vec![])],
+                })),
+                ..file("a", 1)
+            }],
+            vec![Entry {
+                extras: Some(Box::new(Extras {
+                    owner: None,
+                    xattrs: vec![(b"user.".to_vec(), vec![])],
+                })),
+                ..file("a", 1)
+            }],
+            vec![Entry {
+                extras: Some(Box::new(Extras {
+                    owner: None,
+                    xattrs: vec![(b"user.x".to_vec(), vec![]), (b"user.x".to_vec(), vec![])],
+                })),
+                ..file("a", 1)
+            }],
+            vec![Entry {
+                extras: Some(Box::new(Extras {
+                    owner: None,
+                    xattrs: vec![(b"user.x".to_vec(), vec![0; MAX_XATTR_VALUE + 1])],
+                })),
+                ..file("a", 1)
+            }],
         ];
         for entries in cases {
             let m = Manifest { entries };

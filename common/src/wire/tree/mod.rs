@@ -15,7 +15,8 @@ mod reports;
 
 pub use answers::{Answer, Answers};
 pub use frames::{Control, Frame, FRAME_HEAD_LEN};
-pub use manifest::{check_path, Entry, Kind, Manifest};
+pub use manifest::{check_path, Entry, Extras, Kind, Manifest, Owner};
+pub use manifest::{MAX_OWNER_NAME, MAX_XATTR_NAME, MAX_XATTR_VALUE};
 pub use reports::{FileStatus, Report};
 
 /// First bytes of the manifest.
@@ -98,11 +99,11 @@ mod tests {
     proptest! {
         #[test]
         fn answers_frames_and_reports_round_trip(offset in any::<u64>(), i in any::<u32>(), d in any::<[u8; 32]>(), msg in ".{0,100}") {
-            let a = Answers::Each(vec![Answer::Send, Answer::Landed, Answer::Partial(offset, d), Answer::Done, Answer::Refused(msg.clone())]);
+            let a = Answers::Each(vec![Answer::Send, Answer::Landed, Answer::Partial(offset, d), Answer::Done, Answer::Refused(msg.clone())], i % 6);
             prop_assert_eq!(Answers::read(&mut &a.encode()[..], 5).unwrap(), a);
             let refused = Answers::Refused(RefuseCode::NoSpace, msg.clone());
             prop_assert_eq!(Answers::read(&mut &refused.encode()[..], 5).unwrap(), refused);
-            for f in [Frame::Full(i), Frame::Check(i, d), Frame::Resume(i, offset), Frame::EndOfPass, Frame::Keepalive] {
+            for f in [Frame::Full(i), Frame::Check(i, d), Frame::Resume(i, offset), Frame::Quick(i), Frame::Link(i), Frame::EndOfPass, Frame::Keepalive] {
                 prop_assert_eq!(Frame::read(&mut &f.encode()[..]).unwrap(), Some(f));
             }
             let r = Report::File { index: i, status: FileStatus::Resend, root: Some(d), seal: [9; 32], message: msg };

@@ -1,0 +1,274 @@
+//! What a tree's entries carry beyond content, mode and mtime: owners and extended attributes
+//! (POSIX ACLs and file capabilities among them), read on the sender and applied on the
+//! receiver under its rule for privilege-carrying metadata.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, Gid, Mode, Uid, XattrFlags};
+
+use crate::wire::{Entry, Extras, Kind, Owner, KEPT_MODE};
+
+/// What of a tree to send beyond files, directories, modes and mtimes (`zsend -a` turns on all
+/// of it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Keep {
+    /// Symbolic links as links (else they are left out, counted).
+    pub links: bool,
+    /// Hard links as one file with more names (else each name is a file of its own).
+    pub hard_links: bool,
+    /// Owners and groups (`-o`/`-g`); by number only with `numeric_ids`.
+    pub owner: bool,
+    /// Send no user or group names, only numbers (`--numeric-ids`).
+    pub numeric_ids: bool,
+    /// Extended attributes (`-X`: `user.*`, `trusted.*`, `security.*`).
+    pub xattrs: bool,
+    /// POSIX ACLs (`-A`: `system.posix_acl_access` and `system.posix_acl_default`).
+    pub acls: bool,
+    /// Fifos and sockets (`--specials`).
+    pub specials: bool,
+    /// Device files (`--devices`).
+    pub devices: bool,
+}
+
+/// The attributes that are POSIX ACLs.
+const ACLS: [&[u8]; 2] = [b"system.posix_acl_access", b"system.posix_acl_default"];
+
+/// Whether an attribute carries privilege (a file capability, a security label, a trusted
+/// attribute): kept only under the receiver's rule for privileged metadata.
+pub fn privileged_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"security.") || name.starts_with(b"trusted.")
+}
+
+/// The sender's side: user and group names looked up once per id.
+#[derive(Debug, Default)]
+pub struct Names {
+    users: HashMap<u32, String>,
+    groups: HashMap<u32, String>,
+}
+
+impl Names {
+    fn user(&mut self, uid: u32) -> String {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| printable(uzers::get_user_by_uid(uid).map(|u| u.name().to_owned())))
+            .clone()
+    }
+
+    fn group(&mut self, gid: u32) -> String {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| printable(uzers::get_group_by_gid(gid).map(|g| g.name().to_owned())))
+            .clone()
+    }
+}
+
+/// A name fit to send (short, printable UTF-8), or none.
+fn printable(name: Option<std::ffi::OsString>) -> String {
+    name.and_then(|n| n.into_string().ok())
+        .filter(|n| n.len() <= crate::wire::MAX_OWNER_NAME && !n.chars().any(char::is_control))
+        .unwrap_or_default()
+}
+
+/// Reads what `keep` asks for of the entry at `path` (never following a link there).
+/// Attributes that vanish meanwhile are left out; a file system without them has none.
+pub fn extras_of(
+    path: &Path,
+    st: &std::fs::Metadata,
+    keep: &Keep,
+    names: &mut Names,
+) -> io::Result<Option<Box<Extras>>> {
+    let mut extras = Extras::default();
+    if keep.owner {
+        let (user, group) = match keep.numeric_ids {
+            true => (String::new(), String::new()),
+            false => (names.user(st.uid()), names.group(st.gid())),
+        };
+        extras.owner = Some(Owner {
+            uid: st.uid(),
+            gid: st.gid(),
+            user,
+            group,
+        });
+    }
+    // Only files and directories keep their attributes: those of links, fifos, sockets and
+    // devices are not sent (Linux allows a link none but trusted and security ones).
+    if (keep.xattrs || keep.acls) && (st.is_file() || st.is_dir()) {
+        extras.xattrs = xattrs_of(path, keep)?;
+    }
+    Ok((!extras.is_empty()).then(|| Box::new(extras)))
+}
+
+fn xattrs_of(path: &Path, keep: &Keep) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut list = vec![0u8; 64 << 10];
+    let n = match rustix::fs::llistxattr(path, &mut list[..]) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    let mut value = vec![0u8; crate::wire::MAX_XATTR_VALUE];
+    for name in list[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let wanted = match ACLS.contains(&name) {
+            true => keep.acls,
+            false => keep.xattrs && !name.starts_with(b"system."),
+        };
+        if !wanted || name.len() > crate::wire::MAX_XATTR_NAME {
+            continue;
+        }
+        let cname = std::ffi::CString::new(name).expect("no NUL in a listed name");
+        match rustix::fs::lgetxattr(path, cname.as_c_str(), &mut value[..]) {
+            Ok(len) => out.push((name.to_vec(), value[..len].to_vec())),
+            Err(rustix::io::Errno::NODATA) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+/// What the receiver lets a transfer set, decided once per connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rights {
+    /// Owners, setuid and setgid bits, privileged attributes and device files: for a sender
+    /// that proved the token, to a receiver run as root with `--preserve-privileged`.
+    pub privileged: bool,
+    /// Who the receiver is: what a file it makes belongs to when it may not choose.
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Rights {
+    /// The rights of this process for a sender that did (`authenticated`) or did not prove
+    /// the token, when the receiver was started `preserve` (`--preserve-privileged`).
+    pub fn of(authenticated: bool, preserve: bool) -> Rights {
+        let uid = rustix::process::geteuid().as_raw();
+        Rights {
+            privileged: authenticated && preserve && uid == 0,
+            uid,
+            gid: rustix::process::getegid().as_raw(),
+        }
+    }
+}
+
+/// What to set on one entry once it is made: owner, mode and attributes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub owner: Option<(u32, u32)>,
+    /// The permission bits to set after the owner (which clears setuid and setgid).
+    pub mode: u32,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The receiver's side: local ids of the sender's user and group names, looked up once each.
+#[derive(Debug, Default)]
+pub struct Ids {
+    users: RefCell<HashMap<String, Option<u32>>>,
+    groups: RefCell<HashMap<String, Option<u32>>>,
+}
+
+impl Ids {
+    /// The local owner of `o`: by name where both ends know it, else by number.
+    fn map(&self, o: &Owner) -> (u32, u32) {
+        let uid = match o.user.is_empty() {
+            true => None,
+            false => *self
+                .users
+                .borrow_mut()
+                .entry(o.user.clone())
+                .or_insert_with(|| uzers::get_user_by_name(&o.user).map(|u| u.uid())),
+        };
+        let gid = match o.group.is_empty() {
+            true => None,
+            false => *self
+                .groups
+                .borrow_mut()
+                .entry(o.group.clone())
+                .or_insert_with(|| uzers::get_group_by_name(&o.group).map(|g| g.gid())),
+        };
+        (uid.unwrap_or(o.uid), gid.unwrap_or(o.gid))
+    }
+
+    /// What to set on `e`, and whether some of what it carries is not kept under `rights`:
+    /// an owner other than the receiver's own, setuid or setgid bits sent with an owner, a
+    /// privileged attribute. `None` when the entry carries nothing beyond its mode.
+    pub fn plan(&self, e: &Entry, rights: &Rights) -> Option<(Plan, bool)> {
+        let extras = e.extras.as_deref()?;
+        let mut unkept = false;
+        let mut plan = Plan {
+            mode: e.mode & KEPT_MODE,
+            ..Plan::default()
+        };
+        if let Some(o) = &extras.owner {
+            let ids = self.map(o);
+            if rights.privileged {
+                plan.owner = Some(ids);
+                plan.mode = e.mode & 0o7777;
+            } else {
+                unkept |= ids != (rights.uid, rights.gid) || e.mode & 0o6000 != 0;
+            }
+        }
+        for (name, value) in &extras.xattrs {
+            if privileged_xattr(name) && !rights.privileged {
+                unkept = true;
+            } else {
+                plan.xattrs.push((name.clone(), value.clone()));
+            }
+        }
+        Some((plan, unkept))
+    }
+}
+
+impl Plan {
+    /// A plan that sets the kept mode bits and nothing else.
+    pub fn of_mode(mode: u32) -> Plan {
+        Plan {
+            mode: mode & KEPT_MODE,
+            ..Plan::default()
+        }
+    }
+
+    /// Sets the owner, then the mode, then the attributes (ACLs after the mode they refine,
+    /// capabilities after the owner change that would clear them) on an open file or
+    /// directory. Its mtime is left as it was.
+    pub fn apply(&self, fd: impl AsFd) -> io::Result<()> {
+        let fd = fd.as_fd();
+        if let Some((uid, gid)) = self.owner {
+            rustix::fs::fchown(fd, Some(uid_of(uid)), Some(gid_of(gid)))?;
+        }
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(self.mode))?;
+        for (name, value) in &self.xattrs {
+            let cname = std::ffi::CString::new(name.as_slice())
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            rustix::fs::fsetxattr(fd, cname.as_c_str(), value, XattrFlags::empty())?;
+        }
+        Ok(())
+    }
+
+    /// Sets the owner and mode of `name` in `dir` without following it: for links, fifos,
+    /// sockets and devices, which cannot be opened for it. (Their attributes are not kept.)
+    pub fn apply_at(&self, dir: impl AsFd, name: &str, kind: &Kind) -> io::Result<()> {
+        let dir = dir.as_fd();
+        if let Some((uid, gid)) = self.owner {
+            let (u, g) = (Some(uid_of(uid)), Some(gid_of(gid)));
+            rustix::fs::chownat(dir, name, u, g, AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        // A link has no mode of its own on Linux.
+        if !matches!(kind, Kind::Symlink { .. }) {
+            rustix::fs::chmodat(dir, name, Mode::from_raw_mode(self.mode), AtFlags::empty())?;
+        }
+        Ok(())
+    }
+}
+
+/// An id from the manifest, which never holds -1 (it would mean "leave it as it is").
+fn uid_of(uid: u32) -> Uid {
+    Uid::from_raw(uid)
+}
+
+fn gid_of(gid: u32) -> Gid {
+    Gid::from_raw(gid)
+}
