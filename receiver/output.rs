@@ -20,7 +20,7 @@ pub fn log_swept(swept: &Swept, max_age: Duration, dir: &Path) {
         .removed
         .iter()
         .take(SHOWN)
-        .map(|p| Escaped(&p.to_string_lossy()).to_string())
+        .map(|p| Escaped(p.as_os_str().as_encoded_bytes()).to_string())
         .collect();
     if swept.removed.len() > SHOWN {
         names.push(format!("and {} more", swept.removed.len() - SHOWN));
@@ -181,7 +181,7 @@ fn json(r: &TransferRecord) -> serde_json::Value {
 
 /// The name a kept partial belongs to, escaped: it came from a sender.
 pub fn shown(k: &zcommon::KeptPartial) -> String {
-    Escaped(&k.name.to_string_lossy()).to_string()
+    Escaped(k.name.as_os_str().as_encoded_bytes()).to_string()
 }
 
 /// How much a kept partial holds: `2.1 GiB of 4.0 GiB`, or `? of 4.0 GiB` when its record has

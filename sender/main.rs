@@ -273,7 +273,7 @@ fn write_torrent(
 /// What the display calls a source: its file name.
 fn label_of(path: &std::path::Path) -> String {
     let name = path.file_name().unwrap_or(path.as_os_str());
-    zcommon::Escaped(&name.to_string_lossy()).to_string()
+    zcommon::Escaped(name.as_encoded_bytes()).to_string()
 }
 
 fn run(cli: &Cli, progress: &Progress) -> anyhow::Result<Sent> {

@@ -3,6 +3,7 @@
 //! entry; then what a receiver without the privileged rule keeps, and hard links.
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
@@ -38,7 +39,10 @@ fn snapshot(root: &Path) -> BTreeMap<String, String> {
     for (rel, path, m) in found {
         let ft = m.file_type();
         let what = if ft.is_symlink() {
-            format!("link -> {}", std::fs::read_link(&path).unwrap().display())
+            format!(
+                "link -> {:?}",
+                std::fs::read_link(&path).unwrap().as_os_str()
+            )
         } else if m.is_file() {
             let group = groups
                 .entry((m.dev(), m.ino()))
@@ -167,8 +171,16 @@ fn every_case(top: &Path) {
         rustix::fs::FileType::BlockDevice,
         rustix::fs::makedev(7, 200),
     );
-    // Names with spaces and unicode.
+    // Names are bytes: unicode, bytes that are not UTF-8, newlines, tabs, escapes.
     std::fs::write(top.join("ünïcødé name ✓"), b"u").unwrap();
+    let raw = |b: &[u8]| top.join(std::ffi::OsStr::from_bytes(b));
+    std::fs::write(raw(b"latin1-caf\xe9"), b"l").unwrap();
+    std::fs::write(raw(b"new\nline"), b"n").unwrap();
+    std::fs::write(raw(b"tab\there"), b"t").unwrap();
+    std::fs::write(raw(b"esc\x1b[31mred"), b"e").unwrap();
+    std::fs::create_dir(raw(b"dir-\xff")).unwrap();
+    std::fs::write(raw(b"dir-\xff/inner-\xfe"), b"i").unwrap();
+    symlink(std::ffi::OsStr::from_bytes(b"dir-\xff"), raw(b"to-\xff")).unwrap();
     // Times last, deepest first (making entries in a directory moves its mtime), each its own,
     // links included, in seconds long past: rsync leaves a time alone when it is within the
     // second the copy is made in.
@@ -241,7 +253,7 @@ fn an_archive_tree_lands_as_rsync_ahax_copies_it() {
     assert!(rx.wait().success(), "{}", rx.stderr());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["hard_links"], 2, "{json}");
-    assert_eq!(json["links"], 5, "{json}");
+    assert_eq!(json["links"], 6, "{json}");
     assert_eq!(json["specials"], 4, "{json}");
     assert_eq!(json["unkept"], 0, "{json}");
     // The group of three crossed once.
@@ -358,4 +370,41 @@ fn a_hard_link_group_crosses_once_and_lands_as_one_file() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     let m = std::fs::metadata(dst2.path().join("top/d/first")).unwrap();
     assert_eq!(m.nlink(), 1);
+}
+
+/// Names are bytes: one with an escape sequence and a byte that is not UTF-8 lands as it is,
+/// and every line either end prints about it shows it escaped, never the raw bytes.
+#[test]
+fn names_of_any_bytes_land_and_are_shown_escaped() {
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    std::fs::create_dir(&top).unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"esc\x1b[2Jx\xff");
+    std::fs::write(top.join(name), b"v1").unwrap();
+    mknod(
+        &top.join(std::ffi::OsStr::from_bytes(b"fifo\x1b[31m")),
+        rustix::fs::FileType::Fifo,
+        0,
+    );
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap()]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    assert!(err.contains("fifo\\u{1b}[31m"), "{err}");
+    assert_eq!(
+        std::fs::read(dst.path().join("top").join(name)).unwrap(),
+        b"v1"
+    );
+    rx.wait_for_line("received tree top");
+    // Again with other content: the receiver refuses to replace it, and both ends say which.
+    std::fs::write(top.join(name), b"version 2").unwrap();
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--specials"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    assert!(err.contains("esc\\u{1b}[2Jx\\xff"), "{err}");
+    rx.wait_for_line("esc\\u{1b}[2Jx\\xff");
+    for printed in [err, rx.stderr()] {
+        assert!(!printed.contains('\u{1b}'), "{printed:?}");
+    }
 }

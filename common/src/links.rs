@@ -52,16 +52,16 @@ pub enum LinkError {
     TopLevel,
     /// The directory that would hold the link is not a real directory of the tree.
     #[error("is in {}, which was not made as a directory", Escaped(.0))]
-    Parent(String),
+    Parent(Vec<u8>),
     /// A `..` climbs above the top-level entry the link belongs to.
     #[error("points out of the tree")]
     OutOfTree,
     /// The target goes on below an entry that is not a directory made by the transfer.
     #[error("passes through {}, which was not made as a directory", Escaped(.0))]
-    Through(String),
+    Through(Vec<u8>),
     /// A `..` follows a name whose nature on disk nothing in the tree vouches for.
     #[error("uses .. below {}, where the tree cannot say what is there", Escaped(.0))]
-    Unknown(String),
+    Unknown(Vec<u8>),
     /// Opening the link would follow more than [`MAX_LINK_HOPS`] links, itself included.
     #[error("too many levels of links")]
     TooManyLinks,
@@ -80,7 +80,7 @@ enum NodeKind {
 #[derive(Debug)]
 struct Node {
     parent: u32,
-    name: Arc<str>,
+    name: Arc<[u8]>,
     kind: NodeKind,
 }
 
@@ -97,7 +97,7 @@ struct Node {
 #[derive(Debug)]
 pub struct LinkJudge {
     nodes: Vec<Node>,
-    children: HashMap<(u32, Arc<str>), u32>,
+    children: HashMap<(u32, Arc<[u8]>), u32>,
 }
 
 impl Default for LinkJudge {
@@ -112,7 +112,7 @@ impl LinkJudge {
         LinkJudge {
             nodes: vec![Node {
                 parent: ROOT,
-                name: Arc::from(""),
+                name: Arc::from(&b""[..]),
                 kind: NodeKind::Dir { real: true },
             }],
             children: HashMap::new(),
@@ -121,34 +121,39 @@ impl LinkJudge {
 
     /// Records a directory entry; `real`: the receiver made it or found a real (non-symlink)
     /// directory there. A directory below one that is not real is not real either.
-    pub fn dir(&mut self, path: &str, real: bool) {
-        self.record(path, |parent| NodeKind::Dir {
+    pub fn dir(&mut self, path: impl AsRef<[u8]>, real: bool) {
+        self.record(path.as_ref(), |parent| NodeKind::Dir {
             real: real && matches!(parent, NodeKind::Dir { real: true }),
         });
     }
 
     /// Records any other entry that is not a traversable directory: a file, a refused entry, a
     /// link judged but not made.
-    pub fn other(&mut self, path: &str) {
-        self.record(path, |_| NodeKind::Other);
+    pub fn other(&mut self, path: impl AsRef<[u8]>) {
+        self.record(path.as_ref(), |_| NodeKind::Other);
     }
 
     /// Judges a link at `path` whose content is `target`, without recording anything.
-    pub fn judge(&self, path: &str, target: &str) -> Result<Resolution, LinkError> {
+    pub fn judge(
+        &self,
+        path: impl AsRef<[u8]>,
+        target: impl AsRef<[u8]>,
+    ) -> Result<Resolution, LinkError> {
+        let (path, target) = (path.as_ref(), target.as_ref());
         if target.is_empty() {
             return Err(LinkError::Empty);
         }
         if target.len() > MAX_PATH_LEN {
             return Err(LinkError::TooLong(target.len()));
         }
-        if target.contains('\0') {
+        if target.contains(&0) {
             return Err(LinkError::Nul);
         }
-        if target.starts_with('/') {
+        if target.starts_with(b"/") {
             return Err(LinkError::Absolute);
         }
-        let dir_path = match path.rsplit_once('/') {
-            Some((dir, _)) => dir,
+        let dir_path = match crate::wire::parent_of(path) {
+            Some(dir) => dir,
             None => return Err(LinkError::TopLevel),
         };
         let dir = match self.find(dir_path) {
@@ -164,20 +169,20 @@ impl LinkJudge {
         let mut hops = 0u8;
         // What made the place uncertain, for the message: a node, and a name below it if the
         // name is not in the tree.
-        let mut unsure: (u32, Option<&str>) = (dir, None);
+        let mut unsure: (u32, Option<&[u8]>) = (dir, None);
         let mut components = target
-            .split('/')
-            .filter(|c| !c.is_empty() && *c != ".")
+            .split(|b| *b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
             .peekable();
         while let Some(c) = components.next() {
             if !at.certain {
-                if c == ".." {
+                if c == b".." {
                     let (node, name) = unsure;
                     return Err(LinkError::Unknown(self.path_of(node, name)));
                 }
                 continue;
             }
-            if c == ".." {
+            if c == b".." {
                 let parent = self.nodes[at.node as usize].parent;
                 if at.node == ROOT || parent == ROOT {
                     return Err(LinkError::OutOfTree);
@@ -220,16 +225,16 @@ impl LinkJudge {
     }
 
     /// Records a link that was made on disk, with the resolution [`LinkJudge::judge`] gave it.
-    pub fn accept(&mut self, path: &str, resolution: Resolution) {
-        self.record(path, |_| NodeKind::Link(resolution));
+    pub fn accept(&mut self, path: impl AsRef<[u8]>, resolution: Resolution) {
+        self.record(path.as_ref(), |_| NodeKind::Link(resolution));
     }
 
     /// Adds a node for `path` under its parent, if the parent is known. An entry left out is
     /// harmless: a name the judge does not know is uncertain, the most careful view of it.
-    fn record(&mut self, path: &str, kind: impl FnOnce(NodeKind) -> NodeKind) {
-        let (parent, name) = match path.rsplit_once('/') {
-            Some((dir, name)) => match self.find(dir) {
-                Some(p) => (p, name),
+    fn record(&mut self, path: &[u8], kind: impl FnOnce(NodeKind) -> NodeKind) {
+        let (parent, name) = match path.iter().rposition(|b| *b == b'/') {
+            Some(i) => match self.find(&path[..i]) {
+                Some(p) => (p, &path[i + 1..]),
                 None => return,
             },
             None => (ROOT, path),
@@ -240,7 +245,7 @@ impl LinkJudge {
             return;
         }
         let id = u32::try_from(self.nodes.len()).expect("fewer than 2^32 entries");
-        let name: Arc<str> = Arc::from(name);
+        let name: Arc<[u8]> = Arc::from(name);
         let kind = kind(self.nodes[parent as usize].kind);
         self.nodes.push(Node {
             parent,
@@ -251,52 +256,52 @@ impl LinkJudge {
     }
 
     /// The node of a recorded path.
-    fn find(&self, path: &str) -> Option<u32> {
-        path.split('/')
+    fn find(&self, path: &[u8]) -> Option<u32> {
+        path.split(|b| *b == b'/')
             .try_fold(ROOT, |node, c| self.child(node, c))
     }
 
-    fn child(&self, parent: u32, name: &str) -> Option<u32> {
+    fn child(&self, parent: u32, name: &[u8]) -> Option<u32> {
         self.children.get(&(parent, name) as &dyn ChildKey).copied()
     }
 
     /// The path of `node`, and of `name` below it if given, for a message.
-    fn path_of(&self, mut node: u32, name: Option<&str>) -> String {
-        let mut names: Vec<&str> = name.into_iter().collect();
+    fn path_of(&self, mut node: u32, name: Option<&[u8]>) -> Vec<u8> {
+        let mut names: Vec<&[u8]> = name.into_iter().collect();
         while node != ROOT {
             let n = &self.nodes[node as usize];
             names.push(&n.name);
             node = n.parent;
         }
         names.reverse();
-        names.join("/")
+        names.join(&b'/')
     }
 }
 
 /// A key of [`LinkJudge::children`], owned or borrowed, so that a lookup needs no allocation.
 trait ChildKey {
-    fn parts(&self) -> (u32, &str);
+    fn parts(&self) -> (u32, &[u8]);
 }
 
-impl ChildKey for (u32, Arc<str>) {
-    fn parts(&self) -> (u32, &str) {
+impl ChildKey for (u32, Arc<[u8]>) {
+    fn parts(&self) -> (u32, &[u8]) {
         (self.0, &self.1)
     }
 }
 
-impl ChildKey for (u32, &str) {
-    fn parts(&self) -> (u32, &str) {
+impl ChildKey for (u32, &[u8]) {
+    fn parts(&self) -> (u32, &[u8]) {
         *self
     }
 }
 
-impl<'a> Borrow<dyn ChildKey + 'a> for (u32, Arc<str>) {
+impl<'a> Borrow<dyn ChildKey + 'a> for (u32, Arc<[u8]>) {
     fn borrow(&self) -> &(dyn ChildKey + 'a) {
         self
     }
 }
 
-// Hashes as `(u32, Arc<str>)` does (an `Arc<str>` hashes as its `str`), as `Borrow` requires.
+// Hashes as `(u32, Arc<[u8]>)` does (an `Arc<[u8]>` hashes as its slice), as `Borrow` requires.
 impl Hash for dyn ChildKey + '_ {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.parts().hash(state);
@@ -341,7 +346,7 @@ mod tests {
         let mut j = judge_with(&["top", "top/d"]);
         let u = link(&mut j, "top/d/u", "..").unwrap();
         assert!(u.certain);
-        assert_eq!(j.path_of(u.node, None), "top");
+        assert_eq!(j.path_of(u.node, None), b"top");
         assert_eq!(link(&mut j, "top/d/v", "u/.."), Err(LinkError::OutOfTree));
         let w = link(&mut j, "top/d/w", "v/..").unwrap_err();
         assert_eq!(w, LinkError::Through("top/d/v".into()));
@@ -494,7 +499,7 @@ mod tests {
         assert!(target.len() <= MAX_PATH_LEN);
         let at = j.judge("top/l", &target).unwrap();
         assert!(at.certain);
-        assert_eq!(j.path_of(at.node, None), "top/a");
+        assert_eq!(j.path_of(at.node, None), b"top/a");
         // A long chain of directories and links into it.
         let mut path = String::from("top/a");
         for _ in 1..1000 {
@@ -502,12 +507,12 @@ mod tests {
             j.dir(&path, true);
         }
         let deep = link(&mut j, "top/deep", &"a/".repeat(1000)).unwrap();
-        assert_eq!(j.path_of(deep.node, None), path);
+        assert_eq!(j.path_of(deep.node, None), path.as_bytes());
         let up = "../".repeat(1000) + "a";
         assert!(link(&mut j, &format!("{path}/up"), &up).unwrap().certain);
         let over = "../".repeat(1001);
         assert_eq!(
-            j.judge(&format!("{path}/up2"), &over),
+            j.judge(format!("{path}/up2"), &over),
             Err(LinkError::OutOfTree)
         );
         // Links counted in a long target, each one step.

@@ -59,17 +59,76 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// Displays a peer-supplied string with control characters escaped, so that nothing a peer
-/// sends can move the cursor or recolour a terminal.
-pub struct Escaped<'a>(pub &'a str);
+/// Checks that `name` is one path component of a tree: as Linux allows it (not empty, not `.`
+/// or `..`, no `/` or NUL, at most 255 bytes), any other bytes included (control characters,
+/// bytes that are not UTF-8), but not one of the receiver's temporary names.
+pub fn validate_component(name: &[u8]) -> Result<(), NameError> {
+    let shown = || String::from_utf8_lossy(name).into_owned();
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(name.len()));
+    }
+    if name == b"." || name == b".." {
+        return Err(NameError::Dot(shown()));
+    }
+    if name.contains(&b'/') {
+        return Err(NameError::Slash(shown()));
+    }
+    if name.contains(&0) {
+        return Err(NameError::Control(shown()));
+    }
+    if name.starts_with(TEMP_PREFIX.as_bytes()) {
+        return Err(NameError::Reserved(shown()));
+    }
+    Ok(())
+}
 
-impl fmt::Display for Escaped<'_> {
+/// A tree's top-level name as the name its hello announces (one UTF-8 component without
+/// control characters): other bytes and control characters become `_`.
+pub fn label_of(name: &[u8]) -> String {
+    let label: String = String::from_utf8_lossy(name)
+        .chars()
+        .map(
+            |c| match c.is_control() || c == char::REPLACEMENT_CHARACTER {
+                true => '_',
+                false => c,
+            },
+        )
+        .collect();
+    match validate_name(&label) {
+        Ok(()) => label,
+        Err(_) => "tree".into(),
+    }
+}
+
+/// A name of bytes as a `String` that no other name gives: the name itself when it is UTF-8,
+/// else a NUL (which no name holds) and its bytes in hex. For keys that must be text.
+pub fn text_key(name: &[u8]) -> String {
+    match std::str::from_utf8(name) {
+        Ok(s) => s.to_owned(),
+        Err(_) => format!("\0{}", hex::encode(name)),
+    }
+}
+
+/// Displays a peer-supplied name or text with control characters and bytes that are not UTF-8
+/// escaped (`\n`, `\u{1b}`, `\xff`), so that nothing a peer sends can move the cursor or
+/// recolour a terminal.
+pub struct Escaped<'a, T: AsRef<[u8]> + ?Sized>(pub &'a T);
+
+impl<T: AsRef<[u8]> + ?Sized> fmt::Display for Escaped<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in self.0.chars() {
-            if c.is_control() {
-                write!(f, "{}", c.escape_default())?;
-            } else {
-                write!(f, "{c}")?;
+        for chunk in self.0.as_ref().utf8_chunks() {
+            for c in chunk.valid().chars() {
+                if c.is_control() {
+                    write!(f, "{}", c.escape_default())?;
+                } else {
+                    write!(f, "{c}")?;
+                }
+            }
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
             }
         }
         Ok(())

@@ -106,7 +106,7 @@ impl Receiver {
     pub(crate) fn land<D: AsFd>(
         &self,
         temp: TempFile<D>,
-        base: &str,
+        base: impl AsRef<[u8]>,
         header: &Header,
     ) -> Result<Duration, RecvError> {
         self.land_planned(temp, base, header, None)
@@ -116,7 +116,7 @@ impl Receiver {
     pub(crate) fn land_planned<D: AsFd>(
         &self,
         temp: TempFile<D>,
-        base: &str,
+        base: impl AsRef<[u8]>,
         header: &Header,
         plan: Option<&Plan>,
     ) -> Result<Duration, RecvError> {
@@ -160,7 +160,13 @@ impl Receiver {
     }
 
     /// Renames `temp` to `name` within `dir`: never replacing anything unless `--force`.
-    pub(crate) fn publish(&self, dir: impl AsFd, temp: &str, name: &str) -> Result<(), RecvError> {
+    pub(crate) fn publish(
+        &self,
+        dir: impl AsFd,
+        temp: &str,
+        name: impl AsRef<[u8]>,
+    ) -> Result<(), RecvError> {
+        let name = name.as_ref();
         let dir = dir.as_fd();
         let result = if self.config.force {
             rustix::fs::renameat(dir, temp, dir, name)

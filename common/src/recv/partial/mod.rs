@@ -115,9 +115,10 @@ pub(crate) fn scratch_name(what: &str) -> String {
 /// or EPERM from a seccomp profile that does not know the call). New files get mode 0600.
 pub(crate) fn open_beneath(
     dir: impl AsFd,
-    name: &str,
+    name: impl AsRef<[u8]>,
     flags: OFlags,
 ) -> rustix::io::Result<OwnedFd> {
+    let name = name.as_ref();
     let (flags, mode) = beneath_flags(flags);
     match rustix::fs::openat2(
         &dir,
@@ -155,21 +156,22 @@ fn beneath_flags(flags: OFlags) -> (OFlags, Mode) {
 /// down (EXDEV) and empty or `.` components (EINVAL): no name zrecv opens has one.
 pub(crate) fn walk_beneath(
     dir: impl AsFd,
-    name: &str,
+    name: impl AsRef<[u8]>,
     flags: OFlags,
 ) -> rustix::io::Result<OwnedFd> {
+    let name = name.as_ref();
     let (flags, mode) = beneath_flags(flags);
     if name.is_empty() {
         return Err(Errno::NOENT);
     }
-    if name.starts_with('/') {
+    if name.starts_with(b"/") {
         return Err(Errno::XDEV);
     }
-    let mut parts = name.split('/');
+    let mut parts = name.split(|b| *b == b'/');
     let last = parts.next_back().unwrap_or(name);
-    let check = |part: &str| match part {
-        ".." => Err(Errno::XDEV),
-        "" | "." => Err(Errno::INVAL),
+    let check = |part: &[u8]| match part {
+        b".." => Err(Errno::XDEV),
+        b"" | b"." => Err(Errno::INVAL),
         _ => Ok(()),
     };
     // O_PATH: crossing a directory needs search permission only, as in a path lookup.

@@ -354,7 +354,7 @@ fn time(sec: i64, nsec: impl TryInto<u32>) -> SystemTime {
 
 /// A path for the log, control characters escaped.
 pub(crate) fn show(path: &std::path::Path) -> String {
-    Escaped(&path.to_string_lossy()).to_string()
+    Escaped(path.as_os_str().as_encoded_bytes()).to_string()
 }
 
 #[cfg(test)]

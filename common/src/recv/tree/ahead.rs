@@ -32,7 +32,7 @@ impl<'scope> Ahead<'scope> {
     pub fn start(
         scope: &'scope Scope<'scope, '_>,
         root: Arc<OwnedFd>,
-        files: Vec<(u32, Option<String>)>,
+        files: Vec<(u32, Option<Vec<u8>>)>,
         depth: usize,
     ) -> Ahead<'scope> {
         let (made, ready) = mpsc::sync_channel((depth / CHUNK).max(1));

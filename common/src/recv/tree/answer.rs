@@ -31,6 +31,10 @@ impl Session<'_, '_> {
         for i in 0..self.manifest.entries.len() {
             let answer = self.answer(i);
             let e = &self.manifest.entries[i];
+            if let Answer::Refused(why) = &answer {
+                log::warn!("{}: {why}", Escaped(&e.path));
+                self.counts.failed += 1;
+            }
             if !matches!(answer, Answer::Refused(_))
                 && matches!(self.ids.plan(e, &self.rights), Some((_, true)))
             {
@@ -51,7 +55,6 @@ impl Session<'_, '_> {
                         need = need.and_then(|n| n.checked_add(size.saturating_sub(held)));
                         self.left += 1;
                     }
-                    Answer::Refused(_) => self.counts.failed += 1,
                     _ => {}
                 }
             }
@@ -190,7 +193,7 @@ impl Session<'_, '_> {
                     Some(FileType::Directory) => Answer::Refused("is a directory".into()),
                     Some(FileType::Symlink)
                         if rustix::fs::readlinkat(&parent, base, Vec::new())
-                            .is_ok_and(|t| t.as_bytes() == target.as_bytes()) =>
+                            .is_ok_and(|t| t.as_bytes() == &target[..]) =>
                     {
                         Answer::Done
                     }
@@ -290,9 +293,7 @@ impl Session<'_, '_> {
         let temp = partial::scratch_name("node");
         let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
         let made = match &e.kind {
-            Kind::Symlink { target } => {
-                rustix::fs::symlinkat(target.as_str(), parent, temp.as_str())
-            }
+            Kind::Symlink { target } => rustix::fs::symlinkat(&target[..], parent, temp.as_str()),
             kind => rustix::fs::mknodat(
                 parent,
                 temp.as_str(),

@@ -24,7 +24,7 @@ pub(super) struct Pending {
     pub index: u32,
     pub temp: TempFile<Arc<OwnedFd>>,
     /// Its final name within the temporary file's directory.
-    pub base: String,
+    pub base: Vec<u8>,
     /// Its mode, mtime and size.
     pub header: Header,
     /// Its owner and attributes, when sent and kept.

@@ -128,7 +128,7 @@ struct Session<'r, 'scope> {
     /// Directories this session made: their mode and mtime are set at the end of each pass.
     made_dirs: Vec<usize>,
     /// Their paths: nothing was in them before this transfer.
-    fresh_dirs: HashSet<String>,
+    fresh_dirs: HashSet<Vec<u8>>,
     /// Verdicts not sent yet.
     outbox: &'r Outbox<'r>,
     /// Lands small files in batches.
@@ -255,7 +255,7 @@ impl Session<'_, '_> {
             .zip(&self.answers)
             .enumerate()
             .filter(|(_, (_, a))| **a == Answer::Send)
-            .map(|(i, (e, _))| (i as u32, e.parent().map(str::to_owned)))
+            .map(|(i, (e, _))| (i as u32, e.parent().map(<[u8]>::to_vec)))
             .collect();
         let depth = AHEAD.min(self.rx.batch_files);
         self.ahead = Some(Ahead::start(self.scope, self.dirs.root(), files, depth));
@@ -325,7 +325,7 @@ fn header_of(e: &Entry, verify: bool) -> Header {
         _ => (0, None, None),
     };
     Header {
-        name: e.path.clone(),
+        name: crate::name::text_key(&e.path),
         size,
         mode: e.mode,
         mtime_sec: e.mtime.0,
@@ -342,7 +342,7 @@ fn header_of(e: &Entry, verify: bool) -> Header {
 /// any symlink; the last one is kept, since a walk sends a directory's files together.
 pub(super) struct DirCache {
     root: Arc<OwnedFd>,
-    last: Option<(String, Arc<OwnedFd>)>,
+    last: Option<(Vec<u8>, Arc<OwnedFd>)>,
 }
 
 impl DirCache {
@@ -354,7 +354,7 @@ impl DirCache {
         self.root.clone()
     }
 
-    pub(super) fn get(&mut self, path: Option<&str>) -> io::Result<Arc<OwnedFd>> {
+    pub(super) fn get(&mut self, path: Option<&[u8]>) -> io::Result<Arc<OwnedFd>> {
         let Some(path) = path else {
             return Ok(self.root.clone());
         };

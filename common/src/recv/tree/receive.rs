@@ -51,7 +51,7 @@ impl Session<'_, '_> {
     /// The whole file follows.
     pub(super) fn full(&mut self, i: u32, record: &mut TransferRecord) -> Result<(), RecvError> {
         let (e, header) = self.file_entry(i)?;
-        let parent_path = e.parent().map(str::to_owned);
+        let parent_path = e.parent().map(<[u8]>::to_vec);
         // A kept partial the sender chose not to resume is of no use any more.
         self.partials.remove(&i);
         let made = self.ahead.as_mut().and_then(|a| a.take(i));
@@ -102,7 +102,7 @@ impl Session<'_, '_> {
             .into());
         }
         let base = e.base().to_owned();
-        let parent_path = e.parent().map(str::to_owned);
+        let parent_path = e.parent().map(<[u8]>::to_vec);
         let parent = self
             .dirs
             .get(parent_path.as_deref())

@@ -32,7 +32,7 @@ pub(crate) fn identity(file: &File) -> Option<String> {
 pub(crate) fn load(dir: impl AsFd, name: &str, file: &File) -> Option<Runs> {
     let size = file.metadata().ok()?.len();
     let pieces = pieces_of(size);
-    let fd = open_beneath(&dir, &hidden_name(name, "pieces"), OFlags::RDONLY).ok()?;
+    let fd = open_beneath(&dir, hidden_name(name, "pieces"), OFlags::RDONLY).ok()?;
     let mut text = String::new();
     let most = LINE.saturating_mul(pieces.saturating_add(2));
     File::from(fd).take(most).read_to_string(&mut text).ok()?;

@@ -268,7 +268,7 @@ fn name_in(dir: impl AsFd, commit: &str) -> Option<String> {
 }
 
 fn read_commit(dir: impl AsFd, name: &str) -> io::Result<Option<Commit>> {
-    let fd = match open_beneath(&dir, &hidden_name(name, "commit"), OFlags::RDONLY) {
+    let fd = match open_beneath(&dir, hidden_name(name, "commit"), OFlags::RDONLY) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(None),
         Err(e) => return Err(e.into()),

@@ -13,6 +13,7 @@
 
 use std::cell::Cell;
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -115,13 +116,16 @@ pub fn send_tree(
     };
     let tree = walk(roots, opts.name.as_deref(), walk_opts)?;
     for (path, why) in &tree.skipped {
-        log::warn!("skipping {}: {why}", path.display());
+        log::warn!("skipping {}: {why}", Escaped(path.as_os_str().as_bytes()));
     }
     for (path, why) in &tree.unreadable {
-        log::warn!("cannot read {}: {why}", path.display());
+        log::warn!(
+            "cannot read {}: {why}",
+            Escaped(path.as_os_str().as_bytes())
+        );
     }
     on_walked(tree.file_count(), tree.total_bytes());
-    let label = tree.manifest.entries[0].path.clone();
+    let label = crate::name::label_of(&tree.manifest.entries[0].path);
     let start = Instant::now();
     progress(Tick::Phase(Phase::Connecting));
     let (stream, scratch) = open_connection(addr, opts, &roots[0], label.clone())?;
@@ -152,7 +156,7 @@ pub fn send_tree(
             failures: tree
                 .unreadable
                 .iter()
-                .map(|(p, why)| (p.display().to_string(), why.clone()))
+                .map(|(p, why)| (Escaped(p.as_os_str().as_bytes()).to_string(), why.clone()))
                 .collect(),
             skipped: tree.skipped.clone(),
             bytes: tree.total_bytes(),
@@ -255,8 +259,8 @@ impl Session<'_> {
     }
 
     fn fail(&mut self, i: usize, why: String) {
-        let path = self.tree.manifest.entries[i].path.clone();
-        log::warn!("{}: {why}", Escaped(&path));
+        let path = Escaped(&self.tree.manifest.entries[i].path).to_string();
+        log::warn!("{path}: {why}");
         self.report.failures.push((path, why));
     }
 }

@@ -34,8 +34,10 @@ impl Session<'_> {
         };
         let i = index as usize;
         let ours = self.digests[i];
-        self.last_failed = (status == FileStatus::Failed)
-            .then(|| (self.tree.manifest.entries[i].path.clone(), message.clone()));
+        self.last_failed = (status == FileStatus::Failed).then(|| {
+            let path = Escaped(&self.tree.manifest.entries[i].path).to_string();
+            (path, message.clone())
+        });
         if let Some(d) = &root {
             if !self
                 .integrity

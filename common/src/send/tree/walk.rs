@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use crate::error::SendError;
 use crate::hash::SMALL_FILE;
 use crate::meta::{extras_of, Keep, Names};
+use crate::name::Escaped;
 use crate::send::source::{data_between, source_id};
 use crate::wire::{check_path, Entry, Kind, Manifest};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// A tree ready to send: the manifest, where each entry is on this machine, and what was left
 /// out.
@@ -78,7 +80,7 @@ pub(super) fn walk(
             error,
         })?;
         let base = match name {
-            Some(n) => n.to_owned(),
+            Some(n) => n.as_bytes().to_vec(),
             None => base_name(root)?,
         };
         check_path(&base).map_err(|e| SendError::Name {
@@ -90,7 +92,8 @@ pub(super) fn walk(
         })?;
         if !tops.insert(base.clone()) {
             return Err(SendError::Usage(format!(
-                "two of the paths given would land as {base}; send them separately or rename one"
+                "two of the paths given would land as {}; send them separately or rename one",
+                Escaped(&base)
             )));
         }
         if meta.is_dir() {
@@ -107,7 +110,7 @@ pub(super) fn walk(
     Ok(walker.tree)
 }
 
-fn base_name(root: &Path) -> Result<String, SendError> {
+fn base_name(root: &Path) -> Result<Vec<u8>, SendError> {
     let err = |reason| SendError::Name {
         path: root.to_owned(),
         reason,
@@ -126,10 +129,7 @@ fn base_name(root: &Path) -> Result<String, SendError> {
                 .ok_or(err(crate::name::NameError::Empty))?
         }
     };
-    file_name
-        .to_str()
-        .map(str::to_owned)
-        .ok_or(err(crate::name::NameError::NotUtf8))
+    Ok(file_name.as_bytes().to_vec())
 }
 
 /// A walk under way: the tree so far, and what it remembers to send hard links and owners.
@@ -143,7 +143,7 @@ struct Walker {
 
 impl Walker {
     /// Lists what is below `root`.
-    fn walk_dir(&mut self, root: &Path, base: &str) {
+    fn walk_dir(&mut self, root: &Path, base: &[u8]) {
         let walker = walkdir::WalkDir::new(root)
             .min_depth(1)
             .follow_links(false)
@@ -192,7 +192,7 @@ impl Walker {
     }
 
     /// Lists one entry found below a root, or says why it is left out.
-    fn entry(&mut self, path: &Path, rel: &str, meta: &Metadata) {
+    fn entry(&mut self, path: &Path, rel: &[u8], meta: &Metadata) {
         let keep = self.opts.keep;
         let ft = meta.file_type();
         let skip = |why: &str| Some(format!("{why} (use {} or -a)", flag_for(why)));
@@ -237,13 +237,11 @@ impl Walker {
                     self.tree.unreadable.push((path.to_owned(), why));
                     None
                 }
-                (true, Ok(target)) => match target.into_os_string().into_string() {
-                    Ok(target) => {
-                        self.add(path, rel, Kind::Symlink { target }, meta);
-                        None
-                    }
-                    Err(_) => Some("the link's target is not valid UTF-8".into()),
-                },
+                (true, Ok(target)) => {
+                    let target = target.into_os_string().into_vec();
+                    self.add(path, rel, Kind::Symlink { target }, meta);
+                    None
+                }
             }
         } else if ft.is_fifo() || ft.is_socket() {
             match keep.specials {
@@ -278,7 +276,7 @@ impl Walker {
     }
 
     /// Lists an entry that has no content of its own.
-    fn add(&mut self, path: &Path, rel: &str, kind: Kind, meta: &Metadata) {
+    fn add(&mut self, path: &Path, rel: &[u8], kind: Kind, meta: &Metadata) {
         let extras = match kind {
             // The same inode as its first name: nothing of its own to keep.
             Kind::HardLink { .. } => None,
@@ -317,16 +315,12 @@ fn flag_for(what: &str) -> &'static str {
 }
 
 /// `base/rel/path` with `/` separators, or why it cannot be sent.
-fn relative_name(base: &str, root: &Path, path: &Path) -> Result<String, String> {
+fn relative_name(base: &[u8], root: &Path, path: &Path) -> Result<Vec<u8>, String> {
     let rel = path.strip_prefix(root).map_err(|e| e.to_string())?;
     let mut name = base.to_owned();
     for component in rel.components() {
-        let c = component
-            .as_os_str()
-            .to_str()
-            .ok_or("the name is not valid UTF-8")?;
-        name.push('/');
-        name.push_str(c);
+        name.push(b'/');
+        name.extend_from_slice(component.as_os_str().as_bytes());
     }
     check_path(&name).map_err(|e| e.to_string())?;
     Ok(name)
@@ -334,7 +328,7 @@ fn relative_name(base: &str, root: &Path, path: &Path) -> Result<String, String>
 
 fn file_entry(
     path: &Path,
-    rel: &str,
+    rel: &[u8],
     meta: &Metadata,
     opts: WalkOptions,
 ) -> Result<Entry, SendError> {
@@ -377,7 +371,7 @@ mod tests {
         tree.manifest
             .entries
             .iter()
-            .map(|e| e.path.as_str())
+            .map(|e| std::str::from_utf8(&e.path).unwrap())
             .collect()
     }
 

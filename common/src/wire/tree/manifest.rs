@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::io::Read;
 
 use super::{malformed, read_text, read_u32, read_u64, MANIFEST_MAGIC};
-use crate::name::validate_name;
+use crate::name::validate_component;
 use crate::wire::read_exact;
 use crate::wire::{ProtocolError, SOURCE_ID_LEN};
 use crate::wire::{MAX_ENTRIES, MAX_MANIFEST_TEXT, MAX_PATH_LEN};
@@ -26,8 +26,8 @@ pub enum Kind {
     /// A symbolic link; where its target leads is judged by the receiver (see `links`), unless
     /// it trusts the sender.
     Symlink {
-        /// The link's content.
-        target: String,
+        /// The link's content: bytes, as Linux keeps it.
+        target: Vec<u8>,
     },
     /// Another name of an earlier file entry (a hard link): the two share one copy of the data.
     HardLink {
@@ -152,7 +152,7 @@ impl Extras {
                 if !known || name.contains(&0) {
                     return Err(malformed(format!(
                         "an attribute named {}",
-                        crate::name::Escaped(&String::from_utf8_lossy(&name))
+                        crate::name::Escaped(&name)
                     )));
                 }
                 if extras.xattrs.iter().any(|(n, _)| *n == name) {
@@ -204,8 +204,9 @@ fn read_short(
 /// One entry of a tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// Relative path under the receiver's directory: safe components joined with `/`.
-    pub path: String,
+    /// Relative path under the receiver's directory: safe components joined with `/`, bytes
+    /// as Linux names are (not always UTF-8).
+    pub path: Vec<u8>,
     /// What it is.
     pub kind: Kind,
     /// Permission bits (the receiver keeps [`KEPT_MODE`](crate::wire::KEPT_MODE)).
@@ -226,13 +227,16 @@ impl Entry {
     }
 
     /// The directory part of the path, if any (`a/b` for `a/b/c`).
-    pub fn parent(&self) -> Option<&str> {
-        self.path.rsplit_once('/').map(|(p, _)| p)
+    pub fn parent(&self) -> Option<&[u8]> {
+        parent_of(&self.path)
     }
 
     /// The last component of the path.
-    pub fn base(&self) -> &str {
-        self.path.rsplit_once('/').map_or(&self.path, |(_, b)| b)
+    pub fn base(&self) -> &[u8] {
+        match self.path.iter().rposition(|b| *b == b'/') {
+            Some(i) => &self.path[i + 1..],
+            None => &self.path,
+        }
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
@@ -248,7 +252,7 @@ impl Entry {
         };
         out.push(kind);
         out.extend_from_slice(&(self.path.len() as u16).to_be_bytes());
-        out.extend_from_slice(self.path.as_bytes());
+        out.extend_from_slice(&self.path);
         out.extend_from_slice(&self.mode.to_be_bytes());
         out.extend_from_slice(&self.mtime.0.to_be_bytes());
         out.extend_from_slice(&self.mtime.1.to_be_bytes());
@@ -272,7 +276,7 @@ impl Entry {
             Kind::Dir | Kind::Fifo | Kind::Socket => {}
             Kind::Symlink { target } => {
                 out.extend_from_slice(&(target.len() as u16).to_be_bytes());
-                out.extend_from_slice(target.as_bytes());
+                out.extend_from_slice(target);
             }
             Kind::HardLink { first } => out.extend_from_slice(&first.to_be_bytes()),
             Kind::Device { major, minor, .. } => {
@@ -403,8 +407,8 @@ impl Manifest {
     }
 
     fn check(&self) -> Result<(), ProtocolError> {
-        let mut seen: HashSet<&str> = HashSet::with_capacity(self.entries.len());
-        let mut dirs: HashSet<&str> = HashSet::new();
+        let mut seen: HashSet<&[u8]> = HashSet::with_capacity(self.entries.len());
+        let mut dirs: HashSet<&[u8]> = HashSet::new();
         for (i, e) in self.entries.iter().enumerate() {
             check_path(&e.path)?;
             if let Some(parent) = e.parent() {
@@ -428,7 +432,7 @@ impl Manifest {
                 Kind::Symlink { target } => {
                     // Where it leads is judged link by link, when the links are made
                     // (crate::links): a bad one is refused, not the whole manifest.
-                    if target.is_empty() || target.contains('\0') || target.len() > MAX_PATH_LEN {
+                    if target.is_empty() || target.contains(&0) || target.len() > MAX_PATH_LEN {
                         return Err(malformed(format!(
                             "the link {} has an empty target, a NUL in it or more than \
                              {MAX_PATH_LEN} bytes",
@@ -454,15 +458,21 @@ impl Manifest {
     }
 }
 
-/// Checks that `path` is relative and each `/`-separated component is a safe name.
-pub fn check_path(path: &str) -> Result<(), ProtocolError> {
+/// Checks that `path` is relative and each `/`-separated component is a name Linux allows
+/// (see [`validate_component`]).
+pub fn check_path(path: &[u8]) -> Result<(), ProtocolError> {
     if path.len() > MAX_PATH_LEN {
         return Err(malformed(format!("a path of {} bytes", path.len())));
     }
-    for component in path.split('/') {
-        validate_name(component).map_err(ProtocolError::BadName)?;
+    for component in path.split(|b| *b == b'/') {
+        validate_component(component).map_err(ProtocolError::BadName)?;
     }
     Ok(())
+}
+
+/// The directory part of a path, if any (`a/b` for `a/b/c`).
+pub fn parent_of(path: &[u8]) -> Option<&[u8]> {
+    path.iter().rposition(|b| *b == b'/').map(|i| &path[..i])
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ mod reports;
 
 pub use answers::{Answer, Answers};
 pub use frames::{Control, Frame, FRAME_HEAD_LEN};
-pub use manifest::{check_path, Entry, Extras, Kind, Manifest, Owner};
+pub use manifest::{check_path, parent_of, Entry, Extras, Kind, Manifest, Owner};
 pub use manifest::{MAX_OWNER_NAME, MAX_XATTR_NAME, MAX_XATTR_VALUE};
 pub use reports::{FileStatus, Report};
 
@@ -46,13 +46,13 @@ pub(super) fn read_u64(r: &mut impl Read) -> Result<u64, ProtocolError> {
     Ok(u64::from_be_bytes(b))
 }
 
-/// Reads a u16-length UTF-8 text of at most [`MAX_PATH_LEN`] bytes, counting it against the
-/// manifest's total.
+/// Reads a u16-length text of at most [`MAX_PATH_LEN`] bytes (any bytes: Linux names are not
+/// always UTF-8), counting it against the manifest's total.
 pub(super) fn read_text(
     r: &mut impl Read,
     total: &mut usize,
     what: &'static str,
-) -> Result<String, ProtocolError> {
+) -> Result<Vec<u8>, ProtocolError> {
     let mut len = [0u8; 2];
     read_exact(r, &mut len, what)?;
     let len = u16::from_be_bytes(len) as usize;
@@ -67,7 +67,7 @@ pub(super) fn read_text(
     }
     let mut bytes = vec![0u8; len];
     read_exact(r, &mut bytes, what)?;
-    String::from_utf8(bytes).map_err(|_| malformed(format!("a {what} that is not UTF-8")))
+    Ok(bytes)
 }
 
 pub(super) fn push_message(out: &mut Vec<u8>, msg: &str) {
