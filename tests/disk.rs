@@ -184,7 +184,10 @@ fn a_disk_that_fills_during_a_tree_ends_it_and_the_sender_says_why() {
     assert!(err.contains("no space left on device"), "{err}");
     // Both ends say the same: the file could not land.
     assert_eq!(rx.wait().code(), Some(7), "{}", rx.stderr());
-    let left: Vec<String> = entries(&mnt.point.join("tree"))
+    // The tree is not published; what landed stays hidden, for the same tree sent again, and
+    // the file that failed left nothing.
+    assert!(!mnt.point.join("tree").exists());
+    let left: Vec<String> = entries(&stage_dir(&mnt.point))
         .into_iter()
         .filter(|n| n.starts_with(".zrecv"))
         .collect();

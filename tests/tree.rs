@@ -328,6 +328,10 @@ fn an_interrupted_tree_resumes_where_it_stopped() {
     let rx = Zrecv::start(dst.path(), &[]);
     // Stop the stream in the middle of the third file and kill the sender there.
     interrupt_tree(&rx, &top, 2 * size + size / 2);
+    // Nobody sees half a tree: what landed is in a hidden directory, with the partial.
+    assert!(!dst.path().join("vm").exists());
+    let stage = stage_dir(dst.path());
+    assert!(stage.join("disk0.img").exists(), "{:?}", entries(&stage));
 
     let proxy = Proxy::start(rx.addr, Fault::None);
     let out = zsend(&[&proxy.addr(), top.to_str().unwrap(), "--json"]);
@@ -353,6 +357,7 @@ fn an_interrupted_tree_resumes_where_it_stopped() {
     assert!(entries(&dst.path().join("vm"))
         .iter()
         .all(|e| !e.starts_with(".zrecv-")));
+    assert!(!stage.exists());
 }
 
 /// Runs a raw tree handshake with `entries` and returns the receiver's answers.
@@ -541,16 +546,17 @@ fn a_tampered_partial_in_a_tree_is_sent_again_whole() {
     random_file(&top.join("b.img"), size, 61);
     let rx = Zrecv::start(dst.path(), &[]);
     interrupt_tree(&rx, &top, size / 2);
-    let dir = dst.path().join("set");
-    let part = entries(&dir)
+    let stage = stage_dir(dst.path());
+    let part = entries(&stage)
         .into_iter()
         .find(|e| is_kept_partial(e) && e.ends_with(".part"))
         .expect("a kept partial");
     let f = std::fs::File::options()
         .write(true)
-        .open(dir.join(&part))
+        .open(stage.join(&part))
         .unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, b"tampered", 100).unwrap();
+    let dir = dst.path().join("set");
     drop(f);
 
     let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);

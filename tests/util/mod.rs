@@ -644,3 +644,14 @@ fn pump(
     }
     let _ = to.shutdown(std::net::Shutdown::Write);
 }
+
+/// The hidden directory a new tree is built in until it is published (`.zrecv-KEY.stage`),
+/// the only one in `dir`.
+pub fn stage_dir(dir: &Path) -> PathBuf {
+    let stages: Vec<String> = entries(dir)
+        .into_iter()
+        .filter(|e| e.starts_with(".zrecv-") && e.ends_with(".stage"))
+        .collect();
+    assert_eq!(stages.len(), 1, "{:?}", entries(dir));
+    dir.join(&stages[0])
+}

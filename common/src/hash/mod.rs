@@ -523,7 +523,10 @@ impl Shared<'_> {
     /// One hashing thread: claims pieces, hashes them, folds what is in order.
     fn work(&self, timed: bool) {
         let cpu = timed.then(thread_cpu);
-        let mut buf = vec![0u8; HASH_CHUNK];
+        // No larger than the file: zeroing 256 KiB for each small file of a tree cost more than
+        // hashing it.
+        let len = self.job.len.min(HASH_CHUNK as u64).max(1) as usize;
+        let mut buf = vec![0u8; len.next_multiple_of(4096).min(HASH_CHUNK)];
         let mut piece = PieceHasher::new();
         loop {
             let hashed = match self.claim() {

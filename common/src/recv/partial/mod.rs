@@ -80,6 +80,21 @@ impl<D: AsFd> TempFile<D> {
         }
     }
 
+    /// Creates `name` itself beneath `dir` (which must not hold it): for a file of a tree built
+    /// under a hidden name, where it needs no name of its own before it lands. Removed when
+    /// dropped armed, as any temporary file.
+    pub(crate) fn create_as(dir: D, name: String) -> io::Result<TempFile<D>> {
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL;
+        let fd = open_beneath(&dir, &name, flags)?;
+        Ok(TempFile {
+            dir,
+            name,
+            file: File::from(fd),
+            pieces: PieceLog::default(),
+            armed: true,
+        })
+    }
+
     /// Keeps the file: it has been renamed into place.
     pub(crate) fn disarm(mut self) {
         self.armed = false;
@@ -103,11 +118,34 @@ pub(crate) fn pid() -> u32 {
 }
 
 /// A fresh hidden name for something made before it is renamed into place (a link, a special
-/// file): `.zrecv-WHAT-PID-N.part`, swept with the partials if left behind.
-pub(crate) fn scratch_name(what: &str) -> String {
+/// file, a hard link): `.zrecv-link-PID-N.part`, swept with the partials if left behind (and
+/// known to the sweep as this process's own while it runs).
+pub(crate) fn scratch_name() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{}{what}-{}-{n}.part", crate::name::TEMP_PREFIX, pid())
+    format!("{}link-{}-{n}.part", crate::name::TEMP_PREFIX, pid())
+}
+
+/// Whether `name` is the hidden directory of a new tree being built (`.zrecv-KEY.stage`).
+pub(crate) fn is_stage(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX) && name.ends_with(".stage")
+}
+
+/// Makes the hidden directory `name` of a new tree in `root`, or takes up the one an
+/// interrupted transfer left (`false`: it was there). Either way it is in use for as long as
+/// the handle returned is open: its mtime is now, and a shared lock tells the sweep (which
+/// cannot come between the two) to leave it.
+pub(crate) fn take_stage(root: impl AsFd, name: &str) -> io::Result<(OwnedFd, bool)> {
+    let _held = hold_off();
+    let made = match rustix::fs::mkdirat(&root, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) => true,
+        Err(Errno::EXIST) => false,
+        Err(e) => return Err(e.into()),
+    };
+    let fd = open_beneath(&root, name, OFlags::RDONLY | OFlags::DIRECTORY)?;
+    mark_in_use(&fd);
+    mark_running(&fd);
+    Ok((fd, made))
 }
 
 /// Opens `name` strictly beneath `dir`: openat2 with RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS

@@ -179,13 +179,17 @@ impl Walk<'_> {
                 continue;
             }
             match entry.file_type() {
+                FileType::Directory if self.stale_stage(name) => self.remove_stage(name),
                 FileType::Directory => self.descend(name),
                 FileType::RegularFile | FileType::Symlink => self.examine(name),
                 FileType::Unknown => {
                     // The file system does not say in its listing: ask.
                     match rustix::fs::statat(self.top_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
                         Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                            self.descend(name)
+                            match self.stale_stage(name) {
+                                true => self.remove_stage(name),
+                                false => self.descend(name),
+                            }
                         }
                         Ok(_) => self.examine(name),
                         Err(Errno::NOENT) => {}
@@ -318,6 +322,41 @@ impl Walk<'_> {
         }
     }
 
+    /// Whether the directory `name`, in the directory being listed, is the hidden directory of a
+    /// new tree that nobody touched for `--partial-max-age` (a transfer that takes one up, or
+    /// builds one, sets its mtime to now and holds it locked).
+    fn stale_stage(&self, name: &CStr) -> bool {
+        let Ok(text) = name.to_str() else {
+            return false;
+        };
+        let Some(cutoff) = self.cutoff.filter(|_| partial::is_stage(text)) else {
+            return false;
+        };
+        rustix::fs::statat(self.top_fd(), name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| time(st.st_mtime, st.st_mtime_nsec) < cutoff)
+    }
+
+    /// Removes a stale hidden tree and everything in it, unless a transfer holds it.
+    fn remove_stage(&mut self, name: &CStr) {
+        let path = self.path_of(name);
+        let _lock = partial::sweeping();
+        let dir = match open_dir(self.top_fd(), name) {
+            Ok(d) => d,
+            Err(Errno::NOENT) => return,
+            Err(e) => return self.fail("opening", &path, e),
+        };
+        let dir = std::fs::File::from(dir);
+        if partial::is_running(&dir) {
+            return;
+        }
+        match remove_all(&dir)
+            .and_then(|()| rustix::fs::unlinkat(self.top_fd(), name, AtFlags::REMOVEDIR))
+        {
+            Ok(()) => self.swept.removed.push(path),
+            Err(e) => self.fail("removing", &path, e),
+        }
+    }
+
     /// Whether `name` is a temporary file this receiver made: named after its pid
     /// (`.zrecv-PID-…` or `.zrecv-link-PID-…`) and changed since it started. A file of another
     /// process that had the same pid (a restarted container) changed before that.
@@ -335,6 +374,32 @@ impl Walk<'_> {
         log::warn!("sweeping stale partials: {what} {}: {e}", show(path));
         self.swept.errors += 1;
     }
+}
+
+/// Removes everything in the directory `dir`, depth first, never following a symlink (each
+/// subdirectory opened with `O_NOFOLLOW | O_DIRECTORY` from its parent).
+fn remove_all(dir: impl AsFd) -> rustix::io::Result<()> {
+    let dir = dir.as_fd();
+    let mut listing = Dir::read_from(dir)?;
+    let mut names = Vec::new();
+    while let Some(entry) = listing.read() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name != c"." && name != c".." {
+            names.push(name.to_owned());
+        }
+    }
+    for name in names {
+        match rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::empty()) {
+            Err(Errno::ISDIR) | Err(Errno::PERM) => {
+                let sub = open_dir(dir, &name)?;
+                remove_all(&sub)?;
+                rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::REMOVEDIR)?;
+            }
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 /// Opens the directory `name` beneath `parent`, never following a symlink.
@@ -398,6 +463,53 @@ mod tests {
     }
 
     const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    /// Sets the mtime of a directory `secs` ago.
+    fn age_dir(path: &Path, secs: u64) {
+        let when = Timespec {
+            tv_sec: (SystemTime::now() - Duration::from_secs(secs))
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64,
+            tv_nsec: 0,
+        };
+        let times = Timestamps {
+            last_access: when,
+            last_modification: when,
+        };
+        rustix::fs::utimensat(rustix::fs::CWD, path, &times, AtFlags::empty()).unwrap();
+    }
+
+    #[test]
+    fn an_abandoned_hidden_tree_goes_whole_and_one_in_use_stays() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("recv");
+        std::fs::create_dir(&root).unwrap();
+        let fd = open(&root);
+        let stage = |key: &str| format!(".zrecv-{key}.stage");
+        for key in ["a", "b", "c"] {
+            let dir = root.join(stage(key));
+            plant(&dir.join("sub/deeper/landed"), false);
+            std::os::unix::fs::symlink("/etc", dir.join("sub/link")).unwrap();
+        }
+        // b is old but a transfer holds it; c is young.
+        let (held, made) = partial::take_stage(&fd, &stage("b")).unwrap();
+        assert!(!made);
+        for key in ["a", "b"] {
+            age_dir(&root.join(stage(key)), 3 * 3600);
+        }
+        let swept = sweep(fd.as_fd(), Duration::from_secs(3600), None);
+        assert_eq!(removed(&swept), [stage("a")]);
+        assert!(!root.join(stage("a")).exists());
+        assert!(root.join(stage("b")).join("sub/deeper/landed").exists());
+        assert!(root.join(stage("c")).join("sub/deeper/landed").exists());
+        // The link was removed, never followed.
+        assert!(Path::new("/etc").exists());
+        drop(held);
+        age_dir(&root.join(stage("b")), 3 * 3600);
+        let swept = sweep(fd.as_fd(), Duration::from_secs(3600), None);
+        assert_eq!(removed(&swept), [stage("b")]);
+    }
 
     #[test]
     fn old_hidden_files_go_at_every_depth_and_nothing_else() {

@@ -28,11 +28,13 @@ pub(super) struct Ahead<'scope> {
 
 impl<'scope> Ahead<'scope> {
     /// Starts making, at most `depth` ahead, a temporary file for each of `files`: entry
-    /// indices, increasing, with their parent directories (`None`: the receive directory).
+    /// indices, increasing, with their parent directories (`None`: the receive directory), and
+    /// the name to make it under when it needs no temporary one (a new tree built under a
+    /// hidden name).
     pub fn start(
         scope: &'scope Scope<'scope, '_>,
         root: Arc<OwnedFd>,
-        files: Vec<(u32, Option<Vec<u8>>)>,
+        files: Vec<(u32, Option<Vec<u8>>, Option<String>)>,
         depth: usize,
     ) -> Ahead<'scope> {
         let (made, ready) = mpsc::sync_channel((depth / CHUNK).max(1));
@@ -46,8 +48,12 @@ impl<'scope> Ahead<'scope> {
                 }
                 let temps = chunk
                     .iter()
-                    .map(|(i, parent)| {
-                        let temp = dirs.get(parent.as_deref()).and_then(TempFile::create);
+                    .map(|(i, parent, name)| {
+                        let dir = dirs.get(parent.as_deref());
+                        let temp = match name {
+                            Some(name) => dir.and_then(|d| TempFile::create_as(d, name.clone())),
+                            None => dir.and_then(TempFile::create),
+                        };
                         (*i, temp)
                     })
                     .collect();

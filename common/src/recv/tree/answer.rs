@@ -111,10 +111,15 @@ impl Session<'_, '_> {
                 }
                 _ => continue,
             };
+            // A top-level directory is there under its hidden name.
+            let base = match e.parent() {
+                None => self.dirs.on_disk(&e.path).into_owned(),
+                Some(_) => e.base().to_vec(),
+            };
             let removed = self
                 .dirs
                 .get(e.parent())
-                .and_then(|parent| Ok(rustix::fs::unlinkat(&parent, e.base(), flags)?));
+                .and_then(|parent| Ok(rustix::fs::unlinkat(&parent, &base, flags)?));
             if let Err(err) = removed {
                 log::warn!("removing {} of a refused tree: {err}", Escaped(&e.path));
             }
@@ -159,10 +164,13 @@ impl Session<'_, '_> {
             },
         };
         let existing_type = existing.map(|st| FileType::from_raw_mode(st.st_mode));
-        let force = self.rx.config.force;
+        // In a tree being built under a hidden name, everything is this receiver's own.
+        let force = self.rx.config.force || self.in_stage(&e.path);
         let taken = || Answer::Refused("exists (use --force on the receiver)".into());
         match &e.kind {
             Kind::Dir => match existing_type {
+                // A new tree: built under a hidden name, published whole.
+                None if e.parent().is_none() => self.stage(i),
                 None => match rustix::fs::mkdirat(&parent, base, Mode::from_raw_mode(0o700)) {
                     Ok(()) => {
                         self.made_dirs.push(i);
@@ -290,7 +298,7 @@ impl Session<'_, '_> {
     /// Makes a link, fifo, socket or device under a hidden name, gives it its owner and mode
     /// when they are kept, renames it into place and sets its mtime.
     fn make_node(&self, parent: &Arc<OwnedFd>, e: &Entry) -> Answer {
-        let temp = partial::scratch_name("node");
+        let temp = partial::scratch_name();
         let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
         let made = match &e.kind {
             Kind::Symlink { target } => rustix::fs::symlinkat(&target[..], parent, temp.as_str()),

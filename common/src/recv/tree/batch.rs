@@ -29,6 +29,9 @@ pub(super) struct Pending {
     pub header: Header,
     /// Its owner and attributes, when sent and kept.
     pub plan: Option<Plan>,
+    /// In a new tree built under a hidden name: renamed there without a sync of its own, its
+    /// verdict held until the tree is published.
+    pub staged: bool,
     pub digest: Option<[u8; 32]>,
 }
 
@@ -41,7 +44,13 @@ pub(super) struct Outbox<'s> {
     queued: Mutex<Vec<u8>>,
     /// The latest verdict on each file that is the first name of a hard link.
     firsts: Mutex<HashMap<u32, Option<FileStatus>>>,
+    /// Verdicts held until the tree they are in is published (landed or unchanged in a tree
+    /// built under a hidden name): entry, status, digest, message.
+    held: Mutex<Vec<Held>>,
 }
+
+/// A verdict held back: entry, status, digest, message.
+pub(super) type Held = (u32, FileStatus, Option<[u8; 32]>, String);
 
 impl<'s> Outbox<'s> {
     /// An outbox that remembers the verdicts on `firsts`.
@@ -55,6 +64,27 @@ impl<'s> Outbox<'s> {
             integrity,
             queued: Mutex::new(Vec::new()),
             firsts: Mutex::new(firsts.into_iter().map(|i| (i, None)).collect()),
+            held: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Holds entry `index`'s verdict until [`release`](Self::release): its file is durable,
+    /// but not under its name yet.
+    pub fn hold(&self, index: u32, status: FileStatus, root: Option<[u8; 32]>, message: &str) {
+        self.note(index, status);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.push((index, status, root, message.to_owned()));
+    }
+
+    /// The verdicts held so far, taken out.
+    pub fn release(&self) -> Vec<Held> {
+        std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn note(&self, index: u32, status: FileStatus) {
+        let mut firsts = self.firsts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(latest) = firsts.get_mut(&index) {
+            *latest = Some(status);
         }
     }
 
@@ -71,11 +101,7 @@ impl<'s> Outbox<'s> {
 
     /// Queues entry `index`'s verdict, its digest sealed for that entry.
     pub fn verdict(&self, index: u32, status: FileStatus, root: Option<[u8; 32]>, message: &str) {
-        let mut firsts = self.firsts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(latest) = firsts.get_mut(&index) {
-            *latest = Some(status);
-        }
-        drop(firsts);
+        self.note(index, status);
         self.queue(&Report::File {
             index,
             status,
@@ -231,14 +257,27 @@ impl Landing<'_> {
         let started = Instant::now();
         let count = batch.len();
         let mut ready = Vec::with_capacity(count);
+        let mut staged = Vec::new();
         for p in batch {
             match self
                 .rx
                 .set_metadata_planned(&p.temp.file, &p.header, p.plan.as_ref())
             {
+                Ok(()) if p.staged => staged.push(p),
                 Ok(()) => ready.push(p),
                 Err(e) => self.failed(&p, e),
             }
+        }
+        if !staged.is_empty() {
+            // Written back while the next files arrive, so that little is left for the sync
+            // that publishes the tree; named without a rename, their verdicts held till then.
+            let _ = rustix::fs::syncfs(&self.rx.dir);
+            for p in staged {
+                self.stage(p);
+            }
+        }
+        if ready.is_empty() {
+            return self.post();
         }
         if let Err(e) = rustix::fs::syncfs(&self.rx.dir) {
             for p in ready {
@@ -273,6 +312,29 @@ impl Landing<'_> {
             }
         }
         self.post();
+    }
+
+    /// Names a file of a tree being built under a hidden name (when it was not made under its
+    /// name): the tree is made durable as a whole before it is published, and the file's
+    /// verdict waits for that.
+    fn stage(&mut self, p: Pending) {
+        let dir = p.temp.dir.clone();
+        let named = match p.temp.name.as_bytes() == p.base {
+            // Made under its own name.
+            true => Ok(()),
+            false => rustix::fs::renameat(&dir, p.temp.name.as_str(), &dir, &p.base),
+        };
+        match named {
+            Ok(()) => {
+                self.tally.landed += 1;
+                self.outbox.hold(p.index, FileStatus::Landed, p.digest, "");
+                p.temp.disarm();
+            }
+            Err(e) => {
+                let what = format!("renaming into {}", crate::name::Escaped(&p.base));
+                self.failed(&p, self.rx.local(&what, e.into()));
+            }
+        }
     }
 
     /// Queues the verdict of a file that did not land.

@@ -122,7 +122,7 @@ impl Session<'_, '_> {
             }
             _ => {}
         }
-        let temp = partial::scratch_name("hardlink");
+        let temp = partial::scratch_name();
         let _ = rustix::fs::unlinkat(&to, temp.as_str(), AtFlags::empty());
         rustix::fs::linkat(&from, f.base(), &to, temp.as_str(), AtFlags::empty())
             .map_err(|err| local(&format!("linking {}", Escaped(&e.path)), err))?;

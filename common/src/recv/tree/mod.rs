@@ -3,8 +3,10 @@
 //! per file. Small files land in batches made durable together, on a thread of their own
 //! (`batch.rs`); large ones land on their own, as single files do. The answer phase is in
 //! `answer.rs`, the receive phase in `receive.rs`, the temporary files made ahead in `ahead.rs`,
-//! the hard links in `hardlinks.rs`.
+//! the hard links in `hardlinks.rs`, a new tree built under a hidden name and published whole in
+//! `stage.rs`.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::net::TcpStream;
@@ -35,6 +37,7 @@ mod answer;
 mod batch;
 mod hardlinks;
 mod receive;
+mod stage;
 
 /// A batch of small files lands once it holds [`Receiver::batch_files`] files or this many
 /// bytes.
@@ -152,6 +155,13 @@ struct Session<'r, 'scope> {
     trust_links: bool,
     /// Hard links framed in this pass, made once their first names have landed.
     links_due: Vec<u32>,
+    /// New top-level directories being built under a hidden name: their entries and those
+    /// names.
+    staged: Vec<(usize, String)>,
+    /// Files the lander counted as landed whose tree could not be published.
+    unpublished: usize,
+    /// Handles on the hidden directories this transfer builds, locked for as long as it runs.
+    stage_locks: Vec<OwnedFd>,
 }
 
 impl Receiver {
@@ -215,6 +225,9 @@ impl Receiver {
                 ids: Ids::default(),
                 trust_links: integrity.keyed() || self.config.trust_links,
                 links_due: Vec::new(),
+                staged: Vec::new(),
+                unpublished: 0,
+                stage_locks: Vec::new(),
                 counts: TreeCounts {
                     files: manifest
                         .entries
@@ -234,7 +247,8 @@ impl Receiver {
                 // The failure is the sender's last verdict: let it arrive.
                 linger(stream);
             }
-            session.counts.landed += tally.landed;
+            session.counts.landed =
+                (session.counts.landed + tally.landed).saturating_sub(session.unpublished);
             session.counts.failed += tally.failed;
             record.tree = Some(session.counts.clone());
             // Every file counted as landed or unchanged was compared with the sender's digest,
@@ -254,8 +268,17 @@ impl Session<'_, '_> {
             .iter()
             .zip(&self.answers)
             .enumerate()
-            .filter(|(_, (_, a))| **a == Answer::Send)
-            .map(|(i, (e, _))| (i as u32, e.parent().map(<[u8]>::to_vec)))
+            .filter(|(_, (e, a))| **a == Answer::Send && matches!(e.kind, Kind::File { .. }))
+            .map(|(i, (e, _))| {
+                let parent = e.parent().map(|p| self.dirs.on_disk(p).into_owned());
+                // In a directory made for a new tree, under its final name (if it is text: a
+                // temporary file's name is).
+                let direct = e
+                    .parent()
+                    .filter(|p| self.fresh_dirs.contains(*p) && self.in_stage(p))
+                    .and_then(|_| String::from_utf8(e.base().to_vec()).ok());
+                (i as u32, parent, direct)
+            })
             .collect();
         let depth = AHEAD.min(self.rx.batch_files);
         self.ahead = Some(Ahead::start(self.scope, self.dirs.root(), files, depth));
@@ -340,18 +363,58 @@ fn header_of(e: &Entry, verify: bool) -> Header {
 
 /// Handles on the tree's directories, opened beneath the receive directory without following
 /// any symlink; the last one is kept, since a walk sends a directory's files together.
+///
+/// A new top-level directory is built under a hidden name (`stage.rs`): its paths are opened
+/// there until it is published.
 pub(super) struct DirCache {
     root: Arc<OwnedFd>,
     last: Option<(Vec<u8>, Arc<OwnedFd>)>,
+    /// Top-level directories being built under a hidden name, and that name.
+    stages: HashMap<Vec<u8>, String>,
 }
 
 impl DirCache {
     pub(super) fn new(root: Arc<OwnedFd>) -> DirCache {
-        DirCache { root, last: None }
+        DirCache {
+            root,
+            last: None,
+            stages: HashMap::new(),
+        }
     }
 
     pub(super) fn root(&self) -> Arc<OwnedFd> {
         self.root.clone()
+    }
+
+    /// The top-level directory `top` is built as `hidden` from now on.
+    pub(super) fn stage(&mut self, top: Vec<u8>, hidden: String) {
+        self.stages.insert(top, hidden);
+        self.last = None;
+    }
+
+    /// Every staged directory was published (or given up): paths are their own again.
+    pub(super) fn unstage(&mut self) {
+        self.stages.clear();
+        self.last = None;
+    }
+
+    /// Whether `path` lies in a directory being built under a hidden name.
+    pub(super) fn staged(&self, path: &[u8]) -> bool {
+        !self.stages.is_empty() && self.stages.contains_key(top_of(path))
+    }
+
+    /// Where `path` is on disk: under the hidden name of its top-level directory while that
+    /// is being built.
+    pub(super) fn on_disk<'p>(&self, path: &'p [u8]) -> Cow<'p, [u8]> {
+        let top = top_of(path);
+        match self.stages.get(top) {
+            Some(hidden) => {
+                let mut p = hidden.as_bytes().to_vec();
+                p.extend_from_slice(&path[top.len()..]);
+                Cow::Owned(p)
+            }
+            None => Cow::Borrowed(path),
+        }
     }
 
     pub(super) fn get(&mut self, path: Option<&[u8]>) -> io::Result<Arc<OwnedFd>> {
@@ -365,10 +428,18 @@ impl DirCache {
         }
         let fd = Arc::new(open_beneath(
             &self.root,
-            path,
+            self.on_disk(path),
             OFlags::RDONLY | OFlags::DIRECTORY,
         )?);
         self.last = Some((path.to_owned(), fd.clone()));
         Ok(fd)
+    }
+}
+
+/// The first component of a path.
+fn top_of(path: &[u8]) -> &[u8] {
+    match path.iter().position(|b| *b == b'/') {
+        Some(i) => &path[..i],
+        None => path,
     }
 }

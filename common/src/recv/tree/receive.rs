@@ -361,7 +361,8 @@ impl Session<'_, '_> {
             .ids
             .plan(&self.manifest.entries[i as usize], &self.rights)
             .map(|(plan, _)| plan);
-        if header.size >= LAND_ALONE {
+        let staged = self.in_stage(&self.manifest.entries[i as usize].path);
+        if header.size >= LAND_ALONE && !staged {
             let base = self.manifest.entries[i as usize].base().to_owned();
             let landed = self.rx.land_planned(temp, &base, header, plan.as_ref());
             return self.landed(i, digest, landed.map(|_| ()));
@@ -372,6 +373,7 @@ impl Session<'_, '_> {
             temp,
             header: header.clone(),
             plan,
+            staged,
             digest,
         };
         self.lander.add(pending, self.left);
@@ -420,7 +422,8 @@ impl Session<'_, '_> {
         for &i in self.made_dirs.iter().rev() {
             let e = &self.manifest.entries[i];
             let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
-            let dir = open_beneath(&self.rx.dir, &e.path, OFlags::RDONLY | OFlags::DIRECTORY);
+            let on_disk = self.dirs.on_disk(&e.path);
+            let dir = open_beneath(&self.rx.dir, on_disk, OFlags::RDONLY | OFlags::DIRECTORY);
             let set = dir.and_then(|d| {
                 rustix::fs::fchmod(&d, Mode::from_raw_mode(e.mode & KEPT_MODE))?;
                 if let Some(plan) = &plan {
@@ -433,6 +436,8 @@ impl Session<'_, '_> {
                 log::warn!("setting the mode and mtime of {}: {err}", Escaped(&e.path));
             }
         }
+        // A new tree built under a hidden name is published now, whole.
+        self.publish_stages()?;
         self.send(&Report::EndOfPass)
     }
 
@@ -466,7 +471,14 @@ impl Session<'_, '_> {
         if status == FileStatus::Resend {
             self.resends += 1;
         }
-        self.outbox.verdict(index, status, root, message);
+        // In a tree not published yet, what is here is not under its name yet.
+        let path = &self.manifest.entries[index as usize].path;
+        match status {
+            FileStatus::Landed | FileStatus::Unchanged if self.in_stage(path) => {
+                self.outbox.hold(index, status, root, message)
+            }
+            _ => self.outbox.verdict(index, status, root, message),
+        }
         Ok(())
     }
 

@@ -1,0 +1,104 @@
+//! A new tree lands whole: a top-level directory that is not on the receiver is built under a
+//! hidden name (`.zrecv-KEY.stage`), its files renamed there as they are verified without a
+//! sync each, then made durable with one `syncfs` and published with one rename at the end of
+//! the pass. Nobody sees half of it, and an interrupted one is taken up again by the next
+//! transfer of the same name.
+
+use rustix::fs::RenameFlags;
+use rustix::io::Errno;
+
+use super::Session;
+use crate::error::RecvError;
+use crate::name::{text_key, Escaped};
+use crate::recv::partial;
+use crate::units::os_reason;
+use crate::wire::{Answer, FileStatus, Kind};
+
+impl Session<'_, '_> {
+    /// Makes the hidden directory for top-level directory entry `i` (which is not here), or
+    /// takes up the one an interrupted transfer of it left.
+    pub(super) fn stage(&mut self, i: usize) -> Answer {
+        let e = &self.manifest.entries[i];
+        let hidden = partial::hidden_name(&text_key(&e.path), "stage");
+        let root = self.dirs.root();
+        // Held (and its mtime now) while this transfer builds it: the sweep leaves it alone.
+        let fresh = match partial::take_stage(&root, &hidden) {
+            Ok((fd, fresh)) => {
+                self.stage_locks.push(fd);
+                fresh
+            }
+            Err(err) => {
+                return Answer::Refused(format!("making {hidden}: {}", os_reason(&err)));
+            }
+        };
+        if !fresh {
+            log::info!(
+                "{}: taking up the tree an interrupted transfer left",
+                Escaped(&e.path)
+            );
+        }
+        self.made_dirs.push(i);
+        if fresh {
+            self.fresh_dirs.insert(e.path.clone());
+        }
+        self.dirs.stage(e.path.clone(), hidden.clone());
+        self.staged.push((i, hidden));
+        self.counts.dirs += 1;
+        Answer::Done
+    }
+
+    /// Whether `path` is in a tree still being built under a hidden name.
+    pub(super) fn in_stage(&self, path: &[u8]) -> bool {
+        self.dirs.staged(path)
+    }
+
+    /// Makes every tree built under a hidden name durable with one `syncfs`, renames each
+    /// into place (never over anything), makes the renames durable, and sends the verdicts
+    /// held for their files: landed or unchanged when their tree was published, failed when
+    /// it could not be (the tree then stays hidden, for the next transfer to take up).
+    pub(super) fn publish_stages(&mut self) -> Result<(), RecvError> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let root = self.dirs.root();
+        let synced = rustix::fs::syncfs(&root);
+        let mut failed: Vec<(Vec<u8>, String)> = Vec::new();
+        for (i, hidden) in std::mem::take(&mut self.staged) {
+            let top = &self.manifest.entries[i].path;
+            let flags = RenameFlags::NOREPLACE;
+            let published = synced
+                .and_then(|()| rustix::fs::renameat_with(&root, hidden.as_str(), &root, top, flags))
+                .and_then(|()| rustix::fs::fsync(&root));
+            if let Err(err) = published {
+                let why = match err {
+                    Errno::EXIST => format!(
+                        "{} appeared while the tree was received; it is kept as {hidden}",
+                        Escaped(top)
+                    ),
+                    err => format!("publishing the tree (kept as {hidden}): {err}"),
+                };
+                log::warn!("{}: {why}", Escaped(top));
+                failed.push((top.clone(), why));
+            }
+        }
+        self.dirs.unstage();
+        for (index, mut status, root, mut message) in self.outbox.release() {
+            let path = &self.manifest.entries[index as usize].path;
+            let top = path.split(|b| *b == b'/').next().unwrap_or_default();
+            if let Some((_, why)) = failed.iter().find(|(t, _)| t == top) {
+                // Counted as it was held: take it back.
+                let kind = &self.manifest.entries[index as usize].kind;
+                match (kind, status) {
+                    (Kind::HardLink { .. }, _) => self.counts.hard_links -= 1,
+                    (_, FileStatus::Unchanged) => self.counts.unchanged -= 1,
+                    // The lander counts what it lands, in its own tally.
+                    _ => self.unpublished += 1,
+                }
+                self.counts.failed += 1;
+                (status, message) = (FileStatus::Failed, why.clone());
+            }
+            self.outbox.verdict(index, status, root, &message);
+        }
+        Ok(())
+    }
+}
