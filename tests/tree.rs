@@ -830,3 +830,54 @@ fn the_quick_check_trusts_size_and_mtime_and_says_so() {
     assert_eq!(json["failed"], 1, "{json}");
     assert_eq!(json["quick_checked"], 0, "{json}");
 }
+
+/// A tree sent again after a file's mode and mtime changed but not its content: with --force
+/// on the receiver, the roots are compared and only the metadata is set there; nothing crosses.
+/// Without --force the copy there stays as it is and the sender hears why.
+#[test]
+fn a_metadata_only_change_is_applied_without_sending_the_content() {
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    std::fs::create_dir(&top).unwrap();
+    random_file(&top.join("data.bin"), 300_000, 5);
+    std::fs::write(top.join("script"), b"#!/bin/sh\n").unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &["--force"]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "-q"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+
+    // touch and chmod, content untouched.
+    let later = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::new(1_800_000_000, 42);
+    let f = std::fs::File::options()
+        .write(true)
+        .open(top.join("data.bin"))
+        .unwrap();
+    f.set_modified(later).unwrap();
+    std::fs::set_permissions(top.join("script"), PermissionsExt::from_mode(0o700)).unwrap();
+    for quick in [false, true] {
+        let mut args = vec![rx.addr(), top.to_str().unwrap().to_owned(), "--json".into()];
+        if quick {
+            args.push("--quick-check".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = zsend(&args);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let json = json_of(&out);
+        assert_eq!(json["unchanged"], 2, "{json}");
+        assert_eq!(json["bytes_sent"], 0, "{json}");
+        assert_eq!(describe(&dst.path().join("top")), describe(&top));
+    }
+
+    // A receiver that does not replace files leaves its copy, and says so.
+    let dst2 = tempfile::tempdir().unwrap();
+    let rx2 = Zrecv::start(dst2.path(), &[]);
+    std::fs::create_dir(dst2.path().join("top")).unwrap();
+    std::fs::copy(top.join("data.bin"), dst2.path().join("top/data.bin")).unwrap();
+    let out = zsend(&[&rx2.addr(), top.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("use --force"),
+        "{}",
+        stderr_of(&out)
+    );
+}

@@ -19,7 +19,7 @@ use crate::recv::land::timestamps;
 use crate::recv::partial::{self};
 use crate::units::{os_reason, Bytes};
 use crate::wire::RefuseCode;
-use crate::wire::{Answer, Answers, Entry, Kind};
+use crate::wire::{Answer, Answers, Entry, Kind, KEPT_MODE};
 
 impl Session<'_, '_> {
     /// Makes directories and links, finds files already here and partials to resume, checks
@@ -251,10 +251,20 @@ impl Session<'_, '_> {
                 }
                 Some(st)
                     if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-                        && st.st_size as u64 == *size
-                        && (st.st_mtime, st.st_mtime_nsec as u32) == e.mtime =>
+                        && st.st_size as u64 == *size =>
                 {
-                    Answer::Landed
+                    // Whatever else differs (mode, mtime, owner, attributes) is set on the
+                    // copy here if it has the sender's content, and only then.
+                    let same_mtime = (st.st_mtime, st.st_mtime_nsec as u32) == e.mtime;
+                    let same_mode = st.st_mode & 0o7777 == e.mode & KEPT_MODE;
+                    if force && !(same_mtime && same_mode && e.extras.is_none()) {
+                        self.refresh.insert(i as u32);
+                    }
+                    match (same_mtime, force) {
+                        (true, _) => Answer::Landed,
+                        (false, true) => Answer::SameSize,
+                        (false, false) => taken(),
+                    }
                 }
                 Some(_) if !force => taken(),
                 _ => {

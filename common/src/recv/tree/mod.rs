@@ -162,6 +162,9 @@ struct Session<'r, 'scope> {
     unpublished: usize,
     /// Handles on the hidden directories this transfer builds, locked for as long as it runs.
     stage_locks: Vec<OwnedFd>,
+    /// Files here whose mode, mtime, owner or attributes differ from the sender's: set once
+    /// their content is found the same (with `--force`).
+    refresh: HashSet<u32>,
 }
 
 impl Receiver {
@@ -228,6 +231,7 @@ impl Receiver {
                 staged: Vec::new(),
                 unpublished: 0,
                 stage_locks: Vec::new(),
+                refresh: HashSet::new(),
                 counts: TreeCounts {
                     files: manifest
                         .entries

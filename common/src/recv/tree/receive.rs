@@ -94,7 +94,7 @@ impl Session<'_, '_> {
     /// The sender's file is already here if our copy has this digest.
     pub(super) fn check(&mut self, i: u32, digest: [u8; 32]) -> Result<(), RecvError> {
         let (e, header) = self.file_entry(i)?;
-        if self.answers[i as usize] != Answer::Landed {
+        if !matches!(self.answers[i as usize], Answer::Landed | Answer::SameSize) {
             return Err(ProtocolError::Malformed(format!(
                 "a check of {}, which was not here",
                 Escaped(&e.path)
@@ -138,15 +138,40 @@ impl Session<'_, '_> {
         let (e, _) = self.file_entry(i)?;
         if self.answers[i as usize] != Answer::Landed {
             return Err(ProtocolError::Malformed(format!(
-                "a quick check of {}, which was not here",
+                "a quick check of {}, which was not here (or not with its mtime)",
                 Escaped(&e.path)
             ))
             .into());
         }
         self.settled[i as usize] = true;
+        if let Err(err) = self.refresh_metadata(i) {
+            self.counts.failed += 1;
+            return self.report(i, FileStatus::Failed, None, &err.to_string());
+        }
         self.counts.unchanged += 1;
         self.counts.quick += 1;
         self.report(i, FileStatus::Unchanged, None, "")
+    }
+
+    /// Sets the sender's mode, mtime, owner and attributes on the copy here of entry `i`, whose
+    /// content is the sender's, when they differ (see `refresh`).
+    fn refresh_metadata(&mut self, i: u32) -> Result<(), RecvError> {
+        if !self.refresh.remove(&i) {
+            return Ok(());
+        }
+        let e = &self.manifest.entries[i as usize];
+        let header = header_of(e, self.verify);
+        let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
+        let parent = self
+            .dirs
+            .get(e.parent())
+            .map_err(|err| self.rx.local("opening a directory", err))?;
+        let fd = open_beneath(&parent, e.base(), OFlags::RDONLY)
+            .map_err(|err| self.rx.local("opening the copy here", err.into()))?;
+        self.rx
+            .set_metadata_planned(&File::from(fd), &header, plan.as_ref())?;
+        log::debug!("{}: metadata updated", Escaped(&e.path));
+        Ok(())
     }
 
     /// Reports the background checks that are done; with `all`, waits for every one, telling
@@ -184,10 +209,16 @@ impl Session<'_, '_> {
         // Our digest goes back only when it is the sender's own: a sender that did not write
         // the file here learns "same" or "different", never what the file holds.
         match ours {
-            Ok(d) if d == digest => {
-                self.counts.unchanged += 1;
-                self.report(i, FileStatus::Unchanged, Some(d), "")
-            }
+            Ok(d) if d == digest => match self.refresh_metadata(i) {
+                Ok(()) => {
+                    self.counts.unchanged += 1;
+                    self.report(i, FileStatus::Unchanged, Some(d), "")
+                }
+                Err(err) => {
+                    self.counts.failed += 1;
+                    self.report(i, FileStatus::Failed, None, &err.to_string())
+                }
+            },
             Ok(_) if self.rx.config.force => {
                 self.settled[i as usize] = false;
                 self.report(i, FileStatus::Resend, None, "differs; send it whole")

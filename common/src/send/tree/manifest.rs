@@ -20,6 +20,8 @@ pub(super) enum Action {
     Resume(u64, [u8; 32]),
     /// A hard link: made by the receiver once its first name is there.
     Link,
+    /// A check by roots, never a quick one: the copy there has another mtime.
+    Verify,
 }
 
 impl Session<'_> {
@@ -64,6 +66,7 @@ impl Session<'_> {
                 (Kind::HardLink { .. }, Answer::Send) => first.push((i, Action::Link)),
                 (Kind::File { .. }, Answer::Send) => first.push((i, Action::Full)),
                 (Kind::File { .. }, Answer::Landed) => first.push((i, Action::Check)),
+                (Kind::File { .. }, Answer::SameSize) => first.push((i, Action::Verify)),
                 // Only a file we offered to resume (it has a source id), within it and at a
                 // piece boundary past 0.
                 (

@@ -135,7 +135,7 @@ impl Session<'_> {
         };
         let (frame, start, sent, nonce) = match action {
             Action::Link => unreachable!("a hard link's frame went out above"),
-            Action::Check => {
+            Action::Check | Action::Verify => {
                 let digest = self.hash_alive(&source, source.size)?.digest();
                 self.digests[i] = Some(digest);
                 self.queue(i, &Frame::Check(index, digest).encode(), Sent::Check)?;

@@ -18,6 +18,10 @@ pub enum Answer {
     Partial(u64, [u8; NONCE_LEN]),
     /// Done already: a directory made, a link created.
     Done,
+    /// A file of this size but another mtime is here, and the receiver may update it: send a
+    /// [`Frame::Check`](super::Frame::Check) (never a quick one); if the contents agree, only
+    /// its metadata changes.
+    SameSize,
     /// Will not take it; the message says why.
     Refused(String),
 }
@@ -62,6 +66,7 @@ impl Answers {
                             out.push(4);
                             push_message(&mut out, msg);
                         }
+                        Answer::SameSize => out.push(5),
                     }
                 }
                 out.extend_from_slice(&unkept.to_be_bytes());
@@ -106,6 +111,7 @@ impl Answers {
                 }
                 3 => Answer::Done,
                 4 => Answer::Refused(read_message(r)?),
+                5 => Answer::SameSize,
                 k => return Err(malformed(format!("unknown answer {k}"))),
             });
         }

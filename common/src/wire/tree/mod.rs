@@ -99,8 +99,8 @@ mod tests {
     proptest! {
         #[test]
         fn answers_frames_and_reports_round_trip(offset in any::<u64>(), i in any::<u32>(), d in any::<[u8; 32]>(), msg in ".{0,100}") {
-            let a = Answers::Each(vec![Answer::Send, Answer::Landed, Answer::Partial(offset, d), Answer::Done, Answer::Refused(msg.clone())], i % 6);
-            prop_assert_eq!(Answers::read(&mut &a.encode()[..], 5).unwrap(), a);
+            let a = Answers::Each(vec![Answer::Send, Answer::Landed, Answer::Partial(offset, d), Answer::Done, Answer::Refused(msg.clone()), Answer::SameSize], i % 7);
+            prop_assert_eq!(Answers::read(&mut &a.encode()[..], 6).unwrap(), a);
             let refused = Answers::Refused(RefuseCode::NoSpace, msg.clone());
             prop_assert_eq!(Answers::read(&mut &refused.encode()[..], 5).unwrap(), refused);
             for f in [Frame::Full(i), Frame::Check(i, d), Frame::Resume(i, offset), Frame::Quick(i), Frame::Link(i), Frame::EndOfPass, Frame::Keepalive] {
