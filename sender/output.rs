@@ -32,6 +32,8 @@ pub struct Progress {
     done: Cell<usize>,
     /// When each phase began, for `-v`.
     marks: std::cell::RefCell<Vec<(Phase, std::time::Instant)>>,
+    /// The bar's template now: parsed again only when it changes (not for every file).
+    template: std::cell::RefCell<String>,
 }
 
 impl Progress {
@@ -56,6 +58,7 @@ impl Progress {
             files: Cell::new(0),
             done: Cell::new(0),
             marks: Default::default(),
+            template: Default::default(),
         }
     }
 
@@ -129,6 +132,9 @@ impl Progress {
 
     /// Redraws for the phase: the bar while bytes flow, the phase's words otherwise.
     fn show(&self) {
+        if self.bar.is_hidden() {
+            return;
+        }
         let prefix = (self.width / 5).clamp(8, 32);
         let files = match self.files.get() {
             0 => String::new(),
@@ -147,10 +153,13 @@ impl Progress {
             ),
             _ => format!("{{prefix:{prefix}!}} {{wide_msg}}"),
         };
-        let style = ProgressStyle::with_template(&template)
-            .expect("valid template")
-            .with_key("eta", eta);
-        self.bar.set_style(style);
+        if *self.template.borrow() != template {
+            let style = ProgressStyle::with_template(&template)
+                .expect("valid template")
+                .with_key("eta", eta);
+            self.bar.set_style(style);
+            *self.template.borrow_mut() = template;
+        }
         self.bar.set_message(match self.phase.get() {
             Phase::Sending => files,
             _ => words,

@@ -291,8 +291,15 @@ impl Session<'_, '_> {
         let mut clean = false;
         loop {
             self.report_checks(false)?;
-            self.post()?;
+            // Verdicts go out before we may wait, not between frames already read.
+            if self.control.held() <= FRAME_HEAD_LEN {
+                self.post()?;
+            }
             self.control.expect(FRAME_HEAD_LEN);
+            let stream = self.stream;
+            self.control
+                .gather(|buf| stream.peek(buf))
+                .map_err(|e| RecvError::Protocol(ProtocolError::Io("frame", e)))?;
             match Frame::read(&mut self.control)? {
                 None if clean => return Ok(()),
                 None => {

@@ -144,12 +144,15 @@ struct Walker {
 impl Walker {
     /// Lists what is below `root`.
     fn walk_dir(&mut self, root: &Path, base: &[u8]) {
-        let walker = walkdir::WalkDir::new(root)
+        let mut walker = walkdir::WalkDir::new(root)
             .min_depth(1)
             .follow_links(false)
-            .sort_by_file_name();
-        let mut left_out: Vec<PathBuf> = Vec::new();
-        for item in walker {
+            .sort_by_file_name()
+            .into_iter();
+        // The relative name of the directory at each depth: an entry's is its parent's and its
+        // own name (no path parsed again per entry).
+        let mut names: Vec<Vec<u8>> = vec![base.to_vec()];
+        while let Some(item) = walker.next() {
             let item = match item {
                 Ok(i) => i,
                 Err(e) => {
@@ -163,20 +166,21 @@ impl Walker {
                 }
             };
             let path = item.path();
-            // Below a directory that was left out, everything is left out with it.
-            if left_out.iter().any(|d| path.starts_with(d)) {
-                continue;
-            }
-            let rel = match relative_name(base, root, path) {
+            names.truncate(item.depth());
+            let rel = match child_name(&names[item.depth() - 1], item.file_name().as_bytes()) {
                 Ok(r) => r,
                 Err(reason) => {
                     self.tree.skipped.push((path.to_owned(), reason));
+                    // Below a directory that was left out, everything is left out with it.
                     if item.file_type().is_dir() {
-                        left_out.push(path.to_owned());
+                        walker.skip_current_dir();
                     }
                     continue;
                 }
             };
+            if item.file_type().is_dir() {
+                names.push(rel.clone());
+            }
             let meta = match item.metadata() {
                 Ok(m) => m,
                 Err(e) => {
@@ -314,16 +318,18 @@ fn flag_for(what: &str) -> &'static str {
     }
 }
 
-/// `base/rel/path` with `/` separators, or why it cannot be sent.
-fn relative_name(base: &[u8], root: &Path, path: &Path) -> Result<Vec<u8>, String> {
-    let rel = path.strip_prefix(root).map_err(|e| e.to_string())?;
-    let mut name = base.to_owned();
-    for component in rel.components() {
-        name.push(b'/');
-        name.extend_from_slice(component.as_os_str().as_bytes());
+/// `parent/name`, or why it cannot be sent (the parent was checked already).
+fn child_name(parent: &[u8], name: &[u8]) -> Result<Vec<u8>, String> {
+    crate::name::validate_component(name).map_err(|e| e.to_string())?;
+    let len = parent.len() + 1 + name.len();
+    if len > crate::wire::MAX_PATH_LEN {
+        return Err(format!("a path of {len} bytes"));
     }
-    check_path(&name).map_err(|e| e.to_string())?;
-    Ok(name)
+    let mut rel = Vec::with_capacity(len);
+    rel.extend_from_slice(parent);
+    rel.push(b'/');
+    rel.extend_from_slice(name);
+    Ok(rel)
 }
 
 fn file_entry(

@@ -107,22 +107,83 @@ impl Frame {
 /// splice. Reads beyond what was declared go straight to the socket, exactly as asked.
 pub struct Control<R> {
     inner: R,
-    buf: [u8; 128],
+    buf: Vec<u8>,
     start: usize,
     end: usize,
     /// Bytes after those held that are declared control bytes.
     declared: usize,
 }
 
+/// Most bytes [`Control::gather`] looks at and takes at once.
+const GATHER: usize = 64 << 10;
+
 impl<R: Read> Control<R> {
     pub fn new(inner: R) -> Control<R> {
         Control {
             inner,
-            buf: [0; 128],
+            buf: vec![0; 128],
             start: 0,
             end: 0,
             declared: 0,
         }
+    }
+
+    /// Bytes held, read and not taken yet.
+    pub fn held(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// When nothing is held and a frame head is expected: looks at what the socket already
+    /// has (`peek`, which must not take it) and takes at once every whole frame there up to
+    /// the first one a payload follows (its head, and a resume's offset, included), and never
+    /// a byte past it: a tree sent again is thousands of checks back to back, read with one
+    /// call instead of one each. The payload that may follow stays in the socket for splice.
+    pub fn gather(
+        &mut self,
+        peek: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+    ) -> std::io::Result<()> {
+        if self.start != self.end || self.declared != FRAME_HEAD_LEN {
+            return Ok(());
+        }
+        self.buf.resize(GATHER, 0);
+        let seen = peek(&mut self.buf)?;
+        let mut take = 0;
+        while take + FRAME_HEAD_LEN <= seen {
+            let head = &self.buf[take..take + FRAME_HEAD_LEN];
+            let (magic, kind) = (&head[..4], head[8]);
+            let (len, last) = match (magic == FRAME_MAGIC, kind) {
+                (true, 0) => (FRAME_HEAD_LEN, true),
+                (true, 1) => (FRAME_HEAD_LEN + 32, false),
+                (true, 2) => (FRAME_HEAD_LEN + 8, true),
+                (true, 3 | 4) => (FRAME_HEAD_LEN, false),
+                (false, _) if magic == KEEPALIVE_MAGIC => (FRAME_HEAD_LEN, false),
+                (false, _) if magic == END_OF_PASS_MAGIC => (FRAME_HEAD_LEN, true),
+                // Anything else is read as it comes, and refused there.
+                _ => break,
+            };
+            if take + len > seen {
+                break;
+            }
+            take += len;
+            if last {
+                break;
+            }
+        }
+        if take > 0 {
+            // The very bytes looked at: nobody else reads this socket.
+            let mut got = 0;
+            while got < take {
+                match self.inner.read(&mut self.buf[got..take]) {
+                    Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            (self.start, self.end) = (0, take);
+            self.declared = 0;
+        }
+        Ok(())
     }
 
     /// Declares that the next `n` bytes are control bytes.
