@@ -131,8 +131,11 @@ impl Watermark {
     /// A watermark with all `len` bytes readable at once (the sender's file is complete).
     pub fn complete(len: u64) -> Watermark {
         let mark = Watermark::new();
-        mark.raise(len);
-        mark.close();
+        // Nobody can be waiting on it yet: no wake-up (a system call each) is needed.
+        let mut state = mark.lock();
+        state.ready = len;
+        state.closed = true;
+        drop(state);
         mark
     }
 
@@ -449,6 +452,9 @@ struct Shared<'a> {
     /// Where the file ends, as `claims.end`, or [`UNTIL_CLOSED`]: read while folding, which
     /// must not take the claims' lock (a claim holds it while it takes the fold's).
     end: AtomicU64,
+    /// Whether other threads hash too: only they may wait for the fold to move (one thread
+    /// folds every piece it hashes before it claims the next), so only they need waking.
+    shared: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -484,6 +490,7 @@ impl Job<'_> {
             failed: AtomicBool::new(false),
             cpu: AtomicU64::new(0),
             end: AtomicU64::new(self.len),
+            shared: threads() > 1 && to_go > 1,
         };
         let helpers = (threads() as u64).min(to_go).saturating_sub(1) as usize;
         let timed = to_go > 1;
@@ -559,7 +566,9 @@ impl Shared<'_> {
     fn fail(&self, e: io::Error) {
         self.failed.store(true, Ordering::Relaxed);
         lock(&self.fold).error.get_or_insert(e);
-        self.folded.notify_all();
+        if self.shared {
+            self.folded.notify_all();
+        }
     }
 
     /// The next piece to hash, once its bytes are readable.
@@ -719,7 +728,9 @@ impl Shared<'_> {
                 .store(end.min(fold.next * PIECE), Ordering::Relaxed);
         }
         drop(fold);
-        self.folded.notify_all();
+        if self.shared {
+            self.folded.notify_all();
+        }
     }
 }
 
