@@ -10,27 +10,12 @@ use crate::error::RecvError;
 use crate::name::Escaped;
 use crate::recv::partial;
 use crate::units::os_reason;
-use crate::wire::ProtocolError;
-use crate::wire::{Answer, FileStatus, Kind};
+use crate::wire::{FileStatus, Kind};
 
 impl Session<'_, '_> {
     /// The sender framed hard link `i`: it is made at the end of the pass.
     pub(super) fn link_frame(&mut self, i: u32) -> Result<(), RecvError> {
-        let bad = |what: String| RecvError::Protocol(ProtocolError::Malformed(what));
-        let e = self
-            .manifest
-            .entries
-            .get(i as usize)
-            .ok_or_else(|| bad(format!("a frame for entry {i} of {}", self.answers.len())))?;
-        if !matches!(e.kind, Kind::HardLink { .. }) {
-            return Err(bad(format!(
-                "a link frame for {}, which is not a hard link",
-                Escaped(&e.path)
-            )));
-        }
-        if self.answers[i as usize] != Answer::Send || self.settled[i as usize] {
-            return Err(bad(format!("a second frame for {}", Escaped(&e.path))));
-        }
+        self.framed(i, |k| matches!(k, Kind::HardLink { .. }), "a hard link")?;
         self.settled[i as usize] = true;
         self.links_due.push(i);
         Ok(())

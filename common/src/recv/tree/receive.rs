@@ -28,23 +28,35 @@ use crate::wire::{Answer, Entry, FileStatus, Kind, Report, FRAME_HEAD_LEN};
 use crate::wire::{Header, PrefixProof, Trailer, KEPT_MODE, PREFIX_LEN, TRAILER_LEN};
 
 impl Session<'_, '_> {
-    /// The file entry a frame names, if the frame may name it.
-    pub(super) fn file_entry(&self, i: u32) -> Result<(&Entry, Header), RecvError> {
-        let bad = |what: String| RecvError::Protocol(ProtocolError::Malformed(what));
+    /// The entry a frame names, if the frame may name it: one of the manifest, of the kind
+    /// the frame is for (`kind`, named `what` in the message), neither refused nor settled.
+    pub(super) fn framed(
+        &self,
+        i: u32,
+        kind: fn(&Kind) -> bool,
+        what: &str,
+    ) -> Result<&Entry, RecvError> {
+        let bad = |why: String| RecvError::Protocol(ProtocolError::Malformed(why));
         let e = self
             .manifest
             .entries
             .get(i as usize)
             .ok_or_else(|| bad(format!("a frame for entry {i} of {}", self.answers.len())))?;
-        if !matches!(e.kind, Kind::File { .. }) {
+        if !kind(&e.kind) {
             return Err(bad(format!(
-                "a frame for {}, which is not a file",
+                "a frame for {}, which is not {what}",
                 Escaped(&e.path)
             )));
         }
         if matches!(self.answers[i as usize], Answer::Refused(_)) || self.settled[i as usize] {
             return Err(bad(format!("a second frame for {}", Escaped(&e.path))));
         }
+        Ok(e)
+    }
+
+    /// The file entry a frame names, if the frame may name it.
+    pub(super) fn file_entry(&self, i: u32) -> Result<(&Entry, Header), RecvError> {
+        let e = self.framed(i, |k| matches!(k, Kind::File { .. }), "a file")?;
         Ok((e, header_of(e, self.verify)))
     }
 
