@@ -422,8 +422,9 @@ enum Claim {
 enum Hashed {
     Piece(Hash),
     Zeros(u64),
-    /// The root of a whole file of one piece or less, and that piece's root.
-    Whole(Hash, Hash),
+    /// The root of a whole file of one piece or less, and that piece's root when it is logged
+    /// (padding it to a whole piece costs more than hashing a small file's bytes).
+    Whole(Hash, Option<Hash>),
 }
 
 /// The next piece to hand out, and where the file ends once known.
@@ -543,8 +544,8 @@ impl Shared<'_> {
                     match self.hash_piece(index, end, &mut piece, &mut buf) {
                         Ok(true) if last && index == 0 => {
                             // A file of one piece: its root, and its piece's for the log.
-                            let mut padded = piece.clone();
-                            (index, Hashed::Whole(piece.finish_file(), padded.finish()))
+                            let padded = self.job.log.map(|_| piece.clone().finish());
+                            (index, Hashed::Whole(piece.finish_file(), padded))
                         }
                         Ok(true) => (index, Hashed::Piece(piece.finish())),
                         Ok(false) => break,
@@ -711,7 +712,7 @@ impl Shared<'_> {
                 }
                 Hashed::Whole(root, piece) => {
                     fold.whole = Some(root);
-                    if let Some(log) = self.job.log {
+                    if let (Some(log), Some(piece)) = (self.job.log, piece) {
                         log.add(piece, 1);
                     }
                     1

@@ -255,6 +255,11 @@ impl Session<'_, '_> {
                 {
                     // Whatever else differs (mode, mtime, owner, attributes) is set on the
                     // copy here if it has the sender's content, and only then.
+                    // Only a file with fewer blocks than bytes can have holes worth looking
+                    // for when it is checked.
+                    if (st.st_blocks as u64).saturating_mul(512) < *size {
+                        self.holey.insert(i as u32);
+                    }
                     let same_mtime = (st.st_mtime, st.st_mtime_nsec as u32) == e.mtime;
                     let same_mode = st.st_mode & 0o7777 == e.mode & KEPT_MODE;
                     if force && !(same_mtime && same_mode && e.extras.is_none()) {

@@ -165,6 +165,15 @@ struct Session<'r, 'scope> {
     /// Files here whose mode, mtime, owner or attributes differ from the sender's: set once
     /// their content is found the same (with `--force`).
     refresh: HashSet<u32>,
+    /// Files here that may have holes (fewer blocks than bytes when answered).
+    holey: HashSet<u32>,
+    /// For each entry, how many frames without a payload come from it on in the first pass
+    /// before one with a payload (checks, quick checks, hard links): how far a look into the
+    /// socket may go without seeing a payload byte.
+    quiet: Vec<u32>,
+    /// The entry of the latest frame, and whether the first pass is over.
+    latest: Option<u32>,
+    first_pass: bool,
 }
 
 impl Receiver {
@@ -232,6 +241,10 @@ impl Receiver {
                 unpublished: 0,
                 stage_locks: Vec::new(),
                 refresh: HashSet::new(),
+                holey: HashSet::new(),
+                quiet: Vec::new(),
+                latest: None,
+                first_pass: true,
                 counts: TreeCounts {
                     files: manifest
                         .entries
@@ -284,6 +297,7 @@ impl Session<'_, '_> {
                 (i as u32, parent, direct)
             })
             .collect();
+        self.quiet = self.quiet_runs();
         let depth = AHEAD.min(self.rx.batch_files);
         self.ahead = Some(Ahead::start(self.scope, self.dirs.root(), files, depth));
         // The tree is whole only once a pass has ended with nothing asked for again: a sender
@@ -296,11 +310,14 @@ impl Session<'_, '_> {
                 self.post()?;
             }
             self.control.expect(FRAME_HEAD_LEN);
-            let stream = self.stream;
-            self.control
-                .gather(|buf| stream.peek(buf))
-                .map_err(|e| RecvError::Protocol(ProtocolError::Io("frame", e)))?;
-            match Frame::read(&mut self.control)? {
+            self.gather()?;
+            let frame = Frame::read(&mut self.control)?;
+            if let Some(Frame::Full(i) | Frame::Check(i, _) | Frame::Quick(i) | Frame::Link(i)) =
+                frame
+            {
+                self.latest = Some(i);
+            }
+            match frame {
                 None if clean => return Ok(()),
                 None => {
                     return Err(RecvError::Protocol(ProtocolError::Truncated(
@@ -308,6 +325,7 @@ impl Session<'_, '_> {
                     )))
                 }
                 Some(Frame::EndOfPass) => {
+                    self.first_pass = false;
                     self.end_pass()?;
                     clean = self.left == 0;
                 }
@@ -334,6 +352,53 @@ impl Session<'_, '_> {
                 }
             }
         }
+    }
+}
+
+impl Session<'_, '_> {
+    /// How many frames without a payload each entry begins (see `quiet`), from the answers.
+    fn quiet_runs(&self) -> Vec<u32> {
+        let mut runs = vec![0u32; self.answers.len() + 1];
+        for (j, (e, a)) in self
+            .manifest
+            .entries
+            .iter()
+            .zip(&self.answers)
+            .enumerate()
+            .rev()
+        {
+            let next = runs[j + 1];
+            runs[j] = match (&e.kind, a) {
+                (Kind::File { .. }, Answer::Landed | Answer::SameSize) => next.saturating_add(1),
+                (Kind::HardLink { .. }, Answer::Send) => next.saturating_add(1),
+                (Kind::File { .. }, Answer::Send | Answer::Partial(..)) => 0,
+                // No frame at all.
+                _ => next,
+            };
+        }
+        runs
+    }
+
+    /// Takes at once the frames without a payload already in the socket, when the next ones
+    /// are such frames: at most as many bytes as the shortest of them would take, so that no
+    /// payload byte is ever looked at.
+    fn gather(&mut self) -> Result<(), RecvError> {
+        if !self.first_pass {
+            return Ok(());
+        }
+        let next = self.latest.map_or(0, |i| i as usize + 1);
+        let run = self.quiet.get(next).copied().unwrap_or(0) as usize;
+        if run < 2 {
+            return Ok(());
+        }
+        let most = (run * FRAME_HEAD_LEN).min(64 << 10);
+        let stream = self.stream;
+        self.control
+            .gather(|buf| {
+                let n = most.min(buf.len());
+                stream.peek(&mut buf[..n])
+            })
+            .map_err(|e| RecvError::Protocol(ProtocolError::Io("frame", e)))
     }
 }
 

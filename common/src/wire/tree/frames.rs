@@ -134,10 +134,10 @@ impl<R: Read> Control<R> {
     }
 
     /// When nothing is held and a frame head is expected: looks at what the socket already
-    /// has (`peek`, which must not take it) and takes at once every whole frame there up to
-    /// the first one a payload follows (its head, and a resume's offset, included), and never
-    /// a byte past it: a tree sent again is thousands of checks back to back, read with one
-    /// call instead of one each. The payload that may follow stays in the socket for splice.
+    /// has (`peek`, which must not take it, and which the caller bounds so that it sees no
+    /// payload) and takes at once every whole frame there up to the first one a payload
+    /// follows (its head, and a resume's offset, included), and never a byte past it: a tree
+    /// sent again is thousands of checks back to back, read with one call instead of one each.
     pub fn gather(
         &mut self,
         peek: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
