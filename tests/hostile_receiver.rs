@@ -437,3 +437,68 @@ fn repair_calls_out_of_order_and_unasked_updates_are_refused() {
     );
     fake.join().unwrap();
 }
+
+/// A hard link's verdict carries no digest, and a receiver cannot say more entries lose their
+/// metadata than there are: either is a protocol error, and zsend says so (exit 6).
+#[test]
+fn a_hard_links_verdict_has_no_digest_and_unkept_is_bounded() {
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    std::fs::create_dir(&top).unwrap();
+    random_file(&top.join("a"), 5_000, 9);
+    std::fs::hard_link(top.join("a"), top.join("b")).unwrap();
+    for digest_on_link in [true, false] {
+        let (addr, fake) = fake_peer(move |s| {
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            let _ = read_hello(&mut r).unwrap();
+            w.write_all(&Reply::Accept.encode()).unwrap();
+            let m = Manifest::read(&mut r).unwrap();
+            assert_eq!(m.entries[2].kind, zcommon::Kind::HardLink { first: 1 });
+            let answers = vec![Answer::Done, Answer::Send, Answer::Send];
+            let unkept = if digest_on_link { 0 } else { 4 };
+            w.write_all(&Answers::Each(answers, unkept).encode())
+                .unwrap();
+            if !digest_on_link {
+                let mut rest = Vec::new();
+                let _ = r.read_to_end(&mut rest);
+                return;
+            }
+            let mut root = None;
+            loop {
+                match Frame::read(&mut r).unwrap() {
+                    Some(Frame::Full(i)) => {
+                        let mut payload = vec![0u8; m.entries[i as usize].size() as usize];
+                        r.read_exact(&mut payload).unwrap();
+                        root = Trailer::read(&mut r).unwrap().root;
+                    }
+                    Some(Frame::Link(2)) => {}
+                    Some(Frame::EndOfPass) => break,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            for i in [1, 2] {
+                let v = Report::File {
+                    index: i,
+                    status: FileStatus::Landed,
+                    root,
+                    seal: [0; 32],
+                    message: String::new(),
+                };
+                w.write_all(&v.encode()).unwrap();
+            }
+            w.write_all(&Report::EndOfPass.encode()).unwrap();
+            let mut rest = Vec::new();
+            let _ = r.read_to_end(&mut rest);
+        });
+        let out = zsend(&[&addr, top.to_str().unwrap(), "--timeout", "10"]);
+        fake.join().unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(6), "{err}");
+        let why = match digest_on_link {
+            true => "a digest on the verdict for the hard link",
+            false => "4 entries without their metadata, of 3",
+        };
+        assert!(err.contains(why), "{err}");
+    }
+}

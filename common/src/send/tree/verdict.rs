@@ -38,6 +38,13 @@ impl Session<'_> {
             let path = Escaped(&self.tree.manifest.entries[i].path).to_string();
             (path, message.clone())
         });
+        if root.is_some() && sent == Some(Sent::Link) {
+            return Err(ProtocolError::Malformed(format!(
+                "a digest on the verdict for the hard link {}",
+                Escaped(&self.tree.manifest.entries[i].path)
+            ))
+            .into());
+        }
         if let Some(d) = &root {
             if !self
                 .integrity
@@ -66,13 +73,6 @@ impl Session<'_> {
             }
             // A second name of a file whose own verdict carried the digest.
             FileStatus::Landed | FileStatus::Unchanged if sent == Some(Sent::Link) => {
-                if root.is_some() {
-                    return Err(ProtocolError::Malformed(format!(
-                        "a digest on the verdict for the hard link {}",
-                        Escaped(&self.tree.manifest.entries[i].path)
-                    ))
-                    .into());
-                }
                 log::debug!("{}: linked", Escaped(&self.tree.manifest.entries[i].path));
                 self.report.hard_links += 1;
             }
