@@ -881,3 +881,42 @@ fn a_metadata_only_change_is_applied_without_sending_the_content() {
         stderr_of(&out)
     );
 }
+
+/// A new tree is built hidden and published with one rename that never replaces anything: if
+/// its name appears on the receiver meanwhile, nothing of it is published there, its files
+/// fail (exit 9) and say why, and what was there stays as it was.
+#[test]
+fn a_new_tree_whose_name_appears_meanwhile_is_not_published_over_it() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("new");
+    std::fs::create_dir(&top).unwrap();
+    for i in 0..3 {
+        random_file(&top.join(format!("f{i}")), 1 << 20, 70 + i);
+    }
+    let rx = Zrecv::start(dst.path(), &[]);
+    let proxy = Proxy::start(rx.addr, Fault::PauseAt(1 << 20));
+    let sender = Command::new(zsend_bin())
+        .args([&proxy.addr(), top.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    // Half-way through, someone makes a directory of that name, with a file in it.
+    assert!(!dst.path().join("new").exists(), "nothing visible yet");
+    std::fs::create_dir(dst.path().join("new")).unwrap();
+    std::fs::write(dst.path().join("new/theirs"), b"mine").unwrap();
+    proxy.release();
+    let out = wait_output(sender);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    assert!(
+        err.contains("appeared while the tree was received"),
+        "{err}"
+    );
+    assert_eq!(entries(&dst.path().join("new")), ["theirs"]);
+    // The tree that could not be published stays hidden, whole.
+    let stage = stage_dir(dst.path());
+    assert_eq!(entries(&stage).len(), 3, "{:?}", entries(&stage));
+}
