@@ -46,7 +46,8 @@ pub struct Cli {
     /// POSIX ACLs (-A), fifos, sockets and device files (-D), beside what every tree keeps
     /// (modes, mtimes, symbolic links, hard links). Owners, setuid/setgid bits, capabilities
     /// and devices land only where the receiver allows it (zrecv --preserve-privileged, with
-    /// a token); what does not land so is counted, and zsend exits 9.
+    /// a token); what does not land so is counted, and zsend exits 9. For directories: a
+    /// single file sent alone keeps its mode and mtime.
     #[arg(short = 'a', long)]
     pub archive: bool,
 
