@@ -44,11 +44,14 @@ pub fn privileged_xattr(name: &[u8]) -> bool {
     name.starts_with(b"security.") || name.starts_with(b"trusted.")
 }
 
-/// The sender's side: user and group names looked up once per id.
+/// The sender's side: user and group names looked up once per id, and the buffers attributes
+/// are read into (allocated once per walk, not per entry).
 #[derive(Debug, Default)]
 pub struct Names {
     users: HashMap<u32, String>,
     groups: HashMap<u32, String>,
+    list: Vec<u8>,
+    value: Vec<u8>,
 }
 
 impl Names {
@@ -98,36 +101,40 @@ pub fn extras_of(
     // Only files and directories keep their attributes: those of links, fifos, sockets and
     // devices are not sent (Linux allows a link none but trusted and security ones).
     if (keep.xattrs || keep.acls) && (st.is_file() || st.is_dir()) {
-        extras.xattrs = xattrs_of(path, keep)?;
+        extras.xattrs = names.xattrs_of(path, keep)?;
     }
     Ok((!extras.is_empty()).then(|| Box::new(extras)))
 }
 
-fn xattrs_of(path: &Path, keep: &Keep) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut list = vec![0u8; 64 << 10];
-    let n = match rustix::fs::llistxattr(path, &mut list[..]) {
-        Ok(n) => n,
-        Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut out = Vec::new();
-    let mut value = vec![0u8; crate::wire::MAX_XATTR_VALUE];
-    for name in list[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let wanted = match ACLS.contains(&name) {
-            true => keep.acls,
-            false => keep.xattrs && !name.starts_with(b"system."),
-        };
-        if !wanted || name.len() > crate::wire::MAX_XATTR_NAME {
-            continue;
+impl Names {
+    fn xattrs_of(&mut self, path: &Path, keep: &Keep) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if self.list.is_empty() {
+            self.list = vec![0u8; 64 << 10];
+            self.value = vec![0u8; crate::wire::MAX_XATTR_VALUE];
         }
-        let cname = std::ffi::CString::new(name).expect("no NUL in a listed name");
-        match rustix::fs::lgetxattr(path, cname.as_c_str(), &mut value[..]) {
-            Ok(len) => out.push((name.to_vec(), value[..len].to_vec())),
-            Err(rustix::io::Errno::NODATA) => {}
+        let n = match rustix::fs::llistxattr(path, &mut self.list[..]) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for name in self.list[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            let wanted = match ACLS.contains(&name) {
+                true => keep.acls,
+                false => keep.xattrs && !name.starts_with(b"system."),
+            };
+            if !wanted || name.len() > crate::wire::MAX_XATTR_NAME {
+                continue;
+            }
+            let cname = std::ffi::CString::new(name).expect("no NUL in a listed name");
+            match rustix::fs::lgetxattr(path, cname.as_c_str(), &mut self.value[..]) {
+                Ok(len) => out.push((name.to_vec(), self.value[..len].to_vec())),
+                Err(rustix::io::Errno::NODATA) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// What the receiver lets a transfer set, decided once per connection.
@@ -233,13 +240,17 @@ impl Plan {
 
     /// Sets the owner, then the mode, then the attributes (ACLs after the mode they refine,
     /// capabilities after the owner change that would clear them) on an open file or
-    /// directory. Its mtime is left as it was.
+    /// directory whose kept mode bits are set already. Its mtime is left as it was.
     pub fn apply(&self, fd: impl AsFd) -> io::Result<()> {
         let fd = fd.as_fd();
         if let Some((uid, gid)) = self.owner {
             rustix::fs::fchown(fd, Some(uid_of(uid)), Some(gid_of(gid)))?;
         }
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(self.mode))?;
+        // The kept bits are there; a change of owner clears setuid and setgid, which only a
+        // plan with an owner sets.
+        if self.owner.is_some() || self.mode & !KEPT_MODE != 0 {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(self.mode))?;
+        }
         for (name, value) in &self.xattrs {
             let cname = std::ffi::CString::new(name.as_slice())
                 .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;

@@ -268,21 +268,20 @@ impl Landing<'_> {
                 Err(e) => self.failed(&p, e),
             }
         }
-        if !staged.is_empty() {
-            // Written back while the next files arrive, so that little is left for the sync
-            // that publishes the tree; named without a rename, their verdicts held till then.
-            let _ = rustix::fs::syncfs(&self.rx.dir);
-            for p in staged {
-                self.stage(p);
+        // One sync for the whole batch. It reports a write-back error once, so its answer
+        // holds for every file written since the last one, staged or not. A staged file (its
+        // tree published later, with a sync of its own) is written back now, while the next
+        // files arrive, and named without a rename; its verdict waits for the tree.
+        if let Err(e) = rustix::fs::syncfs(&self.rx.dir) {
+            for p in staged.iter().chain(&ready) {
+                self.failed(p, self.rx.local("syncing the received files", e.into()));
             }
-        }
-        if ready.is_empty() {
             return self.post();
         }
-        if let Err(e) = rustix::fs::syncfs(&self.rx.dir) {
-            for p in ready {
-                self.failed(&p, self.rx.local("syncing the received files", e.into()));
-            }
+        for p in staged {
+            self.stage(p);
+        }
+        if ready.is_empty() {
             return self.post();
         }
         let mut outcomes = Vec::with_capacity(ready.len());

@@ -98,9 +98,11 @@ impl Session<'_, '_> {
                 Escaped(&f.path)
             )));
         }
+        // In a tree being built under a hidden name, everything is this receiver's own.
+        let replace = self.rx.config.force || self.in_stage(&e.path);
         match rustix::fs::statat(&to, e.base(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if (st.st_dev, st.st_ino) == (source.st_dev, source.st_ino) => return Ok(false),
-            Ok(_) if !self.rx.config.force => {
+            Ok(_) if !replace => {
                 return Err(RecvError::Refused(
                     "exists (use --force on the receiver)".into(),
                 ))
@@ -111,7 +113,12 @@ impl Session<'_, '_> {
         let _ = rustix::fs::unlinkat(&to, temp.as_str(), AtFlags::empty());
         rustix::fs::linkat(&from, f.base(), &to, temp.as_str(), AtFlags::empty())
             .map_err(|err| local(&format!("linking {}", Escaped(&e.path)), err))?;
-        if let Err(err) = self.rx.publish(&to, &temp, e.base()) {
+        let published = match replace {
+            true => rustix::fs::renameat(&to, temp.as_str(), &to, e.base())
+                .map_err(|err| local(&format!("renaming into {}", Escaped(&e.path)), err)),
+            false => self.rx.publish(&to, &temp, e.base()),
+        };
+        if let Err(err) = published {
             let _ = rustix::fs::unlinkat(&to, temp.as_str(), AtFlags::empty());
             return Err(err);
         }
