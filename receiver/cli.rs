@@ -107,6 +107,14 @@ pub struct Cli {
     #[arg(long)]
     pub preserve_privileged: bool,
 
+    /// Hash every file of a tree that a sender checks against the copy here. Without it, a
+    /// file this receiver landed or hashed before, and that has not changed since (the same
+    /// inode, size, mtime and ctime; no one can set a ctime), is answered with the SHA-256 root
+    /// remembered then, in DIR/.zrecv-KEY.roots, without reading it. Use it after a crash, or
+    /// to catch a disk that changed bytes on its own.
+    #[arg(long)]
+    pub rehash: bool,
+
     /// List the partials kept in DIR (and its subdirectories) for resuming: the name each
     /// belongs to, how much of it is held, the space it takes, its age. Then exit.
     #[arg(long, conflicts_with_all = ["remove_partials", "once", "stdout"])]

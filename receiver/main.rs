@@ -88,6 +88,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
         allow_forward: cli.allow_forward.clone(),
         trust_links: cli.trust_links,
         preserve_privileged: cli.preserve_privileged,
+        rehash: cli.rehash,
     };
     // The directory first, so that a wrong one is named as such, not as a failure to listen.
     match std::fs::metadata(&cli.dir) {

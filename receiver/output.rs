@@ -58,12 +58,16 @@ fn log_transfer(r: &TransferRecord, stopping: bool) {
         (Ok(()), Some(t)) => {
             let secs = shared::seconds(r.elapsed);
             log::info!(
-                "received tree {what}: {} files ({} landed, {} already here, {} failed), \
+                "received tree {what}: {} files ({} landed, {} already here{}, {} failed), \
                  {} directories, {} links, {} hard links, {} special files{}, {} in {secs:.2} s, \
                  {}/s",
                 t.files,
                 t.landed,
                 t.unchanged,
+                match t.remembered {
+                    0 => String::new(),
+                    n => format!(" ({n} by the roots remembered for them)"),
+                },
                 t.failed,
                 t.dirs,
                 t.links,
@@ -168,6 +172,7 @@ fn json(r: &TransferRecord) -> serde_json::Value {
             "files": t.files,
             "landed": t.landed,
             "unchanged": t.unchanged,
+            "remembered": t.remembered,
             "quick_checked": t.quick,
             "failed": t.failed,
             "dirs": t.dirs,

@@ -292,7 +292,7 @@ fn a_file_already_there_is_already_there_and_another_one_is_still_refused() {
         err.contains("file exists (use --force on the receiver)"),
         "{err}"
     );
-    assert_eq!(entries(dst.path()), vec!["disk.img"]);
+    assert_eq!(visible(dst.path()), vec!["disk.img"]);
     assert_ne!(
         sha256_file(&dst.path().join("disk.img")),
         sha256_file(&file),

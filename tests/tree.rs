@@ -920,3 +920,81 @@ fn a_new_tree_whose_name_appears_meanwhile_is_not_published_over_it() {
     let stage = stage_dir(dst.path());
     assert_eq!(entries(&stage).len(), 3, "{:?}", entries(&stage));
 }
+
+/// A tree sent again is compared with the roots zrecv remembered for the files it landed or
+/// hashed, without reading them. A copy changed here since (bytes rewritten, its mtime put
+/// back) no longer has the identity its root was remembered with (its ctime moved): it is read
+/// and found different. `--rehash` reads every file; a damaged file of roots is ignored.
+#[test]
+fn a_remembered_root_never_hides_a_change_made_here() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("kept");
+    std::fs::create_dir_all(top.join("sub")).unwrap();
+    random_file(&top.join("a.bin"), 300_000, 91);
+    random_file(&top.join("sub/b.bin"), 5_000, 92);
+    random_file(&top.join("sub/c.bin"), 1 << 20, 93);
+    let tree = top.to_str().unwrap();
+    // One receiver per step, each telling what it did on its own --json line.
+    let step = |args: &[&str], sent: &[&str]| -> (serde_json::Value, serde_json::Value) {
+        let mut rx = Zrecv::start(dst.path(), &[&["--json"], args].concat());
+        let mut zargs = vec![rx.addr(), "--json".into()];
+        zargs.extend(sent.iter().map(|s| s.to_string()));
+        let zargs: Vec<&str> = zargs.iter().map(String::as_str).collect();
+        let out = zsend(&zargs);
+        let line: serde_json::Value = serde_json::from_str(&rx.stdout_line()).unwrap();
+        (json_of(&out), line["tree"].clone())
+    };
+    let (sent, _) = step(&[], &[tree]);
+    assert_eq!(sent["landed"], 3, "{sent}");
+    // A root is remembered once the clock has passed the file's ctime: by the second send
+    // every file's is (it was hashed then if not when it landed).
+    step(&[], &[tree]);
+    let (sent, here) = step(&[], &[tree]);
+    assert_eq!(sent["unchanged"], 3, "{sent}");
+    assert_eq!(sent["verified"], true, "{sent}");
+    assert_eq!(here["remembered"], 3, "{here}");
+
+    // Other bytes under the same size and mtime.
+    let copy = dst.path().join("kept/sub/b.bin");
+    let mtime = std::fs::metadata(&copy).unwrap().modified().unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"changed here", 10).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    let (sent, here) = step(&[], &[tree]);
+    assert_eq!(sent["unchanged"], 2, "{sent}");
+    assert_eq!(sent["failed"], 1, "{sent}");
+    assert!(
+        sent["failures"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("exists with other content")),
+        "{sent}"
+    );
+    assert_eq!(here["remembered"], 2, "{here}");
+
+    // --rehash reads them all, and finds the same.
+    let (sent, here) = step(&["--rehash"], &[tree]);
+    assert_eq!(
+        (sent["unchanged"].clone(), sent["failed"].clone()),
+        (2.into(), 1.into())
+    );
+    assert_eq!(here["remembered"], 0, "{here}");
+
+    // A file of roots with one byte changed is not believed: every file is read.
+    let roots: Vec<_> = std::fs::read_dir(dst.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| is_roots(&p.file_name().unwrap().to_string_lossy()))
+        .collect();
+    assert_eq!(roots.len(), 1, "{roots:?}");
+    let mut bytes = std::fs::read(&roots[0]).unwrap();
+    bytes[20] ^= 0x40;
+    std::fs::write(&roots[0], &bytes).unwrap();
+    let (sent, here) = step(&[], &[tree]);
+    assert_eq!(
+        (sent["unchanged"].clone(), sent["failed"].clone()),
+        (2.into(), 1.into())
+    );
+    assert_eq!(here["remembered"], 0, "{here}");
+}

@@ -17,6 +17,7 @@
 //!     allow_forward: Vec::new(),
 //!     trust_links: false,
 //!     preserve_privileged: false,
+//!     rehash: false,
 //! };
 //! let receiver = Receiver::bind("127.0.0.1:0".parse()?, config)?;
 //! let addr = receiver.local_addr()?.to_string();

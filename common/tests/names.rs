@@ -91,6 +91,7 @@ proptest! {
             allow_forward: Vec::new(),
             trust_links: false,
             preserve_privileged: false,
+            rehash: false,
         };
         let receiver = Receiver::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
         let addr = receiver.local_addr().unwrap();

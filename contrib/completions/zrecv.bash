@@ -23,7 +23,7 @@ _zrecv() {
 
     case "${cmd}" in
         zrecv)
-            opts="-q -v -h -V --listen --dir --once --force --stdout --timeout --hash-threads --max-transfers --slot-wait --partial-max-age --token-file --allow-forward --trust-links --preserve-privileged --list-partials --remove-partials --json --quiet --verbose --help --version"
+            opts="-q -v -h -V --listen --dir --once --force --stdout --timeout --hash-threads --max-transfers --slot-wait --partial-max-age --token-file --allow-forward --trust-links --preserve-privileged --rehash --list-partials --remove-partials --json --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

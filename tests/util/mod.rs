@@ -360,6 +360,11 @@ pub fn is_kept_partial(name: &str) -> bool {
     key.is_some_and(|k| k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Whether `name` is where the receiver remembers the roots of a tree (`.zrecv-KEY.roots`).
+pub fn is_roots(name: &str) -> bool {
+    name.starts_with(".zrecv-") && name.ends_with(".roots")
+}
+
 /// The files of transfers in flight in `dir`: temporary files, and the partials a running
 /// transfer holds (locked, as zrecv --remove-partials sees them); kept partials excluded.
 pub fn in_flight(dir: &Path) -> Vec<String> {
@@ -375,7 +380,9 @@ pub fn in_flight(dir: &Path) -> Vec<String> {
     };
     let mut v = entries(dir);
     v.retain(|e| {
-        e.starts_with(".zrecv-") && (!is_kept_partial(e) || e.ends_with(".part") && running(e))
+        e.starts_with(".zrecv-")
+            && !is_roots(e)
+            && (!is_kept_partial(e) || e.ends_with(".part") && running(e))
     });
     v
 }

@@ -33,6 +33,9 @@ pub struct ReceiverConfig {
     /// Keep owners, setuid and setgid bits, privileged attributes and device files from a
     /// sender that proved the token, when running as root (`--preserve-privileged`).
     pub preserve_privileged: bool,
+    /// Hash every file a tree's sender checks, rather than take the root remembered for a file
+    /// unchanged since it landed or was hashed here (`--rehash`).
+    pub rehash: bool,
 }
 
 /// Parses zrecv's `--listen` value: `IP:PORT`, `[V6]:PORT`, a bare IP (default port) or a bare

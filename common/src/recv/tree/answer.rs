@@ -17,6 +17,7 @@ use crate::name::Escaped;
 use crate::recv::handshake::{linger, tell};
 use crate::recv::land::timestamps;
 use crate::recv::partial::{self};
+use crate::recv::roots::Identity;
 use crate::units::{os_reason, Bytes};
 use crate::wire::RefuseCode;
 use crate::wire::{Answer, Answers, Entry, Kind, KEPT_MODE};
@@ -59,6 +60,10 @@ impl Session<'_, '_> {
                 }
             }
             self.answers.push(answer);
+        }
+        if !self.rx.config.rehash {
+            self.roots
+                .load(&self.rx.dir, &std::mem::take(&mut self.wanted));
         }
         if let Ok(vfs) = rustix::fs::fstatvfs(&self.rx.dir) {
             let have = vfs.f_bavail.saturating_mul(vfs.f_frsize);
@@ -260,6 +265,8 @@ impl Session<'_, '_> {
                     if (st.st_blocks as u64).saturating_mul(512) < *size {
                         self.holey.insert(i as u32);
                     }
+                    // A check may be answered with the root remembered for this identity.
+                    self.wanted.push((i as u32, Identity::of(&st)));
                     let same_mtime = (st.st_mtime, st.st_mtime_nsec as u32) == e.mtime;
                     let same_mode = st.st_mode & 0o7777 == e.mode & KEPT_MODE;
                     if force && !(same_mtime && same_mode && e.extras.is_none()) {

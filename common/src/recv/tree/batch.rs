@@ -14,6 +14,7 @@ use crate::error::RecvError;
 use crate::meta::Plan;
 use crate::recv::handshake::tell;
 use crate::recv::partial::TempFile;
+use crate::recv::roots::{Identity, Roots};
 use crate::recv::Receiver;
 use crate::watch::KEEPALIVE_EVERY;
 use crate::wire::Header;
@@ -162,6 +163,7 @@ impl<'scope> Lander<'scope> {
         scope: &'scope Scope<'scope, 'env>,
         rx: &'env Receiver,
         outbox: &'env Outbox<'env>,
+        roots: &'env Roots,
         batch_files: usize,
         batch_bytes: u64,
     ) -> Lander<'scope> {
@@ -172,6 +174,7 @@ impl<'scope> Lander<'scope> {
             let mut landing = Landing {
                 rx,
                 outbox,
+                roots,
                 tally: Tally::default(),
             };
             for job in incoming {
@@ -248,6 +251,8 @@ impl<'scope> Lander<'scope> {
 struct Landing<'env> {
     rx: &'env Receiver,
     outbox: &'env Outbox<'env>,
+    /// Learns the root of each file landed.
+    roots: &'env Roots,
     tally: Tally,
 }
 
@@ -298,6 +303,7 @@ impl Landing<'_> {
             match (published, synced) {
                 (Ok(()), Ok(())) => {
                     self.tally.landed += 1;
+                    self.remember(&p);
                     self.outbox
                         .verdict(p.index, FileStatus::Landed, p.digest, "");
                     p.temp.disarm();
@@ -326,6 +332,7 @@ impl Landing<'_> {
         match named {
             Ok(()) => {
                 self.tally.landed += 1;
+                self.remember(&p);
                 self.outbox.hold(p.index, FileStatus::Landed, p.digest, "");
                 p.temp.disarm();
             }
@@ -333,6 +340,14 @@ impl Landing<'_> {
                 let what = format!("renaming into {}", crate::name::Escaped(&p.base));
                 self.failed(&p, self.rx.local(&what, e.into()));
             }
+        }
+    }
+
+    /// Remembers the root of a file landed, with its identity now that we changed it for the
+    /// last time (when the clock has passed its ctime).
+    fn remember(&self, p: &Pending) {
+        if let (Some(root), Some(id)) = (p.digest, Identity::settled(&p.temp.file)) {
+            self.roots.learn(p.index, id, root);
         }
     }
 

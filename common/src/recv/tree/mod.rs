@@ -19,6 +19,7 @@ use rustix::fs::OFlags;
 
 use super::handshake::linger;
 use super::partial::{self, open_beneath, TempFile};
+use super::roots::{Identity, Roots};
 use super::{Receiver, TransferRecord, PIPE_SIZE};
 use crate::auth::Integrity;
 use crate::error::RecvError;
@@ -59,6 +60,9 @@ pub struct TreeCounts {
     pub unchanged: usize,
     /// Of those, the ones taken on size and mtime alone (`zsend --quick-check`): not verified.
     pub quick: usize,
+    /// Of those, the ones compared with the root remembered for them, unchanged here since it
+    /// was taken (see `--rehash`): verified, without reading them again.
+    pub remembered: usize,
     /// Files refused or failed.
     pub failed: usize,
     /// Directories made or found.
@@ -74,8 +78,9 @@ pub struct TreeCounts {
     pub unkept: usize,
 }
 
-/// A background check's result: the entry, the sender's digest, ours.
-type Checked = (u32, [u8; 32], io::Result<[u8; 32]>);
+/// A background check's result: the entry, the sender's digest, ours (with the identity of
+/// the file it is the root of, when it can be remembered).
+type Checked = (u32, [u8; 32], io::Result<([u8; 32], Option<Identity>)>);
 
 /// Checks of large files, each hashing on its own thread and sending its [`Checked`] back.
 struct Checks {
@@ -138,6 +143,10 @@ struct Session<'r, 'scope> {
     lander: Lander<'scope>,
     /// Makes the first pass's temporary files ahead of their frames.
     ahead: Option<Ahead<'scope>>,
+    /// The roots remembered of the files here, and those learnt.
+    roots: &'r Roots,
+    /// The files here that a check may be answered for, with their identities when answered.
+    wanted: Vec<(u32, Identity)>,
     /// Files still to arrive in this pass, and files asked for again in the next.
     left: usize,
     resends: usize,
@@ -210,6 +219,11 @@ impl Receiver {
             _ => None,
         });
         let outbox = Outbox::new(stream, integrity, firsts.collect());
+        let files = manifest.entries.iter().map(|e| match e.kind {
+            Kind::File { .. } => Some(&e.path[..]),
+            _ => None,
+        });
+        let roots = Roots::new(files);
         let batch_files = self.batch_files;
         std::thread::scope(|scope| {
             let mut session = Session {
@@ -226,7 +240,9 @@ impl Receiver {
                 made_dirs: Vec::new(),
                 fresh_dirs: HashSet::new(),
                 outbox: &outbox,
-                lander: Lander::start(scope, self, &outbox, batch_files, BATCH_BYTES),
+                lander: Lander::start(scope, self, &outbox, &roots, batch_files, BATCH_BYTES),
+                roots: &roots,
+                wanted: Vec::new(),
                 ahead: None,
                 left: 0,
                 resends: 0,
@@ -267,6 +283,7 @@ impl Receiver {
             session.counts.landed =
                 (session.counts.landed + tally.landed).saturating_sub(session.unpublished);
             session.counts.failed += tally.failed;
+            roots.save(&self.dir);
             record.tree = Some(session.counts.clone());
             // Every file counted as landed or unchanged was compared with the sender's digest,
             // unless the sender took some on size and mtime.

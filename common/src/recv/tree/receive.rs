@@ -20,6 +20,7 @@ use crate::name::Escaped;
 use crate::recv::file::{prepare, Route};
 use crate::recv::land::timestamps;
 use crate::recv::partial::{self, open_beneath, TempFile};
+use crate::recv::roots::Identity;
 use crate::recv::TransferRecord;
 use crate::units::os_reason;
 use crate::watch::KEEPALIVE_EVERY;
@@ -119,6 +120,13 @@ impl Session<'_, '_> {
             .dirs
             .get(parent_path.as_deref())
             .map_err(|err| self.rx.local("opening a directory", err))?;
+        self.settled[i as usize] = true;
+        // Unchanged since its root was taken here: nothing to read. (A remembered root that
+        // differs proves nothing against the file: it is read.)
+        if self.roots.known(i) == Some(digest) {
+            self.counts.remembered += 1;
+            return self.checked(i, digest, Ok((digest, None)));
+        }
         let size = header.size;
         let stop = self.checks.stop.clone();
         // Read densely, a hole reads as zeros: the hint only saves reading holes.
@@ -126,19 +134,25 @@ impl Session<'_, '_> {
         let hash = move || {
             let fd = open_beneath(&parent, &base, OFlags::RDONLY).map_err(io::Error::from)?;
             let file = File::from(fd);
+            // Remembered only if nothing changed the file while it was read.
+            let before = Identity::settled(&file);
             match Prefix::of_file_until(&file, size, sparse, &stop)? {
-                Some(p) => Ok(p.digest()),
+                Some(p) => {
+                    let after = before.and_then(|_| Identity::settled(&file));
+                    Ok((p.digest(), before.filter(|_| after == before)))
+                }
                 None => Err(io::Error::other("the session ended")),
             }
         };
-        self.settled[i as usize] = true;
         if size < LAND_ALONE {
             return self.checked(i, digest, hash());
         }
         // A large file takes a while: hash it beside the frames that keep coming, so that the
         // sender is never left waiting on a full socket.
         let done = self.checks.done.clone();
-        std::thread::spawn(move || done.send((i, digest, hash())));
+        std::thread::spawn(move || {
+            let _ = done.send((i, digest, hash()));
+        });
         self.checks.running += 1;
         Ok(())
     }
@@ -179,8 +193,11 @@ impl Session<'_, '_> {
             .map_err(|err| self.rx.local("opening a directory", err))?;
         let fd = open_beneath(&parent, e.base(), OFlags::RDONLY)
             .map_err(|err| self.rx.local("opening the copy here", err.into()))?;
+        let file = File::from(fd);
         self.rx
-            .set_metadata_planned(&File::from(fd), &header, plan.as_ref())?;
+            .set_metadata_planned(&file, &header, plan.as_ref())?;
+        // Its ctime moved: what was remembered of it no longer holds.
+        self.roots.forget(i);
         log::debug!("{}: metadata updated", Escaped(&e.path));
         Ok(())
     }
@@ -215,8 +232,12 @@ impl Session<'_, '_> {
         &mut self,
         i: u32,
         digest: [u8; 32],
-        ours: io::Result<[u8; 32]>,
+        ours: io::Result<([u8; 32], Option<Identity>)>,
     ) -> Result<(), RecvError> {
+        if let Ok((root, Some(id))) = ours {
+            self.roots.learn(i, id, root);
+        }
+        let ours = ours.map(|(root, _)| root);
         // Our digest goes back only when it is the sender's own: a sender that did not write
         // the file here learns "same" or "different", never what the file holds.
         match ours {
@@ -406,7 +427,13 @@ impl Session<'_, '_> {
         let staged = self.in_stage(&self.manifest.entries[i as usize].path);
         if header.size >= LAND_ALONE && !staged {
             let base = self.manifest.entries[i as usize].base().to_owned();
+            let file = temp.file.try_clone().ok();
             let landed = self.rx.land_planned(temp, &base, header, plan.as_ref());
+            if let (Ok(_), Some(file), Some(root)) = (&landed, file, digest) {
+                if let Some(id) = Identity::settled(&file) {
+                    self.roots.learn(i, id, root);
+                }
+            }
             return self.landed(i, digest, landed.map(|_| ()));
         }
         let pending = Pending {

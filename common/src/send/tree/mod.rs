@@ -8,6 +8,7 @@
 //! - `walk.rs`: the paths on the command line listed as a manifest;
 //! - `manifest.rs`: the manifest out, the receiver's answers in: what the first pass sends;
 //! - `pass.rs`: the passes, every file's frame and body back to back;
+//! - `prehash.rs`: the roots of the files checked, hashed ahead on every core;
 //! - `ledger.rs`: what we wait to hear about each entry, and the thread reading the verdicts;
 //! - `verdict.rs`: each verdict taken in, counted or failed.
 
@@ -27,6 +28,8 @@ use crate::stages::StageTimes;
 use crate::wire::ProtocolError;
 use crate::wire::{Header, FLAG_NO_VERIFY, FLAG_TREE, TRAILER_LEN};
 use ledger::{read_reports, Incoming, Ledger, Sent};
+use manifest::Action;
+use prehash::{Prehash, Shared};
 use walk::{walk, Tree, WalkOptions};
 
 pub use crate::meta::Keep;
@@ -34,6 +37,7 @@ pub use crate::meta::Keep;
 mod ledger;
 mod manifest;
 mod pass;
+mod prehash;
 mod verdict;
 mod walk;
 
@@ -223,6 +227,25 @@ impl Session<'_> {
         // A tree is not resumable as a whole, so a resume offer is refused inside.
         self.integrity = handshake(self.stream, &header, self.opts.token.as_ref())?.integrity;
         let first = self.answers(label)?;
+        // The roots of the files to check are hashed ahead on every core (a large file,
+        // hashed with keepalives between its pieces, in turn). A quick check reads nothing.
+        let tree = self.tree;
+        let quick = self.tree_opts.quick;
+        let checks = first
+            .iter()
+            .filter(|(i, action)| {
+                let small = tree.manifest.entries[*i].size() < pass::KEEPALIVE_ABOVE;
+                let hashed = match action {
+                    Action::Check => !quick,
+                    Action::Verify => true,
+                    _ => false,
+                };
+                small && hashed
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        let shared = Shared::new(checks);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let stream = self.stream;
         // From here on only the reader thread reads, and verdicts may be far apart (a large
         // file, a batch on a slow link): the wait for them is bounded where it matters, at the
@@ -231,10 +254,11 @@ impl Session<'_> {
             .set_read_timeout(None)
             .map_err(net("configuring the socket"))?;
         std::thread::scope(|s| {
+            let ahead = Prehash::start(s, &shared, tree, threads);
             let (tx, reports) = mpsc::channel();
             let ledger = self.ledger.clone();
             s.spawn(move || read_reports(stream, ledger, tx));
-            let result = match self.passes(first, &reports, progress) {
+            let result = match self.passes(first, &ahead, &reports, progress) {
                 Err(e) if ends_connection(&e) => Err(self.why_it_ended(e, &reports)),
                 other => other,
             };

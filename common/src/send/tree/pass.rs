@@ -7,6 +7,7 @@ use std::sync::mpsc;
 
 use super::ledger::{Incoming, Sent};
 use super::manifest::Action;
+use super::prehash::{Hashed, Prehash};
 use super::{Phase, Session, Tick};
 use crate::auth;
 use crate::client::net;
@@ -19,17 +20,18 @@ use crate::wire::ProtocolError;
 use crate::wire::{Frame, Kind, PrefixProof, Report, Trailer, TRAILER_LEN};
 
 /// Files at least this large are hashed on a second thread while keepalive frames go out.
-const KEEPALIVE_ABOVE: u64 = 64 << 20;
+pub(super) const KEEPALIVE_ABOVE: u64 = 64 << 20;
 
 impl Session<'_> {
     /// The first pass, and a second for the files the receiver asks to have whole.
     pub(super) fn passes(
         &mut self,
         first: Vec<(usize, Action)>,
+        ahead: &Prehash,
         reports: &mpsc::Receiver<Incoming>,
         progress: &mut dyn FnMut(Tick),
     ) -> Result<(), SendError> {
-        let resend = self.pass(&first, reports, progress)?;
+        let resend = self.pass(&first, Some(ahead), reports, progress)?;
         if resend.is_empty() || self.stopping() {
             return Ok(());
         }
@@ -42,7 +44,7 @@ impl Session<'_> {
                 _ => (i, Action::Full),
             })
             .collect();
-        self.pass(&second, reports, progress).map(drop)
+        self.pass(&second, None, reports, progress).map(drop)
     }
 
     /// Sends every action's frame back to back, then an end of pass, and reads verdicts until
@@ -50,6 +52,7 @@ impl Session<'_> {
     fn pass(
         &mut self,
         actions: &[(usize, Action)],
+        ahead: Option<&Prehash>,
         reports: &mpsc::Receiver<Incoming>,
         progress: &mut dyn FnMut(Tick),
     ) -> Result<Vec<usize>, SendError> {
@@ -63,7 +66,7 @@ impl Session<'_> {
             if self.stopping() {
                 break;
             }
-            self.send_one(i, action, progress)?;
+            self.send_one(i, action, ahead, progress)?;
             progress(Tick::File);
         }
         self.write(&Frame::EndOfPass.encode(), None, "ending a pass")?;
@@ -109,6 +112,7 @@ impl Session<'_> {
         &mut self,
         i: usize,
         action: Action,
+        ahead: Option<&Prehash>,
         progress: &mut dyn FnMut(Tick),
     ) -> Result<(), SendError> {
         let entry = &self.tree.manifest.entries[i];
@@ -126,6 +130,16 @@ impl Session<'_> {
         if let Action::Link = action {
             return self.queue(i, &Frame::Link(index).encode(), Sent::Link);
         }
+        let checked = matches!(action, Action::Check | Action::Verify);
+        match ahead.filter(|_| checked).and_then(|a| a.take(i)) {
+            Some(Hashed::Root(digest, size)) => return self.checked(i, digest, size, progress),
+            Some(Hashed::Unlisted(why)) => {
+                self.fail(i, why);
+                return Ok(());
+            }
+            Some(Hashed::Unread(e)) => return Err(e),
+            None => {}
+        }
         let source = match Source::listed(path, entry) {
             Ok(s) => s,
             Err(e) => {
@@ -137,10 +151,7 @@ impl Session<'_> {
             Action::Link => unreachable!("a hard link's frame went out above"),
             Action::Check | Action::Verify => {
                 let digest = self.hash_alive(&source, source.size)?.digest();
-                self.digests[i] = Some(digest);
-                self.queue(i, &Frame::Check(index, digest).encode(), Sent::Check)?;
-                progress(Tick::Bytes(source.size));
-                return Ok(());
+                return self.checked(i, digest, source.size, progress);
             }
             Action::Full => (
                 Frame::Full(index),
@@ -201,6 +212,20 @@ impl Session<'_> {
             Err(SendError::SourceChanged) => self.hold(i, Trailer::abandoned(), Sent::Abandoned),
             Err(e) => Err(e),
         }
+    }
+
+    /// Queues the check of entry `i`, of `size` bytes, whose root is `digest`.
+    fn checked(
+        &mut self,
+        i: usize,
+        digest: [u8; 32],
+        size: u64,
+        progress: &mut dyn FnMut(Tick),
+    ) -> Result<(), SendError> {
+        self.digests[i] = Some(digest);
+        self.queue(i, &Frame::Check(i as u32, digest).encode(), Sent::Check)?;
+        progress(Tick::Bytes(size));
+        Ok(())
     }
 
     /// Queues entry `i`'s check (`frame`, the whole of what it sends), which awaits its

@@ -1,0 +1,371 @@
+//! The roots this receiver remembers: each file of a tree it landed or hashed, with the
+//! identity that proves the file unchanged since (device, inode, size, mtime and ctime). A tree
+//! sent again is then checked against the remembered root, with no read of the file here.
+//!
+//! Why ctime: no one can set it. Any change to a file's data or metadata moves it to the time
+//! of the change (rename, chmod and link included), and a remembered identity is taken only
+//! once the coarse clock the kernel stamps files with has passed the file's ctime, so that a
+//! change made after it cannot land on the same stamp (Linux 6.13's multigrain timestamps
+//! promise as much; the rule keeps older kernels honest too). This is why the identity cannot
+//! live in an extended attribute of the file: writing one moves the ctime it records.
+//!
+//! A tree's roots are in `.zrecv-KEY.roots` in the receive directory (KEY from the tree's
+//! top-level name, as for its partials): a magic, records of 80 bytes, and the SHA-256 of what
+//! precedes it; anything else is ignored and the files hashed. It holds the files of the last
+//! manifest of that name, at most [`MAX_ENTRIES`] records. It is a cache: rewritten under a
+//! temporary name and renamed, never synced; lost, it costs one more hashing.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Mutex, PoisonError};
+
+use rustix::fs::{AtFlags, OFlags, Stat};
+use rustix::time::{ClockId, Timespec};
+use sha2::{Digest, Sha256};
+
+use crate::name::text_key;
+use crate::recv::partial::{self, open_beneath};
+use crate::wire::MAX_ENTRIES;
+
+const MAGIC: &[u8; 8] = b"ZROOTS\x00\x01";
+const RECORD_LEN: usize = 80;
+
+/// What proves a file unchanged since its root was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, u32),
+    ctime: (i64, u32),
+}
+
+impl Identity {
+    /// The identity of what `st` describes.
+    pub fn of(st: &Stat) -> Identity {
+        Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+            ctime: (st.st_ctime, st.st_ctime_nsec as u32),
+        }
+    }
+
+    /// The identity of the open file `fd`, if it can be remembered: its ctime is before the
+    /// coarse clock read first, so that any later change stamps a later ctime.
+    pub fn settled(fd: impl AsFd) -> Option<Identity> {
+        let now = rustix::time::clock_gettime(ClockId::RealtimeCoarse);
+        let st = rustix::fs::fstat(fd).ok()?;
+        let id = Identity::of(&st);
+        (before(id.ctime, &now)).then_some(id)
+    }
+
+    fn encode(&self, root: &[u8; 32], out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.dev.to_le_bytes());
+        out.extend_from_slice(&self.ino.to_le_bytes());
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.mtime.0.to_le_bytes());
+        out.extend_from_slice(&self.mtime.1.to_le_bytes());
+        out.extend_from_slice(&self.ctime.0.to_le_bytes());
+        out.extend_from_slice(&self.ctime.1.to_le_bytes());
+        out.extend_from_slice(root);
+    }
+
+    fn decode(r: &[u8]) -> (Identity, [u8; 32]) {
+        let u64_at = |k: usize| u64::from_le_bytes(r[k..k + 8].try_into().expect("8 bytes"));
+        let u32_at = |k: usize| u32::from_le_bytes(r[k..k + 4].try_into().expect("4 bytes"));
+        let id = Identity {
+            dev: u64_at(0),
+            ino: u64_at(8),
+            size: u64_at(16),
+            mtime: (u64_at(24) as i64, u32_at(32)),
+            ctime: (u64_at(36) as i64, u32_at(44)),
+        };
+        (id, r[48..80].try_into().expect("32 bytes"))
+    }
+}
+
+/// Whether `t` is strictly before `now`.
+fn before(t: (i64, u32), now: &Timespec) -> bool {
+    t < (now.tv_sec, now.tv_nsec as u32)
+}
+
+/// The remembered roots of one session's manifest, and those it learns (on the session's
+/// thread and the lander's).
+pub(crate) struct Roots {
+    /// Each file entry's tree: the index of its top-level name in `tops`.
+    top_of: Vec<Option<usize>>,
+    tops: Vec<Vec<u8>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Remembered roots of entries whose copy here has the identity remembered with them.
+    known: HashMap<u32, (Identity, [u8; 32])>,
+    /// Roots learnt in this session (landed or hashed), by entry.
+    learnt: HashMap<u32, (Identity, [u8; 32])>,
+    /// Per tree, whether what is remembered of it changed: its file is written again.
+    changed: Vec<bool>,
+}
+
+impl Roots {
+    /// Roots for a manifest of these `paths` (`None`: not a file), none remembered yet.
+    pub fn new<'p>(paths: impl Iterator<Item = Option<&'p [u8]>>) -> Roots {
+        let mut tops: Vec<Vec<u8>> = Vec::new();
+        let top_of = paths
+            .map(|p| {
+                let top = p?.split(|b| *b == b'/').next()?;
+                Some(match tops.iter().position(|t| t == top) {
+                    Some(k) => k,
+                    None => {
+                        tops.push(top.to_vec());
+                        tops.len() - 1
+                    }
+                })
+            })
+            .collect();
+        let state = State {
+            changed: vec![false; tops.len()],
+            ..State::default()
+        };
+        Roots {
+            top_of,
+            tops,
+            state: Mutex::new(state),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn top(&self, i: u32) -> Option<usize> {
+        self.top_of.get(i as usize).copied().flatten()
+    }
+
+    /// Reads the roots remembered in `dir` for the copies here of `wanted` (entry and the
+    /// identity of its copy here), keeping those remembered with that same identity.
+    pub fn load(&self, dir: impl AsFd, wanted: &[(u32, Identity)]) {
+        let mut by_top: Vec<HashMap<(u64, u64), (u32, Identity)>> =
+            vec![HashMap::new(); self.tops.len()];
+        for &(i, id) in wanted {
+            if let Some(t) = self.top(i) {
+                by_top[t].insert((id.dev, id.ino), (i, id));
+            }
+        }
+        let mut state = self.state();
+        for (t, wanted) in by_top.iter().enumerate() {
+            let name = file_name(&self.tops[t]);
+            let records = match read(&dir, &name) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    log::debug!("reading {name}: {e}");
+                    state.changed[t] = true;
+                    continue;
+                }
+            };
+            let mut kept = 0;
+            for r in records.chunks_exact(RECORD_LEN) {
+                let (id, root) = Identity::decode(r);
+                if let Some((i, here)) = wanted.get(&(id.dev, id.ino)) {
+                    if *here == id && state.known.insert(*i, (id, root)).is_none() {
+                        kept += 1;
+                    }
+                }
+            }
+            // Records of files gone or changed go when the file is written again.
+            state.changed[t] |= kept < records.len() / RECORD_LEN;
+        }
+    }
+
+    /// The root remembered for entry `i`'s copy here, if its identity still holds.
+    pub fn known(&self, i: u32) -> Option<[u8; 32]> {
+        self.state().known.get(&i).map(|(_, root)| *root)
+    }
+
+    /// Remembers `root` for entry `i`, whose copy here has identity `id`.
+    pub fn learn(&self, i: u32, id: Identity, root: [u8; 32]) {
+        let mut state = self.state();
+        state.learnt.insert(i, (id, root));
+        if let Some(t) = self.top(i) {
+            state.changed[t] = true;
+        }
+    }
+
+    /// Forgets what is remembered of entry `i`: its copy here changed.
+    pub fn forget(&self, i: u32) {
+        let mut state = self.state();
+        let known = state.known.remove(&i).is_some();
+        let learnt = state.learnt.remove(&i).is_some();
+        if let (Some(t), true) = (self.top(i), known || learnt) {
+            state.changed[t] = true;
+        }
+    }
+
+    /// Writes the roots of each tree whose roots changed to `dir`: those remembered that still
+    /// hold and those learnt.
+    pub fn save(&self, dir: impl AsFd) {
+        let state = self.state();
+        for (t, top) in self.tops.iter().enumerate() {
+            if !state.changed[t] {
+                continue;
+            }
+            let mut entries: Vec<_> = state
+                .known
+                .iter()
+                .filter(|(i, _)| !state.learnt.contains_key(i))
+                .chain(state.learnt.iter())
+                .filter(|(i, _)| self.top(**i) == Some(t))
+                .collect();
+            entries.sort_by_key(|(i, _)| **i);
+            let mut out = Vec::with_capacity(8 + entries.len() * RECORD_LEN + 32);
+            out.extend_from_slice(MAGIC);
+            for (_, (id, root)) in entries {
+                id.encode(root, &mut out);
+            }
+            let digest = Sha256::digest(&out);
+            out.extend_from_slice(&digest);
+            let name = file_name(top);
+            if let Err(e) = write(&dir, &name, &out) {
+                log::warn!("remembering the roots of a tree in {name}: {e}");
+            }
+        }
+    }
+}
+
+/// The name of the file that holds the roots of the tree named `top`.
+fn file_name(top: &[u8]) -> String {
+    partial::hidden_name(&text_key(top), "roots")
+}
+
+/// The records in `dir/name`, checked whole; `None` if there is no such file.
+fn read(dir: impl AsFd, name: &str) -> io::Result<Option<Vec<u8>>> {
+    let fd = match open_beneath(&dir, name, OFlags::RDONLY) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut file = std::fs::File::from(fd);
+    let most = (MAGIC.len() + MAX_ENTRIES as usize * RECORD_LEN + 32) as u64;
+    let mut bytes = Vec::new();
+    (&mut file).take(most + 1).read_to_end(&mut bytes)?;
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
+    if bytes.len() as u64 > most {
+        return Err(bad("too large"));
+    }
+    let records = bytes
+        .len()
+        .checked_sub(MAGIC.len() + 32)
+        .ok_or(bad("short"))?;
+    if !bytes.starts_with(MAGIC) || records % RECORD_LEN != 0 {
+        return Err(bad("not a file of roots"));
+    }
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    if Sha256::digest(body)[..] != digest[..] {
+        return Err(bad("its digest does not match"));
+    }
+    Ok(Some(body[MAGIC.len()..].to_vec()))
+}
+
+/// Writes `bytes` to `dir/name` under a temporary name, renamed over it.
+fn write(dir: impl AsFd, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let temp = partial::scratch_name();
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
+    let fd: OwnedFd = open_beneath(&dir, &temp, flags)?;
+    let written = std::fs::File::from(fd).write_all(bytes).and_then(|()| {
+        rustix::fs::renameat(&dir, temp.as_str(), &dir, name).map_err(io::Error::from)
+    });
+    if written.is_err() {
+        let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ino: u64, ctime: i64) -> Identity {
+        Identity {
+            dev: 7,
+            ino,
+            size: 4096,
+            mtime: (1_700_000_000, 5),
+            ctime: (ctime, 9),
+        }
+    }
+
+    fn roots(paths: &[&str]) -> Roots {
+        Roots::new(paths.iter().map(|p| Some(p.as_bytes())))
+    }
+
+    #[test]
+    fn a_root_is_known_again_only_under_the_identity_it_was_learnt_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::File::open(dir.path()).unwrap();
+        let first = roots(&["t/a", "t/b", "u/c"]);
+        first.learn(0, id(1, 10), [1; 32]);
+        first.learn(1, id(2, 10), [2; 32]);
+        first.learn(2, id(3, 10), [3; 32]);
+        first.save(&d);
+        let again = roots(&["t/a", "t/b", "u/c"]);
+        // b changed since (its ctime moved); c is the same.
+        again.load(&d, &[(0, id(1, 10)), (1, id(2, 11)), (2, id(3, 10))]);
+        assert_eq!(again.known(0), Some([1; 32]));
+        assert_eq!(again.known(1), None);
+        assert_eq!(again.known(2), Some([3; 32]));
+        // Saved again: b's stale record goes, the others stay.
+        again.save(&d);
+        let third = roots(&["t/a", "t/b", "u/c"]);
+        third.load(&d, &[(0, id(1, 10)), (1, id(2, 10)), (2, id(3, 10))]);
+        assert_eq!(third.known(1), None);
+        assert_eq!(third.known(0), Some([1; 32]));
+    }
+
+    #[test]
+    fn a_damaged_file_of_roots_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::File::open(dir.path()).unwrap();
+        let first = roots(&["t/a"]);
+        first.learn(0, id(1, 10), [1; 32]);
+        first.save(&d);
+        let path = dir.path().join(file_name(b"t"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        for k in [8, 60, bytes.len() - 1] {
+            bytes[k] ^= 1;
+            std::fs::write(&path, &bytes).unwrap();
+            let again = roots(&["t/a"]);
+            again.load(&d, &[(0, id(1, 10))]);
+            assert_eq!(again.known(0), None, "flipped byte {k}");
+            bytes[k] ^= 1;
+        }
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        let again = roots(&["t/a"]);
+        again.load(&d, &[(0, id(1, 10))]);
+        assert_eq!(again.known(0), None);
+    }
+
+    #[test]
+    fn an_identity_is_remembered_once_the_clock_has_passed_its_ctime() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(dir.path().join("f")).unwrap();
+        // Just made: its ctime may be this very tick. A few ticks later, it is before the
+        // clock.
+        let settled = (0..200).find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            Identity::settled(&f)
+        });
+        let st = rustix::fs::fstat(&f).unwrap();
+        assert_eq!(settled, Some(Identity::of(&st)));
+        let now = rustix::time::clock_gettime(ClockId::RealtimeCoarse);
+        let future = Timespec {
+            tv_sec: now.tv_sec - 1,
+            tv_nsec: 0,
+        };
+        assert!(!before(Identity::of(&st).ctime, &future));
+    }
+}
