@@ -100,6 +100,13 @@ pub struct Cli {
     #[arg(long)]
     pub quick_check: bool,
 
+    /// Hash every file of a tree the receiver already has, rather than use the root zsend
+    /// remembered for a file unchanged since it hashed or sent it (the same inode, size, mtime
+    /// and ctime; no one can set a ctime). Roots are remembered in $XDG_CACHE_HOME/zsend (or
+    /// ~/.cache/zsend), one file per tree. The receiver has its own (zrecv --rehash).
+    #[arg(long, conflicts_with = "quick_check")]
+    pub rehash: bool,
+
     /// With many files, stop at the first one that fails (default: send the others).
     #[arg(long)]
     pub fail_fast: bool,

@@ -229,6 +229,7 @@ fn already_there(cli: &Cli, dest: &str, opts: &SendOptions, label: &str) -> Opti
         keep: Keep::default(),
         fail_fast: true,
         quick: cli.quick_check,
+        rehash: cli.rehash,
     };
     let files = &cli.files()[..1];
     let report = send_tree(dest, files, opts, tree_opts, &mut |_, _| {}, &mut |_| {}).ok()?;
@@ -318,6 +319,7 @@ fn run(cli: &Cli, progress: &Progress) -> anyhow::Result<Sent> {
         keep: cli.keep(),
         fail_fast: cli.fail_fast,
         quick: cli.quick_check,
+        rehash: cli.rehash,
     };
     let label = cli.name.clone().unwrap_or_else(|| label_of(first));
     progress.start(&label, Some(0));

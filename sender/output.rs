@@ -504,6 +504,7 @@ pub fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
             "seconds": r.elapsed.as_secs_f64(),
             "verified": !cli.no_verify && r.quick == 0,
             "quick_checked": r.quick,
+            "remembered": r.remembered,
             "zero_copy": r.zero_copy,
             "stages": stages_json(&r.stages),
             "failures": r.failures.iter()

@@ -921,10 +921,11 @@ fn a_new_tree_whose_name_appears_meanwhile_is_not_published_over_it() {
     assert_eq!(entries(&stage).len(), 3, "{:?}", entries(&stage));
 }
 
-/// A tree sent again is compared with the roots zrecv remembered for the files it landed or
-/// hashed, without reading them. A copy changed here since (bytes rewritten, its mtime put
-/// back) no longer has the identity its root was remembered with (its ctime moved): it is read
-/// and found different. `--rehash` reads every file; a damaged file of roots is ignored.
+/// A tree sent again is compared with the roots each end remembered for the files it landed,
+/// sent or hashed, without reading them. A copy changed since (bytes rewritten, its mtime put
+/// back), here or at the source, no longer has the identity its root was remembered with (its
+/// ctime moved): it is read and found different. `--rehash` reads every file (on either end); a
+/// damaged file of roots is ignored.
 #[test]
 fn a_remembered_root_never_hides_a_change_made_here() {
     let src = tempfile::tempdir().unwrap();
@@ -936,35 +937,37 @@ fn a_remembered_root_never_hides_a_change_made_here() {
     random_file(&top.join("sub/c.bin"), 1 << 20, 93);
     let tree = top.to_str().unwrap();
     // One receiver per step, each telling what it did on its own --json line.
-    let step = |args: &[&str], sent: &[&str]| -> (serde_json::Value, serde_json::Value) {
-        let mut rx = Zrecv::start(dst.path(), &[&["--json"], args].concat());
-        let mut zargs = vec![rx.addr(), "--json".into()];
-        zargs.extend(sent.iter().map(|s| s.to_string()));
+    let step = |dst: &Path, rx_args: &[&str], args: &[&str]| {
+        let mut rx = Zrecv::start(dst, &[&["--json"], rx_args].concat());
+        let mut zargs = vec![rx.addr(), "--json".into(), tree.to_owned()];
+        zargs.extend(args.iter().map(|s| s.to_string()));
         let zargs: Vec<&str> = zargs.iter().map(String::as_str).collect();
         let out = zsend(&zargs);
         let line: serde_json::Value = serde_json::from_str(&rx.stdout_line()).unwrap();
         (json_of(&out), line["tree"].clone())
     };
-    let (sent, _) = step(&[], &[tree]);
+    let counts = |sent: &serde_json::Value| (sent["unchanged"].clone(), sent["failed"].clone());
+    let (sent, _) = step(dst.path(), &[], &[]);
     assert_eq!(sent["landed"], 3, "{sent}");
     // A root is remembered once the clock has passed the file's ctime: by the second send
-    // every file's is (it was hashed then if not when it landed).
-    step(&[], &[tree]);
-    let (sent, here) = step(&[], &[tree]);
-    assert_eq!(sent["unchanged"], 3, "{sent}");
+    // every file's is, on both ends (it was hashed then if not when it landed or went out).
+    step(dst.path(), &[], &[]);
+    let (sent, here) = step(dst.path(), &[], &[]);
+    assert_eq!(counts(&sent), (3.into(), 0.into()), "{sent}");
     assert_eq!(sent["verified"], true, "{sent}");
+    assert_eq!(sent["remembered"], 3, "{sent}");
     assert_eq!(here["remembered"], 3, "{here}");
 
-    // Other bytes under the same size and mtime.
-    let copy = dst.path().join("kept/sub/b.bin");
-    let mtime = std::fs::metadata(&copy).unwrap().modified().unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, b"changed here", 10).unwrap();
-    f.set_modified(mtime).unwrap();
-    drop(f);
-    let (sent, here) = step(&[], &[tree]);
-    assert_eq!(sent["unchanged"], 2, "{sent}");
-    assert_eq!(sent["failed"], 1, "{sent}");
+    // Other bytes under the same size and mtime, here: read and refused.
+    let rewrite = |path: &Path| {
+        let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"changed in place", 10).unwrap();
+        f.set_modified(mtime).unwrap();
+    };
+    rewrite(&dst.path().join("kept/sub/b.bin"));
+    let (sent, here) = step(dst.path(), &[], &[]);
+    assert_eq!(counts(&sent), (2.into(), 1.into()), "{sent}");
     assert!(
         sent["failures"][0]["error"]
             .as_str()
@@ -974,14 +977,12 @@ fn a_remembered_root_never_hides_a_change_made_here() {
     assert_eq!(here["remembered"], 2, "{here}");
 
     // --rehash reads them all, and finds the same.
-    let (sent, here) = step(&["--rehash"], &[tree]);
-    assert_eq!(
-        (sent["unchanged"].clone(), sent["failed"].clone()),
-        (2.into(), 1.into())
-    );
+    let (sent, here) = step(dst.path(), &["--rehash"], &["--rehash"]);
+    assert_eq!(counts(&sent), (2.into(), 1.into()), "{sent}");
+    assert_eq!(sent["remembered"], 0, "{sent}");
     assert_eq!(here["remembered"], 0, "{here}");
 
-    // A file of roots with one byte changed is not believed: every file is read.
+    // A file of roots with one byte changed is not believed: every file here is read.
     let roots: Vec<_> = std::fs::read_dir(dst.path())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -991,10 +992,21 @@ fn a_remembered_root_never_hides_a_change_made_here() {
     let mut bytes = std::fs::read(&roots[0]).unwrap();
     bytes[20] ^= 0x40;
     std::fs::write(&roots[0], &bytes).unwrap();
-    let (sent, here) = step(&[], &[tree]);
-    assert_eq!(
-        (sent["unchanged"].clone(), sent["failed"].clone()),
-        (2.into(), 1.into())
-    );
+    let (sent, here) = step(dst.path(), &[], &[]);
+    assert_eq!(counts(&sent), (2.into(), 1.into()), "{sent}");
     assert_eq!(here["remembered"], 0, "{here}");
+
+    // The same at the source: a file rewritten there is read again, and found different
+    // from the copy on a receiver that remembers the old one.
+    let dst2 = tempfile::tempdir().unwrap();
+    for _ in 0..3 {
+        step(dst2.path(), &[], &[]);
+    }
+    rewrite(&top.join("a.bin"));
+    let (sent, here) = step(dst2.path(), &[], &[]);
+    assert_eq!(counts(&sent), (2.into(), 1.into()), "{sent}");
+    assert_eq!(sent["remembered"], 2, "{sent}");
+    // The receiver's remembered root of a.bin is not the sender's: that proves nothing, and
+    // it reads its copy.
+    assert_eq!(here["remembered"], 2, "{here}");
 }

@@ -37,6 +37,7 @@ mod logging;
 mod meta;
 mod name;
 mod recv;
+mod roots;
 mod send;
 mod stages;
 mod sys;

@@ -23,7 +23,7 @@ _zsend() {
 
     case "${cmd}" in
         zsend)
-            opts="-a -g -o -X -A -D -W -q -v -h -V --to --name --archive --group --owner --numeric-ids --xattrs --acls --specials --devices --no-links --no-hard-links --links --quick-check --fail-fast --no-verify --sha256 --inplace --whole-file --torrent --hash-threads --token-file --timeout --json --quiet --verbose --help --version"
+            opts="-a -g -o -X -A -D -W -q -v -h -V --to --name --archive --group --owner --numeric-ids --xattrs --acls --specials --devices --no-links --no-hard-links --links --quick-check --rehash --fail-fast --no-verify --sha256 --inplace --whole-file --torrent --hash-threads --token-file --timeout --json --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -16,6 +16,7 @@ complete -c zsend -l no-links -d 'Leave symbolic links out of trees (by default 
 complete -c zsend -l no-hard-links -d 'Send each name of a file with several names (hard links) as a file of its own (by default it crosses once and lands with all its names)'
 complete -c zsend -l links -d 'Accepted for older scripts: links are sent by default'
 complete -c zsend -l quick-check -d 'Take a file the receiver already has with the same size and mtime as unchanged, without comparing tree roots (rsync\'s quick check). Faster for a tree sent again, but such files are not verified (`--json` then says `"verified": false`)'
+complete -c zsend -l rehash -d 'Hash every file of a tree the receiver already has, rather than use the root zsend remembered for a file unchanged since it hashed or sent it (the same inode, size, mtime and ctime; no one can set a ctime). Roots are remembered in $XDG_CACHE_HOME/zsend (or ~/.cache/zsend), one file per tree. The receiver has its own (zrecv --rehash)'
 complete -c zsend -l fail-fast -d 'With many files, stop at the first one that fails (default: send the others)'
 complete -c zsend -l no-verify -d 'Skip hashing on both ends (lengths are still checked; the data is still made durable)'
 complete -c zsend -l sha256 -d 'Also compute the file\'s plain SHA-256 (what sha256sum prints) on this side, beside the tree root both ends verify with, and print it. One file only; costs a core while it runs'

@@ -9,7 +9,6 @@
 //!   takes one up, and the sweep of stale ones;
 //! - `land`: the trailer checked, the file made durable and published, the verdict sent;
 //! - `tree`: many files (the answer phase, then the receive phase, landing in batches);
-//!   `roots`: the roots of the files it landed, remembered with what proves them unchanged;
 //! - `chain`: forwarding along a chain; `stop`: stopping on a signal;
 //! - `config`, `outcome`: what the receiver is told, and what it reports per connection.
 
@@ -38,7 +37,6 @@ mod land;
 mod outcome;
 pub(crate) mod partial;
 mod payload;
-mod roots;
 mod slots;
 mod stdout;
 mod stop;

@@ -17,7 +17,7 @@ use crate::name::Escaped;
 use crate::recv::handshake::{linger, tell};
 use crate::recv::land::timestamps;
 use crate::recv::partial::{self};
-use crate::recv::roots::Identity;
+use crate::roots::Identity;
 use crate::units::{os_reason, Bytes};
 use crate::wire::RefuseCode;
 use crate::wire::{Answer, Answers, Entry, Kind, KEPT_MODE};

@@ -19,13 +19,14 @@ use rustix::fs::OFlags;
 
 use super::handshake::linger;
 use super::partial::{self, open_beneath, TempFile};
-use super::roots::{Identity, Roots};
 use super::{Receiver, TransferRecord, PIPE_SIZE};
 use crate::auth::Integrity;
 use crate::error::RecvError;
 use crate::hash::Watermark;
 use crate::links::LinkJudge;
 use crate::meta::{Ids, Rights};
+use crate::name::text_key;
+use crate::roots::{Identity, Roots};
 use crate::sys::Pipe;
 use crate::wire::ProtocolError;
 use crate::wire::{Answer, Answers, Control, Entry, Frame, Kind, Manifest, FRAME_HEAD_LEN};
@@ -223,7 +224,8 @@ impl Receiver {
             Kind::File { .. } => Some(&e.path[..]),
             _ => None,
         });
-        let roots = Roots::new(files);
+        // zrecv's file of roots for a tree is hidden beside it, named after it.
+        let roots = Roots::new(files, |top| partial::hidden_name(&text_key(top), "roots"));
         let batch_files = self.batch_files;
         std::thread::scope(|scope| {
             let mut session = Session {

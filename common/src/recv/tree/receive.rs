@@ -20,8 +20,8 @@ use crate::name::Escaped;
 use crate::recv::file::{prepare, Route};
 use crate::recv::land::timestamps;
 use crate::recv::partial::{self, open_beneath, TempFile};
-use crate::recv::roots::Identity;
 use crate::recv::TransferRecord;
+use crate::roots::Identity;
 use crate::units::os_reason;
 use crate::watch::KEEPALIVE_EVERY;
 use crate::wire::ProtocolError;
@@ -430,7 +430,8 @@ impl Session<'_, '_> {
             let file = temp.file.try_clone().ok();
             let landed = self.rx.land_planned(temp, &base, header, plan.as_ref());
             if let (Ok(_), Some(file), Some(root)) = (&landed, file, digest) {
-                if let Some(id) = Identity::settled(&file) {
+                let mtime = (header.mtime_sec, header.mtime_nsec);
+                if let Some(id) = Identity::settled(&file).filter(|id| id.mtime() == mtime) {
                     self.roots.learn(i, id, root);
                 }
             }

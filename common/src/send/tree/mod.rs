@@ -9,6 +9,7 @@
 //! - `manifest.rs`: the manifest out, the receiver's answers in: what the first pass sends;
 //! - `pass.rs`: the passes, every file's frame and body back to back;
 //! - `prehash.rs`: the roots of the files checked, hashed ahead on every core;
+//! - `remember.rs`: the roots remembered of files unchanged since they were hashed;
 //! - `ledger.rs`: what we wait to hear about each entry, and the thread reading the verdicts;
 //! - `verdict.rs`: each verdict taken in, counted or failed.
 
@@ -30,6 +31,7 @@ use crate::wire::{Header, FLAG_NO_VERIFY, FLAG_TREE, TRAILER_LEN};
 use ledger::{read_reports, Incoming, Ledger, Sent};
 use manifest::Action;
 use prehash::{Prehash, Shared};
+use remember::Remembered;
 use walk::{walk, Tree, WalkOptions};
 
 pub use crate::meta::Keep;
@@ -38,6 +40,7 @@ mod ledger;
 mod manifest;
 mod pass;
 mod prehash;
+mod remember;
 mod verdict;
 mod walk;
 
@@ -51,6 +54,9 @@ pub struct TreeOptions {
     /// Take a file of the same size and mtime on the receiver as unchanged without comparing
     /// roots, as rsync does by default (`--quick-check`).
     pub quick: bool,
+    /// Hash every file to check, rather than use the roots remembered for files unchanged
+    /// since they were hashed here (`--rehash`).
+    pub rehash: bool,
 }
 
 /// What happened to a tree, for the summary and `--json`.
@@ -66,6 +72,9 @@ pub struct TreeReport {
     pub unchanged: usize,
     /// Of those, the ones taken on size and mtime alone (`--quick-check`): not verified.
     pub quick: usize,
+    /// Checks whose root here was remembered, not read (the file unchanged since it was
+    /// hashed).
+    pub remembered: usize,
     /// Directories made or found on the receiver.
     pub dirs: usize,
     /// Symbolic links made.
@@ -133,9 +142,11 @@ pub fn send_tree(
     let start = Instant::now();
     progress(Tick::Phase(Phase::Connecting));
     let (stream, scratch) = open_connection(addr, opts, &roots[0], label.clone())?;
+    let remembered = Remembered::open(&tree, tree_opts.rehash);
     let mut session = Session {
         stream: &stream,
         tree: &tree,
+        remembered: remembered.as_ref(),
         opts,
         tree_opts,
         integrity: Integrity::none(),
@@ -152,6 +163,7 @@ pub fn send_tree(
             landed: 0,
             unchanged: 0,
             quick: 0,
+            remembered: 0,
             dirs: 0,
             links: 0,
             hard_links: 0,
@@ -171,7 +183,12 @@ pub fn send_tree(
             stages: StageTimes::default(),
         },
     };
-    session.run(&label, progress)?;
+    let ran = session.run(&label, progress);
+    if let Some(r) = &remembered {
+        session.report.remembered = r.used();
+        r.save();
+    }
+    ran?;
     let mut report = session.report;
     report.bytes_sent = session.scratch.bytes_sent;
     report.zero_copy = session.scratch.zero_copy;
@@ -184,6 +201,8 @@ pub fn send_tree(
 struct Session<'a> {
     stream: &'a TcpStream,
     tree: &'a Tree,
+    /// The roots remembered of the tree's files, if there is a cache directory.
+    remembered: Option<&'a Remembered>,
     opts: &'a SendOptions,
     tree_opts: TreeOptions,
     /// Seals our trailers' digests, and opens the receiver's verdicts'.
@@ -254,7 +273,7 @@ impl Session<'_> {
             .set_read_timeout(None)
             .map_err(net("configuring the socket"))?;
         std::thread::scope(|s| {
-            let ahead = Prehash::start(s, &shared, tree, threads);
+            let ahead = Prehash::start(s, &shared, tree, self.remembered, threads);
             let (tx, reports) = mpsc::channel();
             let ledger = self.ledger.clone();
             s.spawn(move || read_reports(stream, ledger, tx));

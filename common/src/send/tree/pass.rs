@@ -13,6 +13,7 @@ use crate::auth;
 use crate::client::net;
 use crate::error::SendError;
 use crate::hash::{Prefix, Start};
+use crate::roots::Identity;
 use crate::send::file::send_body;
 use crate::send::resume::hash_prefix_telling;
 use crate::send::source::Source;
@@ -150,7 +151,14 @@ impl Session<'_> {
         let (frame, start, sent, nonce) = match action {
             Action::Link => unreachable!("a hard link's frame went out above"),
             Action::Check | Action::Verify => {
+                if let Some(root) = self.remembered.and_then(|r| r.known(i)) {
+                    return self.checked(i, root, source.size, progress);
+                }
+                let before = Identity::settled(&source.file);
                 let digest = self.hash_alive(&source, source.size)?.digest();
+                if let Some(r) = self.remembered {
+                    r.learn(i, &source.file, before, digest);
+                }
                 return self.checked(i, digest, source.size, progress);
             }
             Action::Full => (
@@ -167,6 +175,9 @@ impl Session<'_> {
                 Some((offset, nonce)),
             ),
         };
+        // Its identity before a byte is read: if it still holds once all went out, the root is
+        // of what was sent, and remembered.
+        let before = self.remembered.and(Identity::settled(&source.file));
         self.ledger.sending(i, sent);
         self.write(&frame.encode(), None, "sending a file header")?;
         let resumed = start.offset();
@@ -203,6 +214,10 @@ impl Session<'_> {
         match body {
             Ok(body) => {
                 let digest = body.digest;
+                // Hashed as it went out, unchanged since it was listed: remembered.
+                if let (Some(r), Some(root), 0) = (self.remembered, digest, resumed) {
+                    r.learn(i, &source.file, before, root);
+                }
                 self.digests[i] = digest;
                 self.resumed[i] = resumed;
                 let trailer = Trailer::sealed(digest, &self.integrity, index);

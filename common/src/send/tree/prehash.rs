@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::thread::Scope;
 
+use super::remember::Remembered;
 use super::walk::Tree;
 use crate::error::SendError;
 use crate::hash::Prefix;
+use crate::roots::Identity;
 use crate::send::source::Source;
 
 /// What hashing one file ahead came to.
@@ -75,6 +77,7 @@ impl<'env> Prehash<'env> {
         scope: &'scope Scope<'scope, 'env>,
         shared: &'env Shared,
         tree: &'env Tree,
+        remembered: Option<&'env Remembered>,
         threads: usize,
     ) -> Prehash<'env> {
         let mut slot = vec![None; tree.manifest.entries.len()];
@@ -82,7 +85,7 @@ impl<'env> Prehash<'env> {
             slot[i] = Some(k);
         }
         for _ in 0..threads.min(shared.order.len()) {
-            scope.spawn(move || hash_in_turn(shared, tree));
+            scope.spawn(move || hash_in_turn(shared, tree, remembered));
         }
         Prehash { shared, slot }
     }
@@ -113,14 +116,22 @@ impl Drop for Prehash<'_> {
 }
 
 /// One hashing thread: takes the next entry until none is left or the pass stops.
-fn hash_in_turn(shared: &Shared, tree: &Tree) {
+fn hash_in_turn(shared: &Shared, tree: &Tree, remembered: Option<&Remembered>) {
     loop {
         let k = shared.next.fetch_add(1, Ordering::Relaxed);
         if k >= shared.order.len() || shared.stop.load(Ordering::Relaxed) {
             return;
         }
         let i = shared.order[k];
-        let hashed = hash_one(&tree.paths[i], &tree.manifest.entries[i]);
+        let entry = &tree.manifest.entries[i];
+        let hashed = match remembered.and_then(|r| r.known(i)) {
+            Some(root) => Hashed::Root(root, entry.size()),
+            None => hash_one(&tree.paths[i], entry, |file, before, root| {
+                if let Some(r) = remembered {
+                    r.learn(i, file, before, root);
+                }
+            }),
+        };
         let mut done = shared.done();
         done.roots[k] = Some(hashed);
         if done.waiting {
@@ -129,14 +140,24 @@ fn hash_in_turn(shared: &Shared, tree: &Tree) {
     }
 }
 
-fn hash_one(path: &std::path::Path, entry: &crate::wire::Entry) -> Hashed {
+/// Hashes the file of `entry` at `path`; `learn` is told its root, with its identity before it
+/// was read.
+fn hash_one(
+    path: &std::path::Path,
+    entry: &crate::wire::Entry,
+    learn: impl FnOnce(&std::fs::File, Option<Identity>, [u8; 32]),
+) -> Hashed {
     let source = match Source::listed(path, entry) {
         Ok(s) => s,
         Err(e) => return Hashed::Unlisted(e.to_string()),
     };
     let sparse = source.sparse_data.is_some();
+    let before = Identity::settled(&source.file);
     match Prefix::of_file(&source.file, source.size, sparse) {
-        Ok(p) => Hashed::Root(p.digest(), source.size),
+        Ok(p) => {
+            learn(&source.file, before, p.digest());
+            Hashed::Root(p.digest(), source.size)
+        }
         Err(error) => Hashed::Unread(SendError::Source {
             path: source.path,
             error,

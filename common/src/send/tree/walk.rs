@@ -11,6 +11,7 @@ use crate::error::SendError;
 use crate::hash::SMALL_FILE;
 use crate::meta::{extras_of, Keep, Names};
 use crate::name::Escaped;
+use crate::roots::Identity;
 use crate::send::source::{data_between, source_id};
 use crate::wire::{check_path, Entry, Kind, Manifest};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -27,6 +28,8 @@ pub(super) struct Tree {
     pub(super) skipped: Vec<(PathBuf, String)>,
     /// Entries that could not be read (a failure).
     pub(super) unreadable: Vec<(PathBuf, String)>,
+    /// Each regular file's identity when listed (what its remembered root is looked up by).
+    pub(super) identities: Vec<Option<Identity>>,
 }
 
 impl Tree {
@@ -47,6 +50,15 @@ impl Tree {
     fn push(&mut self, entry: Entry, path: &Path) {
         self.manifest.entries.push(entry);
         self.paths.push(path.to_owned());
+        self.identities.push(None);
+    }
+
+    /// Pushes a file's entry, with its identity if it is a regular file.
+    fn push_file(&mut self, entry: Entry, path: &Path, meta: &Metadata) {
+        self.push(entry, path);
+        if meta.is_file() {
+            *self.identities.last_mut().expect("just pushed") = Some(Identity::of_metadata(meta));
+        }
     }
 }
 
@@ -102,7 +114,7 @@ pub(super) fn walk(
         } else if meta.is_file() || meta.file_type().is_block_device() {
             let mut entry = file_entry(root, &base, &meta, opts)?;
             entry.extras = walker.extras(root, &meta);
-            walker.tree.push(entry, root);
+            walker.tree.push_file(entry, root, &meta);
         } else {
             return Err(SendError::NotAFile(root.clone()));
         }
@@ -219,7 +231,7 @@ impl Walker {
                             self.inodes.insert((meta.dev(), meta.ino()), index);
                         }
                         e.extras = self.extras(path, meta);
-                        self.tree.push(e, path);
+                        self.tree.push_file(e, path, meta);
                         None
                     }
                     Err(SendError::Source { error, .. }) => {

@@ -1,6 +1,7 @@
-//! The roots this receiver remembers: each file of a tree it landed or hashed, with the
-//! identity that proves the file unchanged since (device, inode, size, mtime and ctime). A tree
-//! sent again is then checked against the remembered root, with no read of the file here.
+//! Roots remembered: each file of a tree hashed (or landed) on this machine, with the identity
+//! that proves the file unchanged since (device, inode, size, mtime and ctime). A tree sent
+//! again is then checked with the remembered roots, without reading the files: zrecv keeps them
+//! for what it landed or read, zsend for what it read and sent.
 //!
 //! Why ctime: no one can set it. Any change to a file's data or metadata moves it to the time
 //! of the change (rename, chmod and link included), and a remembered identity is taken only
@@ -9,23 +10,23 @@
 //! promise as much; the rule keeps older kernels honest too). This is why the identity cannot
 //! live in an extended attribute of the file: writing one moves the ctime it records.
 //!
-//! A tree's roots are in `.zrecv-KEY.roots` in the receive directory (KEY from the tree's
-//! top-level name, as for its partials): a magic, records of 80 bytes, and the SHA-256 of what
-//! precedes it; anything else is ignored and the files hashed. It holds the files of the last
-//! manifest of that name, at most [`MAX_ENTRIES`] records. It is a cache: rewritten under a
-//! temporary name and renamed, never synced; lost, it costs one more hashing.
+//! A tree's roots are in one file, named by the caller (zrecv: `.zrecv-KEY.roots` in the
+//! receive directory, KEY from the tree's top-level name as for its partials; zsend: in its
+//! cache directory, named after the tree's absolute path): a magic, records of 80 bytes, and
+//! the SHA-256 of what precedes it; anything else is ignored and the files hashed. It holds the
+//! files of the last manifest of that tree, at most [`MAX_ENTRIES`] records. It is a cache:
+//! rewritten under a temporary name and renamed, never synced; lost, it costs one more
+//! hashing.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Mutex, PoisonError};
 
-use rustix::fs::{AtFlags, OFlags, Stat};
+use rustix::fs::{AtFlags, Mode, OFlags, Stat};
 use rustix::time::{ClockId, Timespec};
 use sha2::{Digest, Sha256};
 
-use crate::name::text_key;
-use crate::recv::partial::{self, open_beneath};
 use crate::wire::MAX_ENTRIES;
 
 const MAGIC: &[u8; 8] = b"ZROOTS\x00\x01";
@@ -51,6 +52,23 @@ impl Identity {
             mtime: (st.st_mtime, st.st_mtime_nsec as u32),
             ctime: (st.st_ctime, st.st_ctime_nsec as u32),
         }
+    }
+
+    /// The identity of what `meta` describes.
+    pub fn of_metadata(meta: &std::fs::Metadata) -> Identity {
+        use std::os::unix::fs::MetadataExt;
+        Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec() as u32),
+            ctime: (meta.ctime(), meta.ctime_nsec() as u32),
+        }
+    }
+
+    /// Its mtime.
+    pub fn mtime(&self) -> (i64, u32) {
+        self.mtime
     }
 
     /// The identity of the open file `fd`, if it can be remembered: its ctime is before the
@@ -92,12 +110,12 @@ fn before(t: (i64, u32), now: &Timespec) -> bool {
     t < (now.tv_sec, now.tv_nsec as u32)
 }
 
-/// The remembered roots of one session's manifest, and those it learns (on the session's
-/// thread and the lander's).
+/// The remembered roots of one session's manifest, and those it learns (on several threads).
 pub(crate) struct Roots {
     /// Each file entry's tree: the index of its top-level name in `tops`.
     top_of: Vec<Option<usize>>,
-    tops: Vec<Vec<u8>>,
+    /// Each tree's top-level name, and the name of its file of roots.
+    tops: Vec<(Vec<u8>, String)>,
     state: Mutex<State>,
 }
 
@@ -112,16 +130,20 @@ struct State {
 }
 
 impl Roots {
-    /// Roots for a manifest of these `paths` (`None`: not a file), none remembered yet.
-    pub fn new<'p>(paths: impl Iterator<Item = Option<&'p [u8]>>) -> Roots {
-        let mut tops: Vec<Vec<u8>> = Vec::new();
+    /// Roots for a manifest of these `paths` (`None`: not a file), none remembered yet; the
+    /// roots of the tree with top-level name `top` are kept in the file `file_of(top)`.
+    pub fn new<'p>(
+        paths: impl Iterator<Item = Option<&'p [u8]>>,
+        file_of: impl Fn(&[u8]) -> String,
+    ) -> Roots {
+        let mut tops: Vec<(Vec<u8>, String)> = Vec::new();
         let top_of = paths
             .map(|p| {
                 let top = p?.split(|b| *b == b'/').next()?;
-                Some(match tops.iter().position(|t| t == top) {
+                Some(match tops.iter().position(|(t, _)| t == top) {
                     Some(k) => k,
                     None => {
-                        tops.push(top.to_vec());
+                        tops.push((top.to_vec(), file_of(top)));
                         tops.len() - 1
                     }
                 })
@@ -158,8 +180,8 @@ impl Roots {
         }
         let mut state = self.state();
         for (t, wanted) in by_top.iter().enumerate() {
-            let name = file_name(&self.tops[t]);
-            let records = match read(&dir, &name) {
+            let name = &self.tops[t].1;
+            let records = match read(&dir, name) {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
                 Err(e) => {
@@ -210,7 +232,7 @@ impl Roots {
     /// hold and those learnt.
     pub fn save(&self, dir: impl AsFd) {
         let state = self.state();
-        for (t, top) in self.tops.iter().enumerate() {
+        for (t, (_, name)) in self.tops.iter().enumerate() {
             if !state.changed[t] {
                 continue;
             }
@@ -229,22 +251,22 @@ impl Roots {
             }
             let digest = Sha256::digest(&out);
             out.extend_from_slice(&digest);
-            let name = file_name(top);
-            if let Err(e) = write(&dir, &name, &out) {
+            if let Err(e) = write(&dir, name, &out) {
                 log::warn!("remembering the roots of a tree in {name}: {e}");
             }
         }
     }
 }
 
-/// The name of the file that holds the roots of the tree named `top`.
-fn file_name(top: &[u8]) -> String {
-    partial::hidden_name(&text_key(top), "roots")
+/// Opens `name`, one component, in `dir`, never following a link.
+fn open(dir: impl AsFd, name: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
 }
 
 /// The records in `dir/name`, checked whole; `None` if there is no such file.
 fn read(dir: impl AsFd, name: &str) -> io::Result<Option<Vec<u8>>> {
-    let fd = match open_beneath(&dir, name, OFlags::RDONLY) {
+    let fd = match open(&dir, name, OFlags::RDONLY) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(e) => return Err(e.into()),
@@ -271,11 +293,15 @@ fn read(dir: impl AsFd, name: &str) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(body[MAGIC.len()..].to_vec()))
 }
 
-/// Writes `bytes` to `dir/name` under a temporary name, renamed over it.
+/// Writes `bytes` to `dir/name` under a temporary name, renamed over it. (In a receive
+/// directory, one left by a crash is a stale `.zrecv-….part` to the sweep.)
 fn write(dir: impl AsFd, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let temp = partial::scratch_name();
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = format!("{name}.{}-{n}.part", std::process::id());
+    let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
-    let fd: OwnedFd = open_beneath(&dir, &temp, flags)?;
+    let fd: OwnedFd = open(&dir, &temp, flags)?;
     let written = std::fs::File::from(fd).write_all(bytes).and_then(|()| {
         rustix::fs::renameat(&dir, temp.as_str(), &dir, name).map_err(io::Error::from)
     });
@@ -299,8 +325,12 @@ mod tests {
         }
     }
 
+    fn file_name(top: &[u8]) -> String {
+        format!("{}.roots", String::from_utf8_lossy(top))
+    }
+
     fn roots(paths: &[&str]) -> Roots {
-        Roots::new(paths.iter().map(|p| Some(p.as_bytes())))
+        Roots::new(paths.iter().map(|p| Some(p.as_bytes())), file_name)
     }
 
     #[test]

@@ -1,0 +1,118 @@
+//! The roots zsend remembers of the files it hashed (`crate::roots`): a tree sent again is
+//! checked with them, without reading a file unchanged since (same device, inode, size, mtime
+//! and ctime). They are kept in `$XDG_CACHE_HOME/zsend` (or `~/.cache/zsend`), one file per
+//! tree, named after the SHA-256 of the tree's absolute path. Without a cache directory that
+//! can be made, nothing is remembered and every file is read, as before.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sha2::{Digest, Sha256};
+
+use super::walk::Tree;
+use crate::roots::{Identity, Roots};
+
+/// The roots remembered for one tree transfer, and the directory they are kept in.
+pub(super) struct Remembered {
+    dir: OwnedFd,
+    roots: Roots,
+    /// Checks answered from memory.
+    used: AtomicUsize,
+}
+
+impl Remembered {
+    /// The roots remembered for `tree`'s files as they are now (none read with `rehash`: every
+    /// file is hashed, and remembered again). `None` without a cache directory.
+    pub fn open(tree: &Tree, rehash: bool) -> Option<Remembered> {
+        let dir = match cache_dir() {
+            Ok(d) => d,
+            Err(e) => {
+                log::debug!("no cache directory for roots: {e}");
+                return None;
+            }
+        };
+        let entries = &tree.manifest.entries;
+        let files = entries
+            .iter()
+            .zip(&tree.identities)
+            .map(|(e, id)| id.is_some().then_some(&e.path[..]));
+        let roots = Roots::new(files, |top| file_name(tree, top));
+        if !rehash {
+            let wanted: Vec<(u32, Identity)> = (tree.identities.iter().enumerate())
+                .filter_map(|(i, id)| Some((i as u32, (*id)?)))
+                .collect();
+            roots.load(&dir, &wanted);
+        }
+        Some(Remembered {
+            dir,
+            roots,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// The root remembered for entry `i`, if the file still has the identity it was listed
+    /// with and remembered with.
+    pub fn known(&self, i: usize) -> Option<[u8; 32]> {
+        let root = self.roots.known(i as u32)?;
+        self.used.fetch_add(1, Ordering::Relaxed);
+        Some(root)
+    }
+
+    /// Remembers `root` for entry `i`, read from `file`, if `before` (its identity taken before
+    /// it was read) still holds and can be remembered.
+    pub fn learn(&self, i: usize, file: &File, before: Option<Identity>, root: [u8; 32]) {
+        if let (Some(before), Some(after)) = (before, Identity::settled(file)) {
+            if before == after {
+                self.roots.learn(i as u32, after, root);
+            }
+        }
+    }
+
+    /// How many checks were answered from memory.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Writes what changed.
+    pub fn save(&self) {
+        self.roots.save(&self.dir);
+    }
+}
+
+/// `$XDG_CACHE_HOME/zsend` or `$HOME/.cache/zsend`, made (0700) if need be, opened.
+fn cache_dir() -> std::io::Result<OwnedFd> {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .and_then(absolute)
+                .map(|h| h.join(".cache"))
+        })
+        .ok_or_else(|| std::io::Error::other("neither XDG_CACHE_HOME nor HOME is set"))?;
+    let dir = base.join("zsend");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    Ok(File::open(&dir)?.into())
+}
+
+/// The file of the tree whose top-level entry is `top`: the SHA-256 of where that entry is on
+/// this machine (its absolute, resolved path), in hex.
+fn file_name(tree: &Tree, top: &[u8]) -> String {
+    let path = (tree.manifest.entries.iter())
+        .position(|e| e.path == top)
+        .map(|i| &tree.paths[i]);
+    let resolved = path.and_then(|p| std::fs::canonicalize(p).ok());
+    let key = match &resolved {
+        Some(p) => Sha256::digest(p.as_os_str().as_bytes()),
+        // Not found again: a name of its own, never another tree's.
+        None => Sha256::digest([b"\0".as_slice(), top].concat()),
+    };
+    format!("{}.roots", hex::encode(&key[..16]))
+}
