@@ -204,6 +204,11 @@ impl Roots {
         }
     }
 
+    /// Whether anything was learnt or forgotten (or found stale) since the files were read.
+    pub fn changed(&self) -> bool {
+        self.state().changed.iter().any(|c| *c)
+    }
+
     /// The root remembered for entry `i`'s copy here, if its identity still holds.
     pub fn known(&self, i: u32) -> Option<[u8; 32]> {
         self.state().known.get(&i).map(|(_, root)| *root)

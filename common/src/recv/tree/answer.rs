@@ -61,10 +61,6 @@ impl Session<'_, '_> {
             }
             self.answers.push(answer);
         }
-        if !self.rx.config.rehash {
-            self.roots
-                .load(&self.rx.dir, &std::mem::take(&mut self.wanted));
-        }
         if let Ok(vfs) = rustix::fs::fstatvfs(&self.rx.dir) {
             let have = vfs.f_bavail.saturating_mul(vfs.f_frsize);
             if need.is_none_or(|need| need > have) {

@@ -146,7 +146,8 @@ struct Session<'r, 'scope> {
     ahead: Option<Ahead<'scope>>,
     /// The roots remembered of the files here, and those learnt.
     roots: &'r Roots,
-    /// The files here that a check may be answered for, with their identities when answered.
+    /// The files here that a check may be answered for, with their identities when answered:
+    /// their remembered roots are looked up at the first check.
     wanted: Vec<(u32, Identity)>,
     /// Files still to arrive in this pass, and files asked for again in the next.
     left: usize,
@@ -285,6 +286,10 @@ impl Receiver {
             session.counts.landed =
                 (session.counts.landed + tally.landed).saturating_sub(session.unpublished);
             session.counts.failed += tally.failed;
+            // What is remembered and still holds stays, even when no check looked it up.
+            if roots.changed() && !self.config.rehash && !session.wanted.is_empty() {
+                roots.load(&self.dir, &std::mem::take(&mut session.wanted));
+            }
             roots.save(&self.dir);
             record.tree = Some(session.counts.clone());
             // Every file counted as landed or unchanged was compared with the sender's digest,

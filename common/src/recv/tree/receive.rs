@@ -121,6 +121,11 @@ impl Session<'_, '_> {
             .get(parent_path.as_deref())
             .map_err(|err| self.rx.local("opening a directory", err))?;
         self.settled[i as usize] = true;
+        // What is remembered is read at the first check (a quick check needs none of it).
+        if !self.wanted.is_empty() && !self.rx.config.rehash {
+            self.roots
+                .load(&self.rx.dir, &std::mem::take(&mut self.wanted));
+        }
         // Unchanged since its root was taken here: nothing to read. (A remembered root that
         // differs proves nothing against the file: it is read.)
         if self.roots.known(i) == Some(digest) {

@@ -142,7 +142,11 @@ pub fn send_tree(
     let start = Instant::now();
     progress(Tick::Phase(Phase::Connecting));
     let (stream, scratch) = open_connection(addr, opts, &roots[0], label.clone())?;
-    let remembered = Remembered::open(&tree, tree_opts.rehash);
+    // A quick check reads no file and needs no root.
+    let remembered = match tree_opts.quick {
+        true => None,
+        false => Remembered::open(&tree, tree_opts.rehash),
+    };
     let mut session = Session {
         stream: &stream,
         tree: &tree,
