@@ -142,11 +142,8 @@ pub fn send_tree(
     let start = Instant::now();
     progress(Tick::Phase(Phase::Connecting));
     let (stream, scratch) = open_connection(addr, opts, &roots[0], label.clone())?;
-    // A quick check reads no file and needs no root.
-    let remembered = match tree_opts.quick {
-        true => None,
-        false => Remembered::open(&tree, tree_opts.rehash),
-    };
+    // Read once the answers say there are files to check (a quick check reads none).
+    let remembered = (!tree_opts.quick).then(|| Remembered::new(tree_opts.rehash));
     let mut session = Session {
         stream: &stream,
         tree: &tree,
@@ -267,6 +264,11 @@ impl Session<'_> {
             })
             .map(|(i, _)| *i)
             .collect();
+        let checks: Vec<usize> = checks;
+        let any_check = (first.iter()).any(|(_, a)| matches!(a, Action::Check | Action::Verify));
+        if let (Some(r), true) = (self.remembered, any_check) {
+            r.open(tree);
+        }
         let shared = Shared::new(checks);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let stream = self.stream;

@@ -177,7 +177,9 @@ impl Session<'_> {
         };
         // Its identity before a byte is read: if it still holds once all went out, the root is
         // of what was sent, and remembered.
-        let before = self.remembered.and(Identity::settled(&source.file));
+        let before = (self.remembered)
+            .filter(|r| r.is_open())
+            .and_then(|_| Identity::settled(&source.file));
         self.ledger.sending(i, sent);
         self.write(&frame.encode(), None, "sending a file header")?;
         let resumed = start.offset();

@@ -3,6 +3,9 @@
 //! and ctime). They are kept in `$XDG_CACHE_HOME/zsend` (or `~/.cache/zsend`), one file per
 //! tree, named after the SHA-256 of the tree's absolute path. Without a cache directory that
 //! can be made, nothing is remembered and every file is read, as before.
+//!
+//! They are read only for a transfer that checks files (a tree the receiver has), and learnt
+//! only from the files such a transfer reads: a first copy neither reads nor writes them.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -10,24 +13,87 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
 use super::walk::Tree;
 use crate::roots::{Identity, Roots};
 
-/// The roots remembered for one tree transfer, and the directory they are kept in.
+/// The roots remembered for one tree transfer, once it has files to check.
 pub(super) struct Remembered {
-    dir: OwnedFd,
-    roots: Roots,
+    /// The directory they are kept in, and the roots, once read.
+    opened: OnceLock<Option<Opened>>,
+    rehash: bool,
     /// Checks answered from memory.
     used: AtomicUsize,
 }
 
+struct Opened {
+    dir: OwnedFd,
+    roots: Roots,
+}
+
 impl Remembered {
-    /// The roots remembered for `tree`'s files as they are now (none read with `rehash`: every
-    /// file is hashed, and remembered again). `None` without a cache directory.
-    pub fn open(tree: &Tree, rehash: bool) -> Option<Remembered> {
+    /// Roots to be read at [`open`](Self::open) (with `rehash`, none: every file is hashed,
+    /// and remembered again).
+    pub fn new(rehash: bool) -> Remembered {
+        Remembered {
+            opened: OnceLock::new(),
+            rehash,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Reads the roots remembered for `tree`'s files as they are now; without a cache
+    /// directory, none.
+    pub fn open(&self, tree: &Tree) {
+        self.opened.get_or_init(|| Opened::read(tree, self.rehash));
+    }
+
+    /// Whether roots were read (and are learnt).
+    pub fn is_open(&self) -> bool {
+        self.opened().is_some()
+    }
+
+    fn opened(&self) -> Option<&Opened> {
+        self.opened.get().and_then(Option::as_ref)
+    }
+
+    /// The root remembered for entry `i`, if the file still has the identity it was listed
+    /// with and remembered with.
+    pub fn known(&self, i: usize) -> Option<[u8; 32]> {
+        let root = self.opened()?.roots.known(i as u32)?;
+        self.used.fetch_add(1, Ordering::Relaxed);
+        Some(root)
+    }
+
+    /// Remembers `root` for entry `i`, read from `file`, if `before` (its identity taken before
+    /// it was read) still holds and can be remembered.
+    pub fn learn(&self, i: usize, file: &File, before: Option<Identity>, root: [u8; 32]) {
+        let Some(opened) = self.opened() else { return };
+        if let (Some(before), Some(after)) = (before, Identity::settled(file)) {
+            if before == after {
+                opened.roots.learn(i as u32, after, root);
+            }
+        }
+    }
+
+    /// How many checks were answered from memory.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Writes what changed.
+    pub fn save(&self) {
+        if let Some(o) = self.opened() {
+            o.roots.save(&o.dir);
+        }
+    }
+}
+
+impl Opened {
+    fn read(tree: &Tree, rehash: bool) -> Option<Opened> {
         let dir = match cache_dir() {
             Ok(d) => d,
             Err(e) => {
@@ -47,39 +113,7 @@ impl Remembered {
                 .collect();
             roots.load(&dir, &wanted);
         }
-        Some(Remembered {
-            dir,
-            roots,
-            used: AtomicUsize::new(0),
-        })
-    }
-
-    /// The root remembered for entry `i`, if the file still has the identity it was listed
-    /// with and remembered with.
-    pub fn known(&self, i: usize) -> Option<[u8; 32]> {
-        let root = self.roots.known(i as u32)?;
-        self.used.fetch_add(1, Ordering::Relaxed);
-        Some(root)
-    }
-
-    /// Remembers `root` for entry `i`, read from `file`, if `before` (its identity taken before
-    /// it was read) still holds and can be remembered.
-    pub fn learn(&self, i: usize, file: &File, before: Option<Identity>, root: [u8; 32]) {
-        if let (Some(before), Some(after)) = (before, Identity::settled(file)) {
-            if before == after {
-                self.roots.learn(i as u32, after, root);
-            }
-        }
-    }
-
-    /// How many checks were answered from memory.
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
-
-    /// Writes what changed.
-    pub fn save(&self) {
-        self.roots.save(&self.dir);
+        Some(Opened { dir, roots })
     }
 }
 
