@@ -5,10 +5,13 @@
 //!
 //! Why ctime: no one can set it. Any change to a file's data or metadata moves it to the time
 //! of the change (rename, chmod and link included), and a remembered identity is taken only
-//! once the coarse clock the kernel stamps files with has passed the file's ctime, so that a
-//! change made after it cannot land on the same stamp (Linux 6.13's multigrain timestamps
-//! promise as much; the rule keeps older kernels honest too). This is why the identity cannot
-//! live in an extended attribute of the file: writing one moves the ctime it records.
+//! once a change made after it cannot land on the same stamp (see [`Identity::settled`]; Linux
+//! 6.13's multigrain timestamps promise as much, the rule keeps older kernels and coarse file
+//! systems honest too). A remembered root is used only for a file that has that identity at
+//! the moment it is used. This is why the identity cannot live in an extended attribute of the
+//! file: writing one moves the ctime it records. The one change that does not move a ctime at
+//! once: a write through a shared mapping to a page already dirty (a database that writes
+//! through mmap) is stamped when the page is written back; `--rehash` for such files.
 //!
 //! A tree's roots are in one file, named by the caller (zrecv: `.zrecv-KEY.roots` in the
 //! receive directory, KEY from the tree's top-level name as for its partials; zsend: in its
@@ -71,13 +74,26 @@ impl Identity {
         self.mtime
     }
 
-    /// The identity of the open file `fd`, if it can be remembered: its ctime is before the
-    /// coarse clock read first, so that any later change stamps a later ctime.
+    /// Its size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The identity of the open file `fd`, if it can be remembered: any later change must
+    /// stamp a later ctime. On a local file system that stamps nanoseconds (ext4 with large
+    /// inodes, XFS, Btrfs, tmpfs) that holds once the coarse clock read first is past the
+    /// ctime; elsewhere (whole seconds, 2-second FAT stamps, a server's clock) only two
+    /// seconds after it.
     pub fn settled(fd: impl AsFd) -> Option<Identity> {
         let now = rustix::time::clock_gettime(ClockId::RealtimeCoarse);
-        let st = rustix::fs::fstat(fd).ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
         let id = Identity::of(&st);
-        (before(id.ctime, &now)).then_some(id)
+        let fine = !id.ctime.1.is_multiple_of(1000) && fine_stamps(&fd);
+        let settled = match fine {
+            true => before(id.ctime, &now),
+            false => now.tv_sec >= id.ctime.0.saturating_add(2),
+        };
+        settled.then_some(id)
     }
 
     fn encode(&self, root: &[u8; 32], out: &mut Vec<u8>) {
@@ -105,6 +121,25 @@ impl Identity {
     }
 }
 
+/// Whether the file system of `fd` is local and stamps times in nanoseconds from this
+/// machine's clock.
+fn fine_stamps(fd: impl AsFd) -> bool {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const TMPFS: i64 = 0x0102_1994;
+    rustix::fs::fstatfs(fd).is_ok_and(|fs| matches!(fs.f_type, EXT4 | XFS | BTRFS | TMPFS))
+}
+
+/// Most top-level directories whose roots one manifest remembers.
+pub(crate) const MAX_TREES: usize = 256;
+
+/// A path's top-level directory and the rest, if it is below one.
+fn split_top(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    let k = path.iter().position(|b| *b == b'/')?;
+    Some((&path[..k], &path[k + 1..]))
+}
+
 /// Whether `t` is strictly before `now`.
 fn before(t: (i64, u32), now: &Timespec) -> bool {
     t < (now.tv_sec, now.tv_nsec as u32)
@@ -123,6 +158,8 @@ pub(crate) struct Roots {
 struct State {
     /// Remembered roots of entries whose copy here has the identity remembered with them.
     known: HashMap<u32, (Identity, [u8; 32])>,
+    /// Entries whose copy changed in this session: nothing read later is kept for them.
+    forgotten: std::collections::HashSet<u32>,
     /// Roots learnt in this session (landed or hashed), by entry.
     learnt: HashMap<u32, (Identity, [u8; 32])>,
     /// Per tree, whether what is remembered of it changed: its file is written again.
@@ -131,24 +168,34 @@ struct State {
 
 impl Roots {
     /// Roots for a manifest of these `paths` (`None`: not a file), none remembered yet; the
-    /// roots of the tree with top-level name `top` are kept in the file `file_of(top)`.
+    /// roots of the tree under the top-level directory `top` are kept in the file
+    /// `file_of(top)`. Files at the top level are not remembered (a file each would be one
+    /// more file beside them), nor anything in a manifest of more than [`MAX_TREES`]
+    /// top-level directories.
     pub fn new<'p>(
         paths: impl Iterator<Item = Option<&'p [u8]>>,
         file_of: impl Fn(&[u8]) -> String,
     ) -> Roots {
-        let mut tops: Vec<(Vec<u8>, String)> = Vec::new();
-        let top_of = paths
+        let mut index: HashMap<&[u8], usize> = HashMap::new();
+        let mut top_of: Vec<Option<usize>> = paths
             .map(|p| {
-                let top = p?.split(|b| *b == b'/').next()?;
-                Some(match tops.iter().position(|(t, _)| t == top) {
-                    Some(k) => k,
-                    None => {
-                        tops.push((top.to_vec(), file_of(top)));
-                        tops.len() - 1
-                    }
-                })
+                let (top, _) = split_top(p?)?;
+                let next = index.len();
+                Some(*index.entry(top).or_insert(next))
             })
             .collect();
+        let mut tops = vec![(Vec::new(), String::new()); index.len()];
+        for (top, k) in &index {
+            tops[*k] = (top.to_vec(), String::new());
+        }
+        if tops.len() > MAX_TREES {
+            log::debug!("{} trees in one manifest: no roots remembered", tops.len());
+            tops.clear();
+            top_of.iter_mut().for_each(|t| *t = None);
+        }
+        for (top, name) in &mut tops {
+            *name = file_of(top);
+        }
         let state = State {
             changed: vec![false; tops.len()],
             ..State::default()
@@ -173,12 +220,12 @@ impl Roots {
     pub fn load(&self, dir: impl AsFd, wanted: &[(u32, Identity)]) {
         let mut by_top: Vec<HashMap<(u64, u64), (u32, Identity)>> =
             vec![HashMap::new(); self.tops.len()];
+        let mut state = self.state();
         for &(i, id) in wanted {
-            if let Some(t) = self.top(i) {
+            if let (Some(t), false) = (self.top(i), state.forgotten.contains(&i)) {
                 by_top[t].insert((id.dev, id.ino), (i, id));
             }
         }
-        let mut state = self.state();
         for (t, wanted) in by_top.iter().enumerate() {
             let name = &self.tops[t].1;
             let records = match read(&dir, name) {
@@ -209,23 +256,29 @@ impl Roots {
         self.state().changed.iter().any(|c| *c)
     }
 
-    /// The root remembered for entry `i`'s copy here, if its identity still holds.
-    pub fn known(&self, i: u32) -> Option<[u8; 32]> {
-        self.state().known.get(&i).map(|(_, root)| *root)
+    /// The root remembered for entry `i`'s copy, if `now` (its identity as it is now) is
+    /// the identity it was remembered with.
+    pub fn known(&self, i: u32, now: &Identity) -> Option<[u8; 32]> {
+        let state = self.state();
+        let (id, root) = state.known.get(&i)?;
+        (id == now).then_some(*root)
     }
 
-    /// Remembers `root` for entry `i`, whose copy here has identity `id`.
+    /// Remembers `root` for entry `i`, whose copy has identity `id`.
     pub fn learn(&self, i: u32, id: Identity, root: [u8; 32]) {
+        let Some(t) = self.top(i) else { return };
         let mut state = self.state();
-        state.learnt.insert(i, (id, root));
-        if let Some(t) = self.top(i) {
-            state.changed[t] = true;
+        if state.known.get(&i) == Some(&(id, root)) {
+            return;
         }
+        state.learnt.insert(i, (id, root));
+        state.changed[t] = true;
     }
 
-    /// Forgets what is remembered of entry `i`: its copy here changed.
+    /// Forgets what is remembered of entry `i`: its copy changed.
     pub fn forget(&self, i: u32) {
         let mut state = self.state();
+        state.forgotten.insert(i);
         let known = state.known.remove(&i).is_some();
         let learnt = state.learnt.remove(&i).is_some();
         if let (Some(t), true) = (self.top(i), known || learnt) {
@@ -237,18 +290,21 @@ impl Roots {
     /// hold and those learnt.
     pub fn save(&self, dir: impl AsFd) {
         let state = self.state();
+        let mut by_top = vec![Vec::new(); self.tops.len()];
+        let all = (state.known.iter())
+            .filter(|(i, _)| !state.learnt.contains_key(i))
+            .chain(state.learnt.iter());
+        for (i, record) in all {
+            if let Some(t) = self.top(*i).filter(|t| state.changed[*t]) {
+                by_top[t].push((*i, record));
+            }
+        }
         for (t, (_, name)) in self.tops.iter().enumerate() {
             if !state.changed[t] {
                 continue;
             }
-            let mut entries: Vec<_> = state
-                .known
-                .iter()
-                .filter(|(i, _)| !state.learnt.contains_key(i))
-                .chain(state.learnt.iter())
-                .filter(|(i, _)| self.top(**i) == Some(t))
-                .collect();
-            entries.sort_by_key(|(i, _)| **i);
+            let mut entries = std::mem::take(&mut by_top[t]);
+            entries.sort_by_key(|(i, _)| *i);
             let mut out = Vec::with_capacity(8 + entries.len() * RECORD_LEN + 32);
             out.extend_from_slice(MAGIC);
             for (_, (id, root)) in entries {
@@ -350,15 +406,25 @@ mod tests {
         let again = roots(&["t/a", "t/b", "u/c"]);
         // b changed since (its ctime moved); c is the same.
         again.load(&d, &[(0, id(1, 10)), (1, id(2, 11)), (2, id(3, 10))]);
-        assert_eq!(again.known(0), Some([1; 32]));
-        assert_eq!(again.known(1), None);
-        assert_eq!(again.known(2), Some([3; 32]));
+        assert_eq!(again.known(0, &id(1, 10)), Some([1; 32]));
+        assert_eq!(again.known(1, &id(2, 11)), None);
+        assert_eq!(again.known(2, &id(3, 10)), Some([3; 32]));
+        // c changes after the answers: not known as it is now.
+        assert_eq!(again.known(2, &id(3, 12)), None);
         // Saved again: b's stale record goes, the others stay.
         again.save(&d);
         let third = roots(&["t/a", "t/b", "u/c"]);
         third.load(&d, &[(0, id(1, 10)), (1, id(2, 10)), (2, id(3, 10))]);
-        assert_eq!(third.known(1), None);
-        assert_eq!(third.known(0), Some([1; 32]));
+        assert_eq!(third.known(1, &id(2, 10)), None);
+        assert_eq!(third.known(0, &id(1, 10)), Some([1; 32]));
+        // A file at the top level, or one of more than MAX_TREES trees, is not remembered.
+        let top = roots(&["f"]);
+        top.learn(0, id(4, 10), [4; 32]);
+        assert!(!top.changed());
+        let many: Vec<String> = (0..=MAX_TREES).map(|k| format!("d{k}/f")).collect();
+        let many = roots(&many.iter().map(String::as_str).collect::<Vec<_>>());
+        many.learn(0, id(5, 10), [5; 32]);
+        assert!(!many.changed());
     }
 
     #[test]
@@ -375,13 +441,13 @@ mod tests {
             std::fs::write(&path, &bytes).unwrap();
             let again = roots(&["t/a"]);
             again.load(&d, &[(0, id(1, 10))]);
-            assert_eq!(again.known(0), None, "flipped byte {k}");
+            assert_eq!(again.known(0, &id(1, 10)), None, "flipped byte {k}");
             bytes[k] ^= 1;
         }
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         let again = roots(&["t/a"]);
         again.load(&d, &[(0, id(1, 10))]);
-        assert_eq!(again.known(0), None);
+        assert_eq!(again.known(0, &id(1, 10)), None);
     }
 
     #[test]

@@ -20,14 +20,9 @@ use wait_timeout::ChildExt;
 /// Longest any single process in a test may run.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// zsend, which remembers roots in its cache directory: the tests' own, under target/, never
-/// the user's.
+/// zsend. It remembers roots in its cache directory: under test, the one .cargo/config.toml
+/// sets (under target/), never the user's.
 pub fn zsend_bin() -> &'static str {
-    static CACHE: std::sync::Once = std::sync::Once::new();
-    CACHE.call_once(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("zsend-cache");
-        std::env::set_var("XDG_CACHE_HOME", dir);
-    });
     env!("CARGO_BIN_EXE_zsend")
 }
 

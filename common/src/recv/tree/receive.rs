@@ -126,9 +126,10 @@ impl Session<'_, '_> {
             self.roots
                 .load(&self.rx.dir, &std::mem::take(&mut self.wanted));
         }
-        // Unchanged since its root was taken here: nothing to read. (A remembered root that
-        // differs proves nothing against the file: it is read.)
-        if self.roots.known(i) == Some(digest) {
+        // Unchanged since its root was taken here, as it is now: nothing to read. (A
+        // remembered root that differs proves nothing against the file: it is read.)
+        let now = rustix::fs::statat(&parent, &base, rustix::fs::AtFlags::SYMLINK_NOFOLLOW);
+        if now.is_ok_and(|st| self.roots.known(i, &Identity::of(&st)) == Some(digest)) {
             self.counts.remembered += 1;
             return self.checked(i, digest, Ok((digest, None)));
         }
@@ -144,7 +145,8 @@ impl Session<'_, '_> {
             match Prefix::of_file_until(&file, size, sparse, &stop)? {
                 Some(p) => {
                     let after = before.and_then(|_| Identity::settled(&file));
-                    Ok((p.digest(), before.filter(|_| after == before)))
+                    let whole = before.is_some_and(|id| id.size() == size);
+                    Ok((p.digest(), before.filter(|_| after == before && whole)))
                 }
                 None => Err(io::Error::other("the session ended")),
             }

@@ -151,13 +151,13 @@ impl Session<'_> {
         let (frame, start, sent, nonce) = match action {
             Action::Link => unreachable!("a hard link's frame went out above"),
             Action::Check | Action::Verify => {
-                if let Some(root) = self.remembered.and_then(|r| r.known(i)) {
+                if let Some(root) = self.remembered.and_then(|r| r.known(self.tree, i)) {
                     return self.checked(i, root, source.size, progress);
                 }
                 let before = Identity::settled(&source.file);
                 let digest = self.hash_alive(&source, source.size)?.digest();
                 if let Some(r) = self.remembered {
-                    r.learn(i, &source.file, before, digest);
+                    r.learn(self.tree, i, &source.file, before, digest);
                 }
                 return self.checked(i, digest, source.size, progress);
             }
@@ -218,7 +218,7 @@ impl Session<'_> {
                 let digest = body.digest;
                 // Hashed as it went out, unchanged since it was listed: remembered.
                 if let (Some(r), Some(root), 0) = (self.remembered, digest, resumed) {
-                    r.learn(i, &source.file, before, root);
+                    r.learn(self.tree, i, &source.file, before, root);
                 }
                 self.digests[i] = digest;
                 self.resumed[i] = resumed;

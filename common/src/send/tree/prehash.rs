@@ -124,14 +124,18 @@ fn hash_in_turn(shared: &Shared, tree: &Tree, remembered: Option<&Remembered>) {
         }
         let i = shared.order[k];
         let entry = &tree.manifest.entries[i];
-        let hashed = match remembered.and_then(|r| r.known(i)) {
-            Some(root) => Hashed::Root(root, entry.size()),
-            None => hash_one(&tree.paths[i], entry, |file, before, root| {
-                if let Some(r) = remembered {
-                    r.learn(i, file, before, root);
-                }
-            }),
-        };
+        // Whatever happens, the slot is filled: the pass waits for it.
+        let hashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            match remembered.and_then(|r| r.known(tree, i)) {
+                Some(root) => Hashed::Root(root, entry.size()),
+                None => hash_one(&tree.paths[i], entry, |file, before, root| {
+                    if let Some(r) = remembered {
+                        r.learn(tree, i, file, before, root);
+                    }
+                }),
+            }
+        }))
+        .unwrap_or_else(|_| Hashed::Unlisted("hashing it failed unexpectedly".into()));
         let mut done = shared.done();
         done.roots[k] = Some(hashed);
         if done.waiting {

@@ -60,20 +60,33 @@ impl Remembered {
         self.opened.get().and_then(Option::as_ref)
     }
 
-    /// The root remembered for entry `i`, if the file still has the identity it was listed
-    /// with and remembered with.
-    pub fn known(&self, i: usize) -> Option<[u8; 32]> {
-        let root = self.opened()?.roots.known(i as u32)?;
+    /// The root remembered for entry `i` of `tree`, if the file has, now, the identity it was
+    /// listed with and remembered with.
+    pub fn known(&self, tree: &Tree, i: usize) -> Option<[u8; 32]> {
+        let opened = self.opened()?;
+        let now = Identity::of_metadata(&std::fs::metadata(&tree.paths[i]).ok()?);
+        if tree.identities[i] != Some(now) {
+            return None;
+        }
+        let root = opened.roots.known(i as u32, &now)?;
         self.used.fetch_add(1, Ordering::Relaxed);
         Some(root)
     }
 
-    /// Remembers `root` for entry `i`, read from `file`, if `before` (its identity taken before
-    /// it was read) still holds and can be remembered.
-    pub fn learn(&self, i: usize, file: &File, before: Option<Identity>, root: [u8; 32]) {
+    /// Remembers `root` for entry `i` of `tree`, read from `file`, if `before` (its identity
+    /// taken before it was read) still holds, can be remembered, and is the one it was listed
+    /// with (the root is of the size listed).
+    pub fn learn(
+        &self,
+        tree: &Tree,
+        i: usize,
+        file: &File,
+        before: Option<Identity>,
+        root: [u8; 32],
+    ) {
         let Some(opened) = self.opened() else { return };
         if let (Some(before), Some(after)) = (before, Identity::settled(file)) {
-            if before == after {
+            if before == after && tree.identities[i] == Some(after) {
                 opened.roots.learn(i as u32, after, root);
             }
         }
