@@ -264,6 +264,11 @@ impl Roots {
         (id == now).then_some(*root)
     }
 
+    /// The identity and root remembered for entry `i`, its identity when looked up.
+    pub fn remembered(&self, i: u32) -> Option<(Identity, [u8; 32])> {
+        self.state().known.get(&i).copied()
+    }
+
     /// Remembers `root` for entry `i`, whose copy has identity `id`.
     pub fn learn(&self, i: u32, id: Identity, root: [u8; 32]) {
         let Some(t) = self.top(i) else { return };

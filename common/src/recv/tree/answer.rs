@@ -26,6 +26,8 @@ impl Session<'_, '_> {
     /// Makes directories and links, finds files already here and partials to resume, checks
     /// free space, and sends one answer per entry.
     pub(super) fn answer_all(&mut self) -> Result<(), RecvError> {
+        // Before the first stat: what the answers saw is at least this old.
+        self.answered = std::time::Instant::now();
         // Checked: a manifest's sizes are the peer's numbers, and their sum must not wrap.
         let mut need = Some(0u64);
         let mut unkept = 0u32;

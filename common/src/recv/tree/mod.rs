@@ -46,6 +46,9 @@ mod stage;
 const BATCH_BYTES: u64 = 64 << 20;
 /// Temporary files made ahead of their frames, at most.
 const AHEAD: usize = 64;
+/// A check this long after the answers (or after a payload) looks at the copy again before it
+/// takes the root remembered for it.
+const RESTAT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Files at least this large land on their own as soon as they are verified.
 const LAND_ALONE: u64 = 64 << 20;
 
@@ -185,6 +188,10 @@ struct Session<'r, 'scope> {
     /// The entry of the latest frame, and whether the first pass is over.
     latest: Option<u32>,
     first_pass: bool,
+    /// When the answers' stats were taken, and whether a payload has come since: a check
+    /// after either looks at the copy again before it takes a remembered root.
+    answered: std::time::Instant,
+    payload_since: bool,
 }
 
 impl Receiver {
@@ -264,6 +271,8 @@ impl Receiver {
                 quiet: Vec::new(),
                 latest: None,
                 first_pass: true,
+                answered: std::time::Instant::now(),
+                payload_since: false,
                 counts: TreeCounts {
                     files: manifest
                         .entries

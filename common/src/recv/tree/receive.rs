@@ -12,7 +12,7 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use super::batch::Pending;
-use super::{header_of, DirCache, Session, LAND_ALONE};
+use super::{header_of, DirCache, Session, LAND_ALONE, RESTAT_AFTER};
 use crate::auth::{self};
 use crate::error::RecvError;
 use crate::hash::{Prefix, Start};
@@ -126,10 +126,17 @@ impl Session<'_, '_> {
             self.roots
                 .load(&self.rx.dir, &std::mem::take(&mut self.wanted));
         }
-        // Unchanged since its root was taken here, as it is now: nothing to read. (A
-        // remembered root that differs proves nothing against the file: it is read.)
-        let now = rustix::fs::statat(&parent, &base, rustix::fs::AtFlags::SYMLINK_NOFOLLOW);
-        if now.is_ok_and(|st| self.roots.known(i, &Identity::of(&st)) == Some(digest)) {
+        // Unchanged since its root was taken here: nothing to read. (A remembered root that
+        // differs proves nothing against the file: it is read.) The copy is taken as it was
+        // when answered, unless a payload came since or a second went by: then as it is now.
+        let fresh = !self.payload_since && self.answered.elapsed() < RESTAT_AFTER;
+        let remembered = self.roots.remembered(i).filter(|(_, root)| *root == digest);
+        let holds = remembered.is_some_and(|(id, _)| {
+            fresh
+                || rustix::fs::statat(&parent, &base, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| Identity::of(&st) == id)
+        });
+        if holds {
             self.counts.remembered += 1;
             return self.checked(i, digest, Ok((digest, None)));
         }
@@ -334,6 +341,7 @@ impl Session<'_, '_> {
             self.control.is_drained(),
             "control bytes held over a payload"
         );
+        self.payload_since = true;
         let received =
             self.rx
                 .receive_payload(self.stream, header, &temp, start, route, &mut scratch);

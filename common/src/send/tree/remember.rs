@@ -60,15 +60,12 @@ impl Remembered {
         self.opened.get().and_then(Option::as_ref)
     }
 
-    /// The root remembered for entry `i` of `tree`, if the file has, now, the identity it was
-    /// listed with and remembered with.
+    /// The root remembered for entry `i` of `tree`, if the file was listed, in this run, with
+    /// the identity it was remembered with. (What a check says is of the file as listed, as a
+    /// file sent whole is the file as listed or abandoned.)
     pub fn known(&self, tree: &Tree, i: usize) -> Option<[u8; 32]> {
         let opened = self.opened()?;
-        let now = Identity::of_metadata(&std::fs::metadata(&tree.paths[i]).ok()?);
-        if tree.identities[i] != Some(now) {
-            return None;
-        }
-        let root = opened.roots.known(i as u32, &now)?;
+        let root = opened.roots.known(i as u32, tree.identities[i].as_ref()?)?;
         self.used.fetch_add(1, Ordering::Relaxed);
         Some(root)
     }
