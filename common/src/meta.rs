@@ -180,22 +180,12 @@ pub struct Ids {
 impl Ids {
     /// The local owner of `o`: by name where both ends know it, else by number.
     fn map(&self, o: &Owner) -> (u32, u32) {
-        let uid = match o.user.is_empty() {
-            true => None,
-            false => *self
-                .users
-                .borrow_mut()
-                .entry(o.user.clone())
-                .or_insert_with(|| uzers::get_user_by_name(&o.user).map(|u| u.uid())),
-        };
-        let gid = match o.group.is_empty() {
-            true => None,
-            false => *self
-                .groups
-                .borrow_mut()
-                .entry(o.group.clone())
-                .or_insert_with(|| uzers::get_group_by_name(&o.group).map(|g| g.gid())),
-        };
+        let uid = cached(&self.users, &o.user, |n| {
+            uzers::get_user_by_name(n).map(|u| u.uid())
+        });
+        let gid = cached(&self.groups, &o.group, |n| {
+            uzers::get_group_by_name(n).map(|g| g.gid())
+        });
         (uid.unwrap_or(o.uid), gid.unwrap_or(o.gid))
     }
 
@@ -282,4 +272,19 @@ fn uid_of(uid: u32) -> Uid {
 
 fn gid_of(gid: u32) -> Gid {
     Gid::from_raw(gid)
+}
+
+/// The local id of `name` (none for an empty name), looked up with `find` once per name.
+fn cached(
+    cache: &RefCell<HashMap<String, Option<u32>>>,
+    name: &str,
+    find: impl FnOnce(&str) -> Option<u32>,
+) -> Option<u32> {
+    if name.is_empty() {
+        return None;
+    }
+    *cache
+        .borrow_mut()
+        .entry(name.to_owned())
+        .or_insert_with(|| find(name))
 }

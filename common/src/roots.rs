@@ -69,11 +69,6 @@ impl Identity {
         }
     }
 
-    /// Its mtime.
-    pub fn mtime(&self) -> (i64, u32) {
-        self.mtime
-    }
-
     /// Its size.
     pub fn size(&self) -> u64 {
         self.size
@@ -134,10 +129,10 @@ fn fine_stamps(fd: impl AsFd) -> bool {
 /// Most top-level directories whose roots one manifest remembers.
 pub(crate) const MAX_TREES: usize = 256;
 
-/// A path's top-level directory and the rest, if it is below one.
-fn split_top(path: &[u8]) -> Option<(&[u8], &[u8])> {
+/// A path's top-level directory, if it is below one.
+fn top_dir(path: &[u8]) -> Option<&[u8]> {
     let k = path.iter().position(|b| *b == b'/')?;
-    Some((&path[..k], &path[k + 1..]))
+    Some(&path[..k])
 }
 
 /// Whether `t` is strictly before `now`.
@@ -179,7 +174,7 @@ impl Roots {
         let mut index: HashMap<&[u8], usize> = HashMap::new();
         let mut top_of: Vec<Option<usize>> = paths
             .map(|p| {
-                let (top, _) = split_top(p?)?;
+                let top = top_dir(p?)?;
                 let next = index.len();
                 Some(*index.entry(top).or_insert(next))
             })
@@ -256,17 +251,20 @@ impl Roots {
         self.state().changed.iter().any(|c| *c)
     }
 
-    /// The root remembered for entry `i`'s copy, if `now` (its identity as it is now) is
-    /// the identity it was remembered with.
-    pub fn known(&self, i: u32, now: &Identity) -> Option<[u8; 32]> {
-        let state = self.state();
-        let (id, root) = state.known.get(&i)?;
-        (id == now).then_some(*root)
-    }
-
-    /// The identity and root remembered for entry `i`, its identity when looked up.
+    /// The identity and root remembered for entry `i`: its identity when looked up (as
+    /// [`load`](Self::load) was given it).
     pub fn remembered(&self, i: u32) -> Option<(Identity, [u8; 32])> {
         self.state().known.get(&i).copied()
+    }
+
+    /// Remembers `root` for entry `i`, landed in `file` with `mtime`, once we changed it for
+    /// the last time: if its identity can be remembered and still has that mtime (nobody wrote
+    /// to it since).
+    pub fn learn_landed(&self, i: u32, file: impl AsFd, mtime: (i64, u32), root: Option<[u8; 32]>) {
+        let id = Identity::settled(file).filter(|id| id.mtime == mtime);
+        if let (Some(id), Some(root)) = (id, root) {
+            self.learn(i, id, root);
+        }
     }
 
     /// Remembers `root` for entry `i`, whose copy has identity `id`.
@@ -395,6 +393,10 @@ mod tests {
         format!("{}.roots", String::from_utf8_lossy(top))
     }
 
+    fn root_of(roots: &Roots, i: u32) -> Option<[u8; 32]> {
+        roots.remembered(i).map(|(_, root)| root)
+    }
+
     fn roots(paths: &[&str]) -> Roots {
         Roots::new(paths.iter().map(|p| Some(p.as_bytes())), file_name)
     }
@@ -411,17 +413,15 @@ mod tests {
         let again = roots(&["t/a", "t/b", "u/c"]);
         // b changed since (its ctime moved); c is the same.
         again.load(&d, &[(0, id(1, 10)), (1, id(2, 11)), (2, id(3, 10))]);
-        assert_eq!(again.known(0, &id(1, 10)), Some([1; 32]));
-        assert_eq!(again.known(1, &id(2, 11)), None);
-        assert_eq!(again.known(2, &id(3, 10)), Some([3; 32]));
-        // c changes after the answers: not known as it is now.
-        assert_eq!(again.known(2, &id(3, 12)), None);
+        assert_eq!(root_of(&again, 0), Some([1; 32]));
+        assert_eq!(root_of(&again, 1), None);
+        assert_eq!(root_of(&again, 2), Some([3; 32]));
         // Saved again: b's stale record goes, the others stay.
         again.save(&d);
         let third = roots(&["t/a", "t/b", "u/c"]);
         third.load(&d, &[(0, id(1, 10)), (1, id(2, 10)), (2, id(3, 10))]);
-        assert_eq!(third.known(1, &id(2, 10)), None);
-        assert_eq!(third.known(0, &id(1, 10)), Some([1; 32]));
+        assert_eq!(root_of(&third, 1), None);
+        assert_eq!(root_of(&third, 0), Some([1; 32]));
         // A file at the top level, or one of more than MAX_TREES trees, is not remembered.
         let top = roots(&["f"]);
         top.learn(0, id(4, 10), [4; 32]);
@@ -446,13 +446,13 @@ mod tests {
             std::fs::write(&path, &bytes).unwrap();
             let again = roots(&["t/a"]);
             again.load(&d, &[(0, id(1, 10))]);
-            assert_eq!(again.known(0, &id(1, 10)), None, "flipped byte {k}");
+            assert_eq!(root_of(&again, 0), None, "flipped byte {k}");
             bytes[k] ^= 1;
         }
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         let again = roots(&["t/a"]);
         again.load(&d, &[(0, id(1, 10))]);
-        assert_eq!(again.known(0, &id(1, 10)), None);
+        assert_eq!(root_of(&again, 0), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::meta::Plan;
 use crate::recv::handshake::tell;
 use crate::recv::partial::TempFile;
 use crate::recv::Receiver;
-use crate::roots::{Identity, Roots};
+use crate::roots::Roots;
 use crate::watch::KEEPALIVE_EVERY;
 use crate::wire::Header;
 use crate::wire::{FileStatus, Report};
@@ -346,13 +346,8 @@ impl Landing<'_> {
     /// Remembers the root of a file landed, with its identity now that we changed it for the
     /// last time (when the clock has passed its ctime).
     fn remember(&self, p: &Pending) {
-        // With the mtime we gave it: nobody wrote to it since.
         let mtime = (p.header.mtime_sec, p.header.mtime_nsec);
-        if let (Some(root), Some(id)) = (p.digest, Identity::settled(&p.temp.file)) {
-            if id.mtime() == mtime {
-                self.roots.learn(p.index, id, root);
-            }
-        }
+        (self.roots).learn_landed(p.index, &p.temp.file, mtime, p.digest);
     }
 
     /// Queues the verdict of a file that did not land.

@@ -444,11 +444,9 @@ impl Session<'_, '_> {
             let base = self.manifest.entries[i as usize].base().to_owned();
             let file = temp.file.try_clone().ok();
             let landed = self.rx.land_planned(temp, &base, header, plan.as_ref());
-            if let (Ok(_), Some(file), Some(root)) = (&landed, file, digest) {
+            if let (Ok(_), Some(file)) = (&landed, file) {
                 let mtime = (header.mtime_sec, header.mtime_nsec);
-                if let Some(id) = Identity::settled(&file).filter(|id| id.mtime() == mtime) {
-                    self.roots.learn(i, id, root);
-                }
+                self.roots.learn_landed(i, &file, mtime, digest);
             }
             return self.landed(i, digest, landed.map(|_| ()));
         }

@@ -263,8 +263,7 @@ impl Session<'_> {
                 small && hashed
             })
             .map(|(i, _)| *i)
-            .collect();
-        let checks: Vec<usize> = checks;
+            .collect::<Vec<usize>>();
         let any_check = (first.iter()).any(|(_, a)| matches!(a, Action::Check | Action::Verify));
         if let (Some(r), true) = (self.remembered, any_check) {
             r.open(tree);

@@ -141,6 +141,13 @@ impl Session<'_> {
             Some(Hashed::Unread(e)) => return Err(e),
             None => {}
         }
+        // A large file hashed in turn: nothing to open if its root is remembered.
+        if let Some(root) = (self.remembered)
+            .filter(|_| checked)
+            .and_then(|r| r.known(i))
+        {
+            return self.checked(i, root, entry.size(), progress);
+        }
         let source = match Source::listed(path, entry) {
             Ok(s) => s,
             Err(e) => {
@@ -151,9 +158,6 @@ impl Session<'_> {
         let (frame, start, sent, nonce) = match action {
             Action::Link => unreachable!("a hard link's frame went out above"),
             Action::Check | Action::Verify => {
-                if let Some(root) = self.remembered.and_then(|r| r.known(self.tree, i)) {
-                    return self.checked(i, root, source.size, progress);
-                }
                 let before = Identity::settled(&source.file);
                 let digest = self.hash_alive(&source, source.size)?.digest();
                 if let Some(r) = self.remembered {

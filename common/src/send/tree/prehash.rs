@@ -126,7 +126,7 @@ fn hash_in_turn(shared: &Shared, tree: &Tree, remembered: Option<&Remembered>) {
         let entry = &tree.manifest.entries[i];
         // Whatever happens, the slot is filled: the pass waits for it.
         let hashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            match remembered.and_then(|r| r.known(tree, i)) {
+            match remembered.and_then(|r| r.known(i)) {
                 Some(root) => Hashed::Root(root, entry.size()),
                 None => hash_one(&tree.paths[i], entry, |file, before, root| {
                     if let Some(r) = remembered {
@@ -159,8 +159,9 @@ fn hash_one(
     let before = Identity::settled(&source.file);
     match Prefix::of_file(&source.file, source.size, sparse) {
         Ok(p) => {
-            learn(&source.file, before, p.digest());
-            Hashed::Root(p.digest(), source.size)
+            let root = p.digest();
+            learn(&source.file, before, root);
+            Hashed::Root(root, source.size)
         }
         Err(error) => Hashed::Unread(SendError::Source {
             path: source.path,

@@ -60,12 +60,11 @@ impl Remembered {
         self.opened.get().and_then(Option::as_ref)
     }
 
-    /// The root remembered for entry `i` of `tree`, if the file was listed, in this run, with
-    /// the identity it was remembered with. (What a check says is of the file as listed, as a
-    /// file sent whole is the file as listed or abandoned.)
-    pub fn known(&self, tree: &Tree, i: usize) -> Option<[u8; 32]> {
-        let opened = self.opened()?;
-        let root = opened.roots.known(i as u32, tree.identities[i].as_ref()?)?;
+    /// The root remembered for entry `i`, if the file was listed, in this run, with the
+    /// identity it was remembered with (the roots were read for those). What a check says is
+    /// of the file as listed, as a file sent whole is the file as listed or abandoned.
+    pub fn known(&self, i: usize) -> Option<[u8; 32]> {
+        let (_, root) = self.opened()?.roots.remembered(i as u32)?;
         self.used.fetch_add(1, Ordering::Relaxed);
         Some(root)
     }

@@ -3,11 +3,11 @@
 use std::collections::HashSet;
 use std::io::Read;
 
-use super::{malformed, read_text, read_u32, read_u64, MANIFEST_MAGIC};
+use super::{malformed, read_counted, read_text, read_u32, read_u64, MANIFEST_MAGIC};
 use crate::name::validate_component;
 use crate::wire::read_exact;
 use crate::wire::{ProtocolError, SOURCE_ID_LEN};
-use crate::wire::{MAX_ENTRIES, MAX_MANIFEST_TEXT, MAX_PATH_LEN};
+use crate::wire::{MAX_ENTRIES, MAX_PATH_LEN};
 
 /// What an entry is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,17 +159,7 @@ impl Extras {
                     return Err(malformed("an attribute named twice".into()));
                 }
                 let len = read_u32(r)? as usize;
-                if len > MAX_XATTR_VALUE {
-                    return Err(malformed(format!("an attribute value of {len} bytes")));
-                }
-                *text += len;
-                if *text > MAX_MANIFEST_TEXT {
-                    return Err(malformed(format!(
-                        "more than {MAX_MANIFEST_TEXT} bytes of paths and attributes"
-                    )));
-                }
-                let mut value = vec![0u8; len];
-                read_exact(r, &mut value, "attribute value")?;
+                let value = read_counted(r, len, MAX_XATTR_VALUE, text, "attribute value")?;
                 extras.xattrs.push((name, value));
             }
         }
@@ -186,19 +176,7 @@ fn read_short(
 ) -> Result<Vec<u8>, ProtocolError> {
     let mut len = [0u8; 1];
     read_exact(r, &mut len, what)?;
-    let len = len[0] as usize;
-    if len > max {
-        return Err(malformed(format!("a {what} of {len} bytes")));
-    }
-    *text += len;
-    if *text > MAX_MANIFEST_TEXT {
-        return Err(malformed(format!(
-            "more than {MAX_MANIFEST_TEXT} bytes of paths and attributes"
-        )));
-    }
-    let mut bytes = vec![0u8; len];
-    read_exact(r, &mut bytes, what)?;
-    Ok(bytes)
+    read_counted(r, len[0] as usize, max, text, what)
 }
 
 /// One entry of a tree.

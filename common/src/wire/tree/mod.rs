@@ -55,14 +55,32 @@ pub(super) fn read_text(
 ) -> Result<Vec<u8>, ProtocolError> {
     let mut len = [0u8; 2];
     read_exact(r, &mut len, what)?;
-    let len = u16::from_be_bytes(len) as usize;
-    if len > MAX_PATH_LEN {
+    read_counted(
+        r,
+        u16::from_be_bytes(len) as usize,
+        MAX_PATH_LEN,
+        total,
+        what,
+    )
+}
+
+/// Reads `len` bytes, refused if more than `max` or if they take the manifest's `total` of
+/// paths, link targets, names and attributes past [`MAX_MANIFEST_TEXT`]: checked before
+/// anything is allocated for them.
+pub(super) fn read_counted(
+    r: &mut impl Read,
+    len: usize,
+    max: usize,
+    total: &mut usize,
+    what: &'static str,
+) -> Result<Vec<u8>, ProtocolError> {
+    if len > max {
         return Err(malformed(format!("a {what} of {len} bytes")));
     }
     *total += len;
     if *total > MAX_MANIFEST_TEXT {
         return Err(malformed(format!(
-            "more than {MAX_MANIFEST_TEXT} bytes of paths"
+            "more than {MAX_MANIFEST_TEXT} bytes of paths and attributes"
         )));
     }
     let mut bytes = vec![0u8; len];
