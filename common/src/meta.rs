@@ -6,7 +6,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use rustix::fs::{AtFlags, Gid, Mode, Uid, XattrFlags};
@@ -81,7 +80,7 @@ fn printable(name: Option<std::ffi::OsString>) -> String {
 /// Attributes that vanish meanwhile are left out; a file system without them has none.
 pub fn extras_of(
     path: &Path,
-    st: &std::fs::Metadata,
+    st: &rustix::fs::Stat,
     keep: &Keep,
     names: &mut Names,
 ) -> io::Result<Option<Box<Extras>>> {
@@ -89,18 +88,19 @@ pub fn extras_of(
     if keep.owner {
         let (user, group) = match keep.numeric_ids {
             true => (String::new(), String::new()),
-            false => (names.user(st.uid()), names.group(st.gid())),
+            false => (names.user(st.st_uid), names.group(st.st_gid)),
         };
         extras.owner = Some(Owner {
-            uid: st.uid(),
-            gid: st.gid(),
+            uid: st.st_uid,
+            gid: st.st_gid,
             user,
             group,
         });
     }
     // Only files and directories keep their attributes: those of links, fifos, sockets and
     // devices are not sent (Linux allows a link none but trusted and security ones).
-    if (keep.xattrs || keep.acls) && (st.is_file() || st.is_dir()) {
+    let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    if (keep.xattrs || keep.acls) && (kind.is_file() || kind.is_dir()) {
         extras.xattrs = names.xattrs_of(path, keep)?;
     }
     Ok((!extras.is_empty()).then(|| Box::new(extras)))

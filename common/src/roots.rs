@@ -57,18 +57,6 @@ impl Identity {
         }
     }
 
-    /// The identity of what `meta` describes.
-    pub fn of_metadata(meta: &std::fs::Metadata) -> Identity {
-        use std::os::unix::fs::MetadataExt;
-        Identity {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec() as u32),
-            ctime: (meta.ctime(), meta.ctime_nsec() as u32),
-        }
-    }
-
     /// Its size.
     pub fn size(&self) -> u64 {
         self.size

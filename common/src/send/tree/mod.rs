@@ -6,6 +6,7 @@
 //! Here: `send_tree`, and the session's top level (handshake, manifest, reader thread, passes).
 //! The rooms, in the order a tree goes through them:
 //! - `walk.rs`: the paths on the command line listed as a manifest;
+//! - `scan.rs`: the directories read for the walk, ahead of it on every core;
 //! - `manifest.rs`: the manifest out, the receiver's answers in: what the first pass sends;
 //! - `pass.rs`: the passes, every file's frame and body back to back;
 //! - `prehash.rs`: the roots of the files checked, hashed ahead on every core;
@@ -41,6 +42,7 @@ mod manifest;
 mod pass;
 mod prehash;
 mod remember;
+mod scan;
 mod verdict;
 mod walk;
 

@@ -3,9 +3,9 @@
 //! and say what was left out and why.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::Metadata;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, Stat};
 
 use crate::error::SendError;
 use crate::hash::SMALL_FILE;
@@ -15,6 +15,8 @@ use crate::roots::Identity;
 use crate::send::source::{data_between, source_id};
 use crate::wire::{check_path, Entry, Kind, Manifest};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use super::scan::{Found, Key, Listing, Scanner};
 
 /// A tree ready to send: the manifest, where each entry is on this machine, and what was left
 /// out.
@@ -54,10 +56,10 @@ impl Tree {
     }
 
     /// Pushes a file's entry, with its identity if it is a regular file.
-    fn push_file(&mut self, entry: Entry, path: &Path, meta: &Metadata) {
+    fn push_file(&mut self, entry: Entry, path: &Path, st: &Stat) {
         self.push(entry, path);
-        if meta.is_file() {
-            *self.identities.last_mut().expect("just pushed") = Some(Identity::of_metadata(meta));
+        if FileType::from_raw_mode(st.st_mode).is_file() {
+            *self.identities.last_mut().expect("just pushed") = Some(Identity::of(st));
         }
     }
 }
@@ -86,11 +88,13 @@ pub(super) fn walk(
         inodes: HashMap::new(),
     };
     let mut tops = HashSet::new();
-    for root in roots {
-        let meta = std::fs::metadata(root).map_err(|error| SendError::Source {
+    let scanner = Scanner::new();
+    for (n, root) in roots.iter().enumerate() {
+        let meta = rustix::fs::stat(root).map_err(|error| SendError::Source {
             path: root.clone(),
-            error,
+            error: error.into(),
         })?;
+        let kind = FileType::from_raw_mode(meta.st_mode);
         let base = match name {
             Some(n) => n.as_bytes().to_vec(),
             None => base_name(root)?,
@@ -108,10 +112,10 @@ pub(super) fn walk(
                 Escaped(&base)
             )));
         }
-        if meta.is_dir() {
+        if kind.is_dir() {
             walker.add(root, &base, Kind::Dir, &meta);
-            walker.walk_dir(root, &base);
-        } else if meta.is_file() || meta.file_type().is_block_device() {
+            walker.walk_dir(&scanner, n as u32, root, &base);
+        } else if kind.is_file() || kind == FileType::BlockDevice {
             let mut entry = file_entry(root, &base, &meta, opts)?;
             entry.extras = walker.extras(root, &meta);
             walker.tree.push_file(entry, root, &meta);
@@ -144,6 +148,14 @@ fn base_name(root: &Path) -> Result<Vec<u8>, SendError> {
     Ok(file_name.as_bytes().to_vec())
 }
 
+/// A directory being walked: where it is, and its entries not walked yet, each with its path in
+/// the tree or why it cannot be sent.
+struct Level {
+    key: Key,
+    path: PathBuf,
+    entries: std::vec::IntoIter<(u32, Found, Result<Vec<u8>, String>)>,
+}
+
 /// A walk under way: the tree so far, and what it remembers to send hard links and owners.
 struct Walker {
     tree: Tree,
@@ -154,70 +166,101 @@ struct Walker {
 }
 
 impl Walker {
-    /// Lists what is below `root`.
-    fn walk_dir(&mut self, root: &Path, base: &[u8]) {
-        let mut walker = walkdir::WalkDir::new(root)
-            .min_depth(1)
-            .follow_links(false)
-            .sort_by_file_name()
-            .into_iter();
-        // The relative name of the directory at each depth: an entry's is its parent's and its
-        // own name (no path parsed again per entry).
-        let mut names: Vec<Vec<u8>> = vec![base.to_vec()];
-        while let Some(item) = walker.next() {
-            let item = match item {
-                Ok(i) => i,
+    /// Lists what is below `root`, the `n`th path given, in the order of a depth-first walk
+    /// with each directory's entries sorted by name.
+    fn walk_dir(&mut self, scanner: &Scanner, n: u32, root: &Path, base: &[u8]) {
+        let mut levels = Vec::new();
+        let listing = scanner.take(&vec![n], root, true);
+        self.descend(scanner, &mut levels, vec![n], root, base, listing);
+        while let Some(level) = levels.last_mut() {
+            let Some((k, found, rel)) = level.entries.next() else {
+                levels.pop();
+                continue;
+            };
+            let path = level
+                .path
+                .join(std::ffi::OsStr::from_bytes(found.name.as_bytes()));
+            let rel = match rel {
+                Ok(rel) => rel,
+                Err(reason) => {
+                    // Below a directory that was left out, everything is left out with it.
+                    self.tree.skipped.push((path, reason));
+                    continue;
+                }
+            };
+            let st = match found.stat {
+                Ok(st) => st,
                 Err(e) => {
-                    let path = e.path().unwrap_or(root).to_owned();
-                    // The reason alone: the path is printed beside it.
-                    let why = e
-                        .io_error()
-                        .map_or_else(|| e.to_string(), crate::units::os_reason);
+                    let why = crate::units::os_reason(&e);
                     self.tree.unreadable.push((path, why));
                     continue;
                 }
             };
-            let path = item.path();
-            names.truncate(item.depth());
-            let rel = match child_name(&names[item.depth() - 1], item.file_name().as_bytes()) {
-                Ok(r) => r,
-                Err(reason) => {
-                    self.tree.skipped.push((path.to_owned(), reason));
-                    // Below a directory that was left out, everything is left out with it.
-                    if item.file_type().is_dir() {
-                        walker.skip_current_dir();
-                    }
-                    continue;
-                }
-            };
-            if item.file_type().is_dir() {
-                names.push(rel.clone());
+            self.entry(&path, &rel, &st);
+            if FileType::from_raw_mode(st.st_mode).is_dir() {
+                let mut key = level.key.clone();
+                key.push(k);
+                let listing = scanner.take(&key, &path, false);
+                self.descend(scanner, &mut levels, key, &path, &rel, listing);
             }
-            let meta = match item.metadata() {
-                Ok(m) => m,
-                Err(e) => {
-                    let why = e
-                        .io_error()
-                        .map_or_else(|| e.to_string(), crate::units::os_reason);
-                    self.tree.unreadable.push((path.to_owned(), why));
-                    continue;
-                }
-            };
-            self.entry(path, &rel, &meta);
         }
     }
 
+    /// Goes into the directory `path` (`rel` in the tree): its subdirectories are queued to be
+    /// read ahead, and its entries are walked next.
+    fn descend(
+        &mut self,
+        scanner: &Scanner,
+        levels: &mut Vec<Level>,
+        key: Key,
+        path: &Path,
+        rel: &[u8],
+        listing: Listing,
+    ) {
+        let found = match listing {
+            Ok(found) => found,
+            Err(e) => {
+                let why = crate::units::os_reason(&e);
+                self.tree.unreadable.push((path.to_owned(), why));
+                return;
+            }
+        };
+        let mut entries = Vec::with_capacity(found.len());
+        for (k, f) in found.into_iter().enumerate() {
+            let k = k as u32;
+            let child = child_name(rel, f.name.as_bytes());
+            let is_dir = f
+                .stat
+                .as_ref()
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode).is_dir());
+            if is_dir && child.is_ok() {
+                let mut below = key.clone();
+                below.push(k);
+                scanner.queue(
+                    below,
+                    path.join(std::ffi::OsStr::from_bytes(f.name.as_bytes())),
+                );
+            }
+            entries.push((k, f, child));
+        }
+        levels.push(Level {
+            key,
+            path: path.to_owned(),
+            entries: entries.into_iter(),
+        });
+    }
+
     /// Lists one entry found below a root, or says why it is left out.
-    fn entry(&mut self, path: &Path, rel: &[u8], meta: &Metadata) {
+    fn entry(&mut self, path: &Path, rel: &[u8], meta: &Stat) {
         let keep = self.opts.keep;
-        let ft = meta.file_type();
+        let ft = FileType::from_raw_mode(meta.st_mode);
         let skip = |why: &str| Some(format!("{why} (use {} or -a)", flag_for(why)));
         let left_out = if ft.is_dir() {
             self.add(path, rel, Kind::Dir, meta);
             None
         } else if ft.is_file() {
-            let linked = (keep.hard_links && meta.nlink() > 1)
-                .then(|| self.inodes.get(&(meta.dev(), meta.ino())).copied())
+            let linked = (keep.hard_links && meta.st_nlink > 1)
+                .then(|| self.inodes.get(&(meta.st_dev, meta.st_ino)).copied())
                 .flatten();
             match linked {
                 Some(first) => {
@@ -226,9 +269,9 @@ impl Walker {
                 }
                 None => match file_entry(path, rel, meta, self.opts) {
                     Ok(mut e) => {
-                        if keep.hard_links && meta.nlink() > 1 {
+                        if keep.hard_links && meta.st_nlink > 1 {
                             let index = self.tree.manifest.entries.len() as u32;
-                            self.inodes.insert((meta.dev(), meta.ino()), index);
+                            self.inodes.insert((meta.st_dev, meta.st_ino), index);
                         }
                         e.extras = self.extras(path, meta);
                         self.tree.push_file(e, path, meta);
@@ -271,7 +314,7 @@ impl Walker {
             if !keep.devices {
                 return self.skip(path, skip("device file"));
             }
-            let rdev = meta.rdev();
+            let rdev = meta.st_rdev;
             let kind = Kind::Device {
                 block: ft.is_block_device(),
                 major: rustix::fs::major(rdev),
@@ -292,7 +335,7 @@ impl Walker {
     }
 
     /// Lists an entry that has no content of its own.
-    fn add(&mut self, path: &Path, rel: &[u8], kind: Kind, meta: &Metadata) {
+    fn add(&mut self, path: &Path, rel: &[u8], kind: Kind, meta: &Stat) {
         let extras = match kind {
             // The same inode as its first name: nothing of its own to keep.
             Kind::HardLink { .. } => None,
@@ -301,8 +344,8 @@ impl Walker {
         let entry = Entry {
             path: rel.to_owned(),
             kind,
-            mode: meta.mode(),
-            mtime: (meta.mtime(), meta.mtime_nsec() as u32),
+            mode: meta.st_mode,
+            mtime: (meta.st_mtime, meta.st_mtime_nsec as u32),
             extras,
         };
         self.tree.push(entry, path);
@@ -310,7 +353,7 @@ impl Walker {
 
     /// The owner and attributes asked for; one that cannot be read is a failure, and the entry
     /// goes without them.
-    fn extras(&mut self, path: &Path, meta: &Metadata) -> Option<Box<crate::wire::Extras>> {
+    fn extras(&mut self, path: &Path, meta: &Stat) -> Option<Box<crate::wire::Extras>> {
         match extras_of(path, meta, &self.opts.keep, &mut self.names) {
             Ok(x) => x,
             Err(e) => {
@@ -344,26 +387,22 @@ fn child_name(parent: &[u8], name: &[u8]) -> Result<Vec<u8>, String> {
     Ok(rel)
 }
 
-fn file_entry(
-    path: &Path,
-    rel: &[u8],
-    meta: &Metadata,
-    opts: WalkOptions,
-) -> Result<Entry, SendError> {
+fn file_entry(path: &Path, rel: &[u8], meta: &Stat, opts: WalkOptions) -> Result<Entry, SendError> {
     let source_err = |error| SendError::Source {
         path: path.to_owned(),
         error,
     };
-    let (size, sparse_data_len) = if meta.file_type().is_block_device() {
+    let len = meta.st_size as u64;
+    let (size, sparse_data_len) = if FileType::from_raw_mode(meta.st_mode).is_block_device() {
         let f = std::fs::File::open(path).map_err(source_err)?;
         (crate::sys::block_device_size(&f).map_err(source_err)?, None)
-    } else if meta.len() > SMALL_FILE && meta.blocks() * 512 < meta.len() {
+    } else if len > SMALL_FILE && (meta.st_blocks as u64).saturating_mul(512) < len {
         // Fewer blocks than bytes: it may have holes worth finding.
         let f = std::fs::File::open(path).map_err(source_err)?;
-        let data = data_between(&f, 0, meta.len()).map_err(source_err)?;
-        (meta.len(), (data < meta.len()).then_some(data))
+        let data = data_between(&f, 0, len).map_err(source_err)?;
+        (len, (data < len).then_some(data))
     } else {
-        (meta.len(), None)
+        (len, None)
     };
     Ok(Entry {
         path: rel.to_owned(),
@@ -372,10 +411,10 @@ fn file_entry(
             sparse_data_len,
             source_id: opts
                 .resumable
-                .then(|| source_id(meta.dev(), meta.ino(), meta.rdev())),
+                .then(|| source_id(meta.st_dev, meta.st_ino, meta.st_rdev)),
         },
-        mode: meta.mode(),
-        mtime: (meta.mtime(), meta.mtime_nsec() as u32),
+        mode: meta.st_mode,
+        mtime: (meta.st_mtime, meta.st_mtime_nsec as u32),
         extras: None,
     })
 }
@@ -494,9 +533,9 @@ mod tests {
         )
         .unwrap();
         let extras = tree.manifest.entries[1].extras.as_deref().unwrap();
-        let st = std::fs::metadata(&f).unwrap();
+        let st = rustix::fs::stat(&f).unwrap();
         let owner = extras.owner.as_ref().unwrap();
-        assert_eq!((owner.uid, owner.gid), (st.uid(), st.gid()));
+        assert_eq!((owner.uid, owner.gid), (st.st_uid, st.st_gid));
         if tagged {
             assert_eq!(
                 extras.xattrs,
