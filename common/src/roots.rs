@@ -137,14 +137,18 @@ pub(crate) struct Roots {
     state: Mutex<State>,
 }
 
+/// An identity and the root remembered with it.
+type Record = (Identity, [u8; 32]);
+
 #[derive(Default)]
 struct State {
-    /// Remembered roots of entries whose copy here has the identity remembered with them.
-    known: HashMap<u32, (Identity, [u8; 32])>,
+    /// Remembered roots of entries whose copy here has the identity remembered with them, by
+    /// entry (empty until one is found).
+    known: Vec<Option<Record>>,
     /// Entries whose copy changed in this session: nothing read later is kept for them.
     forgotten: std::collections::HashSet<u32>,
     /// Roots learnt in this session (landed or hashed), by entry.
-    learnt: HashMap<u32, (Identity, [u8; 32])>,
+    learnt: HashMap<u32, Record>,
     /// Per tree, whether what is remembered of it changed: its file is written again.
     changed: Vec<bool>,
 }
@@ -201,15 +205,20 @@ impl Roots {
     /// Reads the roots remembered in `dir` for the copies here of `wanted` (entry and the
     /// identity of its copy here), keeping those remembered with that same identity.
     pub fn load(&self, dir: impl AsFd, wanted: &[(u32, Identity)]) {
-        let mut by_top: Vec<HashMap<(u64, u64), (u32, Identity)>> =
-            vec![HashMap::new(); self.tops.len()];
+        // Each tree's wanted entries sorted by device and inode, for its records to be looked
+        // up in.
+        let mut by_top: Vec<Vec<(u64, u64, u32, Identity)>> = vec![Vec::new(); self.tops.len()];
         let mut state = self.state();
         for &(i, id) in wanted {
             if let (Some(t), false) = (self.top(i), state.forgotten.contains(&i)) {
-                by_top[t].insert((id.dev, id.ino), (i, id));
+                by_top[t].push((id.dev, id.ino, i, id));
             }
         }
-        for (t, wanted) in by_top.iter().enumerate() {
+        for (t, wanted) in by_top.iter_mut().enumerate() {
+            if wanted.is_empty() {
+                continue;
+            }
+            wanted.sort_unstable_by_key(|w| (w.0, w.1));
             let name = &self.tops[t].1;
             let records = match read(&dir, name) {
                 Ok(Some(r)) => r,
@@ -220,17 +229,33 @@ impl Roots {
                     continue;
                 }
             };
+            // Records and wanted entries, both in the order of device and inode, are matched in
+            // one pass over each. (Records are saved in the order of their entries, which for
+            // a tree made in one go is mostly that of their inodes: the sort has little to do.)
+            let mut records: Vec<Record> = (records[MAGIC.len()..].chunks_exact(RECORD_LEN))
+                .map(Identity::decode)
+                .collect();
+            records.sort_unstable_by_key(|(id, _)| (id.dev, id.ino));
             let mut kept = 0;
-            for r in records.chunks_exact(RECORD_LEN) {
-                let (id, root) = Identity::decode(r);
-                if let Some((i, here)) = wanted.get(&(id.dev, id.ino)) {
-                    if *here == id && state.known.insert(*i, (id, root)).is_none() {
-                        kept += 1;
-                    }
+            let mut next = wanted.iter().peekable();
+            for (id, root) in &records {
+                while next.next_if(|w| (w.0, w.1) < (id.dev, id.ino)).is_some() {}
+                let Some(&&(_, _, i, here)) = next.peek() else {
+                    break;
+                };
+                if here != *id {
+                    continue;
+                }
+                if state.known.is_empty() {
+                    state.known = vec![None; self.top_of.len()];
+                }
+                if let Some(slot @ None) = state.known.get_mut(i as usize) {
+                    *slot = Some((*id, *root));
+                    kept += 1;
                 }
             }
             // Records of files gone or changed go when the file is written again.
-            state.changed[t] |= kept < records.len() / RECORD_LEN;
+            state.changed[t] |= kept < records.len();
         }
     }
 
@@ -242,7 +267,7 @@ impl Roots {
     /// The identity and root remembered for entry `i`: its identity when looked up (as
     /// [`load`](Self::load) was given it).
     pub fn remembered(&self, i: u32) -> Option<(Identity, [u8; 32])> {
-        self.state().known.get(&i).copied()
+        self.state().known.get(i as usize).copied().flatten()
     }
 
     /// Remembers `root` for entry `i`, landed in `file` with `mtime`, once we changed it for
@@ -259,7 +284,7 @@ impl Roots {
     pub fn learn(&self, i: u32, id: Identity, root: [u8; 32]) {
         let Some(t) = self.top(i) else { return };
         let mut state = self.state();
-        if state.known.get(&i) == Some(&(id, root)) {
+        if state.known.get(i as usize) == Some(&Some((id, root))) {
             return;
         }
         state.learnt.insert(i, (id, root));
@@ -270,7 +295,11 @@ impl Roots {
     pub fn forget(&self, i: u32) {
         let mut state = self.state();
         state.forgotten.insert(i);
-        let known = state.known.remove(&i).is_some();
+        let known = state
+            .known
+            .get_mut(i as usize)
+            .and_then(Option::take)
+            .is_some();
         let learnt = state.learnt.remove(&i).is_some();
         if let (Some(t), true) = (self.top(i), known || learnt) {
             state.changed[t] = true;
@@ -282,12 +311,12 @@ impl Roots {
     pub fn save(&self, dir: impl AsFd) {
         let state = self.state();
         let mut by_top = vec![Vec::new(); self.tops.len()];
-        let all = (state.known.iter())
-            .filter(|(i, _)| !state.learnt.contains_key(i))
-            .chain(state.learnt.iter());
-        for (i, record) in all {
-            if let Some(t) = self.top(*i).filter(|t| state.changed[*t]) {
-                by_top[t].push((*i, record));
+        let known = (state.known.iter().enumerate())
+            .filter_map(|(i, r)| Some((i as u32, r.as_ref()?)))
+            .filter(|(i, _)| !state.learnt.contains_key(i));
+        for (i, record) in known.chain(state.learnt.iter().map(|(i, r)| (*i, r))) {
+            if let Some(t) = self.top(i).filter(|t| state.changed[*t]) {
+                by_top[t].push((i, record));
             }
         }
         for (t, (_, name)) in self.tops.iter().enumerate() {
@@ -316,7 +345,7 @@ fn open(dir: impl AsFd, name: &str, flags: OFlags) -> rustix::io::Result<OwnedFd
     rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
 }
 
-/// The records in `dir/name`, checked whole; `None` if there is no such file.
+/// The magic and records in `dir/name`, checked whole; `None` if there is no such file.
 fn read(dir: impl AsFd, name: &str) -> io::Result<Option<Vec<u8>>> {
     let fd = match open(&dir, name, OFlags::RDONLY) {
         Ok(fd) => fd,
@@ -325,7 +354,8 @@ fn read(dir: impl AsFd, name: &str) -> io::Result<Option<Vec<u8>>> {
     };
     let mut file = std::fs::File::from(fd);
     let most = (MAGIC.len() + MAX_ENTRIES as usize * RECORD_LEN + 32) as u64;
-    let mut bytes = Vec::new();
+    let size = file.metadata().map_or(0, |m| m.len().min(most));
+    let mut bytes = Vec::with_capacity(size as usize + 1);
     (&mut file).take(most + 1).read_to_end(&mut bytes)?;
     let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
     if bytes.len() as u64 > most {
@@ -342,7 +372,8 @@ fn read(dir: impl AsFd, name: &str) -> io::Result<Option<Vec<u8>>> {
     if Sha256::digest(body)[..] != digest[..] {
         return Err(bad("its digest does not match"));
     }
-    Ok(Some(body[MAGIC.len()..].to_vec()))
+    bytes.truncate(bytes.len() - 32);
+    Ok(Some(bytes))
 }
 
 /// Writes `bytes` to `dir/name` under a temporary name, renamed over it. (In a receive
