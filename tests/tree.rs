@@ -1010,3 +1010,66 @@ fn a_remembered_root_never_hides_a_change_made_here() {
     // it reads its copy.
     assert_eq!(here["remembered"], 2, "{here}");
 }
+
+#[test]
+fn a_tree_sent_again_is_answered_for_what_is_here_now() {
+    // Many entries: the receiver looks at what is here ahead of its answers. Whatever changed
+    // here since the first copy is answered for as it is now.
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("many");
+    for d in 0..30 {
+        for f in 0..10 {
+            let path = top.join(format!("d{d:02}/f{f}"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            random_file(&path, 1000 + d * 10 + f, d * 10 + f);
+        }
+    }
+    let rx = Zrecv::start(dst.path(), &["--force"]);
+    let send = || {
+        let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+        (out.status.code(), json_of(&out))
+    };
+    let (code, json) = send();
+    assert_eq!((code, &json["landed"]), (Some(0), &300.into()), "{json}");
+
+    let here = dst.path().join("many");
+    // A directory gone (its files come again), a file gone, a file that is a directory now
+    // (refused), and a file with other bytes under the same size and mtime (sent again).
+    std::fs::remove_dir_all(here.join("d05")).unwrap();
+    std::fs::remove_file(here.join("d11/f2")).unwrap();
+    std::fs::remove_file(here.join("d07/f3")).unwrap();
+    std::fs::create_dir(here.join("d07/f3")).unwrap();
+    let changed = here.join("d09/f1");
+    let mtime = std::fs::metadata(&changed).unwrap().modified().unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&changed)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"other bytes", 100).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+
+    let (code, json) = send();
+    assert_eq!(code, Some(9), "{json}");
+    let counts = ["landed", "unchanged", "failed"].map(|k| json[k].as_u64());
+    assert_eq!(counts, [Some(12), Some(287), Some(1)], "{json}");
+    assert!(
+        json["failures"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("d07/f3"),
+        "{json}"
+    );
+    for d in [5, 9, 11] {
+        for f in 0..10 {
+            let rel = format!("d{d:02}/f{f}");
+            assert_eq!(
+                sha256_file(&here.join(&rel)),
+                sha256_file(&top.join(&rel)),
+                "{rel}"
+            );
+        }
+    }
+    assert!(here.join("d07/f3").is_dir());
+}

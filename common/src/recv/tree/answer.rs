@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode};
 use rustix::io::Errno;
 
-use super::{header_of, Session};
+use super::{header_of, Prestat, Session};
 use crate::auth::{self};
 use crate::error::RecvError;
 use crate::meta::Plan;
@@ -22,12 +22,23 @@ use crate::units::{os_reason, Bytes};
 use crate::wire::RefuseCode;
 use crate::wire::{Answer, Answers, Entry, Kind, KEPT_MODE};
 
+/// Manifests of fewer entries are answered without looking ahead.
+const LOOK_AHEAD_FROM: usize = 64;
+
+/// Top-level directories looked for, at most, to decide whether to look ahead.
+const MAX_TOPS_LOOKED_AT: usize = 16;
+
 impl Session<'_, '_> {
     /// Makes directories and links, finds files already here and partials to resume, checks
     /// free space, and sends one answer per entry.
     pub(super) fn answer_all(&mut self) -> Result<(), RecvError> {
         // Before the first stat: what the answers saw is at least this old.
         self.answered = std::time::Instant::now();
+        // For a tree sent again, what is here is looked at ahead on another core.
+        if self.worth_looking_ahead() {
+            let entries = &self.manifest.entries[..];
+            self.prestat = Some(Prestat::start(self.scope, self.dirs.root(), entries));
+        }
         // Checked: a manifest's sizes are the peer's numbers, and their sum must not wrap.
         let mut need = Some(0u64);
         let mut unkept = 0u32;
@@ -63,6 +74,7 @@ impl Session<'_, '_> {
             }
             self.answers.push(answer);
         }
+        self.prestat = None;
         if let Ok(vfs) = rustix::fs::fstatvfs(&self.rx.dir) {
             let have = vfs.f_bavail.saturating_mul(vfs.f_frsize);
             if need.is_none_or(|need| need > have) {
@@ -97,6 +109,24 @@ impl Session<'_, '_> {
         self.counts.unkept = unkept as usize;
         let answers = Answers::Each(self.answers.clone(), unkept).encode();
         tell(self.stream, &answers, "answering the manifest", 0, 0)
+    }
+
+    /// Whether looking ahead at what is here pays: a manifest of many entries, a second core,
+    /// and a top-level directory already here (in a new tree there is nothing to look at).
+    fn worth_looking_ahead(&self) -> bool {
+        let entries = &self.manifest.entries;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let root = self.dirs.root();
+        let here = |e: &Entry| {
+            rustix::fs::statat(&root, &e.path[..], AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+        };
+        entries.len() >= LOOK_AHEAD_FROM
+            && cores > 1
+            && (entries.iter())
+                .filter(|e| e.parent().is_none() && e.kind == Kind::Dir)
+                .take(MAX_TOPS_LOOKED_AT)
+                .any(here)
     }
 
     /// Removes what answering made: the directories this transfer made and the links it made
@@ -158,9 +188,15 @@ impl Session<'_, '_> {
             }
         };
         let base = e.base();
+        let seen = match fresh {
+            true => None,
+            false => self.prestat.as_mut().and_then(|p| p.take(i)),
+        };
         let existing = match fresh {
             true => None,
-            false => match rustix::fs::statat(&parent, base, AtFlags::SYMLINK_NOFOLLOW) {
+            false => match seen
+                .unwrap_or_else(|| rustix::fs::statat(&parent, base, AtFlags::SYMLINK_NOFOLLOW))
+            {
                 Ok(st) => Some(st),
                 Err(Errno::NOENT) => None,
                 Err(err) => return Answer::Refused(format!("checking what is there: {err}")),

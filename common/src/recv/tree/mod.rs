@@ -2,7 +2,8 @@
 //! for every entry at once, then take the files as their frames come, without a round trip
 //! per file. Small files land in batches made durable together, on a thread of their own
 //! (`batch.rs`); large ones land on their own, as single files do. The answer phase is in
-//! `answer.rs`, the receive phase in `receive.rs`, the temporary files made ahead in `ahead.rs`,
+//! `answer.rs` (what is here looked at ahead of it in `prestat.rs`), the receive phase in
+//! `receive.rs`, the temporary files made ahead in `ahead.rs`,
 //! the hard links in `hardlinks.rs`, a new tree built under a hidden name and published whole in
 //! `stage.rs`.
 
@@ -33,11 +34,13 @@ use crate::wire::{Answer, Answers, Control, Entry, Frame, Kind, Manifest, FRAME_
 use crate::wire::{Header, FLAG_NO_VERIFY};
 use ahead::Ahead;
 use batch::{Lander, Outbox};
+use prestat::Prestat;
 
 mod ahead;
 mod answer;
 mod batch;
 mod hardlinks;
+mod prestat;
 mod receive;
 mod stage;
 
@@ -125,7 +128,7 @@ struct Session<'r, 'scope> {
     stream: &'r TcpStream,
     /// Reads frames and trailers from `stream`.
     control: Control<&'r TcpStream>,
-    manifest: Manifest,
+    manifest: &'r Manifest,
     verify: bool,
     answers: Vec<Answer>,
     /// Partial files taken for entries answered `Partial`, with the bytes they hold and the
@@ -147,6 +150,8 @@ struct Session<'r, 'scope> {
     lander: Lander<'scope>,
     /// Makes the first pass's temporary files ahead of their frames.
     ahead: Option<Ahead<'scope>>,
+    /// Looks at what is here for each entry ahead of the answers.
+    prestat: Option<Prestat>,
     /// The roots remembered of the files here, and those learnt.
     roots: &'r Roots,
     /// The files here that a check may be answered for, with their identities when answered:
@@ -281,7 +286,8 @@ impl Receiver {
                         .count(),
                     ..TreeCounts::default()
                 },
-                manifest,
+                manifest: &manifest,
+                prestat: None,
             };
             let result = session.run(record);
             session.stop_ahead();
