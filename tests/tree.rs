@@ -1073,3 +1073,59 @@ fn a_tree_sent_again_is_answered_for_what_is_here_now() {
     }
     assert!(here.join("d07/f3").is_dir());
 }
+
+#[test]
+fn a_tree_whose_names_are_not_utf8_resumes() {
+    use std::os::unix::ffi::OsStrExt;
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join(std::ffi::OsStr::from_bytes(b"vm\xff"));
+    std::fs::create_dir(&top).unwrap();
+    let size: u64 = 16 << 20;
+    let names: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| [b"disk", &[b'0' + i, 0xfe][..], b".img"].concat())
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        random_file(
+            &top.join(std::ffi::OsStr::from_bytes(name)),
+            size,
+            60 + i as u64,
+        );
+    }
+    let rx = Zrecv::start(dst.path(), &[]);
+    // Stopped in the middle of the third file, the sender killed there.
+    let proxy = Proxy::start(rx.addr, Fault::PauseAt(2 * size + size / 2));
+    let mut sender = Command::new(zsend_bin())
+        .arg(proxy.addr())
+        .arg(&top)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    proxy.release();
+    drop(proxy);
+    rx.wait_for_line(" from ");
+
+    let out = Command::new(zsend_bin())
+        .arg(rx.addr())
+        .arg(&top)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(json["unchanged"], 2, "{json}");
+    assert!(
+        json["resumed_from"].as_u64().unwrap() > 0,
+        "{json}\n{}",
+        rx.stderr()
+    );
+    let here = dst.path().join(std::ffi::OsStr::from_bytes(b"vm\xff"));
+    for name in &names {
+        let name = std::ffi::OsStr::from_bytes(name);
+        assert_eq!(sha256_file(&here.join(name)), sha256_file(&top.join(name)));
+    }
+}

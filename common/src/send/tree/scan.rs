@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
 use rustix::fs::{AtFlags, Dir, Mode, OFlags, Stat};
@@ -58,31 +58,29 @@ impl Shared {
     }
 }
 
-/// Reads directories for one walk; its helpers end when it is dropped.
+/// Reads directories for one walk, with a helper for each core but the walk's own once there
+/// is something to read ahead; the helpers end when it is dropped.
+#[derive(Default)]
 pub(super) struct Scanner {
     shared: Arc<Shared>,
-    helpers: Vec<JoinHandle<()>>,
+    helpers: OnceLock<Vec<JoinHandle<()>>>,
 }
 
 impl Scanner {
-    /// A scanner with a helper for each core but the walk's own.
-    pub fn new() -> Scanner {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let shared = Arc::new(Shared::default());
-        let helpers = (1..cores.min(MAX_HELPERS + 1))
-            .filter_map(|k| {
-                let shared = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("scan-{k}"))
-                    .spawn(move || help(&shared))
-                    .ok()
-            })
-            .collect();
-        Scanner { shared, helpers }
-    }
-
     /// Asks for the directory at `path` (a link there is not followed) to be read ahead.
     pub fn queue(&self, key: Key, path: PathBuf) {
+        self.helpers.get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (1..cores.min(MAX_HELPERS + 1))
+                .filter_map(|k| {
+                    let shared = self.shared.clone();
+                    std::thread::Builder::new()
+                        .name(format!("scan-{k}"))
+                        .spawn(move || help(&shared))
+                        .ok()
+                })
+                .collect()
+        });
         self.shared.lock().queue.insert(key, path);
         self.shared.work.notify_one();
     }
@@ -119,7 +117,7 @@ impl Drop for Scanner {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.work.notify_all();
-        for helper in self.helpers.drain(..) {
+        for helper in self.helpers.take().into_iter().flatten() {
             let _ = helper.join();
         }
     }
@@ -198,7 +196,7 @@ mod tests {
                 std::fs::write(tmp.path().join(d).join(f), d).unwrap();
             }
         }
-        let scanner = Scanner::new();
+        let scanner = Scanner::default();
         let top = scanner.take(&vec![0], tmp.path(), true).unwrap();
         let names: Vec<_> = top.iter().map(|f| f.name.to_str().unwrap()).collect();
         assert_eq!(names, ["C", "a", "b"]);
@@ -220,7 +218,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("real")).unwrap();
         std::os::unix::fs::symlink("real", tmp.path().join("link")).unwrap();
-        let scanner = Scanner::new();
+        let scanner = Scanner::default();
         let link = tmp.path().join("link");
         assert!(scanner.take(&vec![0], &link, true).is_ok());
         assert!(scanner.take(&vec![1], &link, false).is_err());

@@ -88,7 +88,7 @@ pub(super) fn walk(
         inodes: HashMap::new(),
     };
     let mut tops = HashSet::new();
-    let scanner = Scanner::new();
+    let scanner = Scanner::default();
     for (n, root) in roots.iter().enumerate() {
         let meta = rustix::fs::stat(root).map_err(|error| SendError::Source {
             path: root.clone(),
