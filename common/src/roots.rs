@@ -194,6 +194,11 @@ impl Roots {
         }
     }
 
+    /// The names of the files of roots of the trees in the manifest.
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        self.tops.iter().map(|(_, name)| name.as_str())
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

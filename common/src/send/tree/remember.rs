@@ -6,6 +6,8 @@
 //!
 //! They are read only for a transfer that checks files (a tree the receiver has), and learnt
 //! only from the files such a transfer reads: a first copy neither reads nor writes them.
+//! Such a transfer marks its trees' files as used (their mtime), and removes the files of trees
+//! not sent for [`UNUSED_FOR`], so that the cache does not grow with every tree ever sent.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -14,6 +16,10 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
+
+use rustix::fs::{AtFlags, Timestamps};
+use rustix::time::Timespec;
 
 use sha2::{Digest, Sha256};
 
@@ -116,6 +122,15 @@ impl Opened {
             .zip(&tree.identities)
             .map(|(e, id)| id.is_some().then_some(&e.path[..]));
         let roots = Roots::new(files, |top| file_name(tree, top));
+        // Ours are used now; those of trees long unsent go.
+        let now = Timestamps {
+            last_access: now(),
+            last_modification: now(),
+        };
+        for name in roots.files() {
+            let _ = rustix::fs::utimensat(&dir, name, &now, AtFlags::SYMLINK_NOFOLLOW);
+        }
+        prune(&dir, std::time::SystemTime::now());
         if !rehash {
             let wanted: Vec<(u32, Identity)> = (tree.identities.iter().enumerate())
                 .filter_map(|(i, id)| Some((i as u32, (*id)?)))
@@ -123,6 +138,44 @@ impl Opened {
             roots.load(&dir, &wanted);
         }
         Some(Opened { dir, roots })
+    }
+}
+
+/// How long the roots of a tree not sent again are kept.
+const UNUSED_FOR: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// How long a temporary file of roots (a save interrupted) is left for the save under way.
+const TEMP_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// The time `UTIME_NOW`.
+fn now() -> Timespec {
+    Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_NOW,
+    }
+}
+
+/// Removes from the cache `dir` the files of roots last used more than [`UNUSED_FOR`] before
+/// `now`, and temporary ones older than [`TEMP_FOR`]. Nothing else there is touched.
+fn prune(dir: &OwnedFd, now: std::time::SystemTime) {
+    let Ok(entries) = rustix::fs::Dir::read_from(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Ok(text) = name.to_str() else { continue };
+        let keep_for = match (text.ends_with(".roots"), text.ends_with(".part")) {
+            (true, _) => UNUSED_FOR,
+            (_, true) if text.contains(".roots.") => TEMP_FOR,
+            _ => continue,
+        };
+        let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        let used = std::time::UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
+        if now.duration_since(used).is_ok_and(|age| age > keep_for) {
+            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+        }
     }
 }
 
@@ -158,4 +211,32 @@ fn file_name(tree: &Tree, top: &[u8]) -> String {
         None => Sha256::digest([b"\0".as_slice(), top].concat()),
     };
     format!("{}.roots", hex::encode(&key[..16]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_roots_of_trees_long_unsent_go_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - UNUSED_FOR - Duration::from_secs(3600);
+        let day_old = std::time::SystemTime::now() - TEMP_FOR - Duration::from_secs(60);
+        let made = |name: &str, when: std::time::SystemTime| {
+            let f = File::create(tmp.path().join(name)).unwrap();
+            f.set_modified(when).unwrap();
+        };
+        made("old.roots", old);
+        made("recent.roots", day_old);
+        made("old.roots.17-0.part", day_old);
+        made("other-file", old);
+        let dir: OwnedFd = File::open(tmp.path()).unwrap().into();
+        prune(&dir, std::time::SystemTime::now());
+        let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["other-file", "recent.roots"]);
+    }
 }
