@@ -123,12 +123,12 @@ impl Opened {
             .map(|(e, id)| id.is_some().then_some(&e.path[..]));
         let roots = Roots::new(files, |top| file_name(tree, top));
         // Ours are used now; those of trees long unsent go.
-        let now = Timestamps {
+        let used = Timestamps {
             last_access: now(),
             last_modification: now(),
         };
         for name in roots.files() {
-            let _ = rustix::fs::utimensat(&dir, name, &now, AtFlags::SYMLINK_NOFOLLOW);
+            let _ = rustix::fs::utimensat(&dir, name, &used, AtFlags::SYMLINK_NOFOLLOW);
         }
         prune(&dir, std::time::SystemTime::now());
         if !rehash {

@@ -52,6 +52,16 @@ struct Shared {
     ready: Condvar,
 }
 
+impl State {
+    /// The first directory queued, unless too many listings wait to be taken already.
+    fn next_job(&mut self) -> Option<(Key, PathBuf)> {
+        match self.done.len() < MAX_AHEAD {
+            true => self.queue.pop_first(),
+            false => None,
+        }
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -101,11 +111,7 @@ impl Scanner {
                 return read(path, follow);
             }
             // A helper is reading it: read the next one meanwhile rather than wait.
-            let job = match state.done.len() < MAX_AHEAD {
-                true => state.queue.pop_first(),
-                false => None,
-            };
-            state = match job {
+            state = match state.next_job() {
                 Some(job) => read_for(&self.shared, state, job),
                 None => (self.shared.ready.wait(state)).unwrap_or_else(|p| p.into_inner()),
             };
@@ -130,11 +136,7 @@ fn help(shared: &Shared) {
         if state.stop {
             return;
         }
-        let job = match state.done.len() < MAX_AHEAD {
-            true => state.queue.pop_first(),
-            false => None,
-        };
-        state = match job {
+        state = match state.next_job() {
             Some(job) => read_for(shared, state, job),
             None => shared.work.wait(state).unwrap_or_else(|p| p.into_inner()),
         };
