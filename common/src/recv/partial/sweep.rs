@@ -311,7 +311,7 @@ impl Walk<'_> {
         let stale = self
             .cutoff
             .is_some_and(|cutoff| time(st.st_mtime, st.st_mtime_nsec) < cutoff);
-        if !removable || !stale || self.is_own_in_flight(text, &st) {
+        if !removable || !stale || self.is_own_in_flight(text, &st) || is_held(dir, text) {
             return;
         }
         // unlinkat never follows a symlink: it removes the name in this directory.
@@ -374,6 +374,19 @@ impl Walk<'_> {
         log::warn!("sweeping stale partials: {what} {}: {e}", show(path));
         self.swept.errors += 1;
     }
+}
+
+/// Whether a running transfer holds the partial `name` in `dir`, or the partial whose record
+/// `name` is: it keeps the file locked from start to end, whatever its mtime says (a file about
+/// to land already carries its source's mtime, perhaps years old, until it is renamed).
+fn is_held(dir: BorrowedFd<'_>, name: &str) -> bool {
+    let part = match name.strip_suffix(".resume") {
+        Some(stem) => format!("{stem}.part"),
+        None => name.to_owned(),
+    };
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+    rustix::fs::openat(dir, part.as_str(), flags | OFlags::CLOEXEC, Mode::empty())
+        .is_ok_and(|fd| partial::is_running(&std::fs::File::from(fd)))
 }
 
 /// Removes everything in the directory `dir`, depth first, never following a symlink (each
@@ -648,6 +661,35 @@ mod tests {
         let swept = sweep(dir.as_fd(), Duration::from_secs(3600), None);
         assert!(swept.removed.is_empty(), "{:?}", swept.removed);
         assert!(tmp.path().join(&taken.name).exists());
+    }
+
+    #[test]
+    fn a_partial_a_transfer_holds_stays_whatever_its_mtime() {
+        use crate::wire::{Header, SOURCE_ID_LEN};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = open(tmp.path());
+        let header = Header {
+            mtime_sec: 1_600_000_000,
+            source_id: Some([7; SOURCE_ID_LEN]),
+            ..Header::new("disk.img", 0)
+        };
+        // A transfer that can resume runs as its own partial; just before the rename, the file
+        // takes its source's mtime (as `set_metadata` does), and its record may be old too.
+        let temp = partial::start(&dir, &header).unwrap();
+        for e in std::fs::read_dir(tmp.path()).unwrap() {
+            age(&e.unwrap().path(), 3 * 3600);
+        }
+        let swept = sweep(dir.as_fd(), Duration::from_secs(3600), None);
+        assert!(swept.removed.is_empty(), "{:?}", swept.removed);
+        assert_eq!(swept.errors, 0);
+        assert!(tmp.path().join(&temp.name).exists());
+        // Once the transfer lets go (here: the file is closed and kept), they are stale.
+        let name = temp.name.clone();
+        temp.disarm();
+        let swept = sweep(dir.as_fd(), Duration::from_secs(3600), None);
+        let mut want = vec![name.clone(), name.replace(".part", ".resume")];
+        want.sort();
+        assert_eq!(removed(&swept), want);
     }
 
     #[test]
