@@ -154,10 +154,7 @@ fn serve(cli: &Cli, receiver: &Receiver) -> anyhow::Result<ExitStatus> {
             Err(e) => return Err(e).context("accepting a connection"),
         };
         report(&record);
-        return Ok(record
-            .result
-            .as_ref()
-            .map_or_else(|e| e.exit_status(), |()| ExitStatus::Success));
+        return Ok(record.exit_status());
     }
     receiver.serve(&report).context("serving")?;
     Ok(ExitStatus::Success)

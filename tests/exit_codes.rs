@@ -128,8 +128,7 @@ fn cases() -> Vec<Case> {
     std::fs::create_dir(dst.path().join("tree")).unwrap();
     std::fs::write(dst.path().join("tree/taken.txt"), b"theirs, longer").unwrap();
     let top = top.to_str().unwrap().to_owned();
-    let rx = Zrecv::start(dst.path(), &[]);
-    case(9, (zsend(&[&rx.addr(), &top]), None));
+    case(9, once(dst.path(), &[], |a| zsend(&[a, &top])));
 
     // 130: interrupted (Ctrl-C) while the receiver holds the payload back.
     let big = file(s, "big.img", 64 << 20, 130);

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::tree::TreeCounts;
 use super::update::UpdateCounts;
 use crate::error::RecvError;
+use crate::exit::ExitStatus;
 use crate::stages::StageTimes;
 use crate::wire::HopReport;
 
@@ -63,6 +64,17 @@ impl TransferRecord {
             update: None,
             repaired: 0,
             result: Ok(()),
+        }
+    }
+
+    /// How `zrecv --once` ends after this transfer: its error's status, or
+    /// [`ExitStatus::Partial`] for a tree some of whose entries did not land or lost metadata
+    /// they were sent with (as zsend ends).
+    pub fn exit_status(&self) -> ExitStatus {
+        match (&self.result, &self.tree) {
+            (Err(e), _) => e.exit_status(),
+            (Ok(()), Some(t)) if t.failed > 0 || t.unkept > 0 => ExitStatus::Partial,
+            (Ok(()), _) => ExitStatus::Success,
         }
     }
 }
