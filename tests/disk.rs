@@ -78,6 +78,29 @@ impl Mount {
         Mount { point, _dir: dir }
     }
 
+    /// An ext4 file system of 256 MiB whose disk is a file on `backing` MiB of tmpfs: once
+    /// that fills, writing back fails, as on a failing disk.
+    fn ext4_on_small_disk(backing: u64) -> OnSmallDisk {
+        let disk = Mount::tmpfs(&format!("{backing}m"));
+        let img = disk.point.join("fs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        let lazy = "lazy_itable_init=1,lazy_journal_init=1";
+        run(&["mkfs.ext4", "-q", "-F", "-E", lazy, img.to_str().unwrap()]);
+        let dir = tempfile::tempdir().unwrap();
+        let point = dir.path().join("mnt");
+        std::fs::create_dir(&point).unwrap();
+        // noinit_itable: nothing zeroes the inode tables behind the test's back.
+        let (img, at) = (img.to_str().unwrap(), point.to_str().unwrap());
+        run(&["mount", "-o", "loop,noinit_itable", img, at]);
+        OnSmallDisk {
+            fs: Mount { point, _dir: dir },
+            _disk: disk,
+        }
+    }
+
     fn files(&self) -> Vec<String> {
         entries(&self.point)
             .into_iter()
@@ -87,8 +110,25 @@ impl Mount {
 }
 
 impl Drop for Mount {
+    /// Unmounts; a tmpfs holding a loop device's file stays busy until the kernel has let go
+    /// of the device (after the unmount above it, asynchronously): tried again for a while,
+    /// then detached lazily.
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.point).status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let umount = |lazy: bool| {
+            let mut cmd = Command::new("umount");
+            if lazy {
+                cmd.arg("-l");
+            }
+            cmd.arg(&self.point).stderr(Stdio::null()).status()
+        };
+        while !umount(false).is_ok_and(|s| s.success()) {
+            if std::time::Instant::now() > deadline {
+                let _ = umount(true);
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
@@ -217,6 +257,13 @@ fn a_disk_that_fills_before_a_large_file_of_a_tree_says_why() {
     assert!(err.contains("no space left on device"), "{err}");
     // Both ends say the same: the file could not land.
     assert_eq!(rx.wait().code(), Some(7), "{}", rx.stderr());
+}
+
+/// A file system and the tmpfs its disk image is on: unmounted in that order (fields drop in
+/// the order they are declared).
+struct OnSmallDisk {
+    fs: Mount,
+    _disk: Mount,
 }
 
 /// A loop device attached to an image, detached on drop.
@@ -354,6 +401,33 @@ fn an_fsync_error_is_reported_and_nothing_is_published() {
     // Both ends say the same: the file could not land.
     assert_eq!(rx.wait().code(), Some(7), "{}", rx.stderr());
     assert!(entries(&fs.point).is_empty(), "{:?}", entries(&fs.point));
+}
+
+/// A write-back error (ext4 on a disk that runs out under it) reaches the syncfs that makes a
+/// tree durable: no file of it is said to have landed, the tree is not published, and both
+/// ends exit 9 with the reason.
+#[test]
+fn a_tree_whose_data_cannot_be_written_back_is_not_published() {
+    assert_root();
+    let disk = Mount::ext4_on_small_disk(16);
+    let fs = &disk.fs;
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("t");
+    std::fs::create_dir(&top).unwrap();
+    for i in 0..12 {
+        random_file(&top.join(format!("f{i:02}")), 4 << 20, 90 + i);
+    }
+    let mut rx = Zrecv::start(&fs.point, &["--once"]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    // The kernel reports the loop device's failed writes as EIO or ENOSPC.
+    assert!(err.contains("syncing the received files"), "{err}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["landed"], 0, "{json}");
+    assert_eq!(json["failed"], 12, "{json}");
+    assert_eq!(rx.wait().code(), Some(9), "{}", rx.stderr());
+    assert!(!fs.point.join("t").exists(), "{:?}", fs.files());
 }
 
 /// A tree refused for space leaves nothing behind: not its directories (made before the space

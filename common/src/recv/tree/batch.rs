@@ -159,13 +159,14 @@ const MIN_BATCH: usize = 16;
 
 impl<'scope> Lander<'scope> {
     /// Starts the thread; a batch lands once it holds `batch_files` files or `batch_bytes`.
+    /// `dir` is the session's own description of the receive directory, which its syncs go
+    /// through (see `Receiver::receive_tree`).
     pub fn start<'env>(
         scope: &'scope Scope<'scope, 'env>,
         rx: &'env Receiver,
-        outbox: &'env Outbox<'env>,
-        roots: &'env Roots,
-        batch_files: usize,
-        batch_bytes: u64,
+        (outbox, roots): (&'env Outbox<'env>, &'env Roots),
+        dir: Arc<OwnedFd>,
+        (batch_files, batch_bytes): (usize, u64),
     ) -> Lander<'scope> {
         // One batch waits while one lands: the session gathers a third meanwhile, and is held
         // back when landing is slower than receiving.
@@ -173,6 +174,7 @@ impl<'scope> Lander<'scope> {
         let thread = scope.spawn(move || {
             let mut landing = Landing {
                 rx,
+                dir,
                 outbox,
                 roots,
                 tally: Tally::default(),
@@ -250,6 +252,8 @@ impl<'scope> Lander<'scope> {
 /// The landing thread's state.
 struct Landing<'env> {
     rx: &'env Receiver,
+    /// The session's own description of the receive directory, for its syncs.
+    dir: Arc<OwnedFd>,
     outbox: &'env Outbox<'env>,
     /// Learns the root of each file landed.
     roots: &'env Roots,
@@ -277,7 +281,7 @@ impl Landing<'_> {
         // holds for every file written since the last one, staged or not. A staged file (its
         // tree published later, with a sync of its own) is written back now, while the next
         // files arrive, and named without a rename; its verdict waits for the tree.
-        if let Err(e) = rustix::fs::syncfs(&self.rx.dir) {
+        if let Err(e) = rustix::fs::syncfs(&self.dir) {
             for p in staged.iter().chain(&ready) {
                 self.failed(p, self.rx.local("syncing the received files", e.into()));
             }
@@ -294,7 +298,7 @@ impl Landing<'_> {
             let published = self.rx.publish(&p.temp.dir, &p.temp.name, &p.base);
             outcomes.push((p, published));
         }
-        let synced = rustix::fs::syncfs(&self.rx.dir);
+        let synced = rustix::fs::syncfs(&self.dir);
         log::debug!(
             "landed a batch of {count} files in {:.3} s",
             started.elapsed().as_secs_f64()

@@ -16,7 +16,7 @@ use std::sync::mpsc::{self};
 use std::sync::Arc;
 use std::thread::Scope;
 
-use rustix::fs::OFlags;
+use rustix::fs::{Mode, OFlags};
 
 use super::handshake::linger;
 use super::partial::{self, open_beneath, TempFile};
@@ -47,6 +47,10 @@ mod stage;
 /// A batch of small files lands once it holds [`Receiver::batch_files`] files or this many
 /// bytes.
 const BATCH_BYTES: u64 = 64 << 20;
+/// Opens a directory afresh, as a description of its own.
+const SELF_AGAIN: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC);
 /// Temporary files made ahead of their frames, at most.
 const AHEAD: usize = 64;
 /// A check this long after the answers (or after a payload) looks at the copy again before it
@@ -223,10 +227,12 @@ impl Receiver {
             }
         };
         let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
-        let root = self
-            .dir
-            .try_clone()
-            .map_err(|e| self.local("opening the directory", e))?;
+        // A description of the directory of this session's own, not a copy of the receiver's:
+        // syncfs reports a write-back error once per open description, and one shared with
+        // other transfers would let theirs take the report meant for this one's files.
+        let root = rustix::fs::openat(&self.dir, c".", SELF_AGAIN, Mode::empty())
+            .map(Arc::new)
+            .map_err(|e| self.local("opening the directory", e.into()))?;
         let count = manifest.entries.len();
         let firsts = manifest.entries.iter().filter_map(|e| match e.kind {
             Kind::HardLink { first } => Some(first),
@@ -255,14 +261,20 @@ impl Receiver {
                 made_dirs: Vec::new(),
                 fresh_dirs: HashSet::new(),
                 outbox: &outbox,
-                lander: Lander::start(scope, self, &outbox, &roots, batch_files, BATCH_BYTES),
+                lander: Lander::start(
+                    scope,
+                    self,
+                    (&outbox, &roots),
+                    root.clone(),
+                    (batch_files, BATCH_BYTES),
+                ),
                 roots: &roots,
                 wanted: Vec::new(),
                 ahead: None,
                 left: 0,
                 resends: 0,
                 checks: Checks::new(),
-                dirs: DirCache::new(Arc::new(root)),
+                dirs: DirCache::new(root),
                 pipe,
                 rights: Rights::of(integrity.keyed(), self.config.preserve_privileged),
                 ids: Ids::default(),
