@@ -1118,3 +1118,52 @@ fn a_tree_whose_names_are_not_utf8_resumes() {
         assert_eq!(sha256_file(&here.join(name)), sha256_file(&top.join(name)));
     }
 }
+
+/// A minimal default ACL as the kernel stores it: the owner everything, the group and others
+/// nothing.
+fn owner_only_default_acl() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 7u16), (0x04, 0), (0x20, 0)] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    v
+}
+
+/// A new tree's files are made with their final modes where the kernel gives them whole, to
+/// spare a chmod each: whatever zrecv's umask, and whatever default ACL the receive directory
+/// has, every file still lands with exactly the mode it was sent with.
+#[test]
+fn modes_land_exactly_whatever_the_umask_and_a_default_acl() {
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("modes");
+    std::fs::create_dir_all(top.join("sub")).unwrap();
+    let modes = [0o644, 0o755, 0o640, 0o600, 0o666, 0o700, 0o444, 0o604, 0o1644];
+    let mut want = Vec::new();
+    for dir in [".", "sub"] {
+        for mode in modes {
+            let rel = format!("{dir}/m{mode:o}");
+            std::fs::write(top.join(&rel), &rel).unwrap();
+            let perms = std::fs::Permissions::from_mode(mode);
+            std::fs::set_permissions(top.join(&rel), perms).unwrap();
+            want.push((rel, mode));
+        }
+    }
+    let umask_077: &[&str] = &["sh", "-c", "umask 077 && exec \"$0\" \"$@\""];
+    let plain = tempfile::tempdir().unwrap();
+    let with_acl = tempfile::tempdir().unwrap();
+    let acl = owner_only_default_acl();
+    let flags = rustix::fs::XattrFlags::empty();
+    rustix::fs::setxattr(with_acl.path(), "system.posix_acl_default", &acl, flags).unwrap();
+    for (dst, wrapper) in [(plain.path(), Some(umask_077)), (with_acl.path(), None)] {
+        let mut rx = Zrecv::start_with(wrapper, dst, "127.0.0.1:0", &["--once"]);
+        let out = zsend(&[&rx.addr(), top.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert!(rx.wait().success(), "{}", rx.stderr());
+        for (rel, mode) in &want {
+            let got = std::fs::metadata(dst.join("modes").join(rel)).unwrap().mode();
+            assert_eq!(got & 0o7777, *mode, "{rel} in {}", dst.display());
+        }
+    }
+}

@@ -120,7 +120,7 @@ impl Receiver {
         header: &Header,
         plan: Option<&Plan>,
     ) -> Result<Duration, RecvError> {
-        self.set_metadata_planned(&temp.file, header, plan)?;
+        self.set_metadata_planned(&temp.file, header, plan, temp.made_with)?;
         let start = Instant::now();
         rustix::fs::fsync(&temp.file).map_err(|e| self.local("syncing the data", e.into()))?;
         let mut synced = start.elapsed();
@@ -138,19 +138,27 @@ impl Receiver {
     pub(crate) fn set_metadata(&self, f: &File, header: &Header) -> Result<(), RecvError> {
         let mode = Mode::from_raw_mode(header.mode & KEPT_MODE);
         rustix::fs::fchmod(f, mode).map_err(|e| self.local("setting the mode", e.into()))?;
+        self.set_mtime(f, header)
+    }
+
+    fn set_mtime(&self, f: &File, header: &Header) -> Result<(), RecvError> {
         rustix::fs::futimens(f, &timestamps(header.mtime_sec, header.mtime_nsec))
             .map_err(|e| self.local("setting the mtime", e.into()))
     }
 
-    /// [`set_metadata`](Self::set_metadata), then a tree entry's owner, full mode and
-    /// attributes, when it carries them.
+    /// [`set_metadata`](Self::set_metadata) (only the mtime for a file `made_with` the mode
+    /// already), then a tree entry's owner, full mode and attributes, when it carries them.
     pub(crate) fn set_metadata_planned(
         &self,
         f: &File,
         header: &Header,
         plan: Option<&Plan>,
+        made_with: Option<u32>,
     ) -> Result<(), RecvError> {
-        self.set_metadata(f, header)?;
+        match made_with == Some(header.mode & KEPT_MODE) {
+            true => self.set_mtime(f, header)?,
+            false => self.set_metadata(f, header)?,
+        }
         match plan {
             Some(plan) => plan
                 .apply(f)

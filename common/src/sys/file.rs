@@ -49,6 +49,27 @@ pub fn raise_open_files_limit() -> u64 {
     }
 }
 
+/// This process's umask, as the kernel reports it in /proc/self/status (read once: umask(2)
+/// can only be read by setting it, which would race with files made on other threads).
+/// `None` where the kernel does not say.
+pub fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let value = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(value.trim(), 8).ok()
+    })
+}
+
+/// Whether the directory `dir` has no default ACL: a file made in it then gets the mode it is
+/// made with, less the umask (a default ACL would decide instead). False when unsure.
+pub fn has_no_default_acl(dir: impl std::os::fd::AsFd) -> bool {
+    matches!(
+        rustix::fs::fgetxattr(dir, "system.posix_acl_default", &mut [0u8; 0][..]),
+        Err(Errno::NODATA) | Err(Errno::OPNOTSUPP)
+    )
+}
+
 /// Keeps a receiver's footprint in the page cache to a few windows: starts writeback of each
 /// full window as soon as it is written, waits for the window before it to reach the disk, and
 /// drops from the page cache what is both on disk and already hashed. The final fsync then has

@@ -46,6 +46,9 @@ pub(crate) struct TempFile<D: AsFd> {
     pub(crate) file: File,
     /// The roots of the pieces hashed so far (a file that can resume logs them).
     pub(crate) pieces: PieceLog,
+    /// The mode it was made with, when it has exactly that one (see [`TempFile::create_as`]):
+    /// nothing needs to set it again.
+    pub(crate) made_with: Option<u32>,
     armed: bool,
 }
 
@@ -71,6 +74,7 @@ impl<D: AsFd> TempFile<D> {
                         name,
                         file: File::from(fd),
                         pieces: PieceLog::default(),
+                        made_with: None,
                         armed: true,
                     })
                 }
@@ -83,14 +87,22 @@ impl<D: AsFd> TempFile<D> {
     /// Creates `name` itself beneath `dir` (which must not hold it): for a file of a tree built
     /// under a hidden name, where it needs no name of its own before it lands. Removed when
     /// dropped armed, as any temporary file.
-    pub(crate) fn create_as(dir: D, name: String) -> io::Result<TempFile<D>> {
+    ///
+    /// It is made with `mode` (0600 without), which the caller knows it gets whole: no bit of
+    /// it in the umask, and no default ACL on `dir` (the hidden tree is closed to others
+    /// meanwhile).
+    pub(crate) fn create_as(dir: D, name: String, mode: Option<u32>) -> io::Result<TempFile<D>> {
         let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL;
-        let fd = open_beneath(&dir, &name, flags)?;
+        let fd = match mode {
+            Some(m) => open_beneath_as(&dir, &name, flags, Mode::from_raw_mode(m))?,
+            None => open_beneath(&dir, &name, flags)?,
+        };
         Ok(TempFile {
             dir,
             name,
             file: File::from(fd),
             pieces: PieceLog::default(),
+            made_with: mode,
             armed: true,
         })
     }
@@ -148,6 +160,9 @@ pub(crate) fn take_stage(root: impl AsFd, name: &str) -> io::Result<(OwnedFd, bo
     Ok((fd, made))
 }
 
+/// The mode a file zrecv makes gets, unless it is made with its final one.
+const PRIVATE: Mode = Mode::from_raw_mode(0o600);
+
 /// Opens `name` strictly beneath `dir`: openat2 with RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS
 /// where the kernel has it, [`walk_beneath`] where it does not (ENOSYS before Linux 5.6; ENOSYS
 /// or EPERM from a seccomp profile that does not know the call). New files get mode 0600.
@@ -156,8 +171,18 @@ pub(crate) fn open_beneath(
     name: impl AsRef<[u8]>,
     flags: OFlags,
 ) -> rustix::io::Result<OwnedFd> {
+    open_beneath_as(dir, name, flags, PRIVATE)
+}
+
+/// As [`open_beneath`], a new file made with `mode` (less the umask).
+fn open_beneath_as(
+    dir: impl AsFd,
+    name: impl AsRef<[u8]>,
+    flags: OFlags,
+    mode: Mode,
+) -> rustix::io::Result<OwnedFd> {
     let name = name.as_ref();
-    let (flags, mode) = beneath_flags(flags);
+    let (flags, mode) = beneath_flags(flags, mode);
     match rustix::fs::openat2(
         &dir,
         name,
@@ -167,17 +192,17 @@ pub(crate) fn open_beneath(
     ) {
         // A real EPERM (O_NOATIME on another's file, an immutable file opened for writing)
         // comes back from the walk too.
-        Err(Errno::NOSYS | Errno::PERM) => walk_beneath(dir, name, flags),
+        Err(Errno::NOSYS | Errno::PERM) => walk_beneath(dir, name, flags, mode),
         other => other,
     }
 }
 
 /// The flags and mode of an open beneath the receive directory: never following a symlink,
-/// never inherited by a child, 0600 for a new file (openat2 refuses a mode without O_CREAT).
-fn beneath_flags(flags: OFlags) -> (OFlags, Mode) {
+/// never inherited by a child, `mode` for a new file (openat2 refuses a mode without O_CREAT).
+fn beneath_flags(flags: OFlags, mode: Mode) -> (OFlags, Mode) {
     let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mode = match flags.contains(OFlags::CREATE) {
-        true => Mode::from_raw_mode(0o600),
+        true => mode,
         false => Mode::empty(),
     };
     (flags, mode)
@@ -191,14 +216,16 @@ fn beneath_flags(flags: OFlags) -> (OFlags, Mode) {
 ///
 /// Refuses what openat2 refuses, with its errno: an absolute name or a `..` (EXDEV), a symlink
 /// in the middle (ELOOP). Stricter than openat2, it also refuses a `..` that would come back
-/// down (EXDEV) and empty or `.` components (EINVAL): no name zrecv opens has one.
+/// down (EXDEV) and empty or `.` components (EINVAL): no name zrecv opens has one. A new file
+/// gets `mode` (less the umask).
 pub(crate) fn walk_beneath(
     dir: impl AsFd,
     name: impl AsRef<[u8]>,
     flags: OFlags,
+    mode: Mode,
 ) -> rustix::io::Result<OwnedFd> {
     let name = name.as_ref();
-    let (flags, mode) = beneath_flags(flags);
+    let (flags, mode) = beneath_flags(flags, mode);
     if name.is_empty() {
         return Err(Errno::NOENT);
     }
@@ -495,6 +522,7 @@ pub(crate) fn start<D: AsFd>(dir: D, header: &Header) -> io::Result<TempFile<D>>
         name: part,
         file: File::from(fd),
         pieces: PieceLog::default(),
+        made_with: None,
         armed: true,
     };
     write_record(temp.dir.as_fd(), &record, &resume)?;
@@ -633,6 +661,7 @@ pub(crate) fn take<D: AsFd>(dir: D, header: &Header) -> Option<(TempFile<D>, u64
                 name: part,
                 file,
                 pieces: PieceLog::with(pieces),
+                made_with: None,
                 armed: true,
             },
             held,
@@ -786,9 +815,9 @@ mod tests {
     /// The walk refuses `name` with `errno`, and so does openat2 where the kernel (and the
     /// seccomp profile) lets us call it.
     fn refused_like_openat2(dir: &OwnedFd, name: &str, flags: OFlags, errno: Errno) {
-        let walked = walk_beneath(dir, name, flags).map(drop);
+        let walked = walk_beneath(dir, name, flags, PRIVATE).map(drop);
         assert_eq!(walked, Err(errno), "walk {name:?}");
-        let (flags, mode) = beneath_flags(flags);
+        let (flags, mode) = beneath_flags(flags, PRIVATE);
         let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
         match rustix::fs::openat2(dir, name, flags, mode, resolve).map(drop) {
             Err(Errno::NOSYS | Errno::PERM) => {}
@@ -800,11 +829,11 @@ mod tests {
     fn the_walk_opens_real_directories_and_follows_no_link() {
         let (tmp, dir) = planted();
         let (rd, create) = (OFlags::RDONLY, OFlags::RDWR | OFlags::CREATE);
-        let d = walk_beneath(&dir, "a/b/c", rd | OFlags::DIRECTORY).unwrap();
+        let d = walk_beneath(&dir, "a/b/c", rd | OFlags::DIRECTORY, PRIVATE).unwrap();
         let real = std::fs::metadata(tmp.path().join("dst/a/b/c")).unwrap();
         let ino = std::os::unix::fs::MetadataExt::ino(&real);
         assert_eq!(rustix::fs::fstat(&d).unwrap().st_ino, ino);
-        let f = walk_beneath(&dir, "a/b/c/new", create | OFlags::EXCL).unwrap();
+        let f = walk_beneath(&dir, "a/b/c/new", create | OFlags::EXCL, PRIVATE).unwrap();
         assert_eq!(rustix::fs::fstat(&f).unwrap().st_mode & 0o777, 0o600);
         let cloexec = rustix::io::FdFlags::CLOEXEC;
         assert_eq!(rustix::io::fcntl_getfd(&f).unwrap(), cloexec);
@@ -845,7 +874,7 @@ mod tests {
             ("a//b", Errno::INVAL),
             ("a/b/", Errno::INVAL),
         ] {
-            let walked = walk_beneath(&dir, name, OFlags::RDONLY).map(drop);
+            let walked = walk_beneath(&dir, name, OFlags::RDONLY, PRIVATE).map(drop);
             assert_eq!(walked, Err(errno), "{name:?}");
         }
     }

@@ -14,6 +14,17 @@ use crate::recv::partial::TempFile;
 
 type Made = (u32, io::Result<TempFile<Arc<OwnedFd>>>);
 
+/// A file to make ahead of its frame.
+pub(super) struct ToMake {
+    pub index: u32,
+    /// Its parent directory, as on disk (`None`: the receive directory).
+    pub parent: Option<Vec<u8>>,
+    /// In a new tree built under a hidden name: the name to make it under (it needs no
+    /// temporary one), and the mode it may be made with, if the directory and the umask give
+    /// it whole.
+    pub direct: Option<(String, Option<u32>)>,
+}
+
 /// Files go across in chunks of this many: one wake-up per chunk, not per file.
 const CHUNK: usize = 16;
 
@@ -27,14 +38,12 @@ pub(super) struct Ahead<'scope> {
 }
 
 impl<'scope> Ahead<'scope> {
-    /// Starts making, at most `depth` ahead, a temporary file for each of `files`: entry
-    /// indices, increasing, with their parent directories (`None`: the receive directory), and
-    /// the name to make it under when it needs no temporary one (a new tree built under a
-    /// hidden name).
+    /// Starts making, at most `depth` ahead, a temporary file for each of `files` (entry
+    /// indices increasing).
     pub fn start(
         scope: &'scope Scope<'scope, '_>,
         root: Arc<OwnedFd>,
-        files: Vec<(u32, Option<Vec<u8>>, Option<String>)>,
+        files: Vec<ToMake>,
         depth: usize,
     ) -> Ahead<'scope> {
         let (made, ready) = mpsc::sync_channel((depth / CHUNK).max(1));
@@ -42,19 +51,34 @@ impl<'scope> Ahead<'scope> {
         let stopped = stop.clone();
         let thread = scope.spawn(move || {
             let mut dirs = DirCache::new(root);
+            let umask = crate::sys::umask();
+            // Whether the last parent made in has no default ACL.
+            let mut plain: Option<(Option<Vec<u8>>, bool)> = None;
             for chunk in files.chunks(CHUNK) {
                 if stopped.load(Ordering::Relaxed) {
                     break;
                 }
                 let temps = chunk
                     .iter()
-                    .map(|(i, parent, name)| {
-                        let dir = dirs.get(parent.as_deref());
-                        let temp = match name {
-                            Some(name) => dir.and_then(|d| TempFile::create_as(d, name.clone())),
-                            None => dir.and_then(TempFile::create),
+                    .map(|f| {
+                        let dir = dirs.get(f.parent.as_deref());
+                        let temp = match (&f.direct, dir) {
+                            (Some((name, mode)), Ok(d)) => {
+                                let mode = mode.filter(|m| umask.is_some_and(|u| m & u == 0));
+                                let mode = mode.filter(|_| match &plain {
+                                    Some((p, is)) if *p == f.parent => *is,
+                                    _ => {
+                                        let is = crate::sys::has_no_default_acl(&d);
+                                        plain = Some((f.parent.clone(), is));
+                                        is
+                                    }
+                                });
+                                TempFile::create_as(d, name.clone(), mode)
+                            }
+                            (None, Ok(d)) => TempFile::create(d),
+                            (_, Err(e)) => Err(e),
                         };
-                        (*i, temp)
+                        (f.index, temp)
                     })
                     .collect();
                 if made.send(temps).is_err() {

@@ -268,10 +268,12 @@ impl Landing<'_> {
         let mut ready = Vec::with_capacity(count);
         let mut staged = Vec::new();
         for p in batch {
-            match self
-                .rx
-                .set_metadata_planned(&p.temp.file, &p.header, p.plan.as_ref())
-            {
+            match self.rx.set_metadata_planned(
+                &p.temp.file,
+                &p.header,
+                p.plan.as_ref(),
+                p.temp.made_with,
+            ) {
                 Ok(()) if p.staged => staged.push(p),
                 Ok(()) => ready.push(p),
                 Err(e) => self.failed(&p, e),

@@ -31,8 +31,8 @@ use crate::roots::{Identity, Roots};
 use crate::sys::Pipe;
 use crate::wire::ProtocolError;
 use crate::wire::{Answer, Answers, Control, Entry, Frame, Kind, Manifest, FRAME_HEAD_LEN};
-use crate::wire::{Header, FLAG_NO_VERIFY};
-use ahead::Ahead;
+use crate::wire::{Header, FLAG_NO_VERIFY, KEPT_MODE};
+use ahead::{Ahead, ToMake};
 use batch::{Lander, Outbox};
 use prestat::Prestat;
 
@@ -345,7 +345,14 @@ impl Session<'_, '_> {
                     .parent()
                     .filter(|p| self.fresh_dirs.contains(*p) && self.in_stage(p))
                     .and_then(|_| String::from_utf8(e.base().to_vec()).ok());
-                (i as u32, parent, direct)
+                // Made with its mode, when that is plain permissions we can read and write:
+                // one chmod less per file.
+                let mode = Some(e.mode & KEPT_MODE).filter(|m| m & 0o7600 == 0o600);
+                ToMake {
+                    index: i as u32,
+                    parent,
+                    direct: direct.map(|name| (name, mode)),
+                }
             })
             .collect();
         self.quiet = self.quiet_runs();

@@ -209,7 +209,7 @@ impl Session<'_, '_> {
             .map_err(|err| self.rx.local("opening the copy here", err.into()))?;
         let file = File::from(fd);
         self.rx
-            .set_metadata_planned(&file, &header, plan.as_ref())?;
+            .set_metadata_planned(&file, &header, plan.as_ref(), None)?;
         // Its ctime moved: what was remembered of it no longer holds.
         self.roots.forget(i);
         log::debug!("{}: metadata updated", Escaped(&e.path));
