@@ -12,26 +12,35 @@ use crate::shared::{self, JSON_VERSION};
 
 /// Says what a sweep of stale partials removed (failures were logged as they happened).
 pub fn log_swept(swept: &Swept, max_age: Duration, dir: &Path) {
-    const SHOWN: usize = 8;
-    if swept.removed.is_empty() {
-        return;
+    if !swept.removed.is_empty() {
+        log::info!(
+            "removed {} stale temporary file(s) older than {} from {}: {}",
+            swept.removed.len(),
+            Age(max_age),
+            dir.display(),
+            some_of(&swept.removed)
+        );
     }
-    let mut names: Vec<String> = swept
-        .removed
-        .iter()
-        .take(SHOWN)
+    if !swept.forgotten.is_empty() {
+        log::info!(
+            "removed {} file(s) of roots whose tree is gone from {}: {}",
+            swept.forgotten.len(),
+            dir.display(),
+            some_of(&swept.forgotten)
+        );
+    }
+}
+
+/// The first few of `paths`, escaped, and how many more.
+fn some_of(paths: &[std::path::PathBuf]) -> String {
+    const SHOWN: usize = 8;
+    let mut names: Vec<String> = (paths.iter().take(SHOWN))
         .map(|p| Escaped(p.as_os_str().as_encoded_bytes()).to_string())
         .collect();
-    if swept.removed.len() > SHOWN {
-        names.push(format!("and {} more", swept.removed.len() - SHOWN));
+    if paths.len() > SHOWN {
+        names.push(format!("and {} more", paths.len() - SHOWN));
     }
-    log::info!(
-        "removed {} stale temporary file(s) older than {} from {}: {}",
-        swept.removed.len(),
-        Age(max_age),
-        dir.display(),
-        names.join(", ")
-    );
+    names.join(", ")
 }
 
 /// One log line per transfer, and a JSON line with `--json`. `stopping`: the receiver is

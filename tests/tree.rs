@@ -1139,7 +1139,9 @@ fn modes_land_exactly_whatever_the_umask_and_a_default_acl() {
     let src = tempfile::tempdir().unwrap();
     let top = src.path().join("modes");
     std::fs::create_dir_all(top.join("sub")).unwrap();
-    let modes = [0o644, 0o755, 0o640, 0o600, 0o666, 0o700, 0o444, 0o604, 0o1644];
+    let modes = [
+        0o644, 0o755, 0o640, 0o600, 0o666, 0o700, 0o444, 0o604, 0o1644,
+    ];
     let mut want = Vec::new();
     for dir in [".", "sub"] {
         for mode in modes {
@@ -1162,7 +1164,9 @@ fn modes_land_exactly_whatever_the_umask_and_a_default_acl() {
         assert!(out.status.success(), "{}", stderr_of(&out));
         assert!(rx.wait().success(), "{}", rx.stderr());
         for (rel, mode) in &want {
-            let got = std::fs::metadata(dst.join("modes").join(rel)).unwrap().mode();
+            let got = std::fs::metadata(dst.join("modes").join(rel))
+                .unwrap()
+                .mode();
             assert_eq!(got & 0o7777, *mode, "{rel} in {}", dst.display());
         }
     }

@@ -2,6 +2,7 @@
 //! (temporary files a killed receiver left, partials kept for resuming that nobody resumed)
 //! anywhere beneath the receive directory, never following a symlink.
 
+use std::collections::HashSet;
 use std::ffi::{CStr, CString, OsStr};
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -13,7 +14,7 @@ use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use super as partial;
-use crate::name::{Escaped, TEMP_PREFIX};
+use crate::name::{text_key, Escaped, TEMP_PREFIX};
 
 /// Directories the walk holds open at once; beyond that it closes one and opens it again, from
 /// its closest open ancestor, when it comes back to it.
@@ -34,6 +35,8 @@ const CLOCK_SLACK: Duration = Duration::from_secs(1);
 pub struct Swept {
     /// The files removed, relative to the receive directory.
     pub removed: Vec<PathBuf>,
+    /// The files of roots removed because their tree is gone (see [`orphan_roots`]).
+    pub forgotten: Vec<PathBuf>,
     /// Files and directories that could not be examined or removed; each was logged as a
     /// warning.
     pub errors: usize,
@@ -99,12 +102,14 @@ impl fmt::Display for Age {
 /// Every directory is opened relative to its parent's descriptor with `O_NOFOLLOW`, and every
 /// file is examined and removed relative to its directory's: a directory swapped for a symlink
 /// during the walk cannot lead it, or an unlink, outside `root`.
+///
+/// It also removes the files of roots whose tree is gone (see [`orphan_roots`]).
 pub(crate) fn sweep(
     root: BorrowedFd<'_>,
     max_age: Duration,
     own_since: Option<SystemTime>,
 ) -> Swept {
-    Walk {
+    let mut swept = Walk {
         root,
         cutoff: SystemTime::now().checked_sub(max_age),
         own: own_since.map(|since| (partial::pid().to_string(), since)),
@@ -112,7 +117,76 @@ pub(crate) fn sweep(
         frames: Vec::new(),
         swept: Swept::default(),
     }
-    .run()
+    .run();
+    orphan_roots(root, &mut swept);
+    swept
+}
+
+/// A file of roots younger than this stays even when its tree is not there: a tree published
+/// after the listing may have just written its own.
+const ROOTS_SETTLE: Duration = Duration::from_secs(60);
+
+/// Removes the files of roots in `root` (`.zrecv-KEY.roots`, what zrecv remembers of a tree it
+/// landed there: see `roots.rs`) whose tree is gone: no entry of `root` has their KEY, nor
+/// does a hidden tree being built (`.zrecv-KEY.stage`). They would otherwise outlive every
+/// tree removed or renamed on the receiver.
+fn orphan_roots(root: BorrowedFd<'_>, swept: &mut Swept) {
+    let mut fail = |what: &str, name: &[u8], e: Errno| {
+        log::warn!("sweeping stale partials: {what} {}: {e}", Escaped(name));
+        swept.errors += 1;
+    };
+    let mut listing = match Dir::read_from(root) {
+        Ok(listing) => listing,
+        Err(e) => return fail("listing", b".", e),
+    };
+    let (mut roots, mut others) = (Vec::new(), Vec::new());
+    while let Some(entry) = listing.read() {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => return fail("listing", b".", e),
+        };
+        let name = entry.file_name().to_bytes();
+        match name {
+            b"." | b".." => {}
+            n if n.starts_with(TEMP_PREFIX.as_bytes()) && n.ends_with(b".roots") => {
+                roots.push(String::from_utf8_lossy(n).into_owned())
+            }
+            n => others.push(n.to_owned()),
+        }
+    }
+    if roots.is_empty() {
+        return;
+    }
+    let have: HashSet<String> = (others.iter())
+        .filter_map(
+            |n| match std::str::from_utf8(n).ok().filter(|n| partial::is_stage(n)) {
+                Some(stage) => Some(stage.replace(".stage", ".roots")),
+                None if n.starts_with(TEMP_PREFIX.as_bytes()) => None,
+                None => Some(partial::hidden_name(&text_key(n), "roots")),
+            },
+        )
+        .collect();
+    let settled = SystemTime::now().checked_sub(ROOTS_SETTLE);
+    for name in roots.iter().filter(|r| !have.contains(*r)) {
+        let _lock = partial::sweeping();
+        let st = match rustix::fs::statat(root, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => continue,
+            Err(e) => {
+                fail("examining", name.as_bytes(), e);
+                continue;
+            }
+        };
+        let mtime = time(st.st_mtime, st.st_mtime_nsec);
+        if settled.is_none_or(|settled| mtime >= settled) {
+            continue;
+        }
+        match rustix::fs::unlinkat(root, name.as_str(), AtFlags::empty()) {
+            Ok(()) => swept.forgotten.push(PathBuf::from(name)),
+            Err(Errno::NOENT) => {}
+            Err(e) => fail("removing", name.as_bytes(), e),
+        }
+    }
 }
 
 /// A directory on the walk's stack.
@@ -690,6 +764,33 @@ mod tests {
         let mut want = vec![name.clone(), name.replace(".part", ".resume")];
         want.sort();
         assert_eq!(removed(&swept), want);
+    }
+
+    #[test]
+    fn the_roots_of_a_tree_that_is_gone_go_once_settled() {
+        use std::os::unix::ffi::OsStrExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let roots = |top: &[u8]| partial::hidden_name(&text_key(top), "roots");
+        let not_text = b"caf\xe9";
+        std::fs::create_dir(root.join("kept")).unwrap();
+        std::fs::create_dir(root.join(OsStr::from_bytes(not_text))).unwrap();
+        let stage = partial::hidden_name("building", "stage");
+        let _building = partial::take_stage(open(root), &stage).unwrap();
+        let tops: [&[u8]; 5] = [b"kept", not_text, b"building", b"gone", b"just-gone"];
+        for top in tops {
+            std::fs::write(root.join(roots(top)), b"roots").unwrap();
+            if top != b"just-gone" {
+                age(&root.join(roots(top)), 3600);
+            }
+        }
+        let swept = sweep(open(root).as_fd(), Duration::from_secs(86400), None);
+        assert_eq!(swept.errors, 0);
+        assert!(swept.removed.is_empty(), "{:?}", swept.removed);
+        assert_eq!(swept.forgotten, [PathBuf::from(roots(b"gone"))]);
+        for top in [&b"kept"[..], not_text, b"building", b"just-gone"] {
+            assert!(root.join(roots(top)).exists(), "{}", Escaped(top));
+        }
     }
 
     #[test]
