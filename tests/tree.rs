@@ -725,12 +725,17 @@ fn the_sticky_bit_lands_and_setuid_and_setgid_do_not() {
     assert_eq!(mode("one"), 0o1644);
 }
 
-/// A file that shrinks or grows while a tree is sent fails that file only, counted once; the
-/// other files land and the directories get their modes.
+/// A file that shrinks or grows while a tree is sent, or between the walk that listed it and
+/// its turn, fails that file only, counted once; the other files land and the directories get
+/// their modes.
 #[test]
 fn a_file_that_shrinks_or_grows_while_sent_fails_alone() {
     use std::os::unix::fs::PermissionsExt;
-    for shrink in [true, false] {
+    // Well inside big.log's payload (the hello, the manifest and a.txt take a few hundred
+    // bytes), or before anything crossed (zsend walks the tree before it connects).
+    let cases = [(true, 16 << 20), (false, 16 << 20), (true, 0), (false, 0)];
+    for (shrink, pause_at) in cases {
+        let case = format!("shrink {shrink}, pause at {pause_at}");
         let src = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();
         let top = src.path().join("logs");
@@ -740,9 +745,7 @@ fn a_file_that_shrinks_or_grows_while_sent_fails_alone() {
         std::fs::write(top.join("z.txt"), b"last").unwrap();
         std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o750)).unwrap();
         let rx = Zrecv::start(dst.path(), &[]);
-        // Well inside big.log's payload: the hello, the manifest and a.txt take a few hundred
-        // bytes.
-        let proxy = Proxy::start(rx.addr, Fault::PauseAt(16 << 20));
+        let proxy = Proxy::start(rx.addr, Fault::PauseAt(pause_at));
         let sender = Command::new(zsend_bin())
             .args([&proxy.addr(), top.to_str().unwrap(), "--json"])
             .stdout(Stdio::piped())
@@ -761,10 +764,10 @@ fn a_file_that_shrinks_or_grows_while_sent_fails_alone() {
         proxy.release();
         let out = wait_output(sender);
         let err = stderr_of(&out);
-        assert_eq!(out.status.code(), Some(9), "shrink {shrink}: {err}");
+        assert_eq!(out.status.code(), Some(9), "{case}: {err}");
         let json = json_of(&out);
-        assert_eq!(json["failed"], 1, "shrink {shrink}: {json}");
-        assert_eq!(json["landed"], 2, "shrink {shrink}: {json}");
+        assert_eq!(json["failed"], 1, "{case}: {json}");
+        assert_eq!(json["landed"], 2, "{case}: {json}");
         assert_eq!(json["failures"].as_array().unwrap().len(), 1, "{json}");
         assert!(
             json["failures"][0]["error"]
@@ -775,15 +778,18 @@ fn a_file_that_shrinks_or_grows_while_sent_fails_alone() {
         );
         let landed = dst.path().join("logs");
         assert_eq!(std::fs::read(landed.join("z.txt")).unwrap(), b"last");
-        assert!(!landed.join("big.log").exists(), "shrink {shrink}");
+        assert!(!landed.join("big.log").exists(), "{case}");
         let mode = std::fs::metadata(&landed).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode, 0o750, "shrink {shrink}: the directory got its mode");
+        assert_eq!(mode, 0o750, "{case}: the directory got its mode");
         let line = rx.wait_for_line("received tree logs");
         assert!(
             line.contains("3 files (2 landed, 0 already here, 1 failed)"),
             "{line}"
         );
-        assert!(err.matches("changed").count() == 1, "said once: {err}");
+        assert!(
+            err.matches("changed").count() == 1,
+            "{case}: said once: {err}"
+        );
     }
 }
 
