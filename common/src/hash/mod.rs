@@ -544,8 +544,14 @@ impl Shared<'_> {
                     match self.hash_piece(index, end, &mut piece, &mut buf) {
                         Ok(true) if last && index == 0 => {
                             // A file of one piece: its root, and its piece's for the log.
-                            let padded = self.job.log.map(|_| piece.clone().finish());
-                            (index, Hashed::Whole(piece.finish_file(), padded))
+                            let (root, padded) = match self.job.log {
+                                Some(_) => {
+                                    let (root, padded) = piece.finish_file_and_piece();
+                                    (root, Some(padded))
+                                }
+                                None => (piece.finish_file(), None),
+                            };
+                            (index, Hashed::Whole(root, padded))
                         }
                         Ok(true) => (index, Hashed::Piece(piece.finish())),
                         Ok(false) => break,

@@ -197,6 +197,15 @@ impl PieceHasher {
         self.leaves.clear();
         root
     }
+
+    /// Both [`finish_file`](Self::finish_file) and [`finish`](Self::finish) of a file no
+    /// longer than one piece: the file's root and its piece's, each leaf hashed once (hashing
+    /// its last leaf twice doubled the work on every small file of a tree).
+    pub fn finish_file_and_piece(&mut self) -> (Hash, Hash) {
+        self.close_leaf();
+        let piece = fold_leaves(&mut self.leaves.clone(), PIECE_LEAVES);
+        (self.finish_file(), piece)
+    }
 }
 
 /// The root of one piece of zeros (a whole piece in a hole).
@@ -380,6 +389,18 @@ mod tests {
         ] {
             let data = pattern(n, 7);
             assert_eq!(root_of(&data), by_definition(&data), "size {n}");
+        }
+    }
+
+    #[test]
+    fn both_roots_of_a_one_piece_file_are_those_taken_apart() {
+        let p = PIECE as usize;
+        for n in [0, 1, LEAF - 1, LEAF, LEAF + 1, 3 * LEAF, p - 1, p] {
+            let mut hasher = PieceHasher::new();
+            hasher.update(&pattern(n, 9));
+            let apart = (hasher.clone().finish_file(), hasher.clone().finish());
+            assert_eq!(hasher.finish_file_and_piece(), apart, "size {n}");
+            assert!(hasher.is_empty(), "size {n}: emptied for the next piece");
         }
     }
 
