@@ -71,7 +71,7 @@ impl Identity {
         let now = rustix::time::clock_gettime(ClockId::RealtimeCoarse);
         let st = rustix::fs::fstat(&fd).ok()?;
         let id = Identity::of(&st);
-        let fine = !id.ctime.1.is_multiple_of(1000) && fine_stamps(&fd);
+        let fine = !id.ctime.1.is_multiple_of(1000) && fine_stamps(&fd, st.st_dev);
         let settled = match fine {
             true => before(id.ctime, &now),
             false => now.tv_sec >= id.ctime.0.saturating_add(2),
@@ -104,14 +104,28 @@ impl Identity {
     }
 }
 
-/// Whether the file system of `fd` is local and stamps times in nanoseconds from this
-/// machine's clock.
-fn fine_stamps(fd: impl AsFd) -> bool {
+/// Whether the file system of `fd`, on device `dev`, is local and stamps times in nanoseconds
+/// from this machine's clock. The answer is kept for a second per thread and device: asking
+/// was a system call per file landed, and a device changes file system only when unmounted.
+fn fine_stamps(fd: impl AsFd, dev: u64) -> bool {
     const EXT4: i64 = 0xEF53;
     const XFS: i64 = 0x5846_5342;
     const BTRFS: i64 = 0x9123_683E;
     const TMPFS: i64 = 0x0102_1994;
-    rustix::fs::fstatfs(fd).is_ok_and(|fs| matches!(fs.f_type, EXT4 | XFS | BTRFS | TMPFS))
+    const KEPT: std::time::Duration = std::time::Duration::from_secs(1);
+    thread_local! {
+        static LAST: std::cell::Cell<Option<(u64, bool, std::time::Instant)>> =
+            const { std::cell::Cell::new(None) };
+    }
+    if let Some((d, fine, when)) = LAST.get() {
+        if d == dev && when.elapsed() < KEPT {
+            return fine;
+        }
+    }
+    let fine =
+        rustix::fs::fstatfs(fd).is_ok_and(|fs| matches!(fs.f_type, EXT4 | XFS | BTRFS | TMPFS));
+    LAST.set(Some((dev, fine, std::time::Instant::now())));
+    fine
 }
 
 /// Most top-level directories whose roots one manifest remembers.
