@@ -155,4 +155,5 @@ ends it at once.
 Exit status: 0 served (stopped by SIGTERM or SIGINT, or with --once the transfer landed),
 1 could not start (the directory, the address), 2 usage; with --once, the transfer's: 3 network,
 4 refused, 5 verification failed, 6 protocol error, 7 could not land it (disk full, fsync or
-rename failed), 8 authentication failed.";
+rename failed), 8 authentication failed, 9 some entries of the tree did not land or lost
+metadata they were sent with.";
