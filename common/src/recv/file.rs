@@ -266,6 +266,8 @@ impl Receiver {
             mark.raise(offset);
         }
         let mut received = offset;
+        // A failed write-back that a wait along the way took the report of (see DropBehind).
+        let mut written_back: io::Result<()> = Ok(());
         let mut splice = SpliceStats {
             timed: !inline,
             ..SpliceStats::default()
@@ -314,11 +316,14 @@ impl Receiver {
                     if !inline {
                         mark.raise(done);
                         let hashed = if verify { mark.hashed() } else { done };
-                        behind.advance(file, done, hashed);
+                        let mut step = behind.advance(file, done, hashed);
                         if header.resumable() && done - holes.get() - durable >= partial::CHECKPOINT
                         {
-                            partial::checkpoint(temp, header, done);
+                            step = step.and(partial::checkpoint(temp, header, done));
                             durable = done - holes.get();
+                        }
+                        if let (Err(e), Ok(())) = (step, &written_back) {
+                            written_back = Err(e);
                         }
                     }
                 })
@@ -364,6 +369,9 @@ impl Receiver {
             hashed
         });
         let writing = format!("writing {}", Escaped(&header.name));
+        // First: a partial whose write-back failed is not kept for resuming, even when the
+        // connection broke too (its bytes may be in the page cache only).
+        written_back.map_err(|e| self.local("writing the data back", e))?;
         self.payload_outcome(header, copied, record, &writing)?;
         watched
             .map_err(|stop| self.gave_up(stop, "hashing what arrived", record.received, size))?;

@@ -35,8 +35,13 @@ pub fn block_device_size(file: &File) -> io::Result<u64> {
     Ok(size)
 }
 
-/// sync_file_range(2). Errors are ignored: they surface at fsync.
-pub(super) fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) {
+/// sync_file_range(2).
+pub(super) fn sync_range(
+    file: &File,
+    offset: u64,
+    len: u64,
+    flags: libc::c_uint,
+) -> io::Result<()> {
     // SAFETY: sync_file_range takes a file descriptor and integers only; `file` keeps the
     // descriptor open for the duration of the call.
     let rc = unsafe {
@@ -47,7 +52,8 @@ pub(super) fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint
             flags,
         )
     };
-    if rc != 0 {
-        log::debug!("sync_file_range: {}", io::Error::last_os_error());
+    match rc {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
 }

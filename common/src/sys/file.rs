@@ -76,7 +76,9 @@ pub fn has_no_default_acl(dir: impl std::os::fd::AsFd) -> bool {
 /// little left to do, a huge transfer does not evict everything else from the page cache, and
 /// the pages it frees are reused for the next window while they are still warm.
 ///
-/// These are hints: durability still comes from the fsync at the end.
+/// These are hints: durability still comes from the fsync at the end. But waiting for a
+/// window takes the report of a write-back error that the fsync would otherwise have given
+/// (the kernel reports it once per open file), so [`DropBehind::advance`] returns it.
 pub struct DropBehind {
     window: u64,
     kicked: u64,
@@ -99,16 +101,17 @@ impl DropBehind {
     }
 
     /// Bytes up to `written` are in the file and bytes up to `hashed` have been read back.
-    /// A jump over many windows (a hole) costs one call, not one per window.
-    pub fn advance(&mut self, file: &File, written: u64, hashed: u64) {
+    /// A jump over many windows (a hole) costs one call, not one per window. An error is a
+    /// failed write-back of the file, which the final fsync would no longer report: the file
+    /// cannot be trusted to be on disk.
+    pub fn advance(&mut self, file: &File, written: u64, hashed: u64) -> io::Result<()> {
         let whole = written / self.window * self.window;
         if whole > self.kicked {
-            sync_range(
-                file,
-                self.kicked,
-                whole - self.kicked,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
+            // Starting write-back takes no error report: a failure here is the fsync's to say.
+            let kick = libc::SYNC_FILE_RANGE_WRITE;
+            if let Err(e) = sync_range(file, self.kicked, whole - self.kicked, kick) {
+                log::debug!("sync_file_range: {e}");
+            }
             self.kicked = whole;
         }
         // The windows before the one just started: normally on disk already.
@@ -117,7 +120,12 @@ impl DropBehind {
             let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
                 | libc::SYNC_FILE_RANGE_WRITE
                 | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-            sync_range(file, self.durable, settled - self.durable, wait);
+            match sync_range(file, self.durable, settled - self.durable, wait) {
+                Err(e) if !super::is_unsupported(Errno::from_io_error(&e).unwrap_or(Errno::IO)) => {
+                    return Err(e)
+                }
+                _ => {}
+            }
             self.durable = settled;
         }
         let droppable = self.durable.min(hashed);
@@ -126,5 +134,6 @@ impl DropBehind {
             let _ = rustix::fs::fadvise(file, self.dropped, len, rustix::fs::Advice::DontNeed);
             self.dropped = droppable;
         }
+        Ok(())
     }
 }

@@ -535,19 +535,24 @@ pub(crate) const CHECKPOINT: u64 = 256 << 20;
 /// A durable checkpoint of a running transfer that [`start`]ed as its own partial: its first
 /// `held` bytes are made durable (fdatasync), then its record says it holds them, so that even
 /// a power loss leaves them to resume from. Only a hint: the sender's proof still decides what
-/// is kept, and a failure here is logged and costs nothing else.
-pub(crate) fn checkpoint<D: AsFd>(temp: &TempFile<D>, header: &Header, held: u64) {
+/// is kept, and failing to write the record is logged and costs nothing else. An error is a
+/// failed write-back of the file, which the final fsync would no longer report (the kernel
+/// reports it once per open file): the file cannot be trusted to be on disk.
+pub(crate) fn checkpoint<D: AsFd>(
+    temp: &TempFile<D>,
+    header: &Header,
+    held: u64,
+) -> io::Result<()> {
     let (part, resume) = kept_names(&header.name);
     let Some(record) = Record::of(header, Some(held)).filter(|_| temp.name == part) else {
-        return;
+        return Ok(());
     };
-    let made = rustix::fs::fdatasync(&temp.file)
-        .map_err(io::Error::from)
-        .and_then(|()| write_record_synced(&temp.dir, &record, &resume, true));
-    match made {
+    rustix::fs::fdatasync(&temp.file)?;
+    match write_record_synced(&temp.dir, &record, &resume, true) {
         Ok(()) => log::debug!("{}: {held} bytes durable", Escaped(&header.name)),
         Err(e) => log::debug!("checkpointing {}: {e}", Escaped(&header.name)),
     }
+    Ok(())
 }
 
 /// Writes `record` as `resume` in `dir`, whole or not at all (a temporary file renamed over it).

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Instant;
 
+use super::sync::Syncs;
 use crate::auth::{Integrity, Seal};
 use crate::error::RecvError;
 use crate::meta::Plan;
@@ -159,13 +160,10 @@ const MIN_BATCH: usize = 16;
 
 impl<'scope> Lander<'scope> {
     /// Starts the thread; a batch lands once it holds `batch_files` files or `batch_bytes`.
-    /// `dir` is the session's own description of the receive directory, which its syncs go
-    /// through (see `Receiver::receive_tree`).
     pub fn start<'env>(
         scope: &'scope Scope<'scope, 'env>,
         rx: &'env Receiver,
-        (outbox, roots): (&'env Outbox<'env>, &'env Roots),
-        dir: Arc<OwnedFd>,
+        (outbox, roots, syncs): (&'env Outbox<'env>, &'env Roots, &'env Syncs),
         (batch_files, batch_bytes): (usize, u64),
     ) -> Lander<'scope> {
         // One batch waits while one lands: the session gathers a third meanwhile, and is held
@@ -174,7 +172,7 @@ impl<'scope> Lander<'scope> {
         let thread = scope.spawn(move || {
             let mut landing = Landing {
                 rx,
-                dir,
+                syncs,
                 outbox,
                 roots,
                 tally: Tally::default(),
@@ -252,8 +250,8 @@ impl<'scope> Lander<'scope> {
 /// The landing thread's state.
 struct Landing<'env> {
     rx: &'env Receiver,
-    /// The session's own description of the receive directory, for its syncs.
-    dir: Arc<OwnedFd>,
+    /// The session's syncs.
+    syncs: &'env Syncs,
     outbox: &'env Outbox<'env>,
     /// Learns the root of each file landed.
     roots: &'env Roots,
@@ -279,11 +277,12 @@ impl Landing<'_> {
                 Err(e) => self.failed(&p, e),
             }
         }
-        // One sync for the whole batch. It reports a write-back error once, so its answer
-        // holds for every file written since the last one, staged or not. A staged file (its
-        // tree published later, with a sync of its own) is written back now, while the next
-        // files arrive, and named without a rename; its verdict waits for the tree.
-        if let Err(e) = rustix::fs::syncfs(&self.dir) {
+        // One sync for the whole batch, staged files or not. Once a sync of the session has
+        // failed, this one fails too (see `Syncs`): its Ok holds for every file written before
+        // it. A staged file (its tree published later, with a sync of its own) is written back
+        // now, while the next files arrive, and named without a rename; its verdict waits for
+        // the tree.
+        if let Err(e) = self.syncs.syncfs() {
             for p in staged.iter().chain(&ready) {
                 self.failed(p, self.rx.local("syncing the received files", e.into()));
             }
@@ -300,7 +299,7 @@ impl Landing<'_> {
             let published = self.rx.publish(&p.temp.dir, &p.temp.name, &p.base);
             outcomes.push((p, published));
         }
-        let synced = rustix::fs::syncfs(&self.dir);
+        let synced = self.syncs.syncfs();
         log::debug!(
             "landed a batch of {count} files in {:.3} s",
             started.elapsed().as_secs_f64()

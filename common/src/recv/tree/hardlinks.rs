@@ -55,7 +55,7 @@ impl Session<'_, '_> {
         }
         // Landed means durable under its name: one syncfs for all the links of the pass.
         if outcomes.iter().any(|o| o.1 == FileStatus::Landed) {
-            if let Err(err) = rustix::fs::syncfs(self.dirs.root()) {
+            if let Err(err) = self.syncs.syncfs() {
                 let why = self.rx.local("syncing the links", err.into()).to_string();
                 for o in outcomes.iter_mut().filter(|o| o.1 == FileStatus::Landed) {
                     (o.1, o.2) = (FileStatus::Failed, why.clone());

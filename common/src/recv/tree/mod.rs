@@ -5,7 +5,7 @@
 //! `answer.rs` (what is here looked at ahead of it in `prestat.rs`), the receive phase in
 //! `receive.rs`, the temporary files made ahead in `ahead.rs`,
 //! the hard links in `hardlinks.rs`, a new tree built under a hidden name and published whole in
-//! `stage.rs`.
+//! `stage.rs`, the session's syncs in `sync.rs`.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -43,6 +43,7 @@ mod hardlinks;
 mod prestat;
 mod receive;
 mod stage;
+mod sync;
 
 /// A batch of small files lands once it holds [`Receiver::batch_files`] files or this many
 /// bytes.
@@ -150,6 +151,8 @@ struct Session<'r, 'scope> {
     fresh_dirs: HashSet<Vec<u8>>,
     /// Verdicts not sent yet.
     outbox: &'r Outbox<'r>,
+    /// The session's syncs.
+    syncs: &'r sync::Syncs,
     /// Lands small files in batches.
     lander: Lander<'scope>,
     /// Makes the first pass's temporary files ahead of their frames.
@@ -239,6 +242,7 @@ impl Receiver {
             _ => None,
         });
         let outbox = Outbox::new(stream, integrity, firsts.collect());
+        let syncs = sync::Syncs::new(root.clone());
         let files = manifest.entries.iter().map(|e| match e.kind {
             Kind::File { .. } => Some(&e.path[..]),
             _ => None,
@@ -264,10 +268,10 @@ impl Receiver {
                 lander: Lander::start(
                     scope,
                     self,
-                    (&outbox, &roots),
-                    root.clone(),
+                    (&outbox, &roots, &syncs),
                     (batch_files, BATCH_BYTES),
                 ),
+                syncs: &syncs,
                 roots: &roots,
                 wanted: Vec::new(),
                 ahead: None,

@@ -61,7 +61,7 @@ impl Session<'_, '_> {
             return Ok(());
         }
         let root = self.dirs.root();
-        let synced = rustix::fs::syncfs(&root);
+        let synced = self.syncs.syncfs();
         let mut failed: Vec<(Vec<u8>, String)> = Vec::new();
         for (i, hidden) in std::mem::take(&mut self.staged) {
             let top = &self.manifest.entries[i].path;

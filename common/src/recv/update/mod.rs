@@ -592,7 +592,7 @@ fn copy_unchanged(old: &File, new: &File, needed: &Needed, size: u64) -> std::io
                 break;
             };
             journal::copy_at(old, new, a, b - a)?;
-            behind.advance(new, b, 0);
+            behind.advance(new, b, 0)?;
             pos = b;
         }
         Ok(())
