@@ -61,13 +61,22 @@ pub fn umask() -> Option<u32> {
     })
 }
 
-/// Whether the directory `dir` has no default ACL: a file made in it then gets the mode it is
-/// made with, less the umask (a default ACL would decide instead). False when unsure.
-pub fn has_no_default_acl(dir: impl std::os::fd::AsFd) -> bool {
-    matches!(
-        rustix::fs::fgetxattr(dir, "system.posix_acl_default", &mut [0u8; 0][..]),
-        Err(Errno::NODATA) | Err(Errno::OPNOTSUPP)
-    )
+/// Whether a file made in the directory `dir` gets the mode it is made with, less the umask:
+/// `dir` is on a local file system that does so (ext4, XFS, Btrfs, tmpfs; a network or FUSE
+/// one may decide otherwise) and has no default ACL (which would decide instead). False when
+/// unsure.
+pub fn gives_modes_whole(dir: impl std::os::fd::AsFd) -> bool {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const TMPFS: i64 = 0x0102_1994;
+    let local =
+        rustix::fs::fstatfs(&dir).is_ok_and(|fs| matches!(fs.f_type, EXT4 | XFS | BTRFS | TMPFS));
+    local
+        && matches!(
+            rustix::fs::fgetxattr(&dir, "system.posix_acl_default", &mut [0u8; 0][..]),
+            Err(Errno::NODATA) | Err(Errno::OPNOTSUPP)
+        )
 }
 
 /// Keeps a receiver's footprint in the page cache to a few windows: starts writeback of each

@@ -295,11 +295,12 @@ fn mark_in_use(file: impl AsFd) {
     }
 }
 /// Marks a partial as taken by a running transfer, for as long as its file stays open: a shared
-/// lock, which `--remove-partials` (trying an exclusive one) sees.
+/// lock, which `--remove-partials` and the sweep (trying an exclusive one) see. It waits out
+/// their brief exclusive tries rather than run unlocked.
 fn mark_running(fd: impl AsFd) {
     use rustix::fs::FlockOperation;
-    if let Err(e) = rustix::fs::flock(fd, FlockOperation::NonBlockingLockShared) {
-        log::debug!("locking a partial in use: {e}");
+    if let Err(e) = rustix::fs::flock(fd, FlockOperation::LockShared) {
+        log::warn!("locking a partial in use: {e}");
     }
 }
 
@@ -515,8 +516,11 @@ pub(crate) fn start<D: AsFd>(dir: D, header: &Header) -> io::Result<TempFile<D>>
     let record = Record::of(header, None).ok_or(io::ErrorKind::InvalidInput)?;
     let (part, resume) = kept_names(&header.name);
     // A part without its record (a crash between the two) is ours to reuse: the name is claimed.
+    // The sweep does not come between opening it and locking it (see `sweep::is_held`).
+    let held = hold_off();
     let fd = open_beneath(&dir, &part, OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC)?;
     mark_running(&fd);
+    drop(held);
     let temp = TempFile {
         dir,
         name: part,

@@ -178,7 +178,8 @@ fn orphan_roots(root: BorrowedFd<'_>, swept: &mut Swept) {
             }
         };
         let mtime = time(st.st_mtime, st.st_mtime_nsec);
-        if settled.is_none_or(|settled| mtime >= settled) {
+        let file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+        if !file || settled.is_none_or(|settled| mtime >= settled) {
             continue;
         }
         match rustix::fs::unlinkat(root, name.as_str(), AtFlags::empty()) {

@@ -52,7 +52,7 @@ impl<'scope> Ahead<'scope> {
         let thread = scope.spawn(move || {
             let mut dirs = DirCache::new(root);
             let umask = crate::sys::umask();
-            // Whether the last parent made in has no default ACL.
+            // Whether the last parent made in gives files their modes whole.
             let mut plain: Option<(Option<Vec<u8>>, bool)> = None;
             for chunk in files.chunks(CHUNK) {
                 if stopped.load(Ordering::Relaxed) {
@@ -68,7 +68,7 @@ impl<'scope> Ahead<'scope> {
                                 let mode = mode.filter(|_| match &plain {
                                     Some((p, is)) if *p == f.parent => *is,
                                     _ => {
-                                        let is = crate::sys::has_no_default_acl(&d);
+                                        let is = crate::sys::gives_modes_whole(&d);
                                         plain = Some((f.parent.clone(), is));
                                         is
                                     }
