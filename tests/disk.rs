@@ -472,6 +472,64 @@ fn a_large_file_whose_early_write_back_failed_is_not_published() {
     assert!(small.fs.files().is_empty(), "{:?}", small.fs.files());
 }
 
+/// A mount point inside a tree merged into one here: a batch's syncfs reaches only the receive
+/// directory's file system, so each file landing beyond it is fsynced on its own, and its
+/// directory after the rename (strace counts the fsyncs: none before).
+#[test]
+fn files_landing_beyond_a_mount_point_in_the_tree_are_synced_on_their_own() {
+    assert_root();
+    let dst = tempfile::tempdir().unwrap();
+    let media = dst.path().join("site/media");
+    std::fs::create_dir_all(&media).unwrap();
+    run(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=8m",
+        "tmpfs",
+        media.to_str().unwrap(),
+    ]);
+    let _mounted = Unmount(media.clone());
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("site");
+    std::fs::create_dir_all(top.join("media")).unwrap();
+    let names = ["a.jpg", "b.jpg", "c.jpg"];
+    for n in names {
+        std::fs::write(top.join("media").join(n), n).unwrap();
+    }
+    std::fs::write(top.join("index.html"), b"<html>").unwrap();
+    let trace = src.path().join("fsyncs");
+    let wrapper = [
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=fsync",
+        "-o",
+        trace.to_str().unwrap(),
+    ];
+    let mut rx = Zrecv::start_with(Some(&wrapper), dst.path(), "127.0.0.1:0", &["--once"]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(rx.wait().success(), "{}", rx.stderr());
+    for n in names {
+        assert_eq!(std::fs::read(media.join(n)).unwrap(), n.as_bytes());
+    }
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let fsyncs = trace.lines().filter(|l| l.contains("fsync(")).count();
+    assert!(fsyncs > names.len(), "{trace}");
+}
+
+/// Unmounts a path on drop.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// A tree refused for space leaves nothing behind: not its directories (made before the space
 /// was counted), nor the links made in them; so a later send of the tree lands as its source
 /// is, not into leftovers closed to everyone but root.

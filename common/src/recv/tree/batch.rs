@@ -277,13 +277,36 @@ impl Landing<'_> {
                 Err(e) => self.failed(&p, e),
             }
         }
+        // A file in a directory on another file system (a mount point in the tree) is out of
+        // the syncfs's reach: it is made durable with an fsync of its own, and its directory
+        // after the rename. Each directory is looked at once per batch.
+        let mut elsewhere: HashMap<*const OwnedFd, bool> = HashMap::new();
+        let mut away = |p: &Pending| {
+            let dir = Arc::as_ptr(&p.temp.dir);
+            *(elsewhere.entry(dir)).or_insert_with(|| self.syncs.elsewhere(&p.temp.dir))
+        };
+        let ready: Vec<(Pending, bool)> = ready
+            .into_iter()
+            .map(|p| {
+                let away = away(&p);
+                (p, away)
+            })
+            .collect();
+        let mut kept = Vec::with_capacity(ready.len());
+        for (p, away) in ready {
+            match away.then(|| rustix::fs::fsync(&p.temp.file)) {
+                Some(Err(e)) => self.failed(&p, self.rx.local("syncing the data", e.into())),
+                _ => kept.push((p, away)),
+            }
+        }
+        let ready = kept;
         // One sync for the whole batch, staged files or not. Once a sync of the session has
         // failed, this one fails too (see `Syncs`): its Ok holds for every file written before
         // it. A staged file (its tree published later, with a sync of its own) is written back
         // now, while the next files arrive, and named without a rename; its verdict waits for
         // the tree.
         if let Err(e) = self.syncs.syncfs() {
-            for p in staged.iter().chain(&ready) {
+            for p in staged.iter().chain(ready.iter().map(|(p, _)| p)) {
                 self.failed(p, self.rx.local("syncing the received files", e.into()));
             }
             return self.post();
@@ -295,16 +318,22 @@ impl Landing<'_> {
             return self.post();
         }
         let mut outcomes = Vec::with_capacity(ready.len());
-        for p in ready {
+        for (p, away) in ready {
             let published = self.rx.publish(&p.temp.dir, &p.temp.name, &p.base);
-            outcomes.push((p, published));
+            outcomes.push((p, away, published));
         }
         let synced = self.syncs.syncfs();
+        let mut dirs_synced: HashMap<*const OwnedFd, rustix::io::Result<()>> = HashMap::new();
         log::debug!(
             "landed a batch of {count} files in {:.3} s",
             started.elapsed().as_secs_f64()
         );
-        for (p, published) in outcomes {
+        for (p, away, published) in outcomes {
+            let synced = match away {
+                true => *(dirs_synced.entry(Arc::as_ptr(&p.temp.dir)))
+                    .or_insert_with(|| rustix::fs::fsync(&p.temp.dir)),
+                false => synced,
+            };
             match (published, synced) {
                 (Ok(()), Ok(())) => {
                     self.tally.landed += 1;

@@ -14,6 +14,8 @@ use rustix::io::Errno;
 /// every later sync: nothing written in this session after it is taken to be on disk.
 pub(super) struct Syncs {
     dir: Arc<OwnedFd>,
+    /// The device of its file system (`None`: unknown).
+    dev: Option<u64>,
     failed: OnceLock<Errno>,
 }
 
@@ -21,9 +23,17 @@ impl Syncs {
     /// Syncs through `dir`, a description of the receive directory this session opened.
     pub fn new(dir: Arc<OwnedFd>) -> Syncs {
         Syncs {
+            dev: rustix::fs::fstat(&dir).ok().map(|st| st.st_dev),
             dir,
             failed: OnceLock::new(),
         }
+    }
+
+    /// Whether `dir` is on another file system than the receive directory (a mount point in a
+    /// tree merged into one here), which [`Syncs::syncfs`] does not reach. True when unsure.
+    pub fn elsewhere(&self, dir: &OwnedFd) -> bool {
+        let dev = rustix::fs::fstat(dir).ok().map(|st| st.st_dev);
+        dev.is_none() || dev != self.dev
     }
 
     /// Makes everything written on the receive directory's file system durable (syncfs), or
