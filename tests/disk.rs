@@ -472,6 +472,43 @@ fn a_large_file_whose_early_write_back_failed_is_not_published() {
     assert!(small.fs.files().is_empty(), "{:?}", small.fs.files());
 }
 
+/// A transfer interrupted while its partial could not be written back keeps no partial: the
+/// sync that records the partial takes the kernel's one report of the failure, and the bytes
+/// may be in the page cache only, where a resume's proof would find them. The interruption
+/// comes before any wait along the way could take the report (the first is at 32 MiB).
+#[test]
+fn an_interrupted_transfer_whose_write_back_failed_keeps_no_partial() {
+    assert_root();
+    let small = Mount::ext4_on_small_disk(96, false);
+    // 90 of the tmpfs's 96 MiB taken: the first 16 MiB written back cannot all reach it.
+    let filler = small.disk.point.join("filler");
+    std::fs::write(&filler, vec![1u8; 90 << 20]).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("big.img");
+    random_file(&path, 64 << 20, 87);
+    let rx = Zrecv::start(&small.fs.point, &[]);
+    let proxy = Proxy::start(rx.addr, Fault::PauseAt(payload_offset("big.img", 24 << 20)));
+    let mut sender = Command::new(zsend_bin())
+        .args([&proxy.addr(), path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    proxy.release();
+    drop(proxy);
+    let line = rx.wait_for_line("big.img from");
+    assert!(line.contains("sender closed after"), "{line}");
+    assert!(
+        rx.stderr().contains("keeping the partial big.img: "),
+        "{}",
+        rx.stderr()
+    );
+    assert!(small.fs.files().is_empty(), "{:?}", small.fs.files());
+}
+
 /// A mount point inside a tree merged into one here: a batch's syncfs reaches only the receive
 /// directory's file system, so each file landing beyond it is fsynced on its own, and its
 /// directory after the rename (strace counts the fsyncs: none before).

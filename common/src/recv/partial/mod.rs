@@ -482,8 +482,12 @@ pub(crate) fn keep<D: AsFd>(temp: TempFile<D>, header: &Header, held: u64) {
         }
         // The roots of its pieces, so that a resume reads nothing back; recorded only once the
         // bytes they vouch for are durable, with the ctime that any later change would move.
+        // A failed write-back is the end of the partial: this sync takes the kernel's one
+        // report of it, and its bytes may be in the page cache only, where a resume's proof
+        // would find them.
         let pieces = temp.pieces.first(held / PIECE);
-        if !pieces.is_empty() && rustix::fs::fdatasync(&temp.file).is_ok() {
+        if !pieces.is_empty() {
+            rustix::fs::fdatasync(&temp.file)?;
             let st = rustix::fs::fstat(&temp.file)?;
             let ctime = Timespec {
                 tv_sec: st.st_ctime as _,
