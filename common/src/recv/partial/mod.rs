@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
@@ -49,6 +49,8 @@ pub(crate) struct TempFile<D: AsFd> {
     /// The mode it was made with, when it has exactly that one (see [`TempFile::create_as`]):
     /// nothing needs to set it again.
     pub(crate) made_with: Option<u32>,
+    /// For a partial a transfer runs on: known to the sweep as this process's, until dropped.
+    _held: Option<Held>,
     armed: bool,
 }
 
@@ -75,6 +77,7 @@ impl<D: AsFd> TempFile<D> {
                         file: File::from(fd),
                         pieces: PieceLog::default(),
                         made_with: None,
+                        _held: None,
                         armed: true,
                     })
                 }
@@ -103,6 +106,7 @@ impl<D: AsFd> TempFile<D> {
             file: File::from(fd),
             pieces: PieceLog::default(),
             made_with: mode,
+            _held: None,
             armed: true,
         })
     }
@@ -262,6 +266,37 @@ pub(crate) fn walk_beneath(
     check(last)?;
     let at = held.as_ref().map_or(dir.as_fd(), |fd| fd.as_fd());
     rustix::fs::openat(at, last, flags, mode)
+}
+
+/// The partials this process's transfers run on, by device and inode (see [`Held`]).
+static HELD: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+/// A partial this process's transfer runs on, known as such until dropped: the sweep spares it
+/// without opening it. (Where flock is a POSIX lock, as on NFS, closing any descriptor of the
+/// file would drop the lock the transfer holds in the same process.)
+pub(crate) struct Held((u64, u64));
+
+impl Held {
+    fn new(st: &rustix::fs::Stat) -> Held {
+        let key = (st.st_dev, st.st_ino);
+        HELD.lock().unwrap_or_else(|p| p.into_inner()).push(key);
+        Held(key)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = held.iter().position(|k| *k == self.0) {
+            held.swap_remove(k);
+        }
+    }
+}
+
+/// Whether the file with this device and inode is a partial this process's transfer runs on.
+pub(crate) fn held_here(dev: u64, ino: u64) -> bool {
+    let held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    held.contains(&(dev, ino))
 }
 
 /// Taken shared while a transfer takes up a kept partial (opens it and sets its mtime to now),
@@ -521,16 +556,18 @@ pub(crate) fn start<D: AsFd>(dir: D, header: &Header) -> io::Result<TempFile<D>>
     let (part, resume) = kept_names(&header.name);
     // A part without its record (a crash between the two) is ours to reuse: the name is claimed.
     // The sweep does not come between opening it and locking it (see `sweep::is_held`).
-    let held = hold_off();
+    let sweep = hold_off();
     let fd = open_beneath(&dir, &part, OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC)?;
     mark_running(&fd);
-    drop(held);
+    let held = rustix::fs::fstat(&fd).ok().map(|st| Held::new(&st));
+    drop(sweep);
     let temp = TempFile {
         dir,
         name: part,
         file: File::from(fd),
         pieces: PieceLog::default(),
         made_with: None,
+        _held: held,
         armed: true,
     };
     write_record(temp.dir.as_fd(), &record, &resume)?;
@@ -647,6 +684,7 @@ pub(crate) fn take<D: AsFd>(dir: D, header: &Header) -> Option<(TempFile<D>, u64
         };
         mark_in_use(&fd);
         mark_running(&fd);
+        let held_here = Held::new(&st);
         let is_file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         let len = st.st_size as u64;
         let file = File::from(fd);
@@ -664,17 +702,18 @@ pub(crate) fn take<D: AsFd>(dir: D, header: &Header) -> Option<(TempFile<D>, u64
         } else {
             len >= held && held <= r.size
         };
-        (is_file && fits).then_some((file, held, pieces))
+        (is_file && fits).then_some((file, held, pieces, held_here))
     });
     let _ = rustix::fs::unlinkat(&dir, resume.as_str(), AtFlags::empty());
     match taken {
-        Some((file, held, pieces)) => Some((
+        Some((file, held, pieces, held_here)) => Some((
             TempFile {
                 dir,
                 name: part,
                 file,
                 pieces: PieceLog::with(pieces),
                 made_with: None,
+                _held: Some(held_here),
                 armed: true,
             },
             held,
