@@ -437,39 +437,68 @@ fn a_tree_whose_data_cannot_be_written_back_is_not_published() {
     assert!(!fs.point.join("t").exists(), "{:?}", fs.files());
 }
 
+/// A disk that is nearly full under an ext4 without a journal (`taken` of its 96 MiB filled),
+/// and a 64 MiB file of random bytes to send to it.
+struct NearlyFull {
+    small: OnSmallDisk,
+    filler: PathBuf,
+    _src: tempfile::TempDir,
+    big: PathBuf,
+}
+
+impl NearlyFull {
+    fn new(taken_mib: usize, seed: u64) -> NearlyFull {
+        let small = Mount::ext4_on_small_disk(96, false);
+        let filler = small.disk.point.join("filler");
+        std::fs::write(&filler, vec![1u8; taken_mib << 20]).unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let big = src.path().join("big.img");
+        random_file(&big, 64 << 20, seed);
+        NearlyFull {
+            small,
+            filler,
+            _src: src,
+            big,
+        }
+    }
+
+    /// Starts sending the file to `rx` through a proxy that pauses at byte `at` of the
+    /// stream, and returns once it has.
+    fn send_paused(&self, rx: &Zrecv, at: u64) -> (Proxy, std::process::Child) {
+        let proxy = Proxy::start(rx.addr, Fault::PauseAt(at));
+        let sender = Command::new(zsend_bin())
+            .args([&proxy.addr(), self.big.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+        (proxy, sender)
+    }
+}
+
 /// A write-back error that a wait along a large file's way took the report of fails the file:
 /// the kernel reports it once per open file, so the final fsync would pass it. The disk runs
-/// out under the first windows written back, then has room again (a filler removed) for the
+/// out under the first windows written back, then has room again (the filler removed) for the
 /// last ones, which reach it; the failed pages stay readable in the page cache, so the
 /// digests still agree.
 #[test]
 fn a_large_file_whose_early_write_back_failed_is_not_published() {
     assert_root();
-    let small = Mount::ext4_on_small_disk(96, false);
     // 88 of the tmpfs's 96 MiB taken: the image's first writes fill the rest.
-    let filler = small.disk.point.join("filler");
-    std::fs::write(&filler, vec![1u8; 88 << 20]).unwrap();
-    let src = tempfile::tempdir().unwrap();
-    let path = src.path().join("big.img");
-    random_file(&path, 64 << 20, 86);
-    let mut rx = Zrecv::start(&small.fs.point, &["--once"]);
+    let disk = NearlyFull::new(88, 86);
+    let mut rx = Zrecv::start(&disk.small.fs.point, &["--once"]);
     // Past the wait for the first two windows of 16 MiB, which comes as the fourth starts.
-    let proxy = Proxy::start(rx.addr, Fault::PauseAt(52 << 20));
-    let sender = Command::new(zsend_bin())
-        .args([&proxy.addr(), path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
-    std::fs::remove_file(&filler).unwrap();
+    let (proxy, sender) = disk.send_paused(&rx, 52 << 20);
+    std::fs::remove_file(&disk.filler).unwrap();
     proxy.release();
     let out = wait_output(sender);
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(7), "{err}");
     assert!(err.contains("writing the data back"), "{err}");
     assert_eq!(rx.wait().code(), Some(7), "{}", rx.stderr());
-    assert!(small.fs.files().is_empty(), "{:?}", small.fs.files());
+    let files = disk.small.fs.files();
+    assert!(files.is_empty(), "{files:?}");
 }
 
 /// A transfer interrupted while its partial could not be written back keeps no partial: the
@@ -479,22 +508,10 @@ fn a_large_file_whose_early_write_back_failed_is_not_published() {
 #[test]
 fn an_interrupted_transfer_whose_write_back_failed_keeps_no_partial() {
     assert_root();
-    let small = Mount::ext4_on_small_disk(96, false);
     // 90 of the tmpfs's 96 MiB taken: the first 16 MiB written back cannot all reach it.
-    let filler = small.disk.point.join("filler");
-    std::fs::write(&filler, vec![1u8; 90 << 20]).unwrap();
-    let src = tempfile::tempdir().unwrap();
-    let path = src.path().join("big.img");
-    random_file(&path, 64 << 20, 87);
-    let rx = Zrecv::start(&small.fs.point, &[]);
-    let proxy = Proxy::start(rx.addr, Fault::PauseAt(payload_offset("big.img", 24 << 20)));
-    let mut sender = Command::new(zsend_bin())
-        .args([&proxy.addr(), path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    let disk = NearlyFull::new(90, 87);
+    let rx = Zrecv::start(&disk.small.fs.point, &[]);
+    let (proxy, mut sender) = disk.send_paused(&rx, payload_offset("big.img", 24 << 20));
     sender.kill().unwrap();
     sender.wait().unwrap();
     proxy.release();
@@ -506,7 +523,8 @@ fn an_interrupted_transfer_whose_write_back_failed_keeps_no_partial() {
         "{}",
         rx.stderr()
     );
-    assert!(small.fs.files().is_empty(), "{:?}", small.fs.files());
+    let files = disk.small.fs.files();
+    assert!(files.is_empty(), "{files:?}");
 }
 
 /// A mount point inside a tree merged into one here: a batch's syncfs reaches only the receive
