@@ -108,10 +108,6 @@ impl Identity {
 /// from this machine's clock. The answer is kept for a second per thread and device: asking
 /// was a system call per file landed, and a device changes file system only when unmounted.
 fn fine_stamps(fd: impl AsFd, dev: u64) -> bool {
-    const EXT4: i64 = 0xEF53;
-    const XFS: i64 = 0x5846_5342;
-    const BTRFS: i64 = 0x9123_683E;
-    const TMPFS: i64 = 0x0102_1994;
     const KEPT: std::time::Duration = std::time::Duration::from_secs(1);
     thread_local! {
         static LAST: std::cell::Cell<Option<(u64, bool, std::time::Instant)>> =
@@ -122,8 +118,7 @@ fn fine_stamps(fd: impl AsFd, dev: u64) -> bool {
             return fine;
         }
     }
-    let fine =
-        rustix::fs::fstatfs(fd).is_ok_and(|fs| matches!(fs.f_type, EXT4 | XFS | BTRFS | TMPFS));
+    let fine = crate::sys::is_local_fs(fd);
     LAST.set(Some((dev, fine, std::time::Instant::now())));
     fine
 }

@@ -61,18 +61,23 @@ pub fn umask() -> Option<u32> {
     })
 }
 
-/// Whether a file made in the directory `dir` gets the mode it is made with, less the umask:
-/// `dir` is on a local file system that does so (ext4, XFS, Btrfs, tmpfs; a network or FUSE
-/// one may decide otherwise) and has no default ACL (which would decide instead). False when
-/// unsure.
-pub fn gives_modes_whole(dir: impl std::os::fd::AsFd) -> bool {
+/// Whether `fd` is on a local file system whose behaviour zsend relies on where it says so:
+/// ext4, XFS, Btrfs or tmpfs, which stamp times in nanoseconds from this machine's clock and
+/// give a new file the mode it is made with (less the umask, or as a default ACL says). A
+/// network or FUSE file system may do otherwise. False when unsure.
+pub fn is_local_fs(fd: impl std::os::fd::AsFd) -> bool {
     const EXT4: i64 = 0xEF53;
     const XFS: i64 = 0x5846_5342;
     const BTRFS: i64 = 0x9123_683E;
     const TMPFS: i64 = 0x0102_1994;
-    let local =
-        rustix::fs::fstatfs(&dir).is_ok_and(|fs| matches!(fs.f_type, EXT4 | XFS | BTRFS | TMPFS));
-    local
+    rustix::fs::fstatfs(fd).is_ok_and(|fs| matches!(fs.f_type, EXT4 | XFS | BTRFS | TMPFS))
+}
+
+/// Whether a file made in the directory `dir` gets the mode it is made with, less the umask:
+/// `dir` is on a local file system ([`is_local_fs`]) and has no default ACL (which would decide
+/// instead). False when unsure.
+pub fn gives_modes_whole(dir: impl std::os::fd::AsFd) -> bool {
+    is_local_fs(&dir)
         && matches!(
             rustix::fs::fgetxattr(&dir, "system.posix_acl_default", &mut [0u8; 0][..]),
             Err(Errno::NODATA) | Err(Errno::OPNOTSUPP)

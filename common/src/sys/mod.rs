@@ -19,7 +19,8 @@ mod splice;
 mod stall;
 
 pub use file::{
-    block_device_size, gives_modes_whole, next_data, raise_open_files_limit, umask, DropBehind,
+    block_device_size, gives_modes_whole, is_local_fs, next_data, raise_open_files_limit, umask,
+    DropBehind,
 };
 pub use send::{read_write_all, sendfile_all};
 pub use splice::{drain_pipe_to, fill_pipe, splice_through, Onward, Pipe, SpliceStats, SpliceTo};

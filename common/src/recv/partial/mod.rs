@@ -92,8 +92,8 @@ impl<D: AsFd> TempFile<D> {
     /// dropped armed, as any temporary file.
     ///
     /// It is made with `mode` (0600 without), which the caller knows it gets whole: no bit of
-    /// it in the umask, and no default ACL on `dir` (the hidden tree is closed to others
-    /// meanwhile).
+    /// it in the umask, and `dir` as `sys::gives_modes_whole` requires (the hidden tree is
+    /// closed to others meanwhile).
     pub(crate) fn create_as(dir: D, name: String, mode: Option<u32>) -> io::Result<TempFile<D>> {
         let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL;
         let fd = match mode {

@@ -160,7 +160,7 @@ fn orphan_roots(root: BorrowedFd<'_>, swept: &mut Swept) {
     let have: HashSet<String> = (others.iter())
         .filter_map(
             |n| match std::str::from_utf8(n).ok().filter(|n| partial::is_stage(n)) {
-                Some(stage) => Some(stage.replace(".stage", ".roots")),
+                Some(stage) => stage.strip_suffix(".stage").map(|k| format!("{k}.roots")),
                 None if n.starts_with(TEMP_PREFIX.as_bytes()) => None,
                 None => Some(partial::hidden_name(&text_key(n), "roots")),
             },

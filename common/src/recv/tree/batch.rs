@@ -281,19 +281,10 @@ impl Landing<'_> {
         // the syncfs's reach: it is made durable with an fsync of its own, and its directory
         // after the rename. Each directory is looked at once per batch.
         let mut elsewhere: HashMap<*const OwnedFd, bool> = HashMap::new();
-        let mut away = |p: &Pending| {
-            let dir = Arc::as_ptr(&p.temp.dir);
-            *(elsewhere.entry(dir)).or_insert_with(|| self.syncs.elsewhere(&p.temp.dir))
-        };
-        let ready: Vec<(Pending, bool)> = ready
-            .into_iter()
-            .map(|p| {
-                let away = away(&p);
-                (p, away)
-            })
-            .collect();
         let mut kept = Vec::with_capacity(ready.len());
-        for (p, away) in ready {
+        for p in ready {
+            let away = *(elsewhere.entry(Arc::as_ptr(&p.temp.dir)))
+                .or_insert_with(|| self.syncs.elsewhere(&p.temp.dir));
             match away.then(|| rustix::fs::fsync(&p.temp.file)) {
                 Some(Err(e)) => self.failed(&p, self.rx.local("syncing the data", e.into())),
                 _ => kept.push((p, away)),
