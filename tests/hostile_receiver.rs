@@ -245,6 +245,57 @@ fn an_end_of_pass_with_files_unanswered_is_refused() {
     assert!(err.contains("still without their verdict"), "{err}");
 }
 
+/// Verdicts held past the end of a pass (as a receiver does for a new tree with a file asked
+/// for again) are due in the next pass: a receiver that leaves them out there has not landed
+/// them, and one that sends them gets the tree through.
+#[test]
+fn verdicts_held_into_the_second_pass_must_come_in_it() {
+    for honest in [false, true] {
+        let out = tree_answered(Answer::Landed, &["--json"], move |r, w, m| {
+            // First pass: every file checked; the first asked for again, the others held.
+            let mut checked = Vec::new();
+            loop {
+                match Frame::read(r).unwrap() {
+                    Some(Frame::Check(i, d)) => checked.push((i, d)),
+                    Some(Frame::EndOfPass) => break,
+                    Some(Frame::Keepalive) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(checked.len(), 3, "{checked:?}");
+            let (again, _) = checked[0];
+            let mut words = file_verdict(again, FileStatus::Resend, None);
+            words.extend(Report::EndOfPass.encode());
+            w.write_all(&words).unwrap();
+            // Second pass: that file whole; the held verdicts only if honest.
+            let mut words = Vec::new();
+            take_pass(r, m, |i, d| {
+                assert_eq!(i, again);
+                words.extend(file_verdict(i, FileStatus::Landed, Some(d)));
+            });
+            if honest {
+                for &(i, d) in &checked[1..] {
+                    words.extend(file_verdict(i, FileStatus::Unchanged, Some(d)));
+                }
+            }
+            words.extend(Report::EndOfPass.encode());
+            w.write_all(&words).unwrap();
+        });
+        let err = stderr_of(&out);
+        if honest {
+            assert!(out.status.success(), "{err}");
+            let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(
+                (j["landed"].as_u64(), j["unchanged"].as_u64()),
+                (Some(1), Some(2))
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(6), "{err}");
+            assert!(err.contains("2 files still without their verdict"), "{err}");
+        }
+    }
+}
+
 /// An honest fake receiver gets the tree through: the checks above refuse only lies.
 #[test]
 fn an_honest_raw_receiver_lands_the_tree() {

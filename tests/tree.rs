@@ -570,6 +570,58 @@ fn a_tampered_partial_in_a_tree_is_sent_again_whole() {
     rx.wait_for_line("asking for it whole");
 }
 
+/// A new tree with a file asked for again stays hidden until that file has landed in the
+/// second pass: at the end of the first, nobody sees it without that file (it used to be
+/// published then), and the verdicts held for its other files come in the second pass.
+#[test]
+fn a_new_tree_with_a_file_sent_again_is_published_only_whole() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("set");
+    std::fs::create_dir(&top).unwrap();
+    let size: u64 = 16 << 20;
+    random_file(&top.join("a.img"), size, 62);
+    random_file(&top.join("b.img"), size, 63);
+    std::fs::write(top.join("c.txt"), b"small and verified in the first pass").unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+    interrupt_tree(&rx, &top, size / 2);
+    let stage = stage_dir(dst.path());
+    let part = entries(&stage)
+        .into_iter()
+        .find(|e| is_kept_partial(e) && e.ends_with(".part"))
+        .expect("a kept partial");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(stage.join(&part))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"tampered", 100).unwrap();
+    drop(f);
+
+    // Held just after the sender's first end of pass, once the receiver has ended its own.
+    let proxy = Proxy::start(rx.addr, Fault::PauseAfter(b"ZEOP\0\0\0\0\0".to_vec()));
+    let sender = Command::new(zsend_bin())
+        .args([&proxy.addr(), top.to_str().unwrap(), "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    assert!(
+        !dst.path().join("set").exists(),
+        "published before its file sent again: {:?}",
+        entries(dst.path())
+    );
+    assert_eq!(stage_dir(dst.path()), stage);
+    proxy.release();
+    let out = wait_output(sender);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(json["landed"], 3, "{json}");
+    assert_eq!(json["failed"], 0, "{json}");
+    assert_eq!(describe(&dst.path().join("set")), describe(&top));
+    assert!(!stage.exists());
+}
+
 /// zrecv's --json line used to say a verified tree was not verified (false, and null), while
 /// zsend said true: both now say what was checked, and nothing when nothing was.
 #[test]

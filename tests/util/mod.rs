@@ -496,6 +496,8 @@ pub enum Fault {
     StallAfter(u64),
     /// Forward this many bytes, signal `stalled`, wait for `Proxy::release`, go on.
     PauseAt(u64),
+    /// As `PauseAt`, just after the first time these bytes went through.
+    PauseAfter(Vec<u8>),
 }
 
 /// A one-connection TCP proxy on 127.0.0.1 that applies a fault to the upstream stream and
@@ -583,6 +585,8 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // A test that failed while the proxy held the stream does not wait out its timeout.
+        self.release();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -600,11 +604,28 @@ fn pump(
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut pos = 0u64;
+    let mut fault = fault;
+    // The last bytes forwarded, to find a marker split between reads.
+    let mut tail: Vec<u8> = Vec::new();
     loop {
         let mut n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if let Fault::PauseAfter(marker) = &fault {
+            let seen = tail.len();
+            tail.extend_from_slice(&buf[..n]);
+            match tail.windows(marker.len()).position(|w| w == marker) {
+                Some(at) => {
+                    let end = (pos + (at + marker.len()) as u64).checked_sub(seen as u64);
+                    fault = Fault::PauseAt(end.unwrap());
+                }
+                None => {
+                    let keep = tail.len().saturating_sub(marker.len());
+                    tail.drain(..keep);
+                }
+            }
+        }
         if pos < 1 << 20 {
             record.lock().unwrap().extend_from_slice(&buf[..n]);
         }

@@ -78,9 +78,14 @@ impl<'s> Outbox<'s> {
         held.push((index, status, root, message.to_owned()));
     }
 
-    /// The verdicts held so far, taken out.
-    pub fn release(&self) -> Vec<Held> {
-        std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()))
+    /// The verdicts held so far on the entries `due` picks, taken out.
+    pub fn release(&self, due: impl Fn(u32) -> bool) -> Vec<Held> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let (out, kept) = std::mem::take(&mut *held)
+            .into_iter()
+            .partition(|h| due(h.0));
+        *held = kept;
+        out
     }
 
     fn note(&self, index: u32, status: FileStatus) {

@@ -167,6 +167,9 @@ struct Session<'r, 'scope> {
     /// Files still to arrive in this pass, and files asked for again in the next.
     left: usize,
     resends: usize,
+    /// New trees (their top-level paths) with a file asked for again in this pass: they stay
+    /// hidden, their verdicts held, until the pass that brings those files has ended.
+    unfinished: HashSet<Vec<u8>>,
     /// Checks of large files hashing on their own threads.
     checks: Checks,
     dirs: DirCache,
@@ -277,6 +280,7 @@ impl Receiver {
                 ahead: None,
                 left: 0,
                 resends: 0,
+                unfinished: HashSet::new(),
                 checks: Checks::new(),
                 dirs: DirCache::new(root),
                 pipe,
@@ -530,9 +534,10 @@ impl DirCache {
         self.last = None;
     }
 
-    /// Every staged directory was published (or given up): paths are their own again.
-    pub(super) fn unstage(&mut self) {
-        self.stages.clear();
+    /// The staged directories whose top-level paths `done` picks were published (or given
+    /// up): their paths are their own again.
+    pub(super) fn unstage(&mut self, done: impl Fn(&[u8]) -> bool) {
+        self.stages.retain(|top, _| !done(top));
         self.last = None;
     }
 
@@ -575,7 +580,7 @@ impl DirCache {
 }
 
 /// The first component of a path.
-fn top_of(path: &[u8]) -> &[u8] {
+pub(super) fn top_of(path: &[u8]) -> &[u8] {
     match path.iter().position(|b| *b == b'/') {
         Some(i) => &path[..i],
         None => path,

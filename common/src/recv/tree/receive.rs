@@ -504,6 +504,10 @@ impl Session<'_, '_> {
         self.left = std::mem::take(&mut self.resends);
         for &i in self.made_dirs.iter().rev() {
             let e = &self.manifest.entries[i];
+            // Set once the files of the next pass have landed in it.
+            if self.unfinished.contains(super::top_of(&e.path)) {
+                continue;
+            }
             let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
             let on_disk = self.dirs.on_disk(&e.path);
             let dir = open_beneath(&self.rx.dir, on_disk, OFlags::RDONLY | OFlags::DIRECTORY);
@@ -519,8 +523,10 @@ impl Session<'_, '_> {
                 log::warn!("setting the mode and mtime of {}: {err}", Escaped(&e.path));
             }
         }
-        // A new tree built under a hidden name is published now, whole.
+        // A new tree built under a hidden name is published now, whole, unless some of its
+        // files come again in the next pass.
         self.publish_stages()?;
+        self.unfinished.clear();
         self.send(&Report::EndOfPass)
     }
 
@@ -551,11 +557,14 @@ impl Session<'_, '_> {
         root: Option<[u8; 32]>,
         message: &str,
     ) -> Result<(), RecvError> {
-        if status == FileStatus::Resend {
-            self.resends += 1;
-        }
         // In a tree not published yet, what is here is not under its name yet.
         let path = &self.manifest.entries[index as usize].path;
+        if status == FileStatus::Resend {
+            self.resends += 1;
+            if self.in_stage(path) {
+                self.unfinished.insert(super::top_of(path).to_vec());
+            }
+        }
         match status {
             FileStatus::Landed | FileStatus::Unchanged if self.in_stage(path) => {
                 self.outbox.hold(index, status, root, message)

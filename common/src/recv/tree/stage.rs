@@ -7,7 +7,7 @@
 use rustix::fs::RenameFlags;
 use rustix::io::Errno;
 
-use super::Session;
+use super::{top_of, Session};
 use crate::error::RecvError;
 use crate::name::{text_key, Escaped};
 use crate::recv::partial;
@@ -52,18 +52,24 @@ impl Session<'_, '_> {
         self.dirs.staged(path)
     }
 
-    /// Makes every tree built under a hidden name durable with one `syncfs`, renames each
-    /// into place (never over anything), makes the renames durable, and sends the verdicts
-    /// held for their files: landed or unchanged when their tree was published, failed when
-    /// it could not be (the tree then stays hidden, for the next transfer to take up).
+    /// Makes every tree built under a hidden name that has no file coming again durable with
+    /// one `syncfs`, renames each into place (never over anything), makes the renames
+    /// durable, and sends the verdicts held for their files: landed or unchanged when their
+    /// tree was published, failed when it could not be (the tree then stays hidden, for the
+    /// next transfer to take up). A tree with a file coming again stays hidden, its verdicts
+    /// held, for the end of the next pass.
     pub(super) fn publish_stages(&mut self) -> Result<(), RecvError> {
-        if self.staged.is_empty() {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.staged)
+            .into_iter()
+            .partition(|(i, _)| !self.unfinished.contains(&self.manifest.entries[*i].path));
+        self.staged = later;
+        if due.is_empty() {
             return Ok(());
         }
         let root = self.dirs.root();
         let synced = self.syncs.syncfs();
         let mut failed: Vec<(Vec<u8>, String)> = Vec::new();
-        for (i, hidden) in std::mem::take(&mut self.staged) {
+        for (i, hidden) in due {
             let top = &self.manifest.entries[i].path;
             let flags = RenameFlags::NOREPLACE;
             let published = synced
@@ -81,10 +87,14 @@ impl Session<'_, '_> {
                 failed.push((top.clone(), why));
             }
         }
-        self.dirs.unstage();
-        for (index, mut status, root, mut message) in self.outbox.release() {
+        let unfinished = &self.unfinished;
+        self.dirs.unstage(|top| !unfinished.contains(top));
+        let held = self.outbox.release(|index| {
             let path = &self.manifest.entries[index as usize].path;
-            let top = path.split(|b| *b == b'/').next().unwrap_or_default();
+            !unfinished.contains(top_of(path))
+        });
+        for (index, mut status, root, mut message) in held {
+            let top = top_of(&self.manifest.entries[index as usize].path);
             if let Some((_, why)) = failed.iter().find(|(t, _)| t == top) {
                 // Counted as it was held: take it back.
                 let kind = &self.manifest.entries[index as usize].kind;

@@ -136,10 +136,14 @@ impl Ledger {
 
     /// How many entries still await their verdict.
     pub(super) fn awaiting(&self) -> usize {
-        self.lock()
-            .iter()
-            .filter(|s| matches!(s, Slot::Awaiting(_)))
-            .count()
+        self.unanswered().len()
+    }
+
+    /// The entries that still await their verdict.
+    pub(super) fn unanswered(&self) -> Vec<usize> {
+        let slots = self.lock();
+        let awaiting = |(i, s): (usize, &Slot)| matches!(s, Slot::Awaiting(_)).then_some(i);
+        slots.iter().enumerate().filter_map(awaiting).collect()
     }
 }
 

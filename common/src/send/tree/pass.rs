@@ -33,7 +33,17 @@ impl Session<'_> {
         progress: &mut dyn FnMut(Tick),
     ) -> Result<(), SendError> {
         let resend = self.pass(&first, Some(ahead), reports, progress)?;
-        if resend.is_empty() || self.stopping() {
+        if resend.is_empty() {
+            return Ok(());
+        }
+        if self.stopping() {
+            // Their verdicts were held for a tree that stays hidden without the second pass.
+            for i in self.ledger.unanswered() {
+                self.fail(
+                    i,
+                    "not published: the tree was stopped before it was whole".into(),
+                );
+            }
             return Ok(());
         }
         // Whole files only: the ledger refuses a second "send it whole" for them. A hard link
@@ -45,7 +55,12 @@ impl Session<'_> {
                 _ => (i, Action::Full),
             })
             .collect();
-        self.pass(&second, None, reports, progress).map(drop)
+        let again = self.pass(&second, None, reports, progress)?;
+        // A file sent whole is never asked for again: one that is did not land.
+        for i in again {
+            self.fail(i, "asked for again after it was sent whole".into());
+        }
+        Ok(())
     }
 
     /// Sends every action's frame back to back, then an end of pass, and reads verdicts until
@@ -91,8 +106,11 @@ impl Session<'_> {
                 }
             };
             if report == Report::EndOfPass {
+                // A new tree with a file asked for again stays hidden until the next pass has
+                // brought it: the verdicts held for its other files come then. The last pass
+                // leaves none due.
                 let awaiting = self.ledger.awaiting();
-                if awaiting > 0 {
+                if awaiting > 0 && resend.is_empty() {
                     return Err(ProtocolError::Malformed(format!(
                         "an end of pass with {awaiting} files still without their verdict"
                     ))
