@@ -296,6 +296,50 @@ fn verdicts_held_into_the_second_pass_must_come_in_it() {
     }
 }
 
+/// A directory hears back only a failure to take its metadata, once: anything else for it is
+/// a lie, and the failure itself fails the tree.
+#[test]
+fn a_directory_gets_only_one_failed_verdict() {
+    let cases = [
+        (
+            vec![FileStatus::Landed],
+            Some(6),
+            "a verdict Landed for the directory 0",
+        ),
+        (
+            vec![FileStatus::Failed, FileStatus::Failed],
+            Some(6),
+            "a second verdict for entry 0",
+        ),
+        (vec![FileStatus::Failed], Some(9), "top: no metadata here"),
+    ];
+    for (statuses, code, why) in cases {
+        let out = tree_against(move |r, w, m| {
+            answer_pass(r, w, m, |i, d| {
+                let mut words = file_verdict(i, FileStatus::Landed, Some(d));
+                if i == 3 {
+                    for &status in &statuses {
+                        words.extend(
+                            Report::File {
+                                index: 0,
+                                status,
+                                root: None,
+                                seal: [0; 32],
+                                message: "no metadata here".into(),
+                            }
+                            .encode(),
+                        );
+                    }
+                }
+                words
+            })
+        });
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), code, "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+}
+
 /// An honest fake receiver gets the tree through: the checks above refuse only lies.
 #[test]
 fn an_honest_raw_receiver_lands_the_tree() {

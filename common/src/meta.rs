@@ -10,6 +10,8 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, Gid, Mode, Uid, XattrFlags};
 
+use crate::name::Escaped;
+use crate::units::os_reason;
 use crate::wire::{Entry, Extras, Kind, Owner, KEPT_MODE};
 
 /// What of a tree to send beyond files, directories, modes and mtimes (`zsend -a` turns on all
@@ -244,7 +246,13 @@ impl Plan {
         for (name, value) in &self.xattrs {
             let cname = std::ffi::CString::new(name.as_slice())
                 .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-            rustix::fs::fsetxattr(fd, cname.as_c_str(), value, XattrFlags::empty())?;
+            rustix::fs::fsetxattr(fd, cname.as_c_str(), value, XattrFlags::empty()).map_err(
+                |e| {
+                    let e = io::Error::from(e);
+                    let why = format!("setting {}: {}", Escaped(name), os_reason(&e));
+                    io::Error::new(e.kind(), why)
+                },
+            )?;
         }
         Ok(())
     }

@@ -9,7 +9,6 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
-use rustix::io::Errno;
 
 use super::batch::Pending;
 use super::{header_of, DirCache, Session, LAND_ALONE, RESTAT_AFTER};
@@ -502,32 +501,47 @@ impl Session<'_, '_> {
         // Every first name of this pass has its verdict: the hard links to them can be made.
         self.make_hard_links()?;
         self.left = std::mem::take(&mut self.resends);
+        self.set_dir_metadata()?;
+        // A new tree built under a hidden name is published now, whole, unless some of its
+        // files come again in the next pass.
+        self.publish_stages()?;
+        self.unfinished.clear();
+        self.send(&Report::EndOfPass)
+    }
+
+    /// Sets the owners, modes, attributes and mtimes of the directories this transfer made,
+    /// deepest first (but those of a new tree whose files come again in the next pass). A
+    /// directory that will not take them is reported failed, once, and left as it is.
+    fn set_dir_metadata(&mut self) -> Result<(), RecvError> {
+        let mut failed = Vec::new();
         for &i in self.made_dirs.iter().rev() {
             let e = &self.manifest.entries[i];
-            // Set once the files of the next pass have landed in it.
             if self.unfinished.contains(super::top_of(&e.path)) {
                 continue;
             }
             let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
             let on_disk = self.dirs.on_disk(&e.path);
             let dir = open_beneath(&self.rx.dir, on_disk, OFlags::RDONLY | OFlags::DIRECTORY);
-            let set = dir.and_then(|d| {
+            let set = dir.map_err(io::Error::from).and_then(|d| {
                 rustix::fs::fchmod(&d, Mode::from_raw_mode(e.mode & KEPT_MODE))?;
                 if let Some(plan) = &plan {
-                    plan.apply(&d)
-                        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+                    plan.apply(&d)?;
                 }
-                rustix::fs::futimens(&d, &timestamps(e.mtime.0, e.mtime.1))
+                Ok(rustix::fs::futimens(&d, &timestamps(e.mtime.0, e.mtime.1))?)
             });
             if let Err(err) = set {
-                log::warn!("setting the mode and mtime of {}: {err}", Escaped(&e.path));
+                let why = format!("setting the directory's metadata: {}", os_reason(&err));
+                log::warn!("{}: {why}", Escaped(&e.path));
+                failed.push((i, why));
             }
         }
-        // A new tree built under a hidden name is published now, whole, unless some of its
-        // files come again in the next pass.
-        self.publish_stages()?;
-        self.unfinished.clear();
-        self.send(&Report::EndOfPass)
+        self.made_dirs
+            .retain(|i| !failed.iter().any(|(f, _)| f == i));
+        for (i, why) in failed {
+            self.counts.failed += 1;
+            self.report(i as u32, FileStatus::Failed, None, &why)?;
+        }
+        Ok(())
     }
 
     /// Ends the tree over a local failure with entry `i` (a full disk, say: the files after it

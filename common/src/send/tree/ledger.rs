@@ -25,6 +25,9 @@ pub(super) enum Sent {
     /// A hard link to make: landed, already that file, failed, refused, or back to us with
     /// its first name.
     Link,
+    /// Nothing: a directory the receiver made or found, which hears back only that it would
+    /// not take its owner, mode, attributes or mtime.
+    Dir,
 }
 
 impl Sent {
@@ -38,6 +41,7 @@ impl Sent {
             Sent::Abandoned => matches!(status, Failed | Refused),
             Sent::Quick => matches!(status, Unchanged | Failed | Refused),
             Sent::Link => matches!(status, Landed | Unchanged | Failed | Refused | Resend),
+            Sent::Dir => matches!(status, Failed),
         }
     }
 }
@@ -50,6 +54,9 @@ enum Slot {
     /// local failure such as a full disk, after which it ends the tree).
     Sending(Sent),
     Awaiting(Sent),
+    /// A directory answered made or found: a failure to take its metadata may come, once, at
+    /// the end of a pass; nothing else may, and nothing need.
+    Made,
     Answered,
 }
 
@@ -96,6 +103,11 @@ impl Ledger {
         self.lock()[i] = Slot::Sending(sent);
     }
 
+    /// Entry `i` is a directory the receiver made or found: it may be answered failed.
+    pub(super) fn directory(&self, i: usize) {
+        self.lock()[i] = Slot::Made;
+    }
+
     /// Entry `i`'s last byte is about to go out.
     pub(super) fn expect(&self, i: usize, sent: Sent) {
         self.lock()[i] = Slot::Awaiting(sent);
@@ -124,6 +136,11 @@ impl Ledger {
                 *slot = Slot::Answered;
                 Ok(sent)
             }
+            Slot::Made if Sent::Dir.allows(status) => {
+                *slot = Slot::Answered;
+                Ok(Sent::Dir)
+            }
+            Slot::Made => bad(format!("a verdict {status:?} for the directory {index}")),
             Slot::Sending(_) => bad(format!(
                 "a verdict {status:?} for entry {index} before all of it was sent"
             )),

@@ -58,7 +58,10 @@ impl Session<'_> {
         for (i, (entry, answer)) in manifest.entries.iter().zip(answers).enumerate() {
             match (&entry.kind, answer) {
                 (_, Answer::Refused(why)) => self.fail(i, why),
-                (Kind::Dir, Answer::Done) => self.report.dirs += 1,
+                (Kind::Dir, Answer::Done) => {
+                    self.report.dirs += 1;
+                    self.ledger.directory(i);
+                }
                 (Kind::Symlink { .. }, Answer::Done) => self.report.links += 1,
                 (Kind::Fifo | Kind::Socket | Kind::Device { .. }, Answer::Done) => {
                     self.report.specials += 1

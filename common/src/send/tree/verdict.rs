@@ -38,9 +38,9 @@ impl Session<'_> {
             let path = Escaped(&self.tree.manifest.entries[i].path).to_string();
             (path, message.clone())
         });
-        if root.is_some() && sent == Some(Sent::Link) {
+        if root.is_some() && matches!(sent, Some(Sent::Link | Sent::Dir)) {
             return Err(ProtocolError::Malformed(format!(
-                "a digest on the verdict for the hard link {}",
+                "a digest on the verdict for the hard link or directory {}",
                 Escaped(&self.tree.manifest.entries[i].path)
             ))
             .into());
@@ -91,6 +91,10 @@ impl Session<'_> {
             FileStatus::Mismatch => self.fail(i, mismatch()),
             FileStatus::Failed | FileStatus::Refused if sent == Some(Sent::Abandoned) => {
                 self.fail(i, SendError::SourceChanged.to_string())
+            }
+            FileStatus::Failed | FileStatus::Refused if sent == Some(Sent::Dir) => {
+                self.report.dirs -= 1;
+                self.fail(i, message)
             }
             FileStatus::Failed | FileStatus::Refused => self.fail(i, message),
             FileStatus::Resend => {
