@@ -171,6 +171,15 @@ fn every_case(top: &Path) {
         rustix::fs::FileType::BlockDevice,
         rustix::fs::makedev(7, 200),
     );
+    // Links, fifos and devices hold trusted and security attributes (and ACLs, but links).
+    let lset = |p: &str, name: &str, value: &[u8]| {
+        rustix::fs::lsetxattr(top.join(p), name, value, XattrFlags::empty()).unwrap()
+    };
+    lset("absolute", "trusted.link-note", b"on the link itself");
+    lset("to-plain", "security.label", b"system_u:object_r:etc_t");
+    lset("fifo", "trusted.fifo-note", b"a pipe");
+    lset("fifo", "system.posix_acl_access", &acl());
+    lset("null", "security.label", b"system_u:object_r:null_device_t");
     // Names are bytes: unicode, bytes that are not UTF-8, newlines, tabs, escapes.
     std::fs::write(top.join("ünïcødé name ✓"), b"u").unwrap();
     let raw = |b: &[u8]| top.join(std::ffi::OsStr::from_bytes(b));

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use rustix::fs::{AtFlags, Gid, Mode, Uid, XattrFlags};
@@ -99,10 +99,9 @@ pub fn extras_of(
             group,
         });
     }
-    // Only files and directories keep their attributes: those of links, fifos, sockets and
-    // devices are not sent (Linux allows a link none but trusted and security ones).
-    let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
-    if (keep.xattrs || keep.acls) && (kind.is_file() || kind.is_dir()) {
+    // Every kind keeps its attributes, as rsync -X keeps them: Linux allows links, fifos,
+    // sockets and devices only trusted and security ones (and links no ACL).
+    if keep.xattrs || keep.acls {
         extras.xattrs = names.xattrs_of(path, keep)?;
     }
     Ok((!extras.is_empty()).then(|| Box::new(extras)))
@@ -246,19 +245,14 @@ impl Plan {
         for (name, value) in &self.xattrs {
             let cname = std::ffi::CString::new(name.as_slice())
                 .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-            rustix::fs::fsetxattr(fd, cname.as_c_str(), value, XattrFlags::empty()).map_err(
-                |e| {
-                    let e = io::Error::from(e);
-                    let why = format!("setting {}: {}", Escaped(name), os_reason(&e));
-                    io::Error::new(e.kind(), why)
-                },
-            )?;
+            rustix::fs::fsetxattr(fd, cname.as_c_str(), value, XattrFlags::empty())
+                .map_err(|e| xattr_error(name, e))?;
         }
         Ok(())
     }
 
-    /// Sets the owner and mode of `name` in `dir` without following it: for links, fifos,
-    /// sockets and devices, which cannot be opened for it. (Their attributes are not kept.)
+    /// Sets the owner, mode and attributes of `name` in `dir` without following it: for
+    /// links, fifos, sockets and devices, which cannot be opened for it.
     pub fn apply_at(&self, dir: impl AsFd, name: &str, kind: &Kind) -> io::Result<()> {
         let dir = dir.as_fd();
         if let Some((uid, gid)) = self.owner {
@@ -269,8 +263,27 @@ impl Plan {
         if !matches!(kind, Kind::Symlink { .. }) {
             rustix::fs::chmodat(dir, name, Mode::from_raw_mode(self.mode), AtFlags::empty())?;
         }
+        if self.xattrs.is_empty() {
+            return Ok(());
+        }
+        // No call sets an attribute relative to a directory before Linux 6.13 (setxattrat):
+        // the directory's own name in /proc, and the entry in it, not followed.
+        let path = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
+        for (attr, value) in &self.xattrs {
+            let cname = std::ffi::CString::new(attr.as_slice())
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            rustix::fs::lsetxattr(&path, cname.as_c_str(), value, XattrFlags::empty())
+                .map_err(|e| xattr_error(attr, e))?;
+        }
         Ok(())
     }
+}
+
+/// The error of setting attribute `name`, which it names.
+fn xattr_error(name: &[u8], e: rustix::io::Errno) -> io::Error {
+    let e = io::Error::from(e);
+    let why = format!("setting {}: {}", Escaped(name), os_reason(&e));
+    io::Error::new(e.kind(), why)
 }
 
 /// An id from the manifest, which never holds -1 (it would mean "leave it as it is").

@@ -379,7 +379,7 @@ impl Session<'_, '_> {
             ),
         };
         let published = match plan.map(|p| p.apply_at(parent, &temp, &e.kind)) {
-            Some(Err(err)) => Err(self.rx.local("setting the owner and mode", err)),
+            Some(Err(err)) => Err(self.rx.local("setting the owner, mode and attributes", err)),
             _ => self.rx.publish(parent, &temp, e.base()),
         };
         if let Err(err) = published {
