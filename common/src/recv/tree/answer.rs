@@ -378,16 +378,19 @@ impl Session<'_, '_> {
                     .map_or_else(|| Plan::of_mode(e.mode), |(p, _)| p),
             ),
         };
+        // Its mtime before the rename, which moves only its ctime: one that will not take it
+        // is not published.
+        let times = timestamps(e.mtime.0, e.mtime.1);
         let published = match plan.map(|p| p.apply_at(parent, &temp, &e.kind)) {
             Some(Err(err)) => Err(self.rx.local("setting the owner, mode and attributes", err)),
-            _ => self.rx.publish(parent, &temp, e.base()),
+            _ => rustix::fs::utimensat(parent, temp.as_str(), &times, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|err| self.rx.local("setting the mtime", err.into()))
+                .and_then(|()| self.rx.publish(parent, &temp, e.base())),
         };
         if let Err(err) = published {
             let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
             return Answer::Refused(err.to_string());
         }
-        let times = timestamps(e.mtime.0, e.mtime.1);
-        let _ = rustix::fs::utimensat(parent, e.base(), &times, AtFlags::SYMLINK_NOFOLLOW);
         Answer::Done
     }
 }
