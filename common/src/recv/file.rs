@@ -368,11 +368,11 @@ impl Receiver {
             record.stages.hash_cpu += cpu;
             hashed
         });
-        let writing = format!("writing {}", Escaped(&header.name));
+        let writing = || format!("writing {}", Escaped(&header.name));
         // First: a partial whose write-back failed is not kept for resuming, even when the
         // connection broke too (its bytes may be in the page cache only).
         written_back.map_err(|e| self.local("writing the data back", e))?;
-        self.payload_outcome(header, copied, record, &writing)?;
+        self.payload_outcome(header, copied, record, writing)?;
         watched
             .map_err(|stop| self.gave_up(stop, "hashing what arrived", record.received, size))?;
         match hashed {
@@ -392,7 +392,7 @@ impl Receiver {
         header: &Header,
         copied: Result<u64, Incoming>,
         record: &mut TransferRecord,
-        writing: &str,
+        writing: impl FnOnce() -> String,
     ) -> Result<(), RecvError> {
         let size = header.size;
         if let (true, Ok(n)) = (header.stream(), &copied) {
@@ -412,7 +412,7 @@ impl Receiver {
             Ok(_) => Ok(()),
             Err(Incoming::Protocol(e)) => Err(e.into()),
             Err(Incoming::Copy(CopyError::Read(e))) => Err(network("receiving", e)),
-            Err(Incoming::Copy(CopyError::Write(e))) => Err(self.local(writing, e)),
+            Err(Incoming::Copy(CopyError::Write(e))) => Err(self.local(&writing(), e)),
             Err(Incoming::Copy(CopyError::Unsupported | CopyError::SourceChanged)) => {
                 unreachable!("receiving neither gives up on the kernel nor reads a source")
             }

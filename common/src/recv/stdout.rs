@@ -46,7 +46,9 @@ impl Receiver {
             (copied, digest)
         });
         record.received = received;
-        self.payload_outcome(header, copied, record, "writing to standard output")?;
+        self.payload_outcome(header, copied, record, || {
+            "writing to standard output".into()
+        })?;
         digest
             .transpose()
             .map_err(|e| self.local("hashing what went to standard output", e))
