@@ -597,3 +597,95 @@ fn a_hard_links_verdict_has_no_digest_and_unkept_is_bounded() {
         assert!(err.contains(why), "{err}");
     }
 }
+
+/// Nothing of the second pass comes back: its files are sent whole and its links follow them.
+/// A receiver that asks for a link again there used to have it failed alone, and an end of
+/// pass then taken with other entries still owed; it is a protocol error.
+#[test]
+fn nothing_is_asked_for_again_in_the_last_pass() {
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    std::fs::create_dir(&top).unwrap();
+    random_file(&top.join("a"), 5_000, 10);
+    std::fs::hard_link(top.join("a"), top.join("b")).unwrap();
+    let (addr, fake) = fake_peer(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let _ = read_hello(&mut r).unwrap();
+        w.write_all(&Reply::Accept.encode()).unwrap();
+        let m = Manifest::read(&mut r).unwrap();
+        assert_eq!(m.entries[2].kind, zcommon::Kind::HardLink { first: 1 });
+        let answers = vec![Answer::Done, Answer::Landed, Answer::Send];
+        w.write_all(&Answers::Each(answers, 0).encode()).unwrap();
+        // First pass: the check and the link, both asked for again.
+        let mut root = None;
+        for pass in 0..2 {
+            loop {
+                match Frame::read(&mut r).unwrap() {
+                    Some(Frame::Check(1, _)) | Some(Frame::Link(2)) => {}
+                    Some(Frame::Full(1)) => {
+                        let mut payload = vec![0u8; m.entries[1].size() as usize];
+                        r.read_exact(&mut payload).unwrap();
+                        root = Trailer::read(&mut r).unwrap().root;
+                    }
+                    Some(Frame::Keepalive) => {}
+                    Some(Frame::EndOfPass) => break,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            let mut words = match pass {
+                0 => file_verdict(1, FileStatus::Resend, None),
+                _ => file_verdict(1, FileStatus::Landed, root),
+            };
+            words.extend(file_verdict(2, FileStatus::Resend, None));
+            words.extend(Report::EndOfPass.encode());
+            w.write_all(&words).unwrap();
+        }
+        let mut rest = Vec::new();
+        let _ = r.read_to_end(&mut rest);
+    });
+    let out = zsend(&[&addr, top.to_str().unwrap(), "--timeout", "10"]);
+    fake.join().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("1 entries asked for again in the last pass"),
+        "{err}"
+    );
+}
+
+/// With `--fail-fast`, a failure in a first pass that asked for a file again stops the tree
+/// there: the file asked for is not sent again, the verdicts the receiver held for the next
+/// pass never come, and all those files are failed and named, not left out of the count.
+#[test]
+fn a_stop_after_the_first_pass_names_the_files_still_owed() {
+    let out = tree_answered(Answer::Landed, &["--json", "--fail-fast"], |r, w, _| {
+        let mut checked = Vec::new();
+        loop {
+            match Frame::read(r).unwrap() {
+                Some(Frame::Check(i, _)) => checked.push(i),
+                Some(Frame::EndOfPass) => break,
+                Some(Frame::Keepalive) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let mut words = file_verdict(checked[0], FileStatus::Resend, None);
+        words.extend(file_verdict(checked[1], FileStatus::Failed, None));
+        words.extend(Report::EndOfPass.encode());
+        w.write_all(&words).unwrap();
+        // No second pass: the sender closes.
+        assert!(matches!(Frame::read(r), Ok(None) | Err(_)));
+    });
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    assert!(
+        err.contains("top/c: not published: the tree was stopped"),
+        "{err}"
+    );
+    assert!(
+        err.contains("top/a: not sent again: the tree was stopped"),
+        "{err}"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["failed"], 3, "{j}");
+}

@@ -32,7 +32,7 @@ impl Session<'_> {
         reports: &mpsc::Receiver<Incoming>,
         progress: &mut dyn FnMut(Tick),
     ) -> Result<(), SendError> {
-        let resend = self.pass(&first, Some(ahead), reports, progress)?;
+        let resend = self.pass(&first, Some(ahead), reports, progress, false)?;
         if resend.is_empty() {
             return Ok(());
         }
@@ -42,6 +42,12 @@ impl Session<'_> {
                 self.fail(
                     i,
                     "not published: the tree was stopped before it was whole".into(),
+                );
+            }
+            for i in resend {
+                self.fail(
+                    i,
+                    "not sent again: the tree was stopped (--fail-fast)".into(),
                 );
             }
             return Ok(());
@@ -55,22 +61,19 @@ impl Session<'_> {
                 _ => (i, Action::Full),
             })
             .collect();
-        let again = self.pass(&second, None, reports, progress)?;
-        // A file sent whole is never asked for again: one that is did not land.
-        for i in again {
-            self.fail(i, "asked for again after it was sent whole".into());
-        }
-        Ok(())
+        self.pass(&second, None, reports, progress, true).map(drop)
     }
 
     /// Sends every action's frame back to back, then an end of pass, and reads verdicts until
-    /// the receiver's end of pass. Returns the files to send again whole.
+    /// the receiver's end of pass. Returns the files to send again whole, none after the `last`
+    /// pass.
     fn pass(
         &mut self,
         actions: &[(usize, Action)],
         ahead: Option<&Prehash>,
         reports: &mpsc::Receiver<Incoming>,
         progress: &mut dyn FnMut(Tick),
+        last: bool,
     ) -> Result<Vec<usize>, SendError> {
         let mut resend = Vec::new();
         progress(Tick::Phase(Phase::Sending));
@@ -106,6 +109,14 @@ impl Session<'_> {
                 }
             };
             if report == Report::EndOfPass {
+                // Everything of the last pass was sent whole: nothing comes back from it.
+                if last && !resend.is_empty() {
+                    return Err(ProtocolError::Malformed(format!(
+                        "{} entries asked for again in the last pass",
+                        resend.len()
+                    ))
+                    .into());
+                }
                 // A new tree with a file asked for again stays hidden until the next pass has
                 // brought it: the verdicts held for its other files come then. The last pass
                 // leaves none due.
