@@ -362,6 +362,53 @@ fn an_interrupted_tree_resumes_where_it_stopped() {
     assert!(!stage.exists());
 }
 
+/// A tree taken up after an interruption lands as the sender has it: its subdirectories, which
+/// the interrupted transfer had made, with their modes and mtimes (they kept 0700 and the
+/// time they were made), and nothing left of the resumed file's checkpoints (its record stayed
+/// beside it, in the published tree).
+#[test]
+fn a_tree_taken_up_lands_with_its_directories_and_nothing_hidden() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("set");
+    std::fs::create_dir_all(top.join("sub/deeper")).unwrap();
+    // More than a checkpoint's 256 MiB still to come once it resumes.
+    random_file(&top.join("sub/big.img"), 320 << 20, 64);
+    std::fs::write(top.join("sub/deeper/small"), b"small").unwrap();
+    std::fs::set_permissions(top.join("sub"), PermissionsExt::from_mode(0o750)).unwrap();
+    let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
+    for dir in ["sub/deeper", "sub"] {
+        let f = std::fs::File::open(top.join(dir)).unwrap();
+        f.set_modified(when).unwrap();
+    }
+    let rx = Zrecv::start(dst.path(), &[]);
+    interrupt_tree(&rx, &top, 16 << 20);
+    assert!(stage_dir(dst.path()).join("sub/deeper").is_dir());
+
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert!(json["resumed_from"].as_u64().unwrap() > 0, "{json}");
+    let here = dst.path().join("set");
+    assert_eq!(describe(&here), describe(&top));
+    for dir in ["sub/deeper", "sub"] {
+        let (ours, theirs) = (
+            std::fs::metadata(here.join(dir)).unwrap(),
+            std::fs::metadata(top.join(dir)).unwrap(),
+        );
+        assert_eq!(
+            ours.modified().unwrap(),
+            theirs.modified().unwrap(),
+            "{dir}"
+        );
+    }
+    let hidden: Vec<String> = describe(&here)
+        .into_keys()
+        .filter(|p| p.split('/').any(|c| c.starts_with(".zrecv-")))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
+}
+
 /// Runs a raw tree handshake with `entries` and returns the receiver's answers.
 fn hostile_manifest(rx: &Zrecv, entries: Vec<Entry>) -> Answers {
     let mut s = std::net::TcpStream::connect(rx.addr).unwrap();
@@ -563,7 +610,8 @@ fn a_new_tree_with_a_file_sent_again_is_published_only_whole() {
     std::os::unix::fs::FileExt::write_all_at(&f, b"tampered", 100).unwrap();
     drop(f);
 
-    // Held just after the sender's first end of pass, once the receiver has ended its own.
+    // Held just after the sender's first end of pass: its next bytes (the second pass, which
+    // the proxy holds) go out only once the receiver's own end of pass has come back.
     let proxy = Proxy::start(rx.addr, Fault::PauseAfter(b"ZEOP\0\0\0\0\0".to_vec()));
     let sender = Command::new(zsend_bin())
         .args([&proxy.addr(), top.to_str().unwrap(), "--json"])
@@ -947,6 +995,63 @@ fn a_new_tree_whose_name_appears_meanwhile_is_not_published_over_it() {
     // The tree that could not be published stays hidden, whole.
     let stage = stage_dir(dst.path());
     assert_eq!(entries(&stage).len(), 3, "{:?}", entries(&stage));
+}
+
+/// A new tree whose name appeared meanwhile stays hidden, and nothing of the transfer touches
+/// what appeared: a second pass (here for another tree's file sent again) used to set the
+/// tree's mode, owner and mtime on the directory of that name.
+#[test]
+fn a_second_pass_leaves_a_directory_that_appeared_alone() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let set = src.path().join("set");
+    std::fs::create_dir(&set).unwrap();
+    let size: u64 = 16 << 20;
+    random_file(&set.join("a.img"), size, 65);
+    random_file(&set.join("b.img"), size, 66);
+    let rx = Zrecv::start(dst.path(), &[]);
+    interrupt_tree(&rx, &set, size / 2);
+    let stage = stage_dir(dst.path());
+    let part = entries(&stage)
+        .into_iter()
+        .find(|e| is_kept_partial(e) && e.ends_with(".part"))
+        .expect("a kept partial");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(stage.join(&part))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"tampered", 100).unwrap();
+    drop(f);
+    let new = src.path().join("new");
+    std::fs::create_dir(&new).unwrap();
+    std::fs::write(new.join("f"), b"new").unwrap();
+    std::fs::set_permissions(&new, PermissionsExt::from_mode(0o755)).unwrap();
+
+    // Both trees, `new` appearing on the receiver while the first pass runs.
+    let proxy = Proxy::start(rx.addr, Fault::PauseAt(4 << 20));
+    let sender = Command::new(zsend_bin())
+        .args([&proxy.addr(), set.to_str().unwrap(), new.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    proxy.stalled.recv_timeout(PROCESS_TIMEOUT).unwrap();
+    let theirs = dst.path().join("new");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, PermissionsExt::from_mode(0o711)).unwrap();
+    proxy.release();
+    let out = wait_output(sender);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    assert!(
+        err.contains("appeared while the tree was received"),
+        "{err}"
+    );
+    rx.wait_for_line("asking for it whole");
+    let mode = std::fs::metadata(&theirs).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o711, "the directory that appeared was changed");
+    assert!(entries(&theirs).is_empty(), "{:?}", entries(&theirs));
+    assert_eq!(describe(&dst.path().join("set")), describe(&set));
 }
 
 /// A tree sent again is compared with the roots each end remembered for the files it landed,

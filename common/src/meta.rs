@@ -268,12 +268,18 @@ impl Plan {
         }
         // No call sets an attribute relative to a directory before Linux 6.13 (setxattrat):
         // the directory's own name in /proc, and the entry in it, not followed.
-        let path = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
+        let fds = "/proc/self/fd";
+        let path = format!("{fds}/{}/{name}", dir.as_raw_fd());
         for (attr, value) in &self.xattrs {
             let cname = std::ffi::CString::new(attr.as_slice())
                 .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-            rustix::fs::lsetxattr(&path, cname.as_c_str(), value, XattrFlags::empty())
-                .map_err(|e| xattr_error(attr, e))?;
+            match rustix::fs::lsetxattr(&path, cname.as_c_str(), value, XattrFlags::empty()) {
+                Err(rustix::io::Errno::NOENT) if !Path::new(fds).exists() => {
+                    let why = format!("setting {}: {fds} is not mounted", Escaped(attr));
+                    return Err(io::Error::new(io::ErrorKind::NotFound, why));
+                }
+                other => other.map_err(|e| xattr_error(attr, e))?,
+            }
         }
         Ok(())
     }

@@ -55,6 +55,11 @@ pub(crate) struct TempFile<D: AsFd> {
 }
 
 impl<D: AsFd> TempFile<D> {
+    /// Whether this is a partial kept for resuming (it may have a record beside it).
+    pub(crate) fn is_kept(&self) -> bool {
+        self._held.is_some()
+    }
+
     /// Creates `.zrecv-….part` beneath `dir`, never following a symlink and never reusing a name.
     pub(crate) fn create(dir: D) -> io::Result<TempFile<D>> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -220,6 +220,12 @@ impl Session<'_, '_> {
                     Err(err) => Answer::Refused(format!("making the directory: {err}")),
                 },
                 Some(FileType::Directory) => {
+                    // One an interrupted transfer made in a hidden tree is still this
+                    // receiver's to finish: it gets its owner, mode and mtime at the end of
+                    // the pass, as one made now.
+                    if self.in_stage(&e.path) {
+                        self.made_dirs.push(i);
+                    }
                     self.counts.dirs += 1;
                     Answer::Done
                 }

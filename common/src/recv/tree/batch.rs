@@ -136,6 +136,14 @@ impl<'s> Outbox<'s> {
     }
 }
 
+/// Removes the record a resumed file's checkpoints wrote beside it, now that it landed: it
+/// would otherwise be left in the tree.
+fn forget_record(p: &Pending) {
+    if p.temp.is_kept() {
+        crate::recv::partial::forget(&p.temp.dir, &p.header.name);
+    }
+}
+
 /// Files landed and failed by the landing thread.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Tally {
@@ -334,6 +342,7 @@ impl Landing<'_> {
                 (Ok(()), Ok(())) => {
                     self.tally.landed += 1;
                     self.remember(&p);
+                    forget_record(&p);
                     self.outbox
                         .verdict(p.index, FileStatus::Landed, p.digest, "");
                     p.temp.disarm();
@@ -363,6 +372,7 @@ impl Landing<'_> {
             Ok(()) => {
                 self.tally.landed += 1;
                 self.remember(&p);
+                forget_record(&p);
                 self.outbox.hold(p.index, FileStatus::Landed, p.digest, "");
                 p.temp.disarm();
             }

@@ -538,6 +538,7 @@ impl Session<'_, '_> {
         self.made_dirs
             .retain(|i| !failed.iter().any(|(f, _)| f == i));
         for (i, why) in failed {
+            self.counts.dirs = self.counts.dirs.saturating_sub(1);
             self.counts.failed += 1;
             self.report(i as u32, FileStatus::Failed, None, &why)?;
         }

@@ -4,6 +4,8 @@
 //! the pass. Nobody sees half of it, and an interrupted one is taken up again by the next
 //! transfer of the same name.
 
+use std::collections::HashSet;
+
 use rustix::fs::RenameFlags;
 use rustix::io::Errno;
 
@@ -66,6 +68,15 @@ impl Session<'_, '_> {
         if due.is_empty() {
             return Ok(());
         }
+        // Published or given up, these trees are done with: a later pass sets nothing in them
+        // (under a name that appeared meanwhile, it would set it on what appeared).
+        let tops: HashSet<&[u8]> = due
+            .iter()
+            .map(|(i, _)| &self.manifest.entries[*i].path[..])
+            .collect();
+        let entries = &self.manifest.entries;
+        self.made_dirs
+            .retain(|&d| !tops.contains(top_of(&entries[d].path)));
         let root = self.dirs.root();
         let synced = self.syncs.syncfs();
         let mut failed: Vec<(Vec<u8>, String)> = Vec::new();
