@@ -72,11 +72,11 @@ pub use crate::stages::StageTimes;
 pub use crate::units::{os_reason, Bytes};
 pub use crate::watch::KEEPALIVE_EVERY;
 pub use crate::wire::{
-    align_hops, check_chain, encode_hops, encode_proof, read_hello, read_hops, AfterTrailer,
-    Header, HopReport, PrefixProof, Record, RefuseCode, Reply, Status, Trailer, Verdict, FLAG_AUTH,
-    FLAG_CHAIN, FLAG_NO_VERIFY, FLAG_RESUME, FLAG_SPARSE, FLAG_STREAM, FLAG_TREE, HEADER_FIXED_LEN,
-    KEEPALIVE, KEPT_MODE, MAX_HEADER_LEN, MAX_HOPS, PREAMBLE_LEN, RESTART, SOURCE_ID_LEN,
-    TRAILER_LEN, VERSION,
+    align_hops, check_chain, decode_everything, encode_hops, encode_proof, read_hello, read_hops,
+    AfterTrailer, Header, HopReport, PrefixProof, Record, RefuseCode, Reply, Status, Trailer,
+    Verdict, FLAG_AUTH, FLAG_CHAIN, FLAG_NO_VERIFY, FLAG_RESUME, FLAG_SPARSE, FLAG_STREAM,
+    FLAG_TREE, HEADER_FIXED_LEN, KEEPALIVE, KEPT_MODE, MAX_HEADER_LEN, MAX_HOPS, PREAMBLE_LEN,
+    RESTART, SOURCE_ID_LEN, TRAILER_LEN, VERSION,
 };
 pub use crate::wire::{
     encode_layer, encode_repair, pieces_of, read_layer, Needed, FLAG_INPLACE, FLAG_REPAIR,
