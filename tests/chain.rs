@@ -327,3 +327,41 @@ fn a_forwarder_relays_one_report_per_host_asked_for() {
     rxs[0].wait_for_line("relay.bin from");
     drop(rxs.pop());
 }
+
+/// A forwarder keeps its sender told while the next host makes it wait before a reply (here a
+/// peer that accepts and says nothing, until the forwarder's own timeout): the sender used to
+/// hear nothing, give up after its own timeout, and lose the first host's copy too.
+#[test]
+fn a_forwarder_keeps_its_sender_told_while_the_next_host_is_silent() {
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("told.bin");
+    random_file(&path, 1 << 20, 305);
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(
+        dir.path(),
+        &["--allow-forward", "127.0.0.0/8", "--timeout", "3"],
+    );
+    let (mute, peer) = fake_peer(|mut s| {
+        // Accepts, reads the hello, never answers; gone once the forwarder gives up.
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    });
+    let to = format!("{},{mute}", rx.addr());
+    let out = zsend(&[
+        "--to",
+        &to,
+        path.to_str().unwrap(),
+        "--json",
+        "--timeout",
+        "1",
+    ]);
+    peer.join().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    let json = json_of(&out);
+    assert_eq!(landed(&json), [true, false], "{json}");
+    assert_eq!(
+        sha256_file(&dir.path().join("told.bin")),
+        sha256_file(&path)
+    );
+}

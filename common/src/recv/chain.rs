@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc::{self, RecvTimeoutError};
 
 use super::handshake::refused;
 use super::payload::Sink;
@@ -15,6 +16,7 @@ use crate::client::{handshake, resolve};
 use crate::error::RecvError;
 use crate::name::Escaped;
 use crate::sys::{CopyError, Onward, Pipe, SpliceStats, SpliceTo};
+use crate::watch::KEEPALIVE_EVERY;
 use crate::wire::{
     align_hops, read_hops, Header, HopReport, RefuseCode, Trailer, Verdict, KEEPALIVE,
 };
@@ -60,12 +62,31 @@ impl Receiver {
             lost: None,
             complete: false,
         };
+        // The sender waits for our reply meanwhile: it hears that we are still here.
+        match keep_told(stream, || self.reach(host, header, hops)) {
+            Reach::Reached(next, integrity) => {
+                let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
+                forward.integrity = integrity;
+                forward.next = Some((next, pipe));
+            }
+            Reach::Lost(why) => forward.lose(why),
+            Reach::Forbidden => {
+                return refuse(format!(
+                    "forwarding to {} is not allowed here (see zrecv --allow-forward)",
+                    Escaped(host)
+                ))
+            }
+            Reach::Failed(e) => return Err(e),
+        }
+        Ok(forward)
+    }
+
+    /// Resolves, connects to and greets the next host, `hops[0]`, handing it the rest of the
+    /// chain.
+    fn reach(&self, host: &str, header: &Header, hops: &[String]) -> Reach {
         let addrs = match resolve(host) {
             Ok(a) => a,
-            Err(e) => {
-                forward.lose(e.to_string());
-                return Ok(forward);
-            }
+            Err(e) => return Reach::Lost(e.to_string()),
         };
         let allowed: Vec<SocketAddr> = addrs
             .into_iter()
@@ -77,41 +98,61 @@ impl Receiver {
             })
             .collect();
         if allowed.is_empty() {
-            return refuse(format!(
-                "forwarding to {} is not allowed here (see zrecv --allow-forward)",
-                Escaped(host)
-            ));
+            return Reach::Forbidden;
         }
         let next = match TcpStream::connect_timeout(&allowed[0], self.config.timeout) {
             Ok(s) => s,
-            Err(e) => {
-                forward.lose(format!("unreachable: {}", crate::units::os_reason(&e)));
-                return Ok(forward);
-            }
+            Err(e) => return Reach::Lost(format!("unreachable: {}", crate::units::os_reason(&e))),
         };
         let _ = next.set_read_timeout(Some(self.config.timeout));
         let _ = next.set_write_timeout(Some(self.config.timeout));
         let onward = Header {
             chain: (hops.len() > 1).then(|| hops[1..].to_vec()),
             auth_nonce: match &self.config.token {
-                Some(_) => {
-                    Some(crate::auth::nonce().map_err(|e| self.local("drawing a nonce", e))?)
-                }
+                Some(_) => match crate::auth::nonce() {
+                    Ok(nonce) => Some(nonce),
+                    Err(e) => return Reach::Failed(self.local("drawing a nonce", e)),
+                },
                 None => None,
             },
             ..header.clone()
         };
         match handshake(&next, &onward, self.config.token.as_ref()) {
-            Ok(accepted) => forward.integrity = accepted.integrity,
-            Err(e) => {
-                forward.lose(e.to_string());
-                return Ok(forward);
-            }
+            Ok(accepted) => Reach::Reached(next, accepted.integrity),
+            Err(e) => Reach::Lost(e.to_string()),
         }
-        let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
-        forward.next = Some((next, pipe));
-        Ok(forward)
     }
+}
+
+/// How reaching the next host went.
+enum Reach {
+    /// Greeted and accepted: the connection and its key.
+    Reached(TcpStream, Integrity),
+    /// Not resolved, not reached, or refused, for this reason: we still take our copy.
+    Lost(String),
+    /// None of its addresses is in `--allow-forward`: the transfer is refused.
+    Forbidden,
+    /// A failure of our own.
+    Failed(RecvError),
+}
+
+/// Runs `work` while the sender, waiting for our reply meanwhile, hears a keepalive every
+/// [`KEEPALIVE_EVERY`] (protocol, section 2): reaching the next host may take as long as our
+/// timeout, or longer while that host makes us wait, and the sender would give up on silence.
+fn keep_told<T>(stream: &TcpStream, work: impl FnOnce() -> T) -> T {
+    let (done, stop) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(KEEPALIVE_EVERY) {
+                if (&*stream).write_all(&KEEPALIVE).is_err() {
+                    break;
+                }
+            }
+        });
+        let out = work();
+        drop(done);
+        out
+    })
 }
 
 impl Forward {
