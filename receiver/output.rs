@@ -23,7 +23,7 @@ pub fn log_swept(swept: &Swept, max_age: Duration, dir: &Path) {
     }
     if !swept.forgotten.is_empty() {
         log::info!(
-            "removed {} file(s) of roots whose tree is gone from {}: {}",
+            "removed {} file(s) of roots or piece layers whose tree or file is gone from {}: {}",
             swept.forgotten.len(),
             dir.display(),
             some_of(&swept.forgotten)

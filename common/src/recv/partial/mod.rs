@@ -754,6 +754,21 @@ pub(crate) fn forget(dir: impl AsFd, name: &str) {
     }
 }
 
+/// First line of a piece-layer sidecar (`.zrecv-KEY.pieces`, written by `update/cache.rs`);
+/// the second is `id SIZE INODE CTIME CTIME_NS MTIME MTIME_NS` of the file it was taken of.
+pub(crate) const PIECES_MAGIC: &str = "zrecv pieces 1";
+
+/// The inode of the file a sidecar that begins with `head` was taken of.
+pub(crate) fn sidecar_inode(head: &str) -> Option<u64> {
+    let mut lines = head.lines();
+    if lines.next()? != PIECES_MAGIC {
+        return None;
+    }
+    let mut id = lines.next()?.strip_prefix("id ")?.split(' ');
+    id.next()?;
+    id.next()?.parse().ok()
+}
+
 /// Whether `name` is one of the receiver's hidden files (temporary, partial or record).
 pub(crate) fn is_hidden_file(name: &str) -> bool {
     name.starts_with(TEMP_PREFIX) && (name.ends_with(".part") || name.ends_with(".resume"))

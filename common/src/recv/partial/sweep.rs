@@ -2,9 +2,10 @@
 //! (temporary files a killed receiver left, partials kept for resuming that nobody resumed)
 //! anywhere beneath the receive directory, never following a symlink.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString, OsStr};
 use std::fmt;
+use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -35,7 +36,8 @@ const CLOCK_SLACK: Duration = Duration::from_secs(1);
 pub struct Swept {
     /// The files removed, relative to the receive directory.
     pub removed: Vec<PathBuf>,
-    /// The files of roots removed because their tree is gone (see [`orphan_roots`]).
+    /// The files of roots removed because their tree is gone (see [`orphan_roots`]), and the
+    /// piece-layer sidecars removed because their file is gone.
     pub forgotten: Vec<PathBuf>,
     /// Files and directories that could not be examined or removed; each was logged as a
     /// warning.
@@ -200,6 +202,9 @@ struct Frame {
     dir: Option<Dir>,
     /// Where the listing stands: the offset after the last entry read (0: the start).
     pos: i64,
+    /// The piece-layer sidecars (`.zrecv-KEY.pieces`) listed so far: once the listing ends,
+    /// those whose file is not in the directory any more are removed.
+    sidecars: Vec<CString>,
 }
 
 /// A depth-first walk with an explicit stack of open directories.
@@ -221,6 +226,7 @@ impl Walk<'_> {
             path: PathBuf::new(),
             dir: None,
             pos: 0,
+            sidecars: Vec::new(),
         });
         while let Some(top) = self.frames.len().checked_sub(1) {
             if self.frames[top].dir.is_none() {
@@ -237,6 +243,7 @@ impl Walk<'_> {
             let frame = &mut self.frames[top];
             let entry = match frame.dir.as_mut().and_then(Dir::read) {
                 None => {
+                    self.orphan_sidecars();
                     self.frames.pop();
                     continue;
                 }
@@ -251,6 +258,11 @@ impl Walk<'_> {
             frame.pos = entry.offset();
             let name = entry.file_name();
             if name == c"." || name == c".." {
+                continue;
+            }
+            let bytes = name.to_bytes();
+            if bytes.starts_with(TEMP_PREFIX.as_bytes()) && bytes.ends_with(b".pieces") {
+                frame.sidecars.push(name.to_owned());
                 continue;
             }
             match entry.file_type() {
@@ -304,6 +316,7 @@ impl Walk<'_> {
                     path,
                     dir: Some(dir),
                     pos: 0,
+                    sidecars: Vec::new(),
                 });
                 let open = self.frames.iter().filter(|f| f.dir.is_some()).count();
                 if open > self.max_open {
@@ -394,6 +407,83 @@ impl Walk<'_> {
             Ok(()) => self.swept.removed.push(path),
             Err(Errno::NOENT) => {}
             Err(e) => self.fail("removing", &path, e),
+        }
+    }
+
+    /// Removes the piece-layer sidecars of the directory just listed whose file is gone: none
+    /// of its entries has the inode the sidecar was taken of (see `update/cache.rs`), in a
+    /// second listing, made only where there are sidecars. A sidecar younger than
+    /// [`ROOTS_SETTLE`] stays: its file may have landed after the listing.
+    fn orphan_sidecars(&mut self) {
+        let Some(frame) = self.frames.last_mut() else {
+            return;
+        };
+        let sidecars = std::mem::take(&mut frame.sidecars);
+        if sidecars.is_empty() {
+            return;
+        }
+        let settled = SystemTime::now().checked_sub(ROOTS_SETTLE);
+        let dir = self.top_fd();
+        // Each settled sidecar, by the inode it describes.
+        let mut wanted: HashMap<u64, Vec<CString>> = HashMap::new();
+        for name in sidecars {
+            let _lock = partial::sweeping();
+            let Ok(fd) = rustix::fs::openat(
+                dir,
+                name.as_c_str(),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+                Mode::empty(),
+            ) else {
+                continue;
+            };
+            let Ok(st) = rustix::fs::fstat(&fd) else {
+                continue;
+            };
+            let file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+            let young = settled.is_none_or(|s| time(st.st_mtime, st.st_mtime_nsec) >= s);
+            if !file || young {
+                continue;
+            }
+            let mut head = String::new();
+            let _ = std::fs::File::from(fd).take(256).read_to_string(&mut head);
+            if let Some(ino) = partial::sidecar_inode(&head) {
+                wanted.entry(ino).or_default().push(name);
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let mut listing = match Dir::read_from(dir) {
+            Ok(listing) => listing,
+            Err(e) => {
+                let path = self.path_of(c".");
+                return self.fail("listing", &path, e);
+            }
+        };
+        while let Some(entry) = listing.read() {
+            match entry {
+                Ok(entry) => {
+                    let name = entry.file_name().to_bytes();
+                    if !name.starts_with(TEMP_PREFIX.as_bytes()) {
+                        wanted.remove(&entry.ino());
+                    }
+                }
+                Err(e) => {
+                    let path = self.path_of(c".");
+                    return self.fail("listing", &path, e);
+                }
+            }
+            if wanted.is_empty() {
+                return;
+            }
+        }
+        for name in wanted.into_values().flatten() {
+            let path = self.path_of(&name);
+            match rustix::fs::unlinkat(self.top_fd(), name.as_c_str(), AtFlags::empty()) {
+                Ok(()) => self.swept.forgotten.push(path),
+                Err(Errno::NOENT) => {}
+                Err(e) => self.fail("removing", &path, e),
+            }
         }
     }
 
@@ -802,6 +892,50 @@ mod tests {
         assert_eq!(swept.forgotten, [PathBuf::from(roots(b"gone"))]);
         for top in [&b"kept"[..], not_text, b"building", b"just-gone"] {
             assert!(root.join(roots(top)).exists(), "{}", Escaped(top));
+        }
+    }
+
+    /// The piece layer of a file that is gone goes; those of files still there (in the
+    /// directory itself or a subdirectory), a young one, and anything that is not a sidecar
+    /// stay.
+    #[test]
+    fn the_piece_layer_of_a_file_that_is_gone_goes_once_settled() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        let sidecar = |dir: &Path, name: &str, ino: u64, old: bool| {
+            let path = dir.join(partial::hidden_name(name, "pieces"));
+            let text = format!(
+                "{}\nid 5 {ino} 1 2 3 4\n{} 1\n",
+                partial::PIECES_MAGIC,
+                "0".repeat(64)
+            );
+            std::fs::write(&path, text).unwrap();
+            if old {
+                age(&path, 3600);
+            }
+            path
+        };
+        std::fs::write(root.join("kept.img"), b"kept").unwrap();
+        std::fs::write(root.join("sub/deep.img"), b"deep").unwrap();
+        let ino = |p: &str| std::fs::metadata(root.join(p)).unwrap().ino();
+        let kept = sidecar(root, "kept.img", ino("kept.img"), true);
+        let deep = sidecar(&root.join("sub"), "deep.img", ino("sub/deep.img"), true);
+        // Its file deleted: an inode nothing in the directory has.
+        let gone = sidecar(root, "gone.img", ino("sub/deep.img") + 1_000_000, true);
+        let young = sidecar(root, "young.img", ino("sub/deep.img") + 2_000_000, false);
+        let not_one = root.join(partial::hidden_name("odd", "pieces"));
+        std::fs::write(&not_one, b"something else").unwrap();
+        age(&not_one, 3600);
+        let swept = sweep(open(root).as_fd(), Duration::from_secs(86400), None);
+        assert_eq!(swept.errors, 0);
+        assert!(swept.removed.is_empty(), "{:?}", swept.removed);
+        let name = gone.file_name().unwrap();
+        assert_eq!(swept.forgotten, [PathBuf::from(name)]);
+        assert!(!gone.exists());
+        for stays in [kept, deep, young, not_one] {
+            assert!(stays.exists(), "{}", stays.display());
         }
     }
 

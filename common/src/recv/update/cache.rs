@@ -10,11 +10,9 @@ use std::os::fd::AsFd;
 use rustix::fs::{AtFlags, OFlags};
 
 use super::layer::Runs;
-use crate::recv::partial::{hidden_name, open_beneath, TempFile};
+use crate::recv::partial::{hidden_name, open_beneath, TempFile, PIECES_MAGIC as MAGIC};
 use crate::wire::pieces_of;
 
-/// First line of a sidecar.
-const MAGIC: &str = "zrecv pieces 1";
 /// Longest line of a sidecar: a root in hex, a count.
 const LINE: u64 = 96;
 
@@ -113,5 +111,20 @@ mod tests {
         // Nor does one that does not add up to the file's pieces.
         store(&dir, "img", &file, &vec![([1; 32], 2)]);
         assert_eq!(load(&dir, "img", &file), None);
+    }
+
+    /// The sweep finds the file a sidecar describes by its inode: it reads what is stored.
+    #[test]
+    fn the_sweep_reads_the_inode_a_layer_was_taken_of() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = std::fs::File::open(tmp.path()).unwrap();
+        let path = tmp.path().join("img");
+        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+        let file = File::open(&path).unwrap();
+        store(&dir, "img", &file, &vec![([1; 32], 1)]);
+        let text = std::fs::read_to_string(tmp.path().join(hidden_name("img", "pieces"))).unwrap();
+        let ino = file.metadata().unwrap().ino();
+        assert_eq!(crate::recv::partial::sidecar_inode(&text), Some(ino));
     }
 }
