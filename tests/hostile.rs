@@ -543,6 +543,43 @@ fn a_tree_that_ends_before_its_end_of_pass_is_not_complete() {
     assert!(visible(dst.path()).is_empty());
 }
 
+/// After the last pass, a sender only closes: another end of pass used to run the end of a
+/// pass again (every directory made set again: seconds of work per 9 bytes on a large tree).
+/// It is a protocol error now, and costs nothing.
+#[test]
+fn a_frame_after_the_last_pass_is_refused() {
+    use zcommon::{Answers, Entry, Frame, Kind, Manifest, Report};
+    let dst = tempfile::tempdir().unwrap();
+    let mut rx = Zrecv::start(dst.path(), &["--once", "--json"]);
+    let manifest = Manifest {
+        entries: vec![Entry {
+            path: "d".into(),
+            kind: Kind::Dir,
+            mode: 0o755,
+            mtime: (0, 0),
+            extras: None,
+        }],
+    };
+    let mut s = connect(&rx);
+    let tree = Header {
+        flags: zcommon::FLAG_TREE,
+        ..header("d", 0)
+    };
+    s.write_all(&tree.encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    s.write_all(&manifest.encode()).unwrap();
+    assert!(matches!(
+        Answers::read(&mut s, 1).unwrap(),
+        Answers::Each(..)
+    ));
+    s.write_all(&Frame::EndOfPass.encode()).unwrap();
+    assert_eq!(Report::read(&mut s).unwrap(), Report::EndOfPass);
+    s.write_all(&Frame::EndOfPass.encode()).unwrap();
+    rx.wait_for_line("a frame after the last pass");
+    drop(s);
+    assert_ne!(rx.wait().code(), Some(0), "{}", rx.stderr());
+}
+
 /// A sender that may replace a file learns, of an update, only which of its pieces differ: the
 /// receiver's answer is a list of ranges, never a root of its file; a receiver that does not
 /// replace files offers no update at all; and pieces out of place are a protocol error that

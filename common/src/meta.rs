@@ -8,7 +8,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
-use rustix::fs::{AtFlags, Gid, Mode, Uid, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Uid, XattrFlags};
+use rustix::io::Errno;
 
 use crate::name::Escaped;
 use crate::units::os_reason;
@@ -251,37 +252,61 @@ impl Plan {
         Ok(())
     }
 
-    /// Sets the owner, mode and attributes of `name` in `dir` without following it: for
-    /// links, fifos, sockets and devices, which cannot be opened for it.
-    pub fn apply_at(&self, dir: impl AsFd, name: &str, kind: &Kind) -> io::Result<()> {
-        let dir = dir.as_fd();
+    /// Sets the owner, mode and attributes of `name` in `dir`, a link, fifo, socket or device
+    /// just made there as a `want` (which cannot be opened for it). Every change goes through
+    /// a handle on that very entry (`O_PATH`, never following it), checked to be a `want`:
+    /// someone who can write to `dir` and swaps a symlink in under the name meanwhile gets
+    /// the entry refused, never the change made to where the symlink leads.
+    pub fn apply_at(&self, dir: impl AsFd, name: &str, want: FileType) -> io::Result<()> {
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let node = rustix::fs::openat(dir, name, flags, Mode::empty())?;
+        let st = rustix::fs::fstat(&node)?;
+        if FileType::from_raw_mode(st.st_mode) != want {
+            return Err(io::Error::other("replaced while it was being made"));
+        }
         if let Some((uid, gid)) = self.owner {
             let (u, g) = (Some(uid_of(uid)), Some(gid_of(gid)));
-            rustix::fs::chownat(dir, name, u, g, AtFlags::SYMLINK_NOFOLLOW)?;
+            rustix::fs::chownat(&node, "", u, g, AtFlags::EMPTY_PATH)?;
         }
-        // A link has no mode of its own on Linux.
-        if !matches!(kind, Kind::Symlink { .. }) {
-            rustix::fs::chmodat(dir, name, Mode::from_raw_mode(self.mode), AtFlags::empty())?;
-        }
-        if self.xattrs.is_empty() {
-            return Ok(());
-        }
-        // No call sets an attribute relative to a directory before Linux 6.13 (setxattrat):
-        // the directory's own name in /proc, and the entry in it, not followed.
+        // The handle's name in /proc leads to the entry itself, a symlink included.
         let fds = "/proc/self/fd";
-        let path = format!("{fds}/{}/{name}", dir.as_raw_fd());
+        let path = format!("{fds}/{}", node.as_raw_fd());
+        let proc_missing = |what: &str| {
+            let why = format!("{what}: {fds} is not mounted");
+            io::Error::new(io::ErrorKind::NotFound, why)
+        };
+        // A link has no mode of its own on Linux.
+        if want != FileType::Symlink {
+            match rustix::fs::chmod(&path, Mode::from_raw_mode(self.mode)) {
+                Err(Errno::NOENT) if !Path::new(fds).exists() => {
+                    return Err(proc_missing("setting the mode"))
+                }
+                other => other?,
+            }
+        }
         for (attr, value) in &self.xattrs {
             let cname = std::ffi::CString::new(attr.as_slice())
                 .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-            match rustix::fs::lsetxattr(&path, cname.as_c_str(), value, XattrFlags::empty()) {
-                Err(rustix::io::Errno::NOENT) if !Path::new(fds).exists() => {
-                    let why = format!("setting {}: {fds} is not mounted", Escaped(attr));
-                    return Err(io::Error::new(io::ErrorKind::NotFound, why));
+            match rustix::fs::setxattr(&path, cname.as_c_str(), value, XattrFlags::empty()) {
+                Err(Errno::NOENT) if !Path::new(fds).exists() => {
+                    return Err(proc_missing(&format!("setting {}", Escaped(attr))));
                 }
                 other => other.map_err(|e| xattr_error(attr, e))?,
             }
         }
         Ok(())
+    }
+}
+
+/// The file type a link, fifo, socket or device entry is made as.
+pub fn node_type(kind: &Kind) -> FileType {
+    match kind {
+        Kind::Symlink { .. } => FileType::Symlink,
+        Kind::Fifo => FileType::Fifo,
+        Kind::Socket => FileType::Socket,
+        Kind::Device { block: true, .. } => FileType::BlockDevice,
+        Kind::Device { block: false, .. } => FileType::CharacterDevice,
+        _ => FileType::Unknown,
     }
 }
 
@@ -314,4 +339,63 @@ fn cached(
         .borrow_mut()
         .entry(name.to_owned())
         .or_insert_with(|| find(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A symlink swapped in under the name of a node being made is refused, and nothing is
+    /// set on where it leads (a chmod that followed it let a local user give any file the
+    /// sender's mode when zrecv ran as root); the node itself takes its mode and attributes.
+    #[test]
+    fn a_node_swapped_for_a_symlink_is_refused_and_its_target_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::write(&outside, b"secret").unwrap();
+        std::fs::set_permissions(&outside, PermissionsExt::from_mode(0o600)).unwrap();
+        let dir = std::fs::File::open(tmp.path()).unwrap();
+        std::os::unix::fs::symlink(&outside, tmp.path().join("node")).unwrap();
+        let plan = Plan {
+            mode: 0o666,
+            xattrs: vec![(b"user.planted".to_vec(), b"x".to_vec())],
+            ..Plan::default()
+        };
+        let err = plan.apply_at(&dir, "node", FileType::Fifo).unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+        let mode = std::fs::metadata(&outside).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o600);
+        assert!(xattr_names(&outside).is_empty());
+
+        rustix::fs::mknodat(&dir, "fifo", FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+        // Linux allows a fifo no user attribute: it is refused on the node itself.
+        let err = plan.apply_at(&dir, "fifo", FileType::Fifo).unwrap_err();
+        assert!(err.to_string().contains("setting user.planted"), "{err}");
+        let fifo = tmp.path().join("fifo");
+        let mode = std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o666);
+        let trusted = Plan {
+            mode: 0o640,
+            xattrs: vec![(b"trusted.kept".to_vec(), b"x".to_vec())],
+            ..Plan::default()
+        };
+        trusted.apply_at(&dir, "fifo", FileType::Fifo).unwrap();
+        assert_eq!(xattr_names(&fifo), [b"trusted.kept".to_vec()]);
+        let mode = std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o640);
+    }
+
+    fn xattr_names(path: &Path) -> Vec<Vec<u8>> {
+        let mut list = vec![0u8; 4096];
+        let n = rustix::fs::llistxattr(path, &mut list[..]).unwrap();
+        let names = list[..n].split(|b| *b == 0).filter(|n| !n.is_empty());
+        names.map(<[u8]>::to_vec).collect()
+    }
 }

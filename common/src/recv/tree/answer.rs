@@ -12,7 +12,7 @@ use rustix::io::Errno;
 use super::{header_of, Prestat, Session};
 use crate::auth::{self};
 use crate::error::RecvError;
-use crate::meta::Plan;
+use crate::meta::{node_type, Plan};
 use crate::name::Escaped;
 use crate::recv::handshake::{linger, tell};
 use crate::recv::land::timestamps;
@@ -387,7 +387,7 @@ impl Session<'_, '_> {
         // Its mtime before the rename, which moves only its ctime: one that will not take it
         // is not published.
         let times = timestamps(e.mtime.0, e.mtime.1);
-        let published = match plan.map(|p| p.apply_at(parent, &temp, &e.kind)) {
+        let published = match plan.map(|p| p.apply_at(parent, &temp, node_type(&e.kind))) {
             Some(Err(err)) => Err(self.rx.local("setting the owner, mode and attributes", err)),
             _ => rustix::fs::utimensat(parent, temp.as_str(), &times, AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|err| self.rx.local("setting the mtime", err.into()))
@@ -398,18 +398,6 @@ impl Session<'_, '_> {
             return Answer::Refused(err.to_string());
         }
         Answer::Done
-    }
-}
-
-/// The file type a link, fifo, socket or device entry is made as.
-fn node_type(kind: &Kind) -> FileType {
-    match kind {
-        Kind::Symlink { .. } => FileType::Symlink,
-        Kind::Fifo => FileType::Fifo,
-        Kind::Socket => FileType::Socket,
-        Kind::Device { block: true, .. } => FileType::BlockDevice,
-        Kind::Device { block: false, .. } => FileType::CharacterDevice,
-        _ => FileType::Unknown,
     }
 }
 

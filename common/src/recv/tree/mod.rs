@@ -385,6 +385,12 @@ impl Session<'_, '_> {
             }
             match frame {
                 None if clean => return Ok(()),
+                // The last pass is over: the sender only closes now.
+                Some(_) if clean => {
+                    return Err(RecvError::Protocol(ProtocolError::Malformed(
+                        "a frame after the last pass".into(),
+                    )))
+                }
                 None => {
                     return Err(RecvError::Protocol(ProtocolError::Truncated(
                         "tree: the sender closed before its last end of pass",

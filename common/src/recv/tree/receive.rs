@@ -264,7 +264,11 @@ impl Session<'_, '_> {
                     self.report(i, FileStatus::Failed, None, &err.to_string())
                 }
             },
-            Ok(_) if self.rx.config.force => {
+            // In a tree being built under a hidden name, everything is this receiver's own.
+            Ok(_)
+                if self.rx.config.force
+                    || self.in_stage(&self.manifest.entries[i as usize].path) =>
+            {
                 self.settled[i as usize] = false;
                 self.report(i, FileStatus::Resend, None, "differs; send it whole")
             }

@@ -144,6 +144,8 @@ impl Extras {
             if count == 0 {
                 return Err(malformed("an empty list of extended attributes".into()));
             }
+            // Names seen, for the duplicate check: linear, whatever the count.
+            let mut seen = std::collections::HashSet::new();
             for _ in 0..count {
                 let name = read_short(r, text, MAX_XATTR_NAME, "attribute name")?;
                 let known = XATTR_NAMESPACES
@@ -155,7 +157,7 @@ impl Extras {
                         crate::name::Escaped(&name)
                     )));
                 }
-                if extras.xattrs.iter().any(|(n, _)| *n == name) {
+                if !seen.insert(name.clone()) {
                     return Err(malformed("an attribute named twice".into()));
                 }
                 let len = read_u32(r)? as usize;
