@@ -377,7 +377,7 @@ fn a_tree_taken_up_lands_with_its_directories_and_nothing_hidden() {
     std::fs::write(top.join("sub/deeper/small"), b"small").unwrap();
     std::fs::set_permissions(top.join("sub"), PermissionsExt::from_mode(0o750)).unwrap();
     let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
-    for dir in ["sub/deeper", "sub"] {
+    for dir in ["sub/deeper", "sub", ""] {
         let f = std::fs::File::open(top.join(dir)).unwrap();
         f.set_modified(when).unwrap();
     }
@@ -391,7 +391,7 @@ fn a_tree_taken_up_lands_with_its_directories_and_nothing_hidden() {
     assert!(json["resumed_from"].as_u64().unwrap() > 0, "{json}");
     let here = dst.path().join("set");
     assert_eq!(describe(&here), describe(&top));
-    for dir in ["sub/deeper", "sub"] {
+    for dir in ["sub/deeper", "sub", ""] {
         let (ours, theirs) = (
             std::fs::metadata(here.join(dir)).unwrap(),
             std::fs::metadata(top.join(dir)).unwrap(),
@@ -970,6 +970,13 @@ fn a_new_tree_whose_name_appears_meanwhile_is_not_published_over_it() {
     for i in 0..3 {
         random_file(&top.join(format!("f{i}")), 1 << 20, 70 + i);
     }
+    // An mtime centuries ahead: the hidden tree left behind must not take it, or the sweep
+    // would never remove it.
+    let future = std::time::UNIX_EPOCH + std::time::Duration::from_secs(13_000_000_000);
+    std::fs::File::open(&top)
+        .unwrap()
+        .set_modified(future)
+        .unwrap();
     let rx = Zrecv::start(dst.path(), &[]);
     let proxy = Proxy::start(rx.addr, Fault::PauseAt(1 << 20));
     let sender = Command::new(zsend_bin())
@@ -992,9 +999,12 @@ fn a_new_tree_whose_name_appears_meanwhile_is_not_published_over_it() {
         "{err}"
     );
     assert_eq!(entries(&dst.path().join("new")), ["theirs"]);
-    // The tree that could not be published stays hidden, whole.
+    // The tree that could not be published stays hidden, whole, as young as when it was
+    // taken: the sweep removes it once nobody takes it up.
     let stage = stage_dir(dst.path());
     assert_eq!(entries(&stage).len(), 3, "{:?}", entries(&stage));
+    let age = std::fs::metadata(&stage).unwrap().modified().unwrap();
+    assert!(age < std::time::SystemTime::now() + std::time::Duration::from_secs(60));
 }
 
 /// A new tree whose name appeared meanwhile stays hidden, and nothing of the transfer touches

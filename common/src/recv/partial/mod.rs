@@ -183,6 +183,20 @@ pub(crate) fn open_beneath(
     open_beneath_as(dir, name, flags, PRIVATE)
 }
 
+/// Opens the regular file `name` beneath `dir` for reading, without waiting: another transfer
+/// may have put a fifo under its name, whose open would wait for a writer. Anything but a
+/// regular file is refused.
+pub(crate) fn open_regular_beneath(dir: impl AsFd, name: impl AsRef<[u8]>) -> io::Result<File> {
+    let fd = open_beneath(dir, name, OFlags::RDONLY | OFlags::NONBLOCK)?;
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(io::Error::other("not a regular file"));
+    }
+    // Reads of a regular file never wait anyway; splices from it must not see the flag.
+    rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
+    Ok(File::from(fd))
+}
+
 /// As [`open_beneath`], a new file made with `mode` (less the umask).
 fn open_beneath_as(
     dir: impl AsFd,
@@ -778,6 +792,22 @@ pub(crate) fn is_hidden_file(name: &str) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A fifo put under a file's name (by another transfer) is refused at once: its open
+    /// used to wait for a writer forever, holding the transfer's slot. A regular file opens
+    /// without the flag that kept the open from waiting.
+    #[test]
+    fn a_fifo_where_a_file_was_is_refused_without_waiting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = File::open(tmp.path()).unwrap();
+        rustix::fs::mknodat(&dir, "x", FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+        let err = open_regular_beneath(&dir, "x").unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        std::fs::write(tmp.path().join("f"), b"data").unwrap();
+        let file = open_regular_beneath(&dir, "f").unwrap();
+        let flags = rustix::fs::fcntl_getfl(&file).unwrap();
+        assert!(!flags.contains(OFlags::NONBLOCK), "{flags:?}");
+    }
 
     fn header(name: &str, size: u64) -> Header {
         Header {

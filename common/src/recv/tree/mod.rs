@@ -94,15 +94,23 @@ pub struct TreeCounts {
 /// the file it is the root of, when it can be remembered).
 type Checked = (u32, [u8; 32], io::Result<([u8; 32], Option<Identity>)>);
 
-/// Checks of large files, each hashing on its own thread and sending its [`Checked`] back.
+/// Checks of large files, each hashing on its own thread and sending its [`Checked`] back: at
+/// most [`MAX_CHECKS`] at once (each hashes on every core), the others waiting their turn, so
+/// that a sender's thousands of checks are not as many threads, while the frames after them
+/// are still read.
 struct Checks {
     done: mpsc::Sender<Checked>,
     results: mpsc::Receiver<Checked>,
-    /// How many are still hashing.
+    /// How many are hashing, or waiting to.
     running: usize,
+    /// Those waiting for one of the others to end.
+    waiting: std::collections::VecDeque<Box<dyn FnOnce() -> Checked + Send>>,
     /// Aborted when the session ends, so that no check outlives the connection it was for.
     stop: Arc<Watermark>,
 }
+
+/// Checks of large files hashing at once, per session.
+const MAX_CHECKS: usize = 2;
 
 impl Checks {
     fn new() -> Checks {
@@ -111,7 +119,33 @@ impl Checks {
             done,
             results,
             running: 0,
+            waiting: std::collections::VecDeque::new(),
             stop: Arc::new(Watermark::complete(u64::MAX)),
+        }
+    }
+
+    /// Runs `check` on a thread of its own, or once fewer than [`MAX_CHECKS`] are hashing.
+    fn start(&mut self, check: Box<dyn FnOnce() -> Checked + Send>) {
+        self.running += 1;
+        self.waiting.push_back(check);
+        self.next();
+    }
+
+    /// One ended (its result was taken): the next waiting one may start.
+    fn ended(&mut self) {
+        self.running -= 1;
+        self.next();
+    }
+
+    fn next(&mut self) {
+        while self.running - self.waiting.len() < MAX_CHECKS {
+            let Some(check) = self.waiting.pop_front() else {
+                return;
+            };
+            let done = self.done.clone();
+            std::thread::spawn(move || {
+                let _ = done.send(check());
+            });
         }
     }
 }
@@ -590,5 +624,39 @@ pub(super) fn top_of(path: &[u8]) -> &[u8] {
     match path.iter().position(|b| *b == b'/') {
         Some(i) => &path[..i],
         None => path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// However many checks a sender asks for, at most `MAX_CHECKS` hash at once (each was a
+    /// thread of its own: thousands of checks, thousands of threads); every one ends.
+    #[test]
+    fn checks_run_a_few_at_a_time_and_all_end() {
+        let mut checks = Checks::new();
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        for i in 0..40u32 {
+            let (now, most) = (now.clone(), most.clone());
+            checks.start(Box::new(move || {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(n, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                now.fetch_sub(1, Ordering::SeqCst);
+                (i, [0; 32], Err(io::Error::other("a test")))
+            }));
+        }
+        let mut seen = Vec::new();
+        while checks.running > 0 {
+            let (i, _, _) = checks.results.recv().unwrap();
+            checks.ended();
+            seen.push(i);
+        }
+        seen.sort();
+        assert_eq!(seen, (0..40).collect::<Vec<_>>());
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=MAX_CHECKS).contains(&most), "{most} at once");
     }
 }

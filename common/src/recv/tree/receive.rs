@@ -2,7 +2,6 @@
 //! spliced in and hashed, landed alone or handed to a batch; reports back to the sender and
 //! the end of each pass.
 
-use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::mpsc::RecvTimeoutError;
@@ -144,8 +143,7 @@ impl Session<'_, '_> {
         // Read densely, a hole reads as zeros: the hint only saves reading holes.
         let sparse = self.holey.contains(&i);
         let hash = move || {
-            let fd = open_beneath(&parent, &base, OFlags::RDONLY).map_err(io::Error::from)?;
-            let file = File::from(fd);
+            let file = partial::open_regular_beneath(&parent, &base)?;
             // Remembered only if nothing changed the file while it was read.
             let before = Identity::settled(&file);
             match Prefix::of_file_until(&file, size, sparse, &stop)? {
@@ -162,11 +160,7 @@ impl Session<'_, '_> {
         }
         // A large file takes a while: hash it beside the frames that keep coming, so that the
         // sender is never left waiting on a full socket.
-        let done = self.checks.done.clone();
-        std::thread::spawn(move || {
-            let _ = done.send((i, digest, hash()));
-        });
-        self.checks.running += 1;
+        self.checks.start(Box::new(move || (i, digest, hash())));
         Ok(())
     }
 
@@ -204,9 +198,8 @@ impl Session<'_, '_> {
             .dirs
             .get(e.parent())
             .map_err(|err| self.rx.local("opening a directory", err))?;
-        let fd = open_beneath(&parent, e.base(), OFlags::RDONLY)
-            .map_err(|err| self.rx.local("opening the copy here", err.into()))?;
-        let file = File::from(fd);
+        let file = partial::open_regular_beneath(&parent, e.base())
+            .map_err(|err| self.rx.local("opening the copy here", err))?;
         self.rx
             .set_metadata_planned(&file, &header, plan.as_ref(), None)?;
         // Its ctime moved: what was remembered of it no longer holds.
@@ -230,7 +223,7 @@ impl Session<'_, '_> {
             };
             match next {
                 Ok((i, digest, ours)) => {
-                    self.checks.running -= 1;
+                    self.checks.ended();
                     self.checked(i, digest, ours)?;
                 }
                 Err(RecvTimeoutError::Timeout) => self.send(&Report::Keepalive)?,
@@ -525,13 +518,20 @@ impl Session<'_, '_> {
             }
             let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
             let on_disk = self.dirs.on_disk(&e.path);
+            // A new tree's hidden directory keeps the time it was taken at until it is
+            // published: the sweep judges it by that, and a sender's mtime (years ahead, or
+            // behind) would keep it forever or remove it at once.
+            let hidden_top = e.parent().is_none() && self.in_stage(&e.path);
             let dir = open_beneath(&self.rx.dir, on_disk, OFlags::RDONLY | OFlags::DIRECTORY);
             let set = dir.map_err(io::Error::from).and_then(|d| {
                 rustix::fs::fchmod(&d, Mode::from_raw_mode(e.mode & KEPT_MODE))?;
                 if let Some(plan) = &plan {
                     plan.apply(&d)?;
                 }
-                Ok(rustix::fs::futimens(&d, &timestamps(e.mtime.0, e.mtime.1))?)
+                match hidden_top {
+                    true => Ok(()),
+                    false => Ok(rustix::fs::futimens(&d, &timestamps(e.mtime.0, e.mtime.1))?),
+                }
             });
             if let Err(err) = set {
                 let why = format!("setting the directory's metadata: {}", os_reason(&err));

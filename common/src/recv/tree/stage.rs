@@ -6,13 +6,14 @@
 
 use std::collections::HashSet;
 
-use rustix::fs::RenameFlags;
+use rustix::fs::{OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use super::{top_of, Session};
 use crate::error::RecvError;
 use crate::name::{text_key, Escaped};
-use crate::recv::partial;
+use crate::recv::land::timestamps;
+use crate::recv::partial::{self, open_beneath};
 use crate::units::os_reason;
 use crate::wire::{Answer, FileStatus, Kind};
 
@@ -75,17 +76,37 @@ impl Session<'_, '_> {
             .map(|(i, _)| &self.manifest.entries[*i].path[..])
             .collect();
         let entries = &self.manifest.entries;
+        // Those whose metadata was set (not failed, reported already): they get their mtime.
+        let to_time: HashSet<usize> = (due.iter().map(|(i, _)| *i))
+            .filter(|i| self.made_dirs.contains(i))
+            .collect();
         self.made_dirs
             .retain(|&d| !tops.contains(top_of(&entries[d].path)));
         let root = self.dirs.root();
         let synced = self.syncs.syncfs();
         let mut failed: Vec<(Vec<u8>, String)> = Vec::new();
+        let mut untimed: Vec<(usize, String)> = Vec::new();
         for (i, hidden) in due {
             let top = &self.manifest.entries[i].path;
             let flags = RenameFlags::NOREPLACE;
-            let published = synced
-                .and_then(|()| rustix::fs::renameat_with(&root, hidden.as_str(), &root, top, flags))
-                .and_then(|()| rustix::fs::fsync(&root));
+            let published = synced.and_then(|()| {
+                rustix::fs::renameat_with(&root, hidden.as_str(), &root, top, flags)
+            });
+            // Its mtime only once published (see `set_dir_metadata`), durable with the rename.
+            if published.is_ok() && to_time.contains(&i) {
+                let e = &self.manifest.entries[i];
+                let times = timestamps(e.mtime.0, e.mtime.1);
+                let timed =
+                    open_beneath(&root, top, OFlags::RDONLY | OFlags::DIRECTORY).and_then(|d| {
+                        rustix::fs::futimens(&d, &times).and_then(|()| rustix::fs::fsync(&d))
+                    });
+                if let Err(err) = timed {
+                    let why = format!("setting the directory's metadata: {err}");
+                    log::warn!("{}: {why}", Escaped(top));
+                    untimed.push((i, why));
+                }
+            }
+            let published = published.and_then(|()| rustix::fs::fsync(&root));
             if let Err(err) = published {
                 let why = match err {
                     Errno::EXIST => format!(
@@ -119,6 +140,11 @@ impl Session<'_, '_> {
                 (status, message) = (FileStatus::Failed, why.clone());
             }
             self.outbox.verdict(index, status, root, &message);
+        }
+        for (i, why) in untimed {
+            self.counts.dirs = self.counts.dirs.saturating_sub(1);
+            self.counts.failed += 1;
+            self.report(i as u32, FileStatus::Failed, None, &why)?;
         }
         Ok(())
     }

@@ -12,11 +12,9 @@
 use std::fs::File;
 use std::net::TcpStream;
 
-use rustix::fs::OFlags;
-
 use super::handshake::{accept, tell};
 use super::land::{send_verdict, Repair};
-use super::partial::{open_beneath, TempFile};
+use super::partial::{self, TempFile};
 use super::payload::Incoming;
 use super::{Receiver, TransferRecord, PIPE_SIZE, WRITEBACK_WINDOW};
 use crate::auth::Integrity;
@@ -97,8 +95,7 @@ impl Receiver {
         if !asked || !self.config.force || self.config.to_stdout {
             return None;
         }
-        let fd = open_beneath(&self.dir, &header.name, OFlags::RDONLY | OFlags::NOFOLLOW).ok()?;
-        let file = File::from(fd);
+        let file = partial::open_regular_beneath(&self.dir, &header.name).ok()?;
         let meta = file.metadata().ok()?;
         (meta.is_file() && meta.len() > PIECE).then_some(file)
     }
@@ -374,8 +371,8 @@ impl Receiver {
             .apply(header, &touched)
             .map_err(|e| fail(self.local("applying the journal", e)))?;
         record.stages.fsync = start.elapsed();
-        if let Ok(fd) = open_beneath(&self.dir, &header.name, OFlags::RDONLY | OFlags::NOFOLLOW) {
-            cache::store(&self.dir, &header.name, &File::from(fd), &runs);
+        if let Ok(file) = partial::open_regular_beneath(&self.dir, &header.name) {
+            cache::store(&self.dir, &header.name, &file, &runs);
         }
         record.verified = true;
         send_verdict(stream, integrity, Status::Landed, digest, "");
