@@ -1007,6 +1007,33 @@ fn a_new_tree_whose_name_appears_meanwhile_is_not_published_over_it() {
     assert!(age < std::time::SystemTime::now() + std::time::Duration::from_secs(60));
 }
 
+/// A file of a hidden tree taken up that changed at the source since (same size) is sent
+/// again whole, and a link that leads elsewhere now is made again, as everything in the hidden
+/// tree is the receiver's own: both were refused ("use --force") and the tree published with
+/// the old versions.
+#[test]
+fn a_file_changed_since_the_interruption_lands_in_the_tree_taken_up() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let top = src.path().join("set");
+    std::fs::create_dir(&top).unwrap();
+    let size: u64 = 16 << 20;
+    random_file(&top.join("a.img"), size, 67);
+    random_file(&top.join("b.img"), size, 68);
+    symlink("a.img", top.join("current")).unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+    interrupt_tree(&rx, &top, size + size / 2);
+    assert!(stage_dir(dst.path()).join("a.img").exists());
+    // The same size, other bytes; and the link leads elsewhere.
+    random_file(&top.join("a.img"), size, 69);
+    std::fs::remove_file(top.join("current")).unwrap();
+    symlink("b.img", top.join("current")).unwrap();
+
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(describe(&dst.path().join("set")), describe(&top));
+}
+
 /// A new tree whose name appeared meanwhile stays hidden, and nothing of the transfer touches
 /// what appeared: a second pass (here for another tree's file sent again) used to set the
 /// tree's mode, owner and mtime on the directory of that name.

@@ -174,9 +174,21 @@ impl Receiver {
         temp: &str,
         name: impl AsRef<[u8]>,
     ) -> Result<(), RecvError> {
+        self.publish_over(dir, temp, name, self.config.force)
+    }
+
+    /// As [`publish`](Self::publish), replacing what is there when `replace` (`--force`, or
+    /// in a new tree's hidden directory, where everything is this receiver's own).
+    pub(crate) fn publish_over(
+        &self,
+        dir: impl AsFd,
+        temp: &str,
+        name: impl AsRef<[u8]>,
+        replace: bool,
+    ) -> Result<(), RecvError> {
         let name = name.as_ref();
         let dir = dir.as_fd();
-        let result = if self.config.force {
+        let result = if replace {
             rustix::fs::renameat(dir, temp, dir, name)
         } else {
             match rustix::fs::renameat_with(dir, temp, dir, name, RenameFlags::NOREPLACE) {

@@ -391,7 +391,10 @@ impl Session<'_, '_> {
             Some(Err(err)) => Err(self.rx.local("setting the owner, mode and attributes", err)),
             _ => rustix::fs::utimensat(parent, temp.as_str(), &times, AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|err| self.rx.local("setting the mtime", err.into()))
-                .and_then(|()| self.rx.publish(parent, &temp, e.base())),
+                .and_then(|()| {
+                    let replace = self.rx.config.force || self.in_stage(&e.path);
+                    self.rx.publish_over(parent, &temp, e.base(), replace)
+                }),
         };
         if let Err(err) = published {
             let _ = rustix::fs::unlinkat(parent, temp.as_str(), AtFlags::empty());
