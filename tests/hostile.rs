@@ -502,12 +502,28 @@ fn a_check_says_same_or_different_and_never_the_receivers_digest() {
     assert_eq!(root, Some(zcommon::tree_root(b"password=hunter2")));
 }
 
+/// Opens a tree transfer of `manifest` (one entry) by hand: the hello, the manifest, and the
+/// answers read, as a raw sender would.
+fn open_tree(rx: &Zrecv, manifest: &zcommon::Manifest) -> std::net::TcpStream {
+    let mut s = connect(rx);
+    let tree = Header {
+        flags: zcommon::FLAG_TREE,
+        ..header("t", 0)
+    };
+    s.write_all(&tree.encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    s.write_all(&manifest.encode()).unwrap();
+    let answers = zcommon::Answers::read(&mut s, manifest.entries.len()).unwrap();
+    assert!(matches!(answers, zcommon::Answers::Each(..)));
+    s
+}
+
 /// A tree whose sender closes before its last end of pass is interrupted, not complete: zrecv
 /// used to report it landed and verified (and exit 0 with --once) when the sender closed
 /// before its first frame.
 #[test]
 fn a_tree_that_ends_before_its_end_of_pass_is_not_complete() {
-    use zcommon::{Answers, Entry, Kind, Manifest};
+    use zcommon::{Entry, Kind, Manifest};
     let dst = tempfile::tempdir().unwrap();
     let mut rx = Zrecv::start(dst.path(), &["--once", "--json"]);
     let manifest = Manifest {
@@ -523,18 +539,7 @@ fn a_tree_that_ends_before_its_end_of_pass_is_not_complete() {
             extras: None,
         }],
     };
-    let mut s = connect(&rx);
-    let tree = Header {
-        flags: zcommon::FLAG_TREE,
-        ..header("f", 10)
-    };
-    s.write_all(&tree.encode_hello()).unwrap();
-    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
-    s.write_all(&manifest.encode()).unwrap();
-    assert!(matches!(
-        Answers::read(&mut s, 1).unwrap(),
-        Answers::Each(..)
-    ));
+    let s = open_tree(&rx, &manifest);
     drop(s);
     assert_eq!(rx.wait().code(), Some(3), "{}", rx.stderr());
     let line: serde_json::Value = serde_json::from_str(rx.stdout().trim()).unwrap();
@@ -548,7 +553,7 @@ fn a_tree_that_ends_before_its_end_of_pass_is_not_complete() {
 /// It is a protocol error now, and costs nothing.
 #[test]
 fn a_frame_after_the_last_pass_is_refused() {
-    use zcommon::{Answers, Entry, Frame, Kind, Manifest, Report};
+    use zcommon::{Entry, Frame, Kind, Manifest, Report};
     let dst = tempfile::tempdir().unwrap();
     let mut rx = Zrecv::start(dst.path(), &["--once", "--json"]);
     let manifest = Manifest {
@@ -560,18 +565,7 @@ fn a_frame_after_the_last_pass_is_refused() {
             extras: None,
         }],
     };
-    let mut s = connect(&rx);
-    let tree = Header {
-        flags: zcommon::FLAG_TREE,
-        ..header("d", 0)
-    };
-    s.write_all(&tree.encode_hello()).unwrap();
-    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
-    s.write_all(&manifest.encode()).unwrap();
-    assert!(matches!(
-        Answers::read(&mut s, 1).unwrap(),
-        Answers::Each(..)
-    ));
+    let mut s = open_tree(&rx, &manifest);
     s.write_all(&Frame::EndOfPass.encode()).unwrap();
     assert_eq!(Report::read(&mut s).unwrap(), Report::EndOfPass);
     s.write_all(&Frame::EndOfPass.encode()).unwrap();

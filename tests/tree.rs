@@ -582,6 +582,24 @@ fn large_files_do_not_time_out_while_they_are_hashed() {
     assert_eq!(json["bytes_sent"], 0, "{json}");
 }
 
+/// Interrupts the tree `top` on its way to `rx` once `at` bytes have crossed, and tampers with
+/// the partial kept in its hidden directory in `dst` (returned): sent again, that file is
+/// asked for whole, in a second pass.
+fn interrupt_and_tamper(rx: &Zrecv, dst: &Path, top: &Path, at: u64) -> std::path::PathBuf {
+    interrupt_tree(rx, top, at);
+    let stage = stage_dir(dst);
+    let part = entries(&stage)
+        .into_iter()
+        .find(|e| is_kept_partial(e) && e.ends_with(".part"))
+        .expect("a kept partial");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(stage.join(&part))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"tampered", 100).unwrap();
+    stage
+}
+
 /// The partial of a tree's file is checked while the rest streams in; a tampered one is caught
 /// and the file sent again whole, in the second pass. The new tree stays hidden until that
 /// file has landed: at the end of the first pass, nobody sees it without that file (it used to
@@ -597,18 +615,7 @@ fn a_new_tree_with_a_file_sent_again_is_published_only_whole() {
     random_file(&top.join("b.img"), size, 63);
     std::fs::write(top.join("c.txt"), b"small and verified in the first pass").unwrap();
     let rx = Zrecv::start(dst.path(), &[]);
-    interrupt_tree(&rx, &top, size / 2);
-    let stage = stage_dir(dst.path());
-    let part = entries(&stage)
-        .into_iter()
-        .find(|e| is_kept_partial(e) && e.ends_with(".part"))
-        .expect("a kept partial");
-    let f = std::fs::File::options()
-        .write(true)
-        .open(stage.join(&part))
-        .unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, b"tampered", 100).unwrap();
-    drop(f);
+    let stage = interrupt_and_tamper(&rx, dst.path(), &top, size / 2);
 
     // Held just after the sender's first end of pass: its next bytes (the second pass, which
     // the proxy holds) go out only once the receiver's own end of pass has come back.
@@ -1047,18 +1054,7 @@ fn a_second_pass_leaves_a_directory_that_appeared_alone() {
     random_file(&set.join("a.img"), size, 65);
     random_file(&set.join("b.img"), size, 66);
     let rx = Zrecv::start(dst.path(), &[]);
-    interrupt_tree(&rx, &set, size / 2);
-    let stage = stage_dir(dst.path());
-    let part = entries(&stage)
-        .into_iter()
-        .find(|e| is_kept_partial(e) && e.ends_with(".part"))
-        .expect("a kept partial");
-    let f = std::fs::File::options()
-        .write(true)
-        .open(stage.join(&part))
-        .unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, b"tampered", 100).unwrap();
-    drop(f);
+    interrupt_and_tamper(&rx, dst.path(), &set, size / 2);
     let new = src.path().join("new");
     std::fs::create_dir(&new).unwrap();
     std::fs::write(new.join("f"), b"new").unwrap();
