@@ -220,6 +220,37 @@ fn a_silent_peer_is_dropped_after_the_timeout() {
     drop(s);
 }
 
+/// A sender that says "still hashing" forever instead of sending its trailer used to hold its
+/// transfer slot (and the file's name) for as long as it liked, 9 bytes a second: sixteen such
+/// senders shut everyone else out. Keepalives count only for as long as hashing the file could
+/// take; then the receiver gives up.
+#[test]
+fn keepalives_cannot_hold_a_slot_forever() {
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &["--once", "--timeout", "1"]);
+    let mut s = connect(&rx);
+    s.write_all(&header("held.bin", 10).encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    s.write_all(b"0123456789").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keeper = {
+        let (stop, mut s) = (stop.clone(), s.try_clone().unwrap());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if s.write_all(&zcommon::KEEPALIVE).is_err() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+        })
+    };
+    rx.wait_for_line("keepalives before the trailer for longer than hashing could take");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    keeper.join().unwrap();
+    assert!(visible(dst.path()).is_empty(), "{:?}", entries(dst.path()));
+    drop(s);
+}
+
 /// A sparse hello plus one hole record declaring 8 TiB used to keep a core hashing zeros for
 /// hours after the sender had gone, holding a transfer slot. Now the work stops when the
 /// sender goes, lasts at most --timeout while it is silent, and a hole folds into the tree root

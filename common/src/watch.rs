@@ -23,6 +23,42 @@ use crate::wire::{KEEPALIVE, KEEPALIVE_LEN, KEEPALIVE_MAGIC};
 /// receiver `--timeout` (at least a second).
 pub const KEEPALIVE_EVERY: Duration = Duration::from_millis(400);
 
+/// The slowest hashing a receiver allows for: a peer's keepalives before one message are taken
+/// for as long as hashing its bytes at this rate could take, and its timeout.
+pub(crate) const MIN_HASH_RATE: u64 = 4 << 20;
+
+/// What hashing may take beyond [`MIN_HASH_RATE`] (starting, a busy machine).
+const HASHING_SLACK: Duration = Duration::from_secs(5);
+
+/// How long a peer may keep saying "still hashing" before one message: its timeout, plus the
+/// time hashing `bytes` could take at [`MIN_HASH_RATE`], plus [`HASHING_SLACK`]. Keepalives past
+/// that hold a transfer slot (and a name) for nothing: the peer is given up on.
+#[derive(Debug)]
+pub(crate) struct Patience {
+    since: Option<Instant>,
+    allowed: Duration,
+}
+
+impl Patience {
+    pub(crate) fn for_bytes(timeout: Duration, bytes: u64) -> Patience {
+        let hashing = Duration::from_secs(bytes / MIN_HASH_RATE).saturating_add(HASHING_SLACK);
+        Patience {
+            since: None,
+            allowed: timeout.saturating_add(hashing),
+        }
+    }
+
+    /// A keepalive came: whether to wait on (the clock starts at the first).
+    pub(crate) fn still(&mut self) -> bool {
+        self.since.get_or_insert_with(Instant::now).elapsed() <= self.allowed
+    }
+
+    /// The message came: the next wait starts afresh.
+    pub(crate) fn reset(&mut self) {
+        self.since = None;
+    }
+}
+
 /// A flag a worker thread raises when it ends, that a poll can wait on beside a socket.
 pub(crate) struct Done(OwnedFd);
 

@@ -21,7 +21,7 @@ use crate::hash::{hash_from, Hash, Prefix, Start, Watermark, PIECE, SMALL_FILE, 
 use crate::name::Escaped;
 use crate::sys::{self, CopyError, Pipe, SpliceStats};
 use crate::units::Bytes;
-use crate::watch::{self, Done};
+use crate::watch::{self, Done, Patience};
 use crate::wire::{
     pieces_of, Header, PrefixProof, ProtocolError, RefuseCode, Reply, Status, Trailer, RESTART,
 };
@@ -171,7 +171,8 @@ impl Receiver {
         let proven = match offer {
             None => true,
             Some(offer) => {
-                let theirs = PrefixProof::read(&mut &*stream)?;
+                let mut patience = Patience::for_bytes(self.config.timeout, header.size);
+                let theirs = PrefixProof::read_telling(&mut &*stream, &mut || patience.still())?;
                 offer.proven(known.or(received.prefix), &theirs)
             }
         };
@@ -194,7 +195,8 @@ impl Receiver {
             Escaped(&header.name)
         );
         // Its trailer vouches for bytes we do not hold: read, and left unused.
-        if let Err(e) = Trailer::read(&mut &*stream) {
+        let mut patience = Patience::for_bytes(self.config.timeout, header.size);
+        if let Err(e) = Trailer::read_telling(&mut &*stream, &mut || patience.still()) {
             if let ProtocolError::Abandoned = e {
                 let msg = "source changed during transfer; discarded";
                 send_verdict(stream, integrity, Status::Failed, None, msg);

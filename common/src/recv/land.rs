@@ -19,6 +19,7 @@ use crate::error::RecvError;
 use crate::hash::PIECE;
 use crate::meta::Plan;
 use crate::name::Escaped;
+use crate::watch::Patience;
 use crate::wire::{Header, ProtocolError, Status, Trailer, Verdict, KEPT_MODE};
 
 /// Repair rounds for a trailer whose root (the argument) is not ours: the root once they agree.
@@ -39,11 +40,15 @@ impl Receiver {
         mut forward: Option<&mut Forward>,
         repair: Option<Repair>,
     ) -> Result<Option<[u8; 32]>, RecvError> {
-        // Keepalives still coming go on to the next host of a chain, which may be hashing too.
+        // Keepalives still coming go on to the next host of a chain, which may be hashing too;
+        // for as long as hashing the file could take.
+        let data = header.sparse_data_len.unwrap_or(header.size);
+        let mut patience = Patience::for_bytes(self.config.timeout, data);
         let mut relay = || {
             if let Some(f) = forward.as_deref_mut() {
                 f.keepalive();
             }
+            patience.still()
         };
         let trailer = match Trailer::read_telling(&mut &*stream, &mut relay) {
             Ok(t) => t,

@@ -16,13 +16,14 @@ pub const KEEPALIVE: [u8; KEEPALIVE_LEN] = *b"ZNOP\0\0\0\0\0";
 pub const KEEPALIVE_LEN: usize = 9;
 
 /// Reads `buf.len()` bytes of a message that may be preceded by keepalives: each
-/// [`KEEPALIVE`] is checked, skipped, and told to `on_keepalive`. `buf` must be at least 4
-/// bytes (a magic).
+/// [`KEEPALIVE`] is checked, skipped, and told to `on_keepalive`, which says whether to wait on
+/// (a peer may say "still hashing" only for as long as hashing could take). `buf` must be at
+/// least 4 bytes (a magic).
 pub(crate) fn read_after_keepalives(
     r: &mut impl Read,
     buf: &mut [u8],
     what: &'static str,
-    on_keepalive: &mut dyn FnMut(),
+    on_keepalive: &mut dyn FnMut() -> bool,
 ) -> Result<(), ProtocolError> {
     loop {
         read_exact(r, &mut buf[..4], what)?;
@@ -34,7 +35,11 @@ pub(crate) fn read_after_keepalives(
         if rest != [0; KEEPALIVE_LEN - 4] {
             return Err(ProtocolError::Malformed("a keepalive with content".into()));
         }
-        on_keepalive();
+        if !on_keepalive() {
+            return Err(ProtocolError::Malformed(format!(
+                "keepalives before the {what} for longer than hashing could take"
+            )));
+        }
     }
     read_exact(r, &mut buf[4..], what)
 }

@@ -46,7 +46,7 @@ pub fn read_layer(
     run: &mut dyn FnMut(Hash, u64),
 ) -> Result<(), ProtocolError> {
     let mut head = [0u8; 12];
-    read_after_keepalives(r, &mut head, "piece layer", &mut || {})?;
+    read_after_keepalives(r, &mut head, "piece layer", &mut || true)?;
     if head[..4] != LAYER_MAGIC {
         return Err(ProtocolError::Malformed("piece layer magic missing".into()));
     }
@@ -162,7 +162,7 @@ impl Needed {
     /// while it hashed its own file), checking that the ranges are in order, apart and inside.
     pub fn read(r: &mut impl Read, pieces: u64) -> Result<Needed, ProtocolError> {
         let mut head = [0u8; 8];
-        read_after_keepalives(r, &mut head, "list of needed pieces", &mut || {})?;
+        read_after_keepalives(r, &mut head, "list of needed pieces", &mut || true)?;
         if head[..4] != NEED_MAGIC {
             return Err(ProtocolError::Malformed(
                 "list of needed pieces: magic missing".into(),

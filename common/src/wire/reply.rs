@@ -139,7 +139,7 @@ impl Reply {
     /// refusal can be shown.
     pub fn read(r: &mut impl Read) -> Result<Reply, ProtocolError> {
         let mut head = [0u8; 9];
-        read_after_keepalives(r, &mut head, "receiver's reply", &mut || {})?;
+        read_after_keepalives(r, &mut head, "receiver's reply", &mut || true)?;
         let magic: [u8; 4] = head[0..4].try_into().expect("4 bytes");
         if magic != REPLY_MAGIC {
             return Err(ProtocolError::BadMagic(magic));

@@ -35,8 +35,16 @@ impl PrefixProof {
 
     /// Reads the message, after any keepalives the sender sent while it hashed.
     pub fn read(r: &mut impl Read) -> Result<PrefixProof, ProtocolError> {
+        PrefixProof::read_telling(r, &mut || true)
+    }
+
+    /// As [`PrefixProof::read`], asking `on_keepalive` at each keepalive whether to wait on.
+    pub fn read_telling(
+        r: &mut impl Read,
+        on_keepalive: &mut dyn FnMut() -> bool,
+    ) -> Result<PrefixProof, ProtocolError> {
         let mut buf = [0u8; PREFIX_LEN];
-        read_after_keepalives(r, &mut buf, "resume proof", &mut || {})?;
+        read_after_keepalives(r, &mut buf, "resume proof", on_keepalive)?;
         if buf[..4] != PREFIX_MAGIC {
             return Err(ProtocolError::Malformed(
                 "resume proof magic missing".into(),

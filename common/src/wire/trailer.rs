@@ -76,14 +76,14 @@ impl Trailer {
     /// Reads and checks a trailer, after any keepalives the sender sent while it hashed.
     /// An abandoned trailer is [`ProtocolError::Abandoned`].
     pub fn read(r: &mut impl Read) -> Result<Trailer, ProtocolError> {
-        Trailer::read_telling(r, &mut || {})
+        Trailer::read_telling(r, &mut || true)
     }
 
     /// As [`Trailer::read`], telling `on_keepalive` of each keepalive before it (a forwarding
-    /// receiver passes them on).
+    /// receiver passes them on), which says whether to wait on.
     pub fn read_telling(
         r: &mut impl Read,
-        on_keepalive: &mut dyn FnMut(),
+        on_keepalive: &mut dyn FnMut() -> bool,
     ) -> Result<Trailer, ProtocolError> {
         let mut buf = [0u8; TRAILER_LEN];
         read_after_keepalives(r, &mut buf, "trailer", on_keepalive)?;

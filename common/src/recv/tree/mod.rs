@@ -29,6 +29,7 @@ use crate::meta::{Ids, Rights};
 use crate::name::text_key;
 use crate::roots::{Identity, Roots};
 use crate::sys::Pipe;
+use crate::watch::Patience;
 use crate::wire::ProtocolError;
 use crate::wire::{Answer, Answers, Control, Entry, Frame, Kind, Manifest, FRAME_HEAD_LEN};
 use crate::wire::{Header, FLAG_NO_VERIFY, KEPT_MODE};
@@ -403,6 +404,20 @@ impl Session<'_, '_> {
         // The tree is whole only once a pass has ended with nothing asked for again: a sender
         // that closes anywhere else (or a receiver being stopped) interrupts it.
         let mut clean = false;
+        // Keepalives between frames, while the sender hashes a file for its next frame: for as
+        // long as hashing the largest could take.
+        let largest = (self.manifest.entries.iter())
+            .map(|e| match e.kind {
+                Kind::File {
+                    size,
+                    sparse_data_len,
+                    ..
+                } => sparse_data_len.unwrap_or(size),
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        let mut between = Patience::for_bytes(self.rx.config.timeout, largest);
         loop {
             self.report_checks(false)?;
             // Verdicts go out before we may wait, not between frames already read.
@@ -416,6 +431,15 @@ impl Session<'_, '_> {
                 frame
             {
                 self.latest = Some(i);
+            }
+            match &frame {
+                Some(Frame::Keepalive) if !between.still() => {
+                    return Err(RecvError::Protocol(ProtocolError::Malformed(
+                        "keepalives between frames for longer than hashing could take".into(),
+                    )))
+                }
+                Some(Frame::Keepalive) => {}
+                _ => between.reset(),
             }
             match frame {
                 None if clean => return Ok(()),

@@ -21,7 +21,7 @@ use crate::recv::partial::{self, open_beneath, TempFile};
 use crate::recv::TransferRecord;
 use crate::roots::Identity;
 use crate::units::os_reason;
-use crate::watch::KEEPALIVE_EVERY;
+use crate::watch::{Patience, KEEPALIVE_EVERY};
 use crate::wire::ProtocolError;
 use crate::wire::{Answer, Entry, FileStatus, Kind, Report, FRAME_HEAD_LEN};
 use crate::wire::{Header, PrefixProof, Trailer, KEPT_MODE, PREFIX_LEN, TRAILER_LEN};
@@ -364,7 +364,8 @@ impl Session<'_, '_> {
             Some(_) => {
                 self.control
                     .expect(PREFIX_LEN + TRAILER_LEN + FRAME_HEAD_LEN);
-                match PrefixProof::read(&mut self.control) {
+                let mut patience = Patience::for_bytes(self.rx.config.timeout, header.size);
+                match PrefixProof::read_telling(&mut self.control, &mut || patience.still()) {
                     Ok(p) => Some(p),
                     Err(e @ (ProtocolError::Truncated(_) | ProtocolError::Io(..))) => {
                         partial::keep(temp, header, header.size);
@@ -378,7 +379,8 @@ impl Session<'_, '_> {
                 None
             }
         };
-        let trailer = match Trailer::read(&mut self.control) {
+        let mut patience = Patience::for_bytes(self.rx.config.timeout, header.size);
+        let trailer = match Trailer::read_telling(&mut self.control, &mut || patience.still()) {
             Ok(t) => t,
             Err(ProtocolError::Abandoned) => {
                 self.settled[i as usize] = true;

@@ -22,7 +22,7 @@ use crate::error::RecvError;
 use crate::hash::{Hash, PieceLog, Watermark, PIECE};
 use crate::name::Escaped;
 use crate::sys::{self, CopyError, Pipe, SpliceStats};
-use crate::watch::telling;
+use crate::watch::{telling, Patience};
 use crate::wire::{
     encode_repair, pieces_of, Header, Needed, ProtocolError, Reply, Status, Trailer, KEEPALIVE,
     MAX_REPAIR_ROUNDS,
@@ -518,7 +518,8 @@ impl Receiver {
             fix.touched = fix.touched.union(&needed);
             record.repaired += needed.pieces();
             digest = layer::root_of_runs(&fix.runs);
-            let trailer = match Trailer::read(&mut &*stream) {
+            let mut patience = Patience::for_bytes(self.config.timeout, size);
+            let trailer = match Trailer::read_telling(&mut &*stream, &mut || patience.still()) {
                 Ok(t) => t,
                 Err(ProtocolError::Abandoned) => {
                     let msg = "source changed during transfer; discarded";
