@@ -48,13 +48,22 @@ pub(crate) fn hash_needed(file: &File, size: u64, needed: &Needed) -> io::Result
     Ok(log.first(u64::MAX))
 }
 
+/// The piece whose bytes differ in length between a file of `old_len` bytes and one of `size`
+/// (the last piece of the shorter, when it is short): its old root is of other bytes than the
+/// new piece would hold, whatever root the sender claims for it.
+pub(crate) fn uneven_piece(size: u64, old_len: u64) -> Option<u64> {
+    let shorter = size.min(old_len);
+    (size != old_len && !shorter.is_multiple_of(PIECE)).then_some(shorter / PIECE)
+}
+
 /// Reads the sender's piece layer for a file of `pieces` pieces and compares it, run by run,
-/// with `ours` (what we hold): the pieces we need are those whose roots differ, and those past
-/// what we hold.
+/// with `ours` (what we hold): the pieces we need are those whose roots differ, those past
+/// what we hold, and the `uneven` one (see [`uneven_piece`]), whatever its root.
 pub(crate) fn compare(
     r: &mut impl Read,
     pieces: u64,
     ours: &Runs,
+    uneven: Option<u64>,
 ) -> Result<Needed, ProtocolError> {
     let mut needed = Needed::none();
     let mut mine = ours.iter().copied().peekable();
@@ -70,6 +79,8 @@ pub(crate) fn compare(
             let step = n.min(left_in_mine);
             if our_root != root {
                 needed.add(at, step);
+            } else if let Some(k) = uneven.filter(|k| (at..at + step).contains(k)) {
+                needed.add(k, 1);
             }
             at += step;
             n -= step;
@@ -228,13 +239,31 @@ mod tests {
         let (a, b, c) = ([1; 32], [2; 32], [3; 32]);
         let ours: Runs = vec![(a, 3), (b, 2)];
         let theirs: Runs = vec![(a, 2), (c, 1), (b, 1), (a, 1), (b, 2)];
-        let needed = compare(&mut &encode_layer(&theirs)[..], 7, &ours).unwrap();
+        let needed = compare(&mut &encode_layer(&theirs)[..], 7, &ours, None).unwrap();
         assert_eq!(needed.ranges(), &[(2, 1), (4, 3)]);
         let patched = patch(&ours, &needed, &vec![(c, 1), (a, 1), (b, 2)], 7);
         assert_eq!(patched, theirs);
         // A shorter file: what is past its end is dropped.
-        let shorter = compare(&mut &encode_layer(&[(a, 2)])[..], 2, &ours).unwrap();
+        let shorter = compare(&mut &encode_layer(&[(a, 2)])[..], 2, &ours, None).unwrap();
         assert_eq!(shorter, Needed::none());
         assert_eq!(patch(&ours, &shorter, &vec![], 2), vec![(a, 2)]);
+    }
+
+    /// When the file grows or shrinks, the last piece of the shorter version, if short, holds
+    /// other bytes in the new one: it is needed whatever root the sender claims (a sender that
+    /// claimed the old root had the file published as verified under a root its bytes do not
+    /// have).
+    #[test]
+    fn a_piece_cut_short_by_a_new_size_is_always_needed() {
+        assert_eq!(uneven_piece(3 * PIECE, 3 * PIECE), None);
+        assert_eq!(uneven_piece(3 * PIECE, 2 * PIECE + 10), Some(2));
+        assert_eq!(uneven_piece(2 * PIECE + 10, 3 * PIECE), Some(2));
+        assert_eq!(uneven_piece(3 * PIECE, 2 * PIECE), None);
+        let (a, b) = ([1; 32], [2; 32]);
+        // Ours: 2.5 pieces; theirs: 3 whole pieces claiming the same roots.
+        let ours: Runs = vec![(a, 2), (b, 1)];
+        let uneven = uneven_piece(3 * PIECE, 2 * PIECE + 10);
+        let needed = compare(&mut &encode_layer(&ours)[..], 3, &ours, uneven).unwrap();
+        assert_eq!(needed.ranges(), &[(2, 1)]);
     }
 }

@@ -126,7 +126,9 @@ impl Receiver {
                     .map_err(|e| told_failed(stream, integrity, e))?
             }
         };
-        let needed = layer::compare(&mut &*stream, pieces, &ours)?;
+        let old_len = old.metadata().map_or(0, |m| m.len());
+        let uneven = layer::uneven_piece(size, old_len);
+        let needed = layer::compare(&mut &*stream, pieces, &ours, uneven)?;
         tell(
             stream,
             &needed.encode(),
@@ -492,7 +494,7 @@ impl Receiver {
                 size,
                 size,
             )?;
-            let needed = layer::compare(&mut &*stream, pieces, &fix.runs)?;
+            let needed = layer::compare(&mut &*stream, pieces, &fix.runs, None)?;
             tell(
                 stream,
                 &needed.encode(),
