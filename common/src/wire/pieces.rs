@@ -45,8 +45,18 @@ pub fn read_layer(
     pieces: u64,
     run: &mut dyn FnMut(Hash, u64),
 ) -> Result<(), ProtocolError> {
+    read_layer_telling(r, pieces, run, &mut || true)
+}
+
+/// As [`read_layer`], asking `on_keepalive` at each keepalive before it whether to wait on.
+pub fn read_layer_telling(
+    r: &mut impl Read,
+    pieces: u64,
+    run: &mut dyn FnMut(Hash, u64),
+    on_keepalive: &mut dyn FnMut() -> bool,
+) -> Result<(), ProtocolError> {
     let mut head = [0u8; 12];
-    read_after_keepalives(r, &mut head, "piece layer", &mut || true)?;
+    read_after_keepalives(r, &mut head, "piece layer", on_keepalive)?;
     if head[..4] != LAYER_MAGIC {
         return Err(ProtocolError::Malformed("piece layer magic missing".into()));
     }

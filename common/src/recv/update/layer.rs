@@ -11,7 +11,7 @@ use rustix::fs::FallocateFlags;
 use crate::hash::{hash_from, zero_piece, Hash, PieceLog, Prefix, Start, Watermark, PIECE};
 use crate::recv::payload::Incoming;
 use crate::sys::{CopyError, Pipe, SpliceStats, SpliceTo};
-use crate::wire::{read_layer, Needed, ProtocolError, Record};
+use crate::wire::{read_layer_telling, Needed, ProtocolError, Record};
 
 /// Runs of equal piece roots, in file order.
 pub(crate) type Runs = Vec<(Hash, u64)>;
@@ -64,12 +64,13 @@ pub(crate) fn compare(
     pieces: u64,
     ours: &Runs,
     uneven: Option<u64>,
+    on_keepalive: &mut dyn FnMut() -> bool,
 ) -> Result<Needed, ProtocolError> {
     let mut needed = Needed::none();
     let mut mine = ours.iter().copied().peekable();
     let mut left_in_mine = mine.peek().map_or(0, |r| r.1);
     let mut at = 0u64;
-    read_layer(r, pieces, &mut |root, mut n| {
+    let mut take = |root: Hash, mut n: u64| {
         while n > 0 {
             let Some(&(our_root, _)) = mine.peek() else {
                 needed.add(at, n);
@@ -90,7 +91,8 @@ pub(crate) fn compare(
                 left_in_mine = mine.peek().map_or(0, |r| r.1);
             }
         }
-    })?;
+    };
+    read_layer_telling(r, pieces, &mut take, on_keepalive)?;
     Ok(needed)
 }
 
@@ -239,14 +241,43 @@ mod tests {
         let (a, b, c) = ([1; 32], [2; 32], [3; 32]);
         let ours: Runs = vec![(a, 3), (b, 2)];
         let theirs: Runs = vec![(a, 2), (c, 1), (b, 1), (a, 1), (b, 2)];
-        let needed = compare(&mut &encode_layer(&theirs)[..], 7, &ours, None).unwrap();
+        let needed = compare(&mut &encode_layer(&theirs)[..], 7, &ours, None, &mut || {
+            true
+        })
+        .unwrap();
         assert_eq!(needed.ranges(), &[(2, 1), (4, 3)]);
         let patched = patch(&ours, &needed, &vec![(c, 1), (a, 1), (b, 2)], 7);
         assert_eq!(patched, theirs);
         // A shorter file: what is past its end is dropped.
-        let shorter = compare(&mut &encode_layer(&[(a, 2)])[..], 2, &ours, None).unwrap();
+        let shorter = compare(
+            &mut &encode_layer(&[(a, 2)])[..],
+            2,
+            &ours,
+            None,
+            &mut || true,
+        )
+        .unwrap();
         assert_eq!(shorter, Needed::none());
         assert_eq!(patch(&ours, &shorter, &vec![], 2), vec![(a, 2)]);
+    }
+
+    /// Keepalives before a piece layer are taken only while the receiver's patience lasts: a
+    /// sender "still hashing" forever used to hold the update open forever.
+    #[test]
+    fn keepalives_before_a_layer_end_when_patience_does() {
+        let stream = crate::wire::KEEPALIVE.repeat(1000);
+        let mut left = 3;
+        let mut still = || {
+            left -= 1;
+            left > 0
+        };
+        let ours: Runs = vec![([1; 32], 2)];
+        let err = compare(&mut &stream[..], 2, &ours, None, &mut still).unwrap_err();
+        assert!(
+            err.to_string().contains("longer than hashing could take"),
+            "{err}"
+        );
+        assert_eq!(left, 0);
     }
 
     /// When the file grows or shrinks, the last piece of the shorter version, if short, holds
@@ -263,7 +294,10 @@ mod tests {
         // Ours: 2.5 pieces; theirs: 3 whole pieces claiming the same roots.
         let ours: Runs = vec![(a, 2), (b, 1)];
         let uneven = uneven_piece(3 * PIECE, 2 * PIECE + 10);
-        let needed = compare(&mut &encode_layer(&ours)[..], 3, &ours, uneven).unwrap();
+        let needed = compare(&mut &encode_layer(&ours)[..], 3, &ours, uneven, &mut || {
+            true
+        })
+        .unwrap();
         assert_eq!(needed.ranges(), &[(2, 1)]);
     }
 }

@@ -128,7 +128,10 @@ impl Receiver {
         };
         let old_len = old.metadata().map_or(0, |m| m.len());
         let uneven = layer::uneven_piece(size, old_len);
-        let needed = layer::compare(&mut &*stream, pieces, &ours, uneven)?;
+        let mut patience = Patience::for_bytes(self.config.timeout, size);
+        let needed = layer::compare(&mut &*stream, pieces, &ours, uneven, &mut || {
+            patience.still()
+        })?;
         tell(
             stream,
             &needed.encode(),
@@ -494,7 +497,9 @@ impl Receiver {
                 size,
                 size,
             )?;
-            let needed = layer::compare(&mut &*stream, pieces, &fix.runs, None)?;
+            let mut patience = Patience::for_bytes(self.config.timeout, size);
+            let still = &mut || patience.still();
+            let needed = layer::compare(&mut &*stream, pieces, &fix.runs, None, still)?;
             tell(
                 stream,
                 &needed.encode(),
