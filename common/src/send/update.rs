@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::time::Duration;
 
 use super::file::{copy_range, send_record};
 use super::land::{copy_failure, explain, judge, spoke_early};
@@ -14,7 +15,7 @@ use crate::client::net;
 use crate::error::SendError;
 use crate::hash::{hash_from, Hash, PieceLog, Prefix, Start, Watermark};
 use crate::sys::{self, CopyError};
-use crate::watch::telling;
+use crate::watch::{telling, Patience};
 use crate::wire::{
     encode_layer, pieces_of, AfterTrailer, Needed, ProtocolError, Record, Trailer, KEEPALIVE,
     MAX_REPAIR_ROUNDS,
@@ -43,7 +44,7 @@ pub(super) fn send_update(
     (&*stream)
         .write_all(&encode_layer(&layer))
         .map_err(net("sending the piece layer"))?;
-    let needed = Needed::read(&mut &*stream, pieces)?;
+    let needed = needed_pieces(stream, pieces, source.size)?;
     report.update = Some(UpdateReport {
         inplace,
         pieces,
@@ -129,7 +130,7 @@ pub(super) fn answer(
             .write_all(&encode_layer(&layer))
             .map_err(net("sending the piece layer"))?;
         report.layer = Some(layer);
-        let needed = Needed::read(&mut &*stream, pieces_of(source.size))?;
+        let needed = needed_pieces(stream, pieces_of(source.size), source.size)?;
         report.repaired += needed.pieces();
         progress(Tick::Phase(Phase::Sending));
         send_pieces(stream, source, &needed, report, &mut |_| {})?;
@@ -220,4 +221,14 @@ fn send_pieces(
         }
     }
     send_record(stream, Record::End).map_err(|e| fail(report, e))
+}
+
+/// The receiver's list of needed pieces, after its keepalives while it hashes its own file of
+/// about `size` bytes: for as long as that could take, not forever.
+fn needed_pieces(stream: &TcpStream, pieces: u64, size: u64) -> Result<Needed, SendError> {
+    let timeout = stream.read_timeout().ok().flatten();
+    let mut patience = Patience::for_bytes(timeout.unwrap_or(Duration::from_secs(60)), size);
+    Ok(Needed::read_telling(&mut &*stream, pieces, &mut || {
+        patience.still()
+    })?)
 }

@@ -171,8 +171,17 @@ impl Needed {
     /// Reads the list for a file of `pieces` pieces (after any keepalives the receiver sent
     /// while it hashed its own file), checking that the ranges are in order, apart and inside.
     pub fn read(r: &mut impl Read, pieces: u64) -> Result<Needed, ProtocolError> {
+        Needed::read_telling(r, pieces, &mut || true)
+    }
+
+    /// As [`Needed::read`], asking `on_keepalive` at each keepalive whether to wait on.
+    pub fn read_telling(
+        r: &mut impl Read,
+        pieces: u64,
+        on_keepalive: &mut dyn FnMut() -> bool,
+    ) -> Result<Needed, ProtocolError> {
         let mut head = [0u8; 8];
-        read_after_keepalives(r, &mut head, "list of needed pieces", &mut || true)?;
+        read_after_keepalives(r, &mut head, "list of needed pieces", on_keepalive)?;
         if head[..4] != NEED_MAGIC {
             return Err(ProtocolError::Malformed(
                 "list of needed pieces: magic missing".into(),
@@ -215,6 +224,23 @@ pub fn encode_repair(round: u8) -> [u8; 5] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A receiver's keepalives before its list of needed pieces are taken only while the
+    /// sender's patience lasts: "still hashing" forever used to hold zsend forever.
+    #[test]
+    fn keepalives_before_the_needed_pieces_end_when_patience_does() {
+        let stream = crate::wire::KEEPALIVE.repeat(100);
+        let mut left = 3;
+        let mut still = || {
+            left -= 1;
+            left > 0
+        };
+        let err = Needed::read_telling(&mut &stream[..], 4, &mut still).unwrap_err();
+        assert!(
+            err.to_string().contains("longer than hashing could take"),
+            "{err}"
+        );
+    }
     use proptest::prelude::*;
 
     proptest! {
