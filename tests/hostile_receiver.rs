@@ -533,61 +533,65 @@ fn repair_calls_out_of_order_and_unasked_updates_are_refused() {
     fake.join().unwrap();
 }
 
-/// A hard link's verdict carries no digest, and a receiver cannot say more entries lose their
-/// metadata than there are: either is a protocol error, and zsend says so (exit 6).
-#[test]
-fn a_hard_links_verdict_has_no_digest_and_unkept_is_bounded() {
+/// Sends `top/a` and `top/b`, a second name of it, to a fake receiver that answers `answers`
+/// with `unkept`, then runs `script` as the rest of it; returns zsend's output.
+fn hard_linked_against(
+    answers: Vec<Answer>,
+    unkept: u32,
+    script: impl FnOnce(&mut BufReader<TcpStream>, &mut TcpStream, &Manifest) + Send + 'static,
+) -> std::process::Output {
     let src = tempfile::tempdir().unwrap();
     let top = src.path().join("top");
     std::fs::create_dir(&top).unwrap();
     random_file(&top.join("a"), 5_000, 9);
     std::fs::hard_link(top.join("a"), top.join("b")).unwrap();
+    let (addr, fake) = fake_peer(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let _ = read_hello(&mut r).unwrap();
+        w.write_all(&Reply::Accept.encode()).unwrap();
+        let m = Manifest::read(&mut r).unwrap();
+        assert_eq!(m.entries[2].kind, zcommon::Kind::HardLink { first: 1 });
+        w.write_all(&Answers::Each(answers, unkept).encode())
+            .unwrap();
+        script(&mut r, &mut w, &m);
+        let mut rest = Vec::new();
+        let _ = r.read_to_end(&mut rest);
+    });
+    let out = zsend(&[&addr, top.to_str().unwrap(), "--timeout", "10"]);
+    fake.join().unwrap();
+    out
+}
+
+/// A hard link's verdict carries no digest, and a receiver cannot say more entries lose their
+/// metadata than there are: either is a protocol error, and zsend says so (exit 6).
+#[test]
+fn a_hard_links_verdict_has_no_digest_and_unkept_is_bounded() {
     for digest_on_link in [true, false] {
-        let (addr, fake) = fake_peer(move |s| {
-            let mut w = s.try_clone().unwrap();
-            let mut r = BufReader::new(s);
-            let _ = read_hello(&mut r).unwrap();
-            w.write_all(&Reply::Accept.encode()).unwrap();
-            let m = Manifest::read(&mut r).unwrap();
-            assert_eq!(m.entries[2].kind, zcommon::Kind::HardLink { first: 1 });
-            let answers = vec![Answer::Done, Answer::Send, Answer::Send];
-            let unkept = if digest_on_link { 0 } else { 4 };
-            w.write_all(&Answers::Each(answers, unkept).encode())
-                .unwrap();
+        let answers = vec![Answer::Done, Answer::Send, Answer::Send];
+        let unkept = if digest_on_link { 0 } else { 4 };
+        let out = hard_linked_against(answers, unkept, move |r, w, m| {
             if !digest_on_link {
-                let mut rest = Vec::new();
-                let _ = r.read_to_end(&mut rest);
                 return;
             }
             let mut root = None;
             loop {
-                match Frame::read(&mut r).unwrap() {
+                match Frame::read(r).unwrap() {
                     Some(Frame::Full(i)) => {
                         let mut payload = vec![0u8; m.entries[i as usize].size() as usize];
                         r.read_exact(&mut payload).unwrap();
-                        root = Trailer::read(&mut r).unwrap().root;
+                        root = Trailer::read(r).unwrap().root;
                     }
                     Some(Frame::Link(2)) => {}
                     Some(Frame::EndOfPass) => break,
                     other => panic!("unexpected {other:?}"),
                 }
             }
-            for i in [1, 2] {
-                let v = Report::File {
-                    index: i,
-                    status: FileStatus::Landed,
-                    root,
-                    seal: [0; 32],
-                    message: String::new(),
-                };
-                w.write_all(&v.encode()).unwrap();
-            }
-            w.write_all(&Report::EndOfPass.encode()).unwrap();
-            let mut rest = Vec::new();
-            let _ = r.read_to_end(&mut rest);
+            let mut words = file_verdict(1, FileStatus::Landed, root);
+            words.extend(file_verdict(2, FileStatus::Landed, root));
+            words.extend(Report::EndOfPass.encode());
+            w.write_all(&words).unwrap();
         });
-        let out = zsend(&[&addr, top.to_str().unwrap(), "--timeout", "10"]);
-        fake.join().unwrap();
         let err = stderr_of(&out);
         assert_eq!(out.status.code(), Some(6), "{err}");
         let why = match digest_on_link {
@@ -603,30 +607,18 @@ fn a_hard_links_verdict_has_no_digest_and_unkept_is_bounded() {
 /// pass then taken with other entries still owed; it is a protocol error.
 #[test]
 fn nothing_is_asked_for_again_in_the_last_pass() {
-    let src = tempfile::tempdir().unwrap();
-    let top = src.path().join("top");
-    std::fs::create_dir(&top).unwrap();
-    random_file(&top.join("a"), 5_000, 10);
-    std::fs::hard_link(top.join("a"), top.join("b")).unwrap();
-    let (addr, fake) = fake_peer(move |s| {
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        let _ = read_hello(&mut r).unwrap();
-        w.write_all(&Reply::Accept.encode()).unwrap();
-        let m = Manifest::read(&mut r).unwrap();
-        assert_eq!(m.entries[2].kind, zcommon::Kind::HardLink { first: 1 });
-        let answers = vec![Answer::Done, Answer::Landed, Answer::Send];
-        w.write_all(&Answers::Each(answers, 0).encode()).unwrap();
+    let answers = vec![Answer::Done, Answer::Landed, Answer::Send];
+    let out = hard_linked_against(answers, 0, |r, w, m| {
         // First pass: the check and the link, both asked for again.
         let mut root = None;
         for pass in 0..2 {
             loop {
-                match Frame::read(&mut r).unwrap() {
+                match Frame::read(r).unwrap() {
                     Some(Frame::Check(1, _)) | Some(Frame::Link(2)) => {}
                     Some(Frame::Full(1)) => {
                         let mut payload = vec![0u8; m.entries[1].size() as usize];
                         r.read_exact(&mut payload).unwrap();
-                        root = Trailer::read(&mut r).unwrap().root;
+                        root = Trailer::read(r).unwrap().root;
                     }
                     Some(Frame::Keepalive) => {}
                     Some(Frame::EndOfPass) => break,
@@ -641,11 +633,7 @@ fn nothing_is_asked_for_again_in_the_last_pass() {
             words.extend(Report::EndOfPass.encode());
             w.write_all(&words).unwrap();
         }
-        let mut rest = Vec::new();
-        let _ = r.read_to_end(&mut rest);
     });
-    let out = zsend(&[&addr, top.to_str().unwrap(), "--timeout", "10"]);
-    fake.join().unwrap();
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(6), "{err}");
     assert!(

@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc::{self, RecvTimeoutError};
 
 use super::handshake::refused;
 use super::payload::Sink;
@@ -14,9 +13,10 @@ use super::{Receiver, PIPE_SIZE};
 use crate::auth::{Integrity, Seal};
 use crate::client::{handshake, resolve};
 use crate::error::RecvError;
+use crate::hash::Watermark;
 use crate::name::Escaped;
 use crate::sys::{CopyError, Onward, Pipe, SpliceStats, SpliceTo};
-use crate::watch::KEEPALIVE_EVERY;
+use crate::watch;
 use crate::wire::{
     align_hops, read_hops, Header, HopReport, RefuseCode, Trailer, Verdict, KEEPALIVE,
 };
@@ -62,8 +62,12 @@ impl Receiver {
             lost: None,
             complete: false,
         };
-        // The sender waits for our reply meanwhile: it hears that we are still here.
-        match keep_told(stream, || self.reach(host, header, hops)) {
+        // The sender waits for our reply meanwhile: it hears that we are still here (reaching
+        // the next host may take our timeout, or longer while that host makes us wait).
+        let nothing = Watermark::complete(u64::MAX);
+        let tell = &mut || (&*stream).write_all(&KEEPALIVE);
+        let (reached, _) = watch::telling(&nothing, || self.reach(host, header, hops), tell);
+        match reached {
             Reach::Reached(next, integrity) => {
                 let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
                 forward.integrity = integrity;
@@ -134,25 +138,6 @@ enum Reach {
     Forbidden,
     /// A failure of our own.
     Failed(RecvError),
-}
-
-/// Runs `work` while the sender, waiting for our reply meanwhile, hears a keepalive every
-/// [`KEEPALIVE_EVERY`] (protocol, section 2): reaching the next host may take as long as our
-/// timeout, or longer while that host makes us wait, and the sender would give up on silence.
-fn keep_told<T>(stream: &TcpStream, work: impl FnOnce() -> T) -> T {
-    let (done, stop) = mpsc::channel::<()>();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(KEEPALIVE_EVERY) {
-                if (&*stream).write_all(&KEEPALIVE).is_err() {
-                    break;
-                }
-            }
-        });
-        let out = work();
-        drop(done);
-        out
-    })
 }
 
 impl Forward {

@@ -428,24 +428,17 @@ impl Walk<'_> {
         let mut wanted: HashMap<u64, Vec<CString>> = HashMap::new();
         for name in sidecars {
             let _lock = partial::sweeping();
-            let Ok(fd) = rustix::fs::openat(
-                dir,
-                name.as_c_str(),
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
-                Mode::empty(),
-            ) else {
+            let Ok(file) = partial::open_regular_beneath(dir, name.as_bytes()) else {
                 continue;
             };
-            let Ok(st) = rustix::fs::fstat(&fd) else {
+            let Ok(st) = rustix::fs::fstat(&file) else {
                 continue;
             };
-            let file = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
-            let young = settled.is_none_or(|s| time(st.st_mtime, st.st_mtime_nsec) >= s);
-            if !file || young {
+            if settled.is_none_or(|s| time(st.st_mtime, st.st_mtime_nsec) >= s) {
                 continue;
             }
             let mut head = String::new();
-            let _ = std::fs::File::from(fd).take(256).read_to_string(&mut head);
+            let _ = file.take(256).read_to_string(&mut head);
             if let Some(ino) = partial::sidecar_inode(&head) {
                 wanted.entry(ino).or_default().push(name);
             }

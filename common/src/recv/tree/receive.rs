@@ -544,11 +544,16 @@ impl Session<'_, '_> {
         self.made_dirs
             .retain(|i| !failed.iter().any(|(f, _)| f == i));
         for (i, why) in failed {
-            self.counts.dirs = self.counts.dirs.saturating_sub(1);
-            self.counts.failed += 1;
-            self.report(i as u32, FileStatus::Failed, None, &why)?;
+            self.dir_failed(i, &why)?;
         }
         Ok(())
+    }
+
+    /// Reports directory `i`, counted as made, as failed: it would not take its metadata.
+    pub(super) fn dir_failed(&mut self, i: usize, why: &str) -> Result<(), RecvError> {
+        self.counts.dirs = self.counts.dirs.saturating_sub(1);
+        self.counts.failed += 1;
+        self.report(i as u32, FileStatus::Failed, None, why)
     }
 
     /// Ends the tree over a local failure with entry `i` (a full disk, say: the files after it

@@ -101,7 +101,10 @@ impl Session<'_, '_> {
                         rustix::fs::futimens(&d, &times).and_then(|()| rustix::fs::fsync(&d))
                     });
                 if let Err(err) = timed {
-                    let why = format!("setting the directory's metadata: {err}");
+                    let why = format!(
+                        "setting the directory's metadata: {}",
+                        os_reason(&err.into())
+                    );
                     log::warn!("{}: {why}", Escaped(top));
                     untimed.push((i, why));
                 }
@@ -142,9 +145,7 @@ impl Session<'_, '_> {
             self.outbox.verdict(index, status, root, &message);
         }
         for (i, why) in untimed {
-            self.counts.dirs = self.counts.dirs.saturating_sub(1);
-            self.counts.failed += 1;
-            self.report(i as u32, FileStatus::Failed, None, &why)?;
+            self.dir_failed(i, &why)?;
         }
         Ok(())
     }
