@@ -670,3 +670,63 @@ fn a_directory_that_will_not_take_its_attributes_fails_aloud() {
     let landed = std::fs::read(dst.point.join("top/sub/f")).unwrap();
     assert_eq!(landed, b"lands all the same");
 }
+
+/// Each single-file transfer makes its rename durable through a description of the receive
+/// directory it opened itself, never the one every transfer shares: a sync reports a
+/// write-back error once per open description, so another transfer's sync could have taken
+/// the report meant for this one (strace: the fsync after each rename is of a directory
+/// opened after that transfer's connection was accepted).
+#[test]
+fn a_single_file_syncs_its_directory_through_a_description_of_its_own() {
+    let dst = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let trace = src.path().join("trace");
+    let wrapper = [
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=accept4,openat,renameat,renameat2,fsync",
+        "-o",
+        trace.to_str().unwrap(),
+    ];
+    let rx = Zrecv::start_with(Some(&wrapper), dst.path(), "127.0.0.1:0", &[]);
+    for (name, seed) in [("one.bin", 1), ("two.bin", 2)] {
+        random_file(&src.path().join(name), 100_000, seed);
+        let out = zsend(&[&rx.addr(), src.path().join(name).to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    }
+    // Ends zrecv, then strace.
+    drop(rx);
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    // The number a call returned, and its first argument.
+    let returned = |l: &str| {
+        l.rsplit_once(" = ")
+            .and_then(|(_, r)| r.trim().parse::<i32>().ok())
+    };
+    let first_arg = |l: &str| {
+        let args = l.split_once('(')?.1;
+        args.split([',', ')']).next()?.trim().parse::<i32>().ok()
+    };
+    let (mut own, mut after_rename, mut checked) = (Vec::new(), false, 0);
+    for l in trace.lines() {
+        if l.contains("accept4(") {
+            own.clear();
+        } else if l.contains("openat(") && l.contains(", \".\", ") && l.contains("O_DIRECTORY") {
+            own.extend(returned(l));
+        } else if l.contains("renameat")
+            && returned(l) == Some(0)
+            && (l.contains("one.bin") || l.contains("two.bin"))
+        {
+            after_rename = true;
+        } else if l.contains("fsync(") && after_rename {
+            let fd = first_arg(l).unwrap();
+            assert!(
+                own.contains(&fd),
+                "fsync({fd}) of a shared description:\n{trace}"
+            );
+            (after_rename, checked) = (false, checked + 1);
+        }
+    }
+    assert_eq!(checked, 2, "{trace}");
+}

@@ -62,9 +62,20 @@ impl Receiver {
             );
             return Err(refused(stream, RefuseCode::Busy, msg));
         };
+        let dir = match self.transfer_dir() {
+            Ok(d) => d,
+            Err(e) => {
+                let msg = format!(
+                    "opening {}: {}",
+                    self.config.dir.display(),
+                    crate::units::os_reason(&e)
+                );
+                return Err(refused(stream, RefuseCode::Io, msg));
+            }
+        };
         // An update in place that a killed receiver left half done is finished (or dropped)
         // before anything looks at the file.
-        if let Err(e) = update::journal::recover(&self.dir, &header.name) {
+        if let Err(e) = update::journal::recover(&dir, &header.name) {
             let msg = format!(
                 "recovering an interrupted update of {}: {}",
                 Escaped(&header.name),
@@ -73,18 +84,18 @@ impl Receiver {
             return Err(refused(stream, RefuseCode::Io, msg));
         }
         self.check_exists(stream, header)?;
-        let kept = partial::take(&self.dir, header);
+        let kept = partial::take(&dir, header);
         let held = kept.as_ref().map_or(0, |(_, held)| *held);
         if kept.is_none() {
             if let Some(old) = self.updatable(header) {
                 if !header.inplace() {
                     self.check_space(stream, header, 0)?;
                 }
-                return self.update_file(stream, header, integrity, record, old);
+                return self.update_file(&dir, stream, header, integrity, record, old);
             }
         }
         self.check_space(stream, header, held)?;
-        let temp = self.ready_temp(stream, header, kept.map(|(temp, _)| temp))?;
+        let temp = self.ready_temp(&dir, stream, header, kept.map(|(temp, _)| temp))?;
         if held > 0 {
             partial::resume_started(&temp, header);
         }
@@ -425,27 +436,30 @@ impl Receiver {
     /// refusing the transfer if it cannot.
     pub(super) fn ready_temp<'d>(
         &'d self,
+        dir: &'d OwnedFd,
         stream: &TcpStream,
         header: &Header,
         kept: Option<TempFile<&'d OwnedFd>>,
     ) -> Result<TempFile<&'d OwnedFd>, RecvError> {
         match kept {
             Some(temp) => self.prepare_temp(stream, header, temp),
-            None => self.create_temp(stream, header),
+            None => self.create_temp(dir, stream, header),
         }
     }
 
-    /// Creates and readies the hidden temporary file, refusing the transfer if it cannot.
-    pub(super) fn create_temp(
-        &self,
+    /// Creates and readies the hidden temporary file in `dir`, refusing the transfer if it
+    /// cannot.
+    pub(super) fn create_temp<'d>(
+        &'d self,
+        dir: &'d OwnedFd,
         stream: &TcpStream,
         header: &Header,
-    ) -> Result<TempFile<&OwnedFd>, RecvError> {
+    ) -> Result<TempFile<&'d OwnedFd>, RecvError> {
         // A transfer that can resume starts as its own partial, so that even a receiver killed
         // outright leaves one to resume from.
         let created = match header.resumable() {
-            true => partial::start(&self.dir, header),
-            false => TempFile::create(&self.dir),
+            true => partial::start(dir, header),
+            false => TempFile::create(dir),
         };
         let temp = match created {
             Ok(t) => t,

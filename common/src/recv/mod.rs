@@ -297,6 +297,21 @@ impl Receiver {
         }
     }
 
+    /// A description of the receive directory of the transfer's own, not the one every
+    /// transfer shares: a sync reports a write-back error once per open description, and a
+    /// shared one would let another transfer's sync take the report meant for this one.
+    pub(crate) fn transfer_dir(&self) -> io::Result<OwnedFd> {
+        let again = rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::CLOEXEC;
+        Ok(rustix::fs::openat(
+            &self.dir,
+            c".",
+            again,
+            rustix::fs::Mode::empty(),
+        )?)
+    }
+
     fn local(&self, during: &str, error: io::Error) -> RecvError {
         RecvError::Local {
             during: during.to_owned(),

@@ -16,7 +16,7 @@ use std::sync::mpsc::{self};
 use std::sync::Arc;
 use std::thread::Scope;
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::OFlags;
 
 use super::handshake::linger;
 use super::partial::{self, open_beneath, TempFile};
@@ -49,10 +49,6 @@ mod sync;
 /// A batch of small files lands once it holds [`Receiver::batch_files`] files or this many
 /// bytes.
 const BATCH_BYTES: u64 = 64 << 20;
-/// Opens a directory afresh, as a description of its own.
-const SELF_AGAIN: OFlags = OFlags::RDONLY
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::CLOEXEC);
 /// Temporary files made ahead of their frames, at most.
 const AHEAD: usize = 64;
 /// A check this long after the answers (or after a payload) looks at the copy again before it
@@ -268,12 +264,8 @@ impl Receiver {
             }
         };
         let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
-        // A description of the directory of this session's own, not a copy of the receiver's:
-        // syncfs reports a write-back error once per open description, and one shared with
-        // other transfers would let theirs take the report meant for this one's files.
-        let root = rustix::fs::openat(&self.dir, c".", SELF_AGAIN, Mode::empty())
-            .map(Arc::new)
-            .map_err(|e| self.local("opening the directory", e.into()))?;
+        let root = (self.transfer_dir().map(Arc::new))
+            .map_err(|e| self.local("opening the directory", e))?;
         let count = manifest.entries.len();
         let firsts = manifest.entries.iter().filter_map(|e| match e.kind {
             Kind::HardLink { first } => Some(first),

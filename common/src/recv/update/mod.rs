@@ -11,6 +11,7 @@
 
 use std::fs::File;
 use std::net::TcpStream;
+use std::os::fd::OwnedFd;
 
 use super::handshake::{accept, tell};
 use super::land::{send_verdict, Repair};
@@ -57,6 +58,9 @@ pub(crate) struct Fix<'a> {
 /// What an update builds on: the file here and its identity when we took its piece roots
 /// (`ours`), the pieces needed, and the pipe to splice them through.
 struct Basis<'a> {
+    /// The transfer's own description of the receive directory (see
+    /// `Receiver::transfer_dir`): the directory is synced through it.
+    dir: &'a OwnedFd,
     old: &'a File,
     before: Option<String>,
     ours: Runs,
@@ -105,6 +109,7 @@ impl Receiver {
     /// lack, and builds the new version from them (atomic, or in place).
     pub(super) fn update_file(
         &self,
+        dir: &OwnedFd,
         stream: &TcpStream,
         header: &Header,
         integrity: &Integrity,
@@ -153,6 +158,7 @@ impl Receiver {
         }
         let pipe = Pipe::new(PIPE_SIZE).map_err(|e| self.local("creating a pipe", e))?;
         let basis = Basis {
+            dir,
             old: &old,
             before,
             ours,
@@ -242,6 +248,7 @@ impl Receiver {
         basis: Basis,
     ) -> Result<(), RecvError> {
         let Basis {
+            dir,
             old,
             before,
             ours,
@@ -250,7 +257,7 @@ impl Receiver {
         } = basis;
         let size = header.size;
         let most = header.sparse_data_len.unwrap_or(size);
-        let temp = TempFile::create(&self.dir).map_err(|e| self.local("creating a file", e))?;
+        let temp = TempFile::create(dir).map_err(|e| self.local("creating a file", e))?;
         rustix::fs::ftruncate(&temp.file, size)
             .map_err(|e| self.local("sizing the file", e.into()))?;
         let mut stats = SpliceStats::default();
@@ -324,6 +331,7 @@ impl Receiver {
         basis: Basis,
     ) -> Result<(), RecvError> {
         let Basis {
+            dir,
             old,
             before,
             ours,
@@ -344,7 +352,7 @@ impl Receiver {
                 return Err(fail(self.local("journaling the pieces that differ", e)));
             }
         }
-        let mut journal = journal::Journal::create(&self.dir, header)
+        let mut journal = journal::Journal::create(dir, header)
             .map_err(|e| fail(self.local("creating the journal", e)))?;
         let mut stats = SpliceStats::default();
         let taken = layer::take_pieces(
