@@ -305,6 +305,39 @@ fn a_flipped_byte_is_repaired_by_sending_its_piece_again() {
     );
 }
 
+/// A repaired piece's root replaces the one taken as it first came in: the layer kept for a
+/// later update is of the bytes the file holds. (It kept the damaged piece's root: a source
+/// that came to hold those very bytes was updated as if that piece were already here, and
+/// the file published as verified with the old piece in it.)
+#[test]
+fn a_repaired_piece_is_remembered_as_repaired() {
+    use std::os::unix::fs::FileExt;
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("r.img");
+    let at = 5 * MIB + 123;
+    random_file(&path, 8 * MIB, 78);
+    let rx = Zrecv::start(dst.path(), &["--force"]);
+    let proxy = Proxy::start(rx.addr, Fault::Flip(payload_offset("r.img", at)));
+    let json = send_json(&proxy.addr(), &path, &[]);
+    assert_eq!(json["repaired_pieces"], 1, "{json}");
+    // The source now holds what the flip made of that byte.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 1], at).unwrap();
+    let json = send_json(&rx.addr(), &path, &[]);
+    assert_eq!(
+        sha256_file(&dst.path().join("r.img")),
+        sha256_file(&path),
+        "{json}"
+    );
+}
+
 /// With a token, an update and a repair go through the same seals: the verdicts that say
 /// "landed" are sealed, and the sender accepts them.
 #[test]

@@ -102,6 +102,11 @@ impl PieceLog {
         let first = self.first(n);
         *self.lock() = first;
     }
+
+    /// Logs `runs` in place of what was logged (the file's pieces, read back as they are now).
+    pub fn replace(&self, runs: Vec<(Hash, u64)>) {
+        *self.lock() = runs;
+    }
 }
 
 /// How far a file may be read: the copy loop raises it, the hashing threads wait on it.

@@ -109,15 +109,25 @@ pub(crate) fn patch(base: &Runs, needed: &Needed, fresh: &Runs, pieces: u64) -> 
             _ => runs.push((root, n)),
         }
     };
-    let mut fresh = fresh
-        .iter()
-        .copied()
-        .flat_map(|(r, n)| std::iter::repeat_n(r, n as usize));
+    // Run by run, never piece by piece: a range of holes may span 2^43 pieces.
+    let mut fresh = fresh.iter().copied().filter(|(_, n)| *n > 0);
+    let mut current: Option<(Hash, u64)> = None;
     let mut at = 0u64;
     for &(first, n) in needed.ranges() {
         copy_runs(base, at, first, &mut push);
-        for _ in 0..n {
-            push(fresh.next().unwrap_or_else(zero_piece), 1);
+        let mut left = n;
+        while left > 0 {
+            let (root, have) = match current.take().or_else(|| fresh.next()) {
+                Some(run) => run,
+                // Fewer roots than pieces: the rest read as holes.
+                None => (zero_piece(), left),
+            };
+            let k = have.min(left);
+            push(root, k);
+            left -= k;
+            if have > k {
+                current = Some((root, have - k));
+            }
         }
         at = first + n;
     }
@@ -259,6 +269,21 @@ mod tests {
         .unwrap();
         assert_eq!(shorter, Needed::none());
         assert_eq!(patch(&ours, &shorter, &vec![], 2), vec![(a, 2)]);
+    }
+
+    /// A repair of a file of 2^43 pieces, nearly all holes, is patched run by run: piece by
+    /// piece, it took hours of CPU after its sender had gone.
+    #[test]
+    fn a_range_of_trillions_of_pieces_is_patched_run_by_run() {
+        let (a, b, zero) = ([1; 32], [2; 32], zero_piece());
+        let pieces = 1u64 << 43;
+        let ours: Runs = vec![(a, pieces)];
+        let mut needed = Needed::none();
+        needed.add(0, pieces - 1);
+        // Two pieces of data, then holes, and fewer roots than pieces: the rest are holes too.
+        let fresh: Runs = vec![(b, 2), (zero, pieces / 2)];
+        let patched = patch(&ours, &needed, &fresh, pieces);
+        assert_eq!(patched, vec![(b, 2), (zero, pieces - 3), (a, 1)]);
     }
 
     /// Keepalives before a piece layer are taken only while the receiver's patience lasts: a

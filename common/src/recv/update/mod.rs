@@ -51,6 +51,9 @@ pub struct UpdateCounts {
 pub(crate) struct Fix<'a> {
     pub(crate) file: &'a File,
     pub(crate) runs: Runs,
+    /// The log of a file received whole, which a partial kept for resuming and the layer kept
+    /// for updating are taken from: a repair rewrites pieces, and their roots with them.
+    pub(crate) log: Option<&'a PieceLog>,
     pub(crate) pipe: &'a Pipe,
     pub(crate) touched: Needed,
 }
@@ -70,10 +73,11 @@ struct Basis<'a> {
 
 impl<'a> Fix<'a> {
     /// A file received whole (or resumed), with the roots of its pieces hashed as they came.
-    pub(crate) fn of(file: &'a File, pieces: &PieceLog, pipe: &'a Pipe) -> Fix<'a> {
+    pub(crate) fn of(file: &'a File, pieces: &'a PieceLog, pipe: &'a Pipe) -> Fix<'a> {
         Fix {
             file,
             runs: pieces.first(u64::MAX),
+            log: Some(pieces),
             pipe,
             touched: Needed::none(),
         }
@@ -293,6 +297,7 @@ impl Receiver {
         let fix = Fix {
             file: &temp.file,
             runs: ours,
+            log: None,
             pipe,
             touched: needed,
         };
@@ -368,6 +373,7 @@ impl Receiver {
         let fix = Fix {
             file: &journal.file,
             runs: ours,
+            log: None,
             pipe,
             touched: needed,
         };
@@ -515,6 +521,11 @@ impl Receiver {
                 size,
                 size,
             )?;
+            // From the first piece taken again on, the logged roots are no longer the file's
+            // until the round is through: an interruption keeps only those before it.
+            if let (Some(log), Some(&(first, _))) = (fix.log, needed.ranges().first()) {
+                log.truncate(first);
+            }
             let mut stats = SpliceStats::default();
             let taken = layer::take_pieces(
                 stream,
@@ -530,6 +541,9 @@ impl Receiver {
             let fresh = layer::hash_needed(fix.file, size, &needed)
                 .map_err(|e| told(self.local("reading back the repaired pieces", e)))?;
             fix.runs = layer::patch(&fix.runs, &needed, &fresh, pieces);
+            if let Some(log) = fix.log {
+                log.replace(fix.runs.clone());
+            }
             fix.touched = fix.touched.union(&needed);
             record.repaired += needed.pieces();
             digest = layer::root_of_runs(&fix.runs);
