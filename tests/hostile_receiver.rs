@@ -134,13 +134,11 @@ fn tree_answered(
         let mut rest = Vec::new();
         let _ = r.read_to_end(&mut rest);
     });
-    let out = zsend(
-        &[
-            &[addr.as_str(), top.to_str().unwrap(), "--timeout", "10"],
-            args,
-        ]
-        .concat(),
-    );
+    let timeout: &[&str] = match args.contains(&"--timeout") {
+        true => &[],
+        false => &["--timeout", "10"],
+    };
+    let out = zsend(&[&[addr.as_str(), top.to_str().unwrap()], timeout, args].concat());
     fake.join().unwrap();
     out
 }
@@ -229,6 +227,31 @@ fn a_second_verdict_for_a_file_is_refused() {
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(6), "{err}");
     assert!(err.contains("a second verdict"), "{err}");
+}
+
+/// After its end of pass, zsend takes a receiver's keepalives instead of its verdicts only for
+/// as long as landing what it owes could take (`--timeout`, plus its bytes at 4 MiB/s, plus
+/// 5 s): one saying "still here" forever used to hold zsend forever.
+#[test]
+fn keepalives_cannot_hold_back_the_verdicts_forever() {
+    let gave_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = gave_up.clone();
+    let out = tree_answered(Answer::Send, &["--timeout", "1"], move |r, w, m| {
+        take_pass(r, m, |_, _| {});
+        // Bounded: zsend should have given up long before.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < until {
+            if w.write_all(&Report::Keepalive.encode()).is_err() {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    });
+    let err = stderr_of(&out);
+    assert!(gave_up.load(std::sync::atomic::Ordering::SeqCst), "{err}");
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("waiting for the receiver's verdicts"), "{err}");
 }
 
 /// An end of pass with files unanswered is not the end of a pass.

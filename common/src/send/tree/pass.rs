@@ -17,8 +17,12 @@ use crate::roots::Identity;
 use crate::send::file::send_body;
 use crate::send::resume::hash_prefix_telling;
 use crate::send::source::Source;
+use crate::watch::Patience;
 use crate::wire::ProtocolError;
 use crate::wire::{Frame, Kind, PrefixProof, Report, Trailer, TRAILER_LEN};
+
+/// How often the wait for verdicts looks at whether the receiver's patience is spent.
+const PATIENCE_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Files at least this large are hashed on a second thread while keepalive frames go out.
 pub(super) const KEEPALIVE_ABOVE: u64 = 64 << 20;
@@ -92,12 +96,26 @@ impl Session<'_> {
         progress(Tick::Phase(Phase::Landing));
         // The wait starts now, however long the receiver was quiet while files arrived.
         self.ledger.heard();
+        // Its keepalives say it is still there, but only for as long as landing what it still
+        // owes could take (see `Patience`): one saying so forever held zsend forever.
+        let owed = (self.ledger.unanswered().into_iter())
+            .map(|i| self.tree.manifest.entries[i].size())
+            .fold(0u64, u64::saturating_add);
+        let mut patience = Patience::for_bytes(self.opts.timeout, owed);
+        patience.still();
         loop {
             // Anything the receiver says, keepalives included, is word that it is still there.
             let left = self.opts.timeout.saturating_sub(self.ledger.since_heard());
-            let (report, sent) = match reports.recv_timeout(left) {
-                Ok(report) => report?,
-                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => continue,
+            let (report, sent) = match reports.recv_timeout(left.min(PATIENCE_TICK)) {
+                Ok(report) => {
+                    // A verdict: the next one may take as long again.
+                    patience.reset();
+                    patience.still();
+                    report?
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() && patience.still() => {
+                    continue
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     return Err(SendError::Network {
                         during: "waiting for the receiver's verdicts".into(),
