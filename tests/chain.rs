@@ -328,6 +328,53 @@ fn a_forwarder_relays_one_report_per_host_asked_for() {
     drop(rxs.pop());
 }
 
+/// A next host that says "landed" with another root than the sender's, or none on a verified
+/// transfer, is reported as not having landed it by the forwarder too (its log, its --json),
+/// not only by the sender, which compares the roots itself.
+#[test]
+fn a_forwarder_does_not_take_landed_with_another_root_for_landed() {
+    use std::io::{Read, Write};
+    use zcommon::{read_hello, Reply, Status, Trailer, Verdict};
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("lie.bin");
+    random_file(&path, 300_000, 304);
+    for root in [Some([0x41; 32]), None] {
+        let dst = tempfile::tempdir().unwrap();
+        let mut rx = Zrecv::start(dst.path(), &["--allow-forward", "127.0.0.0/8", "--json"]);
+        let (fake, liar) = fake_peer(move |mut s| {
+            let h = read_hello(&mut s).unwrap();
+            s.write_all(&Reply::Accept.encode()).unwrap();
+            let mut payload = vec![0u8; h.size as usize];
+            s.read_exact(&mut payload).unwrap();
+            Trailer::read(&mut s).unwrap();
+            let lie = Verdict {
+                status: Status::Landed,
+                root,
+                seal: [0; 32],
+                message: String::new(),
+            };
+            s.write_all(&lie.encode()).unwrap();
+        });
+        let to = format!("{},{fake}", rx.addr());
+        let out = zsend(&["--to", &to, path.to_str().unwrap(), "--json"]);
+        assert_eq!(out.status.code(), Some(9), "{}", stderr_of(&out));
+        assert_eq!(landed(&json_of(&out)), [true, false]);
+        liar.join().unwrap();
+        let line: serde_json::Value = serde_json::from_str(&rx.stdout_line()).unwrap();
+        let forwarded = &line["forwarded"][0];
+        assert_eq!(forwarded["ok"], false, "{line}");
+        assert!(
+            forwarded["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("landed with another checksum")),
+            "{line}"
+        );
+        let said = rx.stderr();
+        assert!(!said.contains(&format!("to {fake}: landed")), "{said}");
+        assert!(said.contains(&format!("to {fake}: not landed")), "{said}");
+    }
+}
+
 /// A forwarder keeps its sender told while the next host makes it wait before a reply (here a
 /// peer that accepts and says nothing, until the forwarder's own timeout): the sender used to
 /// hear nothing, give up after its own timeout, and lose the first host's copy too.

@@ -18,7 +18,7 @@ use crate::name::Escaped;
 use crate::sys::{CopyError, Onward, Pipe, SpliceStats, SpliceTo};
 use crate::watch;
 use crate::wire::{
-    align_hops, read_hops, Header, HopReport, RefuseCode, Trailer, Verdict, KEEPALIVE,
+    align_hops, read_hops, Header, HopReport, RefuseCode, Status, Trailer, Verdict, KEEPALIVE,
 };
 
 /// The hosts after this one, and the connection to the next while it works.
@@ -32,6 +32,8 @@ pub(crate) struct Forward {
     lost: Option<String>,
     /// Whether the whole payload and the trailer went on.
     complete: bool,
+    /// The sender's digest, as passed on: a host that lands the file lands it with this one.
+    root: Option<[u8; 32]>,
 }
 
 impl Receiver {
@@ -61,6 +63,7 @@ impl Receiver {
             integrity: Integrity::none(),
             lost: None,
             complete: false,
+            root: None,
         };
         // The sender waits for our reply meanwhile: it hears that we are still here (reaching
         // the next host may take our timeout, or longer while that host makes us wait).
@@ -154,6 +157,7 @@ impl Forward {
     /// completes what it needs.
     pub(super) fn pass_trailer(&mut self, root: Option<[u8; 32]>) {
         let trailer = Trailer::sealed(root, &self.integrity, 0);
+        self.root = root;
         self.send_on(&trailer.encode(), "sending the trailer");
         if self.next.is_some() {
             self.complete = true;
@@ -226,6 +230,15 @@ impl Forward {
             );
         }
         reports.extend(rest);
+        // "Landed" with another digest, or none, is not the sender's file landed, and is not
+        // logged or passed on as if it were.
+        for r in &mut reports {
+            if r.verdict.status == Status::Landed && r.verdict.root != self.root {
+                let theirs = r.verdict.root.map_or("no checksum".into(), hex::encode);
+                let why = format!("landed with another checksum ({theirs})");
+                r.verdict = Verdict::failed(&why);
+            }
+        }
         reports
     }
 }
