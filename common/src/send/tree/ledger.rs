@@ -108,9 +108,13 @@ impl Ledger {
         self.lock()[i] = Slot::Made;
     }
 
-    /// Entry `i`'s last byte is about to go out.
+    /// Entry `i`'s last byte is about to go out. One the receiver already failed while it came
+    /// stays answered: a verdict after it would be a second.
     pub(super) fn expect(&self, i: usize, sent: Sent) {
-        self.lock()[i] = Slot::Awaiting(sent);
+        let mut slots = self.lock();
+        if !matches!(slots[i], Slot::Answered) {
+            slots[i] = Slot::Awaiting(sent);
+        }
     }
 
     /// Takes in a verdict for entry `index`; returns what it answers.
@@ -195,5 +199,28 @@ pub(super) fn read_reports(stream: &TcpStream, ledger: Arc<Ledger>, tx: mpsc::Se
         if tx.send(report).is_err() || end {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file failed while its payload went out has had its verdict: "landed" once its trailer
+    /// is out is a second one (it used to count the file both failed and landed).
+    #[test]
+    fn a_file_failed_while_it_went_out_takes_no_other_verdict() {
+        let ledger = Ledger::new(2);
+        ledger.sending(0, Sent::Full);
+        assert!(ledger.answer(0, FileStatus::Failed).is_ok());
+        ledger.expect(0, Sent::Full);
+        let again = ledger.answer(0, FileStatus::Landed).unwrap_err();
+        assert!(again.to_string().contains("a second verdict"), "{again}");
+        assert_eq!(ledger.awaiting(), 0);
+        // The other file goes its usual way.
+        ledger.sending(1, Sent::Full);
+        ledger.expect(1, Sent::Full);
+        assert_eq!(ledger.awaiting(), 1);
+        assert!(ledger.answer(1, FileStatus::Landed).is_ok());
     }
 }
