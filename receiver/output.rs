@@ -170,12 +170,13 @@ fn json(r: &TransferRecord) -> serde_json::Value {
         "zero_copy": r.zero_copy,
         // All but the plain SHA-256, which only a sender computes.
         "stages": shared::stages_json(&r.stages, |name| name != "sha256_cpu_s"),
-        "error": r.result.as_ref().err().map(|e| format!("{e:#}")),
+        "error": r.result.as_ref().err().map(|e| Escaped(&format!("{e:#}")).to_string()),
         "forwarded": r.hops.iter().map(|h| serde_json::json!({
             "host": h.host,
             "ok": h.verdict.status == Status::Landed,
             "root": h.verdict.root.map(hex::encode),
-            "error": (h.verdict.status != Status::Landed).then_some(&h.verdict.message),
+            "error": (h.verdict.status != Status::Landed)
+                .then(|| Escaped(&h.verdict.message).to_string()),
         })).collect::<Vec<_>>(),
         "tree": r.tree.as_ref().map(|t| serde_json::json!({
             "files": t.files,

@@ -519,7 +519,7 @@ pub fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
             "version": JSON_VERSION,
             "ok": false,
             "file": cli.files().first().map(|f| f.display().to_string()),
-            "error": format!("{e:#}"),
+            "error": Escaped(&format!("{e:#}")).to_string(),
             "exit_code": e.downcast_ref::<SendError>().map_or(ExitStatus::Local, SendError::exit_status).code(),
             "verified": false,
         }),

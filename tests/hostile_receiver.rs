@@ -42,7 +42,7 @@ fn file(dir: &std::path::Path, name: &str, size: u64, seed: u64) -> String {
 
 fn assert_clean(err: &str) {
     assert!(
-        !err.contains('\r') && !err.contains('\u{1b}'),
+        !err.chars().any(|c| c.is_control() && c != '\n'),
         "a control character reached the terminal: {err:?}"
     );
 }
@@ -387,7 +387,8 @@ fn a_receivers_messages_cannot_drive_the_terminal() {
                 status: FileStatus::Failed,
                 root: None,
                 seal: [0; 32],
-                message: "disk full\r\u{1b}[2Kzsend: sent 3 files, all verified".into(),
+                // C1 controls too: U+009B is a terminal's CSI as much as ESC [ is.
+                message: "disk full\r\u{1b}[2K\u{9b}2Kzsend: sent 3 files, all verified".into(),
             }
             .encode()
         })
@@ -396,6 +397,10 @@ fn a_receivers_messages_cannot_drive_the_terminal() {
     assert_eq!(out.status.code(), Some(9), "{err}");
     assert!(err.contains("disk full\\r"), "{err}");
     assert_clean(&err);
+    // --json's strings too (JSON escapes C0 controls itself, not C1).
+    let json = String::from_utf8(out.stdout).unwrap();
+    assert!(json.contains("disk full"), "{json}");
+    assert!(!json.contains('\u{9b}'), "{json}");
 }
 
 /// The first receiver of a chain that reports fewer hosts than asked for (or others in their

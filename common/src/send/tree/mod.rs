@@ -308,8 +308,11 @@ impl Session<'_> {
         }
     }
 
+    /// Counts entry `i` failed for `why`, which may be the receiver's text: kept escaped, for
+    /// `--json` as for the terminal.
     fn fail(&mut self, i: usize, why: String) {
         let path = Escaped(&self.tree.manifest.entries[i].path).to_string();
+        let why = Escaped(&why).to_string();
         log::warn!("{path}: {why}");
         self.report.failures.push((path, why));
     }
