@@ -543,6 +543,36 @@ fn repair_calls_out_of_order_and_unasked_updates_are_refused() {
     assert!(err.contains("repair round 4"), "{err}");
     fake.join().unwrap();
 
+    // A restart after repair rounds: a restart comes only in place of the first answer to a
+    // resumed file's proof, or the rounds would start over after it.
+    let (addr, fake) = fake_peer(move |mut s| {
+        let header = read_hello(&mut s).unwrap();
+        let offer = Reply::Resume {
+            offset: 1 << 20,
+            nonce: [7; 32],
+        };
+        s.write_all(&offer.encode()).unwrap();
+        let mut rest = vec![0u8; (header.size - (1 << 20)) as usize];
+        s.read_exact(&mut rest).unwrap();
+        zcommon::PrefixProof::read(&mut s).unwrap();
+        Trailer::read(&mut s).unwrap();
+        let pieces = zcommon::pieces_of(header.size);
+        s.write_all(&zcommon::encode_repair(1)).unwrap();
+        zcommon::read_layer(&mut s, pieces, &mut |_, _| {}).unwrap();
+        s.write_all(&zcommon::Needed::all(pieces).encode()).unwrap();
+        let mut records = vec![0u8; 17 + header.size as usize + 17];
+        s.read_exact(&mut records).unwrap();
+        Trailer::read(&mut s).unwrap();
+        s.write_all(&zcommon::RESTART).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let out = zsend(&[&addr, &path]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("a restart after a repair round"), "{err}");
+    fake.join().unwrap();
+
     // An update offer to a sender that sends the whole file.
     let (addr, fake) = fake_peer(move |mut s| {
         let header = read_hello(&mut s).unwrap();

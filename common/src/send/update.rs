@@ -112,6 +112,13 @@ pub(super) fn answer(
             ))
                 .into())
             }
+            // A restart answers a resumed file's proof, before any round: after one, the
+            // rounds would start over (three per transfer).
+            AfterTrailer::Restart if expected > 1 => {
+                return Err(
+                    ProtocolError::Malformed("a restart after a repair round".into()).into(),
+                )
+            }
             other => return Ok(other),
         };
         log::warn!(
