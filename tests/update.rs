@@ -338,6 +338,28 @@ fn a_repaired_piece_is_remembered_as_repaired() {
     );
 }
 
+/// A file that replaces one whose piece layer was kept takes that layer away, even when it
+/// keeps none of its own (one piece, here): the layer vouched for the old bytes.
+#[test]
+fn a_replaced_files_piece_layer_goes_with_it() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("l.img");
+    random_file(&path, 3 * MIB, 79);
+    let rx = Zrecv::start(dst.path(), &["--force"]);
+    send_json(&rx.addr(), &path, &[]);
+    let layers = || {
+        entries(dst.path())
+            .into_iter()
+            .filter(|n| n.ends_with(".pieces"))
+            .count()
+    };
+    assert_eq!(layers(), 1, "{:?}", entries(dst.path()));
+    random_file(&path, MIB / 2, 80);
+    send_json(&rx.addr(), &path, &[]);
+    assert_eq!(layers(), 0, "{:?}", entries(dst.path()));
+}
+
 /// With a token, an update and a repair go through the same seals: the verdicts that say
 /// "landed" are sealed, and the sender accepts them.
 #[test]

@@ -127,8 +127,11 @@ impl Receiver {
         match self.land(temp, &header.name, header) {
             Ok(fsync) => {
                 record.stages.fsync = fsync;
-                if let Some((file, runs)) = layer {
-                    update::cache::store(&self.dir, &header.name, &file, &runs);
+                // A layer of an earlier file of this name is of other bytes: it goes, whether
+                // or not this one's is kept (its identity check alone stood in the way).
+                match layer {
+                    Some((file, runs)) => update::cache::store(&dir, &header.name, &file, &runs),
+                    None => update::cache::forget(&dir, &header.name),
                 }
             }
             Err(e) => {
