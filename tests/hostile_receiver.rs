@@ -229,9 +229,10 @@ fn a_second_verdict_for_a_file_is_refused() {
     assert!(err.contains("a second verdict"), "{err}");
 }
 
-/// After its end of pass, zsend takes a receiver's keepalives instead of its verdicts only for
-/// as long as landing what it owes could take (`--timeout`, plus its bytes at 4 MiB/s, plus
-/// 5 s): one saying "still here" forever used to hold zsend forever.
+/// After its end of pass, zsend takes a receiver's keepalives instead of its verdicts for 30
+/// times `--timeout`, plus the owed files' bytes at 4 MiB/s, plus 5 s (a sync of a busy file
+/// system takes what it takes), but not forever: one saying "still here" forever used to hold
+/// zsend forever.
 #[test]
 fn keepalives_cannot_hold_back_the_verdicts_forever() {
     let gave_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -239,7 +240,7 @@ fn keepalives_cannot_hold_back_the_verdicts_forever() {
     let out = tree_answered(Answer::Send, &["--timeout", "1"], move |r, w, m| {
         take_pass(r, m, |_, _| {});
         // Bounded: zsend should have given up long before.
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(90);
         while std::time::Instant::now() < until {
             if w.write_all(&Report::Keepalive.encode()).is_err() {
                 seen.store(true, std::sync::atomic::Ordering::SeqCst);

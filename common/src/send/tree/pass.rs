@@ -21,6 +21,10 @@ use crate::watch::Patience;
 use crate::wire::ProtocolError;
 use crate::wire::{Frame, Kind, PrefixProof, Report, Trailer, TRAILER_LEN};
 
+/// After a tree's end of pass, how many times `--timeout` a receiver's keepalives are taken in
+/// place of its verdicts (beyond its owed files' share): 30 minutes by default.
+const VERDICT_PATIENCE: u32 = 30;
+
 /// How often the wait for verdicts looks at whether the receiver's patience is spent.
 const PATIENCE_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -96,12 +100,16 @@ impl Session<'_> {
         progress(Tick::Phase(Phase::Landing));
         // The wait starts now, however long the receiver was quiet while files arrived.
         self.ledger.heard();
-        // Its keepalives say it is still there, but only for as long as landing what it still
-        // owes could take (see `Patience`): one saying so forever held zsend forever.
+        // Its keepalives say it is still there, but not forever: one saying so forever held
+        // zsend forever. What it does meanwhile is hash large files and sync the file system,
+        // which writes back every program's data there, not only ours: so the bound is
+        // generous, [`VERDICT_PATIENCE`] times the timeout plus the owed files' bytes at the
+        // slowest hashing rate (see `Patience`).
         let owed = (self.ledger.unanswered().into_iter())
             .map(|i| self.tree.manifest.entries[i].size())
             .fold(0u64, u64::saturating_add);
-        let mut patience = Patience::for_bytes(self.opts.timeout, owed);
+        let waited = self.opts.timeout.saturating_mul(VERDICT_PATIENCE);
+        let mut patience = Patience::for_bytes(waited, owed);
         patience.still();
         loop {
             // Anything the receiver says, keepalives included, is word that it is still there.
