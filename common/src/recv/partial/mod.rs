@@ -149,7 +149,9 @@ pub(crate) fn scratch_name() -> String {
 
 /// Whether `name` is the hidden directory of a new tree being built (`.zrecv-KEY.stage`).
 pub(crate) fn is_stage(name: &str) -> bool {
-    name.starts_with(TEMP_PREFIX) && name.ends_with(".stage")
+    (name.strip_prefix(TEMP_PREFIX))
+        .and_then(|n| n.strip_suffix(".stage"))
+        .is_some_and(|key| key.len() == 32 && key.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Makes the hidden directory `name` of a new tree in `root`, or takes up the one an

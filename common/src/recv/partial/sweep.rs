@@ -482,16 +482,21 @@ impl Walk<'_> {
 
     /// Whether the directory `name`, in the directory being listed, is the hidden directory of a
     /// new tree that nobody touched for `--partial-max-age` (a transfer that takes one up, or
-    /// builds one, sets its mtime to now and holds it locked).
+    /// builds one, sets its mtime to now and holds it locked). Only where zrecv makes them: at
+    /// the top of the receive directory, named as it names them, and its own. Deeper down, a
+    /// user who may rename entries in a directory there could otherwise rename a directory it
+    /// cannot empty to such a name, and have the sweep empty it.
     fn stale_stage(&self, name: &CStr) -> bool {
         let Ok(text) = name.to_str() else {
             return false;
         };
-        let Some(cutoff) = self.cutoff.filter(|_| partial::is_stage(text)) else {
+        let at_top = self.frames.len() == 1;
+        let Some(cutoff) = self.cutoff.filter(|_| at_top && partial::is_stage(text)) else {
             return false;
         };
+        let ours = rustix::process::geteuid().as_raw();
         rustix::fs::statat(self.top_fd(), name, AtFlags::SYMLINK_NOFOLLOW)
-            .is_ok_and(|st| time(st.st_mtime, st.st_mtime_nsec) < cutoff)
+            .is_ok_and(|st| st.st_uid == ours && time(st.st_mtime, st.st_mtime_nsec) < cutoff)
     }
 
     /// Removes a stale hidden tree and everything in it, unless a transfer holds it.
@@ -663,7 +668,7 @@ mod tests {
         let root = tmp.path().join("recv");
         std::fs::create_dir(&root).unwrap();
         let fd = open(&root);
-        let stage = |key: &str| format!(".zrecv-{key}.stage");
+        let stage = |key: &str| format!(".zrecv-{}.stage", key.repeat(32));
         for key in ["a", "b", "c"] {
             let dir = root.join(stage(key));
             plant(&dir.join("sub/deeper/landed"), false);
@@ -686,6 +691,40 @@ mod tests {
         age_dir(&root.join(stage("b")), 3 * 3600);
         let swept = sweep(fd.as_fd(), Duration::from_secs(3600), None);
         assert_eq!(removed(&swept), [stage("b")]);
+    }
+
+    /// Only a hidden tree where zrecv makes them, and its own, is removed whole: a directory
+    /// renamed to such a name deeper down (by a user who may rename entries there but could not
+    /// empty it), one at the top that someone else owns, or one named otherwise, is not.
+    #[test]
+    fn a_directory_renamed_to_look_like_a_hidden_tree_is_not_emptied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("recv");
+        let stage = format!(".zrecv-{KEY}.stage");
+        let planted = [
+            format!("shared/{stage}"),
+            stage.clone(),
+            ".zrecv-not-hex.stage".to_owned(),
+        ];
+        for dir in &planted {
+            plant(&root.join(dir).join("victim/data"), false);
+            age_dir(&root.join(dir), 3 * 3600);
+        }
+        // The one at the top belongs to nobody (the tests run as root).
+        let top = root.join(&stage);
+        let nobody = Some(rustix::fs::Uid::from_raw(65534));
+        rustix::fs::chown(&top, nobody, None).expect("the tests run as root");
+        let fd = open(&root);
+        let swept = sweep(fd.as_fd(), Duration::from_secs(3600), None);
+        assert_eq!(removed(&swept), Vec::<String>::new());
+        for dir in &planted {
+            assert!(root.join(dir).join("victim/data").exists(), "{dir}");
+        }
+        // Its own, at the top: removed whole.
+        rustix::fs::chown(&top, Some(rustix::process::geteuid()), None).unwrap();
+        age_dir(&top, 3 * 3600);
+        let swept = sweep(fd.as_fd(), Duration::from_secs(3600), None);
+        assert_eq!(removed(&swept), [stage]);
     }
 
     #[test]
