@@ -336,6 +336,34 @@ fn a_huge_hole_costs_nothing_once_the_sender_is_gone_or_silent() {
     still_serving(&rx);
 }
 
+/// With `--stdout`, a hole is zeros written out: a record of 17 bytes declaring 2^62 of them
+/// ends with its sender. (zrecv went on writing them after the sender had gone: 18 GB in 15 s,
+/// found by review.)
+#[test]
+fn a_huge_hole_to_standard_output_ends_with_its_sender() {
+    use zcommon::Record;
+    let dst = tempfile::tempdir().unwrap();
+    let mut rx = Zrecv::start(dst.path(), &["--once", "--stdout", "--timeout", "5"]);
+    rx.discard_stdout();
+    let size = 1u64 << 62;
+    let zeros = Header {
+        sparse_data_len: Some(0),
+        ..header("zeros.img", size)
+    };
+    let mut s = connect(&rx);
+    s.write_all(&zeros.encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    let hole = Record::Hole {
+        offset: 0,
+        len: size,
+    };
+    s.write_all(&hole.encode()).unwrap();
+    drop(s);
+    let line = rx.wait_for_line_within("zeros.img from", std::time::Duration::from_secs(30));
+    assert!(line.contains("the sender went away"), "{line}");
+    assert!(!rx.wait().success(), "{}", rx.stderr());
+}
+
 /// One byte of a resumable 256 MiB hello must not leave 256 MiB reserved on disk: a kept
 /// partial holds what arrived.
 #[test]

@@ -161,6 +161,12 @@ impl Zrecv {
         })
     }
 
+    /// Reads whatever comes out on stdout, and throws it away, on a thread of its own.
+    pub fn discard_stdout(&mut self) {
+        let mut out = self.stdout.take().expect("stdout");
+        thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    }
+
     /// Reads one line of stdout.
     pub fn stdout_line(&mut self) -> String {
         let out = self.stdout.as_mut().expect("stdout");

@@ -300,7 +300,7 @@ impl Sink for ForwardSink<'_> {
         moved
     }
 
-    fn hole(&mut self, _offset: u64, _len: u64) -> Result<(), CopyError> {
+    fn hole(&mut self, _: &TcpStream, _offset: u64, _len: u64) -> Result<(), CopyError> {
         // A chain's payload is dense: the header decoder refuses SPARSE with CHAIN.
         Err(CopyError::Write(std::io::Error::other(
             "a hole in a chained payload",

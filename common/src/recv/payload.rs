@@ -27,8 +27,8 @@ pub(super) trait Sink {
         len: u64,
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64, CopyError>;
-    /// A hole of `len` bytes at `offset`.
-    fn hole(&mut self, offset: u64, len: u64) -> Result<(), CopyError>;
+    /// A hole of `len` bytes at `offset`, the records coming from `stream`.
+    fn hole(&mut self, stream: &TcpStream, offset: u64, len: u64) -> Result<(), CopyError>;
 }
 
 /// Into the temporary file, hashed later by reading it back.
@@ -57,7 +57,7 @@ impl Sink for FileSink<'_> {
         to.take_from(stream, offset, len, progress)
     }
 
-    fn hole(&mut self, _offset: u64, len: u64) -> Result<(), CopyError> {
+    fn hole(&mut self, _: &TcpStream, _offset: u64, len: u64) -> Result<(), CopyError> {
         // The file was sized with ftruncate: the hole is already there.
         self.holes.set(self.holes.get() + len);
         Ok(())
@@ -131,7 +131,7 @@ pub(super) fn receive_into(
                 return Ok(pos);
             }
         } else {
-            sink.hole(offset, len).map_err(Incoming::Copy)?;
+            sink.hole(stream, offset, len).map_err(Incoming::Copy)?;
             pos += len;
             progress(pos);
         }

@@ -73,10 +73,20 @@ impl Sink for StdoutSink<'_> {
         sys::splice_through(stream, self.pipe, self.copy, &self.out, len, progress)
     }
 
-    fn hole(&mut self, _offset: u64, len: u64) -> Result<(), CopyError> {
+    /// Writes the hole's zeros, a MiB at a time, for as long as the sender is there: a record
+    /// of 17 bytes can declare 2^62 of them, and a sender gone ends the work, as it ends the
+    /// hashing of holes into a file.
+    fn hole(&mut self, stream: &TcpStream, _offset: u64, len: u64) -> Result<(), CopyError> {
         let zeros = vec![0u8; (1 << 20).min(len as usize)];
         let mut left = len;
         while left > 0 {
+            if crate::watch::peer_gone(stream) {
+                let gone = std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the sender went away",
+                );
+                return Err(CopyError::Read(gone));
+            }
             let n = left.min(zeros.len() as u64) as usize;
             self.out.write_all(&zeros[..n]).map_err(CopyError::Write)?;
             if let Some(c) = self.copy {
