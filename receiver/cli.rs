@@ -9,7 +9,7 @@ use clap::Parser;
 use zcommon::parse_listen_addr;
 
 /// `--version`: the release, and the protocol version it speaks (a test keeps it in sync).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 13)");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 14)");
 
 /// Receive files from zsend, verified and durable.
 ///

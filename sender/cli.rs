@@ -7,7 +7,7 @@ use clap::Parser;
 use zcommon::Keep;
 
 /// `--version`: the release, and the protocol version it speaks (a test keeps it in sync).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 13)");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 14)");
 
 /// Send files to a zrecv, zero-copy and verified.
 ///

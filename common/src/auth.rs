@@ -7,7 +7,7 @@ use std::io;
 use std::path::Path;
 
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 /// Length of each side's nonce.
 pub const NONCE_LEN: usize = 32;
@@ -141,6 +141,10 @@ pub enum Seal {
     Verdict,
     /// A further host's digest in a chain's reports, as relayed by the host before it.
     Hop,
+    /// A tree's manifest, whole (its SHA-256 as the digest).
+    Manifest,
+    /// The receiver's answers to a tree's manifest, whole (likewise).
+    Answers,
 }
 
 impl Seal {
@@ -149,6 +153,8 @@ impl Seal {
             Seal::Trailer => b"zsend trailer v8\0",
             Seal::Verdict => b"zrecv verdict v8\0",
             Seal::Hop => b"zrecv hop v8\0",
+            Seal::Manifest => b"zsend manifest v14\0",
+            Seal::Answers => b"zrecv answers v14\0",
         }
     }
 }
@@ -219,6 +225,17 @@ impl Integrity {
                 .into(),
             None => [0; 32],
         }
+    }
+
+    /// The seal of a whole message, `bytes` as encoded on the wire, as `what`: the seal of
+    /// its SHA-256 for index 0 with status 0.
+    pub fn seal_message(&self, what: Seal, bytes: &[u8]) -> [u8; 32] {
+        self.seal(what, 0, 0, &Sha256::digest(bytes).into())
+    }
+
+    /// Whether `seal` is [`seal_message`](Self::seal_message) of `bytes` as `what`.
+    pub fn opens_message(&self, what: Seal, bytes: &[u8], seal: &[u8; 32]) -> bool {
+        self.opens(what, 0, 0, &Sha256::digest(bytes).into(), seal)
     }
 
     /// Whether `seal` is the seal of `status` and `digest` as `what` for `index` (compared in

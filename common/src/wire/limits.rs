@@ -2,7 +2,7 @@
 //! read from a peer is checked against one of these before anything is allocated for it.
 
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 13;
+pub const VERSION: u16 = 14;
 /// Largest header body a receiver accepts.
 pub const MAX_HEADER_LEN: u32 = 64 * 1024;
 /// Largest human-readable message in a reply or verdict.

@@ -10,7 +10,7 @@ use rustix::fs::{AtFlags, FileType, Mode};
 use rustix::io::Errno;
 
 use super::{header_of, Prestat, Session};
-use crate::auth::{self};
+use crate::auth::{self, Seal};
 use crate::error::RecvError;
 use crate::meta::{node_type, Plan};
 use crate::name::Escaped;
@@ -107,7 +107,11 @@ impl Session<'_, '_> {
             );
         }
         self.counts.unkept = unkept as usize;
-        let answers = Answers::Each(self.answers.clone(), unkept).encode();
+        let mut answers = Answers::Each(self.answers.clone(), unkept).encode();
+        if self.integrity.keyed() {
+            let seal = self.integrity.seal_message(Seal::Answers, &answers);
+            answers.extend_from_slice(&seal);
+        }
         tell(self.stream, &answers, "answering the manifest", 0, 0)
     }
 

@@ -21,7 +21,7 @@ use rustix::fs::OFlags;
 use super::handshake::linger;
 use super::partial::{self, open_beneath, TempFile};
 use super::{Receiver, TransferRecord, PIPE_SIZE};
-use crate::auth::Integrity;
+use crate::auth::{Integrity, Seal};
 use crate::error::RecvError;
 use crate::hash::Watermark;
 use crate::links::LinkJudge;
@@ -249,8 +249,26 @@ impl Receiver {
         integrity: &Integrity,
         record: &mut TransferRecord,
     ) -> Result<(), RecvError> {
-        // Nothing follows the manifest until we answer, so it can be read through a buffer.
-        let manifest = match Manifest::read(&mut std::io::BufReader::new(stream)) {
+        // Nothing follows the manifest (and its seal) until we answer, so it can be read
+        // through a buffer.
+        let mut buffered = std::io::BufReader::new(stream);
+        let read = Manifest::read(&mut buffered).and_then(|m| {
+            // With a token, the paths, kinds, modes, owners and link targets we make are the
+            // sender's: the seals of the files' digests say nothing of them.
+            if integrity.keyed() {
+                let mut seal = [0u8; 32];
+                std::io::Read::read_exact(&mut buffered, &mut seal)
+                    .map_err(|e| ProtocolError::Io("the manifest's seal", e))?;
+                if !integrity.opens_message(Seal::Manifest, &m.encode(), &seal) {
+                    return Err(ProtocolError::Malformed(
+                        "a manifest whose seal does not match the token (changed on the way?)"
+                            .into(),
+                    ));
+                }
+            }
+            Ok(m)
+        });
+        let manifest = match read {
             Ok(m) => m,
             Err(e) => {
                 if !matches!(e, ProtocolError::Truncated(_) | ProtocolError::Io(..)) {

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use super::Session;
+use crate::auth::Seal;
 use crate::client::net;
 use crate::error::SendError;
 use crate::hash::PIECE;
@@ -29,13 +30,32 @@ impl Session<'_> {
     /// counted, refused entries failed; returns what the first pass sends for each file.
     pub(super) fn answers(&mut self, label: &str) -> Result<Vec<(usize, Action)>, SendError> {
         let manifest = &self.tree.manifest;
+        // With a token, sealed: the seals of the files' digests say nothing of the paths,
+        // kinds, modes, owners and link targets the receiver makes them under.
+        let mut words = manifest.encode();
+        if self.integrity.keyed() {
+            let seal = self.integrity.seal_message(Seal::Manifest, &words);
+            words.extend_from_slice(&seal);
+        }
         self.stream
-            .write_all(&manifest.encode())
+            .write_all(&words)
             .map_err(net("sending the manifest"))?;
         // The receiver sends nothing after its answers until it has our first frame, so they
         // can be read through a buffer (one system call, not one per entry).
         let mut buffered = std::io::BufReader::new(self.stream);
-        let answers = match Answers::read(&mut buffered, manifest.entries.len())? {
+        let answers = Answers::read(&mut buffered, manifest.entries.len())?;
+        if let (Answers::Each(..), true) = (&answers, self.integrity.keyed()) {
+            let mut seal = [0u8; 32];
+            std::io::Read::read_exact(&mut buffered, &mut seal)
+                .map_err(|e| ProtocolError::Io("the answers' seal", e))?;
+            if !(self.integrity).opens_message(Seal::Answers, &answers.encode(), &seal) {
+                return Err(ProtocolError::Malformed(
+                    "answers whose seal does not match the token (changed on the way?)".into(),
+                )
+                .into());
+            }
+        }
+        let answers = match answers {
             Answers::Each(a, unkept) => {
                 self.report.unkept = unkept as usize;
                 a
