@@ -163,20 +163,19 @@ impl Verdict {
         }
     }
 
-    /// The verdict with its status and digest sealed as `what` for `index`.
+    /// The verdict with its status and digest (32 zero bytes when it has none) sealed as
+    /// `what` for `index`.
     pub fn sealed(mut self, integrity: &Integrity, what: Seal, index: u32) -> Verdict {
         let status = self.status.to_byte();
-        self.seal = self
-            .root
-            .map_or([0; 32], |d| integrity.seal(what, index, status, &d));
+        self.seal = integrity.seal(what, index, status, &self.root.unwrap_or_default());
         self
     }
 
-    /// Whether the seal matches the status and digest as `what` for `index` (always without
-    /// a digest).
+    /// Whether the seal matches the status and digest (32 zero bytes when it has none) as
+    /// `what` for `index`.
     pub fn opens(&self, integrity: &Integrity, what: Seal, index: u32) -> bool {
-        self.root
-            .is_none_or(|d| integrity.opens(what, index, self.status.to_byte(), &d, &self.seal))
+        let digest = self.root.unwrap_or_default();
+        integrity.opens(what, index, self.status.to_byte(), &digest, &self.seal)
     }
 
     /// The verdict, trusted only if its seal matches: otherwise a failure that says so.
@@ -201,7 +200,8 @@ impl Verdict {
             }
             None => {
                 out.push(0);
-                out.extend_from_slice(&[0; 64]);
+                out.extend_from_slice(&[0; 32]);
+                out.extend_from_slice(&self.seal);
             }
         }
         out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
@@ -233,7 +233,8 @@ impl Verdict {
         let digest: [u8; 32] = head[6..38].try_into().expect("32 bytes");
         let seal: [u8; 32] = head[38..70].try_into().expect("32 bytes");
         let root = match head[5] {
-            0 if digest == [0; 32] && seal == [0; 32] => None,
+            // The seal of a verdict without a digest is that of 32 zero bytes (section 2a).
+            0 if digest == [0; 32] => None,
             1 => Some(digest),
             k => return Err(ProtocolError::Malformed(format!("unknown digest kind {k}"))),
         };
@@ -312,5 +313,28 @@ mod tests {
         assert_eq!(forged.opened(&key, Seal::Verdict, 0).status, Status::Failed);
         let t = Trailer::sealed(Some([6; 32]), &key, 3);
         assert!(t.opens(&key, 3) && !t.opens(&key, 4));
+    }
+
+    /// A verdict without a digest (a hard link's, a quick check's, `--no-verify`'s, a failure
+    /// before any digest) is sealed too, over 32 zero bytes: its status cannot be turned either.
+    /// Without a token its seal is zeros, and anything else does not open.
+    #[test]
+    fn a_verdict_without_a_digest_is_sealed_too() {
+        let token = crate::auth::Token::new(b"secret").unwrap();
+        let key = Integrity::derive(&token, &[1; 32], &[2; 32], b"hello");
+        let failed = Verdict::failed("no space").sealed(&key, Seal::Verdict, 0);
+        assert_ne!(failed.seal, [0; 32]);
+        let mut wire = failed.encode();
+        let read = Verdict::read(&mut &wire[..]).unwrap();
+        assert_eq!(read.root, None);
+        assert!(read.opens(&key, Seal::Verdict, 0));
+        wire[4] = 0; // landed
+        let forged = Verdict::read(&mut &wire[..]).unwrap();
+        assert!(!forged.opens(&key, Seal::Verdict, 0));
+        let none = Integrity::none();
+        let plain = Verdict::failed("no space").sealed(&none, Seal::Verdict, 0);
+        assert_eq!(plain.seal, [0; 32]);
+        assert!(plain.opens(&none, Seal::Verdict, 0));
+        assert!(!failed.opens(&none, Seal::Verdict, 0));
     }
 }

@@ -106,16 +106,16 @@ impl<'s> Outbox<'s> {
         self.lock().extend_from_slice(&report.encode());
     }
 
-    /// Queues entry `index`'s verdict, its digest sealed for that entry.
+    /// Queues entry `index`'s verdict, its status and digest (32 zero bytes when it has none)
+    /// sealed for that entry.
     pub fn verdict(&self, index: u32, status: FileStatus, root: Option<[u8; 32]>, message: &str) {
         self.note(index, status);
+        let digest = root.unwrap_or_default();
         self.queue(&Report::File {
             index,
             status,
             root,
-            seal: root.map_or([0; 32], |d| {
-                self.integrity.seal(Seal::Verdict, index, status as u8, &d)
-            }),
+            seal: (self.integrity).seal(Seal::Verdict, index, status as u8, &digest),
             message: message.to_owned(),
         });
     }

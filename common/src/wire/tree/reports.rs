@@ -72,7 +72,10 @@ impl Report {
                         out.extend_from_slice(d);
                         out.extend_from_slice(seal);
                     }
-                    None => out.extend_from_slice(&[0; 64]),
+                    None => {
+                        out.extend_from_slice(&[0; 32]);
+                        out.extend_from_slice(seal);
+                    }
                 }
                 push_message(&mut out, message);
             }
@@ -113,7 +116,8 @@ impl Report {
         let digest: [u8; 32] = b[2..34].try_into().expect("32 bytes");
         let seal: [u8; 32] = b[34..].try_into().expect("32 bytes");
         let root = match b[1] {
-            0 if digest == [0; 32] && seal == [0; 32] => None,
+            // The seal of a verdict without a digest is that of 32 zero bytes (section 2a).
+            0 if digest == [0; 32] => None,
             1 => Some(digest),
             k => return Err(malformed(format!("unknown digest kind {k}"))),
         };
