@@ -233,9 +233,10 @@ impl Integrity {
         self.seal(what, 0, 0, &Sha256::digest(bytes).into())
     }
 
-    /// Whether `seal` is [`seal_message`](Self::seal_message) of `bytes` as `what`.
-    pub fn opens_message(&self, what: Seal, bytes: &[u8], seal: &[u8; 32]) -> bool {
-        self.opens(what, 0, 0, &Sha256::digest(bytes).into(), seal)
+    /// Whether `seal` is [`seal_message`](Self::seal_message) of the message whose bytes, as
+    /// they arrived, have the SHA-256 `digest` (see [`Hashing`]).
+    pub fn opens_message(&self, what: Seal, digest: &[u8; 32], seal: &[u8; 32]) -> bool {
+        self.opens(what, 0, 0, digest, seal)
     }
 
     /// Whether `seal` is the seal of `status` and `digest` as `what` for `index` (compared in
@@ -254,6 +255,36 @@ impl Integrity {
                 .is_ok(),
             None => *seal == [0; 32],
         }
+    }
+}
+
+/// A reader that keeps the SHA-256 of the bytes read through it: a sealed message is checked
+/// over the very bytes that arrived, not over an encoding of what they were read as (a message
+/// that is not UTF-8, read lossily, would encode to other bytes).
+pub struct Hashing<R> {
+    inner: R,
+    sha: Sha256,
+}
+
+impl<R: io::Read> Hashing<R> {
+    pub fn new(inner: R) -> Hashing<R> {
+        Hashing {
+            inner,
+            sha: Sha256::new(),
+        }
+    }
+
+    /// The SHA-256 of what was read so far.
+    pub fn digest(&self) -> [u8; 32] {
+        self.sha.clone().finalize().into()
+    }
+}
+
+impl<R: io::Read> io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
     }
 }
 
@@ -341,5 +372,22 @@ mod tests {
         assert_eq!(Token::new(b"abc\n").unwrap(), Token::new(b"abc").unwrap());
         assert!(Token::new(b" \n").is_err());
         assert!(!format!("{:?}", Token::new(b"abc").unwrap()).contains("abc"));
+    }
+
+    /// A sealed message is checked over the bytes that arrived: answers whose refusal message
+    /// is not UTF-8 are read lossily, and their encoding again would not be what was sealed.
+    #[test]
+    fn a_message_is_sealed_over_the_bytes_as_they_arrived() {
+        use crate::wire::Answers;
+        let token = Token::new(b"secret").unwrap();
+        let key = Integrity::derive(&token, &[1; 32], &[2; 32], b"hello");
+        // ZANS, status 0, one answer: 4 (refused) with the message ff fe 58; unkept 0.
+        let mut wire = b"ZANS\0\0\0\0\x01\x04\0\x03\xff\xfeX".to_vec();
+        wire.extend_from_slice(&[0; 4]);
+        let seal = key.seal_message(Seal::Answers, &wire);
+        let mut read = Hashing::new(&wire[..]);
+        let answers = Answers::read(&mut read, 1).unwrap();
+        assert_ne!(answers.encode(), wire, "read lossily");
+        assert!(key.opens_message(Seal::Answers, &read.digest(), &seal));
     }
 }

@@ -21,7 +21,7 @@ use rustix::fs::OFlags;
 use super::handshake::linger;
 use super::partial::{self, open_beneath, TempFile};
 use super::{Receiver, TransferRecord, PIPE_SIZE};
-use crate::auth::{Integrity, Seal};
+use crate::auth::{Hashing, Integrity, Seal};
 use crate::error::RecvError;
 use crate::hash::Watermark;
 use crate::links::LinkJudge;
@@ -252,14 +252,17 @@ impl Receiver {
         // Nothing follows the manifest (and its seal) until we answer, so it can be read
         // through a buffer.
         let mut buffered = std::io::BufReader::new(stream);
-        let read = Manifest::read(&mut buffered).and_then(|m| {
+        let mut hashing = Hashing::new(&mut buffered);
+        let read = Manifest::read(&mut hashing);
+        let digest = hashing.digest();
+        let read = read.and_then(|m| {
             // With a token, the paths, kinds, modes, owners and link targets we make are the
             // sender's: the seals of the files' digests say nothing of them.
             if integrity.keyed() {
                 let mut seal = [0u8; 32];
                 std::io::Read::read_exact(&mut buffered, &mut seal)
                     .map_err(|e| ProtocolError::Io("the manifest's seal", e))?;
-                if !integrity.opens_message(Seal::Manifest, &m.encode(), &seal) {
+                if !integrity.opens_message(Seal::Manifest, &digest, &seal) {
                     return Err(ProtocolError::Malformed(
                         "a manifest whose seal does not match the token (changed on the way?)"
                             .into(),

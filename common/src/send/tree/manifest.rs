@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use super::Session;
-use crate::auth::Seal;
+use crate::auth::{Hashing, Seal};
 use crate::client::net;
 use crate::error::SendError;
 use crate::hash::PIECE;
@@ -43,12 +43,14 @@ impl Session<'_> {
         // The receiver sends nothing after its answers until it has our first frame, so they
         // can be read through a buffer (one system call, not one per entry).
         let mut buffered = std::io::BufReader::new(self.stream);
-        let answers = Answers::read(&mut buffered, manifest.entries.len())?;
+        let mut hashing = Hashing::new(&mut buffered);
+        let answers = Answers::read(&mut hashing, manifest.entries.len())?;
+        let digest = hashing.digest();
         if let (Answers::Each(..), true) = (&answers, self.integrity.keyed()) {
             let mut seal = [0u8; 32];
             std::io::Read::read_exact(&mut buffered, &mut seal)
                 .map_err(|e| ProtocolError::Io("the answers' seal", e))?;
-            if !(self.integrity).opens_message(Seal::Answers, &answers.encode(), &seal) {
+            if !(self.integrity).opens_message(Seal::Answers, &digest, &seal) {
                 return Err(ProtocolError::Malformed(
                     "answers whose seal does not match the token (changed on the way?)".into(),
                 )
