@@ -206,6 +206,33 @@ fn a_trickling_peer_cannot_stretch_the_handshake() {
     assert!(rx.stderr().contains("timed out"), "{}", rx.stderr());
 }
 
+/// A refused peer that goes on trickling bytes is let go within a couple of seconds: zrecv
+/// drains what follows a refusal so that the refusal is read, and that drain used to last as
+/// long as each byte came within 2 s of the last, holding the transfer slot (here the only
+/// one) for days.
+#[test]
+fn a_refused_peer_that_trickles_is_let_go() {
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &["--max-transfers", "1", "--slot-wait", "1"]);
+    let mut s = connect(&rx);
+    s.write_all(b"XXXXXXXXXX").unwrap();
+    let mut let_go = false;
+    // Bounded: the receiver lets go after 2 s; 60 of these would be 18 s.
+    for _ in 0..60 {
+        // Pacing the hostile peer, not waiting for an event.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if s.write_all(b"X").is_err() {
+            let_go = true;
+            break;
+        }
+    }
+    assert!(
+        let_go,
+        "the receiver still drained the refused peer after 18 s"
+    );
+    still_serving(&rx);
+}
+
 #[test]
 fn a_silent_peer_is_dropped_after_the_timeout() {
     let dst = tempfile::tempdir().unwrap();

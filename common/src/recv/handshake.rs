@@ -256,19 +256,27 @@ pub(crate) fn tell(
         })
 }
 
-/// Closes our side and reads (and drops) what the peer still sends, for up to 2 s or 1 MiB:
-/// closing with unread data would reset the connection, and a reset can destroy our last
-/// words before the peer reads them.
+/// Closes our side and reads (and drops) what the peer still sends, for up to 2 s in all or
+/// 1 MiB: closing with unread data would reset the connection, and a reset can destroy our
+/// last words before the peer reads them. In all: a peer trickling a byte now and then kept a
+/// refused connection, and its transfer slot, for days.
 pub(crate) fn linger(stream: &TcpStream) {
     let mut s = stream;
     let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let until = Instant::now() + LINGER;
     let mut sink = [0u8; 16 * 1024];
     let mut drained = 0usize;
     while drained < 1 << 20 {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
         match s.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,
         }
     }
 }
+
+/// How long [`linger`] waits for the peer to read a refusal, in all.
+const LINGER: Duration = Duration::from_secs(2);
