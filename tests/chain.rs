@@ -375,6 +375,33 @@ fn a_forwarder_does_not_take_landed_with_another_root_for_landed() {
     }
 }
 
+/// A chain back to the receiver itself is not followed: each hop would take one of its slots
+/// (for as long as the hops wait for slots), on one hello. The first copy lands, the loop is
+/// reported as a host that did not land it, and no slot stays taken.
+#[test]
+fn a_chain_back_to_the_receiver_itself_is_not_followed() {
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("loop.bin");
+    random_file(&path, 100_000, 305);
+    let (dirs, rxs) = receivers(1);
+    let me = rxs[0].addr();
+    let to = [me.as_str(); 4].join(",");
+    let out = zsend(&["--to", &to, path.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr_of(&out));
+    let json = json_of(&out);
+    assert_eq!(landed(&json), [true, false, false, false], "{json}");
+    assert!(
+        json["hosts"][1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("this receiver itself")),
+        "{json}"
+    );
+    assert_eq!(
+        sha256_file(&dirs[0].path().join("loop.bin")),
+        sha256_file(&path)
+    );
+}
+
 /// A forwarder keeps its sender told while the next host makes it wait before a reply (here a
 /// peer that accepts and says nothing, until the forwarder's own timeout): the sender used to
 /// hear nothing, give up after its own timeout, and lose the first host's copy too.

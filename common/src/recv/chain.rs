@@ -107,6 +107,11 @@ impl Receiver {
         if allowed.is_empty() {
             return Reach::Forbidden;
         }
+        // A chain back to this very receiver would take one of its slots per hop, for as long
+        // as the hops wait for slots, on one hello of a sender that may already be gone.
+        if self.is_self(&allowed[0]) {
+            return Reach::Lost("that is this receiver itself".into());
+        }
         let next = match TcpStream::connect_timeout(&allowed[0], self.config.timeout) {
             Ok(s) => s,
             Err(e) => return Reach::Lost(format!("unreachable: {}", crate::units::os_reason(&e))),
@@ -128,6 +133,22 @@ impl Receiver {
             Ok(accepted) => Reach::Reached(next, accepted.integrity),
             Err(e) => Reach::Lost(e.to_string()),
         }
+    }
+}
+
+impl Receiver {
+    /// Whether `next` is this receiver: its listening port on its listening address, or on any
+    /// address of this machine when it listens on all of them.
+    fn is_self(&self, next: &SocketAddr) -> bool {
+        let Ok(ours) = self.listener.local_addr() else {
+            return false;
+        };
+        let local = || std::net::UdpSocket::bind(SocketAddr::new(next.ip(), 0)).is_ok();
+        next.port() == ours.port()
+            && match ours.ip().is_unspecified() {
+                true => local(),
+                false => next.ip() == ours.ip(),
+            }
     }
 }
 
