@@ -129,7 +129,7 @@ pub struct Cli {
     #[arg(long)]
     pub json: bool,
 
-    /// Print nothing but errors.
+    /// Print nothing but errors (and the warning that no --token-file leaves the receiver open).
     #[arg(short, long)]
     pub quiet: bool,
 

@@ -129,9 +129,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitStatus> {
         let (sweeper, dir) = (receiver.clone(), cli.dir.clone());
         std::thread::spawn(move || sweep_periodically(&sweeper, max_age, &dir));
     }
+    // Said even with -q: quiet is for a receiver's chatter, not for this.
     if open && !bound.ip().is_loopback() {
-        log::warn!(
-            "no --token-file: anyone who can reach {bound} can write files into {}",
+        eprintln!(
+            "zrecv: warning: no --token-file: anyone who can reach {bound} can write files into {}",
             cli.dir.display()
         );
     }

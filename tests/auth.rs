@@ -147,7 +147,8 @@ fn a_forged_proof_is_refused() {
 #[test]
 fn an_open_receiver_on_a_public_address_warns() {
     let dst = tempfile::tempdir().unwrap();
-    let open = Zrecv::start_with(None, dst.path(), "0.0.0.0:0", &[]);
+    // Even with -q.
+    let open = Zrecv::start_with(None, dst.path(), "0.0.0.0:0", &["-q"]);
     open.wait_for_line("anyone who can reach");
 
     let src = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ complete -c zrecv -l rehash -d 'Hash every file of a tree that a sender checks a
 complete -c zrecv -l list-partials -d 'List the partials kept in DIR (and its subdirectories) for resuming: the name each belongs to, how much of it is held, the space it takes, its age. Then exit'
 complete -c zrecv -l remove-partials -d 'Remove the partials kept in DIR for resuming (not one a running transfer holds), saying what each held. Then exit'
 complete -c zrecv -l json -d 'Print one JSON line per finished transfer on stdout'
-complete -c zrecv -s q -l quiet -d 'Print nothing but errors'
+complete -c zrecv -s q -l quiet -d 'Print nothing but errors (and the warning that no --token-file leaves the receiver open)'
 complete -c zrecv -s v -l verbose -d 'More detail on stderr (-v: decisions such as fallbacks, -vv: debugging)'
 complete -c zrecv -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c zrecv -s V -l version -d 'Print version'
