@@ -967,13 +967,19 @@ fn a_metadata_only_change_is_applied_without_sending_the_content() {
 
 /// A new tree is built hidden and published with one rename that never replaces anything: if
 /// its name appears on the receiver meanwhile, nothing of it is published there, its files
-/// fail (exit 9) and say why, and what was there stays as it was.
+/// fail (exit 9) and say why, and what was there stays as it was. (Sent with its owner, by a
+/// sender with the token, to a root zrecv that keeps owners: the hidden tree left behind stays
+/// zrecv's own, as the sweep requires of one it removes.)
 #[test]
 fn a_new_tree_whose_name_appears_meanwhile_is_not_published_over_it() {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
+    let tok = src.path().join("token");
+    std::fs::write(&tok, "a token for the owner case\n").unwrap();
+    let tok = tok.to_str().unwrap();
     let top = src.path().join("new");
     std::fs::create_dir(&top).unwrap();
+    std::os::unix::fs::chown(&top, Some(65534), Some(65534)).unwrap();
     for i in 0..3 {
         random_file(&top.join(format!("f{i}")), 1 << 20, 70 + i);
     }
@@ -984,10 +990,11 @@ fn a_new_tree_whose_name_appears_meanwhile_is_not_published_over_it() {
         .unwrap()
         .set_modified(future)
         .unwrap();
-    let rx = Zrecv::start(dst.path(), &[]);
+    let rx = Zrecv::start(dst.path(), &["--token-file", tok, "--preserve-privileged"]);
     let proxy = Proxy::start(rx.addr, Fault::PauseAt(1 << 20));
     let sender = Command::new(zsend_bin())
-        .args([&proxy.addr(), top.to_str().unwrap()])
+        .args([&proxy.addr(), top.to_str().unwrap(), "--token-file", tok])
+        .args(["--owner", "--numeric-ids"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -1010,8 +1017,15 @@ fn a_new_tree_whose_name_appears_meanwhile_is_not_published_over_it() {
     // taken: the sweep removes it once nobody takes it up.
     let stage = stage_dir(dst.path());
     assert_eq!(entries(&stage).len(), 3, "{:?}", entries(&stage));
-    let age = std::fs::metadata(&stage).unwrap().modified().unwrap();
+    let meta = std::fs::metadata(&stage).unwrap();
+    let age = meta.modified().unwrap();
     assert!(age < std::time::SystemTime::now() + std::time::Duration::from_secs(60));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        meta.uid(),
+        rustix::process::geteuid().as_raw(),
+        "the sender's owner"
+    );
 }
 
 /// A file of a hidden tree taken up that changed at the source since (same size) is sent

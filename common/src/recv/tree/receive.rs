@@ -520,20 +520,21 @@ impl Session<'_, '_> {
             }
             let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
             let on_disk = self.dirs.on_disk(&e.path);
-            // A new tree's hidden directory keeps the time it was taken at until it is
-            // published: the sweep judges it by that, and a sender's mtime (years ahead, or
-            // behind) would keep it forever or remove it at once.
+            // A new tree's hidden directory keeps its mode, owner and the time it was taken at
+            // until it is published (`publish_stages` sets them then): the sweep knows it by
+            // its owner and judges it by its mtime, and a sender's (another user, a time
+            // years ahead or behind) would keep it forever or remove it at once.
             let hidden_top = e.parent().is_none() && self.in_stage(&e.path);
+            if hidden_top {
+                continue;
+            }
             let dir = open_beneath(&self.rx.dir, on_disk, OFlags::RDONLY | OFlags::DIRECTORY);
             let set = dir.map_err(io::Error::from).and_then(|d| {
                 rustix::fs::fchmod(&d, Mode::from_raw_mode(e.mode & KEPT_MODE))?;
                 if let Some(plan) = &plan {
                     plan.apply(&d)?;
                 }
-                match hidden_top {
-                    true => Ok(()),
-                    false => Ok(rustix::fs::futimens(&d, &timestamps(e.mtime.0, e.mtime.1))?),
-                }
+                Ok(rustix::fs::futimens(&d, &timestamps(e.mtime.0, e.mtime.1))?)
             });
             if let Err(err) = set {
                 let why = format!("setting the directory's metadata: {}", os_reason(&err));

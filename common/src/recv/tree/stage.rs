@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use rustix::fs::{OFlags, RenameFlags};
+use rustix::fs::{Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use super::{top_of, Session};
@@ -15,7 +15,7 @@ use crate::name::{text_key, Escaped};
 use crate::recv::land::timestamps;
 use crate::recv::partial::{self, open_beneath};
 use crate::units::os_reason;
-use crate::wire::{Answer, FileStatus, Kind};
+use crate::wire::{Answer, FileStatus, Kind, KEPT_MODE};
 
 impl Session<'_, '_> {
     /// Makes the hidden directory for top-level directory entry `i` (which is not here), or
@@ -92,19 +92,23 @@ impl Session<'_, '_> {
             let published = synced.and_then(|()| {
                 rustix::fs::renameat_with(&root, hidden.as_str(), &root, top, flags)
             });
-            // Its mtime only once published (see `set_dir_metadata`), durable with the rename.
+            // Its mode, owner and mtime only once published (see `set_dir_metadata`), durable
+            // with the rename.
             if published.is_ok() && to_time.contains(&i) {
                 let e = &self.manifest.entries[i];
+                let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
                 let times = timestamps(e.mtime.0, e.mtime.1);
-                let timed =
-                    open_beneath(&root, top, OFlags::RDONLY | OFlags::DIRECTORY).and_then(|d| {
-                        rustix::fs::futimens(&d, &times).and_then(|()| rustix::fs::fsync(&d))
-                    });
+                let dir = open_beneath(&root, top, OFlags::RDONLY | OFlags::DIRECTORY);
+                let timed = dir.map_err(std::io::Error::from).and_then(|d| {
+                    rustix::fs::fchmod(&d, Mode::from_raw_mode(e.mode & KEPT_MODE))?;
+                    if let Some(plan) = &plan {
+                        plan.apply(&d)?;
+                    }
+                    rustix::fs::futimens(&d, &times)?;
+                    Ok(rustix::fs::fsync(&d)?)
+                });
                 if let Err(err) = timed {
-                    let why = format!(
-                        "setting the directory's metadata: {}",
-                        os_reason(&err.into())
-                    );
+                    let why = format!("setting the directory's metadata: {}", os_reason(&err));
                     log::warn!("{}: {why}", Escaped(top));
                     untimed.push((i, why));
                 }
