@@ -138,18 +138,38 @@ impl Receiver {
 
 impl Receiver {
     /// Whether `next` is this receiver: its listening port on its listening address, or on any
-    /// address of this machine when it listens on all of them.
+    /// address of this machine (of the listener's family, for one listening on IPv4) when it
+    /// listens on all of them.
     fn is_self(&self, next: &SocketAddr) -> bool {
         let Ok(ours) = self.listener.local_addr() else {
             return false;
         };
-        let local = || std::net::UdpSocket::bind(SocketAddr::new(next.ip(), 0)).is_ok();
+        let same_family = ours.is_ipv6() || next.is_ipv4();
         next.port() == ours.port()
             && match ours.ip().is_unspecified() {
-                true => local(),
+                true => same_family && is_local(next.ip()),
                 false => next.ip() == ours.ip(),
             }
     }
+}
+
+/// Whether `ip` is an address of this machine: a loopback one, or one that the kernel routes
+/// to itself (a datagram socket connected to it takes it as its own address). Binding to it
+/// would not tell: with `ip_nonlocal_bind` any address binds.
+fn is_local(ip: std::net::IpAddr) -> bool {
+    if ip.is_loopback() {
+        return true;
+    }
+    let any = match ip {
+        std::net::IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        std::net::IpAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    std::net::UdpSocket::bind(any)
+        .and_then(|s| {
+            s.connect(SocketAddr::new(ip, 9))
+                .and_then(|()| s.local_addr())
+        })
+        .is_ok_and(|own| own.ip() == ip)
 }
 
 /// How reaching the next host went.
@@ -326,5 +346,26 @@ impl Sink for ForwardSink<'_> {
         Err(CopyError::Write(std::io::Error::other(
             "a hole in a chained payload",
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loopback addresses are this machine's, and so is the address it sends from; a
+    /// documentation address (RFC 5737) is not, whether or not there is a route to it.
+    #[test]
+    fn local_addresses_are_told_from_others() {
+        assert!(is_local("127.0.0.1".parse().unwrap()));
+        assert!(is_local("127.0.0.2".parse().unwrap()));
+        assert!(is_local("::1".parse().unwrap()));
+        let far: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+        assert!(!is_local(far));
+        let from = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect((far, 9)).and_then(|()| s.local_addr()));
+        if let Ok(own) = from {
+            assert!(is_local(own.ip()), "{own}");
+        }
     }
 }
