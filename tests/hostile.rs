@@ -389,6 +389,34 @@ fn a_huge_hole_to_standard_output_ends_with_its_sender() {
     let line = rx.wait_for_line_within("zeros.img from", std::time::Duration::from_secs(30));
     assert!(line.contains("the sender went away"), "{line}");
     assert!(!rx.wait().success(), "{}", rx.stderr());
+
+    // A sender that shuts down its side after its last message is still there: its hole is
+    // written out whole and its file verified.
+    let mut rx = Zrecv::start(dst.path(), &["--once", "--stdout", "--timeout", "5"]);
+    rx.discard_stdout();
+    let size = 8u64 << 20;
+    let zeros = Header {
+        sparse_data_len: Some(0),
+        ..header("half.img", size)
+    };
+    let mut s = connect(&rx);
+    s.write_all(&zeros.encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    let root = zcommon::tree_root(&vec![0u8; size as usize]);
+    let mut words = Record::Hole {
+        offset: 0,
+        len: size,
+    }
+    .encode()
+    .to_vec();
+    words.extend(Record::End.encode());
+    words.extend(Trailer::unsealed(Some(root)).encode());
+    s.write_all(&words).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let verdict = Verdict::read(&mut s).unwrap();
+    assert_eq!(verdict.status, zcommon::Status::Landed, "{}", rx.stderr());
+    assert_eq!(verdict.root, Some(root));
+    assert!(rx.wait().success(), "{}", rx.stderr());
 }
 
 /// One byte of a resumable 256 MiB hello must not leave 256 MiB reserved on disk: a kept
