@@ -57,6 +57,11 @@ impl Patience {
     pub(crate) fn reset(&mut self) {
         self.since = None;
     }
+
+    /// The clock starts now, keepalives or not (a wait that is timed whether or not they come).
+    pub(crate) fn restart(&mut self) {
+        self.since = Some(Instant::now());
+    }
 }
 
 /// A flag a worker thread raises when it ends, that a poll can wait on beside a socket.
@@ -238,6 +243,18 @@ pub(crate) fn tick_until<E>(
         }
     }
     Ok(())
+}
+
+/// Whether the peer of `stream` has closed or reset the connection with nothing it sent left to
+/// read (the rule [`wait_for`] applies): one that shut down its side after its last message is
+/// still there for our answer. Reads nothing.
+pub(crate) fn peer_left(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match rustix::net::recv(stream, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((0, _)) => true,
+        Ok(_) | Err(Errno::AGAIN | Errno::INTR) => false,
+        Err(_) => true,
+    }
 }
 
 /// Whether the peer of `stream` has closed or reset the connection; reads nothing.

@@ -134,9 +134,7 @@ impl Receiver {
             Err(e) => Reach::Lost(e.to_string()),
         }
     }
-}
 
-impl Receiver {
     /// Whether `next` is this receiver: its listening port on its listening address, or on any
     /// address of this machine (of the listener's family, for one listening on IPv4) when it
     /// listens on all of them.

@@ -80,7 +80,7 @@ impl Sink for StdoutSink<'_> {
         let zeros = vec![0u8; (1 << 20).min(len as usize)];
         let mut left = len;
         while left > 0 {
-            if sender_gone(stream) {
+            if crate::watch::peer_left(stream) {
                 let gone = std::io::Error::new(
                     std::io::ErrorKind::ConnectionAborted,
                     "the sender went away",
@@ -97,17 +97,5 @@ impl Sink for StdoutSink<'_> {
             left -= n as u64;
         }
         Ok(())
-    }
-}
-
-/// Whether the sender closed or reset the connection with nothing of it left to read: one
-/// that shut down its side after its last message is still owed our verdict.
-fn sender_gone(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    let peek = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-    match rustix::net::recv(stream, &mut byte, peek) {
-        Ok((0, _)) => true,
-        Ok(_) | Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => false,
-        Err(_) => true,
     }
 }

@@ -518,8 +518,6 @@ impl Session<'_, '_> {
             if self.unfinished.contains(super::top_of(&e.path)) {
                 continue;
             }
-            let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
-            let on_disk = self.dirs.on_disk(&e.path);
             // A new tree's hidden directory keeps its mode, owner and the time it was taken at
             // until it is published (`publish_stages` sets them then): the sweep knows it by
             // its owner and judges it by its mtime, and a sender's (another user, a time
@@ -528,14 +526,11 @@ impl Session<'_, '_> {
             if hidden_top {
                 continue;
             }
+            let on_disk = self.dirs.on_disk(&e.path);
             let dir = open_beneath(&self.rx.dir, on_disk, OFlags::RDONLY | OFlags::DIRECTORY);
-            let set = dir.map_err(io::Error::from).and_then(|d| {
-                rustix::fs::fchmod(&d, Mode::from_raw_mode(e.mode & KEPT_MODE))?;
-                if let Some(plan) = &plan {
-                    plan.apply(&d)?;
-                }
-                Ok(rustix::fs::futimens(&d, &timestamps(e.mtime.0, e.mtime.1))?)
-            });
+            let set = dir
+                .map_err(io::Error::from)
+                .and_then(|d| self.dir_metadata(&d, e));
             if let Err(err) = set {
                 let why = format!("setting the directory's metadata: {}", os_reason(&err));
                 log::warn!("{}: {why}", Escaped(&e.path));
@@ -548,6 +543,16 @@ impl Session<'_, '_> {
             self.dir_failed(i, &why)?;
         }
         Ok(())
+    }
+
+    /// Gives directory `d`, entry `e`, its mode, owner, attributes (as far as they are kept)
+    /// and mtime.
+    pub(super) fn dir_metadata(&self, d: &OwnedFd, e: &Entry) -> io::Result<()> {
+        rustix::fs::fchmod(d, Mode::from_raw_mode(e.mode & KEPT_MODE))?;
+        if let Some((plan, _)) = self.ids.plan(e, &self.rights) {
+            plan.apply(d)?;
+        }
+        Ok(rustix::fs::futimens(d, &timestamps(e.mtime.0, e.mtime.1))?)
     }
 
     /// Reports directory `i`, counted as made, as failed: it would not take its metadata.

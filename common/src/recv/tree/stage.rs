@@ -6,16 +6,15 @@
 
 use std::collections::HashSet;
 
-use rustix::fs::{Mode, OFlags, RenameFlags};
+use rustix::fs::{OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use super::{top_of, Session};
 use crate::error::RecvError;
 use crate::name::{text_key, Escaped};
-use crate::recv::land::timestamps;
 use crate::recv::partial::{self, open_beneath};
 use crate::units::os_reason;
-use crate::wire::{Answer, FileStatus, Kind, KEPT_MODE};
+use crate::wire::{Answer, FileStatus, Kind};
 
 impl Session<'_, '_> {
     /// Makes the hidden directory for top-level directory entry `i` (which is not here), or
@@ -76,7 +75,8 @@ impl Session<'_, '_> {
             .map(|(i, _)| &self.manifest.entries[*i].path[..])
             .collect();
         let entries = &self.manifest.entries;
-        // Those whose metadata was set (not failed, reported already): they get their mtime.
+        // Those whose metadata is still to be set (not failed, reported already): they get it
+        // once published.
         let to_time: HashSet<usize> = (due.iter().map(|(i, _)| *i))
             .filter(|i| self.made_dirs.contains(i))
             .collect();
@@ -96,15 +96,9 @@ impl Session<'_, '_> {
             // with the rename.
             if published.is_ok() && to_time.contains(&i) {
                 let e = &self.manifest.entries[i];
-                let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
-                let times = timestamps(e.mtime.0, e.mtime.1);
                 let dir = open_beneath(&root, top, OFlags::RDONLY | OFlags::DIRECTORY);
                 let timed = dir.map_err(std::io::Error::from).and_then(|d| {
-                    rustix::fs::fchmod(&d, Mode::from_raw_mode(e.mode & KEPT_MODE))?;
-                    if let Some(plan) = &plan {
-                        plan.apply(&d)?;
-                    }
-                    rustix::fs::futimens(&d, &times)?;
+                    self.dir_metadata(&d, e)?;
                     Ok(rustix::fs::fsync(&d)?)
                 });
                 if let Err(err) = timed {

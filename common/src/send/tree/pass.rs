@@ -110,15 +110,14 @@ impl Session<'_> {
             .fold(0u64, u64::saturating_add);
         let waited = self.opts.timeout.saturating_mul(VERDICT_PATIENCE);
         let mut patience = Patience::for_bytes(waited, owed);
-        patience.still();
+        patience.restart();
         loop {
             // Anything the receiver says, keepalives included, is word that it is still there.
             let left = self.opts.timeout.saturating_sub(self.ledger.since_heard());
             let (report, sent) = match reports.recv_timeout(left.min(PATIENCE_TICK)) {
                 Ok(report) => {
                     // A verdict: the next one may take as long again.
-                    patience.reset();
-                    patience.still();
+                    patience.restart();
                     report?
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() && patience.still() => {
