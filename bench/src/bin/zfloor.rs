@@ -1,9 +1,10 @@
 //! zfloor: the file-system part of receiving many small files, without network or hashing, to
 //! tell what the file system alone costs.
 //!
-//! `zfloor direct|landed SRC DEST` reads every file below SRC into memory, then writes the same
-//! tree below DEST and prints the seconds the writing took (on stdout):
+//! `zfloor direct|synced|landed SRC DEST` reads every file below SRC into memory, then writes the
+//! same tree below DEST and prints the seconds the writing took (on stdout):
 //! - `direct` as `tar x` does: create under the final name, write, set the mtime, close;
+//! - `synced` the same followed by one `syncfs`: the least any copy that is durable must do;
 //! - `landed` as zrecv must at least: create a hidden temporary file, write, set mode and mtime,
 //!   and per batch of 1024 files one `syncfs`, the renames and a second `syncfs`.
 
@@ -21,8 +22,10 @@ const BATCH: usize = 1024;
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (mode, src, dest) = match args.get(1..) {
-        Some([mode, src, dest]) if mode == "direct" || mode == "landed" => (mode, src, dest),
-        _ => bail!("usage: zfloor direct|landed SRC DEST"),
+        Some([mode, src, dest]) if ["direct", "synced", "landed"].contains(&mode.as_str()) => {
+            (mode, src, dest)
+        }
+        _ => bail!("usage: zfloor direct|synced|landed SRC DEST"),
     };
     let mut files = Vec::new();
     let mut dirs = Vec::new();
@@ -45,7 +48,7 @@ fn main() -> anyhow::Result<()> {
             },
         };
         let target = dest.join(path);
-        if mode == "direct" {
+        if mode != "landed" {
             let mut f = File::create_new(&target)?;
             f.write_all(content)?;
             rustix::fs::futimens(&f, &times)?;
@@ -66,6 +69,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
     land(&mut batch, dest)?;
+    if mode == "synced" {
+        rustix::fs::syncfs(File::open(dest)?)?;
+    }
     println!("{:.6}", started.elapsed().as_secs_f64());
     Ok(())
 }
