@@ -10,7 +10,9 @@ const TRACED: &str = "trace=sendfile,splice,read,pread64,readv,recvfrom,recvmsg,
 
 /// Bytes moved per syscall name by calls of at least `min` bytes, summed over every thread of
 /// the traced process. (The dynamic loader's and the protocol's own small reads and writes
-/// fall under a `min` of 4 KiB.)
+/// fall under a `min` of 4 KiB.) `sendfile` and `splice` carry only payload, and are counted
+/// whatever their size: a splice from the socket takes what has arrived, at times a few
+/// hundred bytes.
 fn bytes_by_syscall(trace: &Path, min: u64) -> HashMap<String, u64> {
     let text = std::fs::read_to_string(trace).unwrap();
     let mut sums = HashMap::new();
@@ -31,7 +33,8 @@ fn bytes_by_syscall(trace: &Path, min: u64) -> HashMap<String, u64> {
         let Ok(n) = ret.split_whitespace().next().unwrap_or("").parse::<i64>() else {
             continue;
         };
-        if n > 0 && n as u64 >= min {
+        let zero_copy = matches!(name, "sendfile" | "splice");
+        if n > 0 && (zero_copy || n as u64 >= min) {
             *sums.entry(name.to_owned()).or_insert(0) += n as u64;
         }
     }
