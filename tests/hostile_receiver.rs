@@ -96,6 +96,38 @@ fn a_landed_verdict_without_a_digest_is_not_success() {
     fake.join().unwrap();
 }
 
+/// A receiver that drips its verdict a byte at a time, each just inside `--timeout`, is given
+/// up on once the verdict has taken twice the timeout: it held zsend about 70 timeouts (a
+/// byte per read, a thousand with a long message) before.
+#[test]
+fn a_verdict_dripped_a_byte_at_a_time_is_given_up_on() {
+    let src = tempfile::tempdir().unwrap();
+    let path = file(src.path(), "drip.bin", 100_000, 3);
+    let gave_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = gave_up.clone();
+    let (addr, fake) = fake_peer(move |mut s| {
+        let h = read_hello(&mut s).unwrap();
+        s.write_all(&Reply::Accept.encode()).unwrap();
+        let root = take_file(&mut s, &h);
+        // The right verdict, but slowly: zsend must not wait for all of it.
+        for byte in verdict(Status::Landed, Some(root)).encode() {
+            if s.write_all(&[byte]).is_err() {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(700));
+        }
+    });
+    let out = zsend(&[&addr, &path, "--timeout", "1"]);
+    let err = stderr_of(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("sent drip.bin"), "{err}");
+    assert!(err.contains("timed out"), "{err}");
+    fake.join().unwrap();
+    // zsend hung up while the verdict still dripped (all of it takes 50 s).
+    assert!(gave_up.load(std::sync::atomic::Ordering::SeqCst), "{err}");
+}
+
 /// A tree of three files. The receiver behaves until its answers, then `script` plays it.
 fn tree_against(
     script: impl FnOnce(&mut BufReader<TcpStream>, &mut TcpStream, &Manifest) + Send + 'static,

@@ -2,14 +2,15 @@
 //! chain alike: resolving and connecting to `HOST:PORT`, and the handshake (hello, reply, the
 //! token proved both ways) that ends in the receiver's accept.
 
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{self, Integrity, Role, Token};
 use crate::error::SendError;
+use crate::watch::Patient;
 use crate::wire::{encode_proof, Header, ProtocolError, Reply};
 
 /// Port zrecv listens on unless told otherwise.
@@ -175,34 +176,15 @@ fn read_reply(stream: &TcpStream) -> Result<Reply, SendError> {
         .ok()
         .flatten()
         .unwrap_or(Duration::from_secs(60));
-    let mut patient = Patient {
+    let reply = Reply::read(&mut Patient::new(
         stream,
-        deadline: Instant::now() + MAX_REPLY_WAIT.max(timeout),
-        silence: FIRST_WORD.min(timeout),
-    };
-    let reply = Reply::read(&mut patient);
+        MAX_REPLY_WAIT.max(timeout),
+        FIRST_WORD.min(timeout),
+    ));
     stream
         .set_read_timeout(Some(timeout))
         .map_err(net("configuring the socket"))?;
     Ok(reply?)
-}
-
-/// Reads from a stream until `deadline`, waiting at most `silence` for each read.
-struct Patient<'a> {
-    stream: &'a TcpStream,
-    deadline: Instant,
-    silence: Duration,
-}
-
-impl Read for Patient<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        self.stream.set_read_timeout(Some(left.min(self.silence)))?;
-        (&*self.stream).read(buf)
-    }
 }
 
 /// Maps an I/O error on the connection to the network error `during` a step.

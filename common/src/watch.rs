@@ -30,6 +30,52 @@ pub(crate) const MIN_HASH_RATE: u64 = 4 << 20;
 /// What hashing may take beyond [`MIN_HASH_RATE`] (starting, a busy machine).
 const HASHING_SLACK: Duration = Duration::from_secs(5);
 
+/// Reads one message from a peer: at most `silence` without a byte, and at most `whole` in all,
+/// so that a peer dripping a byte just inside each read's timeout cannot stretch one message
+/// of a thousand bytes over a thousand timeouts. The stream's read timeout is put back when
+/// it is dropped.
+pub(crate) struct Patient<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+    silence: Duration,
+    before: Option<Duration>,
+}
+
+impl<'a> Patient<'a> {
+    pub(crate) fn new(stream: &'a TcpStream, whole: Duration, silence: Duration) -> Patient<'a> {
+        Patient {
+            stream,
+            deadline: Instant::now() + whole,
+            silence,
+            before: stream.read_timeout().ok().flatten(),
+        }
+    }
+
+    /// For one short message (a verdict) on a stream with a read timeout: that timeout without
+    /// a byte, as before, and twice it for the whole message. An honest peer writes one at once.
+    pub(crate) fn message(stream: &'a TcpStream) -> Patient<'a> {
+        let timeout = (stream.read_timeout().ok().flatten()).unwrap_or(Duration::from_secs(60));
+        Patient::new(stream, timeout.saturating_mul(2), timeout)
+    }
+}
+
+impl io::Read for Patient<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left.min(self.silence)))?;
+        (&*self.stream).read(buf)
+    }
+}
+
+impl Drop for Patient<'_> {
+    fn drop(&mut self) {
+        let _ = self.stream.set_read_timeout(self.before);
+    }
+}
+
 /// How long a peer may keep saying "still hashing" before one message: its timeout, plus the
 /// time hashing `bytes` could take at [`MIN_HASH_RATE`], plus [`HASHING_SLACK`]. Keepalives past
 /// that hold a transfer slot (and a name) for nothing: the peer is given up on.

@@ -16,7 +16,7 @@ use crate::hash::{
 };
 use crate::stages::thread_cpu;
 use crate::sys::{self, CopyError};
-use crate::watch::tick_until;
+use crate::watch::{tick_until, Patient};
 use crate::wire::ProtocolError;
 use crate::wire::{
     AfterTrailer, Header, PrefixProof, Record, Status, Trailer, Verdict, FLAG_INPLACE,
@@ -193,7 +193,7 @@ pub(super) fn transfer(
                 }
             }
         }
-        None if chained => Verdict::read(&mut stream)?,
+        None if chained => Verdict::read(&mut Patient::message(stream))?,
         None => match update::answer(stream, source, digest, &integrity, report, progress)? {
             AfterTrailer::Verdict(v) => v,
             _ => {

@@ -8,6 +8,7 @@ use super::SendReport;
 use crate::auth::{Integrity, Seal};
 use crate::error::SendError;
 use crate::sys::CopyError;
+use crate::watch::Patient;
 use crate::wire::ProtocolError;
 use crate::wire::{Status, Verdict};
 
@@ -24,7 +25,7 @@ pub(super) fn spoke_early(
         Ok((0, _)) | Err(_) => return Ok(None),
         Ok(_) => {}
     }
-    let verdict = Verdict::read(&mut &*stream)?;
+    let verdict = Verdict::read(&mut Patient::message(stream))?;
     Ok(Some(match verdict.status {
         Status::Failed => SendError::ReceiverFailed {
             name: report.name.clone(),
@@ -67,7 +68,7 @@ pub(super) fn copy_failure(report: &SendReport, e: CopyError) -> SendError {
 /// After a write failed in a single transfer: the receiver may have said why it stopped
 /// reading (a full disk, say) before the connection broke; its failure verdict is the error
 /// then.
-pub(super) fn explain(mut stream: &TcpStream, report: &SendReport, e: SendError) -> SendError {
+pub(super) fn explain(stream: &TcpStream, report: &SendReport, e: SendError) -> SendError {
     let SendError::Network { error, .. } = &e else {
         return e;
     };
@@ -79,7 +80,7 @@ pub(super) fn explain(mut stream: &TcpStream, report: &SendReport, e: SendError)
     );
     let wait = if stalled { 100 } else { 2000 };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(wait)));
-    match Verdict::read(&mut stream) {
+    match Verdict::read(&mut Patient::message(stream)) {
         Ok(v) if v.status != Status::Landed => SendError::ReceiverFailed {
             name: report.name.clone(),
             message: v.message,

@@ -15,6 +15,7 @@ use crate::hash::{hash_reader, TreeHasher};
 use crate::name::{validate_name, NameError};
 use crate::stages::thread_cpu;
 use crate::sys::{self, CopyError, Pipe};
+use crate::watch::Patient;
 use crate::wire::{Header, Record, Trailer, Verdict, FLAG_NO_VERIFY, FLAG_STREAM};
 
 /// Sends standard input to `addr` under `opts.name` (required: a stream has no name of its
@@ -65,7 +66,7 @@ pub fn send_stdin(
         .write_all(&trailer.encode())
         .map_err(net("sending the trailer"))?;
     progress(Tick::Phase(Phase::Landing));
-    let verdict = Verdict::read(&mut &stream)?;
+    let verdict = Verdict::read(&mut Patient::message(&stream))?;
     judge(verdict, digest, &integrity, 0, &mut report)?;
     report.elapsed = start.elapsed();
     Ok(report)

@@ -15,7 +15,7 @@ use crate::client::net;
 use crate::error::SendError;
 use crate::hash::{hash_from, Hash, PieceLog, Prefix, Start, Watermark};
 use crate::sys::{self, CopyError};
-use crate::watch::{telling, Patience};
+use crate::watch::{telling, Patience, Patient};
 use crate::wire::{
     encode_layer, pieces_of, AfterTrailer, Needed, ProtocolError, Record, Trailer, KEEPALIVE,
     MAX_REPAIR_ROUNDS,
@@ -85,7 +85,7 @@ fn write_trailer(
         .write_all(&trailer)
         .map_err(net("sending the trailer"))?;
     if changed {
-        let _ = crate::wire::Verdict::read(&mut &*stream);
+        let _ = crate::wire::Verdict::read(&mut Patient::message(stream));
         return Err(SendError::SourceChanged);
     }
     Ok(())
@@ -104,7 +104,7 @@ pub(super) fn answer(
 ) -> Result<AfterTrailer, SendError> {
     let mut expected = 1;
     loop {
-        let round = match AfterTrailer::read(&mut &*stream)? {
+        let round = match AfterTrailer::read(&mut Patient::message(stream))? {
             AfterTrailer::Repair(round) if round == expected && digest.is_some() => round,
             AfterTrailer::Repair(round) => {
                 return Err(ProtocolError::Malformed(format!(
