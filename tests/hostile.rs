@@ -824,3 +824,180 @@ fn a_hard_link_names_only_an_earlier_file_and_is_framed_once() {
     }
     still_serving(&rx);
 }
+
+/// Keepalives between a tree's frames are allowed for as long as hashing the largest file the
+/// sender may still frame could take: a refused entry declaring 2^62 bytes, which can never be
+/// framed, used to buy them for millennia, and so a transfer slot.
+#[test]
+fn a_refused_entry_buys_no_time_for_keepalives() {
+    use zcommon::{Answer, Answers, Entry, Kind, Manifest};
+    let dst = tempfile::tempdir().unwrap();
+    std::fs::write(dst.path().join("z"), b"x").unwrap();
+    let rx = Zrecv::start(dst.path(), &["--timeout", "1"]);
+    let manifest = Manifest {
+        entries: vec![Entry {
+            path: "z".into(),
+            kind: Kind::File {
+                size: 1 << 62,
+                sparse_data_len: None,
+                source_id: None,
+            },
+            mode: 0o644,
+            mtime: (0, 0),
+            extras: None,
+        }],
+    };
+    let mut s = connect(&rx);
+    let tree = Header {
+        flags: zcommon::FLAG_TREE,
+        ..header("z", 0)
+    };
+    s.write_all(&tree.encode_hello()).unwrap();
+    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+    s.write_all(&manifest.encode()).unwrap();
+    let Answers::Each(answers, _) = Answers::read(&mut s, 1).unwrap() else {
+        panic!("manifest refused")
+    };
+    assert!(matches!(answers[0], Answer::Refused(_)), "{answers:?}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keeper = {
+        let (stop, mut s) = (stop.clone(), s.try_clone().unwrap());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if s.write_all(&zcommon::KEEPALIVE).is_err() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+        })
+    };
+    rx.wait_for_line("keepalives between frames for longer than hashing could take");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    keeper.join().unwrap();
+    assert_eq!(std::fs::read(dst.path().join("z")).unwrap(), b"x");
+}
+
+/// In a tree being built under a hidden name, files are the receiver's own to finish without
+/// --force: their metadata is set to the sender's. A sender once used that on a file outside:
+/// it quick-checked a file already in --dir (its size and mtime are enough), made a hard link
+/// to it inside a hidden tree that it kept hidden, then took that tree up again and sent the
+/// link's name as a file of that size and mtime with mode 1777, which the receiver set on the
+/// outside file's inode. A copy with other names is now left as it is without --force.
+#[test]
+fn a_hard_link_into_a_hidden_tree_cannot_change_a_file_outside() {
+    use std::os::unix::fs::PermissionsExt;
+    use zcommon::{Answer, Answers, Entry, Frame, Kind, Manifest, Report};
+    let dst = tempfile::tempdir().unwrap();
+    let outside = dst.path().join("x");
+    std::fs::write(&outside, b"not the sender's").unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&outside)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    let size = 16u64;
+    let rx = Zrecv::start(dst.path(), &["--timeout", "5"]);
+    let entry = |path: &str, kind: Kind, mode: u32, mtime: (i64, u32)| Entry {
+        path: path.into(),
+        kind,
+        mode,
+        mtime,
+        extras: None,
+    };
+    let file = |size: u64| Kind::File {
+        size,
+        sparse_data_len: None,
+        source_id: None,
+    };
+    let dir = || Kind::Dir;
+    let open = |manifest: &Manifest| {
+        let mut s = connect(&rx);
+        let tree = Header {
+            flags: zcommon::FLAG_TREE,
+            ..header("t", 0)
+        };
+        s.write_all(&tree.encode_hello()).unwrap();
+        assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
+        s.write_all(&manifest.encode()).unwrap();
+        let Answers::Each(answers, _) = Answers::read(&mut s, manifest.entries.len()).unwrap()
+        else {
+            panic!("manifest refused")
+        };
+        (s, answers)
+    };
+    let until_end_of_pass = |s: &mut TcpStream| {
+        let mut reports = Vec::new();
+        loop {
+            match Report::read(s).unwrap() {
+                Report::EndOfPass => return reports,
+                Report::Keepalive => {}
+                r => reports.push(r),
+            }
+        }
+    };
+    // 1. A new tree t, its file landed, the sender gone before its end of pass: t stays hidden.
+    let (mut s, _) = open(&Manifest {
+        entries: vec![
+            entry("t", dir(), 0o755, (0, 0)),
+            entry("t/f", file(5), 0o644, (1, 0)),
+        ],
+    });
+    let mut out = Frame::Full(1).encode();
+    out.extend_from_slice(b"hello");
+    out.extend_from_slice(&Trailer::unsealed(Some(zcommon::tree_root(b"hello"))).encode());
+    out.extend_from_slice(&zcommon::KEEPALIVE);
+    s.write_all(&out).unwrap();
+    // Once the file is in the hidden tree, the sender goes.
+    let staged = || {
+        std::fs::read_dir(dst.path()).unwrap().any(|e| {
+            let e = e.unwrap();
+            e.file_name().to_string_lossy().ends_with(".stage") && e.path().join("f").exists()
+        })
+    };
+    let until = std::time::Instant::now() + PROCESS_TIMEOUT;
+    while !staged() {
+        assert!(std::time::Instant::now() < until, "{}", rx.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(s);
+    rx.wait_for_line("the sender closed before its last end of pass");
+    // 2. The file outside quick-checked, t taken up and kept hidden (its file "differs"), and a
+    // hard link to the file outside made in it.
+    let (mut s, answers) = open(&Manifest {
+        entries: vec![
+            entry("x", file(size), 0o600, (1_600_000_000, 0)),
+            entry("t", dir(), 0o755, (0, 0)),
+            entry("t/f", file(5), 0o644, (1, 0)),
+            entry("t/h", Kind::HardLink { first: 0 }, 0o600, (0, 0)),
+        ],
+    });
+    assert_eq!(answers[0], Answer::Landed, "{answers:?}");
+    assert_eq!(answers[2], Answer::Landed, "{answers:?}");
+    let mut out = Frame::Quick(0).encode();
+    out.extend_from_slice(&Frame::Check(2, [0x55; 32]).encode());
+    out.extend_from_slice(&Frame::Link(3).encode());
+    out.extend_from_slice(&Frame::EndOfPass.encode());
+    s.write_all(&out).unwrap();
+    until_end_of_pass(&mut s);
+    drop(s);
+    // 3. t taken up again, its link sent as a file of the outside file's size and mtime.
+    let (mut s, answers) = open(&Manifest {
+        entries: vec![
+            entry("t", dir(), 0o755, (0, 0)),
+            entry("t/h", file(size), 0o1777, (1_600_000_000, 0)),
+        ],
+    });
+    if answers[1] == Answer::Landed {
+        let mut out = Frame::Quick(1).encode();
+        out.extend_from_slice(&Frame::EndOfPass.encode());
+        s.write_all(&out).unwrap();
+        until_end_of_pass(&mut s);
+    }
+    drop(s);
+    let mode = std::fs::metadata(&outside).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o600, "{}", rx.stderr());
+    assert_eq!(std::fs::read(&outside).unwrap(), b"not the sender's");
+}

@@ -418,9 +418,11 @@ impl Session<'_, '_> {
         // that closes anywhere else (or a receiver being stopped) interrupts it.
         let mut clean = false;
         // Keepalives between frames, while the sender hashes a file for its next frame: for as
-        // long as hashing the largest could take.
-        let largest = (self.manifest.entries.iter())
-            .map(|e| match e.kind {
+        // long as hashing the largest could take, of those it may frame (a refused entry of
+        // 2^62 bytes bought a sender a slot for millennia).
+        let largest = (self.manifest.entries.iter().zip(&self.answers))
+            .filter(|(_, a)| !matches!(a, Answer::Done | Answer::Refused(_)))
+            .map(|(e, _)| match e.kind {
                 Kind::File {
                     size,
                     sparse_data_len,
