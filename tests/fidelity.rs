@@ -280,6 +280,80 @@ fn an_archive_tree_lands_as_rsync_ahax_copies_it() {
     assert_eq!(got, source);
 }
 
+/// Sets `path`'s mtime (never following a link) to `sec` seconds since the epoch.
+fn set_mtime(path: &Path, sec: i64) {
+    let when = rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: 0,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: when,
+        last_modification: when,
+    };
+    let nofollow = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+    rustix::fs::utimensat(rustix::fs::CWD, path, &times, nofollow).unwrap();
+}
+
+/// A tree sent again to a receiver that replaces files (`--force`) ends as `rsync -aHAX`
+/// leaves it: a directory already there takes its new mode, owner and mtime (its mtime also
+/// when something new landed in it), a link its new owner and mtime, a fifo its new mode. Only
+/// files took what changed before; the rest kept the first copy's metadata, silently.
+#[test]
+fn a_tree_sent_again_takes_the_sources_new_metadata_as_rsync_does() {
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    every_case(&top);
+    let tok = token(src.path());
+    let by_rsync = tempfile::tempdir().unwrap();
+    let by_zsend = tempfile::tempdir().unwrap();
+    let copy = || {
+        let out = run_bounded(
+            Command::new("rsync")
+                .arg("-aHAX")
+                .arg(&top)
+                .arg(by_rsync.path()),
+        );
+        assert!(out.status.success(), "rsync: {}", stderr_of(&out));
+        let rx_args = ["--once", "--token-file", &tok, "--preserve-privileged"];
+        let mut rx = Zrecv::start(by_zsend.path(), &[&rx_args[..], &["--force"]].concat());
+        let tx_args = ["-a", "--token-file", &tok];
+        let out = zsend(&[&[&rx.addr()[..], top.to_str().unwrap()][..], &tx_args].concat());
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert!(rx.wait().success(), "{}", rx.stderr());
+    };
+    copy();
+    // What is there already changes its metadata only; one directory gets a new file.
+    let mode = |p: &str, m: u32| {
+        std::fs::set_permissions(top.join(p), PermissionsExt::from_mode(m)).unwrap()
+    };
+    mode("sub", 0o700);
+    mode("tmp", 0o755);
+    mode("fifo", 0o600);
+    mode("plain", 0o600);
+    chown(&top.join("shared"), 7, 7);
+    chown(&top.join("to-plain"), 99, 99);
+    std::fs::write(top.join("sub/deeper/new"), b"new").unwrap();
+    for (p, when) in [
+        ("sub/deeper/new", 1_500_000_000),
+        ("sub/deeper", 1_500_000_100),
+        ("tmp", 1_500_000_200),
+        ("absolute", 1_500_000_300),
+        ("fifo", 1_500_000_400),
+        ("", 1_500_000_500),
+    ] {
+        set_mtime(&top.join(p), when);
+    }
+    copy();
+    let source = snapshot(&top);
+    let by_rsync = snapshot(&by_rsync.path().join("top"));
+    let got = snapshot(&by_zsend.path().join("top"));
+    assert_eq!(by_rsync, source, "rsync's copy is the source");
+    for (path, want) in &source {
+        assert_eq!(got.get(path), Some(want), "{path:?}");
+    }
+    assert_eq!(got, source);
+}
+
 #[test]
 fn privileged_metadata_needs_the_token_and_the_receivers_consent() {
     let src = tempfile::tempdir().unwrap();

@@ -224,10 +224,11 @@ impl Session<'_, '_> {
                     Err(err) => Answer::Refused(format!("making the directory: {err}")),
                 },
                 Some(FileType::Directory) => {
-                    // One an interrupted transfer made in a hidden tree is still this
-                    // receiver's to finish: it gets its owner, mode and mtime at the end of
-                    // the pass, as one made now.
-                    if self.in_stage(&e.path) {
+                    // A receiver that replaces files (or one an interrupted transfer made in
+                    // a hidden tree, still this receiver's to finish) gives it its owner, mode,
+                    // attributes and mtime at the end of the pass, as one made now: the mtime
+                    // too, which what lands in it moves.
+                    if force {
                         self.made_dirs.push(i);
                     }
                     self.counts.dirs += 1;
@@ -248,9 +249,12 @@ impl Session<'_, '_> {
                 };
                 let made = match existing_type {
                     Some(FileType::Directory) => Answer::Refused("is a directory".into()),
+                    // The same link: made again only to take metadata that differs, when the
+                    // receiver replaces files.
                     Some(FileType::Symlink)
                         if rustix::fs::readlinkat(&parent, base, Vec::new())
-                            .is_ok_and(|t| t.as_bytes() == &target[..]) =>
+                            .is_ok_and(|t| t.as_bytes() == &target[..])
+                            && !(force && existing.is_some_and(|st| self.differs(&st, e))) =>
                     {
                         Answer::Done
                     }
@@ -274,6 +278,7 @@ impl Session<'_, '_> {
                 let same = existing.is_some_and(|st| {
                     FileType::from_raw_mode(st.st_mode) == node_type(&e.kind)
                         && st.st_rdev == node_dev(&e.kind)
+                        && !(force && self.differs(&st, e))
                 });
                 let made = match existing_type {
                     _ if same => Answer::Done,
@@ -312,8 +317,7 @@ impl Session<'_, '_> {
                     // A check may be answered with the root remembered for this identity.
                     self.wanted.push((i as u32, Identity::of(&st)));
                     let same_mtime = (st.st_mtime, st.st_mtime_nsec as u32) == e.mtime;
-                    let same_mode = st.st_mode & 0o7777 == e.mode & KEPT_MODE;
-                    if force && !(same_mtime && same_mode && e.extras.is_none()) {
+                    if force && self.differs(&st, e) {
                         self.refresh.insert(i as u32);
                     }
                     match (same_mtime, force) {
@@ -359,6 +363,20 @@ impl Session<'_, '_> {
                 }
             },
         }
+    }
+
+    /// Whether what is here, `st`, lacks some of the metadata entry `e` would be given: its
+    /// mtime, its mode (but a link's), its owner (when kept). Attributes are not compared: an
+    /// entry that carries some is taken to differ.
+    fn differs(&self, st: &rustix::fs::Stat, e: &Entry) -> bool {
+        let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
+        let mode = plan.as_ref().map_or(e.mode & KEPT_MODE, |p| p.mode);
+        let is_link = matches!(e.kind, Kind::Symlink { .. });
+        (st.st_mtime, st.st_mtime_nsec as u32) != e.mtime
+            || (!is_link && st.st_mode & 0o7777 != mode)
+            || plan.is_some_and(|p| {
+                !p.xattrs.is_empty() || p.owner.is_some_and(|o| o != (st.st_uid, st.st_gid))
+            })
     }
 
     /// Makes a link, fifo, socket or device under a hidden name, gives it its owner and mode
