@@ -556,6 +556,8 @@ fn a_check_says_same_or_different_and_never_the_receivers_digest() {
     std::fs::create_dir(dst.path().join("top")).unwrap();
     let secret = dst.path().join("top/secret.txt");
     std::fs::write(&secret, b"password=hunter2").unwrap();
+    let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    std::fs::set_permissions(&secret, private).unwrap();
     let mtime = std::fs::metadata(&secret).unwrap().modified().unwrap();
     let mtime = mtime.duration_since(std::time::UNIX_EPOCH).unwrap();
     let rx = Zrecv::start(dst.path(), &[]);

@@ -965,6 +965,45 @@ fn a_metadata_only_change_is_applied_without_sending_the_content() {
     );
 }
 
+/// Without --force, a copy whose mode differs from the sender's (a chmod at the source) is
+/// refused as one whose mtime differs is, and so is a link with another mtime: both were
+/// reported unchanged, exit 0, keeping what the receiver had.
+#[test]
+fn without_force_another_mode_or_link_time_is_not_taken_for_the_senders() {
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    std::fs::create_dir(&top).unwrap();
+    std::fs::write(top.join("script"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(top.join("script"), PermissionsExt::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("script", top.join("link")).unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "-q"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    std::fs::set_permissions(top.join("script"), PermissionsExt::from_mode(0o700)).unwrap();
+    let long_ago = rustix::fs::Timespec {
+        tv_sec: 1_000_000_000,
+        tv_nsec: 0,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: long_ago,
+        last_modification: long_ago,
+    };
+    let nofollow = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+    rustix::fs::utimensat(rustix::fs::CWD, top.join("link"), &times, nofollow).unwrap();
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    let json = json_of(&out);
+    assert_eq!(json["failed"], 2, "{json}");
+    assert!(
+        err.contains("script") && err.contains("use --force"),
+        "{err}"
+    );
+    let kept = std::fs::metadata(dst.path().join("top/script")).unwrap();
+    assert_eq!(kept.permissions().mode() & 0o7777, 0o755);
+}
+
 /// A new tree is built hidden and published with one rename that never replaces anything: if
 /// its name appears on the receiver meanwhile, nothing of it is published there, its files
 /// fail (exit 9) and say why, and what was there stays as it was. (Sent with its owner, by a

@@ -254,7 +254,7 @@ impl Session<'_, '_> {
                     Some(FileType::Symlink)
                         if rustix::fs::readlinkat(&parent, base, Vec::new())
                             .is_ok_and(|t| t.as_bytes() == &target[..])
-                            && !(force && existing.is_some_and(|st| self.differs(&st, e))) =>
+                            && !existing.is_some_and(|st| self.differs(&st, e, force)) =>
                     {
                         Answer::Done
                     }
@@ -278,7 +278,7 @@ impl Session<'_, '_> {
                 let same = existing.is_some_and(|st| {
                     FileType::from_raw_mode(st.st_mode) == node_type(&e.kind)
                         && st.st_rdev == node_dev(&e.kind)
-                        && !(force && self.differs(&st, e))
+                        && !self.differs(&st, e, force)
                 });
                 let made = match existing_type {
                     _ if same => Answer::Done,
@@ -317,10 +317,14 @@ impl Session<'_, '_> {
                     // A check may be answered with the root remembered for this identity.
                     self.wanted.push((i as u32, Identity::of(&st)));
                     let same_mtime = (st.st_mtime, st.st_mtime_nsec as u32) == e.mtime;
-                    if force && self.differs(&st, e) {
+                    let differs = self.differs(&st, e, force);
+                    if force && differs {
                         self.refresh.insert(i as u32);
                     }
                     match (same_mtime, force) {
+                        // Another mode or owner is as much a change as another mtime: without
+                        // --force neither is set, and the copy is not taken for the sender's.
+                        (true, false) if differs => taken(),
                         (true, _) => Answer::Landed,
                         (false, true) => Answer::SameSize,
                         (false, false) => taken(),
@@ -366,16 +370,17 @@ impl Session<'_, '_> {
     }
 
     /// Whether what is here, `st`, lacks some of the metadata entry `e` would be given: its
-    /// mtime, its mode (but a link's), its owner (when kept). Attributes are not compared: an
-    /// entry that carries some is taken to differ.
-    fn differs(&self, st: &rustix::fs::Stat, e: &Entry) -> bool {
+    /// mtime, its mode (but a link's), its owner (when kept), and with `attrs` its attributes,
+    /// which are not compared: an entry that carries some is taken to differ.
+    fn differs(&self, st: &rustix::fs::Stat, e: &Entry, attrs: bool) -> bool {
         let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
         let mode = plan.as_ref().map_or(e.mode & KEPT_MODE, |p| p.mode);
         let is_link = matches!(e.kind, Kind::Symlink { .. });
         (st.st_mtime, st.st_mtime_nsec as u32) != e.mtime
             || (!is_link && st.st_mode & 0o7777 != mode)
             || plan.is_some_and(|p| {
-                !p.xattrs.is_empty() || p.owner.is_some_and(|o| o != (st.st_uid, st.st_gid))
+                (attrs && !p.xattrs.is_empty())
+                    || p.owner.is_some_and(|o| o != (st.st_uid, st.st_gid))
             })
     }
 
