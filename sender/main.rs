@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             failed: r.failures.len(),
             skipped: r.skipped.len(),
             unkept: r.unkept,
+            unlinked: r.unlinked.len(),
             files: r.files,
         }
         .into()),

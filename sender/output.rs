@@ -428,6 +428,9 @@ fn tree_summary(r: &TreeReport) -> String {
     if r.unkept > 0 {
         others.push(format!("{} without their owners", r.unkept));
     }
+    if !r.unlinked.is_empty() {
+        others.push(format!("{} hard links not kept", r.unlinked.len()));
+    }
     format!(
         "{} files ({}), {}, {} ({} on the wire) to {} in {:.2} s, {}/s",
         r.files,
@@ -498,6 +501,7 @@ pub fn json(cli: &Cli, result: &anyhow::Result<Sent>) -> serde_json::Value {
             "hard_links": r.hard_links,
             "specials": r.specials,
             "unkept": r.unkept,
+            "unlinked": r.unlinked.len(),
             "bytes": r.bytes,
             "bytes_sent": r.bytes_sent,
             "resumed_from": r.resumed_from,

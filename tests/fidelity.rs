@@ -407,6 +407,50 @@ fn privileged_metadata_needs_the_token_and_the_receivers_consent() {
     }
 }
 
+/// rsync -H keeps a fifo or a symbolic link with two names as one entry; the protocol links
+/// regular files only, so zsend sends each name as an entry of its own, and says so: it is
+/// named, counted (`unlinked`) and the exit code is 9, not 0.
+#[test]
+fn a_fifo_or_link_with_two_names_lands_twice_and_is_counted() {
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    std::fs::create_dir(&top).unwrap();
+    mknod(&top.join("fifo"), rustix::fs::FileType::Fifo, 0);
+    std::fs::hard_link(top.join("fifo"), top.join("fifo-too")).unwrap();
+    symlink("somewhere", top.join("link")).unwrap();
+    let linkat = rustix::fs::AtFlags::empty();
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        top.join("link"),
+        rustix::fs::CWD,
+        top.join("link-too"),
+        linkat,
+    )
+    .unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let mut rx = Zrecv::start(dst.path(), &["--once", "--trust-links"]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "-a", "--json"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    assert!(rx.wait().success(), "{}", rx.stderr());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["unlinked"], 2, "{json}");
+    assert_eq!(json["failed"], 0, "{json}");
+    assert!(
+        err.contains("fifo-too") && err.contains("link-too"),
+        "{err}"
+    );
+    let got = dst.path().join("top");
+    for name in ["fifo", "fifo-too"] {
+        let m = std::fs::symlink_metadata(got.join(name)).unwrap();
+        assert!(m.file_type().is_fifo(), "{name}");
+    }
+    assert_eq!(
+        std::fs::read_link(got.join("link-too")).unwrap(),
+        Path::new("somewhere")
+    );
+}
+
 #[test]
 fn a_hard_link_group_crosses_once_and_lands_as_one_file() {
     let src = tempfile::tempdir().unwrap();

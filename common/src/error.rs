@@ -125,7 +125,7 @@ pub enum SendError {
     },
     /// Some entries of a tree did not land, or were left out, or landed without metadata
     /// they were sent with (the warnings and `--json` list them).
-    #[error("{}", partial(*.failed, *.skipped, *.unkept))]
+    #[error("{}", partial(*.failed, *.skipped, *.unkept, *.unlinked))]
     Partial {
         /// Entries that failed.
         failed: usize,
@@ -133,12 +133,14 @@ pub enum SendError {
         skipped: usize,
         /// Entries the receiver said would land without their owners or privileged metadata.
         unkept: usize,
+        /// Second names of links and special files, sent as entries of their own.
+        unlinked: usize,
         /// Files in the tree.
         files: usize,
     },
 }
 
-fn partial(failed: usize, skipped: usize, unkept: usize) -> String {
+fn partial(failed: usize, skipped: usize, unkept: usize, unlinked: usize) -> String {
     let mut parts = Vec::new();
     if failed > 0 {
         parts.push(format!(
@@ -152,6 +154,11 @@ fn partial(failed: usize, skipped: usize, unkept: usize) -> String {
         parts.push(format!(
             "{unkept} landed without the owners, setuid or setgid bits or privileged attributes \
              sent with them"
+        ));
+    }
+    if unlinked > 0 {
+        parts.push(format!(
+            "{unlinked} hard links between links or special files landed as separate entries"
         ));
     }
     format!("{} (each is named above)", parts.join(", "))

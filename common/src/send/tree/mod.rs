@@ -93,6 +93,9 @@ pub struct TreeReport {
     pub failures: Vec<(String, String)>,
     /// Entries left out on purpose (special files, links without `--links`), with why.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Second names of links and special files, sent as entries of their own: the protocol
+    /// links regular files only.
+    pub unlinked: Vec<PathBuf>,
     /// Bytes of all files.
     pub bytes: u64,
     /// Payload bytes put on the wire (holes and resumed prefixes excluded).
@@ -111,7 +114,10 @@ impl TreeReport {
     /// Whether every entry landed as sent: none failed, none was left out, none lost its owner
     /// or privileged metadata on the way.
     pub fn complete(&self) -> bool {
-        self.failures.is_empty() && self.skipped.is_empty() && self.unkept == 0
+        self.failures.is_empty()
+            && self.skipped.is_empty()
+            && self.unkept == 0
+            && self.unlinked.is_empty()
     }
 }
 
@@ -132,6 +138,12 @@ pub fn send_tree(
     let tree = walk(roots, opts.name.as_deref(), walk_opts)?;
     for (path, why) in &tree.skipped {
         log::warn!("skipping {}: {why}", Escaped(path.as_os_str().as_bytes()));
+    }
+    for path in &tree.unlinked {
+        log::warn!(
+            "sending {} as an entry of its own: hard links are kept between regular files only",
+            Escaped(path.as_os_str().as_bytes())
+        );
     }
     for (path, why) in &tree.unreadable {
         log::warn!(
@@ -178,6 +190,7 @@ pub fn send_tree(
                 .map(|(p, why)| (Escaped(p.as_os_str().as_bytes()).to_string(), why.clone()))
                 .collect(),
             skipped: tree.skipped.clone(),
+            unlinked: tree.unlinked.clone(),
             bytes: tree.total_bytes(),
             bytes_sent: 0,
             resumed_from: 0,

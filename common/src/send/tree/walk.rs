@@ -30,6 +30,9 @@ pub(super) struct Tree {
     pub(super) skipped: Vec<(PathBuf, String)>,
     /// Entries that could not be read (a failure).
     pub(super) unreadable: Vec<(PathBuf, String)>,
+    /// Second and later names of a link, fifo, socket or device with several: sent as entries
+    /// of their own, since the protocol links regular files only (a fidelity loss, counted).
+    pub(super) unlinked: Vec<PathBuf>,
     /// Each regular file's identity when listed (what its remembered root is looked up by).
     pub(super) identities: Vec<Option<Identity>>,
 }
@@ -86,6 +89,7 @@ pub(super) fn walk(
         opts,
         names: Names::default(),
         inodes: HashMap::new(),
+        other_inodes: Default::default(),
     };
     let mut tops = HashSet::new();
     let scanner = Scanner::default();
@@ -163,6 +167,8 @@ struct Walker {
     names: Names,
     /// The entry of each file with more than one name, by device and inode.
     inodes: HashMap<(u64, u64), u32>,
+    /// Links, fifos, sockets and devices with more than one name, by device and inode.
+    other_inodes: std::collections::HashSet<(u64, u64)>,
 }
 
 impl Walker {
@@ -325,6 +331,14 @@ impl Walker {
         } else {
             Some("of a kind Linux does not name".into())
         };
+        // A link or special file with other names lands as an entry of its own: say so.
+        let other = !ft.is_dir() && !ft.is_file() && left_out.is_none();
+        if other && keep.hard_links && meta.st_nlink > 1 {
+            let inode = (meta.st_dev, meta.st_ino);
+            if !self.other_inodes.insert(inode) {
+                self.tree.unlinked.push(path.to_owned());
+            }
+        }
         self.skip(path, left_out);
     }
 
