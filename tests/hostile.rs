@@ -835,7 +835,8 @@ fn a_refused_entry_buys_no_time_for_keepalives() {
     use zcommon::{Answer, Answers, Entry, Kind, Manifest};
     let dst = tempfile::tempdir().unwrap();
     std::fs::write(dst.path().join("z"), b"x").unwrap();
-    let rx = Zrecv::start(dst.path(), &["--timeout", "1"]);
+    // A timeout that a loaded machine's keepalives every 200 ms keep well inside.
+    let rx = Zrecv::start(dst.path(), &["--timeout", "3"]);
     let manifest = Manifest {
         entries: vec![Entry {
             path: "z".into(),
@@ -869,7 +870,7 @@ fn a_refused_entry_buys_no_time_for_keepalives() {
                 if s.write_all(&zcommon::KEEPALIVE).is_err() {
                     break;
                 }
-                std::thread::sleep(std::time::Duration::from_millis(300));
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
         })
     };

@@ -93,8 +93,23 @@ impl<D: AsFd> Journal<D> {
     }
 
     /// Applies the committed journal to the file and removes it.
-    pub(crate) fn apply(self, header: &Header, needed: &Needed) -> io::Result<()> {
-        apply(&self.dir, &self.file, &Commit::of(header, needed))
+    /// `old` is the file the update was checked against: what the name leads to now must
+    /// still be it (someone who can rename in the directory could have swapped it meanwhile).
+    pub(crate) fn apply(self, header: &Header, needed: &Needed, old: &File) -> io::Result<()> {
+        let commit = Commit::of(header, needed);
+        let file = open_target(&self.dir, &commit.name)?;
+        let (was, is) = (rustix::fs::fstat(old)?, rustix::fs::fstat(&file)?);
+        if (was.st_dev, was.st_ino) != (is.st_dev, is.st_ino) {
+            // Another file under the name: the update is not for it, now or after a restart.
+            for ext in ["commit", "journal"] {
+                let name = hidden_name(&commit.name, ext);
+                let _ = rustix::fs::unlinkat(&self.dir, name.as_str(), AtFlags::empty());
+            }
+            return Err(io::Error::other(
+                "the file was replaced while it was being updated",
+            ));
+        }
+        apply(&self.dir, &self.file, &commit, file)
     }
 }
 
@@ -110,11 +125,21 @@ impl<D: AsFd> Drop for Journal<D> {
     }
 }
 
-/// Copies the journal's pieces into the file, punching its holes, sets the size, mode and
+/// Opens the file a journal is for, `name` in `dir`, which must be a regular file (never
+/// waiting, should something else be there now).
+fn open_target(dir: impl AsFd, name: &str) -> io::Result<File> {
+    let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+    let file = File::from(open_beneath(&dir, name, flags)?);
+    let st = rustix::fs::fstat(&file)?;
+    match rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
+        true => Ok(file),
+        false => Err(io::Error::other("not a regular file any more")),
+    }
+}
+
+/// Copies the journal's pieces into `file`, punching its holes, sets the size, mode and
 /// mtime, makes the file durable, then removes the record and the journal.
-fn apply(dir: impl AsFd, journal: &File, commit: &Commit) -> io::Result<()> {
-    let flags = OFlags::RDWR | OFlags::NOFOLLOW;
-    let file = File::from(open_beneath(&dir, &commit.name, flags)?);
+fn apply(dir: impl AsFd, journal: &File, commit: &Commit, file: File) -> io::Result<()> {
     for (i, (start, len)) in commit.needed.spans(commit.size).enumerate() {
         let end = start + len;
         let mut pos = start;
@@ -187,7 +212,8 @@ pub(crate) fn recover(dir: impl AsFd, name: &str) -> io::Result<Option<bool>> {
     let commit = read_commit(&dir, name)?.filter(|c| c.name == name);
     match commit {
         Some(commit) => {
-            apply(&dir, &journal, &commit)?;
+            let file = open_target(&dir, &commit.name)?;
+            apply(&dir, &journal, &commit, file)?;
             log::warn!(
                 "{}: finished an update in place that was interrupted after its commit",
                 crate::name::Escaped(name)
@@ -373,5 +399,31 @@ mod tests {
         for cut in 0..text.len() - 1 {
             assert_eq!(Commit::decode(&text[..cut]), None, "cut at {cut}");
         }
+    }
+
+    /// A journal is applied only to the file it was checked against: one renamed in under its
+    /// name meanwhile (by someone who may rename in the directory) is left as it is, and the
+    /// journal and its record go, so that no restart applies them to it either.
+    #[test]
+    fn a_journal_is_not_applied_to_a_file_swapped_in_under_its_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = File::open(tmp.path()).unwrap();
+        let path = tmp.path().join("image");
+        std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
+        let old = File::open(&path).unwrap();
+        let header = Header::new("image", 1 << 20);
+        let mut needed = Needed::none();
+        needed.add(0, 1);
+        let mut journal = Journal::create(&dir, &header).unwrap();
+        journal.file.write_all(&vec![2u8; 1 << 20]).unwrap();
+        journal.commit(&header, &needed).unwrap();
+        std::fs::write(tmp.path().join("other"), b"someone else's").unwrap();
+        std::fs::rename(tmp.path().join("other"), &path).unwrap();
+        let err = journal.apply(&header, &needed, &old).unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"someone else's");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(recover(&dir, "image").unwrap(), None);
     }
 }

@@ -387,7 +387,7 @@ impl Receiver {
             .commit(header, &touched)
             .map_err(|e| fail(self.local("committing the journal", e)))?;
         journal
-            .apply(header, &touched)
+            .apply(header, &touched, old)
             .map_err(|e| fail(self.local("applying the journal", e)))?;
         record.stages.fsync = start.elapsed();
         if let Ok(file) = partial::open_regular_beneath(&self.dir, &header.name) {
