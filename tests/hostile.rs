@@ -35,6 +35,25 @@ fn assert_refused(reply: Reply, code: RefuseCode, words: &str) {
     }
 }
 
+/// Sends keepalives on `s` every `ms` milliseconds until zrecv prints `line` (it gave up).
+fn keep_saying_alive(rx: &Zrecv, s: &TcpStream, ms: u64, line: &str) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keeper = {
+        let (stop, mut s) = (stop.clone(), s.try_clone().unwrap());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if s.write_all(&zcommon::KEEPALIVE).is_err() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+        })
+    };
+    rx.wait_for_line(line);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    keeper.join().unwrap();
+}
+
 /// A normal transfer still works: the receiver survived whatever came before.
 fn still_serving(rx: &Zrecv) {
     let src = tempfile::tempdir().unwrap();
@@ -259,21 +278,12 @@ fn keepalives_cannot_hold_a_slot_forever() {
     s.write_all(&header("held.bin", 10).encode_hello()).unwrap();
     assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
     s.write_all(b"0123456789").unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let keeper = {
-        let (stop, mut s) = (stop.clone(), s.try_clone().unwrap());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                if s.write_all(&zcommon::KEEPALIVE).is_err() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(300));
-            }
-        })
-    };
-    rx.wait_for_line("keepalives before the trailer for longer than hashing could take");
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    keeper.join().unwrap();
+    keep_saying_alive(
+        &rx,
+        &s,
+        300,
+        "keepalives before the trailer for longer than hashing could take",
+    );
     assert!(visible(dst.path()).is_empty(), "{:?}", entries(dst.path()));
     drop(s);
 }
@@ -862,21 +872,12 @@ fn a_refused_entry_buys_no_time_for_keepalives() {
         panic!("manifest refused")
     };
     assert!(matches!(answers[0], Answer::Refused(_)), "{answers:?}");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let keeper = {
-        let (stop, mut s) = (stop.clone(), s.try_clone().unwrap());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                if s.write_all(&zcommon::KEEPALIVE).is_err() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-        })
-    };
-    rx.wait_for_line("keepalives between frames for longer than hashing could take");
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    keeper.join().unwrap();
+    keep_saying_alive(
+        &rx,
+        &s,
+        200,
+        "keepalives between frames for longer than hashing could take",
+    );
     assert_eq!(std::fs::read(dst.path().join("z")).unwrap(), b"x");
 }
 
