@@ -631,6 +631,14 @@ fn a_check_says_same_or_different_and_never_the_receivers_digest() {
 /// Opens a tree transfer of `manifest` (one entry) by hand: the hello, the manifest, and the
 /// answers read, as a raw sender would.
 fn open_tree(rx: &Zrecv, manifest: &zcommon::Manifest) -> std::net::TcpStream {
+    answered_tree(rx, manifest).0
+}
+
+/// As [`open_tree`], returning the answers too.
+fn answered_tree(
+    rx: &Zrecv,
+    manifest: &zcommon::Manifest,
+) -> (std::net::TcpStream, Vec<zcommon::Answer>) {
     let mut s = connect(rx);
     let tree = Header {
         flags: zcommon::FLAG_TREE,
@@ -640,8 +648,10 @@ fn open_tree(rx: &Zrecv, manifest: &zcommon::Manifest) -> std::net::TcpStream {
     assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
     s.write_all(&manifest.encode()).unwrap();
     let answers = zcommon::Answers::read(&mut s, manifest.entries.len()).unwrap();
-    assert!(matches!(answers, zcommon::Answers::Each(..)));
-    s
+    let zcommon::Answers::Each(answers, _) = answers else {
+        panic!("manifest refused: {answers:?}")
+    };
+    (s, answers)
 }
 
 /// A tree whose sender closes before its last end of pass is interrupted, not complete: zrecv
@@ -842,7 +852,7 @@ fn a_hard_link_names_only_an_earlier_file_and_is_framed_once() {
 /// framed, used to buy them for millennia, and so a transfer slot.
 #[test]
 fn a_refused_entry_buys_no_time_for_keepalives() {
-    use zcommon::{Answer, Answers, Entry, Kind, Manifest};
+    use zcommon::{Answer, Entry, Kind, Manifest};
     let dst = tempfile::tempdir().unwrap();
     std::fs::write(dst.path().join("z"), b"x").unwrap();
     // A timeout that a loaded machine's keepalives every 200 ms keep well inside.
@@ -860,17 +870,7 @@ fn a_refused_entry_buys_no_time_for_keepalives() {
             extras: None,
         }],
     };
-    let mut s = connect(&rx);
-    let tree = Header {
-        flags: zcommon::FLAG_TREE,
-        ..header("z", 0)
-    };
-    s.write_all(&tree.encode_hello()).unwrap();
-    assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
-    s.write_all(&manifest.encode()).unwrap();
-    let Answers::Each(answers, _) = Answers::read(&mut s, 1).unwrap() else {
-        panic!("manifest refused")
-    };
+    let (s, answers) = answered_tree(&rx, &manifest);
     assert!(matches!(answers[0], Answer::Refused(_)), "{answers:?}");
     keep_saying_alive(
         &rx,
@@ -890,7 +890,7 @@ fn a_refused_entry_buys_no_time_for_keepalives() {
 #[test]
 fn a_hard_link_into_a_hidden_tree_cannot_change_a_file_outside() {
     use std::os::unix::fs::PermissionsExt;
-    use zcommon::{Answer, Answers, Entry, Frame, Kind, Manifest, Report};
+    use zcommon::{Answer, Entry, Frame, Kind, Manifest, Report};
     let dst = tempfile::tempdir().unwrap();
     let outside = dst.path().join("x");
     std::fs::write(&outside, b"not the sender's").unwrap();
@@ -917,21 +917,7 @@ fn a_hard_link_into_a_hidden_tree_cannot_change_a_file_outside() {
         source_id: None,
     };
     let dir = || Kind::Dir;
-    let open = |manifest: &Manifest| {
-        let mut s = connect(&rx);
-        let tree = Header {
-            flags: zcommon::FLAG_TREE,
-            ..header("t", 0)
-        };
-        s.write_all(&tree.encode_hello()).unwrap();
-        assert_eq!(Reply::read(&mut s).unwrap(), Reply::Accept);
-        s.write_all(&manifest.encode()).unwrap();
-        let Answers::Each(answers, _) = Answers::read(&mut s, manifest.entries.len()).unwrap()
-        else {
-            panic!("manifest refused")
-        };
-        (s, answers)
-    };
+    let open = |manifest: &Manifest| answered_tree(&rx, manifest);
     let until_end_of_pass = |s: &mut TcpStream| {
         let mut reports = Vec::new();
         loop {
