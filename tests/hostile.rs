@@ -886,10 +886,10 @@ fn a_refused_entry_buys_no_time_for_keepalives() {
 /// it quick-checked a file already in --dir (its size and mtime are enough), made a hard link
 /// to it inside a hidden tree that it kept hidden, then took that tree up again and sent the
 /// link's name as a file of that size and mtime with mode 1777, which the receiver set on the
-/// outside file's inode. A copy with other names is now left as it is without --force.
+/// outside file's inode. A hard link in a hidden tree now links only files of hidden trees.
 #[test]
 fn a_hard_link_into_a_hidden_tree_cannot_change_a_file_outside() {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use zcommon::{Answer, Entry, Frame, Kind, Manifest, Report};
     let dst = tempfile::tempdir().unwrap();
     let outside = dst.path().join("x");
@@ -971,21 +971,24 @@ fn a_hard_link_into_a_hidden_tree_cannot_change_a_file_outside() {
     out.extend_from_slice(&Frame::Link(3).encode());
     out.extend_from_slice(&Frame::EndOfPass.encode());
     s.write_all(&out).unwrap();
-    until_end_of_pass(&mut s);
+    let link = until_end_of_pass(&mut s).into_iter().find_map(|r| match r {
+        Report::File {
+            index: 3, status, ..
+        } => Some(status),
+        _ => None,
+    });
+    assert_eq!(link, Some(zcommon::FileStatus::Refused), "{}", rx.stderr());
     drop(s);
-    // 3. t taken up again, its link sent as a file of the outside file's size and mtime.
-    let (mut s, answers) = open(&Manifest {
+    assert_eq!(std::fs::metadata(&outside).unwrap().nlink(), 1);
+    // 3. t taken up again, its link's name sent as a file of the outside file's size and
+    // mtime: nothing of that name is there to take it for the sender's.
+    let (s, answers) = open(&Manifest {
         entries: vec![
             entry("t", dir(), 0o755, (0, 0)),
             entry("t/h", file(size), 0o1777, (1_600_000_000, 0)),
         ],
     });
-    if answers[1] == Answer::Landed {
-        let mut out = Frame::Quick(1).encode();
-        out.extend_from_slice(&Frame::EndOfPass.encode());
-        s.write_all(&out).unwrap();
-        until_end_of_pass(&mut s);
-    }
+    assert_eq!(answers[1], Answer::Send, "{answers:?}");
     drop(s);
     let mode = std::fs::metadata(&outside).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o600, "{}", rx.stderr());

@@ -370,16 +370,20 @@ impl Session<'_, '_> {
     }
 
     /// Whether what is here, `st`, lacks some of the metadata entry `e` would be given: its
-    /// mtime, its mode (but a link's), its owner (when kept), and with `attrs` its attributes,
-    /// which are not compared: an entry that carries some is taken to differ.
-    fn differs(&self, st: &rustix::fs::Stat, e: &Entry, attrs: bool) -> bool {
+    /// mode (but a link's) and its owner (when kept); a file's mtime; and, for a receiver
+    /// `replacing` what is here, also the mtime of anything else and the attributes, which are
+    /// not compared: an entry that carries some is taken to differ. (A fifo's mtime moves as it
+    /// is written to, and links landed by older builds of zrecv kept none: without --force they
+    /// are not refused for it.)
+    fn differs(&self, st: &rustix::fs::Stat, e: &Entry, replacing: bool) -> bool {
         let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
         let mode = plan.as_ref().map_or(e.mode & KEPT_MODE, |p| p.mode);
         let is_link = matches!(e.kind, Kind::Symlink { .. });
-        (st.st_mtime, st.st_mtime_nsec as u32) != e.mtime
+        let timed = replacing || matches!(e.kind, Kind::File { .. });
+        (timed && (st.st_mtime, st.st_mtime_nsec as u32) != e.mtime)
             || (!is_link && st.st_mode & 0o7777 != mode)
             || plan.is_some_and(|p| {
-                (attrs && !p.xattrs.is_empty())
+                (replacing && !p.xattrs.is_empty())
                     || p.owner.is_some_and(|o| o != (st.st_uid, st.st_gid))
             })
     }

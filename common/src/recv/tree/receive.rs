@@ -200,19 +200,6 @@ impl Session<'_, '_> {
             .map_err(|err| self.rx.local("opening a directory", err))?;
         let file = partial::open_regular_beneath(&parent, e.base())
             .map_err(|err| self.rx.local("opening the copy here", err))?;
-        // Without --force this is a copy in a tree being built under a hidden name, the
-        // receiver's own only while it has no other name: a sender could have made it a hard
-        // link to a file outside (its first name only quick-checked), whose mode and attributes
-        // would be changed here.
-        if !self.rx.config.force {
-            let st = rustix::fs::fstat(&file)
-                .map_err(|err| self.rx.local("looking at the copy here", err.into()))?;
-            if st.st_nlink > 1 {
-                return Err(RecvError::Refused(
-                    "has other names here; its metadata is changed only with --force".into(),
-                ));
-            }
-        }
         self.rx
             .set_metadata_planned(&file, &header, plan.as_ref(), None)?;
         // Its ctime moved: what was remembered of it no longer holds.
