@@ -1004,6 +1004,33 @@ fn without_force_another_mode_is_not_taken_for_the_senders() {
     assert_eq!(kept.permissions().mode() & 0o7777, 0o755);
 }
 
+/// With --force, a copy whose metadata changed at the source is set in place, but not one
+/// with other names (a hard link another program made, perhaps to a file outside --dir): that
+/// would set the mode on every name. It is sent again whole and replaces the name instead.
+#[test]
+fn a_copy_with_other_names_is_replaced_not_changed_in_place() {
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    std::fs::create_dir(&top).unwrap();
+    std::fs::write(top.join("f"), b"content").unwrap();
+    std::fs::set_permissions(top.join("f"), PermissionsExt::from_mode(0o600)).unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &["--force"]);
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "-q"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let outside = elsewhere.path().join("f");
+    std::fs::hard_link(dst.path().join("top/f"), &outside).unwrap();
+    std::fs::set_permissions(top.join("f"), PermissionsExt::from_mode(0o644)).unwrap();
+    let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(json_of(&out)["landed"], 1, "sent whole");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&outside), 0o600, "the other name keeps its mode");
+    assert_eq!(mode(&dst.path().join("top/f")), 0o644);
+    assert_eq!(std::fs::read(&outside).unwrap(), b"content");
+}
+
 /// A new tree is built hidden and published with one rename that never replaces anything: if
 /// its name appears on the receiver meanwhile, nothing of it is published there, its files
 /// fail (exit 9) and say why, and what was there stays as it was. (Sent with its owner, by a

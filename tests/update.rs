@@ -165,6 +165,38 @@ fn an_update_in_place_keeps_the_file_and_follows_its_size() {
     );
 }
 
+/// A file here with other names (a hard link another program made, perhaps to a file outside
+/// --dir) is not updated: an update in place would write into every name's file, and one that
+/// only sets the metadata would set it on them all. It is replaced whole, and the other name
+/// keeps its bytes.
+#[test]
+fn a_file_with_other_names_is_replaced_not_updated() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let path = src.path().join("shared.img");
+    random_file(&path, 4 * MIB, 74);
+    let outside = elsewhere.path().join("kept.img");
+    std::fs::copy(&path, &outside).unwrap();
+    let before = sha256_file(&outside);
+    std::fs::hard_link(&outside, dst.path().join("shared.img")).unwrap();
+    let rx = Zrecv::start(dst.path(), &["--force"]);
+    rewrite(&path, &[MIB + 7], 100);
+    for extra in [&["--inplace"][..], &[]] {
+        let json = send_json(&rx.addr(), &path, extra);
+        assert_eq!(json["update"], serde_json::Value::Null, "{json}");
+        assert_eq!(json["bytes_sent"], 4 * MIB, "{json}");
+        assert_eq!(sha256_file(&outside), before, "the other name's bytes");
+        assert_eq!(
+            sha256_file(&dst.path().join("shared.img")),
+            sha256_file(&path)
+        );
+        // Linked again, for the next round.
+        std::fs::remove_file(dst.path().join("shared.img")).unwrap();
+        std::fs::hard_link(&outside, dst.path().join("shared.img")).unwrap();
+    }
+}
+
 #[test]
 fn a_piece_that_became_a_hole_is_punched_not_written() {
     let src = tempfile::tempdir().unwrap();

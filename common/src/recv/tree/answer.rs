@@ -303,9 +303,12 @@ impl Session<'_, '_> {
                 Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
                     Answer::Refused("is a directory".into())
                 }
+                // A copy with other names (perhaps outside --dir) whose metadata would be set is
+                // replaced whole instead: setting it in place would set it on them too.
                 Some(st)
                     if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-                        && st.st_size as u64 == *size =>
+                        && st.st_size as u64 == *size
+                        && !(force && st.st_nlink > 1 && self.differs(&st, e, true)) =>
                 {
                     // Whatever else differs (mode, mtime, owner, attributes) is set on the
                     // copy here if it has the sender's content, and only then.

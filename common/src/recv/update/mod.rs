@@ -105,7 +105,11 @@ impl Receiver {
         }
         let file = partial::open_regular_beneath(&self.dir, &header.name).ok()?;
         let meta = file.metadata().ok()?;
-        (meta.is_file() && meta.len() > PIECE).then_some(file)
+        // A file with other names shares its inode with them, perhaps outside --dir: an update
+        // in place, or one that only sets its metadata, would change them too. It is replaced
+        // whole instead, as any file without an update.
+        (meta.is_file() && meta.len() > PIECE && std::os::unix::fs::MetadataExt::nlink(&meta) == 1)
+            .then_some(file)
     }
 
     /// Updates `old`, the file of this name: offers the update, takes our layer (kept, or
