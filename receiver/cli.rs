@@ -52,8 +52,9 @@ pub struct Cli {
     pub force: bool,
 
     /// Write the payload to standard output instead of a file, for another program to read.
-    /// SHA-256 is still checked: a mismatch makes zrecv (and zsend) exit non-zero, so the
-    /// reader must look at the exit status. Needs --once.
+    /// The root is still checked: a mismatch makes zrecv (and zsend) exit non-zero, so the
+    /// reader must look at the exit status. A sender's --no-verify skips the check (zrecv says
+    /// so on stderr and exits 0); only a token keeps untrusted senders out. Needs --once.
     #[arg(long, requires = "once", conflicts_with = "json")]
     pub stdout: bool,
 
@@ -145,7 +146,7 @@ Examples:
   zrecv --listen 127.0.0.1:0 --once         one transfer on a free loopback port
   zrecv --listen [::]:7350 --json           a JSON line per transfer on stdout
   zrecv --listen --token-file /etc/zsend/token --dir /srv/images
-  zrecv --listen --once --stdout | tar x     feed another program, still verified
+  zrecv --listen --once --stdout | tar x     feed another program; exit 5 if the roots differ
   zrecv --listen --allow-forward 10.0.0.0/24   pass chains (zsend --to) on within 10.0.0.0/24
 
 SIGTERM or SIGINT stops zrecv: every transfer in flight keeps its partial for the next send to
