@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 
 use super::handshake::{accept, tell};
 use super::land::{send_verdict, Repair};
@@ -108,8 +109,7 @@ impl Receiver {
         // A file with other names shares its inode with them, perhaps outside --dir: an update
         // in place, or one that only sets its metadata, would change them too. It is replaced
         // whole instead, as any file without an update.
-        (meta.is_file() && meta.len() > PIECE && std::os::unix::fs::MetadataExt::nlink(&meta) == 1)
-            .then_some(file)
+        (meta.is_file() && meta.len() > PIECE && meta.nlink() == 1).then_some(file)
     }
 
     /// Updates `old`, the file of this name: offers the update, takes our layer (kept, or
