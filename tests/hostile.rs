@@ -886,7 +886,8 @@ fn a_refused_entry_buys_no_time_for_keepalives() {
 /// it quick-checked a file already in --dir (its size and mtime are enough), made a hard link
 /// to it inside a hidden tree that it kept hidden, then took that tree up again and sent the
 /// link's name as a file of that size and mtime with mode 1777, which the receiver set on the
-/// outside file's inode. A hard link in a hidden tree now links only files of hidden trees.
+/// outside file's inode. A copy with other names is now sent whole and replaced, never
+/// changed in place.
 #[test]
 fn a_hard_link_into_a_hidden_tree_cannot_change_a_file_outside() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -971,17 +972,12 @@ fn a_hard_link_into_a_hidden_tree_cannot_change_a_file_outside() {
     out.extend_from_slice(&Frame::Link(3).encode());
     out.extend_from_slice(&Frame::EndOfPass.encode());
     s.write_all(&out).unwrap();
-    let link = until_end_of_pass(&mut s).into_iter().find_map(|r| match r {
-        Report::File {
-            index: 3, status, ..
-        } => Some(status),
-        _ => None,
-    });
-    assert_eq!(link, Some(zcommon::FileStatus::Refused), "{}", rx.stderr());
+    until_end_of_pass(&mut s);
     drop(s);
-    assert_eq!(std::fs::metadata(&outside).unwrap().nlink(), 1);
+    // The link was made: the file outside has a second name in the hidden tree.
+    assert_eq!(std::fs::metadata(&outside).unwrap().nlink(), 2);
     // 3. t taken up again, its link's name sent as a file of the outside file's size and
-    // mtime: nothing of that name is there to take it for the sender's.
+    // mtime, mode 1777: a copy with other names is sent whole, never changed in place.
     let (s, answers) = open(&Manifest {
         entries: vec![
             entry("t", dir(), 0o755, (0, 0)),
@@ -993,4 +989,102 @@ fn a_hard_link_into_a_hidden_tree_cannot_change_a_file_outside() {
     let mode = std::fs::metadata(&outside).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o600, "{}", rx.stderr());
     assert_eq!(std::fs::read(&outside).unwrap(), b"not the sender's");
+}
+
+/// The metadata of a copy answered as one to set (with --force) is set on the very file
+/// answered, while it has one name: another transfer of the same sender once made that name a
+/// hard link, meanwhile, to a file with a name outside --dir (a snapshot), and the first
+/// transfer's quick check then set its mode and mtime on the file outside.
+#[test]
+fn a_copy_linked_elsewhere_meanwhile_keeps_its_metadata() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use zcommon::{Answer, Entry, Frame, Kind, Manifest, Report};
+    let dst = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dst.path().join("t")).unwrap();
+    let set = |p: &std::path::Path, body: &[u8], mode: u32, secs: u64| {
+        std::fs::write(p, body).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let f = std::fs::File::options().write(true).open(p).unwrap();
+        f.set_modified(when).unwrap();
+    };
+    // t/x: the sender's own, one name; t/F: a file with a second name outside --dir, whose
+    // size, mode and mtime the sender knows.
+    set(&dst.path().join("t/x"), b"mine", 0o644, 1_500_000_000);
+    let snapshot = elsewhere.path().join("F");
+    set(&snapshot, b"secret", 0o600, 1_600_000_000);
+    std::fs::hard_link(&snapshot, dst.path().join("t/F")).unwrap();
+    let rx = Zrecv::start(dst.path(), &["--force", "--timeout", "20"]);
+    let entry = |path: &str, kind: Kind, mode: u32, mtime: (i64, u32)| Entry {
+        path: path.into(),
+        kind,
+        mode,
+        mtime,
+        extras: None,
+    };
+    let file = |size: u64| Kind::File {
+        size,
+        sparse_data_len: None,
+        source_id: None,
+    };
+    let until_end_of_pass = |s: &mut TcpStream| {
+        let mut reports = Vec::new();
+        loop {
+            match Report::read(s).unwrap() {
+                Report::EndOfPass => return reports,
+                r => reports.push(r),
+            }
+        }
+    };
+    // Transfer A: t/x with another mode, answered "here", its metadata to be set.
+    let (mut a, answers) = answered_tree(
+        &rx,
+        &Manifest {
+            entries: vec![
+                entry("t", Kind::Dir, 0o755, (0, 0)),
+                entry("t/x", file(4), 0o777, (1_500_000_000, 0)),
+            ],
+        },
+    );
+    assert_eq!(answers[1], Answer::Landed, "{answers:?}");
+    // Transfer B, meanwhile: t/F as it is, and t/x a hard link to it.
+    let (mut b, answers) = answered_tree(
+        &rx,
+        &Manifest {
+            entries: vec![
+                entry("t", Kind::Dir, 0o755, (0, 0)),
+                entry("t/F", file(6), 0o600, (1_600_000_000, 0)),
+                entry("t/x", Kind::HardLink { first: 1 }, 0o600, (0, 0)),
+            ],
+        },
+    );
+    assert_eq!(answers[1], Answer::Landed, "{answers:?}");
+    let mut out = Frame::Quick(1).encode();
+    out.extend_from_slice(&Frame::Link(2).encode());
+    out.extend_from_slice(&Frame::EndOfPass.encode());
+    b.write_all(&out).unwrap();
+    until_end_of_pass(&mut b);
+    drop(b);
+    assert_eq!(std::fs::metadata(&snapshot).unwrap().nlink(), 3);
+    // A's quick check now: t/x is the snapshot's file.
+    let mut out = Frame::Quick(1).encode();
+    out.extend_from_slice(&Frame::EndOfPass.encode());
+    a.write_all(&out).unwrap();
+    let verdict = until_end_of_pass(&mut a).into_iter().find_map(|r| match r {
+        Report::File {
+            index: 1, status, ..
+        } => Some(status),
+        _ => None,
+    });
+    assert_eq!(
+        verdict,
+        Some(zcommon::FileStatus::Failed),
+        "{}",
+        rx.stderr()
+    );
+    drop(a);
+    let m = std::fs::metadata(&snapshot).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o600, "{}", rx.stderr());
+    assert_eq!(m.mtime(), 1_600_000_000);
 }

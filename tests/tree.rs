@@ -1031,6 +1031,39 @@ fn a_copy_with_other_names_is_replaced_not_changed_in_place() {
     assert_eq!(std::fs::read(&outside).unwrap(), b"content");
 }
 
+/// A hard-link group across two top-level directories, one already on the receiver and one
+/// new, lands as one file with both names, as rsync -H makes it: the new tree's name links the
+/// file found in the tree already there. (For a while the link was refused, and the new tree
+/// published without it.)
+#[test]
+fn a_hard_link_from_a_new_tree_to_a_tree_already_there_is_kept() {
+    let src = tempfile::tempdir().unwrap();
+    let (d1, d2) = (src.path().join("d1"), src.path().join("d2"));
+    std::fs::create_dir(&d1).unwrap();
+    std::fs::create_dir(&d2).unwrap();
+    random_file(&d1.join("a"), 100_000, 12);
+    std::fs::hard_link(d1.join("a"), d2.join("b")).unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &[]);
+    let out = zsend(&[&rx.addr(), d1.to_str().unwrap(), "-q"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let out = zsend(&[
+        &rx.addr(),
+        d1.to_str().unwrap(),
+        d2.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(json_of(&out)["hard_links"], 1);
+    let a = std::fs::metadata(dst.path().join("d1/a")).unwrap();
+    let b = std::fs::metadata(dst.path().join("d2/b")).unwrap();
+    assert_eq!(
+        (a.dev(), a.ino()),
+        (b.dev(), b.ino()),
+        "one file, two names"
+    );
+}
+
 /// A new tree is built hidden and published with one rename that never replaces anything: if
 /// its name appears on the receiver meanwhile, nothing of it is published there, its files
 /// fail (exit 9) and say why, and what was there stays as it was. (Sent with its owner, by a

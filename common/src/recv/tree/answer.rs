@@ -322,7 +322,7 @@ impl Session<'_, '_> {
                     let same_mtime = (st.st_mtime, st.st_mtime_nsec as u32) == e.mtime;
                     let differs = self.differs(&st, e, force);
                     if force && differs {
-                        self.refresh.insert(i as u32);
+                        self.refresh.insert(i as u32, (st.st_dev, st.st_ino));
                     }
                     match (same_mtime, force) {
                         // Another mode or owner is as much a change as another mtime: without

@@ -98,18 +98,10 @@ impl Session<'_, '_> {
                 Escaped(&f.path)
             )));
         }
-        // In a tree being built under a hidden name, everything is this receiver's own, and is
-        // set without --force: a second name there of a file outside (found here, perhaps only
-        // quick-checked) would let a later transfer set the mode and attributes of that file.
-        let staged = self.in_stage(&e.path);
-        if staged && !self.in_stage(&f.path) {
-            return Err(RecvError::Refused(format!(
-                "its first name {} is outside the new tree it is in (a new tree links only files \
-                 of new trees)",
-                Escaped(&f.path)
-            )));
-        }
-        let replace = self.rx.config.force || staged;
+        // In a tree being built under a hidden name, everything is this receiver's own. (A
+        // copy with other names there, as here, never has its metadata set in place: see
+        // `differs` in the answers.)
+        let replace = self.rx.config.force || self.in_stage(&e.path);
         match rustix::fs::statat(&to, e.base(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if (st.st_dev, st.st_ino) == (source.st_dev, source.st_ino) => return Ok(false),
             Ok(_) if !replace => {

@@ -223,8 +223,9 @@ struct Session<'r, 'scope> {
     /// Handles on the hidden directories this transfer builds, locked for as long as it runs.
     stage_locks: Vec<OwnedFd>,
     /// Files here whose mode, mtime, owner or attributes differ from the sender's: set once
-    /// their content is found the same (with `--force`).
-    refresh: HashSet<u32>,
+    /// their content is found the same (with `--force`), on the very file answered (its
+    /// device and inode), while it still has no other name.
+    refresh: HashMap<u32, (u64, u64)>,
     /// Files here that may have holes (fewer blocks than bytes when answered).
     holey: HashSet<u32>,
     /// For each entry, how many frames without a payload come from it on in the first pass
@@ -339,7 +340,7 @@ impl Receiver {
                 staged: Vec::new(),
                 unpublished: 0,
                 stage_locks: Vec::new(),
-                refresh: HashSet::new(),
+                refresh: HashMap::new(),
                 holey: HashSet::new(),
                 quiet: Vec::new(),
                 latest: None,

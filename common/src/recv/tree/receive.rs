@@ -188,9 +188,9 @@ impl Session<'_, '_> {
     /// Sets the sender's mode, mtime, owner and attributes on the copy here of entry `i`, whose
     /// content is the sender's, when they differ (see `refresh`).
     fn refresh_metadata(&mut self, i: u32) -> Result<(), RecvError> {
-        if !self.refresh.remove(&i) {
+        let Some(answered) = self.refresh.remove(&i) else {
             return Ok(());
-        }
+        };
         let e = &self.manifest.entries[i as usize];
         let header = header_of(e, self.verify);
         let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
@@ -200,6 +200,16 @@ impl Session<'_, '_> {
             .map_err(|err| self.rx.local("opening a directory", err))?;
         let file = partial::open_regular_beneath(&parent, e.base())
             .map_err(|err| self.rx.local("opening the copy here", err))?;
+        // The file answered, still with one name: another transfer may have put a hard link
+        // under this name since (to a file with a name outside --dir, say), and its metadata is
+        // not this transfer's to set.
+        let st = rustix::fs::fstat(&file)
+            .map_err(|err| self.rx.local("looking at the copy here", err.into()))?;
+        if (st.st_dev, st.st_ino) != answered || st.st_nlink > 1 {
+            return Err(RecvError::Refused(
+                "replaced or linked elsewhere since it was answered; left as it is".into(),
+            ));
+        }
         self.rx
             .set_metadata_planned(&file, &header, plan.as_ref(), None)?;
         // Its ctime moved: what was remembered of it no longer holds.

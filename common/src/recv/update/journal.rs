@@ -125,15 +125,18 @@ impl<D: AsFd> Drop for Journal<D> {
     }
 }
 
-/// Opens the file a journal is for, `name` in `dir`, which must be a regular file (never
-/// waiting, should something else be there now).
+/// Opens the file a journal is for, `name` in `dir`, which must be a regular file with no
+/// other name, as when its update was offered (never waiting, should something else be there
+/// now; never writing through a hard link made since into a file elsewhere).
 fn open_target(dir: impl AsFd, name: &str) -> io::Result<File> {
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK;
     let file = File::from(open_beneath(&dir, name, flags)?);
     let st = rustix::fs::fstat(&file)?;
-    match rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
+    match rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() && st.st_nlink == 1 {
         true => Ok(file),
-        false => Err(io::Error::other("not a regular file any more")),
+        false => Err(io::Error::other(
+            "not a regular file with one name any more",
+        )),
     }
 }
 
