@@ -451,6 +451,35 @@ fn a_fifo_or_link_with_two_names_lands_twice_and_is_counted() {
     );
 }
 
+/// A hard-linked file with attributes, sent again unchanged to a receiver that replaces files,
+/// is found unchanged: its attributes are read and compared. (A copy with other names is sent
+/// whole when its metadata differs, and one carrying attributes was taken to differ: it was
+/// sent whole every time.)
+#[test]
+fn a_hard_link_group_with_attributes_sent_again_sends_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    let top = src.path().join("top");
+    std::fs::create_dir(&top).unwrap();
+    random_file(&top.join("x"), 300_000, 31);
+    rustix::fs::setxattr(top.join("x"), "user.k", b"v", XattrFlags::empty()).unwrap();
+    std::fs::hard_link(top.join("x"), top.join("y")).unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Zrecv::start(dst.path(), &["--force"]);
+    for round in 0..2 {
+        let out = zsend(&[&rx.addr(), top.to_str().unwrap(), "-X", "--json"]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let sent = json["bytes_sent"].as_u64().unwrap();
+        match round {
+            0 => assert_eq!(sent, 300_000, "{json}"),
+            _ => assert_eq!(sent, 0, "{json}"),
+        }
+    }
+    let x = std::fs::metadata(dst.path().join("top/x")).unwrap();
+    assert_eq!(x.nlink(), 2);
+    assert_eq!(xattrs(&dst.path().join("top/y")), xattrs(&top.join("y")));
+}
+
 #[test]
 fn a_hard_link_group_crosses_once_and_lands_as_one_file() {
     let src = tempfile::tempdir().unwrap();

@@ -308,7 +308,7 @@ impl Session<'_, '_> {
                 Some(st)
                     if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
                         && st.st_size as u64 == *size
-                        && !(force && st.st_nlink > 1 && self.differs(&st, e, true)) =>
+                        && !(force && st.st_nlink > 1 && self.stale_shared(&parent, &st, e)) =>
                 {
                     // Whatever else differs (mode, mtime, owner, attributes) is set on the
                     // copy here if it has the sender's content, and only then.
@@ -320,7 +320,8 @@ impl Session<'_, '_> {
                     // A check may be answered with the root remembered for this identity.
                     self.wanted.push((i as u32, Identity::of(&st)));
                     let same_mtime = (st.st_mtime, st.st_mtime_nsec as u32) == e.mtime;
-                    let differs = self.differs(&st, e, force);
+                    // One with other names that got here is the sender's in metadata already.
+                    let differs = !(force && st.st_nlink > 1) && self.differs(&st, e, force);
                     if force && differs {
                         self.refresh.insert(i as u32, (st.st_dev, st.st_ino));
                     }
@@ -379,16 +380,48 @@ impl Session<'_, '_> {
     /// is written to, and links landed by older builds of zrecv kept none: without --force they
     /// are not refused for it.)
     fn differs(&self, st: &rustix::fs::Stat, e: &Entry, replacing: bool) -> bool {
-        let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
+        let carries_attrs = || self.plan(e).is_some_and(|p| !p.xattrs.is_empty());
+        self.differs_but_attrs(st, e, replacing) || (replacing && carries_attrs())
+    }
+
+    /// As [`Self::differs`], attributes aside.
+    fn differs_but_attrs(&self, st: &rustix::fs::Stat, e: &Entry, replacing: bool) -> bool {
+        let plan = self.plan(e);
         let mode = plan.as_ref().map_or(e.mode & KEPT_MODE, |p| p.mode);
         let is_link = matches!(e.kind, Kind::Symlink { .. });
         let timed = replacing || matches!(e.kind, Kind::File { .. });
         (timed && (st.st_mtime, st.st_mtime_nsec as u32) != e.mtime)
             || (!is_link && st.st_mode & 0o7777 != mode)
-            || plan.is_some_and(|p| {
-                (replacing && !p.xattrs.is_empty())
-                    || p.owner.is_some_and(|o| o != (st.st_uid, st.st_gid))
-            })
+            || plan.is_some_and(|p| p.owner.is_some_and(|o| o != (st.st_uid, st.st_gid)))
+    }
+
+    /// Whether a file here with other names, `st`, lacks some of the metadata of entry `e`:
+    /// it is then sent whole, so its attributes are read and compared (each the entry carries
+    /// must be there with its value) rather than taken to differ, which would send it whole
+    /// every time.
+    fn stale_shared(&self, parent: &OwnedFd, st: &rustix::fs::Stat, e: &Entry) -> bool {
+        if self.differs_but_attrs(st, e, true) {
+            return true;
+        }
+        let Some(plan) = self.plan(e).filter(|p| !p.xattrs.is_empty()) else {
+            return false;
+        };
+        let Ok(file) = partial::open_regular_beneath(parent, e.base()) else {
+            return true;
+        };
+        let mut value = vec![0u8; crate::wire::MAX_XATTR_VALUE];
+        !plan.xattrs.iter().all(|(name, want)| {
+            let Ok(name) = std::ffi::CString::new(name.as_slice()) else {
+                return false;
+            };
+            rustix::fs::fgetxattr(&file, name.as_c_str(), &mut value)
+                .is_ok_and(|n| value[..n] == want[..])
+        })
+    }
+
+    /// What would be set on entry `e`, as far as it is kept.
+    fn plan(&self, e: &Entry) -> Option<Plan> {
+        self.ids.plan(e, &self.rights).map(|(plan, _)| plan)
     }
 
     /// Makes a link, fifo, socket or device under a hidden name, gives it its owner and mode

@@ -429,4 +429,27 @@ mod tests {
         assert_eq!(left.len(), 1, "{left:?}");
         assert_eq!(recover(&dir, "image").unwrap(), None);
     }
+
+    /// After a crash, a committed journal is applied to the file under its name only while
+    /// that has one name: a hard link made since (to a file elsewhere) is not written through.
+    #[test]
+    fn a_journal_recovered_is_not_applied_through_a_hard_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = File::open(tmp.path()).unwrap();
+        let path = tmp.path().join("image");
+        std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
+        let header = Header::new("image", 1 << 20);
+        let mut needed = Needed::none();
+        needed.add(0, 1);
+        let mut journal = Journal::create(&dir, &header).unwrap();
+        journal.file.write_all(&vec![2u8; 1 << 20]).unwrap();
+        journal.commit(&header, &needed).unwrap();
+        drop(journal);
+        std::fs::hard_link(&path, tmp.path().join("elsewhere")).unwrap();
+        assert!(recover(&dir, "image").is_err());
+        assert_eq!(
+            std::fs::read(tmp.path().join("elsewhere")).unwrap(),
+            vec![1u8; 1 << 20]
+        );
+    }
 }
