@@ -628,6 +628,38 @@ fn a_check_says_same_or_different_and_never_the_receivers_digest() {
     assert_eq!(root, Some(zcommon::tree_root(b"password=hunter2")));
 }
 
+/// A manifest entry without extras.
+fn entry(path: &str, kind: zcommon::Kind, mode: u32, mtime: (i64, u32)) -> zcommon::Entry {
+    zcommon::Entry {
+        path: path.into(),
+        kind,
+        mode,
+        mtime,
+        extras: None,
+    }
+}
+
+/// A regular file's kind, of `size` bytes, dense and without a source id.
+fn file(size: u64) -> zcommon::Kind {
+    zcommon::Kind::File {
+        size,
+        sparse_data_len: None,
+        source_id: None,
+    }
+}
+
+/// The receiver's reports up to its end of pass, keepalives left out.
+fn reports_of_the_pass(s: &mut TcpStream) -> Vec<zcommon::Report> {
+    let mut reports = Vec::new();
+    loop {
+        match zcommon::Report::read(s).unwrap() {
+            zcommon::Report::EndOfPass => return reports,
+            zcommon::Report::Keepalive => {}
+            r => reports.push(r),
+        }
+    }
+}
+
 /// Opens a tree transfer of `manifest` (one entry) by hand: the hello, the manifest, and the
 /// answers read, as a raw sender would.
 fn open_tree(rx: &Zrecv, manifest: &zcommon::Manifest) -> std::net::TcpStream {
@@ -852,23 +884,13 @@ fn a_hard_link_names_only_an_earlier_file_and_is_framed_once() {
 /// framed, used to buy them for millennia, and so a transfer slot.
 #[test]
 fn a_refused_entry_buys_no_time_for_keepalives() {
-    use zcommon::{Answer, Entry, Kind, Manifest};
+    use zcommon::{Answer, Manifest};
     let dst = tempfile::tempdir().unwrap();
     std::fs::write(dst.path().join("z"), b"x").unwrap();
     // A timeout that a loaded machine's keepalives every 200 ms keep well inside.
     let rx = Zrecv::start(dst.path(), &["--timeout", "3"]);
     let manifest = Manifest {
-        entries: vec![Entry {
-            path: "z".into(),
-            kind: Kind::File {
-                size: 1 << 62,
-                sparse_data_len: None,
-                source_id: None,
-            },
-            mode: 0o644,
-            mtime: (0, 0),
-            extras: None,
-        }],
+        entries: vec![entry("z", file(1 << 62), 0o644, (0, 0))],
     };
     let (s, answers) = answered_tree(&rx, &manifest);
     assert!(matches!(answers[0], Answer::Refused(_)), "{answers:?}");
@@ -891,7 +913,7 @@ fn a_refused_entry_buys_no_time_for_keepalives() {
 #[test]
 fn a_hard_link_into_a_hidden_tree_cannot_change_a_file_outside() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    use zcommon::{Answer, Entry, Frame, Kind, Manifest, Report};
+    use zcommon::{Answer, Frame, Kind, Manifest};
     let dst = tempfile::tempdir().unwrap();
     let outside = dst.path().join("x");
     std::fs::write(&outside, b"not the sender's").unwrap();
@@ -905,30 +927,8 @@ fn a_hard_link_into_a_hidden_tree_cannot_change_a_file_outside() {
         .unwrap();
     let size = 16u64;
     let rx = Zrecv::start(dst.path(), &["--timeout", "5"]);
-    let entry = |path: &str, kind: Kind, mode: u32, mtime: (i64, u32)| Entry {
-        path: path.into(),
-        kind,
-        mode,
-        mtime,
-        extras: None,
-    };
-    let file = |size: u64| Kind::File {
-        size,
-        sparse_data_len: None,
-        source_id: None,
-    };
     let dir = || Kind::Dir;
     let open = |manifest: &Manifest| answered_tree(&rx, manifest);
-    let until_end_of_pass = |s: &mut TcpStream| {
-        let mut reports = Vec::new();
-        loop {
-            match Report::read(s).unwrap() {
-                Report::EndOfPass => return reports,
-                Report::Keepalive => {}
-                r => reports.push(r),
-            }
-        }
-    };
     // 1. A new tree t, its file landed, the sender gone before its end of pass: t stays hidden.
     let (mut s, _) = open(&Manifest {
         entries: vec![
@@ -972,7 +972,7 @@ fn a_hard_link_into_a_hidden_tree_cannot_change_a_file_outside() {
     out.extend_from_slice(&Frame::Link(3).encode());
     out.extend_from_slice(&Frame::EndOfPass.encode());
     s.write_all(&out).unwrap();
-    until_end_of_pass(&mut s);
+    reports_of_the_pass(&mut s);
     drop(s);
     // The link was made: the file outside has a second name in the hidden tree.
     assert_eq!(std::fs::metadata(&outside).unwrap().nlink(), 2);
@@ -998,7 +998,7 @@ fn a_hard_link_into_a_hidden_tree_cannot_change_a_file_outside() {
 #[test]
 fn a_copy_linked_elsewhere_meanwhile_keeps_its_metadata() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    use zcommon::{Answer, Entry, Frame, Kind, Manifest, Report};
+    use zcommon::{Answer, Frame, Kind, Manifest, Report};
     let dst = tempfile::tempdir().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     std::fs::create_dir(dst.path().join("t")).unwrap();
@@ -1016,27 +1016,6 @@ fn a_copy_linked_elsewhere_meanwhile_keeps_its_metadata() {
     set(&snapshot, b"secret", 0o600, 1_600_000_000);
     std::fs::hard_link(&snapshot, dst.path().join("t/F")).unwrap();
     let rx = Zrecv::start(dst.path(), &["--force", "--timeout", "20"]);
-    let entry = |path: &str, kind: Kind, mode: u32, mtime: (i64, u32)| Entry {
-        path: path.into(),
-        kind,
-        mode,
-        mtime,
-        extras: None,
-    };
-    let file = |size: u64| Kind::File {
-        size,
-        sparse_data_len: None,
-        source_id: None,
-    };
-    let until_end_of_pass = |s: &mut TcpStream| {
-        let mut reports = Vec::new();
-        loop {
-            match Report::read(s).unwrap() {
-                Report::EndOfPass => return reports,
-                r => reports.push(r),
-            }
-        }
-    };
     // Transfer A: t/x with another mode, answered "here", its metadata to be set.
     let (mut a, answers) = answered_tree(
         &rx,
@@ -1064,19 +1043,21 @@ fn a_copy_linked_elsewhere_meanwhile_keeps_its_metadata() {
     out.extend_from_slice(&Frame::Link(2).encode());
     out.extend_from_slice(&Frame::EndOfPass.encode());
     b.write_all(&out).unwrap();
-    until_end_of_pass(&mut b);
+    reports_of_the_pass(&mut b);
     drop(b);
     assert_eq!(std::fs::metadata(&snapshot).unwrap().nlink(), 3);
     // A's quick check now: t/x is the snapshot's file.
     let mut out = Frame::Quick(1).encode();
     out.extend_from_slice(&Frame::EndOfPass.encode());
     a.write_all(&out).unwrap();
-    let verdict = until_end_of_pass(&mut a).into_iter().find_map(|r| match r {
-        Report::File {
-            index: 1, status, ..
-        } => Some(status),
-        _ => None,
-    });
+    let verdict = reports_of_the_pass(&mut a)
+        .into_iter()
+        .find_map(|r| match r {
+            Report::File {
+                index: 1, status, ..
+            } => Some(status),
+            _ => None,
+        });
     assert_eq!(
         verdict,
         Some(zcommon::FileStatus::Failed),

@@ -404,6 +404,18 @@ mod tests {
         }
     }
 
+    /// A 1 MiB file `image` of ones in `dir`, and a committed journal that makes it all twos.
+    fn committed<'a>(dir: &'a File, path: &std::path::Path) -> (Journal<&'a File>, Header, Needed) {
+        std::fs::write(path, vec![1u8; 1 << 20]).unwrap();
+        let header = Header::new("image", 1 << 20);
+        let mut needed = Needed::none();
+        needed.add(0, 1);
+        let mut journal = Journal::create(dir, &header).unwrap();
+        journal.file.write_all(&vec![2u8; 1 << 20]).unwrap();
+        journal.commit(&header, &needed).unwrap();
+        (journal, header, needed)
+    }
+
     /// A journal is applied only to the file it was checked against: one renamed in under its
     /// name meanwhile (by someone who may rename in the directory) is left as it is, and the
     /// journal and its record go, so that no restart applies them to it either.
@@ -412,14 +424,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = File::open(tmp.path()).unwrap();
         let path = tmp.path().join("image");
-        std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
+        let (journal, header, needed) = committed(&dir, &path);
         let old = File::open(&path).unwrap();
-        let header = Header::new("image", 1 << 20);
-        let mut needed = Needed::none();
-        needed.add(0, 1);
-        let mut journal = Journal::create(&dir, &header).unwrap();
-        journal.file.write_all(&vec![2u8; 1 << 20]).unwrap();
-        journal.commit(&header, &needed).unwrap();
         std::fs::write(tmp.path().join("other"), b"someone else's").unwrap();
         std::fs::rename(tmp.path().join("other"), &path).unwrap();
         let err = journal.apply(&header, &needed, &old).unwrap_err();
@@ -437,14 +443,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = File::open(tmp.path()).unwrap();
         let path = tmp.path().join("image");
-        std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
-        let header = Header::new("image", 1 << 20);
-        let mut needed = Needed::none();
-        needed.add(0, 1);
-        let mut journal = Journal::create(&dir, &header).unwrap();
-        journal.file.write_all(&vec![2u8; 1 << 20]).unwrap();
-        journal.commit(&header, &needed).unwrap();
-        drop(journal);
+        drop(committed(&dir, &path));
         std::fs::hard_link(&path, tmp.path().join("elsewhere")).unwrap();
         assert!(recover(&dir, "image").is_err());
         assert_eq!(
