@@ -380,19 +380,9 @@ impl Session<'_, '_> {
     /// is written to, and links landed by older builds of zrecv kept none: without --force they
     /// are not refused for it.)
     fn differs(&self, st: &rustix::fs::Stat, e: &Entry, replacing: bool) -> bool {
-        let carries_attrs = || self.plan(e).is_some_and(|p| !p.xattrs.is_empty());
-        self.differs_but_attrs(st, e, replacing) || (replacing && carries_attrs())
-    }
-
-    /// As [`Self::differs`], attributes aside.
-    fn differs_but_attrs(&self, st: &rustix::fs::Stat, e: &Entry, replacing: bool) -> bool {
         let plan = self.plan(e);
-        let mode = plan.as_ref().map_or(e.mode & KEPT_MODE, |p| p.mode);
-        let is_link = matches!(e.kind, Kind::Symlink { .. });
-        let timed = replacing || matches!(e.kind, Kind::File { .. });
-        (timed && (st.st_mtime, st.st_mtime_nsec as u32) != e.mtime)
-            || (!is_link && st.st_mode & 0o7777 != mode)
-            || plan.is_some_and(|p| p.owner.is_some_and(|o| o != (st.st_uid, st.st_gid)))
+        let carries_attrs = plan.as_ref().is_some_and(|p| !p.xattrs.is_empty());
+        differs_but_attrs(st, e, plan.as_ref(), replacing) || (replacing && carries_attrs)
     }
 
     /// Whether a file here with other names, `st`, lacks some of the metadata of entry `e`:
@@ -400,10 +390,11 @@ impl Session<'_, '_> {
     /// must be there with its value) rather than taken to differ, which would send it whole
     /// every time.
     fn stale_shared(&self, parent: &OwnedFd, st: &rustix::fs::Stat, e: &Entry) -> bool {
-        if self.differs_but_attrs(st, e, true) {
+        let plan = self.plan(e);
+        if differs_but_attrs(st, e, plan.as_ref(), true) {
             return true;
         }
-        let Some(plan) = self.plan(e).filter(|p| !p.xattrs.is_empty()) else {
+        let Some(plan) = plan.filter(|p| !p.xattrs.is_empty()) else {
             return false;
         };
         let Ok(file) = partial::open_regular_beneath(parent, e.base()) else {
@@ -420,7 +411,7 @@ impl Session<'_, '_> {
     }
 
     /// What would be set on entry `e`, as far as it is kept.
-    fn plan(&self, e: &Entry) -> Option<Plan> {
+    pub(super) fn plan(&self, e: &Entry) -> Option<Plan> {
         self.ids.plan(e, &self.rights).map(|(plan, _)| plan)
     }
 
@@ -444,12 +435,8 @@ impl Session<'_, '_> {
             return Answer::Refused(self.rx.local(&what, err.into()).to_string());
         }
         let plan = match &e.kind {
-            Kind::Symlink { .. } => self.ids.plan(e, &self.rights).map(|(p, _)| p),
-            _ => Some(
-                self.ids
-                    .plan(e, &self.rights)
-                    .map_or_else(|| Plan::of_mode(e.mode), |(p, _)| p),
-            ),
+            Kind::Symlink { .. } => self.plan(e),
+            _ => Some(self.plan(e).unwrap_or_else(|| Plan::of_mode(e.mode))),
         };
         // Its mtime before the rename, which moves only its ctime: one that will not take it
         // is not published.
@@ -469,6 +456,21 @@ impl Session<'_, '_> {
         }
         Answer::Done
     }
+}
+
+/// As [`Session::differs`] with `plan` (what would be set on `e`), attributes aside.
+fn differs_but_attrs(
+    st: &rustix::fs::Stat,
+    e: &Entry,
+    plan: Option<&Plan>,
+    replacing: bool,
+) -> bool {
+    let mode = plan.map_or(e.mode & KEPT_MODE, |p| p.mode);
+    let is_link = matches!(e.kind, Kind::Symlink { .. });
+    let timed = replacing || matches!(e.kind, Kind::File { .. });
+    (timed && (st.st_mtime, st.st_mtime_nsec as u32) != e.mtime)
+        || (!is_link && st.st_mode & 0o7777 != mode)
+        || plan.is_some_and(|p| p.owner.is_some_and(|o| o != (st.st_uid, st.st_gid)))
 }
 
 /// The device number a device entry is made with; 0 for anything else.

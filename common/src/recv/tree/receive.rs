@@ -193,7 +193,7 @@ impl Session<'_, '_> {
         };
         let e = &self.manifest.entries[i as usize];
         let header = header_of(e, self.verify);
-        let plan = self.ids.plan(e, &self.rights).map(|(plan, _)| plan);
+        let plan = self.plan(e);
         let parent = self
             .dirs
             .get(e.parent())
@@ -559,7 +559,7 @@ impl Session<'_, '_> {
     /// and mtime.
     pub(super) fn dir_metadata(&self, d: &OwnedFd, e: &Entry) -> io::Result<()> {
         rustix::fs::fchmod(d, Mode::from_raw_mode(e.mode & KEPT_MODE))?;
-        if let Some((plan, _)) = self.ids.plan(e, &self.rights) {
+        if let Some(plan) = self.plan(e) {
             plan.apply(d)?;
         }
         Ok(rustix::fs::futimens(d, &timestamps(e.mtime.0, e.mtime.1))?)
