@@ -5,10 +5,30 @@ use std::io::Read;
 
 use super::codec::read_exact;
 use super::error::ProtocolError;
-use crate::auth::PROOF_LEN;
+use crate::auth::{Integrity, Seal, PROOF_LEN};
 
 /// First bytes of the sender's authentication proof.
 pub const PROOF_MAGIC: [u8; 4] = *b"ZPRF";
+
+/// Reads the 32-byte seal that follows a sealed message (a tree's manifest or its answers,
+/// with a token) and checks it against `digest`, the SHA-256 of the message's bytes as they
+/// arrived; `seal_of` names it ("the manifest's seal") in the error.
+pub(crate) fn read_message_seal(
+    r: &mut impl Read,
+    integrity: &Integrity,
+    what: Seal,
+    digest: &[u8; 32],
+    seal_of: &'static str,
+) -> Result<(), ProtocolError> {
+    let mut seal = [0u8; 32];
+    read_exact(r, &mut seal, seal_of)?;
+    match integrity.opens_message(what, digest, &seal) {
+        true => Ok(()),
+        false => Err(ProtocolError::Malformed(format!(
+            "{seal_of} does not match the token (changed on the way?)"
+        ))),
+    }
+}
 
 /// Encodes the sender's proof.
 pub fn encode_proof(proof: &[u8; PROOF_LEN]) -> [u8; 4 + PROOF_LEN] {

@@ -30,6 +30,7 @@ use crate::name::text_key;
 use crate::roots::{Identity, Roots};
 use crate::sys::Pipe;
 use crate::watch::Patience;
+use crate::wire::read_message_seal;
 use crate::wire::ProtocolError;
 use crate::wire::{Answer, Answers, Control, Entry, Frame, Kind, Manifest, FRAME_HEAD_LEN};
 use crate::wire::{Header, FLAG_NO_VERIFY, KEPT_MODE};
@@ -260,15 +261,8 @@ impl Receiver {
             // With a token, the paths, kinds, modes, owners and link targets we make are the
             // sender's: the seals of the files' digests say nothing of them.
             if integrity.keyed() {
-                let mut seal = [0u8; 32];
-                std::io::Read::read_exact(&mut buffered, &mut seal)
-                    .map_err(|e| ProtocolError::Io("the manifest's seal", e))?;
-                if !integrity.opens_message(Seal::Manifest, &digest, &seal) {
-                    return Err(ProtocolError::Malformed(
-                        "a manifest whose seal does not match the token (changed on the way?)"
-                            .into(),
-                    ));
-                }
+                let seal_of = "the manifest's seal";
+                read_message_seal(&mut buffered, integrity, Seal::Manifest, &digest, seal_of)?;
             }
             Ok(m)
         });

@@ -9,6 +9,7 @@ use crate::client::net;
 use crate::error::SendError;
 use crate::hash::PIECE;
 use crate::name::Escaped;
+use crate::wire::read_message_seal;
 use crate::wire::ProtocolError;
 use crate::wire::{Answer, Answers, Kind};
 
@@ -47,15 +48,14 @@ impl Session<'_> {
         let answers = Answers::read(&mut hashing, manifest.entries.len())?;
         let digest = hashing.digest();
         if let (Answers::Each(..), true) = (&answers, self.integrity.keyed()) {
-            let mut seal = [0u8; 32];
-            std::io::Read::read_exact(&mut buffered, &mut seal)
-                .map_err(|e| ProtocolError::Io("the answers' seal", e))?;
-            if !(self.integrity).opens_message(Seal::Answers, &digest, &seal) {
-                return Err(ProtocolError::Malformed(
-                    "answers whose seal does not match the token (changed on the way?)".into(),
-                )
-                .into());
-            }
+            let seal_of = "the answers' seal";
+            read_message_seal(
+                &mut buffered,
+                &self.integrity,
+                Seal::Answers,
+                &digest,
+                seal_of,
+            )?;
         }
         let answers = match answers {
             Answers::Each(a, unkept) => {
